@@ -1,0 +1,626 @@
+//! Real AWS adapters over the official SDK: credential chain, profiles, `AWS_ENDPOINT_URL`, retry and
+//! timeout configuration, and an interceptor that counts every HTTP attempt by operation.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+use crate::model::{
+    AwsError, AwsErrorKind, Ec2Instance, InstanceProfile, InstanceState, PingStatus, Platform,
+    ProfileAssociation, Role, SsmInstance, TagSelector,
+};
+use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Ssm, Sts};
+
+/// Tag key marking IAM resources arc-onboard created, so it can tell them from the customer's.
+pub const MANAGED_TAG_KEY: &str = "arc-onboard:managed";
+const MANAGED_TAG_VALUE: &str = "true";
+/// Default attempts when neither `AWS_MAX_ATTEMPTS` nor `AWS_RETRY_MODE` is set.
+const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+const EC2_TRUST_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+
+impl Intercept for ApiCounter {
+    fn name(&self) -> &'static str {
+        "ApiCounter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(meta) = cfg.load::<Metadata>() {
+            self.record(&format!(
+                "{}:{}",
+                meta.service().to_ascii_lowercase(),
+                meta.name()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Loads the shared SDK configuration from the standard chain (env, profiles, SSO, web identity, IMDS).
+///
+/// Retries: standard mode with [`DEFAULT_MAX_ATTEMPTS`] unless `AWS_RETRY_MODE` or `AWS_MAX_ATTEMPTS` is set,
+/// in which case aws-config's own resolution applies. Timeouts bound every attempt and every operation.
+pub async fn load_sdk_config() -> SdkConfig {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(30))
+        .operation_attempt_timeout(Duration::from_secs(30))
+        .operation_timeout(Duration::from_secs(120))
+        .build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).timeout_config(timeouts);
+    let env_sets_retry = std::env::var_os("AWS_MAX_ATTEMPTS").is_some()
+        || std::env::var_os("AWS_RETRY_MODE").is_some();
+    if !env_sets_retry {
+        loader =
+            loader.retry_config(RetryConfig::standard().with_max_attempts(DEFAULT_MAX_ATTEMPTS));
+    }
+    loader.load().await
+}
+
+/// Region for global services (IAM, STS, DescribeRegions): the SDK's region, else the first configured one.
+pub fn home_region(sdk: &SdkConfig, first_configured: Option<&str>) -> String {
+    sdk.region()
+        .map(|r| r.to_string())
+        .or_else(|| first_configured.map(str::to_string))
+        .unwrap_or_else(|| "us-east-1".to_string())
+}
+
+/// Classifies an SDK error without flattening it to a string.
+fn aws_error<E, R>(operation: &str, err: SdkError<E, R>) -> AwsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+{
+    match &err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            AwsError::from_code(
+                operation,
+                e.code().unwrap_or("Unknown"),
+                e.message().unwrap_or(""),
+            )
+        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            AwsError {
+                operation: operation.to_string(),
+                kind: AwsErrorKind::Transport,
+                code: "Transport".to_string(),
+                message: DisplayErrorContext(&err).to_string(),
+            }
+        }
+        _ => {
+            let message = DisplayErrorContext(&err).to_string();
+            let kind = if message.to_ascii_lowercase().contains("credential") {
+                AwsErrorKind::Credentials
+            } else {
+                AwsErrorKind::Other
+            };
+            AwsError {
+                operation: operation.to_string(),
+                kind,
+                code: if kind == AwsErrorKind::Credentials {
+                    "NoCredentials"
+                } else {
+                    "Client"
+                }
+                .to_string(),
+                message,
+            }
+        }
+    }
+}
+
+/// Per-region client cache: one client per region, built once.
+struct RegionalClients<C> {
+    sdk: SdkConfig,
+    counter: ApiCounter,
+    build: fn(&SdkConfig, &str, ApiCounter) -> C,
+    clients: Mutex<HashMap<String, C>>,
+}
+
+impl<C: Clone> RegionalClients<C> {
+    fn get(&self, region: &str) -> C {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry(region.to_string())
+            .or_insert_with(|| (self.build)(&self.sdk, region, self.counter.clone()))
+            .clone()
+    }
+}
+
+/// STS adapter.
+pub struct SdkSts {
+    client: aws_sdk_sts::Client,
+}
+
+impl SdkSts {
+    /// Builds the adapter for the home region.
+    pub fn new(sdk: &SdkConfig, region: &str, counter: ApiCounter) -> SdkSts {
+        let conf = aws_sdk_sts::config::Builder::from(sdk)
+            .region(Region::new(region.to_string()))
+            .interceptor(counter)
+            .build();
+        SdkSts {
+            client: aws_sdk_sts::Client::from_conf(conf),
+        }
+    }
+}
+
+impl Sts for SdkSts {
+    async fn account_id(&self) -> Result<String, AwsError> {
+        let out = self
+            .client
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| aws_error("sts:GetCallerIdentity", e))?;
+        out.account().map(str::to_string).ok_or_else(|| AwsError {
+            operation: "sts:GetCallerIdentity".into(),
+            kind: AwsErrorKind::Other,
+            code: "NoAccount".into(),
+            message: "the response carried no account id".into(),
+        })
+    }
+}
+
+/// EC2 adapter.
+pub struct SdkEc2 {
+    home_region: String,
+    clients: RegionalClients<aws_sdk_ec2::Client>,
+}
+
+impl SdkEc2 {
+    /// Builds the adapter; `home_region` serves `DescribeRegions`.
+    pub fn new(sdk: &SdkConfig, home_region: &str, counter: ApiCounter) -> SdkEc2 {
+        fn build(sdk: &SdkConfig, region: &str, counter: ApiCounter) -> aws_sdk_ec2::Client {
+            let conf = aws_sdk_ec2::config::Builder::from(sdk)
+                .region(Region::new(region.to_string()))
+                .interceptor(counter)
+                .build();
+            aws_sdk_ec2::Client::from_conf(conf)
+        }
+        SdkEc2 {
+            home_region: home_region.to_string(),
+            clients: RegionalClients {
+                sdk: sdk.clone(),
+                counter,
+                build,
+                clients: Mutex::new(HashMap::new()),
+            },
+        }
+    }
+}
+
+impl Ec2 for SdkEc2 {
+    async fn enabled_regions(&self) -> Result<Vec<String>, AwsError> {
+        let out = self
+            .clients
+            .get(&self.home_region)
+            .describe_regions()
+            .send()
+            .await
+            .map_err(|e| aws_error("ec2:DescribeRegions", e))?;
+        let mut regions: Vec<String> = out
+            .regions()
+            .iter()
+            .filter(|r| r.opt_in_status().is_none_or(|s| s != "not-opted-in"))
+            .filter_map(|r| r.region_name().map(str::to_string))
+            .collect();
+        regions.sort();
+        Ok(regions)
+    }
+
+    async fn describe_instances(
+        &self,
+        region: &str,
+        tag: Option<&TagSelector>,
+    ) -> Result<Vec<Ec2Instance>, AwsError> {
+        use aws_sdk_ec2::types::Filter;
+        let mut req = self
+            .clients
+            .get(region)
+            .describe_instances()
+            .max_results(1000)
+            .filters(
+                Filter::builder()
+                    .name("instance-state-name")
+                    .set_values(Some(
+                        ["pending", "running", "stopping", "stopped"]
+                            .map(String::from)
+                            .to_vec(),
+                    ))
+                    .build(),
+            );
+        if let Some(tag) = tag {
+            let filter = match &tag.value {
+                Some(value) => Filter::builder()
+                    .name(format!("tag:{}", tag.key))
+                    .values(value),
+                None => Filter::builder().name("tag-key").values(&tag.key),
+            };
+            req = req.filters(filter.build());
+        }
+        let mut pages = req.into_paginator().send();
+        let mut instances = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error("ec2:DescribeInstances", e))?;
+            for reservation in page.reservations() {
+                for i in reservation.instances() {
+                    let state = InstanceState::parse(
+                        i.state()
+                            .and_then(|s| s.name())
+                            .map_or("pending", |n| n.as_str()),
+                    );
+                    let Some(id) = i.instance_id() else { continue };
+                    if state.is_gone() {
+                        continue;
+                    }
+                    instances.push(Ec2Instance {
+                        instance_id: id.to_string(),
+                        name: i
+                            .tags()
+                            .iter()
+                            .find(|t| t.key() == Some("Name"))
+                            .and_then(|t| t.value())
+                            .map(str::to_string),
+                        platform: Platform::from_ec2(
+                            i.platform().map(|p| p.as_str()),
+                            i.platform_details(),
+                            i.architecture().map(|a| a.as_str()),
+                        ),
+                        state,
+                        profile_arn: i
+                            .iam_instance_profile()
+                            .and_then(|p| p.arn())
+                            .map(str::to_string),
+                    });
+                }
+            }
+        }
+        Ok(instances)
+    }
+
+    async fn profile_associations(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> Result<Vec<ProfileAssociation>, AwsError> {
+        let mut req = self
+            .clients
+            .get(region)
+            .describe_iam_instance_profile_associations();
+        if instance_ids.is_empty() {
+            req = req.max_results(1000);
+        } else {
+            req = req.filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("instance-id")
+                    .set_values(Some(instance_ids.to_vec()))
+                    .build(),
+            );
+        }
+        let mut pages = req.into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| aws_error("ec2:DescribeIamInstanceProfileAssociations", e))?;
+            for a in page.iam_instance_profile_associations() {
+                let state = a.state().map_or("associated", |s| s.as_str());
+                if !matches!(state, "associated" | "associating") {
+                    continue;
+                }
+                if let (Some(id), Some(instance), Some(arn)) = (
+                    a.association_id(),
+                    a.instance_id(),
+                    a.iam_instance_profile().and_then(|p| p.arn()),
+                ) {
+                    out.push(ProfileAssociation {
+                        association_id: id.to_string(),
+                        instance_id: instance.to_string(),
+                        profile_arn: arn.to_string(),
+                        state: state.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn associate_instance_profile(
+        &self,
+        _token: &MutationToken,
+        region: &str,
+        instance_id: &str,
+        profile_name: &str,
+    ) -> Result<String, AwsError> {
+        let spec = aws_sdk_ec2::types::IamInstanceProfileSpecification::builder()
+            .name(profile_name)
+            .build();
+        let out = self
+            .clients
+            .get(region)
+            .associate_iam_instance_profile()
+            .instance_id(instance_id)
+            .iam_instance_profile(spec)
+            .send()
+            .await
+            .map_err(|e| aws_error("ec2:AssociateIamInstanceProfile", e))?;
+        Ok(out
+            .iam_instance_profile_association()
+            .and_then(|a| a.association_id())
+            .unwrap_or_default()
+            .to_string())
+    }
+}
+
+/// IAM adapter.
+pub struct SdkIam {
+    client: aws_sdk_iam::Client,
+}
+
+impl SdkIam {
+    /// Builds the adapter (IAM is global; `region` only picks the partition's endpoint).
+    pub fn new(sdk: &SdkConfig, region: &str, counter: ApiCounter) -> SdkIam {
+        let conf = aws_sdk_iam::config::Builder::from(sdk)
+            .region(Region::new(region.to_string()))
+            .interceptor(counter)
+            .build();
+        SdkIam {
+            client: aws_sdk_iam::Client::from_conf(conf),
+        }
+    }
+
+    fn managed_tag() -> aws_sdk_iam::types::Tag {
+        aws_sdk_iam::types::Tag::builder()
+            .key(MANAGED_TAG_KEY)
+            .value(MANAGED_TAG_VALUE)
+            .build()
+            .expect("key and value are set")
+    }
+}
+
+fn is_managed(tags: &[aws_sdk_iam::types::Tag]) -> bool {
+    tags.iter()
+        .any(|t| t.key() == MANAGED_TAG_KEY && t.value() == MANAGED_TAG_VALUE)
+}
+
+fn profile_from_sdk(p: &aws_sdk_iam::types::InstanceProfile) -> InstanceProfile {
+    InstanceProfile {
+        name: p.instance_profile_name().to_string(),
+        arn: p.arn().to_string(),
+        roles: p
+            .roles()
+            .iter()
+            .map(|r| r.role_name().to_string())
+            .collect(),
+        managed_by_us: is_managed(p.tags()),
+    }
+}
+
+fn not_found_is_none<T>(result: Result<T, AwsError>) -> Result<Option<T>, AwsError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.kind == AwsErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl Iam for SdkIam {
+    async fn get_instance_profile(&self, name: &str) -> Result<Option<InstanceProfile>, AwsError> {
+        let result = self
+            .client
+            .get_instance_profile()
+            .instance_profile_name(name)
+            .send()
+            .await
+            .map_err(|e| aws_error("iam:GetInstanceProfile", e));
+        Ok(not_found_is_none(result)?.and_then(|out| out.instance_profile().map(profile_from_sdk)))
+    }
+
+    async fn get_role(&self, name: &str) -> Result<Option<Role>, AwsError> {
+        let result = self
+            .client
+            .get_role()
+            .role_name(name)
+            .send()
+            .await
+            .map_err(|e| aws_error("iam:GetRole", e));
+        Ok(not_found_is_none(result)?.and_then(|out| {
+            out.role().map(|r| Role {
+                name: r.role_name().to_string(),
+                arn: r.arn().to_string(),
+                managed_by_us: is_managed(r.tags()),
+            })
+        }))
+    }
+
+    async fn attached_policies(&self, role: &str) -> Result<Vec<String>, AwsError> {
+        let mut pages = self
+            .client
+            .list_attached_role_policies()
+            .role_name(role)
+            .max_items(1000)
+            .into_paginator()
+            .send();
+        let mut arns = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error("iam:ListAttachedRolePolicies", e))?;
+            arns.extend(
+                page.attached_policies()
+                    .iter()
+                    .filter_map(|p| p.policy_arn().map(str::to_string)),
+            );
+        }
+        Ok(arns)
+    }
+
+    async fn create_role(&self, _token: &MutationToken, name: &str) -> Result<Role, AwsError> {
+        let out = self
+            .client
+            .create_role()
+            .role_name(name)
+            .assume_role_policy_document(EC2_TRUST_POLICY)
+            .description("SSM instance role for Azure Arc onboarding; created by arc-onboard")
+            .tags(Self::managed_tag())
+            .send()
+            .await
+            .map_err(|e| aws_error("iam:CreateRole", e))?;
+        let role = out.role();
+        Ok(Role {
+            name: name.to_string(),
+            arn: role.map(|r| r.arn().to_string()).unwrap_or_default(),
+            managed_by_us: true,
+        })
+    }
+
+    async fn attach_role_policy(
+        &self,
+        _token: &MutationToken,
+        role: &str,
+        policy_arn: &str,
+    ) -> Result<(), AwsError> {
+        self.client
+            .attach_role_policy()
+            .role_name(role)
+            .policy_arn(policy_arn)
+            .send()
+            .await
+            .map_err(|e| aws_error("iam:AttachRolePolicy", e))?;
+        Ok(())
+    }
+
+    async fn create_instance_profile(
+        &self,
+        _token: &MutationToken,
+        name: &str,
+    ) -> Result<InstanceProfile, AwsError> {
+        let out = self
+            .client
+            .create_instance_profile()
+            .instance_profile_name(name)
+            .tags(Self::managed_tag())
+            .send()
+            .await
+            .map_err(|e| aws_error("iam:CreateInstanceProfile", e))?;
+        Ok(out
+            .instance_profile()
+            .map(profile_from_sdk)
+            .unwrap_or(InstanceProfile {
+                name: name.to_string(),
+                arn: String::new(),
+                roles: Vec::new(),
+                managed_by_us: true,
+            }))
+    }
+
+    async fn add_role_to_instance_profile(
+        &self,
+        _token: &MutationToken,
+        profile: &str,
+        role: &str,
+    ) -> Result<(), AwsError> {
+        self.client
+            .add_role_to_instance_profile()
+            .instance_profile_name(profile)
+            .role_name(role)
+            .send()
+            .await
+            .map_err(|e| aws_error("iam:AddRoleToInstanceProfile", e))?;
+        Ok(())
+    }
+}
+
+/// SSM adapter.
+pub struct SdkSsm {
+    clients: RegionalClients<aws_sdk_ssm::Client>,
+}
+
+impl SdkSsm {
+    /// Builds the adapter.
+    pub fn new(sdk: &SdkConfig, counter: ApiCounter) -> SdkSsm {
+        fn build(sdk: &SdkConfig, region: &str, counter: ApiCounter) -> aws_sdk_ssm::Client {
+            let conf = aws_sdk_ssm::config::Builder::from(sdk)
+                .region(Region::new(region.to_string()))
+                .interceptor(counter)
+                .build();
+            aws_sdk_ssm::Client::from_conf(conf)
+        }
+        SdkSsm {
+            clients: RegionalClients {
+                sdk: sdk.clone(),
+                counter,
+                build,
+                clients: Mutex::new(HashMap::new()),
+            },
+        }
+    }
+}
+
+/// `DescribeInstanceInformation` accepts at most 50 results a page; ids go 50 to a call.
+const SSM_PAGE: usize = 50;
+
+impl Ssm for SdkSsm {
+    async fn describe_instance_information(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> Result<Vec<SsmInstance>, AwsError> {
+        use aws_sdk_ssm::types::InstanceInformationStringFilter;
+        let client = self.clients.get(region);
+        let mut out = Vec::new();
+        for chunk in instance_ids.chunks(SSM_PAGE) {
+            let filter = InstanceInformationStringFilter::builder()
+                .key("InstanceIds")
+                .set_values(Some(chunk.to_vec()))
+                .build()
+                .map_err(|e| AwsError {
+                    operation: "ssm:DescribeInstanceInformation".into(),
+                    kind: AwsErrorKind::Other,
+                    code: "Client".into(),
+                    message: e.to_string(),
+                })?;
+            let mut pages = client
+                .describe_instance_information()
+                .filters(filter)
+                .max_results(SSM_PAGE as i32)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| aws_error("ssm:DescribeInstanceInformation", e))?;
+                for info in page.instance_information_list() {
+                    let (Some(id), Some(ping)) = (
+                        info.instance_id(),
+                        info.ping_status()
+                            .and_then(|p| PingStatus::parse(p.as_str())),
+                    ) else {
+                        continue;
+                    };
+                    out.push(SsmInstance {
+                        instance_id: id.to_string(),
+                        ping,
+                        platform_type: info.platform_type().map(|p| p.as_str().to_string()),
+                        agent_version: info.agent_version().map(str::to_string),
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}

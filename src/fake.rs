@@ -1,0 +1,432 @@
+//! Stateful in-memory fakes of the AWS ports, for pass tests: mutations show up in the next observation,
+//! errors can be injected per operation and instance, role, profile or region, and every call is counted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use crate::config::SSM_POLICY_ARN;
+use crate::model::{
+    AwsError, Ec2Instance, InstanceProfile, InstanceState, PingStatus, Platform,
+    ProfileAssociation, Role, SsmInstance, TagSelector,
+};
+use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Ssm, Sts};
+
+/// The account id the fake reports.
+pub const FAKE_ACCOUNT: &str = "123456789012";
+
+/// One fake instance.
+#[derive(Debug, Clone)]
+pub struct FakeInstance {
+    /// What EC2 reports.
+    pub ec2: Ec2Instance,
+    /// Tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    regions: Vec<String>,
+    instances: BTreeMap<String, Vec<FakeInstance>>,
+    profiles: BTreeMap<String, InstanceProfile>,
+    roles: BTreeMap<String, (Role, Vec<String>)>,
+    failures: HashMap<(String, String), AwsError>,
+    next_association: u64,
+}
+
+/// A fake AWS account implementing every AWS port.
+#[derive(Debug, Default)]
+pub struct FakeAws {
+    state: Mutex<State>,
+    /// Every call, by `service:Operation`.
+    pub calls: ApiCounter,
+}
+
+fn profile_arn(name: &str) -> String {
+    format!("arn:aws:iam::{FAKE_ACCOUNT}:instance-profile/{name}")
+}
+
+impl FakeAws {
+    /// An account with these enabled regions.
+    pub fn new(regions: &[&str]) -> FakeAws {
+        let fake = FakeAws::default();
+        fake.lock().regions = regions.iter().map(|r| r.to_string()).collect();
+        fake
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a role with these attached policies, optionally wrapped in a profile of the given name.
+    pub fn add_role(&self, name: &str, policies: &[&str], profile: Option<&str>) {
+        let mut s = self.lock();
+        let role = Role {
+            name: name.into(),
+            arn: format!("arn:aws:iam::{FAKE_ACCOUNT}:role/{name}"),
+            managed_by_us: false,
+        };
+        s.roles.insert(
+            name.into(),
+            (role, policies.iter().map(|p| p.to_string()).collect()),
+        );
+        if let Some(p) = profile {
+            s.profiles.insert(
+                p.into(),
+                InstanceProfile {
+                    name: p.into(),
+                    arn: profile_arn(p),
+                    roles: vec![name.into()],
+                    managed_by_us: false,
+                },
+            );
+        }
+    }
+
+    /// Adds a profile that holds no role.
+    pub fn add_empty_profile(&self, name: &str) {
+        self.lock().profiles.insert(
+            name.into(),
+            InstanceProfile {
+                name: name.into(),
+                arn: profile_arn(name),
+                roles: vec![],
+                managed_by_us: false,
+            },
+        );
+    }
+
+    /// Adds an instance.
+    pub fn add_instance(
+        &self,
+        region: &str,
+        id: &str,
+        platform: Platform,
+        state: InstanceState,
+        profile: Option<&str>,
+        tags: &[(&str, &str)],
+    ) {
+        let tags: BTreeMap<String, String> = tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.lock()
+            .instances
+            .entry(region.into())
+            .or_default()
+            .push(FakeInstance {
+                ec2: Ec2Instance {
+                    instance_id: id.into(),
+                    name: tags.get("Name").cloned(),
+                    platform,
+                    state,
+                    profile_arn: profile.map(profile_arn),
+                },
+                tags,
+            });
+    }
+
+    /// Makes `operation` fail with `code` whenever it concerns `key` (instance id, role, profile or region).
+    pub fn fail(&self, operation: &str, key: &str, code: &str) {
+        let e = AwsError::from_code(operation, code, "injected by the fake");
+        self.lock()
+            .failures
+            .insert((operation.into(), key.into()), e);
+    }
+
+    fn check(&self, operation: &str, keys: &[&str]) -> Result<(), AwsError> {
+        self.calls.record(operation);
+        let s = self.lock();
+        for k in keys {
+            if let Some(e) = s.failures.get(&(operation.to_string(), k.to_string())) {
+                return Err(e.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// The profile ARN an instance has now.
+    pub fn instance_profile(&self, id: &str) -> Option<String> {
+        self.lock()
+            .instances
+            .values()
+            .flatten()
+            .find(|i| i.ec2.instance_id == id)
+            .and_then(|i| i.ec2.profile_arn.clone())
+    }
+
+    /// Policies attached to a role now.
+    pub fn role_policies(&self, role: &str) -> Vec<String> {
+        self.lock()
+            .roles
+            .get(role)
+            .map(|r| r.1.clone())
+            .unwrap_or_default()
+    }
+
+    /// A profile as it is now.
+    pub fn profile(&self, name: &str) -> Option<InstanceProfile> {
+        self.lock().profiles.get(name).cloned()
+    }
+
+    fn online(s: &State, i: &FakeInstance) -> bool {
+        if i.ec2.state != InstanceState::Running {
+            return false;
+        }
+        let Some(arn) = &i.ec2.profile_arn else {
+            return false;
+        };
+        let name = arn.rsplit('/').next().unwrap_or_default();
+        s.profiles.get(name).is_some_and(|p| {
+            p.roles.iter().any(|r| {
+                s.roles
+                    .get(r)
+                    .is_some_and(|(_, pol)| pol.iter().any(|p| p == SSM_POLICY_ARN))
+            })
+        })
+    }
+}
+
+impl Sts for FakeAws {
+    async fn account_id(&self) -> Result<String, AwsError> {
+        self.check("sts:GetCallerIdentity", &[])?;
+        Ok(FAKE_ACCOUNT.into())
+    }
+}
+
+impl Ec2 for FakeAws {
+    async fn enabled_regions(&self) -> Result<Vec<String>, AwsError> {
+        self.check("ec2:DescribeRegions", &[])?;
+        Ok(self.lock().regions.clone())
+    }
+
+    async fn describe_instances(
+        &self,
+        region: &str,
+        tag: Option<&TagSelector>,
+    ) -> Result<Vec<Ec2Instance>, AwsError> {
+        self.check("ec2:DescribeInstances", &[region])?;
+        let s = self.lock();
+        Ok(s.instances
+            .get(region)
+            .into_iter()
+            .flatten()
+            .filter(|i| !i.ec2.state.is_gone())
+            .filter(|i| match tag {
+                None => true,
+                Some(t) => i
+                    .tags
+                    .get(&t.key)
+                    .is_some_and(|v| t.value.as_ref().is_none_or(|want| want == v)),
+            })
+            .map(|i| i.ec2.clone())
+            .collect())
+    }
+
+    async fn profile_associations(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> Result<Vec<ProfileAssociation>, AwsError> {
+        self.check("ec2:DescribeIamInstanceProfileAssociations", &[region])?;
+        let s = self.lock();
+        Ok(s.instances
+            .get(region)
+            .into_iter()
+            .flatten()
+            .filter(|i| instance_ids.is_empty() || instance_ids.contains(&i.ec2.instance_id))
+            .filter_map(|i| {
+                i.ec2.profile_arn.as_ref().map(|arn| ProfileAssociation {
+                    association_id: format!("iip-assoc-{}", i.ec2.instance_id),
+                    instance_id: i.ec2.instance_id.clone(),
+                    profile_arn: arn.clone(),
+                    state: "associated".into(),
+                })
+            })
+            .collect())
+    }
+
+    async fn associate_instance_profile(
+        &self,
+        _token: &MutationToken,
+        region: &str,
+        instance_id: &str,
+        profile_name: &str,
+    ) -> Result<String, AwsError> {
+        let op = "ec2:AssociateIamInstanceProfile";
+        self.check(op, &[instance_id, region])?;
+        let mut s = self.lock();
+        if !s.profiles.contains_key(profile_name) {
+            return Err(AwsError::from_code(
+                op,
+                "InvalidParameterValue",
+                "Invalid IAM Instance Profile name",
+            ));
+        }
+        s.next_association += 1;
+        let assoc = format!("iip-assoc-{}", s.next_association);
+        let inst = s
+            .instances
+            .get_mut(region)
+            .and_then(|list| list.iter_mut().find(|i| i.ec2.instance_id == instance_id))
+            .ok_or_else(|| {
+                AwsError::from_code(op, "InvalidInstanceID.NotFound", "no such instance")
+            })?;
+        if inst.ec2.profile_arn.is_some() {
+            return Err(AwsError::from_code(
+                op,
+                "IncorrectState",
+                "There is an existing association",
+            ));
+        }
+        inst.ec2.profile_arn = Some(profile_arn(profile_name));
+        Ok(assoc)
+    }
+}
+
+impl Iam for FakeAws {
+    async fn get_instance_profile(&self, name: &str) -> Result<Option<InstanceProfile>, AwsError> {
+        self.check("iam:GetInstanceProfile", &[name])?;
+        Ok(self.lock().profiles.get(name).cloned())
+    }
+
+    async fn get_role(&self, name: &str) -> Result<Option<Role>, AwsError> {
+        self.check("iam:GetRole", &[name])?;
+        Ok(self.lock().roles.get(name).map(|r| r.0.clone()))
+    }
+
+    async fn attached_policies(&self, role: &str) -> Result<Vec<String>, AwsError> {
+        let op = "iam:ListAttachedRolePolicies";
+        self.check(op, &[role])?;
+        self.lock()
+            .roles
+            .get(role)
+            .map(|r| r.1.clone())
+            .ok_or_else(|| AwsError::from_code(op, "NoSuchEntity", "no such role"))
+    }
+
+    async fn create_role(&self, _token: &MutationToken, name: &str) -> Result<Role, AwsError> {
+        let op = "iam:CreateRole";
+        self.check(op, &[name])?;
+        let mut s = self.lock();
+        if s.roles.contains_key(name) {
+            return Err(AwsError::from_code(
+                op,
+                "EntityAlreadyExists",
+                "role exists",
+            ));
+        }
+        let role = Role {
+            name: name.into(),
+            arn: format!("arn:aws:iam::{FAKE_ACCOUNT}:role/{name}"),
+            managed_by_us: true,
+        };
+        s.roles.insert(name.into(), (role.clone(), vec![]));
+        Ok(role)
+    }
+
+    async fn attach_role_policy(
+        &self,
+        _token: &MutationToken,
+        role: &str,
+        policy_arn: &str,
+    ) -> Result<(), AwsError> {
+        let op = "iam:AttachRolePolicy";
+        self.check(op, &[role])?;
+        let mut s = self.lock();
+        let r = s
+            .roles
+            .get_mut(role)
+            .ok_or_else(|| AwsError::from_code(op, "NoSuchEntity", "no such role"))?;
+        if !r.1.iter().any(|p| p == policy_arn) {
+            r.1.push(policy_arn.into());
+        }
+        Ok(())
+    }
+
+    async fn create_instance_profile(
+        &self,
+        _token: &MutationToken,
+        name: &str,
+    ) -> Result<InstanceProfile, AwsError> {
+        let op = "iam:CreateInstanceProfile";
+        self.check(op, &[name])?;
+        let mut s = self.lock();
+        if s.profiles.contains_key(name) {
+            return Err(AwsError::from_code(
+                op,
+                "EntityAlreadyExists",
+                "profile exists",
+            ));
+        }
+        let p = InstanceProfile {
+            name: name.into(),
+            arn: profile_arn(name),
+            roles: vec![],
+            managed_by_us: true,
+        };
+        s.profiles.insert(name.into(), p.clone());
+        Ok(p)
+    }
+
+    async fn add_role_to_instance_profile(
+        &self,
+        _token: &MutationToken,
+        profile: &str,
+        role: &str,
+    ) -> Result<(), AwsError> {
+        let op = "iam:AddRoleToInstanceProfile";
+        self.check(op, &[profile, role])?;
+        let mut s = self.lock();
+        let p = s
+            .profiles
+            .get_mut(profile)
+            .ok_or_else(|| AwsError::from_code(op, "NoSuchEntity", "no such profile"))?;
+        if !p.roles.is_empty() {
+            return Err(AwsError::from_code(
+                op,
+                "LimitExceeded",
+                "Cannot exceed quota for InstanceSessionsPerInstanceProfile: 1",
+            ));
+        }
+        p.roles.push(role.into());
+        Ok(())
+    }
+}
+
+impl Ssm for FakeAws {
+    async fn describe_instance_information(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> Result<Vec<SsmInstance>, AwsError> {
+        let s = self.lock();
+        for _ in instance_ids.chunks(50) {
+            self.calls.record("ssm:DescribeInstanceInformation");
+        }
+        if let Some(e) = s.failures.get(&(
+            "ssm:DescribeInstanceInformation".to_string(),
+            region.to_string(),
+        )) {
+            return Err(e.clone());
+        }
+        Ok(s.instances
+            .get(region)
+            .into_iter()
+            .flatten()
+            .filter(|i| instance_ids.contains(&i.ec2.instance_id) && FakeAws::online(&s, i))
+            .map(|i| SsmInstance {
+                instance_id: i.ec2.instance_id.clone(),
+                ping: PingStatus::Online,
+                platform_type: Some(
+                    if i.ec2.platform == Platform::Windows {
+                        "Windows"
+                    } else {
+                        "Linux"
+                    }
+                    .into(),
+                ),
+                agent_version: Some("3.3.0.0".into()),
+            })
+            .collect())
+    }
+}

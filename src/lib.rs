@@ -1,0 +1,32 @@
+//! arc-onboard: onboards AWS EC2 instances to Azure Arc through SSM Run Command.
+//!
+//! It does the job of the "Arc onboarding" solution of Azure's multicloud connector as a standalone
+//! orchestrator: discover instances, give them a working SSM role, install and connect the Azure Connected
+//! Machine agent, and report what was (or would be) done to each machine.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration, validated once into typed values before any AWS call.
+//! - [`duration`]: the human durations the interface accepts.
+//! - [`model`]: domain types shared by every layer; no SDK type crosses a port.
+//! - [`ports`]: one trait per external system, and the [`ports::MutationToken`] capability.
+//! - [`aws`]: real adapters over the official AWS SDK (credential chain, retries, call counting).
+//! - [`fake`]: stateful in-memory fakes of the ports for tests.
+//! - [`observe`]: gathers one account's state through the ports.
+//! - [`plan`]: the pure planner: observation + config -> per-instance actions and reasons.
+//! - [`apply`]: executes the IAM part of a plan (requires a mutation token).
+//! - [`pass`]: one observe -> plan -> apply pass, shared by every command.
+//! - [`report`]: the report rendered as JSON or a table.
+//! - [`cli`]: command-line parsing and the commands; the only place mutation tokens are minted.
+
+pub mod apply;
+pub mod aws;
+pub mod cli;
+pub mod config;
+pub mod duration;
+pub mod fake;
+pub mod model;
+pub mod observe;
+pub mod pass;
+pub mod plan;
+pub mod ports;
+pub mod report;

@@ -1,0 +1,250 @@
+//! Observation: gathers the state of one AWS account through the ports, regions in parallel under a bound,
+//! IAM lookups once per distinct profile and role.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use futures::stream::{self, StreamExt};
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::config::{Config, RegionSelection};
+use crate::model::{
+    AwsError, Ec2Instance, InstanceProfile, InstanceState, Role, SsmInstance, TagSelector,
+};
+use crate::ports::{Ec2, Iam, Ssm};
+
+/// How many regions are observed at once.
+pub const REGION_CONCURRENCY: usize = 8;
+/// How many IAM lookups run at once (IAM's read quota is account-wide).
+const IAM_CONCURRENCY: usize = 8;
+
+/// Result of looking something up that may legitimately not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup<T> {
+    /// It exists.
+    Found(T),
+    /// It does not exist.
+    Missing,
+    /// The lookup failed.
+    Failed(AwsError),
+}
+
+impl<T> Lookup<T> {
+    fn from_result(r: Result<Option<T>, AwsError>) -> Lookup<T> {
+        match r {
+            Ok(Some(v)) => Lookup::Found(v),
+            Ok(None) => Lookup::Missing,
+            Err(e) => Lookup::Failed(e),
+        }
+    }
+
+    /// The value when found.
+    pub fn found(&self) -> Option<&T> {
+        match self {
+            Lookup::Found(v) => Some(v),
+            _ => None,
+        }
+    }
+}
+
+/// What one pass saw of one account.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountObservation {
+    /// 12-digit account id.
+    pub account_id: String,
+    /// Per region, in the order configured (or sorted for all regions).
+    pub regions: Vec<RegionObservation>,
+    /// Instance profiles by name: every profile an instance uses, plus the configured SSM profile.
+    pub profiles: BTreeMap<String, Lookup<InstanceProfile>>,
+    /// Attached policy ARNs by role name: every role in those profiles, plus the SSM role.
+    pub role_policies: BTreeMap<String, Lookup<Vec<String>>>,
+    /// The configured SSM role.
+    pub ssm_role: Lookup<Role>,
+}
+
+/// What one pass saw of one region.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionObservation {
+    /// Region name.
+    pub region: String,
+    /// Instances that passed the filters, terminated ones dropped.
+    pub instances: Vec<ObservedInstance>,
+    /// Set when the region's instances could not be listed at all.
+    pub error: Option<AwsError>,
+    /// Set when SSM could not be asked; instances are listed but their SSM state is unknown.
+    pub ssm_error: Option<AwsError>,
+}
+
+/// One instance with what SSM knows of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedInstance {
+    /// From EC2.
+    pub ec2: Ec2Instance,
+    /// From SSM, when registered.
+    pub ssm: Option<SsmInstance>,
+}
+
+/// The name of an instance profile from its ARN (`arn:aws:iam::1:instance-profile/path/name`).
+pub fn profile_name_from_arn(arn: &str) -> &str {
+    arn.rsplit('/').next().unwrap_or(arn)
+}
+
+/// Resolves the regions to scan: the configured list, or every region enabled for the account.
+pub async fn resolve_regions(
+    ec2: &impl Ec2,
+    selection: &RegionSelection,
+) -> Result<Vec<String>, AwsError> {
+    match selection {
+        RegionSelection::List(list) => Ok(list.clone()),
+        RegionSelection::AllEnabled => ec2.enabled_regions().await,
+    }
+}
+
+/// Observes one account.
+pub async fn observe_account(
+    account_id: &str,
+    regions: &[String],
+    config: &Config,
+    ec2: &impl Ec2,
+    iam: &impl Iam,
+    ssm: &impl Ssm,
+) -> AccountObservation {
+    let tag = config.aws.tag_filter.as_ref().map(|t| TagSelector {
+        key: t.key.clone(),
+        value: t.value.clone(),
+    });
+    let mut by_region: HashMap<String, RegionObservation> = stream::iter(regions.iter().cloned())
+        .map(|region| {
+            let span = info_span!("observe_region", account = %account_id, region = %region);
+            observe_region(region, tag.clone(), ec2, ssm).instrument(span)
+        })
+        .buffer_unordered(REGION_CONCURRENCY)
+        .map(|r| (r.region.clone(), r))
+        .collect()
+        .await;
+    let regions: Vec<RegionObservation> =
+        regions.iter().filter_map(|r| by_region.remove(r)).collect();
+
+    let mut profile_names: BTreeSet<String> = regions
+        .iter()
+        .flat_map(|r| &r.instances)
+        .filter_map(|i| i.ec2.profile_arn.as_deref())
+        .map(|arn| profile_name_from_arn(arn).to_string())
+        .collect();
+    profile_names.insert(config.iam.instance_profile_name.clone());
+    let profiles: BTreeMap<String, Lookup<InstanceProfile>> = stream::iter(profile_names)
+        .map(|name| async move {
+            let lookup = Lookup::from_result(iam.get_instance_profile(&name).await);
+            (name, lookup)
+        })
+        .buffer_unordered(IAM_CONCURRENCY)
+        .collect()
+        .await;
+
+    let ssm_role = Lookup::from_result(iam.get_role(&config.iam.role_name).await);
+    let mut role_names: BTreeSet<String> = profiles
+        .values()
+        .filter_map(Lookup::found)
+        .flat_map(|p| p.roles.iter().cloned())
+        .collect();
+    if ssm_role.found().is_some() {
+        role_names.insert(config.iam.role_name.clone());
+    }
+    let role_policies: BTreeMap<String, Lookup<Vec<String>>> = stream::iter(role_names)
+        .map(|name| async move {
+            let lookup = match iam.attached_policies(&name).await {
+                Ok(p) => Lookup::Found(p),
+                Err(e) => Lookup::Failed(e),
+            };
+            (name, lookup)
+        })
+        .buffer_unordered(IAM_CONCURRENCY)
+        .collect()
+        .await;
+
+    AccountObservation {
+        account_id: account_id.to_string(),
+        regions,
+        profiles,
+        role_policies,
+        ssm_role,
+    }
+}
+
+async fn observe_region(
+    region: String,
+    tag: Option<TagSelector>,
+    ec2: &impl Ec2,
+    ssm: &impl Ssm,
+) -> RegionObservation {
+    let mut instances = match ec2.describe_instances(&region, tag.as_ref()).await {
+        Ok(list) => list,
+        Err(error) => {
+            warn!(error = %error, "cannot list instances");
+            return RegionObservation {
+                region,
+                instances: Vec::new(),
+                error: Some(error),
+                ssm_error: None,
+            };
+        }
+    };
+    instances.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    if !instances.is_empty() {
+        // Associations are authoritative for profiles still being associated; the instance field can lag.
+        match ec2.profile_associations(&region, &[]).await {
+            Ok(associations) => {
+                let by_instance: HashMap<&str, &str> = associations
+                    .iter()
+                    .map(|a| (a.instance_id.as_str(), a.profile_arn.as_str()))
+                    .collect();
+                for i in &mut instances {
+                    if let Some(arn) = by_instance.get(i.instance_id.as_str()) {
+                        i.profile_arn = Some((*arn).to_string());
+                    }
+                }
+            }
+            Err(error) => {
+                warn!(error = %error, "cannot list profile associations; using the instances' own profile field")
+            }
+        }
+    }
+    let running: Vec<String> = instances
+        .iter()
+        .filter(|i| i.state == InstanceState::Running)
+        .map(|i| i.instance_id.clone())
+        .collect();
+    let (ssm_by_id, ssm_error) = if running.is_empty() {
+        (HashMap::new(), None)
+    } else {
+        match ssm.describe_instance_information(&region, &running).await {
+            Ok(list) => (
+                list.into_iter()
+                    .map(|s| (s.instance_id.clone(), s))
+                    .collect(),
+                None,
+            ),
+            Err(error) => {
+                warn!(error = %error, "cannot read SSM instance information");
+                (HashMap::new(), Some(error))
+            }
+        }
+    };
+    let mut ssm_by_id: HashMap<String, SsmInstance> = ssm_by_id;
+    debug!(
+        instances = instances.len(),
+        managed = ssm_by_id.len(),
+        "region observed"
+    );
+    RegionObservation {
+        region,
+        instances: instances
+            .into_iter()
+            .map(|ec2| ObservedInstance {
+                ssm: ssm_by_id.remove(&ec2.instance_id),
+                ec2,
+            })
+            .collect(),
+        error: None,
+        ssm_error,
+    }
+}

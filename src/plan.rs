@@ -1,0 +1,910 @@
+//! The planner: a pure function from an account's observed state and the configuration to what `run` would
+//! do to each machine, and why. `plan` renders this plan; `run` executes the same plan.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::config::{Config, SSM_POLICY_ARN};
+use crate::model::{AwsError, InstanceState, PingStatus, Platform};
+use crate::observe::{
+    profile_name_from_arn, AccountObservation, Lookup, ObservedInstance, RegionObservation,
+};
+
+/// Instance status vocabulary of the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Plan only: there are actions to take.
+    Planned,
+    /// The agent was installed and connected in this run.
+    Onboarded,
+    /// Azure already shows the machine connected.
+    AlreadyOnboarded,
+    /// IAM is in place; the instance is not Online in SSM yet.
+    WaitingForSsm,
+    /// The configuration forbids the IAM change this instance needs.
+    NeedsManualIam,
+    /// Stopped or stopping (IAM actions still apply).
+    NotRunning,
+    /// The agent does not support this platform.
+    Unsupported,
+    /// Something failed; the detail says what and why.
+    Failed,
+}
+
+impl Status {
+    /// Report spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Planned => "planned",
+            Status::Onboarded => "onboarded",
+            Status::AlreadyOnboarded => "already-onboarded",
+            Status::WaitingForSsm => "waiting-for-ssm",
+            Status::NeedsManualIam => "needs-manual-iam",
+            Status::NotRunning => "not-running",
+            Status::Unsupported => "unsupported",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What `create-ssm-role` has to do in one account. Each step is needed only when its object is missing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SsmRoleSteps {
+    /// `iam:CreateRole` (trust `ec2.amazonaws.com`, tagged as ours).
+    pub create_role: bool,
+    /// `iam:AttachRolePolicy` of `AmazonSSMManagedInstanceCore` to the SSM role.
+    pub attach_policy: bool,
+    /// `iam:CreateInstanceProfile` (tagged as ours).
+    pub create_profile: bool,
+    /// `iam:AddRoleToInstanceProfile` of the SSM role into the SSM profile.
+    pub add_role_to_profile: bool,
+}
+
+impl SsmRoleSteps {
+    fn any(&self) -> bool {
+        self.create_role || self.attach_policy || self.create_profile || self.add_role_to_profile
+    }
+
+    fn merge(&mut self, other: &SsmRoleSteps) {
+        self.create_role |= other.create_role;
+        self.attach_policy |= other.attach_policy;
+        self.create_profile |= other.create_profile;
+        self.add_role_to_profile |= other.add_role_to_profile;
+    }
+}
+
+/// One per-instance action, with its target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceAction {
+    /// Associate the SSM instance profile with an instance that has none.
+    AssociateInstanceProfile {
+        /// Profile name.
+        profile: String,
+    },
+    /// Put the SSM role into the instance's profile, which holds no role.
+    AddRoleToInstanceProfile {
+        /// The instance's profile.
+        profile: String,
+        /// The SSM role.
+        role: String,
+    },
+    /// Attach `AmazonSSMManagedInstanceCore` to the instance's role.
+    AttachRolePolicy {
+        /// The instance's role.
+        role: String,
+    },
+    /// Install and connect the Azure Connected Machine agent through SSM.
+    InstallAgent,
+}
+
+impl InstanceAction {
+    /// Report spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            InstanceAction::AssociateInstanceProfile { .. } => "associate-instance-profile",
+            InstanceAction::AddRoleToInstanceProfile { .. } => "add-role-to-instance-profile",
+            InstanceAction::AttachRolePolicy { .. } => "attach-role-policy",
+            InstanceAction::InstallAgent => "install-agent",
+        }
+    }
+
+    /// Whether the action changes IAM or EC2 (as opposed to installing the agent).
+    pub fn is_iam(&self) -> bool {
+        !matches!(self, InstanceAction::InstallAgent)
+    }
+}
+
+impl fmt::Display for InstanceAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for InstanceAction {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// The plan for one instance; `run` updates `status` and `detail` as it executes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstancePlan {
+    /// Owning account.
+    pub account_id: String,
+    /// Region.
+    pub region: String,
+    /// `i-...`.
+    pub instance_id: String,
+    /// `Name` tag.
+    pub name: Option<String>,
+    /// Platform.
+    pub platform: Platform,
+    /// EC2 state.
+    pub state: InstanceState,
+    /// Instance profile ARN at observation time.
+    pub instance_profile: Option<String>,
+    /// SSM ping status at observation time.
+    pub ssm_ping: Option<PingStatus>,
+    /// Actions in execution order.
+    pub actions: Vec<InstanceAction>,
+    /// Outcome (or, for `plan`, the planned state).
+    pub status: Status,
+    /// Why, in words.
+    pub detail: String,
+    /// Whether the instance's actions depend on the account-level `create-ssm-role`.
+    #[serde(skip)]
+    pub needs_ssm_role: bool,
+}
+
+/// A region that could not be observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RegionError {
+    /// Account.
+    pub account_id: String,
+    /// Region.
+    pub region: String,
+    /// The failing call.
+    pub operation: String,
+    /// AWS error code.
+    pub code: String,
+    /// AWS error message.
+    pub message: String,
+}
+
+impl RegionError {
+    fn new(account_id: &str, region: &str, e: &AwsError) -> RegionError {
+        RegionError {
+            account_id: account_id.to_string(),
+            region: region.to_string(),
+            operation: e.operation.clone(),
+            code: e.code.clone(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+/// The plan for one account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountPlan {
+    /// 12-digit id.
+    pub account_id: String,
+    /// SSM role name from the config.
+    pub role_name: String,
+    /// SSM instance profile name from the config.
+    pub profile_name: String,
+    /// `create-ssm-role`, when some instance needs the SSM role or profile and they are incomplete.
+    pub create_ssm_role: Option<SsmRoleSteps>,
+    /// Regions that could not be observed.
+    pub region_errors: Vec<RegionError>,
+    /// Per-instance plans, by region then instance id.
+    pub instances: Vec<InstancePlan>,
+}
+
+impl AccountPlan {
+    /// Account-level action names in execution order.
+    pub fn action_names(&self) -> Vec<&'static str> {
+        self.create_ssm_role
+            .iter()
+            .map(|_| "create-ssm-role")
+            .collect()
+    }
+}
+
+/// What an instance needs from IAM.
+enum IamNeed {
+    /// IAM is in place.
+    Ready,
+    /// Changes make it ready: instance actions, account steps, and the reason.
+    Change(Vec<InstanceAction>, SsmRoleSteps, String),
+    /// The configuration forbids the change it needs.
+    Manual(String),
+    /// State needed to decide could not be read.
+    Failed(String),
+}
+
+/// Readiness of the configured SSM role or profile.
+enum Readiness {
+    Steps(SsmRoleSteps),
+    Manual(String),
+    Failed(String),
+}
+
+struct Planner<'a> {
+    obs: &'a AccountObservation,
+    config: &'a Config,
+}
+
+/// Plans one account. Pure: no I/O, no clock.
+pub fn plan_account(obs: &AccountObservation, config: &Config) -> AccountPlan {
+    let planner = Planner { obs, config };
+    let mut account_steps = SsmRoleSteps::default();
+    let mut instances = Vec::new();
+    let mut region_errors = Vec::new();
+    for region in &obs.regions {
+        if let Some(e) = &region.error {
+            region_errors.push(RegionError::new(&obs.account_id, &region.region, e));
+        }
+        for inst in &region.instances {
+            let (plan, steps) = planner.instance(region, inst);
+            if let Some(steps) = steps {
+                account_steps.merge(&steps);
+            }
+            instances.push(plan);
+        }
+    }
+    AccountPlan {
+        account_id: obs.account_id.clone(),
+        role_name: config.iam.role_name.clone(),
+        profile_name: config.iam.instance_profile_name.clone(),
+        create_ssm_role: account_steps.any().then_some(account_steps),
+        region_errors,
+        instances,
+    }
+}
+
+fn has_ssm_policy(policies: &[String]) -> bool {
+    policies.iter().any(|p| p == SSM_POLICY_ARN)
+}
+
+impl Planner<'_> {
+    /// Steps that make the SSM role usable (exists, has the SSM policy).
+    fn role_readiness(&self) -> Readiness {
+        let iam = &self.config.iam;
+        match &self.obs.ssm_role {
+            Lookup::Failed(e) => Readiness::Failed(format!("cannot read SSM role {}: {e}", iam.role_name)),
+            Lookup::Missing => Readiness::Steps(SsmRoleSteps {
+                create_role: true,
+                attach_policy: true,
+                ..SsmRoleSteps::default()
+            }),
+            Lookup::Found(role) => match self.obs.role_policies.get(&role.name) {
+                Some(Lookup::Found(p)) if has_ssm_policy(p) => Readiness::Steps(SsmRoleSteps::default()),
+                Some(Lookup::Found(_)) if role.managed_by_us || iam.policy_update_allowed => {
+                    Readiness::Steps(SsmRoleSteps {
+                        attach_policy: true,
+                        ..SsmRoleSteps::default()
+                    })
+                }
+                Some(Lookup::Found(_)) => Readiness::Manual(format!(
+                    "SSM role {} lacks AmazonSSMManagedInstanceCore and policy_update_allowed = false",
+                    role.name
+                )),
+                Some(Lookup::Failed(e)) => {
+                    Readiness::Failed(format!("cannot read policies of SSM role {}: {e}", role.name))
+                }
+                Some(Lookup::Missing) | None => {
+                    Readiness::Failed(format!("policies of SSM role {} were not observed", role.name))
+                }
+            },
+        }
+    }
+
+    /// Steps that make the SSM instance profile usable (exists, holds the SSM role), on top of the role's.
+    fn profile_readiness(&self) -> Readiness {
+        let iam = &self.config.iam;
+        let mut steps = match self.role_readiness() {
+            Readiness::Steps(s) => s,
+            other => return other,
+        };
+        match self.obs.profiles.get(&iam.instance_profile_name) {
+            Some(Lookup::Failed(e)) => {
+                return Readiness::Failed(format!(
+                    "cannot read SSM instance profile {}: {e}",
+                    iam.instance_profile_name
+                ))
+            }
+            Some(Lookup::Missing) | None => {
+                steps.create_profile = true;
+                steps.add_role_to_profile = true;
+            }
+            Some(Lookup::Found(p)) if p.roles.contains(&iam.role_name) => {}
+            Some(Lookup::Found(p)) if p.roles.is_empty() => {
+                if p.managed_by_us || iam.policy_update_allowed {
+                    steps.add_role_to_profile = true;
+                } else {
+                    return Readiness::Manual(format!(
+                        "SSM instance profile {} holds no role and policy_update_allowed = false",
+                        p.name
+                    ));
+                }
+            }
+            Some(Lookup::Found(p)) => {
+                return Readiness::Manual(format!(
+                    "SSM instance profile {} holds role {}, not {}; fix the profile or the config",
+                    p.name,
+                    p.roles.join(","),
+                    iam.role_name
+                ))
+            }
+        }
+        Readiness::Steps(steps)
+    }
+
+    fn iam_need(&self, inst: &ObservedInstance) -> IamNeed {
+        let iam = &self.config.iam;
+        let Some(arn) = inst.ec2.profile_arn.as_deref() else {
+            if !iam.auto_assignment {
+                return IamNeed::Manual("no instance profile and auto_assignment = false".into());
+            }
+            return match self.profile_readiness() {
+                Readiness::Steps(steps) => IamNeed::Change(
+                    vec![InstanceAction::AssociateInstanceProfile {
+                        profile: iam.instance_profile_name.clone(),
+                    }],
+                    steps,
+                    format!(
+                        "no instance profile; {} will be associated",
+                        iam.instance_profile_name
+                    ),
+                ),
+                Readiness::Manual(r) => IamNeed::Manual(format!("no instance profile; {r}")),
+                Readiness::Failed(r) => IamNeed::Failed(r),
+            };
+        };
+        let profile_name = profile_name_from_arn(arn);
+        let profile = match self.obs.profiles.get(profile_name) {
+            Some(Lookup::Found(p)) => p,
+            Some(Lookup::Missing) => {
+                return IamNeed::Manual(format!(
+                "instance profile {profile_name} no longer exists; replace the association by hand"
+            ))
+            }
+            Some(Lookup::Failed(e)) => {
+                return IamNeed::Failed(format!("cannot read instance profile {profile_name}: {e}"))
+            }
+            None => {
+                return IamNeed::Failed(format!("instance profile {profile_name} was not observed"))
+            }
+        };
+        let Some(role) = profile.roles.first() else {
+            if !iam.auto_assignment {
+                return IamNeed::Manual(format!(
+                    "instance profile {profile_name} holds no role and auto_assignment = false"
+                ));
+            }
+            if !(iam.policy_update_allowed || profile.managed_by_us) {
+                return IamNeed::Manual(format!(
+                    "instance profile {profile_name} holds no role and policy_update_allowed = false"
+                ));
+            }
+            return match self.role_readiness() {
+                Readiness::Steps(steps) => IamNeed::Change(
+                    vec![InstanceAction::AddRoleToInstanceProfile {
+                        profile: profile_name.to_string(),
+                        role: iam.role_name.clone(),
+                    }],
+                    steps,
+                    format!(
+                        "instance profile {profile_name} holds no role; {} will be added",
+                        iam.role_name
+                    ),
+                ),
+                Readiness::Manual(r) => IamNeed::Manual(format!(
+                    "instance profile {profile_name} holds no role; {r}"
+                )),
+                Readiness::Failed(r) => IamNeed::Failed(r),
+            };
+        };
+        match self.obs.role_policies.get(role) {
+            Some(Lookup::Found(p)) if has_ssm_policy(p) => IamNeed::Ready,
+            Some(Lookup::Found(_)) => {
+                let reason = format!("role {role} lacks AmazonSSMManagedInstanceCore");
+                if !iam.auto_assignment {
+                    IamNeed::Manual(format!("{reason} and auto_assignment = false"))
+                } else if *role == iam.role_name {
+                    // The SSM role itself: completing it is the account-level create-ssm-role.
+                    match self.role_readiness() {
+                        Readiness::Steps(steps) => IamNeed::Change(
+                            Vec::new(),
+                            steps,
+                            format!("{reason}; it will be attached"),
+                        ),
+                        Readiness::Manual(r) => IamNeed::Manual(r),
+                        Readiness::Failed(r) => IamNeed::Failed(r),
+                    }
+                } else if iam.policy_update_allowed {
+                    IamNeed::Change(
+                        vec![InstanceAction::AttachRolePolicy { role: role.clone() }],
+                        SsmRoleSteps::default(),
+                        format!("{reason}; it will be attached"),
+                    )
+                } else {
+                    IamNeed::Manual(format!("{reason} and policy_update_allowed = false"))
+                }
+            }
+            Some(Lookup::Failed(e)) => {
+                IamNeed::Failed(format!("cannot read policies of role {role}: {e}"))
+            }
+            Some(Lookup::Missing) | None => {
+                IamNeed::Failed(format!("policies of role {role} were not observed"))
+            }
+        }
+    }
+
+    /// Plans one instance; also returns the account steps it depends on.
+    fn instance(
+        &self,
+        region: &RegionObservation,
+        inst: &ObservedInstance,
+    ) -> (InstancePlan, Option<SsmRoleSteps>) {
+        let mut plan = InstancePlan {
+            account_id: self.obs.account_id.clone(),
+            region: region.region.clone(),
+            instance_id: inst.ec2.instance_id.clone(),
+            name: inst.ec2.name.clone(),
+            platform: inst.ec2.platform,
+            state: inst.ec2.state,
+            instance_profile: inst.ec2.profile_arn.clone(),
+            ssm_ping: inst.ssm.as_ref().map(|s| s.ping),
+            actions: Vec::new(),
+            status: Status::Planned,
+            detail: String::new(),
+            needs_ssm_role: false,
+        };
+        if plan.platform == Platform::Unknown {
+            plan.status = Status::Unsupported;
+            plan.detail =
+                "the Connected Machine agent supports Linux (x86_64, arm64) and Windows (x86_64) only".into();
+            return (plan, None);
+        }
+        let need = self.iam_need(inst);
+        let (iam_actions, steps, iam_text) = match need {
+            IamNeed::Ready => (Vec::new(), None, None),
+            IamNeed::Change(actions, steps, why) => {
+                plan.needs_ssm_role = steps.any();
+                (actions, Some(steps), Some(Ok(why)))
+            }
+            IamNeed::Manual(why) => (Vec::new(), None, Some(Err((Status::NeedsManualIam, why)))),
+            IamNeed::Failed(why) => (Vec::new(), None, Some(Err((Status::Failed, why)))),
+        };
+        let iam_sentence = match &iam_text {
+            Some(Ok(s)) | Some(Err((_, s))) => format!("{s}; "),
+            None => String::new(),
+        };
+        if inst.ec2.state != InstanceState::Running {
+            plan.status = Status::NotRunning;
+            plan.detail = format!(
+                "{iam_sentence}instance is {}; the agent is installed once it runs",
+                inst.ec2.state.as_str()
+            );
+            plan.actions = iam_actions;
+            return (plan, steps);
+        }
+        let online = plan.ssm_ping == Some(PingStatus::Online);
+        if let Some(e) = &region.ssm_error {
+            plan.status = Status::Failed;
+            plan.detail = format!("{iam_sentence}cannot read SSM state: {e}");
+            plan.actions = iam_actions;
+            return (plan, steps);
+        }
+        match iam_text {
+            Some(Err((status, why))) if !online => {
+                plan.status = status;
+                plan.detail = why;
+                return (plan, None);
+            }
+            Some(Err((_, why))) => {
+                plan.detail =
+                    format!("{why}; registered with SSM anyway, so the agent will be installed");
+            }
+            Some(Ok(why)) => {
+                plan.detail =
+                    format!("{why}; the agent is installed once the instance is Online in SSM");
+            }
+            None if online => {
+                plan.detail = "IAM in place and Online in SSM; the agent will be installed".into()
+            }
+            None => {
+                let ping = plan.ssm_ping.map_or("not registered", PingStatus::as_str);
+                plan.detail =
+                    format!("IAM in place; SSM: {ping}; the agent is installed once it is Online");
+            }
+        }
+        plan.actions = iam_actions;
+        plan.actions.push(InstanceAction::InstallAgent);
+        (plan, steps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::model::{AwsErrorKind, Ec2Instance, InstanceProfile, Role, SsmInstance};
+
+    const ACCOUNT: &str = "123456789012";
+
+    fn config(extra_iam: &str) -> Config {
+        let text = format!("[aws]\nregions = [\"us-east-1\"]\n[iam]\n{extra_iam}\n");
+        Config::parse(&text, Path::new("t.toml")).unwrap()
+    }
+
+    fn profile(name: &str, roles: &[&str], ours: bool) -> InstanceProfile {
+        InstanceProfile {
+            name: name.into(),
+            arn: format!("arn:aws:iam::{ACCOUNT}:instance-profile/{name}"),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            managed_by_us: ours,
+        }
+    }
+
+    /// A world with: SSM role+profile complete (unless changed), `AppProfile`/`AppRole` with the policy,
+    /// `LegacyProfile`/`LegacyRole` without it, `EmptyProfile` with no role.
+    struct World {
+        obs: AccountObservation,
+    }
+
+    impl World {
+        fn new() -> World {
+            let mut profiles = BTreeMap::new();
+            let mut role_policies = BTreeMap::new();
+            for (p, r, pol) in [
+                (
+                    "AzureArcForServerSSMInstanceProfile",
+                    "AzureArcForServerSSM",
+                    true,
+                ),
+                ("AppProfile", "AppRole", true),
+                ("LegacyProfile", "LegacyRole", false),
+            ] {
+                profiles.insert(p.to_string(), Lookup::Found(profile(p, &[r], false)));
+                let policies = if pol {
+                    vec![SSM_POLICY_ARN.to_string()]
+                } else {
+                    vec!["arn:aws:iam::aws:policy/ReadOnlyAccess".into()]
+                };
+                role_policies.insert(r.to_string(), Lookup::Found(policies));
+            }
+            profiles.insert(
+                "EmptyProfile".into(),
+                Lookup::Found(profile("EmptyProfile", &[], false)),
+            );
+            World {
+                obs: AccountObservation {
+                    account_id: ACCOUNT.into(),
+                    regions: vec![RegionObservation {
+                        region: "us-east-1".into(),
+                        instances: Vec::new(),
+                        error: None,
+                        ssm_error: None,
+                    }],
+                    profiles,
+                    role_policies,
+                    ssm_role: Lookup::Found(Role {
+                        name: "AzureArcForServerSSM".into(),
+                        arn: format!("arn:aws:iam::{ACCOUNT}:role/AzureArcForServerSSM"),
+                        managed_by_us: true,
+                    }),
+                },
+            }
+        }
+
+        fn without_ssm_role(mut self) -> World {
+            self.obs.ssm_role = Lookup::Missing;
+            self.obs.role_policies.remove("AzureArcForServerSSM");
+            self.obs.profiles.insert(
+                "AzureArcForServerSSMInstanceProfile".into(),
+                Lookup::Missing,
+            );
+            self
+        }
+
+        fn instance(
+            mut self,
+            id: &str,
+            profile: Option<&str>,
+            state: InstanceState,
+            ping: Option<PingStatus>,
+        ) -> World {
+            self.obs.regions[0].instances.push(ObservedInstance {
+                ec2: Ec2Instance {
+                    instance_id: id.into(),
+                    name: None,
+                    platform: if id.contains("win") {
+                        Platform::Windows
+                    } else if id.contains("mac") {
+                        Platform::Unknown
+                    } else {
+                        Platform::Linux
+                    },
+                    state,
+                    profile_arn: profile
+                        .map(|p| format!("arn:aws:iam::{ACCOUNT}:instance-profile/{p}")),
+                },
+                ssm: ping.map(|ping| SsmInstance {
+                    instance_id: id.into(),
+                    ping,
+                    platform_type: None,
+                    agent_version: None,
+                }),
+            });
+            self
+        }
+
+        fn plan(&self, cfg: &Config) -> AccountPlan {
+            plan_account(&self.obs, cfg)
+        }
+    }
+
+    use InstanceState::{Running, Stopped};
+    use PingStatus::Online;
+
+    fn row<'a>(plan: &'a AccountPlan, id: &str) -> &'a InstancePlan {
+        plan.instances.iter().find(|i| i.instance_id == id).unwrap()
+    }
+
+    fn names(p: &InstancePlan) -> Vec<&'static str> {
+        p.actions.iter().map(InstanceAction::as_str).collect()
+    }
+
+    fn fleet() -> World {
+        World::new()
+            .instance("i-noprofile", None, Running, None)
+            .instance("i-legacy", Some("LegacyProfile"), Running, None)
+            .instance("i-good", Some("AppProfile"), Running, Some(Online))
+            .instance("i-good-offline", Some("AppProfile"), Running, None)
+            .instance("i-empty", Some("EmptyProfile"), Running, None)
+            .instance("i-stopped", None, Stopped, None)
+            .instance("i-win", Some("AppProfile"), Running, Some(Online))
+            .instance("i-mac", None, Running, None)
+            .instance(
+                "i-manual-online",
+                Some("LegacyProfile"),
+                Running,
+                Some(Online),
+            )
+    }
+
+    #[test]
+    fn table_of_instance_plans() {
+        // (config, instance, actions, status)
+        let defaults = config("");
+        let no_update = config("policy_update_allowed = false");
+        let no_auto = config("auto_assignment = false");
+        type Case<'a> = (&'a Config, &'a str, &'a [&'a str], Status);
+        let cases: &[Case] = &[
+            (
+                &defaults,
+                "i-noprofile",
+                &["associate-instance-profile", "install-agent"],
+                Status::Planned,
+            ),
+            (
+                &defaults,
+                "i-legacy",
+                &["attach-role-policy", "install-agent"],
+                Status::Planned,
+            ),
+            (&defaults, "i-good", &["install-agent"], Status::Planned),
+            (
+                &defaults,
+                "i-good-offline",
+                &["install-agent"],
+                Status::Planned,
+            ),
+            (
+                &defaults,
+                "i-empty",
+                &["add-role-to-instance-profile", "install-agent"],
+                Status::Planned,
+            ),
+            (
+                &defaults,
+                "i-stopped",
+                &["associate-instance-profile"],
+                Status::NotRunning,
+            ),
+            (&defaults, "i-win", &["install-agent"], Status::Planned),
+            (&defaults, "i-mac", &[], Status::Unsupported),
+            (
+                &no_update,
+                "i-noprofile",
+                &["associate-instance-profile", "install-agent"],
+                Status::Planned,
+            ),
+            (&no_update, "i-legacy", &[], Status::NeedsManualIam),
+            (&no_update, "i-empty", &[], Status::NeedsManualIam),
+            (
+                &no_update,
+                "i-manual-online",
+                &["install-agent"],
+                Status::Planned,
+            ),
+            (&no_update, "i-good", &["install-agent"], Status::Planned),
+            (&no_auto, "i-noprofile", &[], Status::NeedsManualIam),
+            (&no_auto, "i-legacy", &[], Status::NeedsManualIam),
+            (&no_auto, "i-empty", &[], Status::NeedsManualIam),
+            (&no_auto, "i-stopped", &[], Status::NotRunning),
+            (&no_auto, "i-good", &["install-agent"], Status::Planned),
+        ];
+        let world = fleet();
+        for (cfg, id, actions, status) in cases {
+            let plan = world.plan(cfg);
+            let r = row(&plan, id);
+            assert_eq!(names(r), *actions, "{id} actions; detail: {}", r.detail);
+            assert_eq!(r.status, *status, "{id} status; detail: {}", r.detail);
+            assert!(!r.detail.is_empty(), "{id} has a reason");
+        }
+    }
+
+    #[test]
+    fn targets_are_carried_in_actions() {
+        let plan = fleet().plan(&config(""));
+        assert_eq!(
+            row(&plan, "i-legacy").actions[0],
+            InstanceAction::AttachRolePolicy {
+                role: "LegacyRole".into()
+            }
+        );
+        assert_eq!(
+            row(&plan, "i-empty").actions[0],
+            InstanceAction::AddRoleToInstanceProfile {
+                profile: "EmptyProfile".into(),
+                role: "AzureArcForServerSSM".into()
+            }
+        );
+        assert!(plan.create_ssm_role.is_none(), "SSM role is complete");
+    }
+
+    #[test]
+    fn missing_ssm_role_is_an_account_action_only_when_needed() {
+        let needed = World::new()
+            .without_ssm_role()
+            .instance("i-a", None, Running, None)
+            .plan(&config(""));
+        assert_eq!(needed.action_names(), ["create-ssm-role"]);
+        assert_eq!(
+            needed.create_ssm_role,
+            Some(SsmRoleSteps {
+                create_role: true,
+                attach_policy: true,
+                create_profile: true,
+                add_role_to_profile: true
+            })
+        );
+        let not_needed = World::new()
+            .without_ssm_role()
+            .instance("i-good", Some("AppProfile"), Running, Some(Online))
+            .plan(&config(""));
+        assert!(not_needed.action_names().is_empty());
+        let forbidden = World::new()
+            .without_ssm_role()
+            .instance("i-a", None, Running, None)
+            .plan(&config("auto_assignment = false"));
+        assert!(forbidden.action_names().is_empty());
+        assert_eq!(forbidden.instances[0].status, Status::NeedsManualIam);
+    }
+
+    #[test]
+    fn customer_ssm_role_without_policy_needs_permission_to_patch() {
+        let mut world = World::new().instance("i-a", None, Running, None);
+        world.obs.ssm_role = Lookup::Found(Role {
+            name: "AzureArcForServerSSM".into(),
+            arn: String::new(),
+            managed_by_us: false,
+        });
+        world
+            .obs
+            .role_policies
+            .insert("AzureArcForServerSSM".into(), Lookup::Found(vec![]));
+        let allowed = world.plan(&config(""));
+        assert_eq!(
+            allowed.create_ssm_role,
+            Some(SsmRoleSteps {
+                attach_policy: true,
+                ..SsmRoleSteps::default()
+            })
+        );
+        let forbidden = world.plan(&config("policy_update_allowed = false"));
+        assert_eq!(forbidden.instances[0].status, Status::NeedsManualIam);
+        assert!(forbidden.instances[0]
+            .detail
+            .contains("policy_update_allowed = false"));
+    }
+
+    #[test]
+    fn ssm_profile_holding_another_role_is_manual() {
+        let mut world = World::new().instance("i-a", None, Running, None);
+        world.obs.profiles.insert(
+            "AzureArcForServerSSMInstanceProfile".into(),
+            Lookup::Found(profile(
+                "AzureArcForServerSSMInstanceProfile",
+                &["Other"],
+                false,
+            )),
+        );
+        let plan = world.plan(&config(""));
+        assert_eq!(plan.instances[0].status, Status::NeedsManualIam);
+        assert!(plan.instances[0].detail.contains("holds role Other"));
+    }
+
+    #[test]
+    fn failed_lookups_fail_the_instance_with_the_aws_reason() {
+        let mut world = World::new().instance("i-legacy", Some("LegacyProfile"), Running, None);
+        world.obs.role_policies.insert(
+            "LegacyRole".into(),
+            Lookup::Failed(AwsError::from_code(
+                "iam:ListAttachedRolePolicies",
+                "AccessDenied",
+                "nope",
+            )),
+        );
+        let plan = world.plan(&config(""));
+        assert_eq!(plan.instances[0].status, Status::Failed);
+        assert!(plan.instances[0].detail.contains("AccessDenied"));
+    }
+
+    #[test]
+    fn region_errors_are_carried_and_ssm_errors_fail_running_instances() {
+        let mut world = World::new().instance("i-good", Some("AppProfile"), Running, None);
+        world.obs.regions[0].ssm_error = Some(AwsError {
+            operation: "ssm:DescribeInstanceInformation".into(),
+            kind: AwsErrorKind::AccessDenied,
+            code: "AccessDeniedException".into(),
+            message: "denied".into(),
+        });
+        world.obs.regions.push(RegionObservation {
+            region: "eu-west-1".into(),
+            instances: vec![],
+            error: Some(AwsError::from_code(
+                "ec2:DescribeInstances",
+                "UnauthorizedOperation",
+                "denied",
+            )),
+            ssm_error: None,
+        });
+        let plan = world.plan(&config(""));
+        assert_eq!(plan.instances[0].status, Status::Failed);
+        assert_eq!(plan.region_errors.len(), 1);
+        assert_eq!(plan.region_errors[0].region, "eu-west-1");
+        assert_eq!(plan.region_errors[0].code, "UnauthorizedOperation");
+    }
+
+    #[test]
+    fn deleted_profile_is_manual() {
+        let plan = World::new()
+            .instance("i-x", Some("GoneProfile"), Running, None)
+            .plan(&config(""));
+        // Not observed at all -> failed; observed missing -> manual.
+        assert_eq!(plan.instances[0].status, Status::Failed);
+        let mut world = World::new().instance("i-x", Some("GoneProfile"), Running, None);
+        world
+            .obs
+            .profiles
+            .insert("GoneProfile".into(), Lookup::Missing);
+        assert_eq!(
+            world.plan(&config("")).instances[0].status,
+            Status::NeedsManualIam
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! One port per external system, speaking domain types. Real adapters live in [`crate::aws`]; stateful
+//! fakes in [`crate::fake`]. Every method that changes something takes a [`MutationToken`].
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+
+use crate::model::{
+    ApiCounts, AwsError, Ec2Instance, InstanceProfile, ProfileAssociation, Role, SsmInstance,
+    TagSelector,
+};
+
+/// Proof that the caller may change AWS or Azure.
+///
+/// Only the `run` and `daemon` commands mint one ([`MutationToken::mint`] is crate-private and called from
+/// [`crate::cli`] only), so `plan` and `validate` cannot reach a mutating port method by construction.
+#[derive(Debug)]
+pub struct MutationToken {
+    _private: (),
+}
+
+impl MutationToken {
+    /// Mints the token. Call sites: `run` and `daemon` in [`crate::cli`], and tests.
+    pub(crate) fn mint() -> MutationToken {
+        MutationToken { _private: () }
+    }
+}
+
+/// The account behind the credentials.
+pub trait Sts: Send + Sync {
+    /// `sts:GetCallerIdentity`: the 12-digit account id.
+    fn account_id(&self) -> impl Future<Output = Result<String, AwsError>> + Send;
+}
+
+/// EC2, per region.
+pub trait Ec2: Send + Sync {
+    /// `ec2:DescribeRegions`: regions enabled for the account.
+    fn enabled_regions(&self) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
+
+    /// `ec2:DescribeInstances`, all pages, tag filter applied by the server, terminated instances dropped.
+    fn describe_instances(
+        &self,
+        region: &str,
+        tag: Option<&TagSelector>,
+    ) -> impl Future<Output = Result<Vec<Ec2Instance>, AwsError>> + Send;
+
+    /// `ec2:DescribeIamInstanceProfileAssociations`, all pages, only live associations; limited to
+    /// `instance_ids` unless empty.
+    fn profile_associations(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<ProfileAssociation>, AwsError>> + Send;
+
+    /// `ec2:AssociateIamInstanceProfile`; returns the association id.
+    fn associate_instance_profile(
+        &self,
+        token: &MutationToken,
+        region: &str,
+        instance_id: &str,
+        profile_name: &str,
+    ) -> impl Future<Output = Result<String, AwsError>> + Send;
+}
+
+/// IAM (global per account).
+pub trait Iam: Send + Sync {
+    /// `iam:GetInstanceProfile`; `None` when it does not exist.
+    fn get_instance_profile(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<InstanceProfile>, AwsError>> + Send;
+
+    /// `iam:GetRole`; `None` when it does not exist.
+    fn get_role(&self, name: &str) -> impl Future<Output = Result<Option<Role>, AwsError>> + Send;
+
+    /// `iam:ListAttachedRolePolicies`, all pages: policy ARNs.
+    fn attached_policies(
+        &self,
+        role: &str,
+    ) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
+
+    /// `iam:CreateRole` with the EC2 trust policy, tagged as ours.
+    fn create_role(
+        &self,
+        token: &MutationToken,
+        name: &str,
+    ) -> impl Future<Output = Result<Role, AwsError>> + Send;
+
+    /// `iam:AttachRolePolicy`.
+    fn attach_role_policy(
+        &self,
+        token: &MutationToken,
+        role: &str,
+        policy_arn: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+
+    /// `iam:CreateInstanceProfile`, tagged as ours.
+    fn create_instance_profile(
+        &self,
+        token: &MutationToken,
+        name: &str,
+    ) -> impl Future<Output = Result<InstanceProfile, AwsError>> + Send;
+
+    /// `iam:AddRoleToInstanceProfile`.
+    fn add_role_to_instance_profile(
+        &self,
+        token: &MutationToken,
+        profile: &str,
+        role: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// SSM, per region.
+pub trait Ssm: Send + Sync {
+    /// `ssm:DescribeInstanceInformation` for these instance ids (batched by the adapter).
+    fn describe_instance_information(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<SsmInstance>, AwsError>> + Send;
+}
+
+/// Counts API calls by `service:Operation`. Real adapters count every HTTP attempt (retries included) with
+/// an SDK interceptor; fakes count every call. Cloning shares the counts.
+#[derive(Debug, Clone, Default)]
+pub struct ApiCounter(Arc<Mutex<BTreeMap<String, u64>>>);
+
+impl ApiCounter {
+    /// Adds one call of `operation` (`ec2:DescribeInstances`).
+    pub fn record(&self, operation: &str) {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *counts.entry(operation.to_string()).or_default() += 1;
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> ApiCounts {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Calls of one operation so far.
+    pub fn count(&self, operation: &str) -> u64 {
+        self.snapshot().get(operation).copied().unwrap_or(0)
+    }
+}

@@ -1,0 +1,239 @@
+//! The report: the same structure for `plan` and `run`, rendered as JSON (the interface's schema) or as a
+//! table for people. Results go to stdout; logs never do.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::model::ApiCounts;
+use crate::plan::{AccountPlan, InstancePlan, RegionError, SsmRoleSteps, Status};
+
+/// Which command produced the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Dry run.
+    Plan,
+    /// One-shot onboarding.
+    Run,
+}
+
+/// One account's line in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct AccountReport {
+    /// 12-digit id.
+    pub account_id: String,
+    /// Account-level actions in execution order.
+    pub actions: Vec<&'static str>,
+    /// The steps behind `create-ssm-role`, when planned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssm_role_steps: Option<SsmRoleSteps>,
+    /// What happened to the account-level actions (run only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Totals.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Number of instances reported.
+    pub instances: usize,
+    /// Instances per status.
+    pub by_status: BTreeMap<Status, usize>,
+    /// API calls by `service:Operation` (every HTTP attempt, retries included).
+    pub api_calls: ApiCounts,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// `plan` or `run`.
+    pub mode: Mode,
+    /// RFC 3339, UTC.
+    pub started_at: String,
+    /// RFC 3339, UTC.
+    pub finished_at: String,
+    /// Accounts and their account-level actions.
+    pub accounts: Vec<AccountReport>,
+    /// Every instance that passed the filters.
+    pub instances: Vec<InstancePlan>,
+    /// Regions that could not be observed.
+    pub errors: Vec<RegionError>,
+    /// Totals.
+    pub summary: Summary,
+}
+
+/// RFC 3339 timestamp with second precision.
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl Report {
+    /// Builds the report from account plans (as planned, or as updated by `run`).
+    pub fn new(
+        mode: Mode,
+        started: SystemTime,
+        accounts: Vec<(AccountPlan, Option<String>)>,
+        api_calls: ApiCounts,
+    ) -> Report {
+        let mut account_reports = Vec::new();
+        let mut instances = Vec::new();
+        let mut errors = Vec::new();
+        for (plan, detail) in accounts {
+            account_reports.push(AccountReport {
+                account_id: plan.account_id.clone(),
+                actions: plan.action_names(),
+                ssm_role_steps: plan.create_ssm_role.clone(),
+                detail,
+            });
+            instances.extend(plan.instances);
+            errors.extend(plan.region_errors);
+        }
+        let mut by_status = BTreeMap::new();
+        for i in &instances {
+            *by_status.entry(i.status).or_insert(0) += 1;
+        }
+        Report {
+            mode,
+            started_at: timestamp(started),
+            finished_at: timestamp(SystemTime::now()),
+            accounts: account_reports,
+            summary: Summary {
+                instances: instances.len(),
+                by_status,
+                api_calls,
+            },
+            instances,
+            errors,
+        }
+    }
+
+    /// Whether anything failed: an instance, or a region that could not be observed.
+    pub fn has_failures(&self) -> bool {
+        !self.errors.is_empty() || self.instances.iter().any(|i| i.status == Status::Failed)
+    }
+
+    /// JSON, pretty-printed.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("the report serializes")
+    }
+
+    /// A table for people.
+    pub fn to_table(&self) -> String {
+        let headers = [
+            "ACCOUNT", "REGION", "INSTANCE", "NAME", "PLATFORM", "STATE", "SSM", "ACTIONS",
+            "STATUS", "DETAIL",
+        ];
+        let rows: Vec<[String; 10]> = self
+            .instances
+            .iter()
+            .map(|i| {
+                [
+                    i.account_id.clone(),
+                    i.region.clone(),
+                    i.instance_id.clone(),
+                    i.name.clone().unwrap_or_else(|| "-".into()),
+                    i.platform.as_str().into(),
+                    i.state.as_str().into(),
+                    i.ssm_ping.map_or("-", |p| p.as_str()).into(),
+                    if i.actions.is_empty() {
+                        "-".into()
+                    } else {
+                        i.actions
+                            .iter()
+                            .map(|a| a.as_str())
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    },
+                    i.status.as_str().into(),
+                    i.detail.clone(),
+                ]
+            })
+            .collect();
+        let mut widths = headers.map(str::len);
+        for row in &rows {
+            for (w, cell) in widths.iter_mut().zip(row.iter()) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let line = |out: &mut String, cells: &[&str]| {
+            let last = cells.len() - 1;
+            for (n, cell) in cells.iter().enumerate() {
+                if n == last {
+                    out.push_str(cell);
+                } else {
+                    let _ = write!(out, "{cell:<width$}  ", width = widths[n]);
+                }
+            }
+            out.push('\n');
+        };
+        let mode = match self.mode {
+            Mode::Plan => "plan (dry run: nothing was changed)",
+            Mode::Run => "run",
+        };
+        let _ = writeln!(
+            out,
+            "arc-onboard {mode}, {} .. {}",
+            self.started_at, self.finished_at
+        );
+        for a in &self.accounts {
+            let actions = if a.actions.is_empty() {
+                "none".to_string()
+            } else {
+                a.actions.join(", ")
+            };
+            let _ = write!(out, "account {}: account actions: {actions}", a.account_id);
+            if let Some(d) = &a.detail {
+                let _ = write!(out, " ({d})");
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+        line(&mut out, &headers);
+        for row in &rows {
+            let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+            line(&mut out, &cells);
+        }
+        if !self.errors.is_empty() {
+            out.push_str("\nregions that could not be observed:\n");
+            for e in &self.errors {
+                let _ = writeln!(
+                    out,
+                    "  {} {}: {} {}: {}",
+                    e.account_id, e.region, e.operation, e.code, e.message
+                );
+            }
+        }
+        let statuses: Vec<String> = self
+            .summary
+            .by_status
+            .iter()
+            .map(|(s, n)| format!("{s}={n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "\n{} instances: {}",
+            self.summary.instances,
+            statuses.join(" ")
+        );
+        let calls: Vec<String> = self
+            .summary
+            .api_calls
+            .iter()
+            .map(|(op, n)| format!("{op}={n}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "API calls: {}",
+            if calls.is_empty() {
+                "none".into()
+            } else {
+                calls.join(" ")
+            }
+        );
+        out
+    }
+}

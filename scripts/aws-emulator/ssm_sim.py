@@ -1,0 +1,651 @@
+"""SSM behaviour the emulator implements itself instead of moto.
+
+Managed-instance rule: an EC2 instance is SSM-managed and ``Online`` once it has been
+running, with an instance profile whose role carries ``AmazonSSMManagedInstanceCore``,
+continuously for ``registration_delay_seconds``. An instance that was Online and loses
+that condition while running is listed as ``ConnectionLost``; stopped and terminated
+instances are not listed. ``refresh()`` re-evaluates the condition; the emulator calls it
+after every mutating EC2/IAM call, every control-API change and before every SSM call,
+so "continuously" is tracked exactly.
+
+Commands: ``SendCommand`` creates one invocation per target instance. Each invocation is
+``InProgress`` until its duration has elapsed and then shows its outcome (scripted per
+instance through the control API, otherwise Success / exit 0 / "ok"). States are derived
+lazily from timestamps; only the success webhook runs on a timer thread.
+
+All public methods expect the caller to hold the emulator's state lock.
+"""
+
+import base64
+import json
+import re
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import fleet
+
+AGENT_VERSION = "3.3.0.0"
+DOCUMENT_PLUGINS = {
+    "AWS-RunShellScript": ("aws:runShellScript", "linux"),
+    "AWS-RunPowerShellScript": ("aws:runPowerShellScript", "windows"),
+}
+SEND_COMMAND_MAX_TARGETS = 50
+STDOUT_CAP, STDERR_CAP, PLUGIN_OUTPUT_CAP = 24000, 8000, 2500
+DOCUMENT_PARAMETERS = {"commands", "executionTimeout", "workingDirectory"}
+
+# Scripted outcome kind -> (Status, default StatusDetails, default ResponseCode).
+OUTCOME_KINDS = {
+    "Success": ("Success", "Success", 0),
+    "Failed": ("Failed", "Failed", 1),
+    "TimedOut": ("TimedOut", "Execution Timed Out", -1),
+    "DeliveryTimedOut": ("TimedOut", "Delivery Timed Out", -1),
+    "Undeliverable": ("Failed", "Undeliverable", -1),
+    "Cancelled": ("Cancelled", "Cancelled", -1),
+}
+_MAX_ERRORS_RE = re.compile(r"^([1-9][0-9]*|0|[1-9][0-9]%|[0-9]%|100%)$")
+_MAX_CONCURRENCY_RE = re.compile(r"^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$")
+
+# Service settings known to the emulator and their AWS defaults.
+SERVICE_SETTING_DEFAULTS = {
+    "/ssm/managed-instance/default-ec2-instance-management-role": "$None",
+    "/ssm/managed-instance/activation-tier": "standard",
+    "/ssm/parameter-store/default-parameter-tier": "Standard",
+    "/ssm/parameter-store/high-throughput-enabled": "false",
+    "/ssm/documents/console/public-sharing-permission": "Enable",
+}
+
+
+class SsmError(Exception):
+    """An SSM API error: rendered as ``{"__type": code, "message": message}``."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _validation(message: str) -> SsmError:
+    return SsmError("ValidationException", f"1 validation error detected: {message}")
+
+
+@dataclass
+class Outcome:
+    """The final result an invocation reaches after ``duration_seconds``."""
+
+    status: str
+    status_details: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_seconds: float
+
+    @classmethod
+    def from_script(cls, script: dict[str, Any], default_duration: float) -> "Outcome":
+        status, details, code = OUTCOME_KINDS[script.get("status", "Success")]
+        return cls(status, script.get("status_details", details), script.get("exit_code", code),
+                   script.get("stdout", ""), script.get("stderr", ""),
+                   script.get("duration_seconds", default_duration))
+
+
+def validate_outcome(script: Any) -> None:
+    """Raise ValueError unless ``script`` is a valid scripted outcome object."""
+    if not isinstance(script, dict):
+        raise ValueError("an outcome must be an object")
+    unknown = set(script) - {"status", "status_details", "exit_code", "stdout", "stderr",
+                             "duration_seconds"}
+    if unknown:
+        raise ValueError(f"unknown outcome fields: {', '.join(sorted(unknown))}")
+    if script.get("status", "Success") not in OUTCOME_KINDS:
+        raise ValueError(f"status must be one of {', '.join(OUTCOME_KINDS)}")
+    if not isinstance(script.get("exit_code", 0), int):
+        raise ValueError("exit_code must be an integer")
+    duration = script.get("duration_seconds", 0)
+    if not isinstance(duration, (int, float)) or duration < 0:
+        raise ValueError("duration_seconds must be a non-negative number")
+    for key in ("status_details", "stdout", "stderr"):
+        if not isinstance(script.get(key, ""), str):
+            raise ValueError(f"{key} must be a string")
+
+
+@dataclass
+class Invocation:
+    instance_id: str
+    instance_name: str
+    outcome: Outcome
+    cancelled_at: float | None = None
+    timer: threading.Timer | None = None
+
+    def view(self, started: float, now: float) -> dict[str, Any]:
+        """Status, details, exit code, output and end time as of ``now``."""
+        finish = started + self.outcome.duration_seconds
+        if self.cancelled_at is not None and self.cancelled_at < finish:
+            return {"status": "Cancelled", "details": "Cancelled", "code": -1, "stdout": "",
+                    "stderr": "", "end": self.cancelled_at}
+        if now < finish:
+            return {"status": "InProgress", "details": "InProgress", "code": -1, "stdout": "",
+                    "stderr": "", "end": None}
+        o = self.outcome
+        return {"status": o.status, "details": o.status_details, "code": o.exit_code,
+                "stdout": o.stdout, "stderr": o.stderr, "end": finish}
+
+
+@dataclass
+class Command:
+    command_id: str
+    region: str
+    document_name: str
+    parameters: dict[str, list[str]]
+    comment: str
+    timeout_seconds: int
+    max_errors: str
+    max_concurrency: str
+    requested_at: float
+    visible_at: float
+    invocations: dict[str, Invocation] = field(default_factory=dict)
+
+    @property
+    def plugin_name(self) -> str:
+        return DOCUMENT_PLUGINS[self.document_name][0]
+
+    def control_view(self) -> dict[str, Any]:
+        """The record shown by ``GET /_emulator/commands``."""
+        return {"command_id": self.command_id, "region": self.region,
+                "document_name": self.document_name, "instance_ids": list(self.invocations),
+                "parameters": self.parameters, "comment": self.comment,
+                "timeout_seconds": self.timeout_seconds, "max_errors": self.max_errors,
+                "max_concurrency": self.max_concurrency, "requested_at": self.requested_at}
+
+    def aggregate(self, now: float) -> dict[str, Any]:
+        """Command-level Status and counters from its invocations' states."""
+        views = [inv.view(self.requested_at, now) for inv in self.invocations.values()]
+        statuses = [v["status"] for v in views]
+        if now < self.visible_at:
+            status = "Pending"
+        elif "InProgress" in statuses:
+            status = "InProgress"
+        else:
+            status = next((s for s in ("Failed", "TimedOut", "Cancelled") if s in statuses),
+                          "Success")
+        return {
+            "Status": status, "StatusDetails": status,
+            "TargetCount": len(views),
+            "CompletedCount": sum(1 for s in statuses if s != "InProgress"),
+            "ErrorCount": sum(1 for v in views if v["status"] == "Failed"
+                              or v["details"] == "Execution Timed Out"),
+            "DeliveryTimedOutCount": sum(1 for v in views if v["details"] == "Delivery Timed Out"),
+        }
+
+    def api_view(self, now: float) -> dict[str, Any]:
+        """The ``Command`` structure of SendCommand / ListCommands responses."""
+        return {
+            "CommandId": self.command_id, "DocumentName": self.document_name,
+            "DocumentVersion": "$DEFAULT", "Comment": self.comment,
+            "ExpiresAfter": self.requested_at + self.timeout_seconds,
+            "Parameters": self.parameters, "InstanceIds": list(self.invocations), "Targets": [],
+            "RequestedDateTime": self.requested_at, "OutputS3Region": self.region,
+            "OutputS3BucketName": "", "OutputS3KeyPrefix": "",
+            "MaxConcurrency": self.max_concurrency, "MaxErrors": self.max_errors,
+            "ServiceRole": "", "NotificationConfig": {"NotificationArn": "",
+                                                      "NotificationEvents": [],
+                                                      "NotificationType": ""},
+            "CloudWatchOutputConfig": {"CloudWatchLogGroupName": "",
+                                       "CloudWatchOutputEnabled": False},
+            "TimeoutSeconds": self.timeout_seconds, **self.aggregate(now),
+        }
+
+
+@dataclass
+class Tracking:
+    """Per-instance history of the managed condition."""
+
+    since: float | None = None
+    was_online: bool = False
+    lost_at: float = 0.0
+    role: str = ""
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _page(items: list[Any], params: dict[str, Any], kind: str, default: int, low: int,
+          high: int) -> tuple[list[Any], str | None]:
+    """Slice ``items`` by MaxResults / NextToken; tokens are opaque and tied to ``kind``."""
+    max_results = params.get("MaxResults", default)
+    if not isinstance(max_results, int) or not low <= max_results <= high:
+        raise _validation(f"Value '{max_results}' at 'maxResults' failed to satisfy constraint: "
+                          f"Member must have value between {low} and {high}")
+    offset = 0
+    token = params.get("NextToken")
+    if token:
+        try:
+            decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+            offset = int(decoded["o"]) if decoded["k"] == kind else -1
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SsmError("InvalidNextToken", "The specified token is not valid.") from exc
+        if offset < 0:
+            raise SsmError("InvalidNextToken", "The specified token is not valid.")
+    end = offset + max_results
+    next_token = None
+    if end < len(items):
+        next_token = base64.urlsafe_b64encode(json.dumps({"k": kind, "o": end}).encode()).decode()
+    return items[offset:end], next_token
+
+
+class SsmSimulator:
+    """State and handlers for the SSM operations the emulator serves itself."""
+
+    def __init__(self, config: dict[str, Any], lock: threading.RLock):
+        self.config = config
+        self.lock = lock
+        self.tracking: dict[tuple[str, str], Tracking] = {}
+        self.commands: dict[str, Command] = {}
+        self.outcomes: dict[str, dict[str, Any]] = {}
+        self.settings: dict[tuple[str, str], tuple[str, float]] = {}
+        self.started_at = time.time()
+        self.handlers: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
+            "DescribeInstanceInformation": self.describe_instance_information,
+            "SendCommand": self.send_command,
+            "GetCommandInvocation": self.get_command_invocation,
+            "ListCommandInvocations": self.list_command_invocations,
+            "ListCommands": self.list_commands,
+            "CancelCommand": self.cancel_command,
+            "GetServiceSetting": self.get_service_setting,
+            "UpdateServiceSetting": self.update_service_setting,
+            "ResetServiceSetting": self.reset_service_setting,
+        }
+
+    # ----- managed instances -------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Re-evaluate the managed condition of every instance in every region."""
+        now = time.time()
+        delay = self.config["registration_delay_seconds"]
+        roles_by_arn = fleet.ssm_roles_by_profile_arn()
+        for region in fleet.known_regions():
+            for instance in fleet.ec2(region).all_instances():
+                track = self.tracking.setdefault((region, instance.id), Tracking())
+                role = None
+                if instance.state == "running":
+                    role = fleet.ssm_role_of(region, instance, roles_by_arn)
+                if role:
+                    track.role = role
+                    if track.since is None:
+                        track.since = now
+                elif track.since is not None:
+                    if now - track.since >= delay:
+                        track.was_online, track.lost_at = True, now
+                    track.since = None
+
+    def ping_status(self, region: str, instance: Any, now: float) -> str | None:
+        """Online / ConnectionLost, or None when SSM would not list the instance.
+
+        Also remembers that an instance was seen Online, so that a later change of
+        ``registration_delay_seconds`` cannot hide an earlier Online period.
+        """
+        track = self.tracking.get((region, instance.id))
+        if track is None or instance.state != "running":
+            return None
+        if track.since is not None and now - track.since >= self.config["registration_delay_seconds"]:
+            track.was_online = True
+            return "Online"
+        return "ConnectionLost" if track.was_online else None
+
+    def _instance_information(self, region: str, now: float) -> list[dict[str, Any]]:
+        items = []
+        for instance in sorted(fleet.ec2(region).all_instances(), key=lambda i: i.id):
+            ping = self.ping_status(region, instance, now)
+            if ping is None:
+                continue
+            windows = fleet.platform_of(instance) == "windows"
+            track = self.tracking[(region, instance.id)]
+            items.append({
+                "InstanceId": instance.id, "PingStatus": ping,
+                "LastPingDateTime": now if ping == "Online" else track.lost_at,
+                "AgentVersion": AGENT_VERSION, "IsLatestVersion": True,
+                "PlatformType": "Windows" if windows else "Linux",
+                "PlatformName": ("Microsoft Windows Server 2022 Datacenter" if windows
+                                 else "Amazon Linux"),
+                "PlatformVersion": "10.0.20348" if windows else "2023",
+                "ResourceType": "EC2Instance", "IPAddress": instance.private_ip,
+                "ComputerName": (f"EC2AMAZ-{instance.id[-7:].upper()}" if windows
+                                 else instance.private_dns_name),
+                "IamRole": track.role, "SourceId": instance.id,
+                "SourceType": "AWS::EC2::Instance",
+            })
+        return items
+
+    def online_platform(self, region: str, instance_id: str, now: float) -> str | None:
+        """The instance's platform if it is Online in ``region``, else None."""
+        for instance in fleet.ec2(region).all_instances():
+            if instance.id == instance_id:
+                if self.ping_status(region, instance, now) == "Online":
+                    return fleet.platform_of(instance)
+                return None
+        return None
+
+    # ----- SSM operations ------------------------------------------------------------------
+
+    def handle(self, action: str, region: str, params: dict[str, Any]) -> dict[str, Any] | None:
+        """Serve ``action`` if the emulator implements it (None: let moto answer)."""
+        handler = self.handlers.get(action)
+        if handler is None:
+            return None
+        self.refresh()
+        try:
+            return handler(region, params)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise _validation(f"malformed request: {exc}") from exc
+
+    def describe_instance_information(self, region: str, params: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        filters: dict[str, set[str]] = {}
+        for f in params.get("Filters", []):
+            filters.setdefault(f["Key"], set()).update(f["Values"])
+        for f in params.get("InstanceInformationFilterList", []):
+            filters.setdefault(f["key"], set()).update(f["valueSet"])
+        fields = {"InstanceIds": "InstanceId", "PingStatus": "PingStatus",
+                  "PlatformTypes": "PlatformType", "ResourceType": "ResourceType",
+                  "AgentVersion": "AgentVersion", "IamRole": "IamRole"}
+        for key, values in filters.items():
+            if key not in fields:
+                raise SsmError("InvalidFilterKey", f"The filter key {key} is not valid.")
+            if key == "InstanceIds" and len(values) > 100:
+                raise _validation("The InstanceIds filter accepts at most 100 values")
+        items = [item for item in self._instance_information(region, now)
+                 if all(item[fields[key]] in values for key, values in filters.items())]
+        page, token = _page(items, params, "dii", 10, 5, 50)
+        result: dict[str, Any] = {"InstanceInformationList": page}
+        if token:
+            result["NextToken"] = token
+        return result
+
+    def _parse_send_command(self, params: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+        if params.get("Targets"):
+            raise _validation("Targets are not supported by this emulator: use InstanceIds")
+        document = params.get("DocumentName", "")
+        if document not in DOCUMENT_PLUGINS:
+            raise SsmError("InvalidDocument", f"Document {document} does not exist "
+                           "(the emulator serves AWS-RunShellScript and AWS-RunPowerShellScript)")
+        ids = list(dict.fromkeys(params.get("InstanceIds") or []))
+        if not ids:
+            raise _validation("InstanceIds must contain at least one instance id")
+        if len(ids) > SEND_COMMAND_MAX_TARGETS:
+            raise _validation(f"Value at 'instanceIds' failed to satisfy constraint: Member must "
+                              f"have length less than or equal to {SEND_COMMAND_MAX_TARGETS}")
+        parameters = params.get("Parameters") or {}
+        unknown = set(parameters) - DOCUMENT_PARAMETERS
+        if unknown:
+            raise SsmError("InvalidParameters", f"Unknown document parameters: {sorted(unknown)}")
+        for name, values in parameters.items():
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise SsmError("InvalidParameters", f"Parameter {name} must be a list of strings")
+        if not parameters.get("commands"):
+            raise SsmError("InvalidParameters", 'Parameter "commands" is required')
+        if "executionTimeout" in parameters:
+            timeout = parameters["executionTimeout"]
+            if len(timeout) != 1 or not timeout[0].isdigit() or not 1 <= int(timeout[0]) <= 172800:
+                raise SsmError("InvalidParameters",
+                               "executionTimeout must be one integer string between 1 and 172800")
+        options = {
+            "document": document, "parameters": parameters,
+            "comment": params.get("Comment", ""),
+            "timeout": params.get("TimeoutSeconds", 3600),
+            "max_errors": params.get("MaxErrors", "0"),
+            "max_concurrency": params.get("MaxConcurrency", "50"),
+        }
+        if len(options["comment"]) > 100:
+            raise _validation("Value at 'comment' failed to satisfy constraint: Member must have "
+                              "length less than or equal to 100")
+        if not isinstance(options["timeout"], int) or not 30 <= options["timeout"] <= 2592000:
+            raise _validation(f"Value '{options['timeout']}' at 'timeoutSeconds' failed to satisfy "
+                              "constraint: Member must have value between 30 and 2592000")
+        if not _MAX_ERRORS_RE.match(str(options["max_errors"])):
+            raise _validation(f"Value '{options['max_errors']}' at 'maxErrors' failed to satisfy "
+                              "constraint: Member must satisfy the pattern")
+        if not _MAX_CONCURRENCY_RE.match(str(options["max_concurrency"])):
+            raise _validation(f"Value '{options['max_concurrency']}' at 'maxConcurrency' failed "
+                              "to satisfy constraint: Member must satisfy the pattern")
+        return ids, options
+
+    def send_command(self, region: str, params: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        ids, opts = self._parse_send_command(params)
+        platforms = {iid: self.online_platform(region, iid, now) for iid in ids}
+        invalid = [iid for iid, platform in platforms.items() if platform is None]
+        if invalid:
+            raise SsmError("InvalidInstanceId", f"Instances {invalid} not in a valid state for "
+                           f"account {fleet.ACCOUNT_ID}")
+        wanted = DOCUMENT_PLUGINS[opts["document"]][1]
+        if any(platform != wanted for platform in platforms.values()):
+            raise SsmError("UnsupportedPlatformType",
+                           f"The platform type of the instances is not supported by "
+                           f"{opts['document']}")
+        command = Command(
+            command_id=str(uuid.uuid4()), region=region, document_name=opts["document"],
+            parameters=opts["parameters"], comment=opts["comment"],
+            timeout_seconds=opts["timeout"], max_errors=str(opts["max_errors"]),
+            max_concurrency=str(opts["max_concurrency"]), requested_at=now,
+            visible_at=now + self.config["invocation_visibility_delay_seconds"])
+        default = {"stdout": "ok"}
+        for iid in ids:
+            found = fleet.find_instance(iid)
+            name = found[1].private_dns_name if found else iid
+            outcome = Outcome.from_script(self.outcomes.get(iid, default),
+                                          self.config["command_duration_seconds"])
+            invocation = Invocation(iid, name, outcome)
+            if outcome.status == "Success":
+                invocation.timer = threading.Timer(outcome.duration_seconds, self._notify_success,
+                                                   args=(command.command_id, iid))
+                invocation.timer.daemon = True
+                invocation.timer.start()
+            command.invocations[iid] = invocation
+        self.commands[command.command_id] = command
+        return {"Command": {**command.api_view(now), "Status": "Pending",
+                            "StatusDetails": "Pending"}}
+
+    def _notify_success(self, command_id: str, instance_id: str) -> None:
+        """Timer callback: POST the success webhook for one finished invocation."""
+        with self.lock:
+            command = self.commands[command_id]
+            url = self.config.get("on_success_webhook")
+            if not url or command.invocations[instance_id].cancelled_at is not None:
+                return
+            payload = {"instance_id": instance_id, "region": command.region,
+                       "account_id": fleet.ACCOUNT_ID, "command_id": command_id,
+                       "commands": command.parameters.get("commands", [])}
+        request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=5):
+                pass
+        except Exception as exc:  # the webhook is best effort by design
+            print(f"emulator: success webhook {url} failed for {instance_id}: {exc}",
+                  file=sys.stderr, flush=True)
+
+    def _visible_command(self, region: str, command_id: str | None, now: float) -> Command | None:
+        command = self.commands.get(command_id or "")
+        if command is None or command.region != region or now < command.visible_at:
+            return None
+        return command
+
+    def get_command_invocation(self, region: str, params: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        command = self._visible_command(region, params["CommandId"], now)
+        instance_id = params["InstanceId"]
+        if command is None or instance_id not in command.invocations:
+            raise SsmError("InvocationDoesNotExist",
+                           f"Invocation for command {params['CommandId']} on {instance_id} "
+                           "does not exist")
+        view = command.invocations[instance_id].view(command.requested_at, now)
+        end = view["end"]
+        return {
+            "CommandId": command.command_id, "InstanceId": instance_id,
+            "Comment": command.comment, "DocumentName": command.document_name,
+            "DocumentVersion": "$DEFAULT", "PluginName": command.plugin_name,
+            "ResponseCode": view["code"],
+            "ExecutionStartDateTime": _iso(command.requested_at),
+            "ExecutionElapsedTime": f"PT{(end or now) - command.requested_at:.3f}S",
+            "ExecutionEndDateTime": _iso(end) if end is not None else "",
+            "Status": view["status"], "StatusDetails": view["details"],
+            "StandardOutputContent": view["stdout"][:STDOUT_CAP], "StandardOutputUrl": "",
+            "StandardErrorContent": view["stderr"][:STDERR_CAP], "StandardErrorUrl": "",
+            "CloudWatchOutputConfig": {"CloudWatchLogGroupName": "",
+                                       "CloudWatchOutputEnabled": False},
+        }
+
+    @staticmethod
+    def _command_filter(filters: list[dict[str, str]]) -> Callable[[Command, str], bool]:
+        """Predicate over (command, status) for ListCommands / ListCommandInvocations filters."""
+        checks = []
+        for f in filters:
+            key, value = f["key"], f["value"]
+            if key == "Status":
+                checks.append(lambda c, s, v=value: s == v)
+            elif key == "DocumentName":
+                checks.append(lambda c, s, v=value: c.document_name == v)
+            elif key in ("InvokedAfter", "InvokedBefore"):
+                bound = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+                if key == "InvokedAfter":
+                    checks.append(lambda c, s, b=bound: c.requested_at >= b)
+                else:
+                    checks.append(lambda c, s, b=bound: c.requested_at <= b)
+            else:
+                raise SsmError("InvalidFilterKey", f"The filter key {key} is not valid.")
+        return lambda command, status: all(check(command, status) for check in checks)
+
+    def _commands_newest_first(self, region: str, now: float) -> list[Command]:
+        return sorted((c for c in self.commands.values()
+                       if c.region == region and now >= c.visible_at),
+                      key=lambda c: c.requested_at, reverse=True)
+
+    def list_command_invocations(self, region: str, params: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        keep = self._command_filter(params.get("Filters", []))
+        details = bool(params.get("Details", False))
+        items = []
+        for command in self._commands_newest_first(region, now):
+            if params.get("CommandId") and command.command_id != params["CommandId"]:
+                continue
+            for iid, invocation in command.invocations.items():
+                if params.get("InstanceId") and iid != params["InstanceId"]:
+                    continue
+                view = invocation.view(command.requested_at, now)
+                if not keep(command, view["status"]):
+                    continue
+                items.append(self._invocation_item(command, invocation, view, details))
+        page, token = _page(items, params, "lci", 50, 1, 50)
+        result: dict[str, Any] = {"CommandInvocations": page}
+        if token:
+            result["NextToken"] = token
+        return result
+
+    @staticmethod
+    def _invocation_item(command: Command, invocation: Invocation, view: dict[str, Any],
+                         details: bool) -> dict[str, Any]:
+        plugins = []
+        if details:
+            output = view["stdout"]
+            if view["stderr"]:
+                output += "\n----------ERROR-------\n" + view["stderr"]
+            plugin = {"Name": command.plugin_name, "Status": view["status"],
+                      "StatusDetails": view["details"], "ResponseCode": view["code"],
+                      "ResponseStartDateTime": command.requested_at,
+                      "Output": output[:PLUGIN_OUTPUT_CAP], "StandardOutputUrl": "",
+                      "StandardErrorUrl": "", "OutputS3Region": command.region,
+                      "OutputS3BucketName": "", "OutputS3KeyPrefix": ""}
+            if view["end"] is not None:
+                plugin["ResponseFinishDateTime"] = view["end"]
+            plugins.append(plugin)
+        return {"CommandId": command.command_id, "InstanceId": invocation.instance_id,
+                "InstanceName": invocation.instance_name, "Comment": command.comment,
+                "DocumentName": command.document_name, "DocumentVersion": "$DEFAULT",
+                "RequestedDateTime": command.requested_at, "Status": view["status"],
+                "StatusDetails": view["details"], "TraceOutput": "",
+                "StandardOutputUrl": "", "StandardErrorUrl": "", "CommandPlugins": plugins,
+                "ServiceRole": "",
+                "CloudWatchOutputConfig": {"CloudWatchLogGroupName": "",
+                                           "CloudWatchOutputEnabled": False}}
+
+    def list_commands(self, region: str, params: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        keep = self._command_filter(params.get("Filters", []))
+        items = []
+        for command in sorted((c for c in self.commands.values() if c.region == region),
+                              key=lambda c: c.requested_at, reverse=True):
+            if params.get("CommandId") and command.command_id != params["CommandId"]:
+                continue
+            if params.get("InstanceId") and params["InstanceId"] not in command.invocations:
+                continue
+            view = command.api_view(now)
+            if keep(command, view["Status"]):
+                items.append(view)
+        page, token = _page(items, params, "lc", 50, 1, 50)
+        result: dict[str, Any] = {"Commands": page}
+        if token:
+            result["NextToken"] = token
+        return result
+
+    def cancel_command(self, region: str, params: dict[str, Any]) -> dict[str, Any]:
+        now = time.time()
+        command = self.commands.get(params["CommandId"])
+        if command is None or command.region != region:
+            raise SsmError("InvalidCommandId", f"Command {params['CommandId']} does not exist")
+        targets = params.get("InstanceIds") or list(command.invocations)
+        for iid in targets:
+            invocation = command.invocations.get(iid)
+            if invocation is None:
+                raise SsmError("InvalidInstanceId", f"Instance {iid} is not a target of "
+                               f"command {command.command_id}")
+            if invocation.view(command.requested_at, now)["status"] == "InProgress":
+                invocation.cancelled_at = now
+                if invocation.timer is not None:
+                    invocation.timer.cancel()
+        return {}
+
+    def cancel_timers(self) -> None:
+        """Stop pending webhook timers (on shutdown)."""
+        for command in self.commands.values():
+            for invocation in command.invocations.values():
+                if invocation.timer is not None:
+                    invocation.timer.cancel()
+
+    # ----- service settings (moto 5.2.5 does not implement them) --------------------------
+
+    @staticmethod
+    def _setting_id(raw: str) -> str:
+        setting_id = raw.split(":servicesetting", 1)[1] if ":servicesetting" in raw else raw
+        if setting_id not in SERVICE_SETTING_DEFAULTS:
+            raise SsmError("ServiceSettingNotFound", f"Service setting {raw} not found")
+        return setting_id
+
+    def _setting(self, region: str, setting_id: str) -> dict[str, Any]:
+        value, modified = self.settings.get((region, setting_id), (None, self.started_at))
+        return {"ServiceSetting": {
+            "SettingId": setting_id,
+            "SettingValue": value if value is not None else SERVICE_SETTING_DEFAULTS[setting_id],
+            "LastModifiedDate": modified,
+            "LastModifiedUser": (f"arn:aws:iam::{fleet.ACCOUNT_ID}:root" if value is not None
+                                 else "System"),
+            "ARN": f"arn:aws:ssm:{region}:{fleet.ACCOUNT_ID}:servicesetting{setting_id}",
+            "Status": "Customized" if value is not None else "Default",
+        }}
+
+    def get_service_setting(self, region: str, params: dict[str, Any]) -> dict[str, Any]:
+        return self._setting(region, self._setting_id(params["SettingId"]))
+
+    def update_service_setting(self, region: str, params: dict[str, Any]) -> dict[str, Any]:
+        setting_id = self._setting_id(params["SettingId"])
+        self.settings[(region, setting_id)] = (str(params["SettingValue"]), time.time())
+        return {}
+
+    def reset_service_setting(self, region: str, params: dict[str, Any]) -> dict[str, Any]:
+        setting_id = self._setting_id(params["SettingId"])
+        self.settings.pop((region, setting_id), None)
+        return self._setting(region, setting_id)

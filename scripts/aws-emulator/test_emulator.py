@@ -1,0 +1,437 @@
+"""End-to-end tests of the AWS emulator: boto3 against a real emulator subprocess.
+
+One emulator serves the whole module. Tests isolate themselves by region (EC2 and SSM
+state is per region) and the autouse fixture restores config, faults and outcomes.
+Run: ``.venv/bin/python -m pytest scripts/aws-emulator -q``
+"""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import boto3
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from client import EmulatorClient
+
+HERE = Path(__file__).resolve().parent
+SSM_CORE = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
+BASE_SEED = {
+    "roles": [
+        {"name": "AppRole", "policies": [SSM_CORE], "instance_profile": "AppProfile"},
+        {"name": "LegacyAppRole", "policies": ["arn:aws:iam::aws:policy/ReadOnlyAccess"],
+         "instance_profile": "LegacyAppProfile"},
+    ],
+    "instance_profiles": [{"name": "EmptyProfile"}],
+}
+DEFAULT_CONFIG = {"registration_delay_seconds": 0, "profile_propagation_seconds": 0,
+                  "command_duration_seconds": 1.0, "invocation_visibility_delay_seconds": 0,
+                  "on_success_webhook": None}
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    proc = subprocess.Popen([sys.executable, str(HERE / "emulator.py"), "--port", "0"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().strip()
+        assert line.startswith("LISTENING http://127.0.0.1:"), line
+        url = line.split()[1]
+        EmulatorClient(url).seed(BASE_SEED)
+        yield url
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+
+
+@pytest.fixture
+def emu(endpoint):
+    client = EmulatorClient(endpoint)
+    yield client
+    client.config(**DEFAULT_CONFIG)
+    client.faults([])
+    client.outcomes({iid: None for iid in client.outcomes()})
+
+
+@pytest.fixture
+def aws(endpoint):
+    def make(service, region="us-east-1", validate=True):
+        config = Config(retries={"mode": "standard", "total_max_attempts": 1},
+                        parameter_validation=validate)
+        return boto3.client(service, region_name=region, endpoint_url=endpoint,
+                            aws_access_key_id="AKIDTEST", aws_secret_access_key="secret",
+                            config=config)
+    return make
+
+
+def seed_instances(emu, region, count=1, **fields):
+    spec = {"instances": [{"region": region, "count": count, **fields}]}
+    return [i["instance_id"] for i in emu.seed(spec)["instances"]]
+
+
+def error_code(excinfo):
+    return excinfo.value.response["Error"]["Code"]
+
+
+def wait_until(predicate, timeout=5.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def test_seed_sets_platform_state_tags_and_profile(emu, aws):
+    emu.reset_calls()
+    win = seed_instances(emu, "us-east-2", platform="windows", tags={"arc": "onboard"},
+                         instance_profile="AppProfile")[0]
+    lin = seed_instances(emu, "us-east-2", platform="linux", state="stopped")[0]
+    ec2 = aws("ec2", "us-east-2")
+    by_id = {i["InstanceId"]: i for r in ec2.describe_instances()["Reservations"]
+             for i in r["Instances"]}
+    assert by_id[win]["Platform"] == "windows"
+    assert "Platform" not in by_id[lin]
+    assert by_id[lin]["State"]["Name"] == "stopped"
+    assert {"Key": "arc", "Value": "onboard"} in by_id[win]["Tags"]
+    profile_arn = "arn:aws:iam::123456789012:instance-profile/AppProfile"
+    assert by_id[win]["IamInstanceProfile"]["Arn"] == profile_arn
+    associations = ec2.describe_iam_instance_profile_associations()["IamInstanceProfileAssociations"]
+    assert [(a["InstanceId"], a["IamInstanceProfile"]["Arn"]) for a in associations] == [
+        (win, profile_arn)]
+    assert emu.calls()["counts"] == {"ec2:DescribeInstances": 1,
+                                     "ec2:DescribeIamInstanceProfileAssociations": 1}
+
+
+def test_online_rule_with_registration_delay(emu, aws):
+    region = "us-west-1"
+    emu.config(registration_delay_seconds=1.0)
+    target = seed_instances(emu, region)[0]
+    legacy = seed_instances(emu, region, instance_profile="LegacyAppProfile")[0]
+    empty = seed_instances(emu, region, instance_profile="EmptyProfile")[0]
+    ssm, ec2 = aws("ssm", region), aws("ec2", region)
+
+    def listed():
+        return {i["InstanceId"]: i["PingStatus"]
+                for i in ssm.describe_instance_information()["InstanceInformationList"]}
+
+    assert listed() == {}
+    association = ec2.associate_iam_instance_profile(
+        InstanceId=target, IamInstanceProfile={"Name": "AppProfile"})
+    assert listed() == {}  # registration delay not over yet
+    time.sleep(1.1)
+    assert listed() == {target: "Online"}
+    info = ssm.describe_instance_information()["InstanceInformationList"][0]
+    assert (info["IamRole"], info["PlatformType"], info["ResourceType"]) == (
+        "AppRole", "Linux", "EC2Instance")
+    assert legacy not in listed() and empty not in listed()
+
+    ec2.disassociate_iam_instance_profile(
+        AssociationId=association["IamInstanceProfileAssociation"]["AssociationId"])
+    assert listed() == {target: "ConnectionLost"}
+    ec2.associate_iam_instance_profile(InstanceId=target, IamInstanceProfile={"Name": "AppProfile"})
+    assert listed() == {target: "ConnectionLost"}  # re-registering takes the delay again
+    time.sleep(1.1)
+    assert listed() == {target: "Online"}
+    emu.set_state(target, "stopped")
+    assert listed() == {}
+
+
+def test_describe_instance_information_pages_and_validates(emu, aws):
+    region = "ap-south-1"
+    ids = seed_instances(emu, region, count=12, instance_profile="AppProfile")
+    ssm = aws("ssm", region)
+    seen, pages, token = [], [], None
+    while True:
+        kwargs = {"MaxResults": 5, **({"NextToken": token} if token else {})}
+        page = ssm.describe_instance_information(**kwargs)
+        pages.append(len(page["InstanceInformationList"]))
+        seen += [i["InstanceId"] for i in page["InstanceInformationList"]]
+        token = page.get("NextToken")
+        if not token:
+            break
+    assert pages == [5, 5, 2]
+    assert sorted(seen) == sorted(ids)
+    filtered = ssm.describe_instance_information(
+        Filters=[{"Key": "InstanceIds", "Values": ids[:3]}, {"Key": "PingStatus",
+                                                             "Values": ["Online"]}])
+    assert {i["InstanceId"] for i in filtered["InstanceInformationList"]} == set(ids[:3])
+    assert ssm.describe_instance_information(
+        Filters=[{"Key": "PlatformTypes", "Values": ["Windows"]}])["InstanceInformationList"] == []
+    unvalidated = aws("ssm", region, validate=False)
+    for bad in (4, 51):
+        with pytest.raises(ClientError) as excinfo:
+            unvalidated.describe_instance_information(MaxResults=bad)
+        assert error_code(excinfo) == "ValidationException"
+
+
+def test_send_command_rejects_more_than_50_targets(emu, aws):
+    ids = seed_instances(emu, "eu-west-2", count=51, instance_profile="AppProfile")
+    with pytest.raises(ClientError) as excinfo:
+        aws("ssm", "eu-west-2").send_command(DocumentName="AWS-RunShellScript", InstanceIds=ids,
+                                             Parameters={"commands": ["true"]})
+    assert error_code(excinfo) == "ValidationException"
+    assert "50" in excinfo.value.response["Error"]["Message"]
+
+
+def test_send_command_rejects_unmanaged_instance(emu, aws):
+    region = "eu-west-3"
+    managed = seed_instances(emu, region, instance_profile="AppProfile")[0]
+    unmanaged = seed_instances(emu, region, instance_profile="LegacyAppProfile")[0]
+    before = len(emu.commands()["commands"])
+    with pytest.raises(ClientError) as excinfo:
+        aws("ssm", region).send_command(DocumentName="AWS-RunShellScript",
+                                        InstanceIds=[managed, unmanaged],
+                                        Parameters={"commands": ["true"]})
+    assert error_code(excinfo) == "InvalidInstanceId"
+    assert len(emu.commands()["commands"]) == before  # whole call rejected
+
+
+def test_send_command_rejects_platform_mismatch(emu, aws):
+    region = "eu-central-1"
+    linux = seed_instances(emu, region, instance_profile="AppProfile")[0]
+    windows = seed_instances(emu, region, platform="windows", instance_profile="AppProfile")[0]
+    ssm = aws("ssm", region)
+    for document, target in (("AWS-RunPowerShellScript", linux), ("AWS-RunShellScript", windows)):
+        with pytest.raises(ClientError) as excinfo:
+            ssm.send_command(DocumentName=document, InstanceIds=[target],
+                             Parameters={"commands": ["whoami"]})
+        assert error_code(excinfo) == "UnsupportedPlatformType"
+    sent = ssm.send_command(DocumentName="AWS-RunPowerShellScript", InstanceIds=[windows],
+                            Parameters={"commands": ["whoami"]})
+    assert sent["Command"]["Status"] == "Pending"
+
+
+def test_send_command_targets_exactly_the_given_ids(emu, aws):
+    region = "eu-north-1"
+    a, b, c = seed_instances(emu, region, count=3, instance_profile="AppProfile")
+    ssm = aws("ssm", region)
+    sent = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[a, b],
+                            Parameters={"commands": ["echo hi"], "executionTimeout": ["600"]},
+                            Comment="arc", TimeoutSeconds=600, MaxErrors="100%")["Command"]
+    assert sent["TargetCount"] == 2 and sorted(sent["InstanceIds"]) == sorted([a, b])
+    command_id = sent["CommandId"]
+    invocations = ssm.list_command_invocations(CommandId=command_id)["CommandInvocations"]
+    assert sorted(i["InstanceId"] for i in invocations) == sorted([a, b])
+    with pytest.raises(ClientError) as excinfo:
+        ssm.get_command_invocation(CommandId=command_id, InstanceId=c)
+    assert error_code(excinfo) == "InvocationDoesNotExist"
+    recorded = next(x for x in emu.commands()["commands"] if x["command_id"] == command_id)
+    assert recorded["instance_ids"] == [a, b]
+    assert recorded["parameters"] == {"commands": ["echo hi"], "executionTimeout": ["600"]}
+    assert (recorded["comment"], recorded["timeout_seconds"], recorded["max_errors"]) == (
+        "arc", 600, "100%")
+
+
+def test_scripted_failed_outcome_is_visible(emu, aws):
+    region = "ap-northeast-1"
+    ok, bad = seed_instances(emu, region, count=2, instance_profile="AppProfile")
+    emu.outcomes({bad: {"status": "Failed", "exit_code": 41, "stdout": "connecting",
+                        "stderr": "bad credentials", "duration_seconds": 1.0}})
+    emu.config(command_duration_seconds=1.0)
+    ssm = aws("ssm", region)
+    command_id = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[ok, bad],
+                                  Parameters={"commands": ["azcmagent connect"]},
+                                  MaxErrors="100%")["Command"]["CommandId"]
+    first = ssm.get_command_invocation(CommandId=command_id, InstanceId=bad)
+    assert (first["Status"], first["ResponseCode"]) == ("InProgress", -1)
+
+    def finished():
+        answer = ssm.get_command_invocation(CommandId=command_id, InstanceId=bad)
+        return answer if answer["Status"] != "InProgress" else None
+
+    result = wait_until(finished)
+    assert (result["Status"], result["StatusDetails"], result["ResponseCode"]) == (
+        "Failed", "Failed", 41)
+    assert (result["StandardOutputContent"], result["StandardErrorContent"]) == (
+        "connecting", "bad credentials")
+    listed = ssm.list_command_invocations(CommandId=command_id, Details=True)["CommandInvocations"]
+    plugin = next(i for i in listed if i["InstanceId"] == bad)["CommandPlugins"][0]
+    assert (plugin["Status"], plugin["ResponseCode"]) == ("Failed", 41)
+    assert "bad credentials" in plugin["Output"]
+    summary = ssm.list_commands(CommandId=command_id)["Commands"][0]
+    assert (summary["Status"], summary["ErrorCount"], summary["CompletedCount"]) == ("Failed", 1, 2)
+
+
+def test_invocation_does_not_exist_during_visibility_delay(emu, aws):
+    region = "ap-northeast-2"
+    target = seed_instances(emu, region, instance_profile="AppProfile")[0]
+    emu.config(invocation_visibility_delay_seconds=1.0, command_duration_seconds=0)
+    ssm = aws("ssm", region)
+    command_id = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[target],
+                                  Parameters={"commands": ["true"]})["Command"]["CommandId"]
+    with pytest.raises(ClientError) as excinfo:
+        ssm.get_command_invocation(CommandId=command_id, InstanceId=target)
+    assert error_code(excinfo) == "InvocationDoesNotExist"
+    assert ssm.list_command_invocations(CommandId=command_id)["CommandInvocations"] == []
+    time.sleep(1.1)
+    assert ssm.get_command_invocation(CommandId=command_id, InstanceId=target)["Status"] == "Success"
+
+
+def test_cancel_command_cancels_running_invocations(emu, aws):
+    region = "ca-central-1"
+    target = seed_instances(emu, region, instance_profile="AppProfile")[0]
+    emu.config(command_duration_seconds=30)
+    ssm = aws("ssm", region)
+    command_id = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[target],
+                                  Parameters={"commands": ["sleep 30"]})["Command"]["CommandId"]
+    ssm.cancel_command(CommandId=command_id)
+    assert ssm.get_command_invocation(CommandId=command_id, InstanceId=target)["Status"] == "Cancelled"
+    with pytest.raises(ClientError) as excinfo:
+        ssm.cancel_command(CommandId="00000000-0000-0000-0000-000000000000")
+    assert error_code(excinfo) == "InvalidCommandId"
+
+
+def test_faults_are_parsed_by_boto3_and_have_no_side_effect(emu, aws):
+    region = "sa-east-1"
+    target = seed_instances(emu, region)[0]
+    emu.faults([
+        {"operation": "ssm:*", "code": "ThrottlingException", "rate": 1.0, "max": 1},
+        {"operation": "ec2:AssociateIamInstanceProfile", "region": region,
+         "code": "RequestLimitExceeded", "rate": 1.0, "max": 1},
+        {"operation": "iam:GetInstanceProfile", "code": "AccessDenied",
+         "message": "not allowed", "rate": 1.0},
+    ], seed=7)
+    with pytest.raises(ClientError) as excinfo:
+        aws("ssm", region).describe_instance_information()
+    assert error_code(excinfo) == "ThrottlingException"
+    aws("ssm", region).describe_instance_information()  # max 1: fired once only
+
+    ec2 = aws("ec2", region)
+    with pytest.raises(ClientError) as excinfo:
+        ec2.associate_iam_instance_profile(InstanceId=target,
+                                           IamInstanceProfile={"Name": "AppProfile"})
+    assert error_code(excinfo) == "RequestLimitExceeded"
+    assert excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    assert ec2.describe_iam_instance_profile_associations()["IamInstanceProfileAssociations"] == []
+
+    with pytest.raises(ClientError) as excinfo:
+        aws("iam").get_instance_profile(InstanceProfileName="AppProfile")
+    assert error_code(excinfo) == "AccessDenied"
+    assert excinfo.value.response["Error"]["Message"] == "not allowed"
+    assert excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+
+    fired = [f["fired"] for f in emu.faults()["faults"]]
+    assert fired == [1, 1, 1]
+
+
+def test_fault_rate_is_deterministic_for_a_seed(emu, aws):
+    sts = aws("sts")
+
+    def pattern():
+        emu.faults([{"operation": "sts:GetCallerIdentity", "code": "Throttling", "rate": 0.5}],
+                   seed=42)
+        outcome = []
+        for _ in range(12):
+            try:
+                sts.get_caller_identity()
+                outcome.append("ok")
+            except ClientError as exc:
+                outcome.append(exc.response["Error"]["Code"])
+        return outcome
+
+    first = pattern()
+    assert first == pattern()
+    assert set(first) == {"ok", "Throttling"}
+
+
+def test_call_log_records_aws_calls_only(emu, aws):
+    region = "ap-southeast-1"
+    target = seed_instances(emu, region)[0]
+    emu.reset_calls()
+    emu.faults([{"operation": "ec2:DescribeRegions", "code": "UnauthorizedOperation"}])
+    ec2 = aws("ec2", region)
+    ec2.describe_instances(InstanceIds=[target])
+    ec2.describe_instances(Filters=[{"Name": "tag:arc", "Values": ["onboard"]}])
+    with pytest.raises(ClientError) as excinfo:
+        ec2.describe_regions()
+    assert error_code(excinfo) == "UnauthorizedOperation"
+    aws("iam").list_attached_role_policies(RoleName="AppRole")
+    emu.config()  # control requests are not logged
+    log = emu.calls()
+    assert log["counts"] == {"ec2:DescribeInstances": 2, "ec2:DescribeRegions": 1,
+                             "iam:ListAttachedRolePolicies": 1}
+    first, second, faulted, iam_call = log["calls"]
+    assert [c["seq"] for c in log["calls"]] == sorted(c["seq"] for c in log["calls"])
+    assert first["params"]["InstanceId.1"] == target
+    assert second["params"]["Filter.1.Name"] == "tag:arc"
+    assert (first["region"], first["service"], first["mutating"], first["status"]) == (
+        region, "ec2", False, 200)
+    assert (faulted["fault"], faulted["status"]) == ("UnauthorizedOperation", 403)
+    assert (iam_call["service"], iam_call["params"]["RoleName"]) == ("iam", "AppRole")
+    emu.reset_calls()
+    assert emu.calls() == {"calls": [], "counts": {}}
+
+
+def test_second_association_gives_incorrect_state(emu, aws):
+    target = seed_instances(emu, "ap-southeast-2", instance_profile="AppProfile")[0]
+    with pytest.raises(ClientError) as excinfo:
+        aws("ec2", "ap-southeast-2").associate_iam_instance_profile(
+            InstanceId=target, IamInstanceProfile={"Name": "AppProfile"})
+    assert error_code(excinfo) == "IncorrectState"
+
+
+def test_fresh_or_unknown_profile_gives_invalid_parameter_value(emu, aws):
+    region = "us-west-2"
+    target = seed_instances(emu, region)[0]
+    emu.config(profile_propagation_seconds=1.0)
+    iam, ec2 = aws("iam"), aws("ec2", region)
+    with pytest.raises(ClientError) as excinfo:
+        ec2.associate_iam_instance_profile(InstanceId=target,
+                                           IamInstanceProfile={"Name": "NoSuchProfile"})
+    assert error_code(excinfo) == "InvalidParameterValue"
+    iam.create_instance_profile(InstanceProfileName="FreshProfile")
+    iam.add_role_to_instance_profile(InstanceProfileName="FreshProfile", RoleName="AppRole")
+    with pytest.raises(ClientError) as excinfo:
+        ec2.associate_iam_instance_profile(InstanceId=target,
+                                           IamInstanceProfile={"Name": "FreshProfile"})
+    assert error_code(excinfo) == "InvalidParameterValue"
+    assert excinfo.value.response["Error"]["Message"] == (
+        "Value (FreshProfile) for parameter iamInstanceProfile.name is invalid. "
+        "Invalid IAM Instance Profile name")
+    time.sleep(1.1)
+    associated = ec2.associate_iam_instance_profile(
+        InstanceId=target, IamInstanceProfile={"Name": "FreshProfile"})
+    assert associated["IamInstanceProfileAssociation"]["InstanceId"] == target
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):
+        length = int(self.headers["Content-Length"])
+        self.received.append(json.loads(self.rfile.read(length)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_webhook_fires_once_per_successful_invocation(emu, aws):
+    region = "eu-west-1"
+    good, bad = seed_instances(emu, region, count=2, instance_profile="AppProfile")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        emu.config(on_success_webhook=f"http://127.0.0.1:{server.server_port}/done",
+                   command_duration_seconds=0.2)
+        emu.outcomes({bad: {"status": "Failed", "exit_code": 1}})
+        command_id = aws("ssm", region).send_command(
+            DocumentName="AWS-RunShellScript", InstanceIds=[good, bad],
+            Parameters={"commands": ["install", "connect"]})["Command"]["CommandId"]
+        wait_until(lambda: _Recorder.received)
+        time.sleep(0.3)  # a second (wrong) post would arrive by now
+        assert _Recorder.received == [{"instance_id": good, "region": region,
+                                       "account_id": "123456789012", "command_id": command_id,
+                                       "commands": ["install", "connect"]}]
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,247 @@
+//! Test support: starts the AWS emulator on an ephemeral 127.0.0.1 port, talks to its control API, and
+//! runs the real `arc-onboard` binary against it with an isolated AWS environment.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// The emulator's account id.
+pub const ACCOUNT: &str = "123456789012";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The Python interpreter of the emulator's virtual environment.
+fn python() -> PathBuf {
+    std::env::var_os("ARC_ONBOARD_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join(".venv/bin/python"))
+}
+
+/// A running emulator; stopped on drop.
+pub struct Emulator {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    port: u16,
+}
+
+impl Emulator {
+    /// Starts a fresh emulator.
+    pub fn start() -> Emulator {
+        let py = python();
+        assert!(
+            py.exists(),
+            "{} not found: run scripts/test (it creates .venv with the emulator's requirements)",
+            py.display()
+        );
+        let mut child = Command::new(py)
+            .arg(repo().join("scripts/aws-emulator/emulator.py"))
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the emulator");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).expect("read LISTENING line");
+        let endpoint = line
+            .trim()
+            .strip_prefix("LISTENING ")
+            .unwrap_or_else(|| panic!("unexpected emulator output {line:?}"))
+            .to_string();
+        let port = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        Emulator { child, endpoint, port }
+    }
+
+    /// A control API call; panics on a non-2xx answer.
+    pub fn control(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let (status, value) = http(self.port, method, path, body);
+        assert!((200..300).contains(&status), "{method} {path} -> {status}: {value}");
+        value
+    }
+
+    /// Seeds a fleet; returns the created instances in seed order.
+    pub fn seed(&self, fleet: &Value) -> Vec<Value> {
+        self.control("POST", "/_emulator/seed", Some(fleet))["instances"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Every AWS call so far.
+    pub fn calls(&self) -> Vec<Value> {
+        self.control("GET", "/_emulator/calls", None)["calls"].as_array().unwrap().clone()
+    }
+
+    /// Calls by operation.
+    pub fn counts(&self) -> serde_json::Map<String, Value> {
+        self.control("GET", "/_emulator/calls", None)["counts"].as_object().unwrap().clone()
+    }
+
+    /// Clears the call log.
+    pub fn reset_calls(&self) {
+        self.control("POST", "/_emulator/calls/reset", Some(&json!({})));
+    }
+
+    /// Calls that change something.
+    pub fn mutating_calls(&self) -> Vec<Value> {
+        self.calls().into_iter().filter(|c| c["mutating"] == true).collect()
+    }
+
+    /// Partial config update.
+    pub fn configure(&self, config: Value) {
+        self.control("POST", "/_emulator/config", Some(&config));
+    }
+
+    /// Replaces the fault list.
+    pub fn faults(&self, faults: Value) {
+        self.control("POST", "/_emulator/faults", Some(&json!({"faults": faults, "seed": 7})));
+    }
+
+    /// Runs the binary against this emulator.
+    pub fn run(&self, args: &[&str], config: &str) -> Outcome {
+        run_binary(args, config, &[("AWS_ENDPOINT_URL", self.endpoint.as_str())])
+    }
+
+    /// Runs the binary with extra environment.
+    pub fn run_env(&self, args: &[&str], config: &str, env: &[(&str, &str)]) -> Outcome {
+        let mut all = vec![("AWS_ENDPOINT_URL", self.endpoint.as_str())];
+        all.extend_from_slice(env);
+        run_binary(args, config, &all)
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal HTTP/1.1 client for the control API.
+fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the emulator");
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, rest) = text.split_once("\r\n\r\n").expect("HTTP response");
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let payload = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        dechunk(rest)
+    } else {
+        rest.to_string()
+    };
+    let value = serde_json::from_str(&payload).unwrap_or(Value::String(payload));
+    (status, value)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+/// What a run of the binary produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Exit code.
+    pub code: i32,
+    /// stdout.
+    pub stdout: String,
+    /// stderr.
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// stdout parsed as the JSON report.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+}
+
+/// Runs `arc-onboard` with `config` written to a temporary file, in an AWS environment isolated from the
+/// machine's (no profiles, no instance metadata, dummy credentials, one attempt per call).
+pub fn run_binary(args: &[&str], config: &str, env: &[(&str, &str)]) -> Outcome {
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("arc-onboard.toml");
+    std::fs::write(&config_path, config).unwrap();
+    std::fs::write(dir.path().join("aws-config"), "").unwrap();
+    std::fs::write(dir.path().join("aws-credentials"), "").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_arc-onboard"));
+    cmd.args(args)
+        .arg("--config")
+        .arg(&config_path)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("AWS_CONFIG_FILE", dir.path().join("aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("aws-credentials"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_MAX_ATTEMPTS", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run arc-onboard");
+    Outcome {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Path of a file in the repository.
+pub fn repo_file(rel: &str) -> PathBuf {
+    repo().join(rel)
+}
+
+/// Whether `path` exists (helper for clearer asserts).
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
+
+/// The report row of one instance.
+pub fn row<'a>(report: &'a Value, instance_id: &str) -> &'a Value {
+    report["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["instance_id"] == instance_id)
+        .unwrap_or_else(|| panic!("{instance_id} not in report"))
+}
+
+/// Action names of a row.
+pub fn actions(row: &Value) -> Vec<String> {
+    row["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}

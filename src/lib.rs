@@ -11,6 +11,7 @@
 //! - [`ports`]: one trait per external system, and the [`ports::MutationToken`] capability.
 //! - [`aws`]: real adapters over the official AWS SDK (credential chain, retries, call counting).
 //! - [`fake`]: stateful in-memory fakes of the ports for tests.
+//! - [`install`]: the Linux and Windows agent install scripts, rendered with per-shell quoting.
 //! - [`observe`]: gathers one account's state through the ports.
 //! - [`plan`]: the pure planner: observation + config -> per-instance actions and reasons.
 //! - [`apply`]: executes the IAM part of a plan (requires a mutation token).
@@ -24,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod duration;
 pub mod fake;
+pub mod install;
 pub mod model;
 pub mod observe;
 pub mod pass;

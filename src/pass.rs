@@ -137,11 +137,46 @@ mod tests {
         aws.add_empty_profile("EmptyProfile");
         let running = InstanceState::Running;
         aws.add_instance("us-east-1", "i-none", Platform::Linux, running, None, &[]);
-        aws.add_instance("us-east-1", "i-legacy1", Platform::Linux, running, Some("LegacyProfile"), &[]);
-        aws.add_instance("eu-west-1", "i-legacy2", Platform::Windows, running, Some("LegacyProfile"), &[]);
-        aws.add_instance("eu-west-1", "i-good", Platform::Linux, running, Some("AppProfile"), &[]);
-        aws.add_instance("eu-west-1", "i-empty", Platform::Linux, running, Some("EmptyProfile"), &[]);
-        aws.add_instance("eu-west-1", "i-stopped", Platform::Linux, InstanceState::Stopped, None, &[]);
+        aws.add_instance(
+            "us-east-1",
+            "i-legacy1",
+            Platform::Linux,
+            running,
+            Some("LegacyProfile"),
+            &[],
+        );
+        aws.add_instance(
+            "eu-west-1",
+            "i-legacy2",
+            Platform::Windows,
+            running,
+            Some("LegacyProfile"),
+            &[],
+        );
+        aws.add_instance(
+            "eu-west-1",
+            "i-good",
+            Platform::Linux,
+            running,
+            Some("AppProfile"),
+            &[],
+        );
+        aws.add_instance(
+            "eu-west-1",
+            "i-empty",
+            Platform::Linux,
+            running,
+            Some("EmptyProfile"),
+            &[],
+        );
+        aws.add_instance(
+            "eu-west-1",
+            "i-stopped",
+            Platform::Linux,
+            InstanceState::Stopped,
+            None,
+            &[],
+        );
         aws
     }
 
@@ -153,7 +188,10 @@ mod tests {
             ssm: aws,
             counter: &aws.calls,
         };
-        run_pass(config, &ports, token, &opts()).await.unwrap().report
+        run_pass(config, &ports, token, &opts())
+            .await
+            .unwrap()
+            .report
     }
 
     fn mutating(aws: &FakeAws) -> u64 {
@@ -162,14 +200,21 @@ mod tests {
             .iter()
             .filter(|(op, _)| {
                 let action = op.split(':').nth(1).unwrap_or_default();
-                !["Describe", "Get", "List"].iter().any(|p| action.starts_with(p))
+                !["Describe", "Get", "List"]
+                    .iter()
+                    .any(|p| action.starts_with(p))
             })
             .map(|(_, n)| *n)
             .sum()
     }
 
     fn status<'a>(r: &'a Report, id: &str) -> &'a str {
-        r.instances.iter().find(|i| i.instance_id == id).unwrap().status.as_str()
+        r.instances
+            .iter()
+            .find(|i| i.instance_id == id)
+            .unwrap()
+            .status
+            .as_str()
     }
 
     #[tokio::test]
@@ -187,24 +232,50 @@ mod tests {
         let token = MutationToken::mint();
         let first = pass(&aws, &config(""), Some(&token)).await;
         // Every instance now has working IAM, each role was patched once.
-        assert!(aws.instance_profile("i-none").unwrap().ends_with("/AzureArcForServerSSMInstanceProfile"));
-        assert!(aws.instance_profile("i-stopped").unwrap().ends_with("/AzureArcForServerSSMInstanceProfile"));
-        assert!(aws.role_policies("LegacyRole").contains(&SSM_POLICY_ARN.to_string()));
-        assert_eq!(aws.profile("EmptyProfile").unwrap().roles, ["AzureArcForServerSSM"]);
-        assert_eq!(aws.calls.count("iam:AttachRolePolicy"), 2, "LegacyRole once, the new SSM role once");
+        assert!(aws
+            .instance_profile("i-none")
+            .unwrap()
+            .ends_with("/AzureArcForServerSSMInstanceProfile"));
+        assert!(aws
+            .instance_profile("i-stopped")
+            .unwrap()
+            .ends_with("/AzureArcForServerSSMInstanceProfile"));
+        assert!(aws
+            .role_policies("LegacyRole")
+            .contains(&SSM_POLICY_ARN.to_string()));
+        assert_eq!(
+            aws.profile("EmptyProfile").unwrap().roles,
+            ["AzureArcForServerSSM"]
+        );
+        assert_eq!(
+            aws.calls.count("iam:AttachRolePolicy"),
+            2,
+            "LegacyRole once, the new SSM role once"
+        );
         assert_eq!(aws.calls.count("iam:CreateRole"), 1);
         assert_eq!(aws.calls.count("ec2:AssociateIamInstanceProfile"), 2);
         assert_eq!(first.accounts[0].actions, ["create-ssm-role"]);
         assert_eq!(status(&first, "i-stopped"), "not-running");
-        assert!(!first.instances.iter().any(|i| i.status == Status::Planned), "run never reports planned");
+        assert!(
+            !first.instances.iter().any(|i| i.status == Status::Planned),
+            "run never reports planned"
+        );
         assert!(!first.has_failures());
 
         let before = mutating(&aws);
         let second = pass(&aws, &config(""), Some(&token)).await;
-        assert_eq!(mutating(&aws), before, "second pass must not change anything");
+        assert_eq!(
+            mutating(&aws),
+            before,
+            "second pass must not change anything"
+        );
         assert!(second.accounts[0].actions.is_empty());
         for i in &second.instances {
-            assert!(i.actions.iter().all(|a| !a.is_iam()), "{} still plans IAM", i.instance_id);
+            assert!(
+                i.actions.iter().all(|a| !a.is_iam()),
+                "{} still plans IAM",
+                i.instance_id
+            );
         }
     }
 
@@ -214,13 +285,28 @@ mod tests {
         aws.add_role("LegacyRole", &[READ_ONLY], Some("LegacyProfile"));
         for n in 0..25 {
             let id = format!("i-{n:03}");
-            aws.add_instance("us-east-1", &id, Platform::Linux, InstanceState::Running, Some("LegacyProfile"), &[]);
+            aws.add_instance(
+                "us-east-1",
+                &id,
+                Platform::Linux,
+                InstanceState::Running,
+                Some("LegacyProfile"),
+                &[],
+            );
         }
         let cfg = Config::parse("[aws]\nregions=[\"us-east-1\"]\n", Path::new("t")).unwrap();
         pass(&aws, &cfg, Some(&MutationToken::mint())).await;
         assert_eq!(aws.calls.count("iam:AttachRolePolicy"), 1);
-        assert_eq!(aws.calls.count("iam:ListAttachedRolePolicies"), 1, "role looked up once, not per instance");
-        assert_eq!(aws.calls.count("iam:GetInstanceProfile"), 2, "LegacyProfile and the SSM profile");
+        assert_eq!(
+            aws.calls.count("iam:ListAttachedRolePolicies"),
+            1,
+            "role looked up once, not per instance"
+        );
+        assert_eq!(
+            aws.calls.count("iam:GetInstanceProfile"),
+            2,
+            "LegacyProfile and the SSM profile"
+        );
     }
 
     #[tokio::test]
@@ -232,7 +318,10 @@ mod tests {
         assert_eq!(status(&report, "i-empty"), "needs-manual-iam");
         assert_eq!(aws.role_policies("LegacyRole"), [READ_ONLY]);
         assert!(aws.profile("EmptyProfile").unwrap().roles.is_empty());
-        assert!(aws.instance_profile("i-none").is_some(), "assigning the SSM profile is still allowed");
+        assert!(
+            aws.instance_profile("i-none").is_some(),
+            "assigning the SSM profile is still allowed"
+        );
 
         let aws = fleet();
         let report = pass(&aws, &config("auto_assignment = false"), Some(&token)).await;
@@ -245,16 +334,34 @@ mod tests {
     #[tokio::test]
     async fn one_failure_does_not_stop_the_others() {
         let aws = fleet();
-        aws.fail("ec2:AssociateIamInstanceProfile", "i-none", "UnauthorizedOperation");
+        aws.fail(
+            "ec2:AssociateIamInstanceProfile",
+            "i-none",
+            "UnauthorizedOperation",
+        );
         aws.fail("iam:AttachRolePolicy", "LegacyRole", "AccessDenied");
         let report = pass(&aws, &config(""), Some(&MutationToken::mint())).await;
         assert_eq!(status(&report, "i-none"), "failed");
-        let none = report.instances.iter().find(|i| i.instance_id == "i-none").unwrap();
-        assert!(none.detail.contains("UnauthorizedOperation"), "{}", none.detail);
+        let none = report
+            .instances
+            .iter()
+            .find(|i| i.instance_id == "i-none")
+            .unwrap();
+        assert!(
+            none.detail.contains("UnauthorizedOperation"),
+            "{}",
+            none.detail
+        );
         assert_eq!(status(&report, "i-legacy1"), "failed");
         assert_eq!(status(&report, "i-legacy2"), "failed");
-        assert!(aws.instance_profile("i-stopped").is_some(), "other instances continue");
-        assert_eq!(aws.profile("EmptyProfile").unwrap().roles, ["AzureArcForServerSSM"]);
+        assert!(
+            aws.instance_profile("i-stopped").is_some(),
+            "other instances continue"
+        );
+        assert_eq!(
+            aws.profile("EmptyProfile").unwrap().roles,
+            ["AzureArcForServerSSM"]
+        );
         assert!(report.has_failures());
     }
 
@@ -267,9 +374,15 @@ mod tests {
             assert_eq!(status(&report, id), "failed", "{id}");
         }
         assert_eq!(status(&report, "i-legacy1"), "waiting-for-ssm");
-        assert!(aws.role_policies("LegacyRole").contains(&SSM_POLICY_ARN.to_string()));
+        assert!(aws
+            .role_policies("LegacyRole")
+            .contains(&SSM_POLICY_ARN.to_string()));
         assert_eq!(aws.calls.count("ec2:AssociateIamInstanceProfile"), 0);
-        assert!(report.accounts[0].detail.as_deref().unwrap().contains("AccessDenied"));
+        assert!(report.accounts[0]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("AccessDenied"));
     }
 
     #[tokio::test]
@@ -288,12 +401,23 @@ mod tests {
         )
         .await;
         let mut plan = crate::plan::plan_account(&obs, &cfg);
-        aws.associate_instance_profile(&token, "us-east-1", "i-none", "AppProfile").await.unwrap();
+        aws.associate_instance_profile(&token, "us-east-1", "i-none", "AppProfile")
+            .await
+            .unwrap();
         apply_iam(&token, &mut plan, &aws, &aws, &opts()).await;
-        let row = plan.instances.iter().find(|i| i.instance_id == "i-none").unwrap();
+        let row = plan
+            .instances
+            .iter()
+            .find(|i| i.instance_id == "i-none")
+            .unwrap();
         assert_eq!(row.status, Status::WaitingForSsm);
         assert!(row.detail.contains("AppProfile"), "{}", row.detail);
-        assert!(aws.instance_profile("i-none").unwrap().ends_with("/AppProfile"), "not forced");
+        assert!(
+            aws.instance_profile("i-none")
+                .unwrap()
+                .ends_with("/AppProfile"),
+            "not forced"
+        );
     }
 
     #[tokio::test(start_paused = true)]

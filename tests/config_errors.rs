@@ -9,7 +9,10 @@ use common::{repo_file, run_binary, Emulator};
 fn every_bad_config_fails_before_any_aws_call() {
     let emu = Emulator::start();
     let dir = repo_file("tests/bad-configs");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     assert!(files.len() >= 20, "the corpus has {} files", files.len());
     for file in files {
@@ -20,14 +23,34 @@ fn every_bad_config_fails_before_any_aws_call() {
             .and_then(|l| l.strip_prefix("# expect: "))
             .unwrap_or_else(|| panic!("{} lacks '# expect: KEY'", file.display()));
         for command in ["plan", "run", "validate"] {
-            let out = emu.run_env(&[command], &text, &[("ARC_ONBOARD_CLIENT_SECRET", "s3cr3t-value")]);
+            let out = emu.run_env(
+                &[command],
+                &text,
+                &[("ARC_ONBOARD_CLIENT_SECRET", "s3cr3t-value")],
+            );
             let name = file.file_name().unwrap().to_string_lossy();
-            assert_eq!(out.code, 2, "{name} ({command}): exit code; stderr: {}", out.stderr);
-            assert!(out.stderr.contains(key), "{name} ({command}): stderr does not name {key}:\n{}", out.stderr);
-            assert!(!out.stderr.contains("s3cr3t-value"), "{name}: secret leaked");
+            assert_eq!(
+                out.code, 2,
+                "{name} ({command}): exit code; stderr: {}",
+                out.stderr
+            );
+            assert!(
+                out.stderr.contains(key),
+                "{name} ({command}): stderr does not name {key}:\n{}",
+                out.stderr
+            );
+            assert!(
+                !out.stderr.contains("s3cr3t-value"),
+                "{name}: secret leaked"
+            );
             assert!(out.stdout.is_empty(), "{name}: nothing on stdout");
         }
-        assert!(emu.calls().is_empty(), "{}: AWS was called: {:?}", file.display(), emu.calls());
+        assert!(
+            emu.calls().is_empty(),
+            "{}: AWS was called: {:?}",
+            file.display(),
+            emu.calls()
+        );
     }
 }
 
@@ -46,10 +69,16 @@ client_id = "00000000-0000-0000-0000-000000000003"
 location = "eastus"
 cloud = "AzureUSGovernment"
 "#;
-    let out = run_binary(&["validate"], config, &[("ARC_ONBOARD_CLIENT_SECRET", "very-secret-value")]);
+    let out = run_binary(
+        &["validate"],
+        config,
+        &[("ARC_ONBOARD_CLIENT_SECRET", "very-secret-value")],
+    );
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(!out.stdout.contains("very-secret-value"));
-    assert!(out.stdout.contains("ARC_ONBOARD_CLIENT_SECRET is set (value redacted)"));
+    assert!(out
+        .stdout
+        .contains("ARC_ONBOARD_CLIENT_SECRET is set (value redacted)"));
     // Defaults are filled in, and follow the cloud.
     for expected in [
         "auto_assignment_interval = \"1 day\"",
@@ -60,10 +89,16 @@ cloud = "AzureUSGovernment"
         "resource_manager = \"https://management.usgovcloudapi.net/\"",
         "proxy_url = \"http://10.0.0.5:3128/\"",
     ] {
-        assert!(out.stdout.contains(expected), "missing {expected}:\n{}", out.stdout);
+        assert!(
+            out.stdout.contains(expected),
+            "missing {expected}:\n{}",
+            out.stdout
+        );
     }
     let unset = run_binary(&["validate"], config, &[]);
-    assert!(unset.stdout.contains("ARC_ONBOARD_CLIENT_SECRET is not set"));
+    assert!(unset
+        .stdout
+        .contains("ARC_ONBOARD_CLIENT_SECRET is not set"));
 }
 
 #[test]

@@ -38,7 +38,10 @@ tag_filter = { key = "arc", value = "onboard" }
 "#;
 
 fn ids(seeded: &[Value]) -> Vec<String> {
-    seeded.iter().map(|i| i["instance_id"].as_str().unwrap().to_string()).collect()
+    seeded
+        .iter()
+        .map(|i| i["instance_id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 #[test]
@@ -51,20 +54,35 @@ fn plan_reports_every_instance_and_changes_nothing() {
     assert_eq!(out.code, 0, "stderr:\n{}", out.stderr);
     let report = out.json();
     assert_eq!(report["mode"], "plan");
-    assert_eq!(report["accounts"], json!([{"account_id": ACCOUNT, "actions": ["create-ssm-role"], "ssm_role_steps": {
-        "create_role": true, "attach_policy": true, "create_profile": true, "add_role_to_profile": true}}]));
+    assert_eq!(
+        report["accounts"],
+        json!([{"account_id": ACCOUNT, "actions": ["create-ssm-role"], "ssm_role_steps": {
+        "create_role": true, "attach_policy": true, "create_profile": true, "add_role_to_profile": true}}])
+    );
 
     let expect: [(usize, &[&str], &str); 7] = [
         (0, &["install-agent"], "planned"),
-        (1, &["associate-instance-profile", "install-agent"], "planned"),
+        (
+            1,
+            &["associate-instance-profile", "install-agent"],
+            "planned",
+        ),
         (2, &["attach-role-policy", "install-agent"], "planned"),
-        (3, &["add-role-to-instance-profile", "install-agent"], "planned"),
+        (
+            3,
+            &["add-role-to-instance-profile", "install-agent"],
+            "planned",
+        ),
         (4, &["associate-instance-profile"], "not-running"),
         (7, &["install-agent"], "planned"),
         (8, &["attach-role-policy", "install-agent"], "planned"),
     ];
     let rows = report["instances"].as_array().unwrap();
-    assert_eq!(rows.len(), expect.len(), "only tagged, non-terminated instances: {rows:#?}");
+    assert_eq!(
+        rows.len(),
+        expect.len(),
+        "only tagged, non-terminated instances: {rows:#?}"
+    );
     for (n, want_actions, want_status) in expect {
         let r = row(&report, &id[n]);
         assert_eq!(actions(r), want_actions, "instance #{n}: {r}");
@@ -73,7 +91,10 @@ fn plan_reports_every_instance_and_changes_nothing() {
         assert!(!r["detail"].as_str().unwrap().is_empty());
     }
     for n in [5, 6, 9] {
-        assert!(rows.iter().all(|r| r["instance_id"] != id[n].as_str()), "#{n} must be filtered out");
+        assert!(
+            rows.iter().all(|r| r["instance_id"] != id[n].as_str()),
+            "#{n} must be filtered out"
+        );
     }
     // Fields.
     let ready = row(&report, &id[0]);
@@ -82,7 +103,10 @@ fn plan_reports_every_instance_and_changes_nothing() {
     assert_eq!(ready["platform"], "linux");
     assert_eq!(ready["state"], "running");
     assert_eq!(ready["ssm_ping"], "Online");
-    assert_eq!(ready["instance_profile"], format!("arn:aws:iam::{ACCOUNT}:instance-profile/AppProfile"));
+    assert_eq!(
+        ready["instance_profile"],
+        format!("arn:aws:iam::{ACCOUNT}:instance-profile/AppProfile")
+    );
     let bare = row(&report, &id[1]);
     assert_eq!(bare["platform"], "windows");
     assert_eq!(bare["ssm_ping"], Value::Null);
@@ -92,7 +116,11 @@ fn plan_reports_every_instance_and_changes_nothing() {
     assert_eq!(row(&report, &id[4])["state"], "stopped");
 
     // Nothing was changed, and the report's counts are the emulator's.
-    assert!(emu.mutating_calls().is_empty(), "{:#?}", emu.mutating_calls());
+    assert!(
+        emu.mutating_calls().is_empty(),
+        "{:#?}",
+        emu.mutating_calls()
+    );
     let counts = emu.counts();
     let reported = report["summary"]["api_calls"].as_object().unwrap();
     assert_eq!(reported, &counts, "report vs emulator");
@@ -105,9 +133,16 @@ fn plan_reports_every_instance_and_changes_nothing() {
         "iam:GetRole": 1,
         "iam:ListAttachedRolePolicies": 2
     });
-    assert_eq!(Value::Object(counts), expected_counts, "one lookup per profile and role, not per instance");
+    assert_eq!(
+        Value::Object(counts),
+        expected_counts,
+        "one lookup per profile and role, not per instance"
+    );
     assert_eq!(report["summary"]["instances"], 7);
-    assert_eq!(report["summary"]["by_status"], json!({"planned": 6, "not-running": 1}));
+    assert_eq!(
+        report["summary"]["by_status"],
+        json!({"planned": 6, "not-running": 1})
+    );
 }
 
 #[test]
@@ -117,16 +152,29 @@ fn table_output_and_run_dry_run_render_the_same_plan() {
     let table = emu.run(&["plan"], CONFIG);
     assert_eq!(table.code, 0, "{}", table.stderr);
     assert!(table.stdout.contains("plan (dry run: nothing was changed)"));
-    assert!(table.stdout.contains("account 123456789012: account actions: create-ssm-role"));
+    assert!(table
+        .stdout
+        .contains("account 123456789012: account actions: create-ssm-role"));
     for n in [0, 1, 2, 3, 4, 7, 8] {
-        let line = table.stdout.lines().find(|l| l.contains(&id[n])).unwrap_or_else(|| panic!("#{n} missing"));
-        assert!(line.contains("us-east-1") || line.contains("eu-west-1"), "{line}");
+        let line = table
+            .stdout
+            .lines()
+            .find(|l| l.contains(&id[n]))
+            .unwrap_or_else(|| panic!("#{n} missing"));
+        assert!(
+            line.contains("us-east-1") || line.contains("eu-west-1"),
+            "{line}"
+        );
     }
-    assert!(table.stdout.contains("associate-instance-profile,install-agent"));
+    assert!(table
+        .stdout
+        .contains("associate-instance-profile,install-agent"));
     assert!(table.stdout.contains("API calls: "));
 
     let plan = emu.run(&["plan", "--output", "json"], CONFIG).json();
-    let dry = emu.run(&["run", "--dry-run", "--output", "json"], CONFIG).json();
+    let dry = emu
+        .run(&["run", "--dry-run", "--output", "json"], CONFIG)
+        .json();
     assert_eq!(dry["mode"], "plan");
     assert_eq!(plan["instances"], dry["instances"]);
     assert_eq!(plan["accounts"], dry["accounts"]);
@@ -143,9 +191,15 @@ fn tag_key_filter_and_no_filter() {
     assert_eq!(report["summary"]["instances"], 6);
     row(&report, &id[5]);
     let calls = emu.calls();
-    let describe = calls.iter().find(|c| c["operation"] == "ec2:DescribeInstances").unwrap();
+    let describe = calls
+        .iter()
+        .find(|c| c["operation"] == "ec2:DescribeInstances")
+        .unwrap();
     let params = describe["params"].to_string();
-    assert!(params.contains("tag-key"), "filter pushed to the server: {params}");
+    assert!(
+        params.contains("tag-key"),
+        "filter pushed to the server: {params}"
+    );
 
     let all = "[aws]\nregions = [\"us-east-1\", \"eu-west-1\"]\n";
     let report = emu.run(&["plan", "--output", "json"], all).json();
@@ -165,7 +219,10 @@ fn all_regions_uses_the_enabled_regions() {
     let counts = emu.counts();
     assert_eq!(counts["ec2:DescribeRegions"], 1);
     let regions = counts["ec2:DescribeInstances"].as_u64().unwrap();
-    assert!(regions > 10, "every enabled region is scanned, got {regions}");
+    assert!(
+        regions > 10,
+        "every enabled region is scanned, got {regions}"
+    );
     // Regions the account has not opted in to are skipped.
     let asked: Vec<String> = emu
         .calls()
@@ -199,11 +256,21 @@ fn an_unreachable_region_is_reported_and_fails_the_exit_code() {
 #[test]
 fn no_credentials_is_exit_2_before_any_instance() {
     let emu = Emulator::start();
-    emu.faults(json!([{"operation": "sts:GetCallerIdentity", "code": "InvalidClientTokenId",
-        "message": "The security token included in the request is invalid."}]));
+    emu.faults(
+        json!([{"operation": "sts:GetCallerIdentity", "code": "InvalidClientTokenId",
+        "message": "The security token included in the request is invalid."}]),
+    );
     let out = emu.run(&["plan"], CONFIG);
     assert_eq!(out.code, 2);
-    assert!(out.stderr.contains("cannot identify the AWS account"), "{}", out.stderr);
-    assert!(out.stderr.contains("InvalidClientTokenId"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot identify the AWS account"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("InvalidClientTokenId"),
+        "{}",
+        out.stderr
+    );
     assert!(out.stdout.is_empty());
 }

@@ -51,20 +51,29 @@ impl Emulator {
             .expect("start the emulator");
         let stdout = child.stdout.take().expect("stdout");
         let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).expect("read LISTENING line");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read LISTENING line");
         let endpoint = line
             .trim()
             .strip_prefix("LISTENING ")
             .unwrap_or_else(|| panic!("unexpected emulator output {line:?}"))
             .to_string();
         let port = endpoint.rsplit(':').next().unwrap().parse().unwrap();
-        Emulator { child, endpoint, port }
+        Emulator {
+            child,
+            endpoint,
+            port,
+        }
     }
 
     /// A control API call; panics on a non-2xx answer.
     pub fn control(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
         let (status, value) = http(self.port, method, path, body);
-        assert!((200..300).contains(&status), "{method} {path} -> {status}: {value}");
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path} -> {status}: {value}"
+        );
         value
     }
 
@@ -78,12 +87,18 @@ impl Emulator {
 
     /// Every AWS call so far.
     pub fn calls(&self) -> Vec<Value> {
-        self.control("GET", "/_emulator/calls", None)["calls"].as_array().unwrap().clone()
+        self.control("GET", "/_emulator/calls", None)["calls"]
+            .as_array()
+            .unwrap()
+            .clone()
     }
 
     /// Calls by operation.
     pub fn counts(&self) -> serde_json::Map<String, Value> {
-        self.control("GET", "/_emulator/calls", None)["counts"].as_object().unwrap().clone()
+        self.control("GET", "/_emulator/calls", None)["counts"]
+            .as_object()
+            .unwrap()
+            .clone()
     }
 
     /// Clears the call log.
@@ -93,7 +108,10 @@ impl Emulator {
 
     /// Calls that change something.
     pub fn mutating_calls(&self) -> Vec<Value> {
-        self.calls().into_iter().filter(|c| c["mutating"] == true).collect()
+        self.calls()
+            .into_iter()
+            .filter(|c| c["mutating"] == true)
+            .collect()
     }
 
     /// Partial config update.
@@ -103,12 +121,20 @@ impl Emulator {
 
     /// Replaces the fault list.
     pub fn faults(&self, faults: Value) {
-        self.control("POST", "/_emulator/faults", Some(&json!({"faults": faults, "seed": 7})));
+        self.control(
+            "POST",
+            "/_emulator/faults",
+            Some(&json!({"faults": faults, "seed": 7})),
+        );
     }
 
     /// Runs the binary against this emulator.
     pub fn run(&self, args: &[&str], config: &str) -> Outcome {
-        run_binary(args, config, &[("AWS_ENDPOINT_URL", self.endpoint.as_str())])
+        run_binary(
+            args,
+            config,
+            &[("AWS_ENDPOINT_URL", self.endpoint.as_str())],
+        )
     }
 
     /// Runs the binary with extra environment.
@@ -130,7 +156,9 @@ impl Drop for Emulator {
 fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the emulator");
-    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     write!(
         stream,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -142,7 +170,10 @@ fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Valu
     let text = String::from_utf8_lossy(&raw);
     let (head, rest) = text.split_once("\r\n\r\n").expect("HTTP response");
     let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let payload = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let payload = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(rest)
     } else {
         rest.to_string()
@@ -178,8 +209,12 @@ pub struct Outcome {
 impl Outcome {
     /// stdout parsed as the JSON report.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 }
 
@@ -199,7 +234,10 @@ pub fn run_binary(args: &[&str], config: &str, env: &[(&str, &str)]) -> Outcome 
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", dir.path())
         .env("AWS_CONFIG_FILE", dir.path().join("aws-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("aws-credentials"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.path().join("aws-credentials"),
+        )
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")

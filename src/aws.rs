@@ -22,7 +22,9 @@ use crate::model::{
     AwsError, AwsErrorKind, Ec2Instance, InstanceProfile, InstanceState, PingStatus, Platform,
     ProfileAssociation, Role, SsmInstance, TagSelector,
 };
-use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Ssm, Sts};
+use crate::ports::{
+    ApiCounter, CommandRequest, CommandSummary, Ec2, Iam, Invocation, MutationToken, Ssm, Sts,
+};
 
 /// Tag key marking IAM resources arc-onboard created, so it can tell them from the customer's.
 pub const MANAGED_TAG_KEY: &str = "arc-onboard:managed";
@@ -622,5 +624,197 @@ impl Ssm for SdkSsm {
             }
         }
         Ok(out)
+    }
+
+    async fn send_command(
+        &self,
+        _token: &MutationToken,
+        region: &str,
+        request: &CommandRequest,
+    ) -> Result<String, AwsError> {
+        let op = "ssm:SendCommand";
+        let out = self
+            .clients
+            .get(region)
+            .send_command()
+            .document_name(request.document)
+            .set_instance_ids(Some(request.instance_ids.clone()))
+            .parameters("commands", vec![request.script.clone()])
+            .parameters(
+                "executionTimeout",
+                vec![request.execution_timeout.as_secs().to_string()],
+            )
+            .timeout_seconds(request.delivery_timeout.as_secs().clamp(30, 2_592_000) as i32)
+            .max_errors("100%")
+            .max_concurrency("50")
+            .comment(&request.comment)
+            .send()
+            .await
+            .map_err(|e| aws_error(op, e))?;
+        out.command()
+            .and_then(|c| c.command_id())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                AwsError::from_code(op, "NoCommandId", "SendCommand returned no command id")
+            })
+    }
+
+    async fn command_status(
+        &self,
+        region: &str,
+        command_id: &str,
+    ) -> Result<Option<CommandSummary>, AwsError> {
+        let op = "ssm:ListCommands";
+        let result = self
+            .clients
+            .get(region)
+            .list_commands()
+            .command_id(command_id)
+            .send()
+            .await
+            .map_err(|e| aws_error(op, e));
+        match result {
+            Ok(out) => Ok(out.commands().first().map(command_summary)),
+            Err(e) if e.code == "InvalidCommandId" => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn recent_commands(
+        &self,
+        region: &str,
+        since: std::time::SystemTime,
+        comment_prefix: &str,
+    ) -> Result<Vec<CommandSummary>, AwsError> {
+        use aws_sdk_ssm::types::{CommandFilter, CommandFilterKey};
+        let op = "ssm:ListCommands";
+        let since = aws_smithy_types::DateTime::from(since)
+            .fmt(aws_smithy_types::date_time::Format::DateTime)
+            .map_err(|e| AwsError::from_code(op, "Client", &e.to_string()))?;
+        let filter = CommandFilter::builder()
+            .key(CommandFilterKey::InvokedAfter)
+            .value(since)
+            .build()
+            .map_err(|e| AwsError::from_code(op, "Client", &e.to_string()))?;
+        let mut pages = self
+            .clients
+            .get(region)
+            .list_commands()
+            .filters(filter)
+            .max_results(50)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(op, e))?;
+            out.extend(
+                page.commands()
+                    .iter()
+                    .filter(|c| c.comment().is_some_and(|x| x.starts_with(comment_prefix)))
+                    .map(command_summary),
+            );
+        }
+        Ok(out)
+    }
+
+    async fn command_invocations(
+        &self,
+        region: &str,
+        command_id: &str,
+    ) -> Result<Vec<Invocation>, AwsError> {
+        let op = "ssm:ListCommandInvocations";
+        let mut pages = self
+            .clients
+            .get(region)
+            .list_command_invocations()
+            .command_id(command_id)
+            .details(true)
+            .max_results(50)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(op, e))?;
+            for inv in page.command_invocations() {
+                let Some(id) = inv.instance_id() else {
+                    continue;
+                };
+                let plugin = inv.command_plugins().first();
+                out.push(Invocation {
+                    instance_id: id.to_string(),
+                    status: inv.status().map_or("Pending", |s| s.as_str()).to_string(),
+                    status_details: inv.status_details().unwrap_or_default().to_string(),
+                    response_code: plugin.map_or(-1, |p| p.response_code()),
+                    output: plugin
+                        .and_then(|p| p.output())
+                        .unwrap_or_default()
+                        .to_string(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn invocation_detail(
+        &self,
+        region: &str,
+        command_id: &str,
+        instance_id: &str,
+    ) -> Result<Option<Invocation>, AwsError> {
+        let op = "ssm:GetCommandInvocation";
+        let result = self
+            .clients
+            .get(region)
+            .get_command_invocation()
+            .command_id(command_id)
+            .instance_id(instance_id)
+            .send()
+            .await
+            .map_err(|e| aws_error(op, e));
+        let out = match result {
+            Ok(out) => out,
+            Err(e) if e.kind == AwsErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut output = out
+            .standard_output_content()
+            .unwrap_or_default()
+            .to_string();
+        if let Some(err) = out.standard_error_content().filter(|e| !e.is_empty()) {
+            output.push_str("\n----- stderr -----\n");
+            output.push_str(err);
+        }
+        Ok(Some(Invocation {
+            instance_id: instance_id.to_string(),
+            status: out.status().map_or("Pending", |s| s.as_str()).to_string(),
+            status_details: out.status_details().unwrap_or_default().to_string(),
+            response_code: out.response_code(),
+            output,
+        }))
+    }
+
+    async fn cancel_command(
+        &self,
+        _token: &MutationToken,
+        region: &str,
+        command_id: &str,
+    ) -> Result<(), AwsError> {
+        self.clients
+            .get(region)
+            .cancel_command()
+            .command_id(command_id)
+            .send()
+            .await
+            .map_err(|e| aws_error("ssm:CancelCommand", e))?;
+        Ok(())
+    }
+}
+
+fn command_summary(c: &aws_sdk_ssm::types::Command) -> CommandSummary {
+    CommandSummary {
+        command_id: c.command_id().unwrap_or_default().to_string(),
+        status: c.status().map_or("Pending", |s| s.as_str()).to_string(),
+        instance_ids: c.instance_ids().to_vec(),
+        comment: c.comment().unwrap_or_default().to_string(),
     }
 }

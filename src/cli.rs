@@ -11,9 +11,11 @@ use tracing_subscriber::EnvFilter;
 
 use crate::apply::ApplyOptions;
 use crate::aws::{self, SdkEc2, SdkIam, SdkSsm, SdkSts};
+use crate::azure::{RestArm, Secret};
 use crate::config::{Config, ConfigError, RegionSelection, CLIENT_SECRET_ENV};
 use crate::duration::parse_duration;
-use crate::pass::{run_pass, AwsPorts, PassError};
+use crate::onboard::InstallOptions;
+use crate::pass::{run_pass, AwsPorts, PassError, PassOptions};
 use crate::ports::{ApiCounter, MutationToken};
 
 /// Report format.
@@ -86,6 +88,9 @@ pub struct RunArgs {
     /// Execution timeout of the agent install command.
     #[arg(long, value_parser = parse_cli_duration, default_value = "30m")]
     pub command_timeout: Duration,
+    /// How long to wait for Azure to show a machine Connected after its install succeeded.
+    #[arg(long, value_parser = parse_cli_duration, default_value = "5m")]
+    pub verify_timeout: Duration,
 }
 
 fn parse_cli_duration(s: &str) -> Result<Duration, String> {
@@ -164,17 +169,25 @@ async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             print!("{}", config.to_effective_toml(secret));
             Ok(exit::OK)
         }
-        Command::Plan => one_pass(cli, &config, None, ApplyOptions::default()).await,
-        Command::Run(args) if args.dry_run => {
-            one_pass(cli, &config, None, ApplyOptions::default()).await
-        }
+        Command::Plan => one_pass(cli, &config, None, PassOptions::default()).await,
         Command::Run(args) => {
-            let token = MutationToken::mint();
-            let opts = ApplyOptions {
-                wait_for_ssm: args.wait_for_ssm,
-                ..ApplyOptions::default()
+            let opts = PassOptions {
+                apply: ApplyOptions {
+                    wait_for_ssm: args.wait_for_ssm,
+                    ..ApplyOptions::default()
+                },
+                install: InstallOptions {
+                    command_timeout: args.command_timeout,
+                    verify_timeout: args.verify_timeout,
+                    ..InstallOptions::default()
+                },
             };
-            one_pass(cli, &config, Some(&token), opts).await
+            if args.dry_run {
+                one_pass(cli, &config, None, opts).await
+            } else {
+                let token = MutationToken::mint();
+                one_pass(cli, &config, Some(&token), opts).await
+            }
         }
     }
 }
@@ -183,7 +196,7 @@ async fn one_pass(
     cli: &Cli,
     config: &Config,
     token: Option<&MutationToken>,
-    opts: ApplyOptions,
+    opts: PassOptions,
 ) -> Result<u8, CliError> {
     let sdk = aws::load_sdk_config().await;
     let first = match &config.aws.regions {
@@ -203,7 +216,16 @@ async fn one_pass(
         ssm: &ssm,
         counter: &counter,
     };
-    let outcome = run_pass(config, &ports, token, &opts).await?;
+    let secret = std::env::var(CLIENT_SECRET_ENV)
+        .ok()
+        .filter(|s| !s.is_empty());
+    let arm = match (&config.azure, secret) {
+        (Some(azure), Some(secret)) => {
+            Some(RestArm::new(azure, Secret::new(secret), counter.clone()))
+        }
+        _ => None,
+    };
+    let outcome = run_pass(config, &ports, arm.as_ref(), token, &opts).await?;
     let report = outcome.report;
     match cli.output {
         Output::Json => println!("{}", report.to_json()),

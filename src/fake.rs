@@ -9,7 +9,12 @@ use crate::model::{
     AwsError, Ec2Instance, InstanceProfile, InstanceState, PingStatus, Platform,
     ProfileAssociation, Role, SsmInstance, TagSelector,
 };
-use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Ssm, Sts};
+use std::sync::Arc;
+
+use crate::azure::FakeArm;
+use crate::ports::{
+    ApiCounter, CommandRequest, CommandSummary, Ec2, Iam, Invocation, MutationToken, Ssm, Sts,
+};
 
 /// The account id the fake reports.
 pub const FAKE_ACCOUNT: &str = "123456789012";
@@ -31,6 +36,20 @@ struct State {
     roles: BTreeMap<String, (Role, Vec<String>)>,
     failures: HashMap<(String, String), AwsError>,
     next_association: u64,
+    commands: Vec<FakeCommand>,
+    outcomes: HashMap<String, Invocation>,
+    arm: Option<(Arc<FakeArm>, String)>,
+}
+
+/// A command the fake accepted.
+#[derive(Debug, Clone)]
+pub struct FakeCommand {
+    /// Region.
+    pub region: String,
+    /// Id.
+    pub command_id: String,
+    /// The request as sent.
+    pub request: CommandRequest,
 }
 
 /// A fake AWS account implementing every AWS port.
@@ -55,6 +74,37 @@ impl FakeAws {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Scripts the result of the next install on `instance_id` (default: success, agent connected).
+    pub fn script_outcome(
+        &self,
+        instance_id: &str,
+        status: &str,
+        details: &str,
+        code: i32,
+        output: &str,
+    ) {
+        self.lock().outcomes.insert(
+            instance_id.into(),
+            Invocation {
+                instance_id: instance_id.into(),
+                status: status.into(),
+                status_details: details.into(),
+                response_code: code,
+                output: output.into(),
+            },
+        );
+    }
+
+    /// Makes successful installs connect the machine in `arm`, in resource group `rg`.
+    pub fn link_arm(&self, arm: Arc<FakeArm>, rg: &str) {
+        self.lock().arm = Some((arm, rg.into()));
+    }
+
+    /// Every command accepted so far.
+    pub fn commands(&self) -> Vec<FakeCommand> {
+        self.lock().commands.clone()
     }
 
     /// Adds a role with these attached policies, optionally wrapped in a profile of the given name.
@@ -428,5 +478,134 @@ impl Ssm for FakeAws {
                 agent_version: Some("3.3.0.0".into()),
             })
             .collect())
+    }
+
+    async fn send_command(
+        &self,
+        _token: &MutationToken,
+        region: &str,
+        request: &CommandRequest,
+    ) -> Result<String, AwsError> {
+        let op = "ssm:SendCommand";
+        self.check(op, &[region])?;
+        if request.instance_ids.is_empty() || request.instance_ids.len() > 50 {
+            return Err(AwsError::from_code(
+                op,
+                "ValidationException",
+                "InstanceIds must hold 1 to 50 ids",
+            ));
+        }
+        let mut s = self.lock();
+        for id in &request.instance_ids {
+            let managed = s
+                .instances
+                .get(region)
+                .into_iter()
+                .flatten()
+                .any(|i| i.ec2.instance_id == *id && FakeAws::online(&s, i));
+            if !managed {
+                return Err(AwsError::from_code(
+                    op,
+                    "InvalidInstanceId",
+                    "Instances not in a valid state for account",
+                ));
+            }
+        }
+        let command_id = format!("cmd-{}", s.commands.len() + 1);
+        s.commands.push(FakeCommand {
+            region: region.into(),
+            command_id: command_id.clone(),
+            request: request.clone(),
+        });
+        if let Some((arm, rg)) = s.arm.clone() {
+            for id in &request.instance_ids {
+                let ok = s.outcomes.get(id).is_none_or(|o| o.status == "Success");
+                if ok {
+                    arm.put_machine(&rg, id, "Connected");
+                }
+            }
+        }
+        Ok(command_id)
+    }
+
+    async fn command_status(
+        &self,
+        region: &str,
+        command_id: &str,
+    ) -> Result<Option<CommandSummary>, AwsError> {
+        self.check("ssm:ListCommands", &[region])?;
+        let s = self.lock();
+        Ok(s.commands
+            .iter()
+            .find(|c| c.command_id == command_id)
+            .map(|c| {
+                let failed = c
+                    .request
+                    .instance_ids
+                    .iter()
+                    .any(|id| s.outcomes.get(id).is_some_and(|o| o.status != "Success"));
+                CommandSummary {
+                    command_id: c.command_id.clone(),
+                    status: if failed { "Failed" } else { "Success" }.into(),
+                    instance_ids: c.request.instance_ids.clone(),
+                    comment: c.request.comment.clone(),
+                }
+            }))
+    }
+
+    async fn recent_commands(
+        &self,
+        region: &str,
+        _since: std::time::SystemTime,
+        _comment_prefix: &str,
+    ) -> Result<Vec<CommandSummary>, AwsError> {
+        self.check("ssm:ListCommands", &[region])?;
+        // Fake commands complete at once, so none is ever in flight.
+        Ok(Vec::new())
+    }
+
+    async fn command_invocations(
+        &self,
+        region: &str,
+        command_id: &str,
+    ) -> Result<Vec<Invocation>, AwsError> {
+        self.check("ssm:ListCommandInvocations", &[region])?;
+        let s = self.lock();
+        let Some(c) = s.commands.iter().find(|c| c.command_id == command_id) else {
+            return Ok(Vec::new());
+        };
+        Ok(c.request
+            .instance_ids
+            .iter()
+            .map(|id| {
+                s.outcomes.get(id).cloned().unwrap_or_else(|| Invocation {
+                    instance_id: id.clone(),
+                    status: "Success".into(),
+                    status_details: "Success".into(),
+                    response_code: 0,
+                    output: r#"ARC_ONBOARD_RESULT {"outcome":"connected","exit_code":0,"step":"connect","message":"connected"}"#.into(),
+                })
+            })
+            .collect())
+    }
+
+    async fn invocation_detail(
+        &self,
+        region: &str,
+        command_id: &str,
+        instance_id: &str,
+    ) -> Result<Option<Invocation>, AwsError> {
+        self.check("ssm:GetCommandInvocation", &[region])?;
+        let all = self.command_invocations(region, command_id).await?;
+        Ok(all.into_iter().find(|i| i.instance_id == instance_id))
+    }
+
+    async fn cancel_command(
+        &self,
+        _token: &MutationToken,
+        region: &str,
+        _command_id: &str,
+    ) -> Result<(), AwsError> {
+        self.check("ssm:CancelCommand", &[region])
     }
 }

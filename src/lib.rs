@@ -9,18 +9,21 @@
 //! - [`duration`]: the human durations the interface accepts.
 //! - [`model`]: domain types shared by every layer; no SDK type crosses a port.
 //! - [`ports`]: one trait per external system, and the [`ports::MutationToken`] capability.
+//! - [`azure`]: the Azure port (Entra token, Resource Manager), its REST adapter and a fake.
 //! - [`aws`]: real adapters over the official AWS SDK (credential chain, retries, call counting).
 //! - [`fake`]: stateful in-memory fakes of the ports for tests.
 //! - [`install`]: the Linux and Windows agent install scripts, rendered with per-shell quoting.
 //! - [`observe`]: gathers one account's state through the ports.
 //! - [`plan`]: the pure planner: observation + config -> per-instance actions and reasons.
 //! - [`apply`]: executes the IAM part of a plan (requires a mutation token).
+//! - [`onboard`]: the agent install through SSM Run Command, command tracking, verification in Azure.
 //! - [`pass`]: one observe -> plan -> apply pass, shared by every command.
 //! - [`report`]: the report rendered as JSON or a table.
 //! - [`cli`]: command-line parsing and the commands; the only place mutation tokens are minted.
 
 pub mod apply;
 pub mod aws;
+pub mod azure;
 pub mod cli;
 pub mod config;
 pub mod duration;
@@ -28,6 +31,7 @@ pub mod fake;
 pub mod install;
 pub mod model;
 pub mod observe;
+pub mod onboard;
 pub mod pass;
 pub mod plan;
 pub mod ports;

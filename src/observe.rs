@@ -2,15 +2,20 @@
 //! IAM lookups once per distinct profile and role.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, SystemTime};
 
 use futures::stream::{self, StreamExt};
 use tracing::{debug, info_span, warn, Instrument};
 
+use crate::azure::{ArcMachine, Arm};
 use crate::config::{Config, RegionSelection};
 use crate::model::{
     AwsError, Ec2Instance, InstanceProfile, InstanceState, Role, SsmInstance, TagSelector,
 };
 use crate::ports::{Ec2, Iam, Ssm};
+
+/// Every install command's `Comment` starts with this, so in-flight installs of earlier runs can be found.
+pub const COMMENT_PREFIX: &str = "arc-onboard";
 
 /// How many regions are observed at once.
 pub const REGION_CONCURRENCY: usize = 8;
@@ -59,6 +64,47 @@ pub struct AccountObservation {
     pub role_policies: BTreeMap<String, Lookup<Vec<String>>>,
     /// The configured SSM role.
     pub ssm_role: Lookup<Role>,
+    /// What Azure says about the account's Arc machines.
+    pub arc: ArcObservation,
+}
+
+/// What Azure said about one account's resource group and Arc machines.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArcObservation {
+    /// No `[azure]` section: Azure is not consulted.
+    NotConfigured,
+    /// Azure could not be asked (no secret, token refused, ARM error); `plan` says so per instance.
+    Unavailable(String),
+    /// Azure answered.
+    Checked {
+        /// The resource group for this account.
+        resource_group: String,
+        /// Whether it exists.
+        group_exists: bool,
+        /// Arc machines in it, by resource name.
+        machines: HashMap<String, ArcMachine>,
+    },
+}
+
+/// Asks Azure about the account's resource group and its machines (two calls, whatever the fleet size).
+pub async fn observe_arc(arm: &impl Arm, resource_group: &str) -> ArcObservation {
+    let group_exists = match arm.resource_group_exists(resource_group).await {
+        Ok(exists) => exists,
+        Err(e) => return ArcObservation::Unavailable(e.to_string()),
+    };
+    let machines = if group_exists {
+        match arm.list_machines(resource_group).await {
+            Ok(list) => list.into_iter().map(|m| (m.name.clone(), m)).collect(),
+            Err(e) => return ArcObservation::Unavailable(e.to_string()),
+        }
+    } else {
+        HashMap::new()
+    };
+    ArcObservation::Checked {
+        resource_group: resource_group.to_string(),
+        group_exists,
+        machines,
+    }
 }
 
 /// What one pass saw of one region.
@@ -72,6 +118,8 @@ pub struct RegionObservation {
     pub error: Option<AwsError>,
     /// Set when SSM could not be asked; instances are listed but their SSM state is unknown.
     pub ssm_error: Option<AwsError>,
+    /// Instances with an arc-onboard install command still running, and that command's id.
+    pub in_flight: HashMap<String, String>,
 }
 
 /// One instance with what SSM knows of it.
@@ -99,14 +147,15 @@ pub async fn resolve_regions(
     }
 }
 
-/// Observes one account.
+/// Observes one account's AWS side. `in_flight_window`: how far back to look for install commands that may
+/// still run (the longest an install can take); `arc` is what Azure said, observed separately.
 pub async fn observe_account(
     account_id: &str,
     regions: &[String],
     config: &Config,
-    ec2: &impl Ec2,
-    iam: &impl Iam,
-    ssm: &impl Ssm,
+    (ec2, iam, ssm): (&impl Ec2, &impl Iam, &impl Ssm),
+    in_flight_window: Duration,
+    arc: ArcObservation,
 ) -> AccountObservation {
     let tag = config.aws.tag_filter.as_ref().map(|t| TagSelector {
         key: t.key.clone(),
@@ -115,7 +164,7 @@ pub async fn observe_account(
     let mut by_region: HashMap<String, RegionObservation> = stream::iter(regions.iter().cloned())
         .map(|region| {
             let span = info_span!("observe_region", account = %account_id, region = %region);
-            observe_region(region, tag.clone(), ec2, ssm).instrument(span)
+            observe_region(region, tag.clone(), ec2, ssm, in_flight_window).instrument(span)
         })
         .buffer_unordered(REGION_CONCURRENCY)
         .map(|r| (r.region.clone(), r))
@@ -167,6 +216,7 @@ pub async fn observe_account(
         profiles,
         role_policies,
         ssm_role,
+        arc,
     }
 }
 
@@ -175,6 +225,7 @@ async fn observe_region(
     tag: Option<TagSelector>,
     ec2: &impl Ec2,
     ssm: &impl Ssm,
+    in_flight_window: Duration,
 ) -> RegionObservation {
     let mut instances = match ec2.describe_instances(&region, tag.as_ref()).await {
         Ok(list) => list,
@@ -185,6 +236,7 @@ async fn observe_region(
                 instances: Vec::new(),
                 error: Some(error),
                 ssm_error: None,
+                in_flight: HashMap::new(),
             };
         }
     };
@@ -230,6 +282,28 @@ async fn observe_region(
         }
     };
     let mut ssm_by_id: HashMap<String, SsmInstance> = ssm_by_id;
+    let in_flight = if ssm_by_id.is_empty() {
+        HashMap::new()
+    } else {
+        let since = SystemTime::now()
+            .checked_sub(in_flight_window)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
+        match ssm.recent_commands(&region, since, COMMENT_PREFIX).await {
+            Ok(commands) => commands
+                .into_iter()
+                .filter(|c| !c.is_done())
+                .flat_map(|c| {
+                    c.instance_ids
+                        .into_iter()
+                        .map(move |i| (i, c.command_id.clone()))
+                })
+                .collect(),
+            Err(error) => {
+                warn!(error = %error, "cannot list recent commands; installs in flight from earlier runs are not detected");
+                HashMap::new()
+            }
+        }
+    };
     debug!(
         instances = instances.len(),
         managed = ssm_by_id.len(),
@@ -246,5 +320,6 @@ async fn observe_region(
             .collect(),
         error: None,
         ssm_error,
+        in_flight,
     }
 }

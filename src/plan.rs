@@ -8,7 +8,8 @@ use serde::Serialize;
 use crate::config::{Config, SSM_POLICY_ARN};
 use crate::model::{AwsError, InstanceState, PingStatus, Platform};
 use crate::observe::{
-    profile_name_from_arn, AccountObservation, Lookup, ObservedInstance, RegionObservation,
+    profile_name_from_arn, AccountObservation, ArcObservation, Lookup, ObservedInstance,
+    RegionObservation,
 };
 
 /// Instance status vocabulary of the report.
@@ -29,6 +30,8 @@ pub enum Status {
     NotRunning,
     /// The agent does not support this platform.
     Unsupported,
+    /// An install command from an earlier run is still running; it is not sent again.
+    InProgress,
     /// Something failed; the detail says what and why.
     Failed,
 }
@@ -44,6 +47,7 @@ impl Status {
             Status::NeedsManualIam => "needs-manual-iam",
             Status::NotRunning => "not-running",
             Status::Unsupported => "unsupported",
+            Status::InProgress => "in-progress",
             Status::Failed => "failed",
         }
     }
@@ -202,6 +206,10 @@ pub struct AccountPlan {
     pub profile_name: String,
     /// `create-ssm-role`, when some instance needs the SSM role or profile and they are incomplete.
     pub create_ssm_role: Option<SsmRoleSteps>,
+    /// The account's Azure resource group, when Azure is configured.
+    pub resource_group: Option<String>,
+    /// `create-resource-group`, when the group is missing and some instance will get the agent.
+    pub create_resource_group: bool,
     /// Regions that could not be observed.
     pub region_errors: Vec<RegionError>,
     /// Per-instance plans, by region then instance id.
@@ -211,10 +219,14 @@ pub struct AccountPlan {
 impl AccountPlan {
     /// Account-level action names in execution order.
     pub fn action_names(&self) -> Vec<&'static str> {
-        self.create_ssm_role
-            .iter()
-            .map(|_| "create-ssm-role")
-            .collect()
+        let mut names = Vec::new();
+        if self.create_ssm_role.is_some() {
+            names.push("create-ssm-role");
+        }
+        if self.create_resource_group {
+            names.push("create-resource-group");
+        }
+        names
     }
 }
 
@@ -260,11 +272,30 @@ pub fn plan_account(obs: &AccountObservation, config: &Config) -> AccountPlan {
             instances.push(plan);
         }
     }
+    let installs = instances
+        .iter()
+        .any(|i| i.actions.contains(&InstanceAction::InstallAgent));
+    let (resource_group, create_resource_group) = match &obs.arc {
+        ArcObservation::Checked {
+            resource_group,
+            group_exists,
+            ..
+        } => (Some(resource_group.clone()), installs && !group_exists),
+        _ => (
+            config
+                .azure
+                .as_ref()
+                .map(|a| a.resource_group_for(&obs.account_id)),
+            false,
+        ),
+    };
     AccountPlan {
         account_id: obs.account_id.clone(),
         role_name: config.iam.role_name.clone(),
         profile_name: config.iam.instance_profile_name.clone(),
         create_ssm_role: account_steps.any().then_some(account_steps),
+        resource_group,
+        create_resource_group,
         region_errors,
         instances,
     }
@@ -475,6 +506,36 @@ impl Planner<'_> {
                 "the Connected Machine agent supports Linux (x86_64, arm64) and Windows (x86_64) only".into();
             return (plan, None);
         }
+        let running = inst.ec2.state == InstanceState::Running;
+        if let (true, Some(command)) = (running, region.in_flight.get(&inst.ec2.instance_id)) {
+            plan.status = Status::InProgress;
+            plan.detail = format!(
+                "install command {command} from an earlier run is still running; not sent again"
+            );
+            return (plan, None);
+        }
+        let mut arc_note = String::new();
+        match &self.obs.arc {
+            ArcObservation::Checked {
+                resource_group,
+                machines,
+                ..
+            } => match machines.get(&inst.ec2.instance_id) {
+                Some(m) if m.status == "Connected" => {
+                    plan.status = Status::AlreadyOnboarded;
+                    plan.detail = format!("Arc machine {resource_group}/{} is Connected", m.name);
+                    return (plan, None);
+                }
+                Some(m) => {
+                    arc_note = format!("; Arc machine {resource_group}/{} is {}", m.name, m.status)
+                }
+                None => {}
+            },
+            ArcObservation::Unavailable(why) => arc_note = format!("; Azure not checked: {why}"),
+            ArcObservation::NotConfigured => {
+                arc_note = "; Azure not checked: no [azure] section".into()
+            }
+        }
         let need = self.iam_need(inst);
         let (iam_actions, steps, iam_text) = match need {
             IamNeed::Ready => (Vec::new(), None, None),
@@ -528,6 +589,7 @@ impl Planner<'_> {
                     format!("IAM in place; SSM: {ping}; the agent is installed once it is Online");
             }
         }
+        plan.detail.push_str(&arc_note);
         plan.actions = iam_actions;
         plan.actions.push(InstanceAction::InstallAgent);
         (plan, steps)
@@ -597,6 +659,7 @@ mod tests {
                         instances: Vec::new(),
                         error: None,
                         ssm_error: None,
+                        in_flight: Default::default(),
                     }],
                     profiles,
                     role_policies,
@@ -605,6 +668,7 @@ mod tests {
                         arn: format!("arn:aws:iam::{ACCOUNT}:role/AzureArcForServerSSM"),
                         managed_by_us: true,
                     }),
+                    arc: ArcObservation::NotConfigured,
                 },
             }
         }
@@ -882,6 +946,7 @@ mod tests {
                 "denied",
             )),
             ssm_error: None,
+            in_flight: Default::default(),
         });
         let plan = world.plan(&config(""));
         assert_eq!(plan.instances[0].status, Status::Failed);

@@ -118,6 +118,122 @@ pub trait Ssm: Send + Sync {
         region: &str,
         instance_ids: &[String],
     ) -> impl Future<Output = Result<Vec<SsmInstance>, AwsError>> + Send;
+
+    /// `ssm:SendCommand` to at most 50 instances; returns the command id.
+    fn send_command(
+        &self,
+        token: &MutationToken,
+        region: &str,
+        request: &CommandRequest,
+    ) -> impl Future<Output = Result<String, AwsError>> + Send;
+
+    /// `ssm:ListCommands` for one command id; `None` when SSM does not know it (yet).
+    fn command_status(
+        &self,
+        region: &str,
+        command_id: &str,
+    ) -> impl Future<Output = Result<Option<CommandSummary>, AwsError>> + Send;
+
+    /// `ssm:ListCommands` of commands requested after `since` whose comment starts with `comment_prefix`.
+    fn recent_commands(
+        &self,
+        region: &str,
+        since: std::time::SystemTime,
+        comment_prefix: &str,
+    ) -> impl Future<Output = Result<Vec<CommandSummary>, AwsError>> + Send;
+
+    /// `ssm:ListCommandInvocations` with details, all pages.
+    fn command_invocations(
+        &self,
+        region: &str,
+        command_id: &str,
+    ) -> impl Future<Output = Result<Vec<Invocation>, AwsError>> + Send;
+
+    /// `ssm:GetCommandInvocation`: the fuller output of one instance; `None` for `InvocationDoesNotExist`.
+    fn invocation_detail(
+        &self,
+        region: &str,
+        command_id: &str,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<Option<Invocation>, AwsError>> + Send;
+
+    /// `ssm:CancelCommand`.
+    fn cancel_command(
+        &self,
+        token: &MutationToken,
+        region: &str,
+        command_id: &str,
+    ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// SSM documents the tool sends.
+pub const LINUX_DOCUMENT: &str = "AWS-RunShellScript";
+/// SSM documents the tool sends.
+pub const WINDOWS_DOCUMENT: &str = "AWS-RunPowerShellScript";
+
+/// A Run Command request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRequest {
+    /// `AWS-RunShellScript` or `AWS-RunPowerShellScript`.
+    pub document: &'static str,
+    /// At most 50.
+    pub instance_ids: Vec<String>,
+    /// The script, as the document's `commands` parameter.
+    pub script: String,
+    /// The document's `executionTimeout`.
+    pub execution_timeout: std::time::Duration,
+    /// `TimeoutSeconds`: how long SSM tries to deliver.
+    pub delivery_timeout: std::time::Duration,
+    /// `Comment` (at most 100 characters) identifying the run.
+    pub comment: String,
+}
+
+/// Command-level state (`ListCommands`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandSummary {
+    /// Command id.
+    pub command_id: String,
+    /// `Pending | InProgress | Success | Cancelled | Failed | TimedOut | Cancelling`.
+    pub status: String,
+    /// Target instance ids.
+    pub instance_ids: Vec<String>,
+    /// Comment.
+    pub comment: String,
+}
+
+impl CommandSummary {
+    /// Whether the command will change no more.
+    pub fn is_done(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "Success" | "Cancelled" | "Failed" | "TimedOut"
+        )
+    }
+}
+
+/// One instance's result of a command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// Instance.
+    pub instance_id: String,
+    /// `Pending | InProgress | Delayed | Success | Cancelled | TimedOut | Failed | Cancelling`.
+    pub status: String,
+    /// Free text: `Undeliverable`, `Execution Timed Out`, ...
+    pub status_details: String,
+    /// The script's exit code (-1 when it did not run).
+    pub response_code: i32,
+    /// Output (plugin output, or stdout then stderr).
+    pub output: String,
+}
+
+impl Invocation {
+    /// Whether the invocation will change no more.
+    pub fn is_done(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "Success" | "Cancelled" | "Failed" | "TimedOut"
+        )
+    }
 }
 
 /// Counts API calls by `service:Operation`. Real adapters count every HTTP attempt (retries included) with

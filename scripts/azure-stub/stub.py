@@ -1,0 +1,859 @@
+"""Local Azure stub for arc-onboard tests: Entra token endpoint, ARM, simulated agent connect.
+
+One threaded HTTP server serves, on a single port,
+
+* the Entra (Azure AD) client-credentials token endpoint ``POST /{tenant}/oauth2/v2.0/token``,
+* the few Azure Resource Manager calls arc-onboard makes (resource groups, Arc machines),
+  behind bearer-token checks with ARM's error shapes,
+* ``POST /_stub/agent/connect``, the AWS emulator's ``on_success_webhook`` target: it parses the
+  ``ARC_*`` assignment block of the install script that "ran" and does what ``azcmagent connect``
+  would (checks the access token, subscription and resource group, then creates the machine),
+* a JSON control API under ``/_stub/`` (config, request log, connect attempts, seeding).
+
+Usage::
+
+    python stub.py --host 127.0.0.1 --port 0 [--verbose]
+
+prints ``LISTENING http://HOST:PORT`` on stdout once bound; logs go to stderr.
+Secrets and tokens never reach the request log or the connect log. See README.md.
+"""
+
+import argparse
+import json
+import logging
+import re
+import secrets
+import shlex
+import signal
+import sys
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+from werkzeug.serving import WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+CONTROL_PREFIX = "/_stub/"
+DEFAULT_CONFIG: dict[str, Any] = {
+    "tenant_id": "00000000-0000-0000-0000-000000000001",
+    "subscription_id": "00000000-0000-0000-0000-000000000002",
+    "client_id": "00000000-0000-0000-0000-000000000003",
+    "client_secret": "stub-secret",
+    "token_lifetime_seconds": 3600,
+    "fail_token": False,
+    "connect_delay_seconds": 0,
+    "machine_status": {},
+}
+MACHINE_STATUSES = ("Connected", "Disconnected", "Error", "AwaitingConnection")
+AGENT_VERSION = "1.50"
+CLOUDS = ("AzureCloud", "AzureUSGovernment", "AzureChinaCloud")
+ARC_VARIABLES = ("ARC_SUBSCRIPTION_ID", "ARC_RESOURCE_GROUP", "ARC_LOCATION", "ARC_TENANT_ID",
+                 "ARC_CLOUD", "ARC_CORRELATION_ID", "ARC_TAGS", "ARC_ACCESS_TOKEN",
+                 "ARC_PROXY_URL", "ARC_INSTALLER_URL")
+REQUIRED_VARIABLES = ("ARC_SUBSCRIPTION_ID", "ARC_RESOURCE_GROUP", "ARC_LOCATION",
+                      "ARC_TENANT_ID", "ARC_ACCESS_TOKEN")
+REDACTED = "<redacted>"
+
+_TOKEN_PATH = re.compile(r"^/([^/]+)/oauth2/v2\.0/token/?$", re.IGNORECASE)
+_API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
+_RG_NAME = re.compile(r"^[\w\-.()]{1,90}$")  # \w: Unicode letters, digits and _ (like Azure)
+_MACHINE_NAME = re.compile(r"^[a-zA-Z0-9\-_.]{1,54}$")
+_TAG_NAME_FORBIDDEN = set("<>%&\\?/")
+_SENSITIVE_KEY = re.compile(r"token|secret|assertion|password|signature|sig$|code$", re.IGNORECASE)
+
+# The install script's assignment block (see parse_assignments).
+_BASH_START = re.compile(r"(ARC_[A-Z0-9_]*)=")
+# One POSIX shell word that bash assigns verbatim (no expansion of any kind): single-quoted
+# segments, backslash escapes (not of a newline), double-quoted segments without $ ` \ and
+# unquoted characters that are never special.
+_BASH_WORD = re.compile(r"(?:'[^']*'|\\[^\n]|\"[^\"$`\\]*\"|[A-Za-z0-9_@%+=:,./#-])*")
+_BASH_REST = re.compile(r"(?:[ \t]+(?:#[^\n]*)?)?(?:\n|\Z)")
+_PS_START = re.compile(r"\$(ARC_[A-Z0-9_]*)[ \t]*=[ \t]*")
+_PS_REST = re.compile(r"[ \t\r]*(?:#[^\n]*)?(?:\n|\Z)")
+# PowerShell treats all of these as single quotes inside and around single-quoted strings.
+_PS_QUOTES = "'\u2018\u2019\u201a\u201b"
+_SKIPPABLE = re.compile(r"[ \t\r]*(?:#[^\n]*)?(?:\n|\Z)")
+
+
+class ControlError(Exception):
+    """A control-API request that cannot be served (rendered as ``{"error": ...}``)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class ArmError(Exception):
+    """An ARM-style failure: ``{"error": {"code", "message"}}`` with an HTTP status."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.headers = headers or {}
+
+
+class ScriptError(ValueError):
+    """The install script's ARC_* assignment block cannot be parsed."""
+
+
+# ----- install-script parsing --------------------------------------------------------------
+
+def _ps_string(text: str, pos: int, name: str) -> tuple[str, int]:
+    """Decode a PowerShell single-quoted string starting at ``pos``: (value, end)."""
+    if pos >= len(text) or text[pos] not in _PS_QUOTES:
+        raise ScriptError(f"${name}: value is not a single-quoted PowerShell string")
+    out, i = [], pos + 1
+    while True:
+        if i >= len(text):
+            raise ScriptError(f"${name}: unterminated single-quoted string")
+        char = text[i]
+        if char in _PS_QUOTES:
+            if i + 1 < len(text) and text[i + 1] in _PS_QUOTES:
+                out.append(text[i + 1])
+                i += 2
+                continue
+            return "".join(out), i + 1
+        out.append(char)
+        i += 1
+
+
+def parse_assignments(script: str) -> tuple[str, dict[str, str]]:
+    """Parse the ARC_* assignment block at the top of an install script.
+
+    Returns ``("bash" | "powershell", {name: value})``. Lines before the first assignment
+    (shebang, comments, ``set -e``...) are skipped; the block ends at the first line that is
+    neither an assignment nor blank nor a comment. Raises ScriptError for anything that the real
+    shell would read differently from what this parser decodes.
+    """
+    form: str | None = None
+    values: dict[str, str] = {}
+    pos = 0
+    while pos < len(script):
+        bash, ps = _BASH_START.match(script, pos), _PS_START.match(script, pos)
+        if bash or ps:
+            this = "bash" if bash else "powershell"
+            if form is not None and form != this:
+                raise ScriptError("the assignment block mixes bash and PowerShell forms")
+            form = this
+            if bash:
+                name = bash.group(1)
+                word = _BASH_WORD.match(script, bash.end())
+                rest = _BASH_REST.match(script, word.end())
+                if rest is None:
+                    raise ScriptError(f"{name}: value is not one expansion-free POSIX word "
+                                      f"(use '...' with '\\'' for a quote)")
+                raw = word.group(0)
+                value = "".join(shlex.split(raw, posix=True)) if raw else ""
+                end = rest.end()
+            else:
+                name = ps.group(1)
+                value, after = _ps_string(script, ps.end(), name)
+                rest = _PS_REST.match(script, after)
+                if rest is None:
+                    raise ScriptError(f"${name}: unexpected text after the closing quote")
+                end = rest.end()
+            if name in values:
+                raise ScriptError(f"{name} is assigned twice")
+            values[name] = value
+            pos = end
+            continue
+        line_end = script.find("\n", pos)
+        line_end = len(script) if line_end < 0 else line_end + 1
+        if form is not None and not _SKIPPABLE.fullmatch(script, pos, line_end):
+            break  # the first statement after the block
+        pos = line_end
+    if form is None:
+        raise ScriptError("no ARC_* assignment block found")
+    return form, values
+
+
+def parse_tags(text: str) -> dict[str, str]:
+    """``K=V,K2=V2`` as azcmagent's ``--tags`` reads it (empty text: no tags)."""
+    tags: dict[str, str] = {}
+    if text == "":
+        return tags
+    for item in text.split(","):
+        if "=" not in item:
+            raise ValueError(f"tag {item!r} is not KEY=VALUE")
+        key, value = item.split("=", 1)
+        if key == "":
+            raise ValueError(f"tag {item!r} has an empty name")
+        tags[key] = value
+    return tags
+
+
+# ----- validation helpers ------------------------------------------------------------------
+
+def normalize_location(location: str) -> str:
+    """Azure's canonical location spelling: 'East US' -> 'eastus'."""
+    return re.sub(r"\s+", "", location).lower()
+
+
+def check_tags(tags: Any) -> dict[str, str]:
+    """ARM's tag rules; raises ArmError(400)."""
+    if not isinstance(tags, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+        raise ArmError(400, "InvalidRequestContent", "tags must be an object of string values")
+    if len(tags) > 50:
+        raise ArmError(400, "InvalidTag", f"At most 50 tags are allowed; got {len(tags)}.")
+    for key, value in tags.items():
+        if not key or len(key) > 512:
+            raise ArmError(400, "InvalidTagNameLength",
+                           f"The tag name '{key}' must be 1 to 512 characters long.")
+        if _TAG_NAME_FORBIDDEN & set(key):
+            raise ArmError(400, "InvalidTagNameCharacters",
+                           f"The tag names '{key}' have reserved characters '<,>,%,&,\\,?,/' "
+                           "or control characters.")
+        if len(value) > 256:
+            raise ArmError(400, "InvalidTagValueLength",
+                           f"The value of tag '{key}' is longer than 256 characters.")
+    return dict(tags)
+
+
+def check_rg_name(name: str) -> None:
+    if not _RG_NAME.match(name) or name.endswith("."):
+        raise ArmError(400, "InvalidResourceGroup",
+                       f"The provided resource group name '{name}' has these invalid characters: "
+                       "resource group names must be 1-90 letters, digits, '_', '-', '.', '(' "
+                       "or ')' and must not end in '.'.")
+
+
+def _iso_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _validate_machine_status(instance_id: str, value: Any) -> dict[str, Any]:
+    """A machine_status entry: "Error" or {"status": "Error", "code": .., "message": ..}."""
+    if isinstance(value, str):
+        value = {"status": value}
+    if not isinstance(value, dict) or value.get("status") not in MACHINE_STATUSES:
+        raise ControlError(f"machine_status[{instance_id}] must be one of "
+                           f"{', '.join(MACHINE_STATUSES)} or {{\"status\", \"code\", \"message\"}}")
+    unknown = set(value) - {"status", "code", "message"}
+    if unknown:
+        raise ControlError(f"machine_status[{instance_id}]: unknown fields "
+                           f"{', '.join(sorted(unknown))}")
+    return value
+
+
+def _validate_config(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ControlError("config must be a JSON object")
+    clean: dict[str, Any] = {}
+    for key, value in body.items():
+        if key not in DEFAULT_CONFIG:
+            raise ControlError(f"unknown config key {key}")
+        if key in ("tenant_id", "subscription_id", "client_id", "client_secret"):
+            if not isinstance(value, str) or not value:
+                raise ControlError(f"{key} must be a non-empty string")
+        elif key == "fail_token":
+            if not isinstance(value, bool):
+                raise ControlError("fail_token must be true or false")
+        elif key == "token_lifetime_seconds":
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ControlError("token_lifetime_seconds must be a non-negative integer")
+        elif key == "connect_delay_seconds":
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ControlError("connect_delay_seconds must be a non-negative number")
+        elif key == "machine_status":
+            if not isinstance(value, dict):
+                raise ControlError("machine_status must be an object keyed by instance id")
+            for iid, entry in value.items():
+                _validate_machine_status(iid, entry)
+        clean[key] = value
+    return clean
+
+
+def _default_error_details(instance_id: str) -> list[dict[str, str]]:
+    return [{"code": "AZCM0000",
+             "message": f"Simulated agent error on {instance_id} (azure-stub machine_status)."}]
+
+
+# ----- the application ---------------------------------------------------------------------
+
+class AzureStub:
+    """The WSGI application: token endpoint, ARM, agent connect and the control API."""
+
+    def __init__(self, verbose: bool = False):
+        self.lock = threading.RLock()
+        self.verbose = verbose
+        self.timers: list[threading.Timer] = []
+        self._reset_state()
+        self.routes: dict[tuple[str, str], Callable[[Any], Any]] = {
+            ("GET", "health"): lambda _: {"ok": True},
+            ("POST", "reset"): lambda _: self._reset_all(),
+            ("GET", "config"): lambda _: self._config_view(),
+            ("POST", "config"): self._set_config,
+            ("GET", "requests"): lambda _: {"requests": list(self.requests)},
+            ("POST", "requests/reset"): lambda _: self._clear(self.requests),
+            ("GET", "connects"): lambda _: {"connects": list(self.connects)},
+            ("POST", "connects/reset"): lambda _: self._clear(self.connects),
+            ("GET", "resource-groups"): lambda _: {"resource_groups": [
+                self._rg_control_view(rg) for rg in self.groups.values()]},
+            ("POST", "resource-groups"): self._seed_group,
+            ("GET", "machines"): lambda _: {"machines": [
+                self._machine_control_view(m) for m in self.machines.values()]},
+            ("POST", "machines"): self._seed_machine,
+        }
+
+    def _reset_state(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
+        self.timers = []
+        self.generation = getattr(self, "generation", 0) + 1
+        self.config: dict[str, Any] = json.loads(json.dumps(DEFAULT_CONFIG))
+        self.tokens: dict[str, dict[str, Any]] = {}  # token -> {"expires_at", "tenant", ...}
+        self.groups: dict[str, dict[str, Any]] = {}  # lower-case name -> group
+        self.machines: dict[tuple[str, str], dict[str, Any]] = {}  # (rg key, name key)
+        self.requests: list[dict[str, Any]] = []
+        self.connects: list[dict[str, Any]] = []
+        self.seq = 0
+
+    def cancel_timers(self) -> None:
+        with self.lock:
+            for timer in self.timers:
+                timer.cancel()
+
+    # ----- WSGI entry ----------------------------------------------------------------------
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Any:
+        request = Request(environ)
+        path = request.path
+        if path.startswith(CONTROL_PREFIX) and path.rstrip("/") != "/_stub/agent/connect":
+            response = self._control(request)
+        else:
+            if path.rstrip("/") == "/_stub/agent/connect":
+                kind, handler = "connect", self._connect
+            elif _TOKEN_PATH.match(path):
+                kind, handler = "token", self._token
+            else:
+                kind, handler = "arm", self._arm
+            extra: dict[str, Any] = {}
+            try:
+                response = handler(request, extra)
+            except Exception as exc:  # never let a bug hang the client
+                logging.getLogger("azure-stub").exception("internal error")
+                response = _arm_json(500, {"error": {"code": "InternalServerError",
+                                                     "message": f"azure-stub failed: {exc!r}"}})
+            self._record(kind, request, response.status_code, extra)
+        return response(environ, start_response)
+
+    def _record(self, kind: str, request: Request, status: int, extra: dict[str, Any]) -> None:
+        query = {key: (REDACTED if _SENSITIVE_KEY.search(key) else value)
+                 for key, value in request.args.items()}
+        with self.lock:
+            self.seq += 1
+            entry = {"seq": self.seq, "time": time.time(), "method": request.method,
+                     "path": request.path, "query": query, "status": status, "kind": kind,
+                     **extra}
+            self.requests.append(entry)
+        if self.verbose:
+            print(f"azure-stub: #{entry['seq']} {kind} {request.method} {request.path} -> {status}",
+                  file=sys.stderr, flush=True)
+
+    # ----- Entra token endpoint ------------------------------------------------------------
+
+    def _token(self, request: Request, extra: dict[str, Any]) -> Response:
+        tenant = _TOKEN_PATH.match(request.path).group(1)
+        form = request.form
+        extra.update({"client_id": form.get("client_id"), "tenant": tenant,
+                      "scope": form.get("scope"), "ok": False})
+
+        def fail(status: int, error: str, aadsts: int, text: str) -> Response:
+            extra["error"] = error
+            return _token_error(status, error, aadsts, text)
+
+        if request.method != "POST":
+            return fail(405, "invalid_request", 900561,
+                        "The endpoint only accepts POST, OPTIONS requests. Received a "
+                        f"{request.method} request.")
+        with self.lock:
+            config = dict(self.config)
+            if config["fail_token"]:
+                return fail(503, "temporarily_unavailable", 90033,
+                            "A transient error has occurred. Please try again. (azure-stub "
+                            "fail_token)")
+            if tenant.lower() != config["tenant_id"].lower():
+                return fail(400, "invalid_request", 90002,
+                            f"Tenant '{tenant}' not found. Check to make sure you have the "
+                            "correct tenant ID and are signing into the correct cloud.")
+            for name in ("grant_type", "client_id", "scope"):
+                if not form.get(name):
+                    return fail(400, "invalid_request", 900144,
+                                f"The request body must contain the following parameter: "
+                                f"'{name}'.")
+            if form["grant_type"] != "client_credentials":
+                return fail(400, "unsupported_grant_type", 70003,
+                            "The app requested an unsupported grant type "
+                            f"'{form['grant_type']}'.")
+            if not form.get("client_secret"):
+                return fail(401, "invalid_client", 7000218,
+                            "The request body must contain the following parameter: "
+                            "'client_assertion' or 'client_secret'.")
+            if (form["client_id"].lower() != config["client_id"].lower()
+                    or not secrets.compare_digest(form["client_secret"].encode(),
+                                                  config["client_secret"].encode())):
+                return fail(401, "invalid_client", 7000215,
+                            "Invalid client secret provided. Ensure the secret being sent in the "
+                            "request is the client secret value, not the client secret ID, for a "
+                            f"secret added to app '{form['client_id']}'.")
+            scope = form["scope"]
+            if not scope.endswith("/.default") or len(scope) <= len("/.default") or " " in scope:
+                return fail(400, "invalid_scope", 1002012,
+                            f"The provided value for scope {scope} is not valid. Client "
+                            "credential flows must have a scope value with /.default suffixed "
+                            "to the resource identifier (application ID URI).")
+            lifetime = config["token_lifetime_seconds"]
+            token = secrets.token_urlsafe(48)
+            self.tokens[token] = {"expires_at": time.time() + lifetime,
+                                  "tenant": config["tenant_id"], "client_id": form["client_id"],
+                                  "scope": scope}
+        extra["ok"] = True
+        return _json(200, {"token_type": "Bearer", "expires_in": lifetime,
+                           "ext_expires_in": lifetime, "access_token": token},
+                     {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"})
+
+    def _token_state(self, token: str | None) -> str:
+        """'live', 'expired' or 'unknown' (caller holds the lock)."""
+        info = self.tokens.get(token or "")
+        if info is None:
+            return "unknown"
+        return "live" if time.time() < info["expires_at"] else "expired"
+
+    # ----- Azure Resource Manager ----------------------------------------------------------
+
+    def _arm(self, request: Request, extra: dict[str, Any]) -> Response:
+        try:
+            payload, status = self._arm_dispatch(request)
+        except ArmError as exc:
+            extra["error"] = exc.code
+            body = {} if request.method == "HEAD" else {
+                "error": {"code": exc.code, "message": exc.message}}
+            return _arm_json(exc.status, body, exc.headers, head=request.method == "HEAD")
+        if request.method == "HEAD":
+            return Response(status=204)
+        return _arm_json(status, payload)
+
+    def _authenticate(self, request: Request) -> None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        tenant = self.config["tenant_id"]
+        challenge = (f'Bearer authorization_uri="https://login.microsoftonline.com/{tenant}", '
+                     'error="invalid_token", error_description="{}"')
+        if not header:
+            message = "The authentication failed because of missing 'Authorization' header."
+            raise ArmError(401, "InvalidAuthenticationToken", message,
+                           {"WWW-Authenticate": challenge.format(message)})
+        if scheme.lower() != "bearer" or not token.strip():
+            message = "The 'Authorization' header is not a Bearer token."
+            raise ArmError(401, "InvalidAuthenticationToken", message,
+                           {"WWW-Authenticate": challenge.format(message)})
+        state = self._token_state(token.strip())
+        if state == "expired":
+            message = ("The access token expiry UTC time is earlier than current UTC time.")
+            raise ArmError(401, "ExpiredAuthenticationToken", message,
+                           {"WWW-Authenticate": challenge.format(message)})
+        if state != "live":
+            message = "The access token is invalid."
+            raise ArmError(401, "InvalidAuthenticationToken", message,
+                           {"WWW-Authenticate": challenge.format(message)})
+
+    def _arm_dispatch(self, request: Request) -> tuple[Any, int]:
+        with self.lock:
+            self._authenticate(request)
+            api_version = request.args.get("api-version")
+            if not api_version:
+                raise ArmError(400, "MissingApiVersionParameter",
+                               "The api-version query parameter (?api-version=) is required for "
+                               "all requests.")
+            if not _API_VERSION.match(api_version):
+                raise ArmError(400, "InvalidApiVersionParameter",
+                               f"The api-version '{api_version}' is invalid. The supported "
+                               "versions look like 'yyyy-mm-dd' or 'yyyy-mm-dd-preview'.")
+            segments = request.path.strip("/").split("/")
+            lower = [s.lower() for s in segments]
+            method = request.method
+            if len(segments) >= 4 and lower[0] == "subscriptions" and lower[2] == "resourcegroups":
+                self._check_subscription(segments[1])
+                rg = segments[3]
+                if len(segments) == 4:
+                    if method in ("GET", "HEAD"):
+                        return self._rg_view(self._group(rg)), 200
+                    if method == "PUT":
+                        return self._put_group(rg, request)
+                    raise _method_not_allowed(method, request.path)
+                if (len(segments) in (7, 8) and lower[4] == "providers"
+                        and lower[5] == "microsoft.hybridcompute" and lower[6] == "machines"):
+                    if method != "GET":
+                        raise _method_not_allowed(method, request.path)
+                    group = self._group(rg)
+                    if len(segments) == 7:
+                        return {"value": [self._machine_view(m) for m in self.machines.values()
+                                          if m["rg"] == group["key"]]}, 200
+                    machine = self.machines.get((group["key"], segments[7].lower()))
+                    if machine is None:
+                        raise ArmError(404, "ResourceNotFound",
+                                       f"The Resource 'Microsoft.HybridCompute/machines/"
+                                       f"{segments[7]}' under resource group '{rg}' was not "
+                                       "found. For more details please go to "
+                                       "https://aka.ms/ARMResourceNotFoundFix")
+                    return self._machine_view(machine), 200
+            raise ArmError(404, "NotFound",
+                           f"azure-stub does not serve {method} {request.path}")
+
+    def _check_subscription(self, subscription: str) -> None:
+        if subscription.lower() != self.config["subscription_id"].lower():
+            raise ArmError(404, "SubscriptionNotFound",
+                           f"The subscription '{subscription}' could not be found.")
+
+    def _group(self, name: str) -> dict[str, Any]:
+        group = self.groups.get(name.lower())
+        if group is None:
+            raise ArmError(404, "ResourceGroupNotFound",
+                           f"Resource group '{name}' could not be found.")
+        return group
+
+    def _put_group(self, name: str, request: Request) -> tuple[Any, int]:
+        check_rg_name(name)
+        try:
+            body = json.loads(request.get_data(as_text=True) or "null")
+        except ValueError:
+            raise ArmError(400, "InvalidRequestContent",
+                           "The request content was invalid and could not be deserialized.")
+        if not isinstance(body, dict):
+            raise ArmError(400, "InvalidRequestContent",
+                           "The request content must be a JSON object.")
+        location = body.get("location")
+        if not isinstance(location, str) or not normalize_location(location):
+            raise ArmError(400, "LocationRequired",
+                           "The location property is required for this definition.")
+        tags = check_tags(body.get("tags") if body.get("tags") is not None else {})
+        return self._upsert_group(name, normalize_location(location), tags)
+
+    def _upsert_group(self, name: str, location: str, tags: dict[str, str]) -> tuple[Any, int]:
+        existing = self.groups.get(name.lower())
+        if existing is not None:
+            if existing["location"] != location:
+                raise ArmError(409, "InvalidResourceGroupLocation",
+                               f"Invalid resource group location '{location}'. The Resource "
+                               f"group already exists in location '{existing['location']}'.")
+            existing["tags"] = tags  # PUT replaces the tags
+            return self._rg_view(existing), 200
+        group = {"key": name.lower(), "name": name, "location": location, "tags": tags}
+        self.groups[group["key"]] = group
+        return self._rg_view(group), 201
+
+    def _rg_view(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {"id": f"/subscriptions/{self.config['subscription_id']}/resourceGroups/"
+                      f"{group['name']}",
+                "name": group["name"], "type": "Microsoft.Resources/resourceGroups",
+                "location": group["location"], "tags": dict(group["tags"]),
+                "properties": {"provisioningState": "Succeeded"}}
+
+    def _machine_view(self, machine: dict[str, Any]) -> dict[str, Any]:
+        group = self.groups[machine["rg"]]
+        properties: dict[str, Any] = {
+            "status": machine["status"], "provisioningState": "Succeeded",
+            "agentVersion": AGENT_VERSION, "lastStatusChange": machine["last_status_change"],
+        }
+        if machine["status"] == "Error":
+            properties["errorDetails"] = [dict(d) for d in machine["error_details"]]
+        properties.update({"vmId": machine["vm_id"], "osName": machine["os_name"]})
+        return {"id": f"/subscriptions/{self.config['subscription_id']}/resourceGroups/"
+                      f"{group['name']}/providers/Microsoft.HybridCompute/machines/"
+                      f"{machine['name']}",
+                "name": machine["name"], "location": machine["location"],
+                "tags": dict(machine["tags"]), "type": "Microsoft.HybridCompute/machines",
+                "properties": properties}
+
+    def _upsert_machine(self, rg_key: str, name: str, location: str, tags: dict[str, str],
+                        status: str, error_details: list[dict[str, str]] | None,
+                        os_name: str) -> dict[str, Any]:
+        key = (rg_key, name.lower())
+        machine = self.machines.get(key)
+        if machine is None:
+            machine = {"rg": rg_key, "name": name, "vm_id": str(uuid.uuid4())}
+            self.machines[key] = machine
+        machine.update({"location": location, "tags": tags, "status": status,
+                        "error_details": error_details or [], "os_name": os_name,
+                        "last_status_change": _iso_now()})
+        return machine
+
+    # ----- simulated azcmagent connect -----------------------------------------------------
+
+    def _connect(self, request: Request, extra: dict[str, Any]) -> Response:
+        try:
+            body = json.loads(request.get_data(as_text=True) or "null")
+        except ValueError:
+            body = None
+        attempt: dict[str, Any] = {"time": time.time(), "instance_id": None, "region": None,
+                                   "account_id": None, "command_id": None, "ok": False,
+                                   "error": None, "message": None, "script_form": None,
+                                   "os_name": None, "applied": False, "variables": {}}
+        valid_payload = (isinstance(body, dict) and isinstance(body.get("instance_id"), str)
+                         and body["instance_id"]
+                         and isinstance(body.get("commands"), (list, str)))
+        if valid_payload:
+            for key in ("instance_id", "region", "account_id", "command_id"):
+                attempt[key] = body.get(key)
+            commands = body["commands"]
+            script = commands if isinstance(commands, str) else "\n".join(map(str, commands))
+            script = script.removeprefix("\ufeff")  # a byte order mark, if the text kept one
+            with self.lock:
+                self._attempt_connect(attempt, script)
+        else:
+            attempt["error"] = "InvalidWebhookPayload"
+            attempt["message"] = ('body must be {"instance_id", "region", "account_id", '
+                                  '"command_id", "commands": [...]}')
+        with self.lock:
+            self.connects.append(attempt)
+        extra.update({"instance_id": attempt["instance_id"], "ok": attempt["ok"],
+                      "error": attempt["error"]})
+        if self.verbose or not attempt["ok"]:
+            print(f"azure-stub: connect {attempt['instance_id']}: "
+                  f"{'ok' if attempt['ok'] else attempt['error'] + ' ' + str(attempt['message'])}",
+                  file=sys.stderr, flush=True)
+        return _json(200 if valid_payload else 400,
+                     {"ok": attempt["ok"], "error": attempt["error"],
+                      "message": attempt["message"]})
+
+    def _attempt_connect(self, attempt: dict[str, Any], script: str) -> None:
+        """What ``azcmagent connect`` would do; fills attempt (caller holds the lock)."""
+        def fail(code: str, message: str) -> None:
+            attempt["error"], attempt["message"] = code, message
+
+        try:
+            form, values = parse_assignments(script)
+        except ScriptError as exc:
+            variables: dict[str, Any] = {"token_valid": False}
+            attempt["variables"] = variables
+            return fail("ScriptParseError", str(exc))
+        attempt["script_form"] = form
+        attempt["os_name"] = os_name = "windows" if form == "powershell" else "linux"
+        state = self._token_state(values.get("ARC_ACCESS_TOKEN"))
+        variables = {k: (REDACTED if k == "ARC_ACCESS_TOKEN" else v) for k, v in values.items()}
+        variables["token_valid"] = state == "live"
+        attempt["variables"] = variables
+
+        missing = [name for name in REQUIRED_VARIABLES if name not in values]
+        if missing:
+            return fail("MissingParameter", f"the script does not set {', '.join(missing)}")
+        if state == "expired":
+            return fail("ExpiredAuthenticationToken", "ARC_ACCESS_TOKEN has expired")
+        if state != "live":
+            return fail("InvalidAuthenticationToken",
+                        "ARC_ACCESS_TOKEN is not a token issued by this stub")
+        if values["ARC_TENANT_ID"].lower() != self.tokens[values["ARC_ACCESS_TOKEN"]][
+                "tenant"].lower():
+            return fail("TenantMismatch", f"ARC_TENANT_ID '{values['ARC_TENANT_ID']}' is not "
+                                          "the tenant the access token was issued for")
+        cloud = values.get("ARC_CLOUD", "") or "AzureCloud"
+        if cloud not in CLOUDS:
+            return fail("InvalidCloud", f"ARC_CLOUD '{cloud}' is not one of {', '.join(CLOUDS)}")
+        try:
+            self._check_subscription(values["ARC_SUBSCRIPTION_ID"])
+            group = self._group(values["ARC_RESOURCE_GROUP"])
+            location = normalize_location(values["ARC_LOCATION"])
+            if not location:
+                raise ArmError(400, "LocationRequired", "ARC_LOCATION is empty")
+            try:
+                tags = parse_tags(values.get("ARC_TAGS", ""))
+            except ValueError as exc:
+                raise ArmError(400, "InvalidTags", f"ARC_TAGS: {exc}") from exc
+            check_tags(tags)
+            name = attempt["instance_id"]
+            if not _MACHINE_NAME.match(name):
+                raise ArmError(400, "InvalidResourceName",
+                               f"Resource name {name} is invalid.")
+        except ArmError as exc:
+            return fail(exc.code, exc.message)
+
+        override = _validate_machine_status(name, self.config["machine_status"].get(
+            name, "Connected"))
+        status = override["status"]
+        details = None
+        if status == "Error":
+            details = ([{"code": override.get("code", "AZCM0000"),
+                         "message": override.get("message") or _default_error_details(name)[0][
+                             "message"]}])
+        attempt["ok"] = True
+
+        def apply() -> None:
+            self._upsert_machine(group["key"], name, location, tags, status, details, os_name)
+            attempt["applied"] = True
+
+        delay = self.config["connect_delay_seconds"]
+        if not delay:
+            apply()
+            return
+        generation = self.generation
+
+        def later() -> None:
+            with self.lock:
+                if self.generation == generation:
+                    apply()
+
+        timer = threading.Timer(delay, later)
+        timer.daemon = True
+        self.timers = [t for t in self.timers if t.is_alive()] + [timer]
+        timer.start()
+
+    # ----- control API ---------------------------------------------------------------------
+
+    def _control(self, request: Request) -> Response:
+        raw = request.get_data(as_text=True)
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            return _json(400, {"error": "request body is not valid JSON"})
+        path = request.path[len(CONTROL_PREFIX):].rstrip("/")
+        with self.lock:
+            route = self.routes.get((request.method, path))
+            if route is None:
+                return _json(404, {"error": f"no control endpoint {request.method} "
+                                            f"{request.path}"})
+            try:
+                return _json(200, route(body))
+            except ControlError as exc:
+                return _json(exc.status, {"error": str(exc)})
+            except ArmError as exc:
+                return _json(409 if exc.status == 409 else 400,
+                             {"error": f"{exc.code}: {exc.message}"})
+
+    def _reset_all(self) -> dict[str, Any]:
+        self._reset_state()
+        return {"ok": True}
+
+    @staticmethod
+    def _clear(items: list[Any]) -> dict[str, Any]:
+        items.clear()
+        return {"ok": True}
+
+    def _config_view(self) -> dict[str, Any]:
+        view = json.loads(json.dumps(self.config))
+        view["client_secret"] = "<set>"
+        return view
+
+    def _set_config(self, body: Any) -> dict[str, Any]:
+        self.config.update(_validate_config(body))
+        return self._config_view()
+
+    def _rg_control_view(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {"name": group["name"], "location": group["location"], "tags": dict(group["tags"])}
+
+    def _seed_group(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            raise ControlError('body must be {"name", "location", "tags"}')
+        if not isinstance(body.get("location"), str) or not normalize_location(body["location"]):
+            raise ControlError("location is required")
+        check_rg_name(body["name"])
+        self._upsert_group(body["name"], normalize_location(body["location"]),
+                           check_tags(body.get("tags") or {}))
+        return self._rg_control_view(self.groups[body["name"].lower()])
+
+    def _machine_control_view(self, machine: dict[str, Any]) -> dict[str, Any]:
+        return {"resource_group": self.groups[machine["rg"]]["name"],
+                **self._machine_view(machine)}
+
+    def _seed_machine(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise ControlError("body must be a JSON object")
+        unknown = set(body) - {"resource_group", "name", "location", "status", "tags",
+                               "os_name", "error_details"}
+        if unknown:
+            raise ControlError(f"unknown machine fields: {', '.join(sorted(unknown))}")
+        for key in ("resource_group", "name", "location"):
+            if not isinstance(body.get(key), str) or not body[key]:
+                raise ControlError(f"{key} is required")
+        if not _MACHINE_NAME.match(body["name"]):
+            raise ControlError(f"machine name {body['name']!r} is invalid")
+        status = body.get("status", "Connected")
+        if status not in MACHINE_STATUSES:
+            raise ControlError(f"status must be one of {', '.join(MACHINE_STATUSES)}")
+        os_name = body.get("os_name", "linux")
+        if os_name not in ("linux", "windows"):
+            raise ControlError("os_name must be linux or windows")
+        details = body.get("error_details")
+        if details is not None and not (isinstance(details, list) and all(
+                isinstance(d, dict) for d in details)):
+            raise ControlError("error_details must be a list of {code, message}")
+        if status == "Error" and not details:
+            details = _default_error_details(body["name"])
+        location = normalize_location(body["location"])
+        tags = check_tags(body.get("tags") or {})
+        group = self.groups.get(body["resource_group"].lower())
+        if group is None:
+            check_rg_name(body["resource_group"])
+            self._upsert_group(body["resource_group"], location, {})
+            group = self.groups[body["resource_group"].lower()]
+        machine = self._upsert_machine(group["key"], body["name"], location, tags, status,
+                                       details, os_name)
+        return self._machine_control_view(machine)
+
+
+def _method_not_allowed(method: str, path: str) -> ArmError:
+    return ArmError(405, "MethodNotAllowed", f"azure-stub does not support {method} {path}")
+
+
+def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(payload), status=status, headers=headers,
+                    content_type="application/json; charset=utf-8")
+
+
+def _arm_json(status: int, payload: Any, headers: dict[str, str] | None = None,
+              head: bool = False) -> Response:
+    headers = {"x-ms-request-id": str(uuid.uuid4()), **(headers or {})}
+    if head:
+        return Response(status=status, headers=headers)
+    return _json(status, payload, headers)
+
+
+def _token_error(status: int, error: str, aadsts: int, text: str) -> Response:
+    trace, correlation = str(uuid.uuid4()), str(uuid.uuid4())
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return _json(status, {
+        "error": error,
+        "error_description": f"AADSTS{aadsts}: {text} Trace ID: {trace} Correlation ID: "
+                             f"{correlation} Timestamp: {stamp}",
+        "error_codes": [aadsts], "timestamp": stamp, "trace_id": trace,
+        "correlation_id": correlation,
+    })
+
+
+class QuietRequestHandler(WSGIRequestHandler):
+    """werkzeug's request handler without the per-request access log."""
+
+    def log_request(self, code: Any = "-", size: Any = "-") -> None:
+        pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--verbose", action="store_true", help="log each request to stderr")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    app = AzureStub(verbose=args.verbose)
+    server = make_server(args.host, args.port, app, threaded=True,
+                         request_handler=QuietRequestHandler)
+
+    def stop(signum: int, frame: Any) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(f"LISTENING http://{args.host}:{server.socket.getsockname()[1]}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        app.cancel_timers()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,571 @@
+//! Azure: the Entra client-credentials token and the few Resource Manager calls the tool needs, behind a
+//! port, with a REST adapter over reqwest (rustls) and a stateful fake.
+//!
+//! The secret is held in [`Secret`], whose `Debug` and `Display` never show it. Tokens are held the same way.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::json;
+use url::Url;
+
+use crate::config::AzureConfig;
+use crate::ports::{ApiCounter, MutationToken};
+
+/// `api-version` for resource groups.
+const RG_API: &str = "2021-04-01";
+/// `api-version` for Arc machines.
+const MACHINES_API: &str = "2024-07-10";
+/// A cached token is renewed when it has less than this left.
+const TOKEN_MARGIN: Duration = Duration::from_secs(300);
+
+/// A string that must never be printed: secrets and tokens.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Why an Azure call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AzureError {
+    /// Entra refused or failed the token request.
+    #[error("Entra token request failed: HTTP {status}: {code}: {description}")]
+    Token {
+        /// HTTP status.
+        status: u16,
+        /// OAuth error code, e.g. `invalid_client`.
+        code: String,
+        /// Entra's description (never contains the secret).
+        description: String,
+    },
+    /// Resource Manager answered with an error.
+    #[error("{operation} failed: HTTP {status}: {code}: {message}")]
+    Arm {
+        /// `arm:GetMachine` etc.
+        operation: &'static str,
+        /// HTTP status.
+        status: u16,
+        /// ARM error code.
+        code: String,
+        /// ARM message.
+        message: String,
+    },
+    /// No answer.
+    #[error("{operation} failed: cannot reach {url}: {message}")]
+    Transport {
+        /// The call.
+        operation: &'static str,
+        /// Where (without query).
+        url: String,
+        /// The client's message.
+        message: String,
+    },
+}
+
+/// An Arc machine resource as far as the tool cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArcMachine {
+    /// Resource name (the instance id).
+    pub name: String,
+    /// `Connected | Disconnected | Error | AwaitingConnection`.
+    pub status: String,
+    /// `code: message` of each error detail.
+    pub errors: Vec<String>,
+}
+
+/// Azure Resource Manager for one subscription.
+pub trait Arm: Send + Sync {
+    /// A Resource Manager access token (cached until close to expiry).
+    fn token(&self) -> impl Future<Output = Result<Secret, AzureError>> + Send;
+
+    /// Whether the resource group exists.
+    fn resource_group_exists(
+        &self,
+        rg: &str,
+    ) -> impl Future<Output = Result<bool, AzureError>> + Send;
+
+    /// Creates the resource group (idempotent).
+    fn create_resource_group(
+        &self,
+        token: &MutationToken,
+        rg: &str,
+        location: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), AzureError>> + Send;
+
+    /// Every Arc machine in the group (empty when the group does not exist).
+    fn list_machines(
+        &self,
+        rg: &str,
+    ) -> impl Future<Output = Result<Vec<ArcMachine>, AzureError>> + Send;
+
+    /// One Arc machine, `None` when absent.
+    fn get_machine(
+        &self,
+        rg: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ArcMachine>, AzureError>> + Send;
+}
+
+/// The REST adapter.
+pub struct RestArm {
+    http: reqwest::Client,
+    authority: Url,
+    resource_manager: Url,
+    tenant_id: String,
+    client_id: String,
+    subscription_id: String,
+    secret: Secret,
+    cached: Mutex<Option<(Secret, Instant)>>,
+    counter: ApiCounter,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    expires_in: Option<u64>,
+}
+
+#[derive(Deserialize, Default)]
+struct TokenErrorBody {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+}
+
+#[derive(Deserialize, Default)]
+struct ArmErrorBody {
+    #[serde(default)]
+    error: ArmErrorDetail,
+}
+
+#[derive(Deserialize, Default)]
+struct ArmErrorDetail {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Deserialize)]
+struct MachineBody {
+    name: String,
+    #[serde(default)]
+    properties: MachineProperties,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct MachineProperties {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    error_details: Vec<ArmErrorDetail>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MachineList {
+    #[serde(default)]
+    value: Vec<MachineBody>,
+    next_link: Option<String>,
+}
+
+impl From<MachineBody> for ArcMachine {
+    fn from(m: MachineBody) -> ArcMachine {
+        ArcMachine {
+            name: m.name,
+            status: m.properties.status.unwrap_or_else(|| "Unknown".into()),
+            errors: m
+                .properties
+                .error_details
+                .into_iter()
+                .map(|e| format!("{}: {}", e.code, e.message))
+                .collect(),
+        }
+    }
+}
+
+/// Joins a base URL and a path without losing the base's own path.
+fn join(base: &Url, path: &str) -> String {
+    format!(
+        "{}/{}",
+        base.as_str().trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
+}
+
+impl RestArm {
+    /// Builds the adapter; the secret comes from the environment, never from the config file.
+    pub fn new(config: &AzureConfig, secret: Secret, counter: ApiCounter) -> RestArm {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("arc-onboard/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a TLS client can be built");
+        RestArm {
+            http,
+            authority: config.authority_host.clone(),
+            resource_manager: config.resource_manager.clone(),
+            tenant_id: config.tenant_id.clone(),
+            client_id: config.client_id.clone(),
+            subscription_id: config.subscription_id.clone(),
+            secret,
+            cached: Mutex::new(None),
+            counter,
+        }
+    }
+
+    fn rg_url(&self, rg: &str) -> String {
+        join(
+            &self.resource_manager,
+            &format!(
+                "subscriptions/{}/resourcegroups/{}",
+                self.subscription_id,
+                urlencode(rg)
+            ),
+        )
+    }
+
+    fn machines_url(&self, rg: &str) -> String {
+        join(
+            &self.resource_manager,
+            &format!(
+                "subscriptions/{}/resourceGroups/{}/providers/Microsoft.HybridCompute/machines",
+                self.subscription_id,
+                urlencode(rg)
+            ),
+        )
+    }
+
+    async fn send(
+        &self,
+        operation: &'static str,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<reqwest::Response, AzureError> {
+        self.counter.record(operation);
+        req.send().await.map_err(|e| AzureError::Transport {
+            operation,
+            url: url.split('?').next().unwrap_or(url).to_string(),
+            message: e.without_url().to_string(),
+        })
+    }
+
+    async fn arm_error(operation: &'static str, resp: reqwest::Response) -> AzureError {
+        let status = resp.status().as_u16();
+        let body: ArmErrorBody = resp.json().await.unwrap_or_default();
+        AzureError::Arm {
+            operation,
+            status,
+            code: body.error.code,
+            message: body.error.message,
+        }
+    }
+
+    async fn authed(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+    ) -> Result<reqwest::RequestBuilder, AzureError> {
+        let token = self.token().await?;
+        Ok(self.http.request(method, url).bearer_auth(token.expose()))
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
+
+impl Arm for RestArm {
+    async fn token(&self) -> Result<Secret, AzureError> {
+        if let Some((token, until)) = self
+            .cached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            if Instant::now() + TOKEN_MARGIN < *until {
+                return Ok(token.clone());
+            }
+        }
+        let url = join(
+            &self.authority,
+            &format!("{}/oauth2/v2.0/token", self.tenant_id),
+        );
+        let scope = format!(
+            "{}/.default",
+            self.resource_manager.as_str().trim_end_matches('/')
+        );
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", self.client_id.as_str()),
+            ("client_secret", self.secret.expose()),
+            ("scope", scope.as_str()),
+        ];
+        let resp = self
+            .send("azure:Token", self.http.post(&url).form(&form), &url)
+            .await?;
+        let status = resp.status().as_u16();
+        if !resp.status().is_success() {
+            let body: TokenErrorBody = resp.json().await.unwrap_or_default();
+            return Err(AzureError::Token {
+                status,
+                code: body.error,
+                description: body
+                    .error_description
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            });
+        }
+        let body: TokenResponse = resp.json().await.map_err(|e| AzureError::Token {
+            status,
+            code: "invalid_response".into(),
+            description: e.without_url().to_string(),
+        })?;
+        let token = Secret::new(body.access_token);
+        let lifetime = Duration::from_secs(body.expires_in.unwrap_or(3600));
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((token.clone(), Instant::now() + lifetime));
+        Ok(token)
+    }
+
+    async fn resource_group_exists(&self, rg: &str) -> Result<bool, AzureError> {
+        let op = "arm:GetResourceGroup";
+        let url = format!("{}?api-version={RG_API}", self.rg_url(rg));
+        let req = self.authed(reqwest::Method::GET, &url).await?;
+        let resp = self.send(op, req, &url).await?;
+        match resp.status().as_u16() {
+            200..=299 => Ok(true),
+            404 => Ok(false),
+            _ => Err(Self::arm_error(op, resp).await),
+        }
+    }
+
+    async fn create_resource_group(
+        &self,
+        _token: &MutationToken,
+        rg: &str,
+        location: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(), AzureError> {
+        let op = "arm:PutResourceGroup";
+        let url = format!("{}?api-version={RG_API}", self.rg_url(rg));
+        let req = self
+            .authed(reqwest::Method::PUT, &url)
+            .await?
+            .json(&json!({"location": location, "tags": tags}));
+        let resp = self.send(op, req, &url).await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(Self::arm_error(op, resp).await)
+        }
+    }
+
+    async fn list_machines(&self, rg: &str) -> Result<Vec<ArcMachine>, AzureError> {
+        let op = "arm:ListMachines";
+        let mut url = format!("{}?api-version={MACHINES_API}", self.machines_url(rg));
+        let mut out = Vec::new();
+        loop {
+            let req = self.authed(reqwest::Method::GET, &url).await?;
+            let resp = self.send(op, req, &url).await?;
+            if resp.status().as_u16() == 404 {
+                return Ok(Vec::new());
+            }
+            if !resp.status().is_success() {
+                return Err(Self::arm_error(op, resp).await);
+            }
+            let page: MachineList = resp.json().await.map_err(|e| AzureError::Arm {
+                operation: op,
+                status: 200,
+                code: "InvalidResponse".into(),
+                message: e.without_url().to_string(),
+            })?;
+            out.extend(page.value.into_iter().map(ArcMachine::from));
+            match page.next_link {
+                Some(next) if !next.is_empty() => url = next,
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn get_machine(&self, rg: &str, name: &str) -> Result<Option<ArcMachine>, AzureError> {
+        let op = "arm:GetMachine";
+        let url = format!(
+            "{}/{}?api-version={MACHINES_API}",
+            self.machines_url(rg),
+            urlencode(name)
+        );
+        let req = self.authed(reqwest::Method::GET, &url).await?;
+        let resp = self.send(op, req, &url).await?;
+        match resp.status().as_u16() {
+            200..=299 => {
+                let m: MachineBody = resp.json().await.map_err(|e| AzureError::Arm {
+                    operation: op,
+                    status: 200,
+                    code: "InvalidResponse".into(),
+                    message: e.without_url().to_string(),
+                })?;
+                Ok(Some(m.into()))
+            }
+            404 => Ok(None),
+            _ => Err(Self::arm_error(op, resp).await),
+        }
+    }
+}
+
+/// An in-memory Azure for pass tests: resource groups, machines, and an optional token failure.
+#[derive(Debug, Default)]
+pub struct FakeArm {
+    state: Mutex<FakeArmState>,
+    /// Calls by operation.
+    pub calls: ApiCounter,
+}
+
+#[derive(Debug, Default)]
+struct FakeArmState {
+    groups: HashMap<String, String>,
+    machines: HashMap<(String, String), ArcMachine>,
+    token_error: Option<AzureError>,
+}
+
+impl FakeArm {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeArmState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes token requests fail.
+    pub fn fail_token(&self, e: AzureError) {
+        self.lock().token_error = Some(e);
+    }
+
+    /// Adds or replaces a machine (and its group).
+    pub fn put_machine(&self, rg: &str, name: &str, status: &str) {
+        let mut s = self.lock();
+        s.groups
+            .entry(rg.to_ascii_lowercase())
+            .or_insert_with(|| "eastus".into());
+        s.machines.insert(
+            (rg.to_ascii_lowercase(), name.to_string()),
+            ArcMachine {
+                name: name.into(),
+                status: status.into(),
+                errors: vec![],
+            },
+        );
+    }
+
+    /// Whether a group exists.
+    pub fn has_group(&self, rg: &str) -> bool {
+        self.lock().groups.contains_key(&rg.to_ascii_lowercase())
+    }
+}
+
+impl Arm for FakeArm {
+    async fn token(&self) -> Result<Secret, AzureError> {
+        self.calls.record("azure:Token");
+        match &self.lock().token_error {
+            Some(e) => Err(e.clone()),
+            None => Ok(Secret::new("fake-arm-token")),
+        }
+    }
+
+    async fn resource_group_exists(&self, rg: &str) -> Result<bool, AzureError> {
+        self.calls.record("arm:GetResourceGroup");
+        if let Some(e) = &self.lock().token_error {
+            return Err(e.clone());
+        }
+        Ok(self.has_group(rg))
+    }
+
+    async fn create_resource_group(
+        &self,
+        _token: &MutationToken,
+        rg: &str,
+        location: &str,
+        _tags: &BTreeMap<String, String>,
+    ) -> Result<(), AzureError> {
+        self.calls.record("arm:PutResourceGroup");
+        self.lock()
+            .groups
+            .insert(rg.to_ascii_lowercase(), location.into());
+        Ok(())
+    }
+
+    async fn list_machines(&self, rg: &str) -> Result<Vec<ArcMachine>, AzureError> {
+        self.calls.record("arm:ListMachines");
+        let rg = rg.to_ascii_lowercase();
+        Ok(self
+            .lock()
+            .machines
+            .iter()
+            .filter(|((g, _), _)| *g == rg)
+            .map(|(_, m)| m.clone())
+            .collect())
+    }
+
+    async fn get_machine(&self, rg: &str, name: &str) -> Result<Option<ArcMachine>, AzureError> {
+        self.calls.record("arm:GetMachine");
+        Ok(self
+            .lock()
+            .machines
+            .get(&(rg.to_ascii_lowercase(), name.to_string()))
+            .cloned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2");
+        assert_eq!(format!("{s}"), "<redacted>");
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn urls_keep_the_base_path_and_encode_names() {
+        let base = Url::parse("http://127.0.0.1:9/arm/").unwrap();
+        assert_eq!(
+            join(&base, "/subscriptions/x"),
+            "http://127.0.0.1:9/arm/subscriptions/x"
+        );
+        assert_eq!(urlencode("rg (prod)"), "rg%20%28prod%29");
+    }
+}

@@ -10,7 +10,7 @@ so "continuously" is tracked exactly.
 
 Commands: ``SendCommand`` creates one invocation per target instance. Each invocation is
 ``InProgress`` until its duration has elapsed and then shows its outcome (scripted per
-instance through the control API, otherwise Success / exit 0 / "ok"). States are derived
+instance through the control API, otherwise Success / exit 0 / DEFAULT_SUCCESS_STDOUT). States are derived
 lazily from timestamps; only the success webhook runs on a timer thread.
 
 All public methods expect the caller to hold the emulator's state lock.
@@ -31,6 +31,11 @@ from typing import Any, Callable
 import fleet
 
 AGENT_VERSION = "3.3.0.0"
+# What arc-onboard's install script prints when it connects the agent (its last line is machine-readable).
+DEFAULT_SUCCESS_STDOUT = ("Connected Machine agent connected\n"
+                          'ARC_ONBOARD_RESULT {"outcome":"connected","exit_code":0,"step":"connect",'
+                          '"message":"connected"}')
+
 DOCUMENT_PLUGINS = {
     "AWS-RunShellScript": ("aws:runShellScript", "linux"),
     "AWS-RunPowerShellScript": ("aws:runPowerShellScript", "windows"),
@@ -433,7 +438,7 @@ class SsmSimulator:
             timeout_seconds=opts["timeout"], max_errors=str(opts["max_errors"]),
             max_concurrency=str(opts["max_concurrency"]), requested_at=now,
             visible_at=now + self.config["invocation_visibility_delay_seconds"])
-        default = {"stdout": "ok"}
+        default = {"stdout": DEFAULT_SUCCESS_STDOUT}
         for iid in ids:
             found = fleet.find_instance(iid)
             name = found[1].private_dns_name if found else iid

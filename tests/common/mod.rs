@@ -152,6 +152,154 @@ impl Drop for Emulator {
     }
 }
 
+/// Starts one of the Python test servers; returns the child, its endpoint and port.
+fn start_server(script: &str) -> (Child, String, u16) {
+    let py = python();
+    assert!(
+        py.exists(),
+        "{} not found: run scripts/test (it creates .venv with the test servers' requirements)",
+        py.display()
+    );
+    let mut child = Command::new(py)
+        .arg(repo().join(script))
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {script}: {e}"));
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("read LISTENING line");
+    let endpoint = line
+        .trim()
+        .strip_prefix("LISTENING ")
+        .unwrap_or_else(|| panic!("unexpected output of {script}: {line:?}"))
+        .to_string();
+    let port = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    (child, endpoint, port)
+}
+
+/// The Azure stub (Entra token endpoint + Resource Manager + simulated `azcmagent connect`).
+pub struct AzureStub {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    port: u16,
+}
+
+/// The stub's service principal secret.
+pub const STUB_SECRET: &str = "stub-secret-Zq9";
+
+impl AzureStub {
+    /// Starts a fresh stub with a known secret.
+    pub fn start() -> AzureStub {
+        let (child, endpoint, port) = start_server("scripts/azure-stub/stub.py");
+        let stub = AzureStub {
+            child,
+            endpoint,
+            port,
+        };
+        stub.control(
+            "POST",
+            "/_stub/config",
+            Some(&json!({"client_secret": STUB_SECRET})),
+        );
+        stub
+    }
+
+    /// A control API call; panics on a non-2xx answer.
+    pub fn control(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
+        let (status, value) = http(self.port, method, path, body);
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path} -> {status}: {value}"
+        );
+        value
+    }
+
+    /// Machines the stub knows, with their resource group.
+    pub fn machines(&self) -> Vec<Value> {
+        let v = self.control("GET", "/_stub/machines", None);
+        v.get("machines")
+            .unwrap_or(&v)
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Token and ARM requests so far.
+    pub fn requests(&self) -> Vec<Value> {
+        self.control("GET", "/_stub/requests", None)["requests"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Connect attempts so far.
+    pub fn connects(&self) -> Vec<Value> {
+        let v = self.control("GET", "/_stub/connects", None);
+        v.get("connects")
+            .unwrap_or(&v)
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for AzureStub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The AWS emulator and the Azure stub, wired so that a successful install connects the machine.
+pub struct World {
+    /// AWS.
+    pub aws: Emulator,
+    /// Azure.
+    pub azure: AzureStub,
+}
+
+impl World {
+    /// Starts both and wires the emulator's success webhook to the stub.
+    pub fn start() -> World {
+        let aws = Emulator::start();
+        let azure = AzureStub::start();
+        aws.configure(
+            json!({"on_success_webhook": format!("{}/_stub/agent/connect", azure.endpoint)}),
+        );
+        World { aws, azure }
+    }
+
+    /// The `[azure]` section pointing at the stub.
+    pub fn azure_section(&self) -> String {
+        format!(
+            "[azure]\ntenant_id = \"00000000-0000-0000-0000-000000000001\"\nsubscription_id = \"00000000-0000-0000-0000-000000000002\"\nclient_id = \"00000000-0000-0000-0000-000000000003\"\nlocation = \"eastus\"\nauthority_host = \"{0}\"\nresource_manager = \"{0}\"\n",
+            self.azure.endpoint
+        )
+    }
+
+    /// A config: `aws_and_more` (the `[aws]` section and any other sections) plus the stub's `[azure]`.
+    pub fn config(&self, aws_and_more: &str) -> String {
+        format!("{aws_and_more}\n{}", self.azure_section())
+    }
+
+    /// Runs the binary against both, with the stub's secret in the environment.
+    pub fn run(&self, args: &[&str], config: &str) -> Outcome {
+        self.run_env(args, config, &[])
+    }
+
+    /// Runs the binary with extra environment.
+    pub fn run_env(&self, args: &[&str], config: &str, env: &[(&str, &str)]) -> Outcome {
+        let mut all = vec![("ARC_ONBOARD_CLIENT_SECRET", STUB_SECRET)];
+        all.extend_from_slice(env);
+        self.aws.run_env(args, config, &all)
+    }
+}
+
 /// Minimal HTTP/1.1 client for the control API.
 fn http(port: u16, method: &str, path: &str, body: Option<&Value>) -> (u16, Value) {
     let body = body.map(|b| b.to_string()).unwrap_or_default();

@@ -1,0 +1,477 @@
+//! Full `arc-onboard run` against the AWS emulator and the Azure stub: install through SSM, verification in
+//! Azure, failures mapped to reasons, batching, proxy, secrets, and installs in flight.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+
+use common::{row, World, STUB_SECRET};
+use serde_json::{json, Value};
+
+const SSM_POLICY: &str = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore";
+const TWO_REGIONS: &str = "[aws]\nregions = [\"us-east-1\", \"eu-west-1\"]\n";
+const ONE_REGION: &str = "[aws]\nregions = [\"us-east-1\"]\n";
+
+fn ids(w: &World, fleet: &Value) -> Vec<String> {
+    let ids = w
+        .aws
+        .seed(fleet)
+        .iter()
+        .map(|i| i["instance_id"].as_str().unwrap().to_string())
+        .collect();
+    w.aws.reset_calls();
+    ids
+}
+
+/// #0 linux ready, #1 windows without profile, #2 linux with a role lacking the policy, #3 windows ready
+/// (eu-west-1), #4 linux without profile (eu-west-1), #5 stopped.
+fn mixed_fleet() -> Value {
+    json!({
+        "roles": [
+            {"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"},
+            {"name": "LegacyRole", "policies": ["arn:aws:iam::aws:policy/ReadOnlyAccess"], "instance_profile": "LegacyProfile"}
+        ],
+        "instances": [
+            {"region": "us-east-1", "platform": "linux", "instance_profile": "AppProfile"},
+            {"region": "us-east-1", "platform": "windows"},
+            {"region": "us-east-1", "platform": "linux", "instance_profile": "LegacyProfile"},
+            {"region": "eu-west-1", "platform": "windows", "instance_profile": "AppProfile"},
+            {"region": "eu-west-1", "platform": "linux"},
+            {"region": "eu-west-1", "platform": "linux", "state": "stopped"}
+        ]
+    })
+}
+
+/// `run --output json` with short bounds; `extra` flags replace the defaults of the same name.
+fn run(w: &World, config: &str, extra: &[&str]) -> (i32, Value, String) {
+    let mut args = vec!["run", "--output", "json"];
+    for (flag, default) in [("--wait-for-ssm", "30s"), ("--verify-timeout", "20s")] {
+        if !extra.contains(&flag) {
+            args.extend([flag, default]);
+        }
+    }
+    args.extend_from_slice(extra);
+    let out = w.run(&args, &w.config(config));
+    assert!(
+        out.code == 0 || out.code == 1,
+        "exit {}: {}",
+        out.code,
+        out.stderr
+    );
+    (out.code, out.json(), out.stderr)
+}
+
+fn commands(w: &World) -> Vec<Value> {
+    w.aws.control("GET", "/_emulator/commands", None)["commands"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn script_of(command: &Value) -> String {
+    command["parameters"]["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_mixed_fleet_goes_from_nothing_to_onboarded_and_a_second_run_sends_nothing() {
+    let w = World::start();
+    let id = ids(&w, &mixed_fleet());
+    let (code, report, _) = run(&w, TWO_REGIONS, &[]);
+    assert_eq!(code, 0, "{report:#}");
+    for n in 0..5 {
+        let r = row(&report, &id[n]);
+        assert_eq!(r["status"], "onboarded", "#{n}: {r}");
+        assert!(
+            r["detail"].as_str().unwrap().contains("is Connected"),
+            "{r}"
+        );
+    }
+    assert_eq!(row(&report, &id[5])["status"], "not-running");
+
+    // One command per region and platform, each to exactly its instances, with the right document.
+    let sent = commands(&w);
+    let mut by_doc: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for c in &sent {
+        let mut targets: Vec<String> = c["instance_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_str().unwrap().to_string())
+            .collect();
+        targets.sort();
+        by_doc.insert(
+            (
+                c["region"].as_str().unwrap().into(),
+                c["document_name"].as_str().unwrap().into(),
+            ),
+            targets,
+        );
+        assert_eq!(c["max_errors"], "100%");
+        assert!(c["comment"]
+            .as_str()
+            .unwrap()
+            .starts_with("arc-onboard run "));
+        assert_eq!(c["parameters"]["executionTimeout"], json!(["1800"]));
+    }
+    let mut us_linux = vec![id[0].clone(), id[2].clone()];
+    us_linux.sort();
+    assert_eq!(
+        by_doc[&("us-east-1".into(), "AWS-RunShellScript".into())],
+        us_linux
+    );
+    assert_eq!(
+        by_doc[&("us-east-1".into(), "AWS-RunPowerShellScript".into())],
+        vec![id[1].clone()]
+    );
+    assert_eq!(
+        by_doc[&("eu-west-1".into(), "AWS-RunPowerShellScript".into())],
+        vec![id[3].clone()]
+    );
+    assert_eq!(
+        by_doc[&("eu-west-1".into(), "AWS-RunShellScript".into())],
+        vec![id[4].clone()]
+    );
+    assert_eq!(sent.len(), 4);
+
+    // Azure: the group was created, machines are named after the instances and tagged.
+    let machines = w.azure.machines();
+    assert_eq!(machines.len(), 5, "{machines:#?}");
+    let m = machines
+        .iter()
+        .find(|m| m["name"] == id[3].as_str())
+        .unwrap();
+    assert_eq!(m["tags"]["AwsRegion"], "eu-west-1");
+    assert_eq!(m["tags"]["AwsAccountId"], "123456789012");
+    assert_eq!(
+        report["accounts"][0]["actions"],
+        json!(["create-ssm-role", "create-resource-group"])
+    );
+
+    // Second run: nothing to send, everything already onboarded.
+    w.aws.reset_calls();
+    let (code, report, _) = run(&w, TWO_REGIONS, &[]);
+    assert_eq!(code, 0);
+    for n in 0..5 {
+        assert_eq!(row(&report, &id[n])["status"], "already-onboarded", "#{n}");
+    }
+    assert_eq!(commands(&w).len(), 4, "no new command");
+    assert!(
+        w.aws.mutating_calls().is_empty(),
+        "{:#?}",
+        w.aws.mutating_calls()
+    );
+}
+
+#[test]
+fn scripted_failures_end_failed_with_mapped_reasons_while_the_rest_succeed() {
+    let w = World::start();
+    let id = ids(
+        &w,
+        &json!({
+            "roles": [{"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"}],
+            "instances": [{"region": "us-east-1", "count": 4, "instance_profile": "AppProfile"}]
+        }),
+    );
+    w.aws.control("POST", "/_emulator/outcomes", Some(&json!({
+        &id[0]: {"status": "Failed", "exit_code": 41, "stdout": "AZCM0041: The credentials supplied are invalid\nARC_ONBOARD_RESULT {\"outcome\":\"failed\",\"exit_code\":41,\"step\":\"connect\",\"message\":\"azcmagent connect exited with 41\"}"},
+        &id[1]: {"status": "TimedOut"},
+        &id[2]: {"status": "Undeliverable"}
+    })));
+    let (code, report, _) = run(&w, ONE_REGION, &[]);
+    assert_eq!(code, 1);
+    let detail = |n: usize| row(&report, &id[n])["detail"].as_str().unwrap().to_string();
+    assert_eq!(row(&report, &id[0])["status"], "failed");
+    assert!(detail(0).contains("exit code 41"), "{}", detail(0));
+    assert!(
+        detail(0).to_lowercase().contains("credential"),
+        "mapped reason: {}",
+        detail(0)
+    );
+    assert!(detail(0).contains("AZCM0041"), "output tail: {}", detail(0));
+    assert_eq!(row(&report, &id[1])["status"], "failed");
+    assert!(detail(1).contains("timed out"), "{}", detail(1));
+    assert_eq!(row(&report, &id[2])["status"], "failed");
+    assert!(detail(2).contains("Undeliverable"), "{}", detail(2));
+    assert_eq!(row(&report, &id[3])["status"], "onboarded");
+    assert_eq!(
+        report["summary"]["by_status"],
+        json!({"onboarded": 1, "failed": 3})
+    );
+}
+
+#[test]
+fn azure_not_showing_the_machine_connected_fails_with_azures_words() {
+    let w = World::start();
+    let id = ids(
+        &w,
+        &json!({
+            "roles": [{"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"}],
+            "instances": [{"region": "us-east-1", "count": 2, "instance_profile": "AppProfile"}]
+        }),
+    );
+    w.azure.control("POST", "/_stub/config", Some(&json!({"machine_status": {
+        &id[0]: {"status": "Error", "code": "AZCM0062", "message": "connection to the Azure service failed"}
+    }})));
+    let (code, report, _) = run(&w, ONE_REGION, &["--verify-timeout", "3s"]);
+    assert_eq!(code, 1);
+    let failed = row(&report, &id[0]);
+    assert_eq!(failed["status"], "failed");
+    let d = failed["detail"].as_str().unwrap();
+    assert!(d.contains("Error") && d.contains("AZCM0062"), "{d}");
+    assert_eq!(row(&report, &id[1])["status"], "onboarded");
+}
+
+#[test]
+fn proxy_mode_puts_the_proxy_in_linux_and_windows_scripts() {
+    let w = World::start();
+    ids(
+        &w,
+        &json!({
+            "roles": [{"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"}],
+            "instances": [
+                {"region": "us-east-1", "platform": "linux", "instance_profile": "AppProfile"},
+                {"region": "us-east-1", "platform": "windows", "instance_profile": "AppProfile"}
+            ]
+        }),
+    );
+    let config = format!("{ONE_REGION}[onboarding]\nconnectivity = \"proxy\"\nproxy_url = \"http://10.0.0.5:3128\"\n");
+    let (code, _, _) = run(&w, &config, &[]);
+    assert_eq!(code, 0);
+    let sent = commands(&w);
+    assert_eq!(sent.len(), 2);
+    for c in &sent {
+        let script = script_of(c);
+        match c["document_name"].as_str().unwrap() {
+            "AWS-RunShellScript" => assert!(
+                script.contains("ARC_PROXY_URL='http://10.0.0.5:3128'"),
+                "{script}"
+            ),
+            _ => assert!(
+                script.contains("$ARC_PROXY_URL = 'http://10.0.0.5:3128'"),
+                "{script}"
+            ),
+        }
+    }
+    let (_, _, _) = run(&w, ONE_REGION, &[]);
+}
+
+#[test]
+fn one_hundred_thirty_online_instances_take_three_send_commands() {
+    let w = World::start();
+    let id = ids(
+        &w,
+        &json!({
+            "roles": [{"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"}],
+            "instances": [{"region": "us-east-1", "count": 130, "instance_profile": "AppProfile"}]
+        }),
+    );
+    let (code, report, _) = run(&w, ONE_REGION, &[]);
+    assert_eq!(code, 0);
+    assert_eq!(w.aws.counts()["ssm:SendCommand"], 3);
+    let mut sizes: Vec<usize> = commands(&w)
+        .iter()
+        .map(|c| c["instance_ids"].as_array().unwrap().len())
+        .collect();
+    sizes.sort();
+    assert_eq!(sizes, [30, 50, 50]);
+    assert_eq!(report["summary"]["by_status"]["onboarded"], 130);
+    assert_eq!(id.len(), 130);
+    // Tracking is command-level: a handful of ListCommands, one ListCommandInvocations page per command.
+    let counts = w.aws.counts();
+    assert_eq!(counts["ssm:ListCommandInvocations"], 3);
+    assert!(
+        counts.get("ssm:GetCommandInvocation").is_none(),
+        "{counts:?}"
+    );
+}
+
+#[test]
+fn the_client_secret_appears_in_no_command_log_or_report() {
+    let w = World::start();
+    ids(&w, &mixed_fleet());
+    let out = w.run(
+        &[
+            "-vv",
+            "run",
+            "--wait-for-ssm",
+            "30s",
+            "--verify-timeout",
+            "20s",
+            "--output",
+            "json",
+        ],
+        &w.config(TWO_REGIONS),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!out.stdout.contains(STUB_SECRET));
+    assert!(!out.stderr.contains(STUB_SECRET), "secret in the logs");
+    for c in commands(&w) {
+        let text = c.to_string();
+        assert!(!text.contains(STUB_SECRET), "secret sent to an instance");
+        assert!(
+            script_of(&c).contains("ARC_ACCESS_TOKEN"),
+            "a token travels instead"
+        );
+    }
+    let calls = w
+        .aws
+        .calls()
+        .iter()
+        .map(|c| c.to_string())
+        .collect::<String>();
+    assert!(!calls.contains(STUB_SECRET));
+    let table = w.run(&["plan"], &w.config(TWO_REGIONS));
+    assert!(!table.stdout.contains(STUB_SECRET) && !table.stderr.contains(STUB_SECRET));
+}
+
+#[test]
+fn a_failing_token_request_stops_run_before_any_aws_call() {
+    let w = World::start();
+    ids(&w, &mixed_fleet());
+    let out = w.run_env(
+        &["run", "--output", "json"],
+        &w.config(TWO_REGIONS),
+        &[("ARC_ONBOARD_CLIENT_SECRET", "wrong-secret")],
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("cannot get an Azure Resource Manager token"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("invalid_client"), "{}", out.stderr);
+    assert!(w.aws.calls().is_empty(), "{:#?}", w.aws.calls());
+
+    let out = w.aws.run(&["run"], &w.config(TWO_REGIONS));
+    assert_eq!(out.code, 2, "no secret at all");
+    assert!(
+        out.stderr.contains("ARC_ONBOARD_CLIENT_SECRET"),
+        "{}",
+        out.stderr
+    );
+    assert!(w.aws.calls().is_empty());
+
+    // plan works without Azure and says what it could not check.
+    let plan = w
+        .aws
+        .run(&["plan", "--output", "json"], &w.config(TWO_REGIONS));
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    let report = plan.json();
+    assert!(report["instances"][0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("Azure not checked"));
+}
+
+#[test]
+fn machines_already_connected_in_azure_get_no_command() {
+    let w = World::start();
+    let id = ids(
+        &w,
+        &json!({
+            "roles": [{"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"}],
+            "instances": [{"region": "us-east-1", "count": 2, "instance_profile": "AppProfile"}]
+        }),
+    );
+    w.azure.control("POST", "/_stub/machines", Some(&json!({
+        "resource_group": "aws_123456789012", "name": id[0], "location": "eastus", "status": "Connected"
+    })));
+    let plan = w
+        .run(&["plan", "--output", "json"], &w.config(ONE_REGION))
+        .json();
+    assert_eq!(row(&plan, &id[0])["status"], "already-onboarded");
+    assert_eq!(row(&plan, &id[1])["actions"], json!(["install-agent"]));
+    assert_eq!(
+        plan["accounts"][0]["actions"],
+        json!([]),
+        "the group exists"
+    );
+    let (code, report, _) = run(&w, ONE_REGION, &[]);
+    assert_eq!(code, 0);
+    assert_eq!(row(&report, &id[0])["status"], "already-onboarded");
+    assert_eq!(row(&report, &id[1])["status"], "onboarded");
+    let sent = commands(&w);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["instance_ids"], json!([id[1]]));
+}
+
+#[test]
+fn an_install_in_flight_is_never_sent_again() {
+    let w = World::start();
+    let id = ids(
+        &w,
+        &json!({
+            "roles": [{"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"}],
+            "instances": [{"region": "us-east-1", "count": 2, "instance_profile": "AppProfile"}]
+        }),
+    );
+    w.aws.configure(json!({"command_duration_seconds": 8}));
+    // A first run sends the install and tracks it; meanwhile a second run and a plan look at the fleet.
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("arc-onboard.toml");
+    std::fs::write(&config_path, w.config(ONE_REGION)).unwrap();
+    let first = Command::new(env!("CARGO_BIN_EXE_arc-onboard"))
+        .args([
+            "run",
+            "--wait-for-ssm",
+            "0s",
+            "--verify-timeout",
+            "20s",
+            "--output",
+            "json",
+            "--config",
+        ])
+        .arg(&config_path)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AWS_ENDPOINT_URL", &w.aws.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", dir.path().join("none"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
+        .env("ARC_ONBOARD_CLIENT_SECRET", STUB_SECRET)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while commands(&w).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run sent nothing"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let plan = w
+        .run(&["plan", "--output", "json"], &w.config(ONE_REGION))
+        .json();
+    for i in &id {
+        assert_eq!(row(&plan, i)["status"], "in-progress", "{plan:#}");
+    }
+    let (_, second, _) = run(&w, ONE_REGION, &["--wait-for-ssm", "0s"]);
+    for i in &id {
+        assert_eq!(row(&second, i)["status"], "in-progress");
+    }
+    assert_eq!(commands(&w).len(), 1, "the install was sent once");
+    let out = first.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first_report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for i in &id {
+        assert_eq!(row(&first_report, i)["status"], "onboarded");
+    }
+}

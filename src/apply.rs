@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use backon::{ConstantBuilder, ExponentialBuilder, Retryable};
+use backon::{ExponentialBuilder, Retryable};
 use futures::stream::{self, StreamExt};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
@@ -382,6 +382,7 @@ pub async fn settle_after_iam(
         .map(|r| (r.region.clone(), r.instance_id.clone()))
         .collect();
     if !targets.is_empty() {
+        let progress = crate::progress::Progress::new("waiting for SSM registration");
         let latest: std::sync::Mutex<HashMap<String, PingStatus>> =
             std::sync::Mutex::new(HashMap::new());
         let poll = || async {
@@ -397,22 +398,22 @@ pub async fn settle_after_iam(
                 Err(online)
             }
         };
-        let polls = (opts.wait_for_ssm.as_secs_f64()
-            / opts.ssm_poll_interval.as_secs_f64().max(0.001)) as usize;
+        // Ask again soon at first (registration often takes seconds), then every `ssm_poll_interval`,
+        // for at most `wait_for_ssm` in total (0: ask once).
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_secs(2).min(opts.ssm_poll_interval))
+            .with_max_delay(opts.ssm_poll_interval)
+            .with_total_delay(Some(opts.wait_for_ssm))
+            .without_max_times();
         let _ = poll
-            .retry(
-                ConstantBuilder::default()
-                    .with_delay(opts.ssm_poll_interval)
-                    .with_max_times(polls),
-            )
+            .retry(backoff)
             .sleep(tokio::time::sleep)
             .notify(|online, wait| {
-                info!(
-                    online,
-                    of = targets.len(),
-                    ?wait,
-                    "waiting for instances to come Online in SSM"
-                )
+                progress.update(&format!(
+                    "{online} of {} instances Online in SSM; asking again in {}s",
+                    targets.len(),
+                    wait.as_secs()
+                ))
             })
             .await;
         let latest = latest.into_inner().unwrap_or_else(|e| e.into_inner());

@@ -18,6 +18,7 @@
 //! - [`apply`]: executes the IAM part of a plan (requires a mutation token).
 //! - [`onboard`]: the agent install through SSM Run Command, command tracking, verification in Azure.
 //! - [`pass`]: one observe -> plan -> apply pass, shared by every command.
+//! - [`progress`]: progress of long waits on stderr.
 //! - [`report`]: the report rendered as JSON or a table.
 //! - [`cli`]: command-line parsing and the commands; the only place mutation tokens are minted.
 
@@ -35,4 +36,5 @@ pub mod onboard;
 pub mod pass;
 pub mod plan;
 pub mod ports;
+pub mod progress;
 pub mod report;

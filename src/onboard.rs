@@ -290,7 +290,13 @@ async fn track(
         .without_max_times()
         .build();
     let mut succeeded = Vec::new();
+    let total = pending.len();
+    let progress = crate::progress::Progress::new("install commands");
     while !pending.is_empty() {
+        progress.update(&format!(
+            "{} of {total} commands finished",
+            total - pending.len()
+        ));
         let mut still = Vec::new();
         for s in pending {
             // Command-level status first: one call per command, whatever its size.
@@ -413,7 +419,13 @@ async fn verify(
         .map(|(n, _)| *n)
         .collect();
     let mut last_seen: HashMap<usize, String> = HashMap::new();
+    let progress = crate::progress::Progress::new("verifying in Azure");
     loop {
+        progress.update(&format!(
+            "{} of {} machines Connected",
+            succeeded.len() - waiting.len(),
+            succeeded.len()
+        ));
         match arm.list_machines(rg).await {
             Ok(machines) => {
                 let by_name: HashMap<&str, _> =

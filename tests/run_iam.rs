@@ -109,30 +109,30 @@ fn run_fixes_exactly_what_is_missing_and_a_second_run_changes_nothing() {
     // Exactly the expected changes.
     assert_eq!(
         sorted(ok_calls(
-            &emu,
+            emu,
             "ec2:AssociateIamInstanceProfile",
             "InstanceId"
         )),
         sorted(vec![id[0].clone(), id[4].clone(), id[5].clone()])
     );
     assert_eq!(
-        sorted(ok_calls(&emu, "iam:AttachRolePolicy", "RoleName")),
+        sorted(ok_calls(emu, "iam:AttachRolePolicy", "RoleName")),
         ["AzureArcForServerSSM", "LegacyRole"]
     );
     assert_eq!(
         sorted(ok_calls(
-            &emu,
+            emu,
             "iam:AddRoleToInstanceProfile",
             "InstanceProfileName"
         )),
         ["AzureArcForServerSSMInstanceProfile", "EmptyProfile"]
     );
     assert_eq!(
-        ok_calls(&emu, "iam:CreateRole", "RoleName"),
+        ok_calls(emu, "iam:CreateRole", "RoleName"),
         ["AzureArcForServerSSM"]
     );
     assert_eq!(
-        ok_calls(&emu, "iam:CreateInstanceProfile", "InstanceProfileName"),
+        ok_calls(emu, "iam:CreateInstanceProfile", "InstanceProfileName"),
         ["AzureArcForServerSSMInstanceProfile"]
     );
     // What it creates is tagged as its own.
@@ -205,17 +205,17 @@ fn forbidden_changes_are_reported_not_made() {
     assert_eq!(code, 0);
     assert_eq!(row(&report, &id[1])["status"], "needs-manual-iam");
     assert_eq!(row(&report, &id[3])["status"], "needs-manual-iam");
-    assert!(ok_calls(&emu, "iam:AttachRolePolicy", "RoleName")
+    assert!(ok_calls(emu, "iam:AttachRolePolicy", "RoleName")
         .iter()
         .all(|r| r != "LegacyRole"));
     assert!(
-        ok_calls(&emu, "iam:AddRoleToInstanceProfile", "InstanceProfileName")
+        ok_calls(emu, "iam:AddRoleToInstanceProfile", "InstanceProfileName")
             .iter()
             .all(|p| p != "EmptyProfile")
     );
     // Giving the SSM profile to instances without one is still allowed.
     assert_eq!(
-        ok_calls(&emu, "ec2:AssociateIamInstanceProfile", "InstanceId").len(),
+        ok_calls(emu, "ec2:AssociateIamInstanceProfile", "InstanceId").len(),
         3
     );
 
@@ -268,13 +268,13 @@ fn a_new_profile_is_retried_until_ec2_accepts_it() {
     );
     assert_eq!(
         sorted(ok_calls(
-            &emu,
+            emu,
             "ec2:AssociateIamInstanceProfile",
             "InstanceId"
         )),
         sorted(id.clone())
     );
-    assert_eq!(ok_calls(&emu, "iam:CreateRole", "RoleName").len(), 1);
+    assert_eq!(ok_calls(emu, "iam:CreateRole", "RoleName").len(), 1);
     for i in &id {
         assert_ne!(row(&report, i)["status"], "failed");
     }
@@ -306,7 +306,7 @@ fn throttled_associations_all_land_exactly_once() {
         .count();
     assert!(throttled > 0, "faults were injected");
     let mut landed: BTreeMap<String, usize> = BTreeMap::new();
-    for i in ok_calls(&emu, "ec2:AssociateIamInstanceProfile", "InstanceId") {
+    for i in ok_calls(emu, "ec2:AssociateIamInstanceProfile", "InstanceId") {
         *landed.entry(i).or_default() += 1;
     }
     assert_eq!(landed.len(), id.len(), "every instance associated");
@@ -345,7 +345,7 @@ fn access_denied_in_one_region_fails_only_that_region() {
     assert_eq!(row(&report, &id[6])["status"], "onboarded");
     assert_eq!(
         sorted(ok_calls(
-            &emu,
+            emu,
             "ec2:AssociateIamInstanceProfile",
             "InstanceId"
         )),

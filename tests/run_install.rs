@@ -85,8 +85,8 @@ fn a_mixed_fleet_goes_from_nothing_to_onboarded_and_a_second_run_sends_nothing()
     let id = ids(&w, &mixed_fleet());
     let (code, report, _) = run(&w, TWO_REGIONS, &[]);
     assert_eq!(code, 0, "{report:#}");
-    for n in 0..5 {
-        let r = row(&report, &id[n]);
+    for (n, i) in id.iter().enumerate().take(5) {
+        let r = row(&report, i);
         assert_eq!(r["status"], "onboarded", "#{n}: {r}");
         assert!(
             r["detail"].as_str().unwrap().contains("is Connected"),
@@ -158,8 +158,8 @@ fn a_mixed_fleet_goes_from_nothing_to_onboarded_and_a_second_run_sends_nothing()
     w.aws.reset_calls();
     let (code, report, _) = run(&w, TWO_REGIONS, &[]);
     assert_eq!(code, 0);
-    for n in 0..5 {
-        assert_eq!(row(&report, &id[n])["status"], "already-onboarded", "#{n}");
+    for (n, i) in id.iter().enumerate().take(5) {
+        assert_eq!(row(&report, i)["status"], "already-onboarded", "#{n}");
     }
     assert_eq!(commands(&w).len(), 4, "no new command");
     assert!(

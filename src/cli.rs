@@ -15,7 +15,7 @@ use crate::azure::{RestArm, Secret};
 use crate::config::{Config, ConfigError, RegionSelection, CLIENT_SECRET_ENV};
 use crate::duration::parse_duration;
 use crate::onboard::InstallOptions;
-use crate::pass::{run_pass, AwsPorts, PassError, PassOptions};
+use crate::pass::{run_pass, AwsPorts, PassError, PassOptions, Scope};
 use crate::ports::{ApiCounter, MutationToken};
 
 /// Report format.
@@ -74,6 +74,58 @@ pub enum Command {
     Run(RunArgs),
     /// Check the configuration file and print the effective configuration (no AWS call).
     Validate,
+    /// Scheduled onboarding: the IAM pass and the onboarding pass at their intervals until SIGINT/SIGTERM.
+    Daemon(DaemonArgs),
+    /// Print the fleet's state from the daemon's state file (no AWS call).
+    Status(StatusArgs),
+}
+
+/// Options of `daemon`.
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// SQLite state file (created on first start).
+    #[arg(
+        long,
+        env = "ARC_ONBOARD_STATE_FILE",
+        default_value = "./arc-onboard.db"
+    )]
+    pub state_file: PathBuf,
+    /// Serve Prometheus metrics (/metrics) and health (/healthz) on this address, e.g. 127.0.0.1:9464.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How long an onboarding pass waits for instances to come Online in SSM (later passes pick them up).
+    #[arg(long, value_parser = parse_cli_duration, default_value = "0s")]
+    pub wait_for_ssm: Duration,
+    /// Execution timeout of the agent install command.
+    #[arg(long, value_parser = parse_cli_duration, default_value = "30m")]
+    pub command_timeout: Duration,
+    /// How long to wait for Azure to show a machine Connected after its install succeeded.
+    #[arg(long, value_parser = parse_cli_duration, default_value = "5m")]
+    pub verify_timeout: Duration,
+    /// Retry delay after an instance's first failed install; doubles with each failure.
+    #[arg(long, value_parser = parse_cli_duration, default_value = "15m")]
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    #[arg(long, value_parser = parse_cli_duration, default_value = "1d")]
+    pub retry_max: Duration,
+    /// On SIGINT/SIGTERM, how long a pass in progress may go on tracking its commands.
+    #[arg(long, value_parser = parse_cli_duration, default_value = "2m")]
+    pub shutdown_grace: Duration,
+    /// Consecutive failed passes after which /healthz reports unhealthy.
+    #[arg(long, default_value_t = 3)]
+    pub unhealthy_after: u32,
+}
+
+/// Options of `status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// SQLite state file written by the daemon.
+    #[arg(
+        long,
+        env = "ARC_ONBOARD_STATE_FILE",
+        default_value = "./arc-onboard.db"
+    )]
+    pub state_file: PathBuf,
 }
 
 /// Options of `run`.
@@ -103,6 +155,21 @@ pub enum CliError {
     /// The configuration is unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// The state file is unusable.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// `status` found no state file.
+    #[error("no state file at {0} (the daemon creates it; pass --state-file)")]
+    NoStateFile(PathBuf),
+    /// The daemon could not start.
+    #[error("cannot {what}")]
+    Start {
+        /// What failed.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// AWS could not be reached or identified.
     #[error(transparent)]
     Pass(#[from] PassError),
@@ -165,7 +232,13 @@ pub async fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
+    if let Command::Status(args) = &cli.command {
+        return status_command(cli, args);
+    }
     let config = Config::load(&cli.config)?;
+    for w in &config.warnings {
+        tracing::warn!(key = %w.key, "configuration: {}", w.problem);
+    }
     match &cli.command {
         Command::Validate => {
             let secret = std::env::var(CLIENT_SECRET_ENV).is_ok_and(|s| !s.is_empty());
@@ -173,6 +246,8 @@ async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             Ok(exit::OK)
         }
         Command::Plan => one_pass(cli, &config, None, PassOptions::default()).await,
+        Command::Daemon(args) => daemon_command(&config, args).await,
+        Command::Status(_) => unreachable!("handled before the configuration is read"),
         Command::Run(args) => {
             let opts = PassOptions {
                 apply: ApplyOptions {
@@ -184,6 +259,7 @@ async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                     verify_timeout: args.verify_timeout,
                     ..InstallOptions::default()
                 },
+                scope: Scope::default(),
             };
             if args.dry_run {
                 one_pass(cli, &config, None, opts).await
@@ -228,7 +304,7 @@ async fn one_pass(
         }
         _ => None,
     };
-    let outcome = run_pass(config, &ports, arm.as_ref(), token, &opts).await?;
+    let outcome = run_pass(config, &ports, arm.as_ref(), token, &opts, None).await?;
     let report = outcome.report;
     match cli.output {
         Output::Json => println!("{}", report.to_json()),
@@ -242,4 +318,288 @@ async fn one_pass(
     } else {
         exit::OK
     })
+}
+
+/// The AWS side of a pass: adapters built from the shared SDK configuration with a fresh call counter.
+struct Adapters {
+    counter: ApiCounter,
+    sts: SdkSts,
+    ec2: SdkEc2,
+    iam: SdkIam,
+    ssm: SdkSsm,
+    arm: Option<RestArm>,
+}
+
+impl Adapters {
+    fn new(sdk: &aws_config::SdkConfig, home: &str, config: &Config) -> Adapters {
+        let counter = ApiCounter::default();
+        let secret = std::env::var(CLIENT_SECRET_ENV)
+            .ok()
+            .filter(|s| !s.is_empty());
+        Adapters {
+            sts: SdkSts::new(sdk, home, counter.clone()),
+            ec2: SdkEc2::new(sdk, home, counter.clone()),
+            iam: SdkIam::new(sdk, home, counter.clone()),
+            ssm: SdkSsm::new(sdk, counter.clone()),
+            arm: match (&config.azure, secret) {
+                (Some(azure), Some(secret)) => {
+                    Some(RestArm::new(azure, Secret::new(secret), counter.clone()))
+                }
+                _ => None,
+            },
+            counter,
+        }
+    }
+
+    fn ports(&self) -> AwsPorts<'_, SdkSts, SdkEc2, SdkIam, SdkSsm> {
+        AwsPorts {
+            sts: &self.sts,
+            ec2: &self.ec2,
+            iam: &self.iam,
+            ssm: &self.ssm,
+            counter: &self.counter,
+        }
+    }
+}
+
+fn home_region(sdk: &aws_config::SdkConfig, config: &Config) -> String {
+    let first = match &config.aws.regions {
+        RegionSelection::List(list) => list.first().map(String::as_str),
+        RegionSelection::AllEnabled => None,
+    };
+    aws::home_region(sdk, first)
+}
+
+async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliError> {
+    use crate::daemon::{
+        default_jitter, observed_pass, schedule_loop, PassKind, PassSummary, Schedule,
+    };
+    use crate::pass::Durable;
+    use std::sync::Arc;
+
+    if config.azure.is_none() || std::env::var(CLIENT_SECRET_ENV).map_or(true, |s| s.is_empty()) {
+        return Err(PassError::AzureMissing.into());
+    }
+    let db = crate::state::StateDb::open(&args.state_file)?;
+    let metrics = Arc::new(crate::metrics::Metrics::new(args.unhealthy_after));
+    let schedule = Schedule::from_config(config);
+    for w in schedule.warnings() {
+        tracing::warn!("{w}; fine for tests and demos, heavy for a real fleet");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    if let Some(addr) = args.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| CliError::Start {
+                what: format!("listen on {addr} for metrics"),
+                source,
+            })?;
+        let mut rx = stop_rx.clone();
+        let shutdown = async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        tokio::spawn(crate::metrics::serve(listener, metrics.clone(), shutdown));
+        tracing::info!(%addr, "serving /metrics and /healthz");
+    }
+    let signal_err = |source| CliError::Start {
+        what: "install signal handlers".into(),
+        source,
+    };
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup()).map_err(signal_err)?;
+    let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
+    let (trigger_tx, trigger_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if trigger_tx.send(()).is_err() {
+                break;
+            }
+        }
+    });
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    };
+
+    let sdk = aws::load_sdk_config().await;
+    let home = home_region(&sdk, config);
+    let token = MutationToken::mint();
+    let durable = Durable {
+        db: &db,
+        retry_base: args.retry_base,
+        retry_max: args.retry_max,
+    };
+    let base = PassOptions {
+        apply: ApplyOptions {
+            wait_for_ssm: args.wait_for_ssm,
+            ..ApplyOptions::default()
+        },
+        install: InstallOptions {
+            command_timeout: args.command_timeout,
+            verify_timeout: args.verify_timeout,
+            ..InstallOptions::default()
+        },
+        scope: Scope::default(),
+    };
+    tracing::info!(state_file = %args.state_file.display(), ?schedule, "daemon started");
+    let run = |kind: PassKind| {
+        let adapters = Adapters::new(&sdk, &home, config);
+        let mut opts = base.clone();
+        opts.install.correlation_id = uuid::Uuid::new_v4().to_string();
+        opts.scope = match kind {
+            PassKind::Iam => Scope {
+                iam: true,
+                install: false,
+            },
+            PassKind::Onboarding => Scope {
+                iam: false,
+                install: true,
+            },
+        };
+        let (token, durable, db, metrics) = (&token, &durable, &db, &metrics);
+        async move {
+            let pass = async {
+                let ports = adapters.ports();
+                match run_pass(
+                    config,
+                    &ports,
+                    adapters.arm.as_ref(),
+                    Some(token),
+                    &opts,
+                    Some(durable),
+                )
+                .await
+                {
+                    Ok(outcome) => {
+                        let r = &outcome.report;
+                        let mut errors: std::collections::BTreeMap<String, u64> =
+                            Default::default();
+                        for e in &r.errors {
+                            *errors.entry(e.code.clone()).or_default() += 1;
+                        }
+                        let failed = r
+                            .instances
+                            .iter()
+                            .filter(|i| i.status == crate::plan::Status::Failed)
+                            .count();
+                        if failed > 0 {
+                            errors.insert("instance-failed".into(), failed as u64);
+                        }
+                        PassSummary {
+                            ok: !outcome.no_region_reachable,
+                            statuses: r
+                                .summary
+                                .by_status
+                                .iter()
+                                .map(|(s, n)| (s.as_str().to_string(), *n as u64))
+                                .collect(),
+                            api_calls: r.summary.api_calls.clone(),
+                            errors,
+                        }
+                    }
+                    Err(e) => {
+                        let mut text = e.to_string();
+                        let mut source = std::error::Error::source(&e);
+                        while let Some(s) = source {
+                            text.push_str(&format!(": {s}"));
+                            source = s.source();
+                        }
+                        tracing::error!(error = %text, "pass failed");
+                        PassSummary {
+                            ok: false,
+                            api_calls: adapters.counter.snapshot(),
+                            errors: [("pass-failed".to_string(), 1)].into(),
+                            ..PassSummary::default()
+                        }
+                    }
+                }
+            };
+            observed_pass(kind, pass, db, metrics).await;
+        }
+    };
+    schedule_loop(
+        &schedule,
+        default_jitter,
+        run,
+        trigger_rx,
+        shutdown,
+        args.shutdown_grace,
+    )
+    .await;
+    let _ = stop_tx.send(true);
+    tracing::info!("daemon stopped");
+    Ok(exit::OK)
+}
+
+fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, CliError> {
+    if !args.state_file.exists() {
+        return Err(CliError::NoStateFile(args.state_file.clone()));
+    }
+    let db = crate::state::StateDb::open(&args.state_file)?;
+    let records = db.all()?;
+    let passes = db.last_passes()?;
+    let mut by_status: std::collections::BTreeMap<&str, usize> = Default::default();
+    for r in &records {
+        *by_status.entry(r.status.as_str()).or_default() += 1;
+    }
+    let stamp = |t: i64| {
+        crate::report::timestamp(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))
+    };
+    match cli.output {
+        Output::Json => {
+            let value = serde_json::json!({
+                "state_file": args.state_file,
+                "summary": { "instances": records.len(), "by_status": by_status },
+                "last_passes": passes.iter().map(|p| serde_json::json!({
+                    "kind": p.kind, "started_at": stamp(p.started_at), "finished_at": stamp(p.finished_at),
+                    "ok": p.ok, "by_status": serde_json::from_str::<serde_json::Value>(&p.summary).unwrap_or_default(),
+                })).collect::<Vec<_>>(),
+                "instances": records.iter().map(|r| serde_json::json!({
+                    "account_id": r.account_id, "region": r.region, "instance_id": r.instance_id,
+                    "status": r.status, "detail": r.detail, "command_id": r.command_id,
+                    "attempts": r.attempts, "last_error": r.last_error,
+                    "next_attempt_at": r.next_attempt_at.map(stamp), "last_seen_at": stamp(r.last_seen_at),
+                })).collect::<Vec<_>>(),
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).expect("serializes")
+            );
+        }
+        Output::Table => {
+            println!("state file {}", args.state_file.display());
+            for p in &passes {
+                println!(
+                    "last {} pass: {} .. {} {}",
+                    p.kind,
+                    stamp(p.started_at),
+                    stamp(p.finished_at),
+                    if p.ok { "ok" } else { "FAILED" }
+                );
+            }
+            println!();
+            println!(
+                "{:<14}{:<16}{:<22}{:<19}{:<9}{:<22}DETAIL",
+                "ACCOUNT", "REGION", "INSTANCE", "STATUS", "ATTEMPTS", "NEXT ATTEMPT"
+            );
+            for r in &records {
+                println!(
+                    "{:<14}{:<16}{:<22}{:<19}{:<9}{:<22}{}",
+                    r.account_id,
+                    r.region,
+                    r.instance_id,
+                    r.status,
+                    r.attempts,
+                    r.next_attempt_at.map(stamp).unwrap_or_else(|| "-".into()),
+                    r.detail
+                );
+            }
+            let counts: Vec<String> = by_status.iter().map(|(s, n)| format!("{s}={n}")).collect();
+            println!("\n{} instances: {}", records.len(), counts.join(" "));
+        }
+    }
+    Ok(exit::OK)
 }

@@ -88,6 +88,8 @@ pub struct Config {
     pub onboarding: OnboardingConfig,
     /// Where machines are onboarded; optional for `plan`, required to install.
     pub azure: Option<AzureConfig>,
+    /// Settings that are valid but have no effect (e.g. a proxy with public connectivity).
+    pub warnings: Vec<ConfigIssue>,
 }
 
 /// Which regions to scan.
@@ -376,8 +378,13 @@ impl Config {
             "not set"
         };
         let body = toml::to_string_pretty(&root).unwrap_or_default();
+        let notes: String = self
+            .warnings
+            .iter()
+            .map(|w| format!("# note: {w}\n"))
+            .collect();
         format!(
-            "# effective configuration\n# client secret: {CLIENT_SECRET_ENV} is {secret}\n{body}"
+            "# effective configuration\n# client secret: {CLIENT_SECRET_ENV} is {secret}\n{notes}{body}"
         )
     }
 }
@@ -386,6 +393,7 @@ impl Config {
 #[derive(Default)]
 struct Validator {
     issues: Vec<ConfigIssue>,
+    warnings: Vec<ConfigIssue>,
 }
 
 impl Validator {
@@ -513,6 +521,7 @@ impl Validator {
             iam,
             onboarding: onboarding?,
             azure,
+            warnings: std::mem::take(&mut self.warnings),
         })
     }
 
@@ -710,12 +719,16 @@ impl Validator {
         let proxy = self.string(t, "onboarding", "proxy_url");
         let connectivity = match (mode, proxy) {
             ("public", None) => Some(Connectivity::Public),
-            ("public", Some(_)) => {
-                self.issue(
-                    "onboarding.proxy_url",
-                    "is set but connectivity is \"public\"; set connectivity = \"proxy\" or remove proxy_url",
-                );
-                None
+            ("public", Some(p)) => {
+                // The interface's own example sets both; accept it, check it, and say it is unused.
+                if let Err(problem) = check_proxy_url(p) {
+                    self.issue("onboarding.proxy_url", problem);
+                }
+                self.warnings.push(ConfigIssue {
+                    key: "onboarding.proxy_url".into(),
+                    problem: "is ignored because connectivity = \"public\"".into(),
+                });
+                Some(Connectivity::Public)
             }
             ("proxy", None) => {
                 self.issue(
@@ -1148,6 +1161,21 @@ auto_assignment_interval = "soon"
         assert!(msg.contains("azure.client_secret"), "{msg}");
         assert!(msg.contains(CLIENT_SECRET_ENV), "{msg}");
         assert!(!msg.contains("hunter2"), "{msg}");
+    }
+
+    #[test]
+    fn the_interface_example_with_proxy_url_and_public_connectivity_is_accepted_with_a_note() {
+        let text = "[aws]\nregions = [\"us-east-1\"]\n[onboarding]\nconnectivity = \"public\"\nproxy_url = \"http://10.0.0.5:3128\"\n";
+        let c = parse(text).unwrap();
+        assert_eq!(c.onboarding.connectivity, Connectivity::Public);
+        assert_eq!(c.warnings.len(), 1);
+        assert_eq!(c.warnings[0].key, "onboarding.proxy_url");
+        assert!(c
+            .to_effective_toml(false)
+            .contains("# note: onboarding.proxy_url: is ignored"));
+        // It is still checked.
+        let bad = text.replace("http://10.0.0.5:3128", "http://user:pw@10.0.0.5:3128");
+        assert!(parse(&bad).is_err());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //! - [`config`]: the TOML configuration, validated once into typed values before any AWS call.
+//! - [`daemon`]: the two schedules of scheduled onboarding, signals and per-pass bookkeeping.
 //! - [`duration`]: the human durations the interface accepts.
 //! - [`model`]: domain types shared by every layer; no SDK type crosses a port.
 //! - [`ports`]: one trait per external system, and the [`ports::MutationToken`] capability.
@@ -20,6 +21,8 @@
 //! - [`pass`]: one observe -> plan -> apply pass, shared by every command.
 //! - [`progress`]: progress of long waits on stderr.
 //! - [`report`]: the report rendered as JSON or a table.
+//! - [`state`]: the daemon's durable state (SQLite, versioned schema).
+//! - [`metrics`]: Prometheus metrics of the passes and the `/metrics` + `/healthz` HTTP endpoint.
 //! - [`cli`]: command-line parsing and the commands; the only place mutation tokens are minted.
 
 pub mod apply;
@@ -27,9 +30,11 @@ pub mod aws;
 pub mod azure;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod duration;
 pub mod fake;
 pub mod install;
+pub mod metrics;
 pub mod model;
 pub mod observe;
 pub mod onboard;
@@ -38,3 +43,4 @@ pub mod plan;
 pub mod ports;
 pub mod progress;
 pub mod report;
+pub mod state;

@@ -73,6 +73,22 @@ impl Default for InstallOptions {
     }
 }
 
+/// Commands sent by an earlier process: (region, command id, plan rows it targets).
+pub type Resumed = (String, String, Vec<usize>);
+
+/// Records a sent command before it is waited for: (region, command id, instance ids).
+pub type Journal<'a> = &'a (dyn Fn(&str, &str, &[String]) + Sync);
+
+/// What to install: rows ready for a new command, commands to resume tracking, and where to note sends.
+pub struct InstallWork<'a> {
+    /// Rows Online in SSM and not onboarded.
+    pub ready: &'a [usize],
+    /// Commands sent before (by a process that stopped) to track instead of sending again.
+    pub resume: Vec<Resumed>,
+    /// Called right after each successful `SendCommand`.
+    pub journal: Option<Journal<'a>>,
+}
+
 /// A command in flight and the plan rows it targets.
 struct Sent {
     region: String,
@@ -137,13 +153,38 @@ fn failure_detail(inv: &Invocation, opts: &InstallOptions) -> String {
 pub async fn install_agents(
     token: &MutationToken,
     plan: &mut AccountPlan,
-    ready: &[usize],
+    work: InstallWork<'_>,
     ssm: &impl Ssm,
     arm: &impl Arm,
     (azure, onboarding): (&AzureConfig, &OnboardingConfig),
     opts: &InstallOptions,
 ) {
+    let InstallWork {
+        ready,
+        resume,
+        journal,
+    } = work;
+    let resource_group = azure.resource_group_for(&plan.account_id);
+    let mut sent: Vec<Sent> = resume
+        .into_iter()
+        .map(|(region, command_id, rows)| {
+            for n in &rows {
+                plan.instances[*n].detail =
+                    format!("resumed tracking install command {command_id}");
+            }
+            Sent {
+                region,
+                command_id,
+                rows,
+            }
+        })
+        .collect();
+    if ready.is_empty() && sent.is_empty() {
+        return;
+    }
     if ready.is_empty() {
+        let succeeded = track(token, plan, sent, ssm, opts).await;
+        verify(plan, &succeeded, arm, &resource_group, opts).await;
         return;
     }
     let access_token = match arm.token().await {
@@ -159,7 +200,6 @@ pub async fn install_agents(
             return;
         }
     };
-    let resource_group = azure.resource_group_for(&plan.account_id);
     let mut groups: BTreeMap<(String, Platform), Vec<usize>> = BTreeMap::new();
     for n in ready {
         let row = &plan.instances[*n];
@@ -168,7 +208,6 @@ pub async fn install_agents(
             .or_default()
             .push(*n);
     }
-    let mut sent = Vec::new();
     for ((region, platform), rows) in groups {
         let script = render(
             azure,
@@ -199,6 +238,9 @@ pub async fn install_agents(
             match ssm.send_command(token, &region, &request).await {
                 Ok(command_id) => {
                     info!(%region, %command_id, instances = chunk.len(), "install command sent");
+                    if let Some(journal) = journal {
+                        journal(&region, &command_id, &request.instance_ids);
+                    }
                     for n in chunk {
                         plan.instances[*n].detail = format!("install command {command_id} sent");
                     }

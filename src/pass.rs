@@ -1,20 +1,22 @@
 //! One pass of observe -> plan -> apply over one account, the same code for `plan`, `run` and (later) each
 //! daemon tick. Without a mutation token the pass stops after planning.
 
-use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::apply::{apply_iam, settle_after_iam, ApplyOptions};
 use crate::azure::{Arm, AzureError};
-use crate::config::Config;
+use crate::config::{AzureConfig, Config};
 use crate::model::AwsError;
+use crate::model::InstanceState;
 use crate::observe::{observe_account, observe_arc, resolve_regions, ArcObservation};
-use crate::onboard::{install_agents, InstallOptions};
+use crate::onboard::{install_agents, InstallOptions, InstallWork, Journal};
 use crate::plan::{plan_account, AccountPlan, InstanceAction, Status};
 use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Ssm, Sts};
 use crate::report::{Mode, Report};
+use crate::state::{unix, InstanceRecord, StateDb};
 
 /// A failure before any instance could be handled.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,266 @@ pub struct PassOptions {
     pub apply: ApplyOptions,
     /// Agent install and verification.
     pub install: InstallOptions,
+    /// What a mutating pass does.
+    pub scope: Scope,
+}
+
+/// What a mutating pass does: `run` does both; the daemon's IAM pass only IAM, its onboarding pass only
+/// installs (IAM changes then wait for the IAM pass, as the connector's schedule parameters say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope {
+    /// Execute IAM actions (`create-ssm-role`, associations, policy attachments).
+    pub iam: bool,
+    /// Install and verify the agent.
+    pub install: bool,
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Scope {
+            iam: true,
+            install: true,
+        }
+    }
+}
+
+/// The daemon's durable state and its retry policy.
+pub struct Durable<'a> {
+    /// The state file.
+    pub db: &'a StateDb,
+    /// First retry delay after a failed install; doubles per failure.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+}
+
+impl Durable<'_> {
+    /// Delay before attempt `attempts + 1` after `attempts` failures.
+    pub fn backoff(&self, attempts: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(20));
+        self.retry_base.saturating_mul(factor).min(self.retry_max)
+    }
+}
+
+/// Everything `execute` needs besides the plan and the AWS ports.
+struct Exec<'a, A> {
+    token: &'a MutationToken,
+    arm: &'a A,
+    azure: &'a AzureConfig,
+    config: &'a Config,
+    opts: &'a PassOptions,
+    durable: Option<&'a Durable<'a>>,
+}
+
+/// Executes a plan: resource group, IAM, SSM registration wait, agent install, verification; with durable
+/// state, resumes commands sent before a restart, holds back instances whose retry is not due, and records
+/// every outcome. Returns the account-level note for the report.
+async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
+    ctx: &Exec<'_, A>,
+    plan: &mut AccountPlan,
+    ports: &AwsPorts<'_, T, E, I, S>,
+) -> Option<String> {
+    let scope = ctx.opts.scope;
+    let mut notes = Vec::new();
+    if plan.create_resource_group && scope.install {
+        notes.push(create_resource_group(ctx.token, plan, ctx.arm, ctx.azure).await);
+    }
+    if scope.iam {
+        if let Some(d) = apply_iam(ctx.token, plan, ports.ec2, ports.iam, &ctx.opts.apply).await {
+            notes.push(d);
+        }
+    } else {
+        leave_iam_to_the_iam_pass(plan);
+    }
+    if !scope.install {
+        for row in plan
+            .instances
+            .iter_mut()
+            .filter(|r| r.status == Status::Planned)
+        {
+            row.status = Status::WaitingForSsm;
+            row.detail = "IAM pass done; the onboarding pass installs the agent".into();
+        }
+        return (!notes.is_empty()).then(|| notes.join("; "));
+    }
+    let mut ready = settle_after_iam(plan, ports.ssm, &ctx.opts.apply).await;
+    let now = SystemTime::now();
+    let records: HashMap<(String, String), InstanceRecord> = match ctx.durable {
+        Some(d) => match d.db.all() {
+            Ok(all) => all
+                .into_iter()
+                .filter(|r| r.account_id == plan.account_id)
+                .map(|r| ((r.region.clone(), r.instance_id.clone()), r))
+                .collect(),
+            Err(e) => {
+                warn!(error = %e, "cannot read the state file; no retry backoff or resume this pass");
+                HashMap::new()
+            }
+        },
+        None => HashMap::new(),
+    };
+    // Commands this daemon sent before it stopped: track them, never send again.
+    let mut resume: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+    for (n, row) in plan.instances.iter_mut().enumerate() {
+        let key = (row.region.clone(), row.instance_id.clone());
+        let Some(command) = records.get(&key).and_then(|r| r.command_id.clone()) else {
+            continue;
+        };
+        let trackable = row.state == InstanceState::Running
+            && matches!(
+                row.status,
+                Status::InProgress | Status::Planned | Status::WaitingForSsm
+            );
+        if trackable {
+            row.command_id = Some(command.clone());
+            resume
+                .entry((row.region.clone(), command))
+                .or_default()
+                .push(n);
+        }
+    }
+    let resumed: HashSet<usize> = resume.values().flatten().copied().collect();
+    ready.retain(|n| !resumed.contains(n));
+    // Failed installs wait for their backoff.
+    ready.retain(|n| {
+        let row = &mut plan.instances[*n];
+        let Some(rec) = records.get(&(row.region.clone(), row.instance_id.clone())) else {
+            return true;
+        };
+        match rec.next_attempt_at {
+            Some(due) if due > unix(now) => {
+                row.status = Status::Failed;
+                row.next_attempt_at = Some(crate::report::timestamp(
+                    UNIX_EPOCH + Duration::from_secs(due as u64),
+                ));
+                row.detail = format!(
+                    "install failed {} time(s), last: {}; next attempt not before {}",
+                    rec.attempts,
+                    rec.last_error.as_deref().unwrap_or("unknown"),
+                    row.next_attempt_at.as_deref().unwrap_or_default()
+                );
+                false
+            }
+            _ => true,
+        }
+    });
+    let attempted: HashSet<usize> = ready.iter().chain(resumed.iter()).copied().collect();
+    let account_id = plan.account_id.clone();
+    let journal = |region: &str, command_id: &str, ids: &[String]| {
+        let Some(d) = ctx.durable else { return };
+        let rows: Vec<InstanceRecord> = ids
+            .iter()
+            .map(|id| {
+                let prev = records.get(&(region.to_string(), id.clone()));
+                InstanceRecord {
+                    account_id: account_id.clone(),
+                    region: region.to_string(),
+                    instance_id: id.clone(),
+                    status: Status::InProgress.as_str().into(),
+                    detail: format!("install command {command_id} sent"),
+                    command_id: Some(command_id.to_string()),
+                    command_sent_at: Some(unix(SystemTime::now())),
+                    attempts: prev.map_or(0, |p| p.attempts),
+                    last_error: prev.and_then(|p| p.last_error.clone()),
+                    next_attempt_at: None,
+                    last_seen_at: unix(SystemTime::now()),
+                }
+            })
+            .collect();
+        if let Err(e) = d.db.put(&rows) {
+            warn!(error = %e, %command_id, "cannot record the sent command in the state file");
+        }
+    };
+    let work = InstallWork {
+        ready: &ready,
+        resume: resume
+            .into_iter()
+            .map(|((region, command), rows)| (region, command, rows))
+            .collect(),
+        journal: ctx.durable.map(|_| &journal as Journal<'_>),
+    };
+    let cfgs = (ctx.azure, &ctx.config.onboarding);
+    install_agents(
+        ctx.token,
+        plan,
+        work,
+        ports.ssm,
+        ctx.arm,
+        cfgs,
+        &ctx.opts.install,
+    )
+    .await;
+    if let Some(d) = ctx.durable {
+        record_outcomes(d, plan, &records, &attempted);
+    }
+    (!notes.is_empty()).then(|| notes.join("; "))
+}
+
+/// The onboarding pass of a daemon whose IAM schedule is separate: IAM actions are not executed here.
+fn leave_iam_to_the_iam_pass(plan: &mut AccountPlan) {
+    plan.create_ssm_role = None;
+    for row in &mut plan.instances {
+        if row.actions.iter().any(InstanceAction::is_iam) {
+            row.actions.retain(|a| !a.is_iam());
+            if row.status == Status::NotRunning {
+                row.detail = format!("{}; IAM changes are left to the IAM pass", row.detail);
+            }
+        }
+    }
+}
+
+/// Writes every row's outcome; failed installs get their next attempt pushed out.
+fn record_outcomes(
+    d: &Durable<'_>,
+    plan: &mut AccountPlan,
+    previous: &HashMap<(String, String), InstanceRecord>,
+    attempted: &HashSet<usize>,
+) {
+    let now = unix(SystemTime::now());
+    let mut records = Vec::new();
+    for (n, row) in plan.instances.iter_mut().enumerate() {
+        let prev = previous.get(&(row.region.clone(), row.instance_id.clone()));
+        let mut rec = InstanceRecord {
+            account_id: row.account_id.clone(),
+            region: row.region.clone(),
+            instance_id: row.instance_id.clone(),
+            status: row.status.as_str().into(),
+            detail: row.detail.clone(),
+            command_id: None,
+            command_sent_at: None,
+            attempts: prev.map_or(0, |p| p.attempts),
+            last_error: prev.and_then(|p| p.last_error.clone()),
+            next_attempt_at: prev.and_then(|p| p.next_attempt_at),
+            last_seen_at: now,
+        };
+        match row.status {
+            Status::Onboarded | Status::AlreadyOnboarded => {
+                rec.attempts = 0;
+                rec.last_error = None;
+                rec.next_attempt_at = None;
+            }
+            Status::Failed if attempted.contains(&n) => {
+                rec.attempts += 1;
+                rec.last_error = Some(row.detail.clone());
+                let due = now + d.backoff(rec.attempts).as_secs() as i64;
+                rec.next_attempt_at = Some(due);
+                row.next_attempt_at = Some(crate::report::timestamp(
+                    UNIX_EPOCH + Duration::from_secs(due as u64),
+                ));
+            }
+            Status::InProgress => {
+                rec.command_id = prev
+                    .and_then(|p| p.command_id.clone())
+                    .or_else(|| row.command_id.clone());
+                rec.command_sent_at = prev.and_then(|p| p.command_sent_at);
+            }
+            _ => {}
+        }
+        records.push(rec);
+    }
+    if let Err(e) = d.db.put(&records) {
+        warn!(error = %e, "cannot record the pass's outcomes in the state file");
+    }
 }
 
 /// What a pass produced.
@@ -72,6 +334,7 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     arm: Option<&A>,
     token: Option<&MutationToken>,
     opts: &PassOptions,
+    durable: Option<&Durable<'_>>,
 ) -> Result<PassOutcome, PassError> {
     let started = SystemTime::now();
     if token.is_some() {
@@ -113,28 +376,15 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
         info!(instances = plan.instances.len(), "planned");
         let (mode, detail) = match (token, arm, &config.azure) {
             (Some(token), Some(arm), Some(azure)) => {
-                let mut notes = Vec::new();
-                if plan.create_resource_group {
-                    notes.push(create_resource_group(token, &mut plan, arm, azure).await);
-                }
-                if let Some(d) =
-                    apply_iam(token, &mut plan, ports.ec2, ports.iam, &opts.apply).await
-                {
-                    notes.push(d);
-                }
-                let ready = settle_after_iam(&mut plan, ports.ssm, &opts.apply).await;
-                let cfgs = (azure, &config.onboarding);
-                install_agents(
+                let ctx = Exec {
                     token,
-                    &mut plan,
-                    &ready,
-                    ports.ssm,
                     arm,
-                    cfgs,
-                    &opts.install,
-                )
-                .await;
-                (Mode::Run, (!notes.is_empty()).then(|| notes.join("; ")))
+                    azure,
+                    config,
+                    opts,
+                    durable,
+                };
+                (Mode::Run, execute(&ctx, &mut plan, ports).await)
             }
             _ => (Mode::Plan, None),
         };
@@ -296,8 +546,9 @@ mod tests {
                 verify_timeout: Duration::from_secs(2),
                 ..InstallOptions::default()
             },
+            scope: Scope::default(),
         };
-        run_pass(config, &ports, Some(arm), token, &opts)
+        run_pass(config, &ports, Some(arm), token, &opts, None)
             .await
             .map(|o| o.report)
     }

@@ -163,6 +163,12 @@ pub struct InstancePlan {
     pub status: Status,
     /// Why, in words.
     pub detail: String,
+    /// The install command in flight or resumed, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_id: Option<String>,
+    /// After a failed install (daemon): when the next attempt is due, RFC 3339.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
     /// Whether the instance's actions depend on the account-level `create-ssm-role`.
     #[serde(skip)]
     pub needs_ssm_role: bool,
@@ -499,6 +505,8 @@ impl Planner<'_> {
             status: Status::Planned,
             detail: String::new(),
             needs_ssm_role: false,
+            command_id: None,
+            next_attempt_at: None,
         };
         if plan.platform == Platform::Unknown {
             plan.status = Status::Unsupported;
@@ -509,6 +517,7 @@ impl Planner<'_> {
         let running = inst.ec2.state == InstanceState::Running;
         if let (true, Some(command)) = (running, region.in_flight.get(&inst.ec2.instance_id)) {
             plan.status = Status::InProgress;
+            plan.command_id = Some(command.clone());
             plan.detail = format!(
                 "install command {command} from an earlier run is still running; not sent again"
             );

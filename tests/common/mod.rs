@@ -431,3 +431,153 @@ pub fn actions(row: &Value) -> Vec<String> {
         .map(|a| a.as_str().unwrap().to_string())
         .collect()
 }
+
+/// A long-running `arc-onboard` (the daemon), with its own temporary directory for config and state.
+pub struct Daemon {
+    /// The process.
+    pub child: Child,
+    /// Its temporary directory (config, state file, logs).
+    pub dir: tempfile::TempDir,
+}
+
+impl World {
+    /// Starts `arc-onboard daemon` with `config` (an `[aws]`... text; the stub's `[azure]` is appended) and
+    /// extra daemon flags; the state file is `state.db` in `dir` (reused when `dir` is given).
+    pub fn daemon(&self, config: &str, flags: &[&str], dir: Option<tempfile::TempDir>) -> Daemon {
+        let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
+        let config_path = dir.path().join("arc-onboard.toml");
+        std::fs::write(&config_path, self.config(config)).unwrap();
+        std::fs::write(dir.path().join("aws-config"), "").unwrap();
+        std::fs::write(dir.path().join("aws-credentials"), "").unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("daemon.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_arc-onboard"))
+            .args(["--log-format", "json", "daemon", "--state-file"])
+            .arg(dir.path().join("state.db"))
+            .args(flags)
+            .arg("--config")
+            .arg(&config_path)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", dir.path())
+            .env("AWS_CONFIG_FILE", dir.path().join("aws-config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                dir.path().join("aws-credentials"),
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .env("AWS_ENDPOINT_URL", &self.aws.endpoint)
+            .env("ARC_ONBOARD_CLIENT_SECRET", STUB_SECRET)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start the daemon");
+        Daemon { child, dir }
+    }
+}
+
+/// `arc-onboard status --output json` on the state file in `dir`.
+pub fn status_in(dir: &Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_arc-onboard"))
+        .args(["status", "--output", "json", "--state-file"])
+        .arg(dir.join("state.db"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+impl Daemon {
+    /// `arc-onboard status --output json` on this daemon's state file.
+    pub fn status(&self) -> Value {
+        status_in(self.dir.path())
+    }
+
+    /// Takes the directory (config, state file) for a restart, leaving an empty one behind.
+    pub fn take_dir(&mut self) -> tempfile::TempDir {
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Sends a signal (`TERM`, `HUP`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{name}"), self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    /// Waits for the process to exit (bounded); returns its exit code.
+    pub fn wait(&mut self, within: Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon did not exit; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Polls `cond` on the status output until it holds (bounded).
+    pub fn wait_for(&self, what: &str, within: Duration, cond: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if self.dir.path().join("state.db").exists() {
+                let status = self.status();
+                if cond(&status) {
+                    return status;
+                }
+                if std::time::Instant::now() >= deadline {
+                    panic!(
+                        "timed out waiting for {what}; status: {status:#}\nlog:\n{}",
+                        self.log()
+                    );
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status of one instance in `status --output json`.
+pub fn status_of<'a>(status: &'a Value, instance_id: &str) -> Option<&'a Value> {
+    status["instances"]
+        .as_array()?
+        .iter()
+        .find(|i| i["instance_id"] == instance_id)
+}

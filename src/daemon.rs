@@ -1,0 +1,390 @@
+//! Scheduled onboarding: the IAM auto-assignment pass and the onboarding pass, each on its own interval, in
+//! one process, until SIGINT/SIGTERM.
+//!
+//! # Guarantees
+//! - Passes run one at a time: they never overlap with themselves or each other.
+//! - A pass that overruns its interval delays that schedule's next start instead of stacking runs.
+//! - SIGHUP runs the passes now. SIGINT/SIGTERM stop taking new work; a pass in progress gets
+//!   `shutdown_grace` to finish tracking its commands; anything still in flight is in the state file and
+//!   is resumed, not re-sent, at the next start.
+//!
+//! # Caveats
+//! - Intervals are measured from when a pass was due, plus a small jitter (at most a tenth of the interval,
+//!   30 s at most) so that many daemons do not start together.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::config::Config;
+
+/// The two kinds of pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum PassKind {
+    /// IAM auto-assignment (`EC2SSMIAMRoleAutoAssignmentSchedule`).
+    Iam,
+    /// Agent install on eligible instances (periodic sync).
+    Onboarding,
+}
+
+impl PassKind {
+    /// Name in logs, metrics and the state file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PassKind::Iam => "iam",
+            PassKind::Onboarding => "onboarding",
+        }
+    }
+}
+
+/// When each pass runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Schedule {
+    /// `None`: no IAM pass at all (`auto_assignment = false`). `Some(None)`: once at start
+    /// (`auto_assignment_schedule = "disable"`). `Some(Some(d))`: every `d`.
+    pub iam: Option<Option<Duration>>,
+    /// `None`: once at start (`periodic_sync = false`). `Some(d)`: every `d`.
+    pub onboarding: Option<Duration>,
+}
+
+impl Schedule {
+    /// The schedule the configuration asks for.
+    pub fn from_config(config: &Config) -> Schedule {
+        let iam = config
+            .iam
+            .auto_assignment
+            .then(|| config.iam.schedule_enabled.then_some(config.iam.interval));
+        let onboarding = config
+            .onboarding
+            .periodic_sync
+            .then_some(config.onboarding.sync_interval);
+        Schedule { iam, onboarding }
+    }
+
+    /// Intervals below 15 minutes are for tests and demos; say so.
+    pub fn warnings(&self) -> Vec<String> {
+        let short = Duration::from_secs(15 * 60);
+        let mut out = Vec::new();
+        if let Some(Some(d)) = self.iam {
+            if d < short {
+                out.push(format!(
+                    "iam.auto_assignment_interval is {}s (below 15 minutes)",
+                    d.as_secs()
+                ));
+            }
+        }
+        if let Some(d) = self.onboarding {
+            if d < short {
+                out.push(format!(
+                    "onboarding.sync_interval is {}s (below 15 minutes)",
+                    d.as_secs()
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// A random delay in `[0, min(interval / 10, 30 s)]`.
+pub fn default_jitter(interval: Duration) -> Duration {
+    let cap = (interval / 10).min(Duration::from_secs(30));
+    if cap.is_zero() {
+        return Duration::ZERO;
+    }
+    let random = uuid::Uuid::new_v4().as_u128() as u64;
+    Duration::from_millis(random % (cap.as_millis() as u64 + 1))
+}
+
+/// Runs `run` for each due pass until `shutdown` resolves. `trigger` (SIGHUP) makes every configured
+/// pass due now. Returns when shut down; a pass in progress gets `grace` to finish.
+pub async fn schedule_loop<F, Fut>(
+    schedule: &Schedule,
+    jitter: impl Fn(Duration) -> Duration,
+    mut run: F,
+    mut trigger: mpsc::UnboundedReceiver<()>,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) where
+    F: FnMut(PassKind) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut shutdown = pin!(shutdown);
+    let start = Instant::now();
+    let mut next: BTreeMap<PassKind, Instant> = BTreeMap::new();
+    if schedule.iam.is_some() {
+        next.insert(PassKind::Iam, start);
+    }
+    next.insert(PassKind::Onboarding, start);
+    let interval = |kind: PassKind| match kind {
+        PassKind::Iam => schedule.iam.flatten(),
+        PassKind::Onboarding => schedule.onboarding,
+    };
+    loop {
+        let now = Instant::now();
+        let due: Vec<PassKind> = next
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        if !due.is_empty() {
+            for kind in due {
+                let was_due = next[&kind];
+                let mut pass = pin!(run(kind));
+                tokio::select! {
+                    _ = &mut pass => {}
+                    _ = &mut shutdown => {
+                        info!(kind = kind.as_str(), grace_s = grace.as_secs(), "shutting down; letting the pass finish");
+                        if tokio::time::timeout(grace, &mut pass).await.is_err() {
+                            warn!(kind = kind.as_str(), "pass cut short; commands in flight resume at the next start");
+                        }
+                        return;
+                    }
+                }
+                match interval(kind) {
+                    Some(every) => {
+                        let mut at = was_due + every + jitter(every);
+                        let finished = Instant::now();
+                        if at <= finished {
+                            // Overran: the next one starts a full interval after this one ended.
+                            at = finished + every;
+                        }
+                        next.insert(kind, at);
+                    }
+                    None => {
+                        next.remove(&kind);
+                    }
+                }
+            }
+            continue;
+        }
+        let wake = next.values().min().copied();
+        tokio::select! {
+            _ = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
+            Some(()) = trigger.recv() => {
+                info!("pass requested (SIGHUP)");
+                let now = Instant::now();
+                if schedule.iam.is_some() {
+                    next.insert(PassKind::Iam, now);
+                }
+                next.insert(PassKind::Onboarding, now);
+            }
+            _ = &mut shutdown => return,
+        }
+    }
+}
+
+/// What one pass produced, for metrics and the pass log.
+#[derive(Debug, Clone, Default)]
+pub struct PassSummary {
+    /// Whether the pass completed.
+    pub ok: bool,
+    /// Instances by status.
+    pub statuses: BTreeMap<String, u64>,
+    /// API calls made.
+    pub api_calls: BTreeMap<String, u64>,
+    /// Error codes seen.
+    pub errors: BTreeMap<String, u64>,
+}
+
+/// Runs one pass with logging, the pass log and metrics around it.
+pub async fn observed_pass<Fut>(
+    kind: PassKind,
+    pass: Fut,
+    db: &crate::state::StateDb,
+    metrics: &Arc<crate::metrics::Metrics>,
+) where
+    Fut: Future<Output = PassSummary>,
+{
+    let pass_id = uuid::Uuid::new_v4().to_string();
+    let span = info_span!("daemon_pass", pass.id = %pass_id, pass.kind = kind.as_str());
+    async {
+        let started = SystemTime::now();
+        let clock = Instant::now();
+        info!("pass started");
+        let summary = pass.await;
+        let took = clock.elapsed();
+        metrics.record_pass(kind.as_str(), summary.ok, took, &summary.statuses, &summary.api_calls, &summary.errors);
+        let record = crate::state::PassRecord {
+            kind: kind.as_str().into(),
+            started_at: crate::state::unix(started),
+            finished_at: crate::state::unix(SystemTime::now()),
+            ok: summary.ok,
+            summary: serde_json::to_string(&summary.statuses).unwrap_or_default(),
+        };
+        if let Err(e) = db.record_pass(&record) {
+            warn!(error = %e, "cannot record the pass");
+        }
+        info!(ok = summary.ok, duration_ms = took.as_millis() as u64, statuses = ?summary.statuses, "pass finished");
+    }
+    .instrument(span)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    fn schedule(iam: Option<Option<u64>>, onboarding: Option<u64>) -> Schedule {
+        Schedule {
+            iam: iam.map(|o| o.map(Duration::from_secs)),
+            onboarding: onboarding.map(Duration::from_secs),
+        }
+    }
+
+    /// Runs the loop for `for_secs` of paused time; each pass takes `pass_secs`. Returns (kind, start second).
+    async fn simulate(
+        s: Schedule,
+        for_secs: u64,
+        pass_secs: u64,
+        hup_at: Option<u64>,
+    ) -> Vec<(PassKind, u64)> {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let start = Instant::now();
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Some(at) = hup_at {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(at)).await;
+                let _ = tx.send(());
+                std::future::pending::<()>().await;
+            });
+        } else {
+            std::mem::forget(tx);
+        }
+        let run_log = log.clone();
+        let run = move |kind: PassKind| {
+            let log = run_log.clone();
+            async move {
+                log.lock().unwrap().push((kind, start.elapsed().as_secs()));
+                tokio::time::sleep(Duration::from_secs(pass_secs)).await;
+            }
+        };
+        schedule_loop(
+            &s,
+            |_| Duration::ZERO,
+            run,
+            rx,
+            tokio::time::sleep(Duration::from_secs(for_secs)),
+            Duration::from_secs(5),
+        )
+        .await;
+        let out = log.lock().unwrap().clone();
+        out
+    }
+
+    use PassKind::{Iam, Onboarding};
+
+    #[tokio::test(start_paused = true)]
+    async fn both_schedules_fire_at_their_intervals() {
+        let log = simulate(schedule(Some(Some(60)), Some(20)), 125, 0, None).await;
+        let iam: Vec<u64> = log
+            .iter()
+            .filter(|(k, _)| *k == Iam)
+            .map(|(_, t)| *t)
+            .collect();
+        let sync: Vec<u64> = log
+            .iter()
+            .filter(|(k, _)| *k == Onboarding)
+            .map(|(_, t)| *t)
+            .collect();
+        assert_eq!(iam, [0, 60, 120]);
+        assert_eq!(sync, [0, 20, 40, 60, 80, 100, 120]);
+        assert_eq!(log[0], (Iam, 0), "IAM first at start");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn disable_and_no_periodic_sync_run_once() {
+        let log = simulate(schedule(Some(None), Some(30)), 100, 0, None).await;
+        assert_eq!(
+            log.iter().filter(|(k, _)| *k == Iam).count(),
+            1,
+            "IAM once at start"
+        );
+        let log = simulate(schedule(Some(Some(30)), None), 100, 0, None).await;
+        assert_eq!(
+            log.iter().filter(|(k, _)| *k == Onboarding).count(),
+            1,
+            "onboarding once"
+        );
+        assert_eq!(
+            log.iter().filter(|(k, _)| *k == Iam).count(),
+            4,
+            "0, 30, 60, 90"
+        );
+        let log = simulate(schedule(None, Some(50)), 100, 0, None).await;
+        assert!(
+            log.iter().all(|(k, _)| *k == Onboarding),
+            "auto_assignment = false: no IAM pass"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overrunning_pass_delays_the_next_instead_of_stacking() {
+        // Every pass takes 25 s, the interval is 10 s.
+        let log = simulate(schedule(None, Some(10)), 100, 25, None).await;
+        let starts: Vec<u64> = log.iter().map(|(_, t)| *t).collect();
+        assert_eq!(
+            starts,
+            [0, 35, 70],
+            "each starts an interval after the previous ended"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passes_never_overlap() {
+        let log = simulate(schedule(Some(Some(10)), Some(10)), 60, 7, None).await;
+        for pair in log.windows(2) {
+            assert!(pair[1].1 >= pair[0].1 + 7, "overlap: {log:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sighup_runs_the_passes_now() {
+        let log = simulate(schedule(Some(None), None), 100, 0, Some(42)).await;
+        assert_eq!(
+            log,
+            [(Iam, 0), (Onboarding, 0), (Iam, 42), (Onboarding, 42)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_lets_the_pass_in_progress_finish_within_the_grace() {
+        let finished = Arc::new(Mutex::new(false));
+        let f = finished.clone();
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let start = Instant::now();
+        schedule_loop(
+            &schedule(None, None),
+            |_| Duration::ZERO,
+            move |_| {
+                let f = f.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    *f.lock().unwrap() = true;
+                }
+            },
+            rx,
+            tokio::time::sleep(Duration::from_secs(1)),
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(*finished.lock().unwrap(), "the pass finished");
+        assert_eq!(start.elapsed().as_secs(), 3);
+    }
+
+    #[test]
+    fn jitter_is_bounded() {
+        for _ in 0..100 {
+            assert!(default_jitter(Duration::from_secs(60)) <= Duration::from_secs(6));
+            assert!(default_jitter(Duration::from_secs(86_400)) <= Duration::from_secs(30));
+        }
+        assert!(default_jitter(Duration::from_secs(5)) <= Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,360 @@
+//! Durable daemon state in SQLite: per account, region and instance the last status, the install command in
+//! flight, attempts, the last error and when the next attempt is due; plus a log of passes.
+//!
+//! # Guarantees
+//! - The command id of an install is committed before the daemon waits for it, so a restart resumes
+//!   tracking it instead of sending another one.
+//! - Every write is one transaction with `synchronous = FULL` in WAL mode: a crash (even `kill -9`) loses
+//!   at most the write in progress, never a committed one.
+//! - The schema is versioned with `PRAGMA user_version`; migrations run in order at open.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+/// Schema migrations, in order; `user_version` counts how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: instances and passes.
+    "CREATE TABLE instances (
+        account_id      TEXT NOT NULL,
+        region          TEXT NOT NULL,
+        instance_id     TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        detail          TEXT NOT NULL DEFAULT '',
+        command_id      TEXT,
+        command_sent_at INTEGER,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        last_error      TEXT,
+        next_attempt_at INTEGER,
+        last_seen_at    INTEGER NOT NULL,
+        PRIMARY KEY (account_id, region, instance_id)
+     );
+     CREATE TABLE passes (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind        TEXT NOT NULL,
+        started_at  INTEGER NOT NULL,
+        finished_at INTEGER NOT NULL,
+        ok          INTEGER NOT NULL,
+        summary     TEXT NOT NULL
+     );",
+];
+
+/// Why the state file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// SQLite failed.
+    #[error("state file {path}: {source}")]
+    Sqlite {
+        /// The file.
+        path: PathBuf,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file was written by a newer arc-onboard.
+    #[error("state file {path} has schema version {found}; this arc-onboard knows up to {known}")]
+    TooNew {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// Ours.
+        known: i64,
+    },
+}
+
+/// What the daemon knows of one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstanceRecord {
+    /// Account.
+    pub account_id: String,
+    /// Region.
+    pub region: String,
+    /// Instance.
+    pub instance_id: String,
+    /// Last report status.
+    pub status: String,
+    /// Last detail.
+    pub detail: String,
+    /// Install command in flight, if any.
+    pub command_id: Option<String>,
+    /// When it was sent (Unix seconds).
+    pub command_sent_at: Option<i64>,
+    /// Failed install attempts in a row.
+    pub attempts: u32,
+    /// Last failure.
+    pub last_error: Option<String>,
+    /// When the next install attempt is due (Unix seconds), after a failure.
+    pub next_attempt_at: Option<i64>,
+    /// Last pass that saw it (Unix seconds).
+    pub last_seen_at: i64,
+}
+
+/// One pass in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PassRecord {
+    /// `iam` or `onboarding`.
+    pub kind: String,
+    /// Unix seconds.
+    pub started_at: i64,
+    /// Unix seconds.
+    pub finished_at: i64,
+    /// Whether it completed.
+    pub ok: bool,
+    /// Counts by status, as JSON.
+    pub summary: String,
+}
+
+/// Unix seconds.
+pub fn unix(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The state database.
+pub struct StateDb {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl StateDb {
+    /// Opens (creating if needed) and migrates the state file.
+    pub fn open(path: &Path) -> Result<StateDb, StateError> {
+        let err = |source| StateError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(err)?;
+        let known = MIGRATIONS.len() as i64;
+        if version > known {
+            return Err(StateError::TooNew {
+                path: path.to_path_buf(),
+                found: version,
+                known,
+            });
+        }
+        for (n, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.unchecked_transaction().map_err(err)?;
+            tx.execute_batch(sql).map_err(err)?;
+            tx.pragma_update(None, "user_version", (n + 1) as i64)
+                .map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        Ok(StateDb {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StateError> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        f(&conn).map_err(|source| StateError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Inserts or replaces records, in one transaction.
+    pub fn put(&self, records: &[InstanceRecord]) -> Result<(), StateError> {
+        self.with(|conn| {
+            let tx = conn.unchecked_transaction()?;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO instances (account_id, region, instance_id, status, detail, command_id,
+                        command_sent_at, attempts, last_error, next_attempt_at, last_seen_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?;
+                for r in records {
+                    stmt.execute(params![
+                        r.account_id,
+                        r.region,
+                        r.instance_id,
+                        r.status,
+                        r.detail,
+                        r.command_id,
+                        r.command_sent_at,
+                        r.attempts,
+                        r.last_error,
+                        r.next_attempt_at,
+                        r.last_seen_at
+                    ])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// Every record, ordered by account, region, instance.
+    pub fn all(&self) -> Result<Vec<InstanceRecord>, StateError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT account_id, region, instance_id, status, detail, command_id, command_sent_at, attempts,
+                        last_error, next_attempt_at, last_seen_at
+                 FROM instances ORDER BY account_id, region, instance_id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(InstanceRecord {
+                    account_id: r.get(0)?,
+                    region: r.get(1)?,
+                    instance_id: r.get(2)?,
+                    status: r.get(3)?,
+                    detail: r.get(4)?,
+                    command_id: r.get(5)?,
+                    command_sent_at: r.get(6)?,
+                    attempts: r.get(7)?,
+                    last_error: r.get(8)?,
+                    next_attempt_at: r.get(9)?,
+                    last_seen_at: r.get(10)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Appends a pass to the log.
+    pub fn record_pass(&self, pass: &PassRecord) -> Result<(), StateError> {
+        self.with(|conn| {
+            conn.execute(
+                "INSERT INTO passes (kind, started_at, finished_at, ok, summary) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![pass.kind, pass.started_at, pass.finished_at, pass.ok, pass.summary],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// The most recent pass of each kind.
+    pub fn last_passes(&self) -> Result<Vec<PassRecord>, StateError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT kind, started_at, finished_at, ok, summary FROM passes
+                 WHERE id IN (SELECT MAX(id) FROM passes GROUP BY kind) ORDER BY kind",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(PassRecord {
+                    kind: r.get(0)?,
+                    started_at: r.get(1)?,
+                    finished_at: r.get(2)?,
+                    ok: r.get(3)?,
+                    summary: r.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// The schema version of the open file.
+    pub fn schema_version(&self) -> Result<i64, StateError> {
+        self.with(|conn| conn.pragma_query_value(None, "user_version", |r| r.get(0)))
+    }
+
+    /// One record.
+    pub fn get(
+        &self,
+        account_id: &str,
+        region: &str,
+        instance_id: &str,
+    ) -> Result<Option<InstanceRecord>, StateError> {
+        Ok(self.all()?.into_iter().find(|r| {
+            r.account_id == account_id && r.region == region && r.instance_id == instance_id
+        }))
+    }
+
+    /// Whether a pass log exists at all (for `status` on an empty file).
+    pub fn has_passes(&self) -> Result<bool, StateError> {
+        self.with(|conn| {
+            conn.query_row("SELECT 1 FROM passes LIMIT 1", [], |_| Ok(()))
+                .optional()
+                .map(|r| r.is_some())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, status: &str) -> InstanceRecord {
+        InstanceRecord {
+            account_id: "123456789012".into(),
+            region: "us-east-1".into(),
+            instance_id: id.into(),
+            status: status.into(),
+            detail: String::new(),
+            command_id: None,
+            command_sent_at: None,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: None,
+            last_seen_at: 1,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopening_and_upsert() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        {
+            let db = StateDb::open(&path).unwrap();
+            let mut r = record("i-1", "in-progress");
+            r.command_id = Some("cmd-1".into());
+            db.put(&[r, record("i-2", "failed")]).unwrap();
+            db.put(&[record("i-2", "onboarded")]).unwrap();
+        }
+        let db = StateDb::open(&path).unwrap();
+        assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let all = db.all().unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].command_id.as_deref(), Some("cmd-1"));
+        assert_eq!(all[1].status, "onboarded");
+        assert!(db
+            .get("123456789012", "us-east-1", "i-2")
+            .unwrap()
+            .is_some());
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        StateDb::open(&path).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        assert!(matches!(
+            StateDb::open(&path),
+            Err(StateError::TooNew { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn passes_keep_the_latest_per_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("s.db")).unwrap();
+        assert!(!db.has_passes().unwrap());
+        for (kind, t) in [("iam", 1), ("onboarding", 2), ("iam", 3)] {
+            db.record_pass(&PassRecord {
+                kind: kind.into(),
+                started_at: t,
+                finished_at: t,
+                ok: true,
+                summary: "{}".into(),
+            })
+            .unwrap();
+        }
+        let last = db.last_passes().unwrap();
+        assert_eq!(last.len(), 2);
+        assert_eq!(last[0].started_at, 3);
+    }
+}

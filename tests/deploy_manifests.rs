@@ -1,0 +1,267 @@
+//! Checks the deployment examples in `scripts/deploy/`: the systemd unit and the Kubernetes manifests run
+//! `arc-onboard daemon` the way the daemon expects, and neither carries the client secret's value.
+//! Plain string checks (no YAML or INI crate); the Kubernetes ConfigMap's TOML goes through the real
+//! configuration validator.
+
+use std::path::{Path, PathBuf};
+
+use arc_onboard::config::Config;
+
+fn deploy_file(name: &str) -> (PathBuf, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts/deploy")
+        .join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    (path, text)
+}
+
+/// A systemd unit as (section, key, value) entries, comments dropped, continuation lines joined.
+fn unit_entries(text: &str) -> Vec<(String, String, String)> {
+    let joined = text.replace("\\\n", " ");
+    let mut section = String::new();
+    let mut entries = Vec::new();
+    for line in joined.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = name.to_string();
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .unwrap_or_else(|| panic!("not a key=value line: {line}"));
+        entries.push((
+            section.clone(),
+            key.trim().to_string(),
+            value.trim().to_string(),
+        ));
+    }
+    entries
+}
+
+/// The values of `key` in `section`.
+fn unit_values<'a>(
+    entries: &'a [(String, String, String)],
+    section: &str,
+    key: &str,
+) -> Vec<&'a str> {
+    entries
+        .iter()
+        .filter(|(s, k, _)| s == section && k == key)
+        .map(|(_, _, v)| v.as_str())
+        .collect()
+}
+
+/// The value following `flag` in `argv`.
+fn flag_value<'a>(argv: &[&'a str], flag: &str) -> Option<&'a str> {
+    argv.iter()
+        .position(|a| *a == flag)
+        .and_then(|i| argv.get(i + 1).copied())
+}
+
+#[test]
+fn systemd_unit_runs_the_daemon() {
+    let (path, text) = deploy_file("arc-onboard.service");
+    let entries = unit_entries(&text);
+    let sections: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with('['))
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        sections,
+        ["[Unit]", "[Service]", "[Install]"],
+        "{}",
+        path.display()
+    );
+
+    let exec_start = unit_values(&entries, "Service", "ExecStart");
+    assert_eq!(exec_start.len(), 1, "one ExecStart: {exec_start:?}");
+    let argv: Vec<&str> = exec_start[0].split_whitespace().collect();
+    assert!(
+        argv[0].ends_with("/arc-onboard") && argv[1] == "daemon",
+        "ExecStart runs `arc-onboard daemon`: {argv:?}"
+    );
+    assert_eq!(
+        flag_value(&argv, "--config"),
+        Some("/etc/arc-onboard/arc-onboard.toml")
+    );
+    assert_eq!(flag_value(&argv, "--log-format"), Some("json"));
+    let state_file = flag_value(&argv, "--state-file").expect("--state-file");
+    let metrics_addr = flag_value(&argv, "--metrics-addr").expect("--metrics-addr");
+    assert!(
+        metrics_addr.parse::<std::net::SocketAddr>().is_ok(),
+        "--metrics-addr {metrics_addr}"
+    );
+    // The state file lives in the one writable directory systemd creates for the service.
+    let state_dirs = unit_values(&entries, "Service", "StateDirectory");
+    assert_eq!(state_dirs, ["arc-onboard"]);
+    assert!(
+        state_file.starts_with("/var/lib/arc-onboard/"),
+        "--state-file {state_file} is under StateDirectory"
+    );
+
+    let reload = unit_values(&entries, "Service", "ExecReload");
+    assert_eq!(reload.len(), 1, "one ExecReload: {reload:?}");
+    assert!(
+        reload[0].contains("-HUP") && reload[0].contains("$MAINPID"),
+        "{reload:?}"
+    );
+
+    for (key, value) in [
+        ("EnvironmentFile", "/etc/arc-onboard/env"),
+        ("DynamicUser", "yes"),
+        ("Restart", "on-failure"),
+        ("KillSignal", "SIGTERM"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+    ] {
+        assert_eq!(
+            unit_values(&entries, "Service", key),
+            [value],
+            "[Service] {key}"
+        );
+    }
+    assert!(!unit_values(&entries, "Install", "WantedBy").is_empty());
+
+    // The secret reaches the service only through EnvironmentFile, never written in the unit.
+    assert!(
+        !text.contains("ARC_ONBOARD_CLIENT_SECRET="),
+        "the unit file must not assign the client secret"
+    );
+}
+
+/// Lines that give `ARC_ONBOARD_CLIENT_SECRET` a literal `value:` (commented-out lines included).
+fn literal_secret_values(yaml: &str) -> Vec<String> {
+    let lines: Vec<&str> = yaml
+        .lines()
+        .map(|l| l.trim_start_matches('#').trim())
+        .collect();
+    let mut found = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if !line.contains("ARC_ONBOARD_CLIENT_SECRET") {
+            continue;
+        }
+        // Flow style: `- {name: ARC_ONBOARD_CLIENT_SECRET, value: x}`.
+        if line.contains("value:") {
+            found.push(line.to_string());
+        }
+        // Block style: the next entry of that list item.
+        if line.trim_start_matches("- ").starts_with("name:") {
+            if let Some(next) = lines[i + 1..].iter().find(|l| !l.is_empty()) {
+                if next.starts_with("value:") {
+                    found.push(format!("{line} / {next}"));
+                }
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn the_secret_check_catches_literal_values() {
+    assert_eq!(
+        literal_secret_values("env:\n  - name: ARC_ONBOARD_CLIENT_SECRET\n\n    value: hunter2\n")
+            .len(),
+        1
+    );
+    assert_eq!(
+        literal_secret_values("#   - name: ARC_ONBOARD_CLIENT_SECRET\n#     value: hunter2\n")
+            .len(),
+        1
+    );
+    assert_eq!(
+        literal_secret_values("- {name: ARC_ONBOARD_CLIENT_SECRET, value: hunter2}").len(),
+        1
+    );
+    assert!(literal_secret_values(
+        "- name: ARC_ONBOARD_CLIENT_SECRET\n  valueFrom:\n    secretKeyRef:\n"
+    )
+    .is_empty());
+}
+
+/// The TOML in the ConfigMap's `arc-onboard.toml` block scalar.
+fn configmap_toml(document: &str) -> String {
+    let mut lines = document.lines();
+    let header = lines
+        .by_ref()
+        .find(|l| l.trim() == "arc-onboard.toml: |")
+        .expect("the ConfigMap has an arc-onboard.toml key with a literal block");
+    let indent = header.len() - header.trim_start().len() + 2;
+    let mut toml = String::new();
+    for line in lines {
+        if !line.trim().is_empty() && line.len() - line.trim_start().len() < indent {
+            break;
+        }
+        toml.push_str(line.get(indent..).unwrap_or(""));
+        toml.push('\n');
+    }
+    toml
+}
+
+#[test]
+fn kubernetes_manifests_run_the_daemon() {
+    let (path, text) = deploy_file("kubernetes.yaml");
+    let documents: Vec<&str> = text.split("\n---\n").collect();
+    let with_kind = |kind: &str| -> Vec<&str> {
+        documents
+            .iter()
+            .copied()
+            .filter(|d| d.lines().any(|l| l == format!("kind: {kind}")))
+            .collect()
+    };
+
+    let deployments = with_kind("Deployment");
+    assert_eq!(deployments.len(), 1, "one Deployment in {}", path.display());
+    let deployment = deployments[0];
+    assert!(deployment.contains("\n  replicas: 1\n"));
+    let strategy: Vec<&str> = deployment
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .skip_while(|l| *l != "strategy:")
+        .take(2)
+        .collect();
+    assert_eq!(
+        strategy,
+        ["strategy:", "type: Recreate"],
+        "two daemons must never overlap"
+    );
+    assert!(deployment.contains("secretKeyRef:"));
+    assert!(deployment.contains("path: /healthz"));
+    assert!(deployment.contains("livenessProbe:"));
+    assert!(deployment.contains("containerPort: 9464"));
+    assert!(deployment.contains("readOnlyRootFilesystem: true"));
+    assert!(deployment.contains("runAsNonRoot: true"));
+    assert!(deployment.contains("- daemon\n"));
+    assert!(deployment.contains("- --state-file\n"));
+    assert!(deployment.contains("- --metrics-addr\n"));
+
+    let accounts = with_kind("ServiceAccount");
+    assert_eq!(accounts.len(), 1);
+    assert!(accounts[0]
+        .contains("eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/arc-onboard"));
+    assert_eq!(with_kind("PersistentVolumeClaim").len(), 1);
+
+    let config_maps = with_kind("ConfigMap");
+    assert_eq!(config_maps.len(), 1);
+    let toml = configmap_toml(config_maps[0]);
+    if let Err(error) = Config::parse(&toml, Path::new("kubernetes.yaml ConfigMap")) {
+        panic!("the ConfigMap's arc-onboard.toml is invalid: {error}\n{toml}");
+    }
+
+    // The commented alternative.
+    assert!(text.contains("# kind: CronJob"));
+    assert!(text.contains("#   concurrencyPolicy: Forbid"));
+
+    assert!(text.contains("secretKeyRef"));
+    assert!(text.contains("/healthz"));
+    assert_eq!(
+        literal_secret_values(&text),
+        Vec::<String>::new(),
+        "ARC_ONBOARD_CLIENT_SECRET must come from a Secret, never a literal value"
+    );
+}

@@ -387,4 +387,124 @@ mod tests {
         }
         assert!(default_jitter(Duration::from_secs(5)) <= Duration::from_millis(500));
     }
+
+    /// The schedules driving real passes over the stateful fakes, in paused time: a new instance gets the
+    /// SSM profile from the next IAM pass and the agent from the onboarding pass after it.
+    #[tokio::test(start_paused = true)]
+    async fn the_schedules_drive_real_passes_over_the_fakes() {
+        use crate::azure::FakeArm;
+        use crate::fake::FakeAws;
+        use crate::model::{InstanceState, Platform};
+        use crate::pass::{run_pass, AwsPorts, PassOptions, Scope};
+        use crate::ports::MutationToken;
+
+        let aws = Arc::new(FakeAws::new(&["us-east-1"]));
+        let arm = Arc::new(FakeArm::default());
+        aws.link_arm(arm.clone(), "aws_123456789012");
+        aws.add_instance(
+            "us-east-1",
+            "i-1",
+            Platform::Linux,
+            InstanceState::Running,
+            None,
+            &[],
+        );
+        let text = "[aws]\nregions = [\"us-east-1\"]\n[iam]\nauto_assignment_interval = \"60s\"\n[onboarding]\nsync_interval = \"30s\"\n[azure]\ntenant_id = \"00000000-0000-0000-0000-000000000001\"\nsubscription_id = \"00000000-0000-0000-0000-000000000002\"\nclient_id = \"00000000-0000-0000-0000-000000000003\"\nlocation = \"eastus\"\n";
+        let config = Config::parse(text, std::path::Path::new("t")).unwrap();
+        let token = MutationToken::mint();
+        let start = Instant::now();
+        let log: Arc<Mutex<Vec<(PassKind, u64, String, String)>>> = Arc::default();
+        let late = aws.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(45)).await;
+            late.add_instance(
+                "us-east-1",
+                "i-2",
+                Platform::Linux,
+                InstanceState::Running,
+                None,
+                &[],
+            );
+        });
+        let run = |kind: PassKind| {
+            let (aws, arm, config, token, log) =
+                (aws.clone(), arm.clone(), &config, &token, log.clone());
+            async move {
+                let ports = AwsPorts {
+                    sts: &*aws,
+                    ec2: &*aws,
+                    iam: &*aws,
+                    ssm: &*aws,
+                    counter: &aws.calls,
+                };
+                let mut opts = PassOptions::default();
+                opts.apply.wait_for_ssm = Duration::ZERO;
+                opts.scope = match kind {
+                    PassKind::Iam => Scope {
+                        iam: true,
+                        install: false,
+                    },
+                    PassKind::Onboarding => Scope {
+                        iam: false,
+                        install: true,
+                    },
+                };
+                let report = run_pass(config, &ports, Some(&*arm), Some(token), &opts, None)
+                    .await
+                    .unwrap()
+                    .report;
+                let status = |id: &str| {
+                    report
+                        .instances
+                        .iter()
+                        .find(|i| i.instance_id == id)
+                        .map_or("-".to_string(), |i| i.status.to_string())
+                };
+                log.lock().unwrap().push((
+                    kind,
+                    start.elapsed().as_secs(),
+                    status("i-1"),
+                    status("i-2"),
+                ));
+            }
+        };
+        let (_tx, rx) = mpsc::unbounded_channel();
+        let schedule = Schedule::from_config(&config);
+        schedule_loop(
+            &schedule,
+            |_| Duration::ZERO,
+            run,
+            rx,
+            tokio::time::sleep(Duration::from_secs(70)),
+            Duration::from_secs(5),
+        )
+        .await;
+        let log = log.lock().unwrap().clone();
+        let s = |k: PassKind, t: u64| {
+            log.iter()
+                .find(|(kind, at, _, _)| *kind == k && *at == t)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(
+            s(Iam, 0).2,
+            "waiting-for-ssm",
+            "IAM pass prepared i-1: {log:?}"
+        );
+        assert_eq!(s(Onboarding, 0).2, "onboarded", "{log:?}");
+        assert_eq!(s(Onboarding, 30).2, "already-onboarded");
+        assert_eq!(s(Onboarding, 30).3, "-", "i-2 does not exist yet");
+        assert_eq!(
+            s(Iam, 60).3,
+            "waiting-for-ssm",
+            "i-2 got the SSM profile at the next IAM pass"
+        );
+        assert_eq!(
+            s(Onboarding, 60).3,
+            "onboarded",
+            "and the agent at the onboarding pass after it"
+        );
+        assert_eq!(aws.calls.count("ec2:AssociateIamInstanceProfile"), 2);
+        assert_eq!(aws.calls.count("ssm:SendCommand"), 2);
+    }
 }

@@ -413,7 +413,9 @@ mod tests {
         let config = Config::parse(text, std::path::Path::new("t")).unwrap();
         let token = MutationToken::mint();
         let start = Instant::now();
-        let log: Arc<Mutex<Vec<(PassKind, u64, String, String)>>> = Arc::default();
+        // (kind, second, status of i-1, status of i-2) per pass.
+        type Log = Arc<Mutex<Vec<(PassKind, u64, String, String)>>>;
+        let log: Log = Arc::default();
         let late = aws.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(45)).await;

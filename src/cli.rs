@@ -249,18 +249,7 @@ async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
         Command::Daemon(args) => daemon_command(&config, args).await,
         Command::Status(_) => unreachable!("handled before the configuration is read"),
         Command::Run(args) => {
-            let opts = PassOptions {
-                apply: ApplyOptions {
-                    wait_for_ssm: args.wait_for_ssm,
-                    ..ApplyOptions::default()
-                },
-                install: InstallOptions {
-                    command_timeout: args.command_timeout,
-                    verify_timeout: args.verify_timeout,
-                    ..InstallOptions::default()
-                },
-                scope: Scope::default(),
-            };
+            let opts = pass_options(args.wait_for_ssm, args.command_timeout, args.verify_timeout);
             if args.dry_run {
                 one_pass(cli, &config, None, opts).await
             } else {
@@ -268,6 +257,26 @@ async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                 one_pass(cli, &config, Some(&token), opts).await
             }
         }
+    }
+}
+
+/// Pass bounds from the command line.
+fn pass_options(
+    wait_for_ssm: Duration,
+    command_timeout: Duration,
+    verify_timeout: Duration,
+) -> PassOptions {
+    PassOptions {
+        apply: ApplyOptions {
+            wait_for_ssm,
+            ..ApplyOptions::default()
+        },
+        install: InstallOptions {
+            command_timeout,
+            verify_timeout,
+            ..InstallOptions::default()
+        },
+        scope: Scope::default(),
     }
 }
 
@@ -432,33 +441,13 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
         retry_base: args.retry_base,
         retry_max: args.retry_max,
     };
-    let base = PassOptions {
-        apply: ApplyOptions {
-            wait_for_ssm: args.wait_for_ssm,
-            ..ApplyOptions::default()
-        },
-        install: InstallOptions {
-            command_timeout: args.command_timeout,
-            verify_timeout: args.verify_timeout,
-            ..InstallOptions::default()
-        },
-        scope: Scope::default(),
-    };
+    let base = pass_options(args.wait_for_ssm, args.command_timeout, args.verify_timeout);
     tracing::info!(state_file = %args.state_file.display(), ?schedule, "daemon started");
     let run = |kind: PassKind| {
         let adapters = Adapters::new(&sdk, &home, config);
         let mut opts = base.clone();
         opts.install.correlation_id = uuid::Uuid::new_v4().to_string();
-        opts.scope = match kind {
-            PassKind::Iam => Scope {
-                iam: true,
-                install: false,
-            },
-            PassKind::Onboarding => Scope {
-                iam: false,
-                install: true,
-            },
-        };
+        opts.scope = kind.scope();
         let (token, durable, db, metrics) = (&token, &durable, &db, &metrics);
         async move {
             let pass = async {

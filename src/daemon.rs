@@ -34,6 +34,20 @@ pub enum PassKind {
 }
 
 impl PassKind {
+    /// What this kind of pass executes: IAM only, or installs only (IAM is the IAM pass's job).
+    pub fn scope(self) -> crate::pass::Scope {
+        match self {
+            PassKind::Iam => crate::pass::Scope {
+                iam: true,
+                install: false,
+            },
+            PassKind::Onboarding => crate::pass::Scope {
+                iam: false,
+                install: true,
+            },
+        }
+    }
+
     /// Name in logs, metrics and the state file.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -395,7 +409,7 @@ mod tests {
         use crate::azure::FakeArm;
         use crate::fake::FakeAws;
         use crate::model::{InstanceState, Platform};
-        use crate::pass::{run_pass, AwsPorts, PassOptions, Scope};
+        use crate::pass::{run_pass, AwsPorts, PassOptions};
         use crate::ports::MutationToken;
 
         let aws = Arc::new(FakeAws::new(&["us-east-1"]));
@@ -441,16 +455,7 @@ mod tests {
                 };
                 let mut opts = PassOptions::default();
                 opts.apply.wait_for_ssm = Duration::ZERO;
-                opts.scope = match kind {
-                    PassKind::Iam => Scope {
-                        iam: true,
-                        install: false,
-                    },
-                    PassKind::Onboarding => Scope {
-                        iam: false,
-                        install: true,
-                    },
-                };
+                opts.scope = kind.scope();
                 let report = run_pass(config, &ports, Some(&*arm), Some(token), &opts, None)
                     .await
                     .unwrap()

@@ -44,6 +44,14 @@ fn mixed_fleet() -> Value {
 }
 
 /// `run --output json` with short bounds; `extra` flags replace the defaults of the same name.
+/// `count` instances in us-east-1 with a working SSM profile: Online at once.
+fn ready_fleet(count: usize) -> Value {
+    json!({
+        "roles": [{"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"}],
+        "instances": [{"region": "us-east-1", "count": count, "instance_profile": "AppProfile"}]
+    })
+}
+
 fn run(w: &World, config: &str, extra: &[&str]) -> (i32, Value, String) {
     let mut args = vec!["run", "--output", "json"];
     for (flag, default) in [("--wait-for-ssm", "30s"), ("--verify-timeout", "20s")] {
@@ -172,13 +180,7 @@ fn a_mixed_fleet_goes_from_nothing_to_onboarded_and_a_second_run_sends_nothing()
 #[test]
 fn scripted_failures_end_failed_with_mapped_reasons_while_the_rest_succeed() {
     let w = World::start();
-    let id = ids(
-        &w,
-        &json!({
-            "roles": [{"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"}],
-            "instances": [{"region": "us-east-1", "count": 4, "instance_profile": "AppProfile"}]
-        }),
-    );
+    let id = ids(&w, &ready_fleet(4));
     w.aws.control("POST", "/_emulator/outcomes", Some(&json!({
         &id[0]: {"status": "Failed", "exit_code": 41, "stdout": "AZCM0041: The credentials supplied are invalid\nARC_ONBOARD_RESULT {\"outcome\":\"failed\",\"exit_code\":41,\"step\":\"connect\",\"message\":\"azcmagent connect exited with 41\"}"},
         &id[1]: {"status": "TimedOut"},
@@ -209,13 +211,7 @@ fn scripted_failures_end_failed_with_mapped_reasons_while_the_rest_succeed() {
 #[test]
 fn azure_not_showing_the_machine_connected_fails_with_azures_words() {
     let w = World::start();
-    let id = ids(
-        &w,
-        &json!({
-            "roles": [{"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"}],
-            "instances": [{"region": "us-east-1", "count": 2, "instance_profile": "AppProfile"}]
-        }),
-    );
+    let id = ids(&w, &ready_fleet(2));
     w.azure.control("POST", "/_stub/config", Some(&json!({"machine_status": {
         &id[0]: {"status": "Error", "code": "AZCM0062", "message": "connection to the Azure service failed"}
     }})));
@@ -265,13 +261,7 @@ fn proxy_mode_puts_the_proxy_in_linux_and_windows_scripts() {
 #[test]
 fn one_hundred_thirty_online_instances_take_three_send_commands() {
     let w = World::start();
-    let id = ids(
-        &w,
-        &json!({
-            "roles": [{"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"}],
-            "instances": [{"region": "us-east-1", "count": 130, "instance_profile": "AppProfile"}]
-        }),
-    );
+    let id = ids(&w, &ready_fleet(130));
     let (code, report, _) = run(&w, ONE_REGION, &[]);
     assert_eq!(code, 0);
     assert_eq!(w.aws.counts()["ssm:SendCommand"], 3);
@@ -374,13 +364,7 @@ fn a_failing_token_request_stops_run_before_any_aws_call() {
 #[test]
 fn machines_already_connected_in_azure_get_no_command() {
     let w = World::start();
-    let id = ids(
-        &w,
-        &json!({
-            "roles": [{"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"}],
-            "instances": [{"region": "us-east-1", "count": 2, "instance_profile": "AppProfile"}]
-        }),
-    );
+    let id = ids(&w, &ready_fleet(2));
     w.azure.control("POST", "/_stub/machines", Some(&json!({
         "resource_group": "aws_123456789012", "name": id[0], "location": "eastus", "status": "Connected"
     })));
@@ -406,19 +390,14 @@ fn machines_already_connected_in_azure_get_no_command() {
 #[test]
 fn an_install_in_flight_is_never_sent_again() {
     let w = World::start();
-    let id = ids(
-        &w,
-        &json!({
-            "roles": [{"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"}],
-            "instances": [{"region": "us-east-1", "count": 2, "instance_profile": "AppProfile"}]
-        }),
-    );
+    let id = ids(&w, &ready_fleet(2));
     w.aws.configure(json!({"command_duration_seconds": 8}));
     // A first run sends the install and tracks it; meanwhile a second run and a plan look at the fleet.
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("arc-onboard.toml");
     std::fs::write(&config_path, w.config(ONE_REGION)).unwrap();
-    let first = Command::new(env!("CARGO_BIN_EXE_arc-onboard"))
+    let mut first = Command::new(env!("CARGO_BIN_EXE_arc-onboard"));
+    first
         .args([
             "run",
             "--wait-for-ssm",
@@ -429,16 +408,10 @@ fn an_install_in_flight_is_never_sent_again() {
             "json",
             "--config",
         ])
-        .arg(&config_path)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .arg(&config_path);
+    common::isolate(&mut first, dir.path());
+    let first = first
         .env("AWS_ENDPOINT_URL", &w.aws.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_CONFIG_FILE", dir.path().join("none"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", dir.path().join("none"))
         .env("ARC_ONBOARD_CLIENT_SECRET", STUB_SECRET)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

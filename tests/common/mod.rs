@@ -366,31 +366,32 @@ impl Outcome {
     }
 }
 
+/// Gives `cmd` an AWS environment isolated from the machine's: no profiles or files of the user (empty ones
+/// in `dir`), no instance metadata, dummy credentials, one attempt per call.
+pub fn isolate(cmd: &mut Command, dir: &Path) {
+    std::fs::write(dir.join("aws-config"), "").unwrap();
+    std::fs::write(dir.join("aws-credentials"), "").unwrap();
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir)
+        .env("AWS_CONFIG_FILE", dir.join("aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("aws-credentials"))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_MAX_ATTEMPTS", "1");
+}
+
 /// Runs `arc-onboard` with `config` written to a temporary file, in an AWS environment isolated from the
 /// machine's (no profiles, no instance metadata, dummy credentials, one attempt per call).
 pub fn run_binary(args: &[&str], config: &str, env: &[(&str, &str)]) -> Outcome {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("arc-onboard.toml");
     std::fs::write(&config_path, config).unwrap();
-    std::fs::write(dir.path().join("aws-config"), "").unwrap();
-    std::fs::write(dir.path().join("aws-credentials"), "").unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_arc-onboard"));
-    cmd.args(args)
-        .arg("--config")
-        .arg(&config_path)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir.path())
-        .env("AWS_CONFIG_FILE", dir.path().join("aws-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            dir.path().join("aws-credentials"),
-        )
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_MAX_ATTEMPTS", "1");
+    cmd.args(args).arg("--config").arg(&config_path);
+    isolate(&mut cmd, dir.path());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -447,32 +448,19 @@ impl World {
         let dir = dir.unwrap_or_else(|| tempfile::tempdir().unwrap());
         let config_path = dir.path().join("arc-onboard.toml");
         std::fs::write(&config_path, self.config(config)).unwrap();
-        std::fs::write(dir.path().join("aws-config"), "").unwrap();
-        std::fs::write(dir.path().join("aws-credentials"), "").unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.path().join("daemon.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_arc-onboard"))
-            .args(["--log-format", "json", "daemon", "--state-file"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_arc-onboard"));
+        cmd.args(["--log-format", "json", "daemon", "--state-file"])
             .arg(dir.path().join("state.db"))
             .args(flags)
             .arg("--config")
-            .arg(&config_path)
-            .env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("HOME", dir.path())
-            .env("AWS_CONFIG_FILE", dir.path().join("aws-config"))
-            .env(
-                "AWS_SHARED_CREDENTIALS_FILE",
-                dir.path().join("aws-credentials"),
-            )
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_MAX_ATTEMPTS", "1")
+            .arg(&config_path);
+        isolate(&mut cmd, dir.path());
+        let child = cmd
             .env("AWS_ENDPOINT_URL", &self.aws.endpoint)
             .env("ARC_ONBOARD_CLIENT_SECRET", STUB_SECRET)
             .stdout(Stdio::null())
@@ -515,10 +503,10 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
 
-    /// Sends a signal (`TERM`, `HUP`, `KILL`).
+    /// Sends a signal (`TERM`, `HUP`, `KILL`) with the shell's builtin `kill` (no procps needed).
     pub fn signal(&self, name: &str) {
-        let ok = Command::new("kill")
-            .args([format!("-{name}"), self.child.id().to_string()])
+        let ok = Command::new("sh")
+            .args(["-c", &format!("kill -{name} {}", self.child.id())])
             .status()
             .unwrap()
             .success();

@@ -38,6 +38,7 @@ struct State {
     next_association: u64,
     commands: Vec<FakeCommand>,
     outcomes: HashMap<String, Invocation>,
+    hidden_invocation_lists: u32,
     arm: Option<(Arc<FakeArm>, String)>,
 }
 
@@ -100,6 +101,11 @@ impl FakeAws {
     /// Makes successful installs connect the machine in `arm`, in resource group `rg`.
     pub fn link_arm(&self, arm: Arc<FakeArm>, rg: &str) {
         self.lock().arm = Some((arm, rg.into()));
+    }
+
+    /// The next `n` invocation listings come back empty, as SSM's do right after a command ends.
+    pub fn hide_invocations(&self, n: u32) {
+        self.lock().hidden_invocation_lists = n;
     }
 
     /// Every command accepted so far.
@@ -570,7 +576,11 @@ impl Ssm for FakeAws {
         command_id: &str,
     ) -> Result<Vec<Invocation>, AwsError> {
         self.check("ssm:ListCommandInvocations", &[region])?;
-        let s = self.lock();
+        let mut s = self.lock();
+        if s.hidden_invocation_lists > 0 {
+            s.hidden_invocation_lists -= 1;
+            return Ok(Vec::new());
+        }
         let Some(c) = s.commands.iter().find(|c| c.command_id == command_id) else {
             return Ok(Vec::new());
         };

@@ -343,7 +343,12 @@ async fn track(
         for s in pending {
             // Command-level status first: one call per command, whatever its size.
             match ssm.command_status(&s.region, &s.command_id).await {
-                Ok(Some(c)) if c.is_done() => resolve(plan, &s, ssm, opts, &mut succeeded).await,
+                Ok(Some(c)) if c.is_done() => {
+                    // Right after a command ends SSM may not list its invocations yet: ask again later.
+                    if !resolve(plan, &s, ssm, opts, &mut succeeded).await {
+                        still.push(s);
+                    }
+                }
                 Ok(_) => still.push(s),
                 Err(e) => {
                     warn!(command_id = %s.command_id, error = %e, "cannot read command status; will ask again");
@@ -379,15 +384,17 @@ async fn track(
     succeeded
 }
 
-/// Reads the invocations of a finished command (one paged call) and resolves its rows.
+/// Reads the invocations of a finished command (one paged call) and resolves its rows. Returns false,
+/// resolving nothing, when SSM lists no invocation yet.
 async fn resolve(
     plan: &mut AccountPlan,
     s: &Sent,
     ssm: &impl Ssm,
     opts: &InstallOptions,
     succeeded: &mut Vec<(usize, bool)>,
-) {
+) -> bool {
     let listed = match ssm.command_invocations(&s.region, &s.command_id).await {
+        Ok(list) if list.is_empty() => return false,
         Ok(list) => list,
         Err(e) => {
             warn!(command_id = %s.command_id, error = %e, "cannot list invocations; asking per instance");
@@ -435,6 +442,7 @@ async fn resolve(
             set(row, Status::Failed, detail);
         }
     }
+    true
 }
 
 /// Waits (bounded) for Azure to show each succeeded instance `Connected`, listing the group once a round.

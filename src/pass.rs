@@ -904,4 +904,18 @@ mod tests {
             .unwrap();
         assert!(none.detail.contains("Azure not checked"), "{}", none.detail);
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn invocations_not_listed_yet_are_asked_for_again_not_failed() {
+        let aws = fleet();
+        aws.hide_invocations(2);
+        let report = pass(&aws, &config(""), Some(&MutationToken::mint())).await;
+        assert_eq!(status(&report, "i-good"), "onboarded");
+        assert!(!report.has_failures());
+        assert!(
+            aws.calls.count("ssm:ListCommandInvocations") >= 3 + 2,
+            "{:?}",
+            aws.calls.snapshot()
+        );
+    }
 }

@@ -147,6 +147,11 @@ fn failed_installs_are_retried_with_backoff_not_at_every_tick() {
     assert!(row["next_attempt_at"].is_string(), "{row}");
     assert!(row["last_error"].as_str().unwrap().contains("41"), "{row}");
     let later = d.status();
+    let counts = &later["summary"]["by_status"];
+    assert_eq!(counts["failed"], 1, "{later:#}");
+    let ok = counts["onboarded"].as_u64().unwrap_or(0)
+        + counts["already-onboarded"].as_u64().unwrap_or(0);
+    assert_eq!(ok, 1, "{later:#}");
     let row = status_of(&later, &bad).unwrap();
     assert!(
         row["detail"]

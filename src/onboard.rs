@@ -9,7 +9,7 @@
 //!   access token instead.
 //! - Every instance handed in ends `onboarded`, `already-onboarded` or `failed` with a reason.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -22,7 +22,8 @@ use crate::install::{self, InstallParams, ScriptOutcome};
 use crate::model::Platform;
 use crate::plan::{AccountPlan, InstancePlan, Status};
 use crate::ports::{
-    CommandRequest, Invocation, MutationToken, Ssm, LINUX_DOCUMENT, WINDOWS_DOCUMENT,
+    CommandRequest, CommandSummary, Invocation, MutationToken, Ssm, LINUX_DOCUMENT,
+    WINDOWS_DOCUMENT,
 };
 
 /// SendCommand accepts at most 50 instance ids.
@@ -164,6 +165,8 @@ pub async fn install_agents(
         resume,
         journal,
     } = work;
+    // Every command this call sends goes out after this (a minute's slack for clock skew).
+    let since = std::time::SystemTime::now() - Duration::from_secs(60);
     let resource_group = azure.resource_group_for(&plan.account_id);
     let mut sent: Vec<Sent> = resume
         .into_iter()
@@ -183,7 +186,7 @@ pub async fn install_agents(
         return;
     }
     if ready.is_empty() {
-        let succeeded = track(token, plan, sent, ssm, opts).await;
+        let succeeded = track(token, plan, sent, ssm, opts, since).await;
         verify(plan, &succeeded, arm, &resource_group, opts).await;
         return;
     }
@@ -263,7 +266,7 @@ pub async fn install_agents(
             }
         }
     }
-    let succeeded = track(token, plan, sent, ssm, opts).await;
+    let succeeded = track(token, plan, sent, ssm, opts, since).await;
     verify(plan, &succeeded, arm, &resource_group, opts).await;
 }
 
@@ -322,6 +325,7 @@ async fn track(
     mut pending: Vec<Sent>,
     ssm: &impl Ssm,
     opts: &InstallOptions,
+    since: std::time::SystemTime,
 ) -> Vec<(usize, bool)> {
     let deadline =
         Instant::now() + opts.command_timeout + opts.delivery_timeout + Duration::from_secs(60);
@@ -339,10 +343,25 @@ async fn track(
             "{} of {total} commands finished",
             total - pending.len()
         ));
+        // Command-level status first. This run's commands: one ListCommands per region (filtered by
+        // this run's comment), whatever the number of commands; others (resumed): one call each.
+        let mut listed: HashMap<String, CommandSummary> = HashMap::new();
+        let regions: BTreeSet<&str> = pending.iter().map(|s| s.region.as_str()).collect();
+        for region in regions {
+            match ssm.recent_commands(region, since, &opts.comment()).await {
+                Ok(list) => listed.extend(list.into_iter().map(|c| (c.command_id.clone(), c))),
+                Err(e) => {
+                    warn!(%region, error = %e, "cannot list this run's commands; asking one by one")
+                }
+            }
+        }
         let mut still = Vec::new();
         for s in pending {
-            // Command-level status first: one call per command, whatever its size.
-            match ssm.command_status(&s.region, &s.command_id).await {
+            let status = match listed.remove(&s.command_id) {
+                Some(c) => Ok(Some(c)),
+                None => ssm.command_status(&s.region, &s.command_id).await,
+            };
+            match status {
                 Ok(Some(c)) if c.is_done() => {
                     // Right after a command ends SSM may not list its invocations yet: ask again later.
                     if !resolve(plan, &s, ssm, opts, &mut succeeded).await {

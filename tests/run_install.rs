@@ -280,6 +280,9 @@ fn one_hundred_thirty_online_instances_take_three_send_commands() {
         counts.get("ssm:GetCommandInvocation").is_none(),
         "{counts:?}"
     );
+    // One ListCommands while observing, then one per poll for the whole region, not one per command.
+    let list_commands = counts["ssm:ListCommands"].as_u64().unwrap();
+    assert!(list_commands <= 4, "{counts:?}");
 }
 
 #[test]

@@ -36,30 +36,7 @@ pub struct Emulator {
 impl Emulator {
     /// Starts a fresh emulator.
     pub fn start() -> Emulator {
-        let py = python();
-        assert!(
-            py.exists(),
-            "{} not found: run scripts/test (it creates .venv with the emulator's requirements)",
-            py.display()
-        );
-        let mut child = Command::new(py)
-            .arg(repo().join("scripts/aws-emulator/emulator.py"))
-            .args(["--host", "127.0.0.1", "--port", "0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the emulator");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("read LISTENING line");
-        let endpoint = line
-            .trim()
-            .strip_prefix("LISTENING ")
-            .unwrap_or_else(|| panic!("unexpected emulator output {line:?}"))
-            .to_string();
-        let port = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        let (child, endpoint, port) = start_server("scripts/aws-emulator/emulator.py");
         Emulator {
             child,
             endpoint,

@@ -114,6 +114,24 @@ pub fn unix(t: SystemTime) -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
+/// Reads a record from a row of `SELECT account_id, region, instance_id, status, detail, command_id,
+/// command_sent_at, attempts, last_error, next_attempt_at, last_seen_at`.
+fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRecord> {
+    Ok(InstanceRecord {
+        account_id: r.get(0)?,
+        region: r.get(1)?,
+        instance_id: r.get(2)?,
+        status: r.get(3)?,
+        detail: r.get(4)?,
+        command_id: r.get(5)?,
+        command_sent_at: r.get(6)?,
+        attempts: r.get(7)?,
+        last_error: r.get(8)?,
+        next_attempt_at: r.get(9)?,
+        last_seen_at: r.get(10)?,
+    })
+}
+
 /// The state database.
 pub struct StateDb {
     path: PathBuf,
@@ -203,21 +221,7 @@ impl StateDb {
                         last_error, next_attempt_at, last_seen_at
                  FROM instances ORDER BY account_id, region, instance_id",
             )?;
-            let rows = stmt.query_map([], |r| {
-                Ok(InstanceRecord {
-                    account_id: r.get(0)?,
-                    region: r.get(1)?,
-                    instance_id: r.get(2)?,
-                    status: r.get(3)?,
-                    detail: r.get(4)?,
-                    command_id: r.get(5)?,
-                    command_sent_at: r.get(6)?,
-                    attempts: r.get(7)?,
-                    last_error: r.get(8)?,
-                    next_attempt_at: r.get(9)?,
-                    last_seen_at: r.get(10)?,
-                })
-            })?;
+            let rows = stmt.query_map([], record_from_row)?;
             rows.collect()
         })
     }
@@ -265,9 +269,16 @@ impl StateDb {
         region: &str,
         instance_id: &str,
     ) -> Result<Option<InstanceRecord>, StateError> {
-        Ok(self.all()?.into_iter().find(|r| {
-            r.account_id == account_id && r.region == region && r.instance_id == instance_id
-        }))
+        self.with(|conn| {
+            conn.query_row(
+                "SELECT account_id, region, instance_id, status, detail, command_id, command_sent_at, attempts,
+                        last_error, next_attempt_at, last_seen_at
+                 FROM instances WHERE account_id = ?1 AND region = ?2 AND instance_id = ?3",
+                params![account_id, region, instance_id],
+                record_from_row,
+            )
+            .optional()
+        })
     }
 
     /// Whether a pass log exists at all (for `status` on an empty file).

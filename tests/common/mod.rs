@@ -46,12 +46,7 @@ impl Emulator {
 
     /// A control API call; panics on a non-2xx answer.
     pub fn control(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
-        let (status, value) = http(self.port, method, path, body);
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path} -> {status}: {value}"
-        );
-        value
+        control(self.port, method, path, body)
     }
 
     /// Seeds a fleet; returns the created instances in seed order.
@@ -188,12 +183,7 @@ impl AzureStub {
 
     /// A control API call; panics on a non-2xx answer.
     pub fn control(&self, method: &str, path: &str, body: Option<&Value>) -> Value {
-        let (status, value) = http(self.port, method, path, body);
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path} -> {status}: {value}"
-        );
-        value
+        control(self.port, method, path, body)
     }
 
     /// Machines the stub knows, with their resource group.
@@ -275,6 +265,16 @@ impl World {
         all.extend_from_slice(env);
         self.aws.run_env(args, config, &all)
     }
+}
+
+/// A control API call to the server on `port`; panics on a non-2xx answer.
+fn control(port: u16, method: &str, path: &str, body: Option<&Value>) -> Value {
+    let (status, value) = http(port, method, path, body);
+    assert!(
+        (200..300).contains(&status),
+        "{method} {path} -> {status}: {value}"
+    );
+    value
 }
 
 /// Minimal HTTP/1.1 client for the control API.

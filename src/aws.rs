@@ -673,11 +673,7 @@ impl Ssm for SdkSsm {
             .send()
             .await
             .map_err(|e| aws_error(op, e));
-        match result {
-            Ok(out) => Ok(out.commands().first().map(command_summary)),
-            Err(e) if e.code == "InvalidCommandId" => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(not_found_is_none(result)?.and_then(|out| out.commands().first().map(command_summary)))
     }
 
     async fn recent_commands(
@@ -771,10 +767,8 @@ impl Ssm for SdkSsm {
             .send()
             .await
             .map_err(|e| aws_error(op, e));
-        let out = match result {
-            Ok(out) => out,
-            Err(e) if e.kind == AwsErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(out) = not_found_is_none(result)? else {
+            return Ok(None);
         };
         let mut output = out
             .standard_output_content()

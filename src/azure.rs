@@ -527,6 +527,9 @@ impl Arm for FakeArm {
 
     async fn list_machines(&self, rg: &str) -> Result<Vec<ArcMachine>, AzureError> {
         self.calls.record("arm:ListMachines");
+        if let Some(e) = &self.lock().token_error {
+            return Err(e.clone());
+        }
         let rg = rg.to_ascii_lowercase();
         Ok(self
             .lock()

@@ -209,13 +209,18 @@ fn init_logging(cli: &Cli) {
 
 /// Prints an error and its chain of causes.
 fn report_error(e: &dyn std::error::Error) {
-    let mut text = format!("error: {e}");
+    eprintln!("error: {}", error_chain(e));
+}
+
+/// An error and its chain of causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
         text.push_str(&format!(": {s}"));
         source = s.source();
     }
-    eprintln!("{text}");
+    text
 }
 
 /// Entry point of the binary.
@@ -287,33 +292,16 @@ async fn one_pass(
     opts: PassOptions,
 ) -> Result<u8, CliError> {
     let sdk = aws::load_sdk_config().await;
-    let first = match &config.aws.regions {
-        RegionSelection::List(list) => list.first().map(String::as_str),
-        RegionSelection::AllEnabled => None,
-    };
-    let home = aws::home_region(&sdk, first);
-    let counter = ApiCounter::default();
-    let sts = SdkSts::new(&sdk, &home, counter.clone());
-    let ec2 = SdkEc2::new(&sdk, &home, counter.clone());
-    let iam = SdkIam::new(&sdk, &home, counter.clone());
-    let ssm = SdkSsm::new(&sdk, counter.clone());
-    let ports = AwsPorts {
-        sts: &sts,
-        ec2: &ec2,
-        iam: &iam,
-        ssm: &ssm,
-        counter: &counter,
-    };
-    let secret = std::env::var(CLIENT_SECRET_ENV)
-        .ok()
-        .filter(|s| !s.is_empty());
-    let arm = match (&config.azure, secret) {
-        (Some(azure), Some(secret)) => {
-            Some(RestArm::new(azure, Secret::new(secret), counter.clone()))
-        }
-        _ => None,
-    };
-    let outcome = run_pass(config, &ports, arm.as_ref(), token, &opts, None).await?;
+    let adapters = Adapters::new(&sdk, &home_region(&sdk, config), config);
+    let outcome = run_pass(
+        config,
+        &adapters.ports(),
+        adapters.arm.as_ref(),
+        token,
+        &opts,
+        None,
+    )
+    .await?;
     let report = outcome.report;
     match cli.output {
         Output::Json => println!("{}", report.to_json()),
@@ -462,41 +450,9 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
                 )
                 .await
                 {
-                    Ok(outcome) => {
-                        let r = &outcome.report;
-                        let mut errors: std::collections::BTreeMap<String, u64> =
-                            Default::default();
-                        for e in &r.errors {
-                            *errors.entry(e.code.clone()).or_default() += 1;
-                        }
-                        let failed = r
-                            .instances
-                            .iter()
-                            .filter(|i| i.status == crate::plan::Status::Failed)
-                            .count();
-                        if failed > 0 {
-                            errors.insert("instance-failed".into(), failed as u64);
-                        }
-                        PassSummary {
-                            ok: !outcome.no_region_reachable,
-                            statuses: r
-                                .summary
-                                .by_status
-                                .iter()
-                                .map(|(s, n)| (s.as_str().to_string(), *n as u64))
-                                .collect(),
-                            api_calls: r.summary.api_calls.clone(),
-                            errors,
-                        }
-                    }
+                    Ok(outcome) => PassSummary::from_outcome(&outcome),
                     Err(e) => {
-                        let mut text = e.to_string();
-                        let mut source = std::error::Error::source(&e);
-                        while let Some(s) = source {
-                            text.push_str(&format!(": {s}"));
-                            source = s.source();
-                        }
-                        tracing::error!(error = %text, "pass failed");
+                        tracing::error!(error = %error_chain(&e), "pass failed");
                         PassSummary {
                             ok: false,
                             api_calls: adapters.counter.snapshot(),

@@ -206,6 +206,37 @@ pub struct PassSummary {
     pub errors: BTreeMap<String, u64>,
 }
 
+impl PassSummary {
+    /// The summary of a pass that completed: statuses, calls, and error codes (regions that could not be
+    /// observed by AWS code, failed instances as `instance-failed`).
+    pub fn from_outcome(outcome: &crate::pass::PassOutcome) -> PassSummary {
+        let r = &outcome.report;
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        for e in &r.errors {
+            *errors.entry(e.code.clone()).or_default() += 1;
+        }
+        let failed = r
+            .instances
+            .iter()
+            .filter(|i| i.status == crate::plan::Status::Failed)
+            .count();
+        if failed > 0 {
+            errors.insert("instance-failed".into(), failed as u64);
+        }
+        PassSummary {
+            ok: !outcome.no_region_reachable,
+            statuses: r
+                .summary
+                .by_status
+                .iter()
+                .map(|(s, n)| (s.as_str().to_string(), *n as u64))
+                .collect(),
+            api_calls: r.summary.api_calls.clone(),
+            errors,
+        }
+    }
+}
+
 /// Runs one pass with logging, the pass log and metrics around it.
 pub async fn observed_pass<Fut>(
     kind: PassKind,

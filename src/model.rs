@@ -1,7 +1,6 @@
 //! Domain types shared by the ports, the observer, the planner and the report. No SDK type crosses here.
 
 use std::collections::BTreeMap;
-use std::fmt;
 
 use serde::Serialize;
 
@@ -287,6 +286,7 @@ pub fn classify_code(code: &str) -> AwsErrorKind {
         | "InvalidInstanceID.NotFound"
         | "InvalidInstanceID.Malformed"
         | "InvocationDoesNotExist"
+        | "InvalidCommandId"
         | "InvalidAssociationID.NotFound" => AwsErrorKind::NotFound,
         "InvalidParameterValue"
         | "ValidationError"
@@ -305,21 +305,6 @@ pub fn classify_code(code: &str) -> AwsErrorKind {
 
 /// Counts of API calls by `service:Operation`, as the report shows them.
 pub type ApiCounts = BTreeMap<String, u64>;
-
-/// A stable display of a list of action names.
-pub struct ActionList<'a, T>(pub &'a [T]);
-
-impl<T: fmt::Display> fmt::Display for ActionList<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, a) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(",")?;
-            }
-            write!(f, "{a}")?;
-        }
-        Ok(())
-    }
-}
 
 #[cfg(test)]
 mod tests {

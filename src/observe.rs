@@ -265,7 +265,7 @@ async fn observe_region(
         .filter(|i| i.state == InstanceState::Running)
         .map(|i| i.instance_id.clone())
         .collect();
-    let (ssm_by_id, ssm_error) = if running.is_empty() {
+    let (mut ssm_by_id, ssm_error): (HashMap<String, SsmInstance>, _) = if running.is_empty() {
         (HashMap::new(), None)
     } else {
         match ssm.describe_instance_information(&region, &running).await {
@@ -281,7 +281,6 @@ async fn observe_region(
             }
         }
     };
-    let mut ssm_by_id: HashMap<String, SsmInstance> = ssm_by_id;
     let in_flight = if ssm_by_id.is_empty() {
         HashMap::new()
     } else {

@@ -182,46 +182,63 @@ pub async fn install_agents(
             }
         })
         .collect();
-    if ready.is_empty() && sent.is_empty() {
-        return;
-    }
-    if ready.is_empty() {
-        let succeeded = track(token, plan, sent, ssm, opts, since).await;
-        verify(plan, &succeeded, arm, &resource_group, opts).await;
-        return;
-    }
-    let access_token = match arm.token().await {
-        Ok(t) => t,
-        Err(e) => {
-            for n in ready {
-                set(
-                    &mut plan.instances[*n],
-                    Status::Failed,
-                    format!("cannot get an Azure access token for the install: {e}"),
-                );
+    if !ready.is_empty() {
+        match arm.token().await {
+            Ok(access_token) => {
+                let mut groups: BTreeMap<(String, Platform), Vec<usize>> = BTreeMap::new();
+                for n in ready {
+                    let row = &plan.instances[*n];
+                    groups
+                        .entry((row.region.clone(), row.platform))
+                        .or_default()
+                        .push(*n);
+                }
+                let scripts = Scripts {
+                    azure,
+                    onboarding,
+                    resource_group: &resource_group,
+                    access_token: &access_token,
+                };
+                sent.extend(send(token, plan, groups, ssm, &scripts, journal, opts).await);
             }
-            return;
+            Err(e) => {
+                // Commands already in flight (resumed) are still tracked below.
+                for n in ready {
+                    let detail = format!("cannot get an Azure access token for the install: {e}");
+                    set(&mut plan.instances[*n], Status::Failed, detail);
+                }
+            }
         }
-    };
-    let mut groups: BTreeMap<(String, Platform), Vec<usize>> = BTreeMap::new();
-    for n in ready {
-        let row = &plan.instances[*n];
-        groups
-            .entry((row.region.clone(), row.platform))
-            .or_default()
-            .push(*n);
     }
+    if sent.is_empty() {
+        return;
+    }
+    let succeeded = track(token, plan, sent, ssm, opts, since).await;
+    verify(plan, &succeeded, arm, &resource_group, opts).await;
+}
+
+/// What every script of one call shares.
+struct Scripts<'a> {
+    azure: &'a AzureConfig,
+    onboarding: &'a OnboardingConfig,
+    resource_group: &'a str,
+    access_token: &'a Secret,
+}
+
+/// Sends one script per (region, platform) group in batches of at most [`BATCH`]; returns the commands sent.
+/// A batch SSM refuses fails its rows with SSM's reason.
+async fn send(
+    token: &MutationToken,
+    plan: &mut AccountPlan,
+    groups: BTreeMap<(String, Platform), Vec<usize>>,
+    ssm: &impl Ssm,
+    scripts: &Scripts<'_>,
+    journal: Option<Journal<'_>>,
+    opts: &InstallOptions,
+) -> Vec<Sent> {
+    let mut sent = Vec::new();
     for ((region, platform), rows) in groups {
-        let script = render(
-            azure,
-            onboarding,
-            &plan.account_id,
-            &region,
-            platform,
-            &resource_group,
-            &access_token,
-            opts,
-        );
+        let script = render(scripts, &plan.account_id, &region, platform, opts);
         for chunk in rows.chunks(BATCH) {
             let request = CommandRequest {
                 document: if platform == Platform::Windows {
@@ -266,21 +283,22 @@ pub async fn install_agents(
             }
         }
     }
-    let succeeded = track(token, plan, sent, ssm, opts, since).await;
-    verify(plan, &succeeded, arm, &resource_group, opts).await;
+    sent
 }
 
-#[allow(clippy::too_many_arguments)]
 fn render(
-    azure: &AzureConfig,
-    onboarding: &OnboardingConfig,
+    scripts: &Scripts<'_>,
     account_id: &str,
     region: &str,
     platform: Platform,
-    resource_group: &str,
-    access_token: &Secret,
     opts: &InstallOptions,
 ) -> String {
+    let Scripts {
+        azure,
+        onboarding,
+        resource_group,
+        access_token,
+    } = *scripts;
     let mut tags = azure.tags.clone();
     tags.insert("AwsAccountId".into(), account_id.into());
     tags.insert("AwsRegion".into(), region.into());

@@ -553,6 +553,44 @@ mod tests {
             .map(|o| o.report)
     }
 
+    fn one_region_config() -> Config {
+        Config::parse(
+            &format!("[aws]\nregions=[\"us-east-1\"]\n{AZURE}"),
+            Path::new("t"),
+        )
+        .unwrap()
+    }
+
+    /// An account whose `ids` run in us-east-1 with a working SSM profile (Online at once).
+    fn ready_account(ids: &[String]) -> FakeAws {
+        let aws = FakeAws::new(&["us-east-1"]);
+        aws.add_role("AppRole", &[SSM_POLICY_ARN], Some("AppProfile"));
+        for id in ids {
+            aws.add_instance(
+                "us-east-1",
+                id,
+                Platform::Linux,
+                InstanceState::Running,
+                Some("AppProfile"),
+                &[],
+            );
+        }
+        aws
+    }
+
+    async fn observe_and_plan(aws: &FakeAws, cfg: &Config, regions: &[String]) -> AccountPlan {
+        let obs = crate::observe::observe_account(
+            "123456789012",
+            regions,
+            cfg,
+            (aws, aws, aws),
+            Duration::from_secs(60),
+            crate::observe::ArcObservation::NotConfigured,
+        )
+        .await;
+        crate::plan::plan_account(&obs, cfg)
+    }
+
     fn mutating(aws: &FakeAws) -> u64 {
         aws.calls
             .snapshot()
@@ -674,11 +712,7 @@ mod tests {
                 &[],
             );
         }
-        let cfg = Config::parse(
-            &format!("[aws]\nregions=[\"us-east-1\"]\n{AZURE}"),
-            Path::new("t"),
-        )
-        .unwrap();
+        let cfg = one_region_config();
         pass(&aws, &cfg, Some(&MutationToken::mint())).await;
         assert_eq!(aws.calls.count("iam:AttachRolePolicy"), 1);
         assert_eq!(
@@ -784,16 +818,8 @@ mod tests {
         let cfg = config("");
         let token = MutationToken::mint();
         // Observe and plan, then someone else associates a profile before we apply.
-        let obs = crate::observe::observe_account(
-            "123456789012",
-            &["us-east-1".to_string(), "eu-west-1".to_string()],
-            &cfg,
-            (&aws, &aws, &aws),
-            Duration::from_secs(60),
-            crate::observe::ArcObservation::NotConfigured,
-        )
-        .await;
-        let mut plan = crate::plan::plan_account(&obs, &cfg);
+        let regions = ["us-east-1".to_string(), "eu-west-1".to_string()];
+        let mut plan = observe_and_plan(&aws, &cfg, &regions).await;
         aws.associate_instance_profile(&token, "us-east-1", "i-none", "AppProfile")
             .await
             .unwrap();
@@ -849,24 +875,9 @@ mod tests {
 
     #[tokio::test]
     async fn batches_hold_at_most_fifty_instances() {
-        let aws = FakeAws::new(&["us-east-1"]);
-        aws.add_role("AppRole", &[SSM_POLICY_ARN], Some("AppProfile"));
-        for n in 0..130 {
-            let id = format!("i-{n:04}");
-            aws.add_instance(
-                "us-east-1",
-                &id,
-                Platform::Linux,
-                InstanceState::Running,
-                Some("AppProfile"),
-                &[],
-            );
-        }
-        let cfg = Config::parse(
-            &format!("[aws]\nregions=[\"us-east-1\"]\n{AZURE}"),
-            Path::new("t"),
-        )
-        .unwrap();
+        let ids: Vec<String> = (0..130).map(|n| format!("i-{n:04}")).collect();
+        let aws = ready_account(&ids);
+        let cfg = one_region_config();
         let report = pass(&aws, &cfg, Some(&MutationToken::mint())).await;
         let sizes: Vec<usize> = aws
             .commands()
@@ -917,5 +928,60 @@ mod tests {
             "{:?}",
             aws.calls.snapshot()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_resumed_command_is_tracked_even_when_no_new_command_can_be_sent() {
+        use crate::onboard::{install_agents, InstallWork};
+        use crate::ports::{CommandRequest, Ssm, LINUX_DOCUMENT};
+        let aws = ready_account(&["i-1".to_string(), "i-2".to_string()]);
+        let cfg = one_region_config();
+        let token = MutationToken::mint();
+        // An earlier process sent the install to i-1 and stopped.
+        let earlier = CommandRequest {
+            document: LINUX_DOCUMENT,
+            instance_ids: vec!["i-1".into()],
+            script: "true".into(),
+            execution_timeout: Duration::from_secs(60),
+            delivery_timeout: Duration::from_secs(60),
+            comment: "arc-onboard run earlier".into(),
+        };
+        let command = aws
+            .send_command(&token, "us-east-1", &earlier)
+            .await
+            .unwrap();
+        let regions = ["us-east-1".to_string()];
+        let mut plan = observe_and_plan(&aws, &cfg, &regions).await;
+        let arm = FakeArm::default();
+        arm.fail_token(crate::azure::AzureError::Token {
+            status: 503,
+            code: "temporarily_unavailable".into(),
+            description: "down".into(),
+        });
+        let work = InstallWork {
+            ready: &[1],
+            resume: vec![("us-east-1".into(), command, vec![0])],
+            journal: None,
+        };
+        let install = InstallOptions {
+            verify_timeout: Duration::from_secs(2),
+            ..InstallOptions::default()
+        };
+        let cfgs = (cfg.azure.as_ref().unwrap(), &cfg.onboarding);
+        install_agents(&token, &mut plan, work, &aws, &arm, cfgs, &install).await;
+        let (resumed, new) = (&plan.instances[0], &plan.instances[1]);
+        assert_eq!(new.status, Status::Failed);
+        assert!(
+            new.detail.contains("cannot get an Azure access token"),
+            "{}",
+            new.detail
+        );
+        // The resumed command was still tracked to its end (its script succeeded; Azure could not be read).
+        assert!(
+            resumed.detail.contains("install script succeeded"),
+            "{}",
+            resumed.detail
+        );
+        assert_eq!(aws.commands().len(), 1, "nothing new was sent");
     }
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde::Serialize;
 
 /// Schema migrations, in order; `user_version` counts how many have run.
@@ -261,34 +261,6 @@ impl StateDb {
     pub fn schema_version(&self) -> Result<i64, StateError> {
         self.with(|conn| conn.pragma_query_value(None, "user_version", |r| r.get(0)))
     }
-
-    /// One record.
-    pub fn get(
-        &self,
-        account_id: &str,
-        region: &str,
-        instance_id: &str,
-    ) -> Result<Option<InstanceRecord>, StateError> {
-        self.with(|conn| {
-            conn.query_row(
-                "SELECT account_id, region, instance_id, status, detail, command_id, command_sent_at, attempts,
-                        last_error, next_attempt_at, last_seen_at
-                 FROM instances WHERE account_id = ?1 AND region = ?2 AND instance_id = ?3",
-                params![account_id, region, instance_id],
-                record_from_row,
-            )
-            .optional()
-        })
-    }
-
-    /// Whether a pass log exists at all (for `status` on an empty file).
-    pub fn has_passes(&self) -> Result<bool, StateError> {
-        self.with(|conn| {
-            conn.query_row("SELECT 1 FROM passes LIMIT 1", [], |_| Ok(()))
-                .optional()
-                .map(|r| r.is_some())
-        })
-    }
 }
 
 #[cfg(test)]
@@ -328,10 +300,6 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].command_id.as_deref(), Some("cmd-1"));
         assert_eq!(all[1].status, "onboarded");
-        assert!(db
-            .get("123456789012", "us-east-1", "i-2")
-            .unwrap()
-            .is_some());
     }
 
     #[test]
@@ -353,7 +321,6 @@ mod tests {
     fn passes_keep_the_latest_per_kind() {
         let dir = tempfile::tempdir().unwrap();
         let db = StateDb::open(&dir.path().join("s.db")).unwrap();
-        assert!(!db.has_passes().unwrap());
         for (kind, t) in [("iam", 1), ("onboarding", 2), ("iam", 3)] {
             db.record_pass(&PassRecord {
                 kind: kind.into(),

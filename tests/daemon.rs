@@ -5,10 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{status_of, World};
+use common::{fleet_with, status_of, World};
 use serde_json::{json, Value};
-
-const SSM_POLICY: &str = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore";
 
 fn config(iam_every: &str, sync_every: &str) -> String {
     format!(
@@ -36,10 +34,7 @@ fn seed_one(w: &World, profile: bool) -> String {
     if profile {
         inst["instance_profile"] = json!("AppProfile");
     }
-    let out = w.aws.seed(&json!({
-        "roles": [{"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"}],
-        "instances": [inst]
-    }));
+    let out = w.aws.seed(&fleet_with(json!([inst])));
     out[0]["instance_id"].as_str().unwrap().to_string()
 }
 
@@ -103,10 +98,26 @@ fn a_new_instance_gets_the_ssm_profile_then_the_agent_and_shutdown_is_clean() {
         .find(|l| l.contains("pass finished"))
         .expect("a pass finished");
     let entry: Value = serde_json::from_str(line).unwrap();
+    let pass_id = entry["span"]["pass.id"].as_str().unwrap_or_default();
+    assert_eq!(pass_id.len(), 36, "a pass id (UUID): {line}");
     assert!(
-        entry["span"]["pass.id"].is_string() || line.contains("pass.id"),
+        ["iam", "onboarding"].contains(&entry["span"]["pass.kind"].as_str().unwrap_or_default()),
         "{line}"
     );
+    // Inner events carry the account (pass span), region and instance fields.
+    let assoc = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| e["message"] == "profile associated")
+        .expect("an association was logged");
+    assert_eq!(assoc["instance.id"], late.as_str(), "{assoc}");
+    assert_eq!(assoc["region"], "us-east-1", "{assoc}");
+    let spans = assoc["spans"].as_array().unwrap();
+    assert!(
+        spans.iter().any(|s| s["account"] == "123456789012"),
+        "{assoc}"
+    );
+    assert!(spans.iter().any(|s| s["pass.id"].is_string()), "{assoc}");
 
     d.signal("TERM");
     assert_eq!(

@@ -3,32 +3,23 @@
 
 mod common;
 
-use common::{actions, row, Emulator, ACCOUNT};
+use common::{actions, fleet_with, row, Emulator, ACCOUNT};
 use serde_json::{json, Value};
-
-const SSM_POLICY: &str = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore";
 
 fn fleet() -> Value {
     let tagged = |name: &str| json!({"Name": name, "arc": "onboard"});
-    json!({
-        "roles": [
-            {"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"},
-            {"name": "LegacyRole", "policies": ["arn:aws:iam::aws:policy/ReadOnlyAccess"], "instance_profile": "LegacyProfile"}
-        ],
-        "instance_profiles": [{"name": "EmptyProfile"}],
-        "instances": [
-            {"region": "us-east-1", "platform": "linux", "tags": tagged("ready"), "instance_profile": "AppProfile"},
-            {"region": "us-east-1", "platform": "windows", "tags": tagged("win-bare")},
-            {"region": "us-east-1", "platform": "linux", "tags": tagged("legacy"), "instance_profile": "LegacyProfile"},
-            {"region": "us-east-1", "platform": "linux", "tags": tagged("empty"), "instance_profile": "EmptyProfile"},
-            {"region": "us-east-1", "platform": "linux", "state": "stopped", "tags": tagged("stopped")},
-            {"region": "us-east-1", "platform": "linux", "tags": {"Name": "untagged"}, "instance_profile": "AppProfile"},
-            {"region": "us-east-1", "platform": "linux", "state": "terminated", "tags": tagged("gone")},
-            {"region": "eu-west-1", "platform": "windows", "tags": tagged("win-ready"), "instance_profile": "AppProfile"},
-            {"region": "eu-west-1", "platform": "linux", "tags": tagged("legacy-eu"), "instance_profile": "LegacyProfile"},
-            {"region": "eu-west-1", "platform": "linux", "state": "stopped", "tags": {"Name": "untagged-stopped"}}
-        ]
-    })
+    fleet_with(json!([
+        {"region": "us-east-1", "platform": "linux", "tags": tagged("ready"), "instance_profile": "AppProfile"},
+        {"region": "us-east-1", "platform": "windows", "tags": tagged("win-bare")},
+        {"region": "us-east-1", "platform": "linux", "tags": tagged("legacy"), "instance_profile": "LegacyProfile"},
+        {"region": "us-east-1", "platform": "linux", "tags": tagged("empty"), "instance_profile": "EmptyProfile"},
+        {"region": "us-east-1", "platform": "linux", "state": "stopped", "tags": tagged("stopped")},
+        {"region": "us-east-1", "platform": "linux", "tags": {"Name": "untagged"}, "instance_profile": "AppProfile"},
+        {"region": "us-east-1", "platform": "linux", "state": "terminated", "tags": tagged("gone")},
+        {"region": "eu-west-1", "platform": "windows", "tags": tagged("win-ready"), "instance_profile": "AppProfile"},
+        {"region": "eu-west-1", "platform": "linux", "tags": tagged("legacy-eu"), "instance_profile": "LegacyProfile"},
+        {"region": "eu-west-1", "platform": "linux", "state": "stopped", "tags": {"Name": "untagged-stopped"}}
+    ]))
 }
 
 const CONFIG: &str = r#"

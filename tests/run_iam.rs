@@ -5,10 +5,9 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{row, Emulator, World, ACCOUNT};
+use common::{fleet_with, row, Emulator, World, ACCOUNT};
 use serde_json::{json, Value};
 
-const SSM_POLICY: &str = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore";
 const SSM_PROFILE_ARN: &str =
     "arn:aws:iam::123456789012:instance-profile/AzureArcForServerSSMInstanceProfile";
 
@@ -17,22 +16,15 @@ const CONFIG: &str = "[aws]\nregions = [\"us-east-1\", \"eu-west-1\"]\n";
 /// #0 no profile, #1 role lacks the policy, #2 correct, #3 profile without role, #4 stopped without profile,
 /// #5 eu-west-1 no profile (windows), #6 eu-west-1 correct.
 fn fleet() -> Value {
-    json!({
-        "roles": [
-            {"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"},
-            {"name": "LegacyRole", "policies": ["arn:aws:iam::aws:policy/ReadOnlyAccess"], "instance_profile": "LegacyProfile"}
-        ],
-        "instance_profiles": [{"name": "EmptyProfile"}],
-        "instances": [
-            {"region": "us-east-1", "tags": {"Name": "bare"}},
-            {"region": "us-east-1", "tags": {"Name": "legacy"}, "instance_profile": "LegacyProfile"},
-            {"region": "us-east-1", "tags": {"Name": "good"}, "instance_profile": "AppProfile"},
-            {"region": "us-east-1", "tags": {"Name": "empty"}, "instance_profile": "EmptyProfile"},
-            {"region": "us-east-1", "state": "stopped", "tags": {"Name": "stopped"}},
-            {"region": "eu-west-1", "platform": "windows", "tags": {"Name": "win-bare"}},
-            {"region": "eu-west-1", "tags": {"Name": "good-eu"}, "instance_profile": "AppProfile"}
-        ]
-    })
+    fleet_with(json!([
+        {"region": "us-east-1", "tags": {"Name": "bare"}},
+        {"region": "us-east-1", "tags": {"Name": "legacy"}, "instance_profile": "LegacyProfile"},
+        {"region": "us-east-1", "tags": {"Name": "good"}, "instance_profile": "AppProfile"},
+        {"region": "us-east-1", "tags": {"Name": "empty"}, "instance_profile": "EmptyProfile"},
+        {"region": "us-east-1", "state": "stopped", "tags": {"Name": "stopped"}},
+        {"region": "eu-west-1", "platform": "windows", "tags": {"Name": "win-bare"}},
+        {"region": "eu-west-1", "tags": {"Name": "good-eu"}, "instance_profile": "AppProfile"}
+    ]))
 }
 
 fn seeded(emu: &Emulator, fleet: &Value) -> Vec<String> {

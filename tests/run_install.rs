@@ -6,10 +6,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 
-use common::{row, World, STUB_SECRET};
+use common::{fleet_with, row, World, STUB_SECRET};
 use serde_json::{json, Value};
 
-const SSM_POLICY: &str = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore";
 const TWO_REGIONS: &str = "[aws]\nregions = [\"us-east-1\", \"eu-west-1\"]\n";
 const ONE_REGION: &str = "[aws]\nregions = [\"us-east-1\"]\n";
 
@@ -27,29 +26,20 @@ fn ids(w: &World, fleet: &Value) -> Vec<String> {
 /// #0 linux ready, #1 windows without profile, #2 linux with a role lacking the policy, #3 windows ready
 /// (eu-west-1), #4 linux without profile (eu-west-1), #5 stopped.
 fn mixed_fleet() -> Value {
-    json!({
-        "roles": [
-            {"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"},
-            {"name": "LegacyRole", "policies": ["arn:aws:iam::aws:policy/ReadOnlyAccess"], "instance_profile": "LegacyProfile"}
-        ],
-        "instances": [
-            {"region": "us-east-1", "platform": "linux", "instance_profile": "AppProfile"},
-            {"region": "us-east-1", "platform": "windows"},
-            {"region": "us-east-1", "platform": "linux", "instance_profile": "LegacyProfile"},
-            {"region": "eu-west-1", "platform": "windows", "instance_profile": "AppProfile"},
-            {"region": "eu-west-1", "platform": "linux"},
-            {"region": "eu-west-1", "platform": "linux", "state": "stopped"}
-        ]
-    })
+    fleet_with(json!([
+        {"region": "us-east-1", "platform": "linux", "instance_profile": "AppProfile"},
+        {"region": "us-east-1", "platform": "windows"},
+        {"region": "us-east-1", "platform": "linux", "instance_profile": "LegacyProfile"},
+        {"region": "eu-west-1", "platform": "windows", "instance_profile": "AppProfile"},
+        {"region": "eu-west-1", "platform": "linux"},
+        {"region": "eu-west-1", "platform": "linux", "state": "stopped"}
+    ]))
 }
 
 /// `run --output json` with short bounds; `extra` flags replace the defaults of the same name.
 /// `count` instances in us-east-1 with a working SSM profile: Online at once.
 fn ready_fleet(count: usize) -> Value {
-    json!({
-        "roles": [{"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"}],
-        "instances": [{"region": "us-east-1", "count": count, "instance_profile": "AppProfile"}]
-    })
+    fleet_with(json!([{"region": "us-east-1", "count": count, "instance_profile": "AppProfile"}]))
 }
 
 fn run(w: &World, config: &str, extra: &[&str]) -> (i32, Value, String) {
@@ -229,13 +219,10 @@ fn proxy_mode_puts_the_proxy_in_linux_and_windows_scripts() {
     let w = World::start();
     ids(
         &w,
-        &json!({
-            "roles": [{"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"}],
-            "instances": [
-                {"region": "us-east-1", "platform": "linux", "instance_profile": "AppProfile"},
-                {"region": "us-east-1", "platform": "windows", "instance_profile": "AppProfile"}
-            ]
-        }),
+        &fleet_with(json!([
+            {"region": "us-east-1", "platform": "linux", "instance_profile": "AppProfile"},
+            {"region": "us-east-1", "platform": "windows", "instance_profile": "AppProfile"}
+        ])),
     );
     let config = format!("{ONE_REGION}[onboarding]\nconnectivity = \"proxy\"\nproxy_url = \"http://10.0.0.5:3128\"\n");
     let (code, _, _) = run(&w, &config, &[]);
@@ -255,7 +242,6 @@ fn proxy_mode_puts_the_proxy_in_linux_and_windows_scripts() {
             ),
         }
     }
-    let (_, _, _) = run(&w, ONE_REGION, &[]);
 }
 
 #[test]

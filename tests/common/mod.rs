@@ -13,6 +13,21 @@ use serde_json::{json, Value};
 
 /// The emulator's account id.
 pub const ACCOUNT: &str = "123456789012";
+/// The managed policy SSM needs.
+pub const SSM_POLICY: &str = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore";
+
+/// A seed with the tests' IAM fixture and `instances`: `AppRole` in `AppProfile` (has the SSM policy),
+/// `LegacyRole` in `LegacyProfile` (only ReadOnlyAccess), `EmptyProfile` (no role).
+pub fn fleet_with(instances: Value) -> Value {
+    json!({
+        "roles": [
+            {"name": "AppRole", "policies": [SSM_POLICY], "instance_profile": "AppProfile"},
+            {"name": "LegacyRole", "policies": ["arn:aws:iam::aws:policy/ReadOnlyAccess"], "instance_profile": "LegacyProfile"}
+        ],
+        "instance_profiles": [{"name": "EmptyProfile"}],
+        "instances": instances
+    })
+}
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -383,11 +398,6 @@ pub fn run_binary(args: &[&str], config: &str, env: &[(&str, &str)]) -> Outcome 
 /// Path of a file in the repository.
 pub fn repo_file(rel: &str) -> PathBuf {
     repo().join(rel)
-}
-
-/// Whether `path` exists (helper for clearer asserts).
-pub fn exists(path: &Path) -> bool {
-    path.exists()
 }
 
 /// The report row of one instance.

@@ -32,9 +32,14 @@ import fleet
 
 AGENT_VERSION = "3.3.0.0"
 # What arc-onboard's install script prints when it connects the agent (its last line is machine-readable).
-DEFAULT_SUCCESS_STDOUT = ("Connected Machine agent connected\n"
+DEFAULT_SUCCESS_STDOUT = ("arc-onboard: reading the instance id from IMDSv2\n"
+                          "arc-onboard: agent installed: /usr/bin/azcmagent\n"
+                          "arc-onboard: connecting to Azure Arc\n"
                           'ARC_ONBOARD_RESULT {"outcome":"connected","exit_code":0,"step":"connect",'
-                          '"message":"connected"}')
+                          '"code":"connected","message":"connected","resource_id":""}')
+
+# A success whose result line says this connected nothing (see arc-onboard's install scripts).
+CONNECTED_ELSEWHERE = '"outcome":"connected-elsewhere"'
 
 DOCUMENT_PLUGINS = {
     "AWS-RunShellScript": ("aws:runShellScript", "linux"),
@@ -445,7 +450,9 @@ class SsmSimulator:
             outcome = Outcome.from_script(self.outcomes.get(iid, default),
                                           self.config["command_duration_seconds"])
             invocation = Invocation(iid, name, outcome)
-            if outcome.status == "Success":
+            # The agent connects (and the webhook tells the Azure stub) only when the script did; a
+            # script that found the agent connected to another resource leaves it alone.
+            if outcome.status == "Success" and CONNECTED_ELSEWHERE not in outcome.stdout:
                 invocation.timer = threading.Timer(outcome.duration_seconds, self._notify_success,
                                                    args=(command.command_id, iid))
                 invocation.timer.daemon = True

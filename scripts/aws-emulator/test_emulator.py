@@ -415,7 +415,7 @@ class _Recorder(BaseHTTPRequestHandler):
         pass
 
 
-def test_webhook_fires_once_per_successful_invocation(emu, aws):
+def test_webhook_fires_once_per_invocation_that_connected(emu, aws):
     region = "eu-west-1"
     good, bad = seed_instances(emu, region, count=2, instance_profile="AppProfile")
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
@@ -423,9 +423,14 @@ def test_webhook_fires_once_per_successful_invocation(emu, aws):
     try:
         emu.config(on_success_webhook=f"http://127.0.0.1:{server.server_port}/done",
                    command_duration_seconds=0.2)
-        emu.outcomes({bad: {"status": "Failed", "exit_code": 1}})
+        elsewhere = seed_instances(emu, region, count=1, instance_profile="AppProfile")[0]
+        emu.outcomes({bad: {"status": "Failed", "exit_code": 1},
+                      elsewhere: {"status": "Success", "stdout": (
+                          'ARC_ONBOARD_RESULT {"outcome":"connected-elsewhere","exit_code":0,'
+                          '"step":"check","code":"connected-elsewhere","message":"m",'
+                          '"resource_id":"/subscriptions/x"}')}})
         command_id = aws("ssm", region).send_command(
-            DocumentName="AWS-RunShellScript", InstanceIds=[good, bad],
+            DocumentName="AWS-RunShellScript", InstanceIds=[good, bad, elsewhere],
             Parameters={"commands": ["install", "connect"]})["Command"]["CommandId"]
         wait_until(lambda: _Recorder.received)
         time.sleep(0.3)  # a second (wrong) post would arrive by now

@@ -42,6 +42,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "client_id": "00000000-0000-0000-0000-000000000003",
     "client_secret": "stub-secret",
     "token_lifetime_seconds": 3600,
+    "token_lifetime_sequence": [],
     "fail_token": False,
     "connect_delay_seconds": 0,
     "machine_status": {},
@@ -170,18 +171,40 @@ def parse_assignments(script: str) -> tuple[str, dict[str, str]]:
 
 
 def parse_tags(text: str) -> dict[str, str]:
-    """``K=V,K2=V2`` as azcmagent's ``--tags`` reads it (empty text: no tags)."""
+    """``K=V,K2='V 2'`` as azcmagent's ``--tags`` reads it (empty text: no tags): comma-separated
+    ``NAME=VALUE`` pairs; a name or value that starts with a single quote runs to the next single
+    quote (as azcmagent documents for spaces) and may hold ``=``, ``,``, spaces and ``"``. An unquoted
+    name ends at the first ``=``, an unquoted value at the next comma."""
     tags: dict[str, str] = {}
     if text == "":
         return tags
-    for item in text.split(","):
-        if "=" not in item:
-            raise ValueError(f"tag {item!r} is not KEY=VALUE")
-        key, value = item.split("=", 1)
+    n = len(text)
+
+    def read_part(i: int, stop: str) -> tuple[str, int]:
+        if i < n and text[i] == "'":
+            end = text.find("'", i + 1)
+            if end < 0:
+                raise ValueError(f"tags {text!r} have an unclosed single quote")
+            return text[i + 1:end], end + 1
+        j = i
+        while j < n and text[j] not in stop:
+            j += 1
+        return text[i:j], j
+
+    i = 0
+    while True:
+        key, i = read_part(i, "=,")
+        if i >= n or text[i] != "=":
+            raise ValueError(f"tag {key!r} is not KEY=VALUE")
+        value, i = read_part(i + 1, ",")
         if key == "":
-            raise ValueError(f"tag {item!r} has an empty name")
+            raise ValueError(f"tag ={value!r} has an empty name")
         tags[key] = value
-    return tags
+        if i >= n:
+            return tags
+        if text[i] != ",":
+            raise ValueError(f"tags {text!r}: text after a quoted part")
+        i += 1
 
 
 # ----- validation helpers ------------------------------------------------------------------
@@ -254,6 +277,10 @@ def _validate_config(body: Any) -> dict[str, Any]:
         elif key == "token_lifetime_seconds":
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ControlError("token_lifetime_seconds must be a non-negative integer")
+        elif key == "token_lifetime_sequence":
+            if not isinstance(value, list) or not all(
+                    isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+                raise ControlError("token_lifetime_sequence must be a list of non-negative integers")
         elif key == "connect_delay_seconds":
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ControlError("connect_delay_seconds must be a non-negative number")
@@ -405,7 +432,9 @@ class AzureStub:
                             f"The provided value for scope {scope} is not valid. Client "
                             "credential flows must have a scope value with /.default suffixed "
                             "to the resource identifier (application ID URI).")
-            lifetime = config["token_lifetime_seconds"]
+            # The next lifetime of the sequence (consumed), then the configured default.
+            sequence = config["token_lifetime_sequence"]
+            lifetime = sequence.pop(0) if sequence else config["token_lifetime_seconds"]
             token = secrets.token_urlsafe(48)
             self.tokens[token] = {"expires_at": time.time() + lifetime,
                                   "tenant": config["tenant_id"], "client_id": form["client_id"],
@@ -635,6 +664,9 @@ class AzureStub:
         state = self._token_state(values.get("ARC_ACCESS_TOKEN"))
         variables = {k: (REDACTED if k == "ARC_ACCESS_TOKEN" else v) for k, v in values.items()}
         variables["token_valid"] = state == "live"
+        token_info = self.tokens.get(values.get("ARC_ACCESS_TOKEN") or "")
+        if token_info is not None:
+            attempt["token_remaining_seconds"] = round(token_info["expires_at"] - time.time(), 1)
         attempt["variables"] = variables
 
         missing = [name for name in REQUIRED_VARIABLES if name not in values]

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import stub as stub_module  # noqa: E402  (the module under test, for its pure helpers)
 TENANT = "00000000-0000-0000-0000-000000000001"
 SUB = "00000000-0000-0000-0000-000000000002"
 CLIENT = "00000000-0000-0000-0000-000000000003"
@@ -144,7 +146,7 @@ def test_health_and_config_hides_secret(stub):
     assert stub.control("GET", "health") == {"ok": True}
     config = stub.control("GET", "config")
     assert config == {"tenant_id": TENANT, "subscription_id": SUB, "client_id": CLIENT,
-                      "client_secret": "<set>", "token_lifetime_seconds": 3600,
+                      "client_secret": "<set>", "token_lifetime_seconds": 3600, "token_lifetime_sequence": [],
                       "fail_token": False, "connect_delay_seconds": 0, "machine_status": {}}
     updated = stub.control("POST", "config", {"client_secret": "new-secret",
                                               "token_lifetime_seconds": 60})
@@ -527,3 +529,43 @@ def test_aws_emulator_webhook_connects(stub):
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize("text, tags", [
+    ("Owner='Shared Infrastructure Services',Env=prod",
+     {"Owner": "Shared Infrastructure Services", "Env": "prod"}),
+    ("Note='a \"b\" =c d',eq=a=b", {"Note": 'a "b" =c d', "eq": "a=b"}),
+    ("'Cost Center'=42", {"Cost Center": "42"}),
+    ("", {}),
+])
+def test_parse_tags_reads_single_quoted_names_and_values(text, tags):
+    assert stub_module.parse_tags(text) == tags
+
+
+@pytest.mark.parametrize("text", ["novalue", "a='unclosed", "a='x'y", "=v", "a=1,,b=2"])
+def test_parse_tags_rejects_what_azcmagent_could_not_read(text):
+    with pytest.raises(ValueError):
+        stub_module.parse_tags(text)
+
+
+def test_connect_with_quoted_tags_creates_them_verbatim(stub):
+    token = stub.token()
+    stub.put_rg("arc-rg", token)
+    values = arc_values(token, tags="Note='spaces \"quotes\" a=b',Env=prod")
+    assert stub.connect("i-0q", bash_script(values))["ok"] is True
+    _, _, body = stub.machine("arc-rg", "i-0q", token)
+    assert body["tags"] == {"Note": 'spaces "quotes" a=b', "Env": "prod"}
+
+
+def test_token_lifetime_sequence_then_default_and_remaining_at_connect(stub):
+    stub.control("POST", "config", {"token_lifetime_sequence": [120, 0]})
+    lifetimes = [stub.token_request()[2]["expires_in"] for _ in range(3)]
+    assert lifetimes == [120, 0, 3600]
+    stub.control("POST", "config", {"token_lifetime_sequence": [600]})
+    short = stub.token()
+    stub.put_rg("arc-rg", stub.token())
+    assert stub.connect("i-0t", bash_script(arc_values(short)))["ok"] is True
+    [attempt] = stub.control("GET", "connects")["connects"]
+    assert 590 <= attempt["token_remaining_seconds"] <= 600
+    with pytest.raises(AssertionError):
+        stub.control("POST", "config", {"token_lifetime_sequence": [-1]})

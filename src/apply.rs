@@ -24,7 +24,9 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::config::SSM_POLICY_ARN;
 use crate::model::{AwsError, AwsErrorKind, InstanceState, PingStatus};
 use crate::observe::{profile_name_from_arn, REGION_CONCURRENCY};
-use crate::plan::{AccountPlan, InstanceAction, InstancePlan, SsmRoleSteps, Status};
+use crate::plan::{
+    AccountPlan, Failure, FailureStep, InstanceAction, InstancePlan, SsmRoleSteps, Status,
+};
 use crate::ports::{Ec2, Iam, MutationToken, Ssm};
 
 /// Bounds for the apply phase.
@@ -99,8 +101,11 @@ fn is_propagation_error(e: &AwsError) -> bool {
 }
 
 fn fail(row: &mut InstancePlan, action: &str, e: &AwsError) {
-    row.status = Status::Failed;
-    row.detail = format!("{action} failed: {}: {}", e.code, e.message);
+    row.fail(Failure::new(
+        FailureStep::Iam,
+        e.code.clone(),
+        format!("{action}: {}", e.message),
+    ));
 }
 
 /// Runs `create-ssm-role`. Returns a description of what was done, or the error that stopped it.

@@ -22,6 +22,8 @@ const RG_API: &str = "2021-04-01";
 const MACHINES_API: &str = "2024-07-10";
 /// A cached token is renewed when it has less than this left.
 const TOKEN_MARGIN: Duration = Duration::from_secs(300);
+/// What a script token needs beyond its scripts' delivery and execution timeouts (clock skew, send time).
+const SCRIPT_TOKEN_MARGIN: Duration = Duration::from_secs(60);
 
 /// A string that must never be printed: secrets and tokens.
 #[derive(Clone, PartialEq, Eq)]
@@ -88,6 +90,16 @@ pub enum AzureError {
     },
 }
 
+impl AzureError {
+    /// The error's code: Entra's OAuth error, ARM's error code, or `transport`.
+    pub fn code(&self) -> String {
+        match self {
+            AzureError::Token { code, .. } | AzureError::Arm { code, .. } => code.clone(),
+            AzureError::Transport { .. } => "transport".into(),
+        }
+    }
+}
+
 /// An Arc machine resource as far as the tool cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArcMachine {
@@ -103,6 +115,14 @@ pub struct ArcMachine {
 pub trait Arm: Send + Sync {
     /// A Resource Manager access token (cached until close to expiry).
     fn token(&self) -> impl Future<Output = Result<Secret, AzureError>> + Send;
+
+    /// A token for install scripts: valid for at least `at_least` from now when Entra issues tokens that
+    /// long (a cached token is reused only then, otherwise a new one is requested), and how long the
+    /// returned token is valid.
+    fn script_token(
+        &self,
+        at_least: Duration,
+    ) -> impl Future<Output = Result<(Secret, Duration), AzureError>> + Send;
 
     /// Whether the resource group exists.
     fn resource_group_exists(
@@ -307,16 +327,18 @@ fn urlencode(s: &str) -> String {
         .replace('+', "%20")
 }
 
-impl Arm for RestArm {
-    async fn token(&self) -> Result<Secret, AzureError> {
+impl RestArm {
+    /// The cached token when it stays valid for `at_least`, else a new one; with its remaining validity.
+    async fn token_valid_for(&self, at_least: Duration) -> Result<(Secret, Duration), AzureError> {
         if let Some((token, until)) = self
             .cached
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
         {
-            if Instant::now() + TOKEN_MARGIN < *until {
-                return Ok(token.clone());
+            let left = until.saturating_duration_since(Instant::now());
+            if left > at_least {
+                return Ok((token.clone(), left));
             }
         }
         let url = join(
@@ -359,7 +381,17 @@ impl Arm for RestArm {
         let lifetime = Duration::from_secs(body.expires_in.unwrap_or(3600));
         *self.cached.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((token.clone(), Instant::now() + lifetime));
-        Ok(token)
+        Ok((token, lifetime))
+    }
+}
+
+impl Arm for RestArm {
+    async fn token(&self) -> Result<Secret, AzureError> {
+        Ok(self.token_valid_for(TOKEN_MARGIN).await?.0)
+    }
+
+    async fn script_token(&self, at_least: Duration) -> Result<(Secret, Duration), AzureError> {
+        self.token_valid_for(at_least + SCRIPT_TOKEN_MARGIN).await
     }
 
     async fn resource_group_exists(&self, rg: &str) -> Result<bool, AzureError> {
@@ -501,6 +533,10 @@ impl Arm for FakeArm {
             Some(e) => Err(e.clone()),
             None => Ok(Secret::new("fake-arm-token")),
         }
+    }
+
+    async fn script_token(&self, _at_least: Duration) -> Result<(Secret, Duration), AzureError> {
+        Ok((self.token().await?, Duration::from_secs(3600)))
     }
 
     async fn resource_group_exists(&self, rg: &str) -> Result<bool, AzureError> {

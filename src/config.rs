@@ -158,6 +158,10 @@ pub struct OnboardingConfig {
     pub installer_url_linux: Url,
     /// Where Windows instances download the agent installer.
     pub installer_url_windows: Url,
+    /// The Linux installer's pinned SHA-256 (lowercase hex), checked on the instance before it runs.
+    pub installer_sha256_linux: Option<String>,
+    /// The Windows installer's pinned SHA-256 (lowercase hex), checked on the instance before it runs.
+    pub installer_sha256_windows: Option<String>,
 }
 
 /// Azure clouds and their default endpoints.
@@ -186,6 +190,22 @@ impl AzureCloud {
             AzureCloud::AzureCloud => "https://login.microsoftonline.com",
             AzureCloud::AzureUsGovernment => "https://login.microsoftonline.us",
             AzureCloud::AzureChinaCloud => "https://login.chinacloudapi.cn",
+        }
+    }
+
+    /// The agent installers Microsoft's onboarding scripts download for this cloud (Linux, Windows).
+    /// Microsoft documents none for Azure operated by 21Vianet, so there the URLs must be configured.
+    fn default_installers(self) -> Option<(&'static str, &'static str)> {
+        match self {
+            AzureCloud::AzureCloud => Some((
+                "https://gbl.his.arc.azure.com/azcmagent-linux",
+                "https://aka.ms/azcmagent-windows",
+            )),
+            AzureCloud::AzureUsGovernment => Some((
+                "https://gbl.his.arc.azure.us/azcmagent-linux",
+                "https://gbl.his.arc.azure.us/azcmagent-windows",
+            )),
+            AzureCloud::AzureChinaCloud => None,
         }
     }
 
@@ -338,6 +358,14 @@ impl Config {
             "installer_url_windows".into(),
             Value::String(ob.installer_url_windows.to_string()),
         );
+        for (key, pin) in [
+            ("installer_sha256_linux", &ob.installer_sha256_linux),
+            ("installer_sha256_windows", &ob.installer_sha256_windows),
+        ] {
+            if let Some(pin) = pin {
+                t.insert(key.into(), Value::String(pin.clone()));
+            }
+        }
         root.insert("onboarding".into(), Value::Table(t));
 
         if let Some(az) = &self.azure {
@@ -511,7 +539,7 @@ impl Validator {
         let iam_table = self.section(root, "iam").unwrap_or(&empty);
         let iam = self.iam(iam_table);
         let onboarding_table = self.section(root, "onboarding").unwrap_or(&empty);
-        let onboarding = self.onboarding(onboarding_table);
+        let onboarding = self.onboarding(onboarding_table, cloud_of(root));
         let azure = match self.section(root, "azure") {
             Some(t) => Some(self.azure(t)?),
             None => None,
@@ -697,7 +725,7 @@ impl Validator {
         }
     }
 
-    fn onboarding(&mut self, t: &Table) -> Option<OnboardingConfig> {
+    fn onboarding(&mut self, t: &Table, cloud: AzureCloud) -> Option<OnboardingConfig> {
         self.unknown_keys(
             t,
             "onboarding",
@@ -708,6 +736,8 @@ impl Validator {
                 "proxy_url",
                 "installer_url_linux",
                 "installer_url_windows",
+                "installer_sha256_linux",
+                "installer_sha256_windows",
             ],
         );
         let periodic_sync = self.bool(t, "onboarding", "periodic_sync", true);
@@ -752,25 +782,69 @@ impl Validator {
                 None
             }
         };
-        let installer_url_linux = self.url(
-            t,
-            "onboarding",
-            "installer_url_linux",
-            "https://gbl.his.arc.azure.com/azcmagent-linux",
-        );
-        let installer_url_windows = self.url(
-            t,
-            "onboarding",
-            "installer_url_windows",
-            "https://aka.ms/azcmagent-windows",
-        );
+        let defaults = cloud.default_installers();
+        let installer_url_linux =
+            self.installer_url(t, "installer_url_linux", defaults.map(|d| d.0), cloud);
+        let installer_url_windows =
+            self.installer_url(t, "installer_url_windows", defaults.map(|d| d.1), cloud);
+        let installer_sha256_linux = self.sha256(t, "installer_sha256_linux");
+        let installer_sha256_windows = self.sha256(t, "installer_sha256_windows");
         Some(OnboardingConfig {
             periodic_sync,
             sync_interval,
             connectivity: connectivity?,
-            installer_url_linux,
-            installer_url_windows,
+            installer_url_linux: installer_url_linux?,
+            installer_url_windows: installer_url_windows?,
+            installer_sha256_linux,
+            installer_sha256_windows,
         })
+    }
+
+    /// An installer URL: `https://`, or `http://` on a loopback host; its default follows the cloud.
+    fn installer_url(
+        &mut self,
+        t: &Table,
+        key: &str,
+        default: Option<&str>,
+        cloud: AzureCloud,
+    ) -> Option<Url> {
+        let path = join("onboarding", key);
+        let Some(s) = self.string(t, "onboarding", key) else {
+            return match default {
+                Some(d) => Some(Url::parse(d).expect("default URLs are valid")),
+                None => {
+                    self.issue(
+                        path,
+                        format!(
+                            "is required with cloud = {:?}: Microsoft documents no default installer host for it; point it at the installer (or your mirror)",
+                            cloud.as_str()
+                        ),
+                    );
+                    None
+                }
+            };
+        };
+        match check_installer_url(s) {
+            Ok(u) => Some(u),
+            Err(problem) => {
+                self.issue(path, problem);
+                None
+            }
+        }
+    }
+
+    /// An optional SHA-256 pin: 64 hexadecimal digits, kept lowercase.
+    fn sha256(&mut self, t: &Table, key: &str) -> Option<String> {
+        let s = self.string(t, "onboarding", key)?;
+        if s.len() == 64 && s.chars().all(|c| c.is_ascii_hexdigit()) {
+            Some(s.to_ascii_lowercase())
+        } else {
+            self.issue(
+                join("onboarding", key),
+                format!("{s:?} is not a SHA-256 (64 hexadecimal digits)"),
+            );
+            None
+        }
     }
 
     fn guid(&mut self, t: &Table, key: &str) -> Option<String> {
@@ -894,11 +968,11 @@ impl Validator {
                 self.issue(key, "tag names must be 1-512 characters");
             } else if k
                 .chars()
-                .any(|c| "<>%&\\?/,=".contains(c) || c.is_control())
+                .any(|c| "<>%&\\?/,='".contains(c) || c.is_control())
             {
                 self.issue(
                     key,
-                    "tag names may not contain < > % & \\ ? / , = or control characters",
+                    "tag names may not contain < > % & \\ ? / , = ' or control characters (azcmagent --tags cannot carry , = and ')",
                 );
             } else if RESERVED_AZURE_TAGS
                 .iter()
@@ -907,10 +981,10 @@ impl Validator {
                 self.issue(key, "is set by arc-onboard itself; choose another name");
             } else if v.chars().count() > 256 {
                 self.issue(key, "tag values must be at most 256 characters");
-            } else if v.chars().any(|c| c == ',' || c.is_control()) {
+            } else if v.chars().any(|c| c == ',' || c == '\'' || c.is_control()) {
                 self.issue(
                     key,
-                    "tag values may not contain commas or control characters",
+                    "tag values may not contain commas, single quotes or control characters (azcmagent --tags cannot carry them)",
                 );
             } else {
                 out.insert(k.clone(), v.clone());
@@ -1009,6 +1083,42 @@ fn check_http_url(s: &str) -> Result<Url, String> {
     }
     if url.fragment().is_some() {
         return Err(format!("{s:?} must not have a #fragment"));
+    }
+    Ok(url)
+}
+
+/// The cloud named in `[azure]`, for the defaults that follow it (an invalid value is reported by the
+/// `[azure]` validation; the public cloud stands in for it here).
+fn cloud_of(root: &Table) -> AzureCloud {
+    match root
+        .get("azure")
+        .and_then(|a| a.get("cloud"))
+        .and_then(Value::as_str)
+    {
+        Some("AzureUSGovernment") => AzureCloud::AzureUsGovernment,
+        Some("AzureChinaCloud") => AzureCloud::AzureChinaCloud,
+        _ => AzureCloud::AzureCloud,
+    }
+}
+
+/// Whether a URL's host is a loopback host: `localhost`, 127.0.0.0/8 or `[::1]`.
+pub fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// An installer URL: `https://` (plain `http://` only on a loopback host, for tests and demos), without
+/// credentials or fragment.
+fn check_installer_url(s: &str) -> Result<Url, String> {
+    let url = check_http_url(s)?;
+    if url.scheme() == "http" && !is_loopback_host(&url) {
+        return Err(format!(
+            "{s:?} must use https (plain http is accepted only on loopback hosts, for tests)"
+        ));
     }
     Ok(url)
 }

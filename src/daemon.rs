@@ -208,20 +208,24 @@ pub struct PassSummary {
 
 impl PassSummary {
     /// The summary of a pass that completed: statuses, calls, and error codes (regions that could not be
-    /// observed by AWS code, failed instances as `instance-failed`).
+    /// observed by their AWS code, failed instances by their failure's code: `AZCM0041`, `exit-4`,
+    /// `checksum-mismatch`, ...).
     pub fn from_outcome(outcome: &crate::pass::PassOutcome) -> PassSummary {
         let r = &outcome.report;
         let mut errors: BTreeMap<String, u64> = BTreeMap::new();
         for e in &r.errors {
             *errors.entry(e.code.clone()).or_default() += 1;
         }
-        let failed = r
+        for i in r
             .instances
             .iter()
             .filter(|i| i.status == crate::plan::Status::Failed)
-            .count();
-        if failed > 0 {
-            errors.insert("instance-failed".into(), failed as u64);
+        {
+            let code = i
+                .failure
+                .as_ref()
+                .map_or_else(|| "instance-failed".to_string(), |f| f.code.clone());
+            *errors.entry(code).or_default() += 1;
         }
         PassSummary {
             ok: !outcome.no_region_reachable,

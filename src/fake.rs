@@ -525,7 +525,11 @@ impl Ssm for FakeAws {
         });
         if let Some((arm, rg)) = s.arm.clone() {
             for id in &request.instance_ids {
-                let ok = s.outcomes.get(id).is_none_or(|o| o.status == "Success");
+                // The agent connects only when the script did (not when it found another resource).
+                let ok = s.outcomes.get(id).is_none_or(|o| {
+                    o.status == "Success"
+                        && !o.output.contains("\"outcome\":\"connected-elsewhere\"")
+                });
                 if ok {
                     arm.put_machine(&rg, id, "Connected");
                 }

@@ -18,9 +18,9 @@ use tracing::{info, warn};
 
 use crate::azure::{Arm, Secret};
 use crate::config::{AzureConfig, Connectivity, OnboardingConfig};
-use crate::install::{self, InstallParams, ScriptOutcome};
+use crate::install::{self, InstallParams, ScriptOutcome, ScriptResult};
 use crate::model::Platform;
-use crate::plan::{AccountPlan, InstancePlan, Status};
+use crate::plan::{AccountPlan, Failure, FailureStep, InstancePlan, Status};
 use crate::ports::{
     CommandRequest, CommandSummary, Invocation, MutationToken, Ssm, LINUX_DOCUMENT,
     WINDOWS_DOCUMENT,
@@ -48,6 +48,12 @@ impl InstallOptions {
     /// How far back an install command can still be running.
     pub fn in_flight_window(&self) -> Duration {
         self.command_timeout + self.delivery_timeout + Duration::from_secs(300)
+    }
+
+    /// How long the token an install script carries must stay valid: SSM may take the whole delivery
+    /// timeout to hand the command over, and the script may run for the whole execution timeout.
+    pub fn script_token_validity(&self) -> Duration {
+        self.delivery_timeout + self.command_timeout
     }
 
     /// The `Comment` of this run's commands.
@@ -97,10 +103,11 @@ struct Sent {
     rows: Vec<usize>,
 }
 
+/// The last few log lines of a script's output (without the result line), for the detail.
 fn output_tail(output: &str) -> String {
     let lines: Vec<&str> = output
         .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with("ARC_ONBOARD_RESULT"))
+        .filter(|l| !l.trim().is_empty() && !l.contains(install::RESULT_MARKER))
         .collect();
     let tail = lines[lines.len().saturating_sub(3)..].join(" | ");
     let chars: Vec<char> = tail.chars().collect();
@@ -114,40 +121,99 @@ fn output_tail(output: &str) -> String {
     }
 }
 
-/// Words for a failed invocation.
-fn failure_detail(inv: &Invocation, opts: &InstallOptions) -> String {
-    let result = install::parse_result(&inv.output);
-    let code = result.as_ref().map_or(inv.response_code, |r| r.exit_code);
-    let reason = install::exit_code_reason(code)
-        .map(str::to_string)
-        .or_else(|| {
-            result
-                .as_ref()
-                .map(|r| r.message.clone())
-                .filter(|m| !m.is_empty())
-        });
-    let what = match (inv.status.as_str(), inv.status_details.as_str()) {
-        (_, "Undeliverable") => "install command could not be delivered (Undeliverable: the instance's SSM agent did not take it)".to_string(),
-        (_, "Delivery Timed Out") => "install command was not delivered in time (Delivery Timed Out)".to_string(),
-        (_, "Execution Timed Out") | ("TimedOut", _) => format!(
-            "install timed out (Execution Timed Out after {})",
-            crate::duration::format_duration(opts.command_timeout)
-        ),
-        ("Cancelled", _) => "install command was cancelled".to_string(),
-        (status, details) => format!("install failed ({status}: {details})"),
+/// The interface's step for a script step: the script's prerequisites belong to the step they serve
+/// (`platform` to `install`; `imds`, which names the resource, and `check`, the agent's connection state,
+/// to `connect`).
+fn interface_step(script_step: &str) -> FailureStep {
+    match script_step {
+        "download" => FailureStep::Download,
+        "proxy-config" => FailureStep::ProxyConfig,
+        "imds" | "check" | "connect" => FailureStep::Connect,
+        _ => FailureStep::Install,
+    }
+}
+
+/// The failure a script reported in its result line. An exit code is read together with its step: the
+/// codes of the installer and the agent get their documented meaning, the script's own codes come with
+/// the script's message.
+fn script_failure(r: &ScriptResult) -> Failure {
+    let foreign = matches!(
+        r.code.as_str(),
+        "" | "installer-failed" | "agent-config-failed"
+    ) || r.code.starts_with("AZCM")
+        || r.code.starts_with("exit-");
+    let reason = match install::failure_reason(&r.step, r.exit_code) {
+        Some(meaning) if foreign && !r.message.is_empty() => format!("{meaning} ({})", r.message),
+        Some(meaning) if foreign => meaning.to_string(),
+        _ if !r.message.is_empty() => r.message.clone(),
+        _ => format!("the {} step failed", r.step),
     };
-    let mut detail = what;
-    if code >= 0 {
-        detail.push_str(&format!("; exit code {code}"));
-        if let Some(r) = reason {
-            detail.push_str(&format!(": {r}"));
-        }
+    let code = if r.code.is_empty() {
+        format!("exit-{}", r.exit_code)
+    } else {
+        r.code.clone()
+    };
+    Failure {
+        step: interface_step(&r.step),
+        code,
+        exit_code: Some(r.exit_code),
+        reason,
     }
-    let tail = output_tail(&inv.output);
+}
+
+/// The failure of an invocation that did not succeed: the script's own word when its result line is
+/// there, SSM's status otherwise.
+fn invocation_failure(inv: &Invocation, opts: &InstallOptions) -> Failure {
+    if let Some(r) = install::parse_result(&inv.output).filter(|r| !r.succeeded()) {
+        return script_failure(&r);
+    }
+    let exit_code = (inv.response_code >= 0).then_some(inv.response_code);
+    let (step, code, reason) = match (inv.status.as_str(), inv.status_details.as_str()) {
+        (_, "Undeliverable") => (
+            FailureStep::Ssm,
+            "undeliverable".to_string(),
+            "the install command could not be delivered (the instance's SSM agent did not take it)"
+                .to_string(),
+        ),
+        (_, "Delivery Timed Out") => (
+            FailureStep::Ssm,
+            "delivery-timed-out".to_string(),
+            "the install command was not delivered in time".to_string(),
+        ),
+        (_, "Execution Timed Out") | ("TimedOut", _) => (
+            FailureStep::Install,
+            "execution-timed-out".to_string(),
+            format!(
+                "the install did not finish within --command-timeout {}",
+                crate::duration::format_duration(opts.command_timeout)
+            ),
+        ),
+        ("Cancelled", _) => (
+            FailureStep::Ssm,
+            "cancelled".to_string(),
+            "the install command was cancelled".to_string(),
+        ),
+        (status, details) => (
+            FailureStep::Install,
+            exit_code.map_or_else(|| "no-result".to_string(), |c| format!("exit-{c}")),
+            format!("the install script ended {status} ({details}) without a result line"),
+        ),
+    };
+    Failure {
+        step,
+        code,
+        exit_code,
+        reason,
+    }
+}
+
+/// Marks a row failed; its detail adds the tail of the script's output, when there is one.
+fn fail_with_output(row: &mut InstancePlan, failure: Failure, output: &str) {
+    row.fail(failure);
+    let tail = output_tail(output);
     if !tail.is_empty() {
-        detail.push_str(&format!("; output: {tail}"));
+        row.detail.push_str(&format!("; output: {tail}"));
     }
-    detail
 }
 
 /// Installs the agent on `ready` rows (Online in SSM, not onboarded) and verifies them in Azure.
@@ -183,32 +249,20 @@ pub async fn install_agents(
         })
         .collect();
     if !ready.is_empty() {
-        match arm.token().await {
-            Ok(access_token) => {
-                let mut groups: BTreeMap<(String, Platform), Vec<usize>> = BTreeMap::new();
-                for n in ready {
-                    let row = &plan.instances[*n];
-                    groups
-                        .entry((row.region.clone(), row.platform))
-                        .or_default()
-                        .push(*n);
-                }
-                let scripts = Scripts {
-                    azure,
-                    onboarding,
-                    resource_group: &resource_group,
-                    access_token: &access_token,
-                };
-                sent.extend(send(token, plan, groups, ssm, &scripts, journal, opts).await);
-            }
-            Err(e) => {
-                // Commands already in flight (resumed) are still tracked below.
-                for n in ready {
-                    let detail = format!("cannot get an Azure access token for the install: {e}");
-                    set(&mut plan.instances[*n], Status::Failed, detail);
-                }
-            }
+        let mut groups: BTreeMap<(String, Platform), Vec<usize>> = BTreeMap::new();
+        for n in ready {
+            let row = &plan.instances[*n];
+            groups
+                .entry((row.region.clone(), row.platform))
+                .or_default()
+                .push(*n);
         }
+        let scripts = Scripts {
+            azure,
+            onboarding,
+            resource_group: &resource_group,
+        };
+        sent.extend(send(token, plan, groups, ssm, arm, &scripts, journal, opts).await);
     }
     if sent.is_empty() {
         return;
@@ -222,24 +276,53 @@ struct Scripts<'a> {
     azure: &'a AzureConfig,
     onboarding: &'a OnboardingConfig,
     resource_group: &'a str,
-    access_token: &'a Secret,
 }
 
 /// Sends one script per (region, platform) group in batches of at most [`BATCH`]; returns the commands sent.
-/// A batch SSM refuses fails its rows with SSM's reason.
+/// Every batch carries a token that outlives its delivery and execution timeouts (a cached token is reused
+/// only while it does). A batch SSM refuses, or for which no token can be had, fails its rows.
+#[allow(clippy::too_many_arguments)]
 async fn send(
     token: &MutationToken,
     plan: &mut AccountPlan,
     groups: BTreeMap<(String, Platform), Vec<usize>>,
     ssm: &impl Ssm,
+    arm: &impl Arm,
     scripts: &Scripts<'_>,
     journal: Option<Journal<'_>>,
     opts: &InstallOptions,
 ) -> Vec<Sent> {
     let mut sent = Vec::new();
+    let need = opts.script_token_validity();
+    let mut warned = false;
     for ((region, platform), rows) in groups {
-        let script = render(scripts, &plan.account_id, &region, platform, opts);
         for chunk in rows.chunks(BATCH) {
+            let access_token = match arm.script_token(need).await {
+                Ok((access_token, valid_for)) => {
+                    if valid_for < need && !warned {
+                        warned = true;
+                        warn!(
+                            valid_for = %crate::duration::format_duration(valid_for),
+                            needed = %crate::duration::format_duration(need),
+                            "Entra issues tokens shorter than the delivery timeout plus --command-timeout; \
+                             an install that reaches `azcmagent connect` after the token expires fails with \
+                             AZCM0012 and is retried by a later pass"
+                        );
+                    }
+                    access_token
+                }
+                Err(e) => {
+                    warn!(%region, error = %e, "no Azure token for the install command");
+                    for n in chunk {
+                        plan.instances[*n].fail(Failure::new(
+                            FailureStep::Connect,
+                            "azure-token",
+                            format!("cannot get an Azure access token for the install: {e}"),
+                        ));
+                    }
+                    continue;
+                }
+            };
             let request = CommandRequest {
                 document: if platform == Platform::Windows {
                     WINDOWS_DOCUMENT
@@ -250,7 +333,14 @@ async fn send(
                     .iter()
                     .map(|n| plan.instances[*n].instance_id.clone())
                     .collect(),
-                script: script.clone(),
+                script: render(
+                    scripts,
+                    &plan.account_id,
+                    &region,
+                    platform,
+                    &access_token,
+                    opts,
+                ),
                 execution_timeout: opts.command_timeout,
                 delivery_timeout: opts.delivery_timeout,
                 comment: opts.comment(),
@@ -273,11 +363,11 @@ async fn send(
                 Err(e) => {
                     warn!(%region, error = %e, "install command not sent");
                     for n in chunk {
-                        set(
-                            &mut plan.instances[*n],
-                            Status::Failed,
-                            format!("install command not sent: {}: {}", e.code, e.message),
-                        );
+                        plan.instances[*n].fail(Failure::new(
+                            FailureStep::Ssm,
+                            e.code.clone(),
+                            format!("install command not sent: {}", e.message),
+                        ));
                     }
                 }
             }
@@ -291,13 +381,13 @@ fn render(
     account_id: &str,
     region: &str,
     platform: Platform,
+    access_token: &Secret,
     opts: &InstallOptions,
 ) -> String {
     let Scripts {
         azure,
         onboarding,
         resource_group,
-        access_token,
     } = *scripts;
     let mut tags = azure.tags.clone();
     tags.insert("AwsAccountId".into(), account_id.into());
@@ -306,10 +396,16 @@ fn render(
         Connectivity::Public => None,
         Connectivity::Proxy(url) => Some(url.as_str().trim_end_matches('/')),
     };
-    let installer = if platform == Platform::Windows {
-        onboarding.installer_url_windows.as_str()
+    let (installer, sha256) = if platform == Platform::Windows {
+        (
+            onboarding.installer_url_windows.as_str(),
+            onboarding.installer_sha256_windows.as_deref(),
+        )
     } else {
-        onboarding.installer_url_linux.as_str()
+        (
+            onboarding.installer_url_linux.as_str(),
+            onboarding.installer_sha256_linux.as_deref(),
+        )
     };
     let params = InstallParams {
         subscription_id: &azure.subscription_id,
@@ -322,17 +418,13 @@ fn render(
         access_token: access_token.expose(),
         proxy_url: proxy,
         installer_url: installer,
+        installer_sha256: sha256,
     };
     if platform == Platform::Windows {
         install::render_windows(&params)
     } else {
         install::render_linux(&params)
     }
-}
-
-fn set(row: &mut InstancePlan, status: Status, detail: String) {
-    row.status = status;
-    row.detail = detail;
 }
 
 /// Polls the commands until they end or the bound passes; resolves each row. Returns the rows whose script
@@ -403,14 +495,14 @@ async fn track(
                     warn!(command_id = %s.command_id, error = %e, "cannot cancel the command");
                 }
                 for n in &s.rows {
-                    set(
-                        &mut plan.instances[*n],
-                        Status::Failed,
+                    plan.instances[*n].fail(Failure::new(
+                        FailureStep::Ssm,
+                        "command-timeout",
                         format!(
                             "install command {} did not finish in time; it was cancelled",
                             s.command_id
                         ),
-                    );
+                    ));
                 }
             }
             break;
@@ -458,25 +550,39 @@ async fn resolve(
         }
         let row = &mut plan.instances[*n];
         let Some(inv) = inv else {
-            set(
-                row,
-                Status::Failed,
+            row.fail(Failure::new(
+                FailureStep::Ssm,
+                "no-invocation",
                 format!(
                     "SSM reports no invocation of command {} for this instance",
                     s.command_id
                 ),
-            );
+            ));
             continue;
         };
-        if inv.status == "Success" {
-            let already = install::parse_result(&inv.output)
-                .is_some_and(|r| r.outcome == ScriptOutcome::AlreadyConnected);
-            row.detail = format!("install command {} succeeded", s.command_id);
-            succeeded.push((*n, already));
-        } else {
-            let detail = failure_detail(&inv, opts);
-            warn!(instance.id = %id, region = %s.region, %detail, "install failed");
-            set(row, Status::Failed, detail);
+        let result = install::parse_result(&inv.output);
+        match (inv.status.as_str(), result) {
+            ("Success", Some(r)) if r.outcome == ScriptOutcome::ConnectedElsewhere => {
+                row.status = Status::ConnectedElsewhere;
+                row.arc_resource_id = Some(r.resource_id).filter(|id| !id.is_empty());
+                row.detail = format!("{}; never disconnected by arc-onboard", r.message);
+                info!(instance.id = %id, arc_resource_id = ?row.arc_resource_id, "agent connected elsewhere; left alone");
+            }
+            ("Success", r) if r.as_ref().is_none_or(ScriptResult::succeeded) => {
+                let already = r
+                    .as_ref()
+                    .is_some_and(|r| r.outcome == ScriptOutcome::AlreadyConnected);
+                row.arc_resource_id = r
+                    .map(|r| r.resource_id)
+                    .filter(|id| already && !id.is_empty());
+                row.detail = format!("install command {} succeeded", s.command_id);
+                succeeded.push((*n, already));
+            }
+            _ => {
+                let failure = invocation_failure(&inv, opts);
+                warn!(instance.id = %id, region = %s.region, step = failure.step.as_str(), code = %failure.code, reason = %failure.reason, "install failed");
+                fail_with_output(row, failure, &inv.output);
+            }
         }
     }
     true
@@ -505,7 +611,7 @@ async fn verify(
         .filter(|(_, a)| *a)
         .map(|(n, _)| *n)
         .collect();
-    let mut last_seen: HashMap<usize, String> = HashMap::new();
+    let mut last_seen: HashMap<usize, (String, String)> = HashMap::new();
     let progress = crate::progress::Progress::new("verifying in Azure");
     loop {
         progress.update(&format!(
@@ -531,11 +637,8 @@ async fn verify(
                             } else {
                                 "agent installed and connected"
                             };
-                            set(
-                                row,
-                                status,
-                                format!("{how}; Arc machine {rg}/{} is Connected", m.name),
-                            );
+                            row.status = status;
+                            row.detail = format!("{how}; Arc machine {rg}/{} is Connected", m.name);
                             waiting.remove(&n);
                         }
                         Some(m) => {
@@ -544,10 +647,22 @@ async fn verify(
                             } else {
                                 format!(" ({})", m.errors.join("; "))
                             };
-                            last_seen.insert(n, format!("Arc machine is {}{errors}", m.status));
+                            last_seen.insert(
+                                n,
+                                (
+                                    format!("arc-{}", m.status.to_ascii_lowercase()),
+                                    format!("Arc machine is {}{errors}", m.status),
+                                ),
+                            );
                         }
                         None => {
-                            last_seen.insert(n, format!("no Arc machine {rg}/{}", row.instance_id));
+                            last_seen.insert(
+                                n,
+                                (
+                                    "arc-machine-missing".into(),
+                                    format!("no Arc machine {rg}/{}", row.instance_id),
+                                ),
+                            );
                         }
                     }
                 }
@@ -561,19 +676,250 @@ async fn verify(
         tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
     for n in waiting {
-        let row = &mut plan.instances[n];
-        if already.contains(&n) {
-            set(row, Status::AlreadyOnboarded, format!(
-                "agent reports it is already connected, but not to {rg}: connected elsewhere (another tool or subscription); left as it is"
-            ));
+        let (code, seen) = last_seen
+            .remove(&n)
+            .unwrap_or_else(|| ("azure-unreadable".into(), "Azure could not be read".into()));
+        let what = if already.contains(&n) {
+            "the agent says it is connected to this resource"
         } else {
-            let seen = last_seen
-                .remove(&n)
-                .unwrap_or_else(|| "Azure could not be read".into());
-            set(row, Status::Failed, format!(
-                "the install script succeeded but Azure does not show the machine Connected after {}: {seen}",
+            "the install script succeeded"
+        };
+        plan.instances[n].fail(Failure::new(
+            FailureStep::Verify,
+            code,
+            format!(
+                "{what} but Azure does not show the machine Connected after {}: {seen}",
                 crate::duration::format_duration(opts.verify_timeout)
-            ));
+            ),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(step: &str, code: &str, exit_code: i32, message: &str) -> ScriptResult {
+        ScriptResult {
+            outcome: ScriptOutcome::Failed,
+            exit_code,
+            step: step.into(),
+            code: code.into(),
+            message: message.into(),
+            resource_id: String::new(),
         }
+    }
+
+    fn invocation(status: &str, details: &str, code: i32, output: &str) -> Invocation {
+        Invocation {
+            instance_id: "i-1".into(),
+            status: status.into(),
+            status_details: details.into(),
+            response_code: code,
+            output: output.into(),
+        }
+    }
+
+    #[test]
+    fn an_exit_code_is_read_with_the_step_that_produced_it() {
+        // 4: the agent's "cannot open its log file" in connect, the script's download failure in download.
+        let connect = script_failure(&result(
+            "connect",
+            "exit-4",
+            4,
+            "azcmagent connect exited with 4",
+        ));
+        assert_eq!(
+            (connect.step, connect.code.as_str(), connect.exit_code),
+            (FailureStep::Connect, "exit-4", Some(4))
+        );
+        assert!(connect.reason.contains("log file"), "{}", connect.reason);
+        assert!(!connect.reason.contains("download"), "{}", connect.reason);
+        let download = script_failure(&result(
+            "download",
+            "download-failed",
+            4,
+            "cannot download the agent installer from https://x",
+        ));
+        assert_eq!(download.step, FailureStep::Download);
+        assert_eq!(
+            download.reason,
+            "cannot download the agent installer from https://x"
+        );
+        // 5 and 6 likewise.
+        let init = script_failure(&result("connect", "exit-5", 5, "m"));
+        assert!(
+            init.reason.contains("failed to initialise"),
+            "{}",
+            init.reason
+        );
+        let platform = script_failure(&result(
+            "platform",
+            "unsupported-platform",
+            6,
+            "systemd is not running",
+        ));
+        assert_eq!(
+            (platform.step, platform.reason.as_str()),
+            (FailureStep::Install, "systemd is not running")
+        );
+        // 3: the agent's proxy service in proxy-config, IMDS in imds.
+        let proxy = script_failure(&result(
+            "proxy-config",
+            "agent-config-failed",
+            3,
+            "azcmagent config set proxy.url exited with 3",
+        ));
+        assert_eq!(proxy.step, FailureStep::ProxyConfig);
+        assert!(
+            proxy.reason.contains("proxy service is not running"),
+            "{}",
+            proxy.reason
+        );
+        let imds = script_failure(&result(
+            "imds",
+            "imds-unavailable",
+            3,
+            "cannot get an IMDSv2 token",
+        ));
+        assert_eq!(
+            (imds.step, imds.reason.as_str()),
+            (FailureStep::Connect, "cannot get an IMDSv2 token")
+        );
+    }
+
+    #[test]
+    fn installer_codes_and_azcm_codes_get_their_documented_meaning() {
+        let installer = script_failure(&result(
+            "install",
+            "installer-failed",
+            130,
+            "the agent installer exited with 130",
+        ));
+        assert_eq!(
+            (installer.step, installer.exit_code),
+            (FailureStep::Install, Some(130))
+        );
+        assert!(
+            installer.reason.contains("its own codes"),
+            "{}",
+            installer.reason
+        );
+        let azcm = script_failure(&result(
+            "connect",
+            "AZCM0041",
+            41,
+            "azcmagent connect exited with 41: AZCM0041: invalid",
+        ));
+        assert_eq!(azcm.code, "AZCM0041");
+        assert!(
+            azcm.reason
+                .starts_with("the credentials were rejected (azcmagent connect exited with 41"),
+            "{}",
+            azcm.reason
+        );
+        let state = script_failure(&result(
+            "check",
+            "agent-expired",
+            install::EXIT_AGENT_STATE,
+            "the agent is Expired from /subscriptions/x",
+        ));
+        assert_eq!(
+            (state.step, state.code.as_str()),
+            (FailureStep::Connect, "agent-expired")
+        );
+        assert!(state.reason.contains("Expired"));
+    }
+
+    #[test]
+    fn without_a_result_line_ssm_says_what_happened() {
+        let opts = InstallOptions::default();
+        let cases = [
+            (
+                invocation("Failed", "Undeliverable", -1, ""),
+                FailureStep::Ssm,
+                "undeliverable",
+                None,
+            ),
+            (
+                invocation("TimedOut", "Delivery Timed Out", -1, ""),
+                FailureStep::Ssm,
+                "delivery-timed-out",
+                None,
+            ),
+            (
+                invocation("TimedOut", "Execution Timed Out", -1, "half"),
+                FailureStep::Install,
+                "execution-timed-out",
+                None,
+            ),
+            (
+                invocation("Cancelled", "Cancelled", -1, ""),
+                FailureStep::Ssm,
+                "cancelled",
+                None,
+            ),
+            (
+                invocation("Failed", "Failed", 2, "bash: oops"),
+                FailureStep::Install,
+                "exit-2",
+                Some(2),
+            ),
+        ];
+        for (inv, step, code, exit_code) in cases {
+            let f = invocation_failure(&inv, &opts);
+            assert_eq!(
+                (f.step, f.code.as_str(), f.exit_code),
+                (step, code, exit_code),
+                "{inv:?}"
+            );
+            assert!(!f.reason.is_empty());
+        }
+        // With a result line, the script's word wins over SSM's status.
+        let with_line = invocation(
+            "Failed",
+            "Failed",
+            4,
+            "ARC_ONBOARD_RESULT {\"outcome\":\"failed\",\"exit_code\":4,\"step\":\"download\",\"code\":\"checksum-mismatch\",\"message\":\"the installer's SHA-256 is x\"}",
+        );
+        let f = invocation_failure(&with_line, &opts);
+        assert_eq!(
+            (f.step, f.code.as_str()),
+            (FailureStep::Download, "checksum-mismatch")
+        );
+    }
+
+    #[test]
+    fn failed_rows_carry_the_failure_and_a_detail_rendered_from_it() {
+        let mut row = InstancePlan {
+            account_id: "123456789012".into(),
+            region: "us-east-1".into(),
+            instance_id: "i-1".into(),
+            name: None,
+            platform: Platform::Linux,
+            state: crate::model::InstanceState::Running,
+            instance_profile: None,
+            ssm_ping: None,
+            actions: Vec::new(),
+            status: Status::Planned,
+            detail: String::new(),
+            command_id: None,
+            next_attempt_at: None,
+            failure: None,
+            arc_resource_id: None,
+            needs_ssm_role: false,
+        };
+        let f = script_failure(&result("connect", "AZCM0041", 41, "exited with 41"));
+        fail_with_output(&mut row, f.clone(), "log line\nARC_ONBOARD_RESULT {}");
+        assert_eq!(row.status, Status::Failed);
+        assert_eq!(row.failure.as_ref(), Some(&f));
+        assert!(
+            row.detail.starts_with(
+                "connect failed (AZCM0041, exit code 41): the credentials were rejected"
+            ),
+            "{}",
+            row.detail
+        );
+        assert!(row.detail.ends_with("; output: log line"), "{}", row.detail);
     }
 }

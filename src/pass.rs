@@ -13,7 +13,7 @@ use crate::model::AwsError;
 use crate::model::InstanceState;
 use crate::observe::{observe_account, observe_arc, resolve_regions, ArcObservation};
 use crate::onboard::{install_agents, InstallOptions, InstallWork, Journal};
-use crate::plan::{plan_account, AccountPlan, InstanceAction, Status};
+use crate::plan::{plan_account, AccountPlan, Failure, FailureStep, InstanceAction, Status};
 use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Ssm, Sts};
 use crate::report::{Mode, Report};
 use crate::state::{unix, InstanceRecord, StateDb};
@@ -184,16 +184,14 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
         };
         match rec.next_attempt_at {
             Some(due) if due > unix(now) => {
-                row.status = Status::Failed;
-                row.next_attempt_at = Some(crate::report::timestamp(
-                    UNIX_EPOCH + Duration::from_secs(due as u64),
-                ));
-                row.detail = format!(
-                    "install failed {} time(s), last: {}; next attempt not before {}",
-                    rec.attempts,
-                    rec.last_error.as_deref().unwrap_or("unknown"),
-                    row.next_attempt_at.as_deref().unwrap_or_default()
+                let next = crate::report::timestamp(UNIX_EPOCH + Duration::from_secs(due as u64));
+                let mut failure = recorded_failure(rec.last_error.as_deref());
+                failure.reason = format!(
+                    "{} (failed {} time(s); next attempt not before {next})",
+                    failure.reason, rec.attempts
                 );
+                row.fail(failure);
+                row.next_attempt_at = Some(next);
                 false
             }
             _ => true,
@@ -264,6 +262,16 @@ fn leave_iam_to_the_iam_pass(plan: &mut AccountPlan) {
     }
 }
 
+/// The failure a state record keeps (as JSON; older state files kept prose, read as an install failure).
+fn recorded_failure(last_error: Option<&str>) -> Failure {
+    match last_error {
+        Some(text) => serde_json::from_str(text).unwrap_or_else(|_| {
+            Failure::new(FailureStep::Install, "earlier-failure", text.to_string())
+        }),
+        None => Failure::new(FailureStep::Install, "earlier-failure", "unknown"),
+    }
+}
+
 /// Writes every row's outcome; failed installs get their next attempt pushed out.
 fn record_outcomes(
     d: &Durable<'_>,
@@ -296,7 +304,11 @@ fn record_outcomes(
             }
             Status::Failed if attempted.contains(&n) => {
                 rec.attempts += 1;
-                rec.last_error = Some(row.detail.clone());
+                rec.last_error = row
+                    .failure
+                    .as_ref()
+                    .and_then(|f| serde_json::to_string(f).ok())
+                    .or_else(|| Some(row.detail.clone()));
                 let due = now + d.backoff(rec.attempts).as_secs() as i64;
                 rec.next_attempt_at = Some(due);
                 row.next_attempt_at = Some(crate::report::timestamp(
@@ -430,8 +442,11 @@ async fn create_resource_group(
                     && row.status == Status::Planned
                 {
                     row.actions.retain(|a| *a != InstanceAction::InstallAgent);
-                    row.status = Status::Failed;
-                    row.detail = format!("create-resource-group {rg} failed: {e}");
+                    row.fail(Failure::new(
+                        FailureStep::Connect,
+                        e.code(),
+                        format!("create-resource-group {rg}: {e}"),
+                    ));
                 }
             }
             format!("create-resource-group failed: {e}")
@@ -864,6 +879,16 @@ mod tests {
             .unwrap();
         assert_eq!(good.status, Status::Failed);
         assert!(good.detail.contains("exit code 41"), "{}", good.detail);
+        let failure = good.failure.as_ref().unwrap();
+        assert_eq!(
+            (failure.step, failure.code.as_str(), failure.exit_code),
+            (FailureStep::Connect, "exit-41", Some(41))
+        );
+        assert!(
+            failure.reason.starts_with("the credentials were rejected"),
+            "{}",
+            failure.reason
+        );
         assert!(
             good.detail.contains("connecting..."),
             "output tail: {}",
@@ -871,6 +896,70 @@ mod tests {
         );
         assert_eq!(status(&report, "i-none"), "onboarded");
         assert!(report.has_failures());
+        // The daemon's metrics count the failure by its code.
+        let outcome = PassOutcome {
+            report,
+            no_region_reachable: false,
+        };
+        let summary = crate::daemon::PassSummary::from_outcome(&outcome);
+        assert_eq!(
+            summary.errors.get("exit-41"),
+            Some(&1),
+            "{:?}",
+            summary.errors
+        );
+        assert!(!summary.errors.contains_key("instance-failed"));
+    }
+
+    #[tokio::test]
+    async fn an_agent_connected_elsewhere_is_reported_and_not_counted_as_a_failure() {
+        let aws = fleet();
+        let other = "/subscriptions/00000000-0000-0000-0000-000000000002/resourceGroups/defender/providers/Microsoft.HybridCompute/machines/i-good";
+        aws.script_outcome("i-good", "Success", "Success", 0, &format!(
+            "ARC_ONBOARD_RESULT {{\"outcome\":\"connected-elsewhere\",\"exit_code\":0,\"step\":\"check\",\"code\":\"connected-elsewhere\",\"message\":\"connected to another Arc resource\",\"resource_id\":\"{other}\"}}"
+        ));
+        let report = pass(&aws, &config(""), Some(&MutationToken::mint())).await;
+        let good = report
+            .instances
+            .iter()
+            .find(|i| i.instance_id == "i-good")
+            .unwrap();
+        assert_eq!(good.status, Status::ConnectedElsewhere);
+        assert_eq!(good.arc_resource_id.as_deref(), Some(other));
+        assert_eq!(good.failure, None);
+        assert!(!report.has_failures());
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        let row = json["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["instance_id"] == "i-good")
+            .unwrap();
+        assert_eq!(row["status"], "connected-elsewhere");
+        assert_eq!(row["arc_resource_id"], other);
+        assert_eq!(json["summary"]["by_status"]["connected-elsewhere"], 1);
+    }
+
+    #[tokio::test]
+    async fn already_connected_is_believed_only_when_azure_shows_our_machine() {
+        let aws = fleet();
+        // The agent says "ours and Connected", but the FakeArm never sees the machine (not linked).
+        let arm = FakeArm::default();
+        aws.script_outcome("i-good", "Success", "Success", 0, "ARC_ONBOARD_RESULT {\"outcome\":\"already-connected\",\"exit_code\":0,\"step\":\"check\",\"code\":\"already-connected\",\"message\":\"m\",\"resource_id\":\"\"}");
+        let report = pass_with(&aws, &arm, &config(""), Some(&MutationToken::mint()))
+            .await
+            .unwrap();
+        let good = report
+            .instances
+            .iter()
+            .find(|i| i.instance_id == "i-good")
+            .unwrap();
+        assert_eq!(good.status, Status::Failed);
+        let failure = good.failure.as_ref().unwrap();
+        assert_eq!(
+            (failure.step, failure.code.as_str()),
+            (FailureStep::Verify, "arc-machine-missing")
+        );
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, SSM_POLICY_ARN};
 use crate::model::{AwsError, InstanceState, PingStatus, Platform};
@@ -32,8 +32,10 @@ pub enum Status {
     Unsupported,
     /// An install command from an earlier run is still running; it is not sent again.
     InProgress,
-    /// Something failed; the detail says what and why.
+    /// Something failed; `failure` says in which step and why.
     Failed,
+    /// The agent is connected to another Arc resource (another subscription, group or name); left alone.
+    ConnectedElsewhere,
 }
 
 impl Status {
@@ -49,6 +51,7 @@ impl Status {
             Status::Unsupported => "unsupported",
             Status::InProgress => "in-progress",
             Status::Failed => "failed",
+            Status::ConnectedElsewhere => "connected-elsewhere",
         }
     }
 }
@@ -56,6 +59,78 @@ impl Status {
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// The step of onboarding a failure belongs to (the report's `failure.step`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureStep {
+    /// IAM: reading or changing instance profiles, roles and policies.
+    Iam,
+    /// SSM: reading registration, sending or tracking the install command.
+    Ssm,
+    /// Downloading (and checking) the agent installer on the instance.
+    Download,
+    /// Running the installer, and the platform prerequisites it needs.
+    Install,
+    /// Setting or clearing the agent's `proxy.url`.
+    ProxyConfig,
+    /// Connecting the agent (and what it needs: token, resource group, instance id, agent state).
+    Connect,
+    /// Checking in Azure that the machine shows `Connected`.
+    Verify,
+}
+
+impl FailureStep {
+    /// Report spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureStep::Iam => "iam",
+            FailureStep::Ssm => "ssm",
+            FailureStep::Download => "download",
+            FailureStep::Install => "install",
+            FailureStep::ProxyConfig => "proxy-config",
+            FailureStep::Connect => "connect",
+            FailureStep::Verify => "verify",
+        }
+    }
+}
+
+/// Why an instance failed: the report's `failure` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The step that failed.
+    pub step: FailureStep,
+    /// A short machine-readable code: an AWS or ARM error code, an `AZCMnnnn` code, or one of ours
+    /// (`checksum-mismatch`, `agent-disconnected`, `undeliverable`, ...).
+    pub code: String,
+    /// The exit code the step's command produced on the instance, when it produced one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// In words.
+    pub reason: String,
+}
+
+impl Failure {
+    /// A failure without an exit code.
+    pub fn new(step: FailureStep, code: impl Into<String>, reason: impl Into<String>) -> Failure {
+        Failure {
+            step,
+            code: code.into(),
+            exit_code: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} failed ({}", self.step.as_str(), self.code)?;
+        if let Some(code) = self.exit_code {
+            write!(f, ", exit code {code}")?;
+        }
+        write!(f, "): {}", self.reason)
     }
 }
 
@@ -169,9 +244,25 @@ pub struct InstancePlan {
     /// After a failed install (daemon): when the next attempt is due, RFC 3339.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_attempt_at: Option<String>,
+    /// `failed` only: in which step, with which code, and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// `connected-elsewhere` (and `already-onboarded` when the agent said so): the Arc resource the
+    /// agent is connected to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arc_resource_id: Option<String>,
     /// Whether the instance's actions depend on the account-level `create-ssm-role`.
     #[serde(skip)]
     pub needs_ssm_role: bool,
+}
+
+impl InstancePlan {
+    /// Marks the instance failed; the detail is rendered from the failure.
+    pub fn fail(&mut self, failure: Failure) {
+        self.status = Status::Failed;
+        self.detail = failure.to_string();
+        self.failure = Some(failure);
+    }
 }
 
 /// A region that could not be observed.
@@ -507,6 +598,8 @@ impl Planner<'_> {
             needs_ssm_role: false,
             command_id: None,
             next_attempt_at: None,
+            failure: None,
+            arc_resource_id: None,
         };
         if plan.platform == Platform::Unknown {
             plan.status = Status::Unsupported;
@@ -570,12 +663,19 @@ impl Planner<'_> {
         }
         let online = plan.ssm_ping == Some(PingStatus::Online);
         if let Some(e) = &region.ssm_error {
-            plan.status = Status::Failed;
-            plan.detail = format!("{iam_sentence}cannot read SSM state: {e}");
+            plan.fail(Failure::new(
+                FailureStep::Ssm,
+                e.code.clone(),
+                format!("{iam_sentence}cannot read SSM state: {e}"),
+            ));
             plan.actions = iam_actions;
             return (plan, steps);
         }
         match iam_text {
+            Some(Err((Status::Failed, why))) if !online => {
+                plan.fail(Failure::new(FailureStep::Iam, "iam-unreadable", why));
+                return (plan, None);
+            }
             Some(Err((status, why))) if !online => {
                 plan.status = status;
                 plan.detail = why;

@@ -219,6 +219,16 @@ impl Report {
             self.summary.instances,
             statuses.join(" ")
         );
+        let mut failures: BTreeMap<String, usize> = BTreeMap::new();
+        for f in self.instances.iter().filter_map(|i| i.failure.as_ref()) {
+            *failures
+                .entry(format!("{}/{}", f.step.as_str(), f.code))
+                .or_default() += 1;
+        }
+        if !failures.is_empty() {
+            let counts: Vec<String> = failures.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            let _ = writeln!(out, "failures: {}", counts.join(" "));
+        }
         let calls: Vec<String> = self
             .summary
             .api_calls

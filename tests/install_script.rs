@@ -13,37 +13,68 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use arc_onboard::install::{
-    parse_result, render_linux, InstallParams, ScriptOutcome, ScriptResult,
+    parse_result, render_linux, tags_arg, InstallParams, ScriptOutcome, ScriptResult,
+    EXIT_AGENT_STATE, EXIT_DOWNLOAD, EXIT_IMDS, EXIT_INSTALL, EXIT_UNSUPPORTED,
 };
 
 const INSTANCE_ID: &str = "i-0123456789abcdef0";
 const IMDS_TOKEN: &str = "imds-session-token-42";
 const ACCESS_TOKEN: &str = "arm.access.token-DO-NOT-PRINT";
 
-/// The fake `azcmagent`: records argv as `argc NUL arg NUL ...`, answers `show -j` with the status in
-/// `$FAKE_AGENT_STATUS`, and exits from `connect` with `$FAKE_CONNECT_EXIT`.
+/// The fake `azcmagent`: records argv as `argc NUL arg NUL ...` and its environment (`env -0`, one file per
+/// call), keeps `proxy.url` in `$FAKE_STATE/proxy.url`, answers `show -j` from `$FAKE_AGENT_STATUS`,
+/// `$FAKE_AGENT_SUBSCRIPTION`, `$FAKE_AGENT_RESOURCE_GROUP` and `$FAKE_AGENT_RESOURCE_NAME` (after a
+/// `connect` that exited 67, from the `..._AFTER` variants), and from `connect` records the `--config`
+/// file's content and mode, then exits with `$FAKE_CONNECT_EXIT`.
 const FAKE_AGENT: &str = r#"#!/bin/bash
 printf '%s\0' "$#" "$@" >>"$FAKE_STATE/agent-calls"
+n=$(ls "$FAKE_STATE" | grep -c '^agent-env-')
+env -0 >"$FAKE_STATE/agent-env-$n"
 case "$1" in
     show)
-        printf '{\n  "resourceName": "",\n  "status": "%s",\n  "agentVersion": "1.50.0"\n}\n' "${FAKE_AGENT_STATUS:-Disconnected}"
+        if [ -e "$FAKE_STATE/connected-67" ]; then
+            status="${FAKE_AGENT_STATUS_AFTER:-}" sub="${FAKE_AGENT_SUBSCRIPTION_AFTER:-}"
+            rg="${FAKE_AGENT_RESOURCE_GROUP_AFTER:-}" name="${FAKE_AGENT_RESOURCE_NAME_AFTER:-}"
+        else
+            status="${FAKE_AGENT_STATUS:-Disconnected}" sub="${FAKE_AGENT_SUBSCRIPTION:-}"
+            rg="${FAKE_AGENT_RESOURCE_GROUP:-}" name="${FAKE_AGENT_RESOURCE_NAME:-}"
+        fi
+        printf '{\n  "resourceName": "%s",\n  "resourceGroup": "%s",\n  "subscriptionId": "%s",\n  "status": "%s",\n  "agentVersion": "1.50.0"\n}\n' "$name" "$rg" "$sub" "$status"
+        ;;
+    config)
+        case "$2" in
+            set) printf '%s' "$4" >"$FAKE_STATE/proxy.url" ;;
+            get) if [ -f "$FAKE_STATE/proxy.url" ]; then printf 'proxy.url: %s\n' "$(cat "$FAKE_STATE/proxy.url")"; fi ;;
+            clear) rm -f "$FAKE_STATE/proxy.url" ;;
+        esac
+        exit "${FAKE_CONFIG_EXIT:-0}"
         ;;
     connect)
+        while [ $# -gt 0 ]; do
+            if [ "$1" = --config ]; then
+                cat -- "$2" >"$FAKE_STATE/connect-config"
+                stat -c '%a' -- "$2" >"$FAKE_STATE/connect-config-mode"
+            fi
+            shift
+        done
         code="${FAKE_CONNECT_EXIT:-0}"
         echo "INFO connecting"
         if [ "$code" = 41 ]; then echo "FATAL AZCM0041: The credentials supplied are invalid"; fi
+        if [ "$code" = 67 ]; then : >"$FAKE_STATE/connected-67"; fi
         exit "$code"
         ;;
 esac
 exit 0
 "#;
 
-/// The fake installer served at /azcmagent-linux: records its argv (like the agent does), installs the fake agent into `$FAKE_BIN`
-/// and exits with `$FAKE_INSTALLER_EXIT`.
+/// The fake installer served at /azcmagent-linux: records its argv (like the agent does), environment
+/// and umask, installs the fake agent into `$FAKE_BIN` and exits with `$FAKE_INSTALLER_EXIT`.
 fn fake_installer() -> String {
     format!(
         "#!/bin/bash\n\
          printf '%s\\0' \"$#\" \"$@\" >\"$FAKE_STATE/installer-argv\"\n\
+         env -0 >\"$FAKE_STATE/installer-env\"\n\
+         umask >\"$FAKE_STATE/installer-umask\"\n\
          cat >\"$FAKE_BIN/azcmagent\" <<'FAKE_AGENT_EOF'\n{FAKE_AGENT}FAKE_AGENT_EOF\n\
          chmod +x \"$FAKE_BIN/azcmagent\"\n\
          echo 'fake installer: done'\n\
@@ -156,6 +187,12 @@ impl Server {
                     Some(body) => respond(&mut stream, "200 OK", body),
                     None => respond(&mut stream, "404 Not Found", "not here"),
                 },
+                ("GET", "/redirect-to-file") => {
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 302 Found\r\nLocation: file:///etc/hostname\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    );
+                }
                 _ => respond(&mut stream, "404 Not Found", "unknown"),
             }
         });
@@ -241,6 +278,7 @@ struct Params {
     access_token: String,
     proxy_url: Option<String>,
     installer_url: String,
+    installer_sha256: Option<String>,
 }
 
 impl Params {
@@ -260,6 +298,7 @@ impl Params {
             access_token: ACCESS_TOKEN.into(),
             proxy_url: None,
             installer_url: server.url("/azcmagent-linux"),
+            installer_sha256: None,
         }
     }
 
@@ -275,12 +314,12 @@ impl Params {
             access_token: &self.access_token,
             proxy_url: self.proxy_url.as_deref(),
             installer_url: &self.installer_url,
+            installer_sha256: self.installer_sha256.as_deref(),
         }
     }
 
-    /// The argv `azcmagent connect` must get.
+    /// The argv `azcmagent connect` must get, up to the `--config` file's path (random, checked apart).
     fn expected_connect(&self) -> Vec<String> {
-        let tags: Vec<String> = self.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
         [
             "connect",
             "--subscription-id",
@@ -296,18 +335,26 @@ impl Params {
             "--correlation-id",
             &self.correlation_id,
             "--tags",
-            &tags.join(","),
+            &tags_arg(&self.tags),
             "--resource-name",
             INSTANCE_ID,
-            "--access-token",
-            &self.access_token,
+            "--config",
         ]
         .map(String::from)
         .to_vec()
     }
+
+    /// The Arc resource id of this instance in these parameters' group.
+    fn resource_id(&self) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.HybridCompute/machines/{INSTANCE_ID}",
+            self.subscription_id, self.resource_group
+        )
+    }
 }
 
-/// A sandbox: a bin dir on PATH for the fake agent, a state dir for recordings, a TMPDIR to check cleanup.
+/// A sandbox: a bin dir on PATH for the fake agent, a state dir for recordings, a TMPDIR to check cleanup,
+/// a log dir for the logs the script keeps.
 struct Sandbox {
     dir: tempfile::TempDir,
 }
@@ -344,9 +391,11 @@ impl Sandbox {
         assert!(status.success());
     }
 
-    /// Renders the script for `params` and runs it with bash; `imds` is the IMDS endpoint.
+    /// Renders the script for `params` and runs it with bash (umask 022, as SSM's agent has); `imds` is
+    /// the IMDS endpoint. Checks what every run must leave: no token anywhere it could be read, no
+    /// script file, no temporary directory, the result line last.
     fn run(&self, params: &Params, imds: &str, env: &[(&str, &str)]) -> Run {
-        let script = self.path("script.sh");
+        let script = self.path("_script.sh");
         fs::write(&script, render_linux(&params.install())).unwrap();
         let path = format!(
             "{}:{}",
@@ -355,7 +404,9 @@ impl Sandbox {
         );
         let (out_path, err_path) = (self.path("stdout"), self.path("stderr"));
         let mut cmd = Command::new("bash");
-        cmd.arg(&script)
+        cmd.arg("-c")
+            .arg("umask 0022 && exec bash \"$0\"")
+            .arg(&script)
             .current_dir(self.dir.path())
             .env("PATH", path)
             .env("FAKE_BIN", self.path("bin"))
@@ -363,6 +414,7 @@ impl Sandbox {
             .env("TMPDIR", self.path("tmp"))
             .env("ARC_ONBOARD_IMDS", imds)
             .env("ARC_ONBOARD_SYSTEMD_DIR", self.path("systemd"))
+            .env("ARC_ONBOARD_LOG_DIR", self.path("logs"))
             .stdin(Stdio::null())
             .stdout(File::create(&out_path).unwrap())
             .stderr(File::create(&err_path).unwrap());
@@ -375,11 +427,13 @@ impl Sandbox {
             "ALL_PROXY",
             "no_proxy",
             "NO_PROXY",
-            "FAKE_AGENT_STATUS",
-            "FAKE_CONNECT_EXIT",
-            "FAKE_INSTALLER_EXIT",
         ] {
             cmd.env_remove(var);
+        }
+        for (k, _) in std::env::vars() {
+            if k.starts_with("FAKE_") {
+                cmd.env_remove(k);
+            }
         }
         for (k, v) in env {
             cmd.env(k, v);
@@ -399,8 +453,30 @@ impl Sandbox {
         let stdout = fs::read_to_string(&out_path).unwrap();
         let stderr = fs::read_to_string(&err_path).unwrap();
         assert!(
-            !stdout.contains(ACCESS_TOKEN) && !stderr.contains(ACCESS_TOKEN),
+            !stdout.contains(&params.access_token) && !stderr.contains(&params.access_token),
             "the access token was printed:\n{stdout}\n{stderr}"
+        );
+        // Every recording of the installer and the agent (argv, environment) and every kept log: no token.
+        for dir in [self.path("state"), self.path("logs")] {
+            let Ok(entries) = fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry.unwrap().path();
+                if path.file_name().unwrap() == "connect-config" {
+                    continue;
+                }
+                let bytes = fs::read(&path).unwrap();
+                assert!(
+                    !String::from_utf8_lossy(&bytes).contains(&params.access_token),
+                    "the access token is in {}",
+                    path.display()
+                );
+            }
+        }
+        assert!(
+            !script.exists(),
+            "the script (which holds the token) was left in SSM's directory"
         );
         assert!(
             fs::read_dir(self.path("tmp")).unwrap().next().is_none(),
@@ -429,6 +505,27 @@ impl Sandbox {
         let path = self.path("state").join("installer-argv");
         path.exists().then(|| read_calls(&path).concat())
     }
+
+    /// A recording of the fakes, if made.
+    fn state(&self, name: &str) -> Option<String> {
+        fs::read_to_string(self.path("state").join(name)).ok()
+    }
+
+    /// The `connect` call, with its `--config` path checked (in the private temp dir) and cut off.
+    fn connect_call(&self) -> Vec<String> {
+        let calls = self.agent_calls();
+        let mut call = calls
+            .into_iter()
+            .find(|c| c.first().map(String::as_str) == Some("connect"))
+            .expect("azcmagent connect was called");
+        let config = call.pop().unwrap();
+        assert!(
+            config.starts_with(self.path("tmp").to_str().unwrap())
+                && config.ends_with("/connect.json"),
+            "{config}"
+        );
+        call
+    }
 }
 
 /// Reads recorded invocations: for each, `argc NUL arg1 NUL ... argN NUL`.
@@ -453,14 +550,19 @@ fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
-fn assert_result(run: &Run, outcome: ScriptOutcome, exit_code: i32, step: &str) {
+fn assert_result(run: &Run, outcome: ScriptOutcome, exit_code: i32, step: &str, code: &str) {
     let result = run
         .result
         .as_ref()
         .unwrap_or_else(|| panic!("no result line:\n{}\n{}", run.stdout, run.stderr));
     assert_eq!(
-        (result.outcome, result.exit_code, result.step.as_str()),
-        (outcome, exit_code, step),
+        (
+            result.outcome,
+            result.exit_code,
+            result.step.as_str(),
+            result.code.as_str()
+        ),
+        (outcome, exit_code, step, code),
         "{}\n{}",
         run.stdout,
         run.stderr
@@ -468,25 +570,68 @@ fn assert_result(run: &Run, outcome: ScriptOutcome, exit_code: i32, step: &str) 
     assert_eq!(run.code, exit_code, "{}\n{}", run.stdout, run.stderr);
 }
 
+const IMDS_ONLY: [&str; 2] = ["PUT /latest/api/token", "GET /latest/meta-data/instance-id"];
+
 #[test]
-fn public_mode_installs_and_connects_as_the_instance_id() {
+fn public_mode_installs_and_connects_with_the_token_in_a_private_file() {
     let server = Server::start(Some(fake_installer()));
     let sandbox = Sandbox::new();
     let params = Params::new(&server);
     let run = sandbox.run(&params, &server.url(""), &[]);
 
-    assert_result(&run, ScriptOutcome::Connected, 0, "connect");
+    assert_result(&run, ScriptOutcome::Connected, 0, "connect", "connected");
     assert!(run.result.as_ref().unwrap().message.contains(INSTANCE_ID));
     assert_eq!(sandbox.installer_argv(), Some(Vec::new()));
-    assert_eq!(sandbox.agent_calls(), vec![params.expected_connect()]);
+    // Public mode with no proxy.url set: only asked, nothing cleared.
+    assert_eq!(
+        sandbox.agent_calls()[0],
+        strings(&["config", "get", "proxy.url"])
+    );
+    assert_eq!(sandbox.connect_call(), params.expected_connect());
+    // The token reached the agent only through the --config file, which was private.
+    let config: serde_json::Value =
+        serde_json::from_str(&sandbox.state("connect-config").unwrap()).unwrap();
+    assert_eq!(config, serde_json::json!({ "access-token": ACCESS_TOKEN }));
+    assert_eq!(sandbox.state("connect-config-mode").unwrap().trim(), "600");
     assert_eq!(
         server.targets(),
-        [
-            "PUT /latest/api/token",
-            "GET /latest/meta-data/instance-id",
-            "GET /azcmagent-linux"
-        ]
+        [IMDS_ONLY[0], IMDS_ONLY[1], "GET /azcmagent-linux"]
     );
+    // The installer and package manager run with the caller's umask, not a private one.
+    assert_eq!(sandbox.state("installer-umask").unwrap().trim(), "0022");
+    // Short output (ListCommandInvocations keeps 2,500 characters); the full logs stay on the instance.
+    assert!(
+        run.stdout.len() < 1_000,
+        "{} characters:\n{}",
+        run.stdout.len(),
+        run.stdout
+    );
+    let kept: Vec<String> = fs::read_dir(sandbox.path("logs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for log in ["installer.log", "connect.log"] {
+        assert!(kept.contains(&log.to_owned()), "{kept:?}");
+    }
+    let mode = fs::metadata(sandbox.path("logs")).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700
+    );
+}
+
+#[test]
+fn a_token_with_json_and_shell_characters_survives_the_config_file() {
+    let server = Server::start(Some(fake_installer()));
+    let sandbox = Sandbox::new();
+    let mut params = Params::new(&server);
+    params.access_token = format!("{ACCESS_TOKEN}\"\\'$(id)`id`");
+    let run = sandbox.run(&params, &server.url(""), &[]);
+
+    assert_result(&run, ScriptOutcome::Connected, 0, "connect", "connected");
+    let config: serde_json::Value =
+        serde_json::from_str(&sandbox.state("connect-config").unwrap()).unwrap();
+    assert_eq!(config["access-token"], params.access_token.as_str());
 }
 
 #[test]
@@ -498,7 +643,7 @@ fn proxy_mode_downloads_through_the_proxy_but_not_imds() {
     params.proxy_url = Some(proxy.url());
     let run = sandbox.run(&params, &server.url(""), &[]);
 
-    assert_result(&run, ScriptOutcome::Connected, 0, "connect");
+    assert_result(&run, ScriptOutcome::Connected, 0, "connect", "connected");
     assert_eq!(
         proxy.lines(),
         [format!(
@@ -507,23 +652,153 @@ fn proxy_mode_downloads_through_the_proxy_but_not_imds() {
         )]
     );
     let targets = server.targets();
-    assert!(targets.contains(&"PUT /latest/api/token".to_owned()));
-    assert!(targets.contains(&"GET /latest/meta-data/instance-id".to_owned()));
+    assert!(targets.contains(&IMDS_ONLY[0].to_owned()));
+    assert!(targets.contains(&IMDS_ONLY[1].to_owned()));
     assert_eq!(
         sandbox.installer_argv(),
         Some(strings(&["--proxy", &proxy.url()]))
     );
     assert_eq!(
-        sandbox.agent_calls(),
-        vec![
-            strings(&["config", "set", "proxy.url", &proxy.url()]),
-            params.expected_connect()
-        ]
+        sandbox.agent_calls()[0],
+        strings(&["config", "set", "proxy.url", &proxy.url()])
     );
+    assert_eq!(sandbox.connect_call(), params.expected_connect());
+    assert_eq!(sandbox.state("proxy.url"), Some(proxy.url()));
 }
 
 #[test]
-fn already_connected_agent_is_left_alone() {
+fn public_mode_clears_a_stale_proxy_url_from_an_earlier_proxy_install() {
+    let server = Server::start(Some(fake_installer()));
+    let sandbox = Sandbox::new();
+    fs::write(
+        sandbox.path("state").join("proxy.url"),
+        "http://old-proxy.internal:3128",
+    )
+    .unwrap();
+    let params = Params::new(&server);
+    let run = sandbox.run(&params, &server.url(""), &[]);
+
+    assert_result(&run, ScriptOutcome::Connected, 0, "connect", "connected");
+    assert_eq!(
+        sandbox.agent_calls()[..2],
+        [
+            strings(&["config", "get", "proxy.url"]),
+            strings(&["config", "clear", "proxy.url"])
+        ]
+    );
+    assert_eq!(sandbox.state("proxy.url"), None);
+}
+
+#[test]
+fn agent_connected_to_our_resource_is_left_alone() {
+    let server = Server::start(Some(fake_installer()));
+    let sandbox = Sandbox::new();
+    sandbox.preinstall_agent();
+    let params = Params::new(&server);
+    // Azure compares names case-insensitively; so does the script.
+    let env = [
+        ("FAKE_AGENT_STATUS", "Connected"),
+        (
+            "FAKE_AGENT_SUBSCRIPTION",
+            &params.subscription_id.to_uppercase(),
+        ),
+        ("FAKE_AGENT_RESOURCE_GROUP", "AWS_123456789012"),
+        ("FAKE_AGENT_RESOURCE_NAME", INSTANCE_ID),
+    ];
+    let run = sandbox.run(&params, &server.url(""), &env);
+
+    assert_result(
+        &run,
+        ScriptOutcome::AlreadyConnected,
+        0,
+        "check",
+        "already-connected",
+    );
+    assert_eq!(sandbox.agent_calls(), vec![strings(&["show", "-j"])]);
+    assert_eq!(server.targets(), IMDS_ONLY, "IMDS only, no download");
+    assert_eq!(sandbox.installer_argv(), None);
+    assert!(run
+        .result
+        .unwrap()
+        .resource_id
+        .ends_with(&format!("/machines/{INSTANCE_ID}")));
+}
+
+#[test]
+fn agent_connected_to_another_resource_is_reported_and_left_alone() {
+    let server = Server::start(Some(fake_installer()));
+    let sandbox = Sandbox::new();
+    sandbox.preinstall_agent();
+    let params = Params::new(&server);
+    let cases = [
+        // A cloned image: same subscription and group, another machine's name.
+        (params.resource_group.as_str(), "i-0aaaaaaaaaaaaaaaa"),
+        // Another tool (Defender for Cloud) onboarded it into its own group.
+        ("defender-rg", INSTANCE_ID),
+    ];
+    for (rg, name) in cases {
+        let _ = fs::remove_file(sandbox.path("state").join("agent-calls"));
+        let env = [
+            ("FAKE_AGENT_STATUS", "Connected"),
+            ("FAKE_AGENT_SUBSCRIPTION", params.subscription_id.as_str()),
+            ("FAKE_AGENT_RESOURCE_GROUP", rg),
+            ("FAKE_AGENT_RESOURCE_NAME", name),
+        ];
+        let run = sandbox.run(&params, &server.url(""), &env);
+
+        assert_result(
+            &run,
+            ScriptOutcome::ConnectedElsewhere,
+            0,
+            "check",
+            "connected-elsewhere",
+        );
+        let result = run.result.unwrap();
+        assert_eq!(
+            result.resource_id,
+            format!(
+                "/subscriptions/{}/resourceGroups/{rg}/providers/Microsoft.HybridCompute/machines/{name}",
+                params.subscription_id
+            )
+        );
+        assert_eq!(
+            sandbox.agent_calls(),
+            vec![strings(&["show", "-j"])],
+            "never disconnected"
+        );
+        assert_eq!(sandbox.installer_argv(), None);
+    }
+}
+
+#[test]
+fn disconnected_or_expired_agent_fails_with_a_reason_and_is_not_touched() {
+    let server = Server::start(Some(fake_installer()));
+    let sandbox = Sandbox::new();
+    sandbox.preinstall_agent();
+    let params = Params::new(&server);
+    for (status, code) in [
+        ("Disconnected", "agent-disconnected"),
+        ("Expired", "agent-expired"),
+    ] {
+        let _ = fs::remove_file(sandbox.path("state").join("agent-calls"));
+        let env = [
+            ("FAKE_AGENT_STATUS", status),
+            ("FAKE_AGENT_SUBSCRIPTION", params.subscription_id.as_str()),
+            ("FAKE_AGENT_RESOURCE_GROUP", params.resource_group.as_str()),
+            ("FAKE_AGENT_RESOURCE_NAME", INSTANCE_ID),
+        ];
+        let run = sandbox.run(&params, &server.url(""), &env);
+
+        assert_result(&run, ScriptOutcome::Failed, EXIT_AGENT_STATE, "check", code);
+        let result = run.result.unwrap();
+        assert!(result.message.contains(status) && result.message.contains("azcmagent reconnect"));
+        assert_eq!(result.resource_id, params.resource_id());
+        assert_eq!(sandbox.agent_calls(), vec![strings(&["show", "-j"])]);
+    }
+}
+
+#[test]
+fn an_installed_agent_that_was_never_connected_is_connected() {
     let server = Server::start(Some(fake_installer()));
     let sandbox = Sandbox::new();
     sandbox.preinstall_agent();
@@ -531,27 +806,76 @@ fn already_connected_agent_is_left_alone() {
     let run = sandbox.run(
         &params,
         &server.url(""),
-        &[("FAKE_AGENT_STATUS", "Connected")],
+        &[("FAKE_AGENT_STATUS", "Disconnected")],
     );
 
-    assert_result(&run, ScriptOutcome::AlreadyConnected, 0, "check");
-    assert_eq!(sandbox.agent_calls(), vec![strings(&["show", "-j"])]);
-    assert_eq!(
-        server.targets(),
-        Vec::<String>::new(),
-        "no IMDS, no download"
-    );
-    assert_eq!(sandbox.installer_argv(), None);
+    assert_result(&run, ScriptOutcome::Connected, 0, "connect", "connected");
+    assert_eq!(sandbox.agent_calls()[0], strings(&["show", "-j"]));
+    assert_eq!(sandbox.connect_call(), params.expected_connect());
 }
 
 #[test]
-fn connect_failure_exits_with_the_agent_code() {
+fn connect_exit_67_is_checked_against_the_resource_it_names() {
+    let server = Server::start(Some(fake_installer()));
+    let params = Params::new(&server);
+    let ours = params.resource_group.clone();
+    let cases: [(&str, &str, ScriptOutcome, i32, &str, &str); 4] = [
+        (
+            "Connected",
+            ours.as_str(),
+            ScriptOutcome::AlreadyConnected,
+            0,
+            "check",
+            "already-connected",
+        ),
+        (
+            "Connected",
+            "other-rg",
+            ScriptOutcome::ConnectedElsewhere,
+            0,
+            "check",
+            "connected-elsewhere",
+        ),
+        (
+            "Expired",
+            ours.as_str(),
+            ScriptOutcome::Failed,
+            EXIT_AGENT_STATE,
+            "check",
+            "agent-expired",
+        ),
+        ("", "", ScriptOutcome::Failed, 67, "connect", "AZCM0067"),
+    ];
+    for (status, rg, outcome, exit, step, code) in cases {
+        let sandbox = Sandbox::new();
+        let name = if rg.is_empty() { "" } else { INSTANCE_ID };
+        let env = [
+            ("FAKE_CONNECT_EXIT", "67"),
+            ("FAKE_AGENT_STATUS_AFTER", status),
+            (
+                "FAKE_AGENT_SUBSCRIPTION_AFTER",
+                params.subscription_id.as_str(),
+            ),
+            ("FAKE_AGENT_RESOURCE_GROUP_AFTER", rg),
+            ("FAKE_AGENT_RESOURCE_NAME_AFTER", name),
+        ];
+        let run = sandbox.run(&params, &server.url(""), &env);
+        assert_result(&run, outcome, exit, step, code);
+        assert_eq!(
+            sandbox.agent_calls().last().unwrap(),
+            &strings(&["show", "-j"])
+        );
+    }
+}
+
+#[test]
+fn connect_failure_exits_with_the_agent_code_and_its_azcm_detail() {
     let server = Server::start(Some(fake_installer()));
     let sandbox = Sandbox::new();
     let params = Params::new(&server);
     let run = sandbox.run(&params, &server.url(""), &[("FAKE_CONNECT_EXIT", "41")]);
 
-    assert_result(&run, ScriptOutcome::Failed, 41, "connect");
+    assert_result(&run, ScriptOutcome::Failed, 41, "connect", "AZCM0041");
     let message = &run.result.as_ref().unwrap().message;
     assert!(
         message.contains("41") && message.contains("AZCM0041"),
@@ -560,50 +884,117 @@ fn connect_failure_exits_with_the_agent_code() {
 }
 
 #[test]
-fn connect_exit_67_counts_as_already_connected() {
+fn agent_exit_codes_equal_to_the_scripts_own_codes_keep_the_connect_step() {
     let server = Server::start(Some(fake_installer()));
-    let sandbox = Sandbox::new();
-    // An agent is installed but reports Disconnected; connect then says already connected.
-    sandbox.preinstall_agent();
-    let params = Params::new(&server);
-    let run = sandbox.run(&params, &server.url(""), &[("FAKE_CONNECT_EXIT", "67")]);
-
-    assert_result(&run, ScriptOutcome::AlreadyConnected, 0, "connect");
-    assert_eq!(
-        sandbox.agent_calls(),
-        vec![strings(&["show", "-j"]), params.expected_connect()]
-    );
+    // 4 is the script's "download" code and the agent's "cannot open its log file".
+    for code in [EXIT_DOWNLOAD, EXIT_INSTALL, EXIT_UNSUPPORTED] {
+        let sandbox = Sandbox::new();
+        let params = Params::new(&server);
+        let run = sandbox.run(
+            &params,
+            &server.url(""),
+            &[("FAKE_CONNECT_EXIT", &code.to_string())],
+        );
+        assert_result(
+            &run,
+            ScriptOutcome::Failed,
+            code,
+            "connect",
+            &format!("exit-{code}"),
+        );
+    }
 }
 
 #[test]
-fn installer_download_404_fails_with_code_4() {
+fn installer_download_404_fails_in_the_download_step() {
     let server = Server::start(None);
     let sandbox = Sandbox::new();
     let params = Params::new(&server);
     let run = sandbox.run(&params, &server.url(""), &[]);
 
-    assert_result(&run, ScriptOutcome::Failed, 4, "download");
+    assert_result(
+        &run,
+        ScriptOutcome::Failed,
+        EXIT_DOWNLOAD,
+        "download",
+        "download-failed",
+    );
     assert_eq!(sandbox.installer_argv(), None);
     assert!(sandbox.agent_calls().is_empty());
 }
 
 #[test]
-fn failing_installer_fails_with_code_5() {
+fn a_redirect_to_another_protocol_is_refused() {
     let server = Server::start(Some(fake_installer()));
     let sandbox = Sandbox::new();
-    let params = Params::new(&server);
-    let run = sandbox.run(&params, &server.url(""), &[("FAKE_INSTALLER_EXIT", "1")]);
+    let mut params = Params::new(&server);
+    params.installer_url = server.url("/redirect-to-file");
+    let run = sandbox.run(&params, &server.url(""), &[]);
 
-    assert_result(&run, ScriptOutcome::Failed, 5, "install");
-    assert!(
-        run.stdout.contains("fake installer: done"),
-        "installer log shown"
+    assert_result(
+        &run,
+        ScriptOutcome::Failed,
+        EXIT_DOWNLOAD,
+        "download",
+        "download-failed",
     );
+    assert_eq!(sandbox.installer_argv(), None);
+}
+
+#[test]
+fn an_installer_pinned_by_sha256_runs_only_when_it_matches() {
+    let server = Server::start(Some(fake_installer()));
+    let good = sha256_hex(fake_installer().as_bytes());
+
+    let sandbox = Sandbox::new();
+    let mut params = Params::new(&server);
+    params.installer_sha256 = Some(good.to_uppercase());
+    let run = sandbox.run(&params, &server.url(""), &[]);
+    assert_result(&run, ScriptOutcome::Connected, 0, "connect", "connected");
+
+    let sandbox = Sandbox::new();
+    params.installer_sha256 = Some("0".repeat(64));
+    let run = sandbox.run(&params, &server.url(""), &[]);
+    assert_result(
+        &run,
+        ScriptOutcome::Failed,
+        EXIT_DOWNLOAD,
+        "download",
+        "checksum-mismatch",
+    );
+    assert!(run.result.unwrap().message.contains(&good));
+    assert_eq!(sandbox.installer_argv(), None, "the installer did not run");
     assert!(sandbox.agent_calls().is_empty());
 }
 
 #[test]
-fn unreachable_imds_fails_with_code_3() {
+fn failing_installer_reports_its_own_exit_code_in_the_install_step() {
+    let server = Server::start(Some(fake_installer()));
+    for code in [1, 130] {
+        let sandbox = Sandbox::new();
+        let params = Params::new(&server);
+        let run = sandbox.run(
+            &params,
+            &server.url(""),
+            &[("FAKE_INSTALLER_EXIT", &code.to_string())],
+        );
+        assert_result(
+            &run,
+            ScriptOutcome::Failed,
+            code,
+            "install",
+            "installer-failed",
+        );
+        assert!(
+            run.stdout.contains("fake installer: done"),
+            "installer log shown"
+        );
+        assert!(sandbox.agent_calls().is_empty());
+    }
+}
+
+#[test]
+fn unreachable_imds_fails_in_the_imds_step() {
     let server = Server::start(Some(fake_installer()));
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let closed_url = format!("http://127.0.0.1:{}", closed.local_addr().unwrap().port());
@@ -612,12 +1003,18 @@ fn unreachable_imds_fails_with_code_3() {
     let params = Params::new(&server);
     let run = sandbox.run(&params, &closed_url, &[]);
 
-    assert_result(&run, ScriptOutcome::Failed, 3, "imds");
+    assert_result(
+        &run,
+        ScriptOutcome::Failed,
+        EXIT_IMDS,
+        "imds",
+        "imds-unavailable",
+    );
     assert!(server.targets().is_empty(), "nothing downloaded");
 }
 
 #[test]
-fn missing_systemd_fails_with_code_6() {
+fn missing_systemd_fails_in_the_platform_step() {
     let server = Server::start(Some(fake_installer()));
     let sandbox = Sandbox::new();
     let params = Params::new(&server);
@@ -628,8 +1025,35 @@ fn missing_systemd_fails_with_code_6() {
         &[("ARC_ONBOARD_SYSTEMD_DIR", missing.to_str().unwrap())],
     );
 
-    assert_result(&run, ScriptOutcome::Failed, 6, "platform");
+    assert_result(
+        &run,
+        ScriptOutcome::Failed,
+        EXIT_UNSUPPORTED,
+        "platform",
+        "unsupported-platform",
+    );
     assert!(server.targets().is_empty());
+}
+
+#[test]
+fn tags_with_spaces_quotes_and_equals_reach_the_agent_as_azcmagent_documents() {
+    let server = Server::start(Some(fake_installer()));
+    let sandbox = Sandbox::new();
+    let mut params = Params::new(&server);
+    params
+        .tags
+        .insert("Owner".into(), "Shared Infrastructure Services".into());
+    params.tags.insert("Note".into(), "say \"hi\" a=b".into());
+    params.tags.insert("Cost Center".into(), "42".into());
+    let run = sandbox.run(&params, &server.url(""), &[]);
+
+    assert_result(&run, ScriptOutcome::Connected, 0, "connect", "connected");
+    let call = sandbox.connect_call();
+    let tags = &call[call.iter().position(|a| a == "--tags").unwrap() + 1];
+    assert_eq!(
+        tags,
+        "AwsAccountId=123456789012,AwsRegion=eu-west-1,'Cost Center'=42,Env=prod,Note='say \"hi\" a=b',Owner='Shared Infrastructure Services'"
+    );
 }
 
 #[test]
@@ -645,7 +1069,7 @@ fn hostile_values_reach_the_agent_verbatim() {
     params.correlation_id = format!("'; touch {pwned}; echo '");
     params.tags.insert(
         "Team".into(),
-        format!("it's \"ours\" $(touch {pwned}) \\ $HOME"),
+        format!("its \"ours\" $(touch {pwned}) \\ $HOME"),
     );
     params
         .tags
@@ -653,7 +1077,22 @@ fn hostile_values_reach_the_agent_verbatim() {
     params.access_token = format!("{ACCESS_TOKEN}'$(touch {pwned})");
     let run = sandbox.run(&params, &server.url(""), &[]);
 
-    assert_result(&run, ScriptOutcome::Connected, 0, "connect");
-    assert_eq!(sandbox.agent_calls(), vec![params.expected_connect()]);
+    assert_result(&run, ScriptOutcome::Connected, 0, "connect", "connected");
+    assert_eq!(sandbox.connect_call(), params.expected_connect());
+    let config: serde_json::Value =
+        serde_json::from_str(&sandbox.state("connect-config").unwrap()).unwrap();
+    assert_eq!(config["access-token"], params.access_token.as_str());
     assert!(!sandbox.path("pwned").exists(), "a value ran a command");
+}
+
+/// SHA-256 of some bytes, as lowercase hex, computed by coreutils (what the instance uses too).
+fn sha256_hex(bytes: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum");
+    child.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()[..64].to_owned()
 }

@@ -170,32 +170,168 @@ fn a_mixed_fleet_goes_from_nothing_to_onboarded_and_a_second_run_sends_nothing()
 #[test]
 fn scripted_failures_end_failed_with_mapped_reasons_while_the_rest_succeed() {
     let w = World::start();
-    let id = ids(&w, &ready_fleet(4));
+    let id = ids(&w, &ready_fleet(5));
     w.aws.control("POST", "/_emulator/outcomes", Some(&json!({
-        &id[0]: {"status": "Failed", "exit_code": 41, "stdout": "AZCM0041: The credentials supplied are invalid\nARC_ONBOARD_RESULT {\"outcome\":\"failed\",\"exit_code\":41,\"step\":\"connect\",\"message\":\"azcmagent connect exited with 41\"}"},
+        &id[0]: {"status": "Failed", "exit_code": 41, "stdout": "AZCM0041: The credentials supplied are invalid\nARC_ONBOARD_RESULT {\"outcome\":\"failed\",\"exit_code\":41,\"step\":\"connect\",\"code\":\"AZCM0041\",\"message\":\"azcmagent connect exited with 41: AZCM0041: The credentials supplied are invalid\"}"},
         &id[1]: {"status": "TimedOut"},
-        &id[2]: {"status": "Undeliverable"}
+        &id[2]: {"status": "Undeliverable"},
+        // The agent's own exit code 4 ("cannot open its log file") equals the script's download code.
+        &id[3]: {"status": "Failed", "exit_code": 4, "stdout": "ARC_ONBOARD_RESULT {\"outcome\":\"failed\",\"exit_code\":4,\"step\":\"connect\",\"code\":\"exit-4\",\"message\":\"azcmagent connect exited with 4\"}"}
     })));
     let (code, report, _) = run(&w, ONE_REGION, &[]);
     assert_eq!(code, 1);
     let detail = |n: usize| row(&report, &id[n])["detail"].as_str().unwrap().to_string();
+    let failure = |n: usize| row(&report, &id[n])["failure"].clone();
     assert_eq!(row(&report, &id[0])["status"], "failed");
-    assert!(detail(0).contains("exit code 41"), "{}", detail(0));
+    assert_eq!(failure(0)["step"], "connect");
+    assert_eq!(failure(0)["code"], "AZCM0041");
+    assert_eq!(failure(0)["exit_code"], 41);
     assert!(
-        detail(0).to_lowercase().contains("credential"),
+        failure(0)["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("the credentials were rejected"),
         "mapped reason: {}",
-        detail(0)
+        failure(0)
     );
     assert!(detail(0).contains("AZCM0041"), "output tail: {}", detail(0));
-    assert_eq!(row(&report, &id[1])["status"], "failed");
-    assert!(detail(1).contains("timed out"), "{}", detail(1));
-    assert_eq!(row(&report, &id[2])["status"], "failed");
-    assert!(detail(2).contains("Undeliverable"), "{}", detail(2));
-    assert_eq!(row(&report, &id[3])["status"], "onboarded");
+    assert_eq!(
+        failure(1),
+        json!({"step": "install", "code": "execution-timed-out", "reason": "the install did not finish within --command-timeout 30 minutes"})
+    );
+    assert_eq!(failure(2)["step"], "ssm");
+    assert_eq!(failure(2)["code"], "undeliverable");
+    assert!(failure(2).get("exit_code").is_none(), "{}", failure(2));
+    assert_eq!(failure(3)["step"], "connect");
+    assert_eq!(failure(3)["exit_code"], 4);
+    let reason = failure(3)["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains("log file") && !reason.contains("download"),
+        "{reason}"
+    );
+    assert_eq!(row(&report, &id[4])["status"], "onboarded");
+    assert!(row(&report, &id[4]).get("failure").is_none());
     assert_eq!(
         report["summary"]["by_status"],
-        json!({"onboarded": 1, "failed": 3})
+        json!({"onboarded": 1, "failed": 4})
     );
+    // The table says the same in words.
+    let table = w
+        .run(&["run", "--wait-for-ssm", "0s"], &w.config(ONE_REGION))
+        .stdout;
+    assert!(
+        table.contains("connect failed (AZCM0041, exit code 41)"),
+        "{table}"
+    );
+    assert!(table.contains("failures: connect/AZCM0041=1"), "{table}");
+}
+
+#[test]
+fn an_agent_connected_to_another_resource_is_reported_connected_elsewhere_and_left_alone() {
+    let w = World::start();
+    let id = ids(&w, &ready_fleet(2));
+    let other = format!(
+        "/subscriptions/00000000-0000-0000-0000-000000000002/resourceGroups/defender-rg/providers/Microsoft.HybridCompute/machines/{}",
+        id[0]
+    );
+    let line = json!({"outcome": "connected-elsewhere", "exit_code": 0, "step": "check",
+        "code": "connected-elsewhere", "message": format!("connected to another Arc resource: {other}; left alone"),
+        "resource_id": other});
+    w.aws.control("POST", "/_emulator/outcomes", Some(&json!({
+        &id[0]: {"status": "Success", "stdout": format!("arc-onboard: reading the instance id\nARC_ONBOARD_RESULT {line}")}
+    })));
+    let (code, report, _) = run(&w, ONE_REGION, &[]);
+    assert_eq!(code, 0, "connected elsewhere is not a failure: {report:#}");
+    let r = row(&report, &id[0]);
+    assert_eq!(r["status"], "connected-elsewhere");
+    assert_eq!(r["arc_resource_id"], other.as_str());
+    assert!(r.get("failure").is_none());
+    assert_eq!(row(&report, &id[1])["status"], "onboarded");
+    assert_eq!(report["summary"]["by_status"]["connected-elsewhere"], 1);
+    // Nothing was created for it in our group.
+    let names: Vec<String> = w
+        .azure
+        .machines()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, [id[1].clone()]);
+    let table = w.run(&["plan"], &w.config(ONE_REGION)).stdout;
+    assert!(table.contains(&id[0]), "{table}");
+}
+
+#[test]
+fn the_scripts_token_outlives_delivery_plus_execution_timeout() {
+    let w = World::start();
+    let id = ids(&w, &ready_fleet(1));
+    // The first token (taken at the start of the run and cached) lives 10 minutes, later ones an hour.
+    // Scripts may wait 10 minutes for delivery and run 30: the cached one must not be embedded.
+    w.azure.control(
+        "POST",
+        "/_stub/config",
+        Some(&json!({"token_lifetime_sequence": [600]})),
+    );
+    let (code, report, _) = run(&w, ONE_REGION, &[]);
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(row(&report, &id[0])["status"], "onboarded");
+    let connects = w.azure.connects();
+    assert_eq!(connects.len(), 1);
+    let remaining = connects[0]["token_remaining_seconds"].as_f64().unwrap();
+    assert!(
+        remaining > (10 + 30) as f64 * 60.0,
+        "the script carried a token with {remaining} s left"
+    );
+    assert_eq!(report["summary"]["api_calls"]["azure:Token"], 2);
+
+    // When Entra itself issues short tokens, each batch gets a fresh one and the run says so.
+    w.azure.control(
+        "POST",
+        "/_stub/config",
+        Some(&json!({"token_lifetime_seconds": 900})),
+    );
+    let id2 = ids(&w, &ready_fleet(1));
+    let (code, _, stderr) = run(&w, ONE_REGION, &[]);
+    assert_eq!(code, 0);
+    assert!(stderr.contains("Entra issues tokens shorter"), "{stderr}");
+    let last = w.azure.connects().last().cloned().unwrap();
+    assert_eq!(last["instance_id"], id2[0].as_str());
+    assert!(
+        last["token_remaining_seconds"].as_f64().unwrap() > 850.0,
+        "{last}"
+    );
+}
+
+#[test]
+fn tags_with_spaces_quotes_and_equals_reach_azure_as_given() {
+    let w = World::start();
+    let id = ids(&w, &ready_fleet(1));
+    let config = format!(
+        "{ONE_REGION}\n{}tags = {{ Note = 'say \"hi\" a=b c', Owner = \"Shared Infrastructure Services\" }}\n",
+        w.azure_section()
+    );
+    let out = w.aws.run_env(
+        &[
+            "run",
+            "--output",
+            "json",
+            "--wait-for-ssm",
+            "30s",
+            "--verify-timeout",
+            "20s",
+        ],
+        &config,
+        &[("ARC_ONBOARD_CLIENT_SECRET", common::STUB_SECRET)],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let machine = w
+        .azure
+        .machines()
+        .into_iter()
+        .find(|m| m["name"] == id[0].as_str())
+        .unwrap();
+    assert_eq!(machine["tags"]["Note"], "say \"hi\" a=b c");
+    assert_eq!(machine["tags"]["Owner"], "Shared Infrastructure Services");
+    assert_eq!(machine["tags"]["AwsRegion"], "us-east-1");
 }
 
 #[test]

@@ -8,27 +8,35 @@
 # SSM runs the file through `sh -c`; make sure bash interprets the rest even if the shebang was bypassed.
 if [ -z "${BASH_VERSION:-}" ]; then
     if [ -f "$0" ]; then exec bash "$0" "$@"; fi
-    echo 'ARC_ONBOARD_RESULT {"outcome":"failed","exit_code":6,"step":"platform","message":"bash is required"}'
+    echo 'ARC_ONBOARD_RESULT {"outcome":"failed","exit_code":6,"step":"platform","code":"no-bash","message":"bash is required"}'
     exit 6
 fi
 
-umask 077
-# Test hooks only: SSM never sets these, so the real endpoints are used on EC2.
+# This text holds the access token: remove the copy SSM saved in its orchestration directory. bash keeps
+# reading the open (now unlinked) file, so the rest of the script still runs.
+if [ -f "$0" ] && head -n 2 -- "$0" 2>/dev/null | grep -q '^# arc-onboard: installs the Azure Connected Machine agent'; then
+    rm -f -- "$0"
+fi
+
+# Test hooks only: SSM never sets these, so the real endpoints and paths are used on EC2.
 IMDS_ENDPOINT="${ARC_ONBOARD_IMDS:-http://169.254.169.254}"
 SYSTEMD_DIR="${ARC_ONBOARD_SYSTEMD_DIR:-/run/systemd/system}"
+LOG_DIR="${ARC_ONBOARD_LOG_DIR:-/var/log/arc-onboard}"
 
-# The script's own exit codes (the agent's AZCM codes start above 10).
+# The script's own exit codes. Numbers collide with the agent's (1 to 6, AZCM codes) and the installer's
+# (1, 127 to 255), so arc-onboard reads every code together with the step of the result line.
 EXIT_IMDS=3
 EXIT_DOWNLOAD=4
 EXIT_INSTALL=5
 EXIT_UNSUPPORTED=6
-EXIT_PROXY_CONFIG=7
+EXIT_AGENT_STATE=8
 
 WORK_DIR=''
 AGENT=''
+CONNECT_CONFIG=''
 
-# Removes the temporary directory however the script ends.
-trap 'if [ -n "$WORK_DIR" ]; then rm -rf -- "$WORK_DIR"; fi' EXIT
+# Removes the temporary directory (installer, token file) however the script ends.
+trap 'if [ -n "$CONNECT_CONFIG" ]; then rm -f -- "$CONNECT_CONFIG"; fi; if [ -n "$WORK_DIR" ]; then rm -rf -- "$WORK_DIR"; fi' EXIT
 
 log() {
     printf 'arc-onboard: %s\n' "$1"
@@ -46,27 +54,42 @@ json_escape() {
     printf '%s' "$s"
 }
 
-# Replaces the access token with a marker in text about to be printed.
+# Replaces the access token with a marker in text about to be printed or kept.
 redact() {
     local s="$1"
     if [ -n "$ARC_ACCESS_TOKEN" ]; then s="${s//"$ARC_ACCESS_TOKEN"/[redacted]}"; fi
     printf '%s' "$s"
 }
 
-# Prints the last lines of a log file (without the access token), indented.
+lower() {
+    printf '%s' "$1" | tr '[:upper:]' '[:lower:]'
+}
+
+# Prints the last lines of a log file (without the access token), indented and cut short, so that the
+# whole output stays small; the full log stays in $LOG_DIR.
 show_tail() {
     local text
     if [ -s "$1" ]; then
-        text="$(tail -n 40 -- "$1")"
-        redact "$text" | sed 's/^/    /'
+        text="$(tail -n 15 -- "$1")"
+        redact "$text" | cut -c 1-200 | sed 's/^/    /'
         printf '\n'
     fi
 }
 
-# finish OUTCOME EXIT_CODE STEP MESSAGE: prints the result line (always last) and exits.
+# Keeps a step's log in $LOG_DIR (root only), without the access token.
+keep_log() {
+    local text
+    if [ -n "$LOG_DIR" ] && [ -f "$1" ] && mkdir -p -- "$LOG_DIR" 2>/dev/null; then
+        chmod 700 -- "$LOG_DIR" 2>/dev/null
+        text="$(cat -- "$1")"
+        redact "$text" >"$LOG_DIR/$(basename -- "$1")" 2>/dev/null
+    fi
+}
+
+# finish OUTCOME EXIT_CODE STEP CODE MESSAGE [RESOURCE_ID]: prints the result line (always last) and exits.
 finish() {
-    printf 'ARC_ONBOARD_RESULT {"outcome":"%s","exit_code":%d,"step":"%s","message":"%s"}\n' \
-        "$1" "$2" "$(json_escape "$3")" "$(json_escape "$(redact "$4")")"
+    printf 'ARC_ONBOARD_RESULT {"outcome":"%s","exit_code":%d,"step":"%s","code":"%s","message":"%s","resource_id":"%s"}\n' \
+        "$1" "$2" "$(json_escape "$3")" "$(json_escape "$4")" "$(json_escape "$(redact "$5")")" "$(json_escape "${6:-}")"
     exit "$2"
 }
 
@@ -77,53 +100,108 @@ find_agent() {
     fi
 }
 
-agent_connected() {
+# show_field JSON KEY: the string value of KEY in the flattened JSON of `azcmagent show -j`.
+show_field() {
+    printf '%s' "$1" | sed -n "s/.*\"$2\"[[:space:]]*:[[:space:]]*\"\\([^\"]*\\)\".*/\\1/p" | head -n 1
+}
+
+# Reads the agent's status and the resource it is connected to from `azcmagent show -j`.
+read_agent_state() {
     local shown
-    shown="$("$AGENT" show -j 2>/dev/null | tr -d '\r\n')" || return 1
-    printf '%s' "$shown" | grep -Eq '"status"[[:space:]]*:[[:space:]]*"Connected"'
+    AGENT_STATUS=''
+    AGENT_SUBSCRIPTION=''
+    AGENT_RESOURCE_GROUP=''
+    AGENT_RESOURCE_NAME=''
+    shown="$("$AGENT" show -j 2>/dev/null | tr -d '\r\n')" || true
+    AGENT_STATUS="$(show_field "$shown" status)"
+    AGENT_SUBSCRIPTION="$(show_field "$shown" subscriptionId)"
+    AGENT_RESOURCE_GROUP="$(show_field "$shown" resourceGroup)"
+    AGENT_RESOURCE_NAME="$(show_field "$shown" resourceName)"
+}
+
+agent_resource_id() {
+    printf '/subscriptions/%s/resourceGroups/%s/providers/Microsoft.HybridCompute/machines/%s' \
+        "$AGENT_SUBSCRIPTION" "$AGENT_RESOURCE_GROUP" "$AGENT_RESOURCE_NAME"
+}
+
+# Whether the agent's resource is the one this run onboards (Azure compares these names case-insensitively).
+agent_is_ours() {
+    [ "$(lower "$AGENT_SUBSCRIPTION")" = "$(lower "$ARC_SUBSCRIPTION_ID")" ] &&
+        [ "$(lower "$AGENT_RESOURCE_GROUP")" = "$(lower "$ARC_RESOURCE_GROUP")" ] &&
+        [ "$(lower "$AGENT_RESOURCE_NAME")" = "$(lower "$INSTANCE_ID")" ]
+}
+
+# Ends the script when the agent already belongs to a resource: ours and Connected (nothing to do),
+# another one (left alone), or Disconnected/Expired (its owner must reconnect or disconnect it).
+# Returns when the agent was never connected.
+check_existing_connection() {
+    if [ -z "$AGENT_RESOURCE_NAME$AGENT_RESOURCE_GROUP" ] && [ "$AGENT_STATUS" != Connected ]; then
+        return 0
+    fi
+    case "$AGENT_STATUS" in
+        Connected)
+            if agent_is_ours; then
+                log 'the agent is already connected to this resource; nothing to do'
+                finish already-connected 0 check already-connected "already connected as $(agent_resource_id)" "$(agent_resource_id)"
+            fi
+            if [ -z "$AGENT_RESOURCE_NAME" ]; then
+                finish connected-elsewhere 0 check connected-elsewhere 'the agent is connected to a resource it does not name; left alone'
+            fi
+            log "the agent is connected to another resource: $(agent_resource_id); left alone"
+            finish connected-elsewhere 0 check connected-elsewhere "connected to another Arc resource: $(agent_resource_id); left alone" "$(agent_resource_id)"
+            ;;
+        Disconnected | Expired)
+            finish failed "$EXIT_AGENT_STATE" check "agent-$(lower "$AGENT_STATUS")" \
+                "the agent is $AGENT_STATUS from $(agent_resource_id): run 'azcmagent reconnect' there, or have its owner disconnect it; arc-onboard does neither" \
+                "$(agent_resource_id)"
+            ;;
+        *)
+            finish failed "$EXIT_AGENT_STATE" check agent-state "the agent reports status '$AGENT_STATUS' for $(agent_resource_id); left alone" "$(agent_resource_id)"
+            ;;
+    esac
 }
 
 imds() {
     curl -fsS --noproxy '*' --connect-timeout 2 --max-time 10 --retry 3 --retry-delay 1 "$@"
 }
 
-# 1. Already connected?
-find_agent
-if [ -n "$AGENT" ] && agent_connected; then
-    log 'the Azure Connected Machine agent is already connected; nothing to do'
-    finish already-connected 0 check 'agent already connected'
-fi
-
 # Platform prerequisites of the agent.
 case "$(uname -m)" in
     x86_64 | aarch64) ;;
-    *) finish failed "$EXIT_UNSUPPORTED" platform "unsupported architecture $(uname -m) (x86_64 or aarch64 required)" ;;
+    *) finish failed "$EXIT_UNSUPPORTED" platform unsupported-platform "unsupported architecture $(uname -m) (x86_64 or aarch64 required)" ;;
 esac
 if [ ! -d "$SYSTEMD_DIR" ]; then
-    finish failed "$EXIT_UNSUPPORTED" platform 'systemd is not running (the agent requires systemd)'
+    finish failed "$EXIT_UNSUPPORTED" platform unsupported-platform 'systemd is not running (the agent requires systemd)'
 fi
 if ! command -v curl >/dev/null 2>&1; then
-    finish failed "$EXIT_UNSUPPORTED" platform 'curl is not installed'
+    finish failed "$EXIT_UNSUPPORTED" platform unsupported-platform 'curl is not installed'
 fi
 
-# 2. The instance id, from IMDSv2 (never through the proxy).
+# 1. The instance id (the Arc resource name), from IMDSv2, never through the proxy.
 log 'reading the instance id from IMDSv2'
 if ! IMDS_TOKEN="$(imds -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' "$IMDS_ENDPOINT/latest/api/token")" ||
     [ -z "$IMDS_TOKEN" ]; then
-    finish failed "$EXIT_IMDS" imds 'cannot get an IMDSv2 token'
+    finish failed "$EXIT_IMDS" imds imds-unavailable 'cannot get an IMDSv2 token'
 fi
 if ! INSTANCE_ID="$(imds -H "X-aws-ec2-metadata-token: $IMDS_TOKEN" "$IMDS_ENDPOINT/latest/meta-data/instance-id")"; then
-    finish failed "$EXIT_IMDS" imds 'cannot read the instance id from IMDSv2'
+    finish failed "$EXIT_IMDS" imds imds-unavailable 'cannot read the instance id from IMDSv2'
 fi
 if ! [[ "$INSTANCE_ID" =~ ^i-[0-9a-f]{8,17}$ ]]; then
-    finish failed "$EXIT_IMDS" imds 'IMDSv2 returned an invalid instance id'
+    finish failed "$EXIT_IMDS" imds imds-unavailable 'IMDSv2 returned an invalid instance id'
 fi
 log "instance id: $INSTANCE_ID"
 
-# 3. Download and run the installer.
+# 2. Already connected? Only to our resource counts; another one is left alone.
+find_agent
+if [ -n "$AGENT" ]; then
+    read_agent_state
+    check_existing_connection
+fi
+
+# 3. Download the installer (checked against its pin) and run it.
 if ! WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/arc-onboard.XXXXXXXX")"; then
     WORK_DIR=''
-    finish failed "$EXIT_DOWNLOAD" download 'cannot create a temporary directory'
+    finish failed "$EXIT_DOWNLOAD" download download-failed 'cannot create a temporary directory'
 fi
 INSTALLER="$WORK_DIR/install_linux_azcmagent.sh"
 PROXY_ARGS=()
@@ -132,34 +210,61 @@ if [ -n "$ARC_PROXY_URL" ]; then
     log "using proxy $ARC_PROXY_URL"
 fi
 log "downloading the agent installer from $ARC_INSTALLER_URL"
-if ! curl -fsSL --connect-timeout 20 --max-time 900 --retry 5 --retry-delay 3 "${PROXY_ARGS[@]}" \
+if ! curl -fsSL --proto "$ARC_DOWNLOAD_PROTOCOLS" --proto-redir "$ARC_DOWNLOAD_PROTOCOLS" \
+    --connect-timeout 20 --max-time 900 --retry 5 --retry-delay 3 "${PROXY_ARGS[@]}" \
     -o "$INSTALLER" "$ARC_INSTALLER_URL" 2>"$WORK_DIR/download.log"; then
     show_tail "$WORK_DIR/download.log"
-    finish failed "$EXIT_DOWNLOAD" download "cannot download the agent installer from $ARC_INSTALLER_URL"
+    keep_log "$WORK_DIR/download.log"
+    finish failed "$EXIT_DOWNLOAD" download download-failed "cannot download the agent installer from $ARC_INSTALLER_URL"
+fi
+if [ -n "$ARC_INSTALLER_SHA256" ]; then
+    if ! command -v sha256sum >/dev/null 2>&1; then
+        finish failed "$EXIT_DOWNLOAD" download checksum-unavailable 'sha256sum is not installed, so the pinned installer cannot be checked; it was not run'
+    fi
+    ACTUAL_SHA256="$(sha256sum -- "$INSTALLER" | cut -d ' ' -f 1)"
+    if [ "$(lower "$ACTUAL_SHA256")" != "$(lower "$ARC_INSTALLER_SHA256")" ]; then
+        finish failed "$EXIT_DOWNLOAD" download checksum-mismatch \
+            "the installer's SHA-256 is $ACTUAL_SHA256, not the pinned $ARC_INSTALLER_SHA256; it was not run"
+    fi
+    log 'installer SHA-256 matches the pin'
 fi
 
 log 'running the agent installer'
-if ! (cd -- "$WORK_DIR" && bash "$INSTALLER" "${PROXY_ARGS[@]}") >"$WORK_DIR/install.log" 2>&1; then
-    show_tail "$WORK_DIR/install.log"
-    finish failed "$EXIT_INSTALL" install 'the agent installer failed'
+(cd -- "$WORK_DIR" && bash "$INSTALLER" "${PROXY_ARGS[@]}") >"$WORK_DIR/installer.log" 2>&1
+rc=$?
+keep_log "$WORK_DIR/installer.log"
+if [ "$rc" -ne 0 ]; then
+    show_tail "$WORK_DIR/installer.log"
+    finish failed "$rc" install installer-failed "the agent installer exited with $rc"
 fi
 find_agent
 if [ -z "$AGENT" ]; then
-    show_tail "$WORK_DIR/install.log"
-    finish failed "$EXIT_INSTALL" install 'azcmagent is missing after the installation'
+    show_tail "$WORK_DIR/installer.log"
+    finish failed "$EXIT_INSTALL" install agent-missing 'azcmagent is missing after the installation'
 fi
 log "agent installed: $AGENT"
 
+# The agent's proxy: set it in proxy mode; in public mode clear one an earlier proxy install left behind.
 if [ -n "$ARC_PROXY_URL" ]; then
     "$AGENT" config set proxy.url "$ARC_PROXY_URL" >"$WORK_DIR/config.log" 2>&1
     rc=$?
+    keep_log "$WORK_DIR/config.log"
     if [ "$rc" -ne 0 ]; then
         show_tail "$WORK_DIR/config.log"
-        finish failed "$EXIT_PROXY_CONFIG" proxy-config "azcmagent config set proxy.url exited with $rc"
+        finish failed "$rc" proxy-config agent-config-failed "azcmagent config set proxy.url exited with $rc"
+    fi
+elif "$AGENT" config get proxy.url 2>/dev/null | grep -Eq 'https?://'; then
+    log 'clearing the proxy.url an earlier install left (connectivity is public)'
+    "$AGENT" config clear proxy.url >"$WORK_DIR/config.log" 2>&1
+    rc=$?
+    keep_log "$WORK_DIR/config.log"
+    if [ "$rc" -ne 0 ]; then
+        show_tail "$WORK_DIR/config.log"
+        finish failed "$rc" proxy-config agent-config-failed "azcmagent config clear proxy.url exited with $rc"
     fi
 fi
 
-# 4. Connect.
+# 4. Connect. The token goes through a private --config file, never on the command line.
 CONNECT_ARGS=(connect
     --subscription-id "$ARC_SUBSCRIPTION_ID"
     --resource-group "$ARC_RESOURCE_GROUP"
@@ -168,19 +273,32 @@ CONNECT_ARGS=(connect
     --cloud "$ARC_CLOUD")
 if [ -n "$ARC_CORRELATION_ID" ]; then CONNECT_ARGS+=(--correlation-id "$ARC_CORRELATION_ID"); fi
 if [ -n "$ARC_TAGS" ]; then CONNECT_ARGS+=(--tags "$ARC_TAGS"); fi
-CONNECT_ARGS+=(--resource-name "$INSTANCE_ID" --access-token "$ARC_ACCESS_TOKEN")
+CONNECT_CONFIG="$WORK_DIR/connect.json"
+if ! (umask 077 && printf '{"access-token": "%s"}\n' "$(json_escape "$ARC_ACCESS_TOKEN")" >"$CONNECT_CONFIG"); then
+    finish failed "$EXIT_INSTALL" connect connect-config 'cannot write the private connect configuration file'
+fi
+CONNECT_ARGS+=(--resource-name "$INSTANCE_ID" --config "$CONNECT_CONFIG")
 
 log "connecting to Azure Arc as $INSTANCE_ID"
 "$AGENT" "${CONNECT_ARGS[@]}" >"$WORK_DIR/connect.log" 2>&1
 rc=$?
-show_tail "$WORK_DIR/connect.log"
+rm -f -- "$CONNECT_CONFIG"
+CONNECT_CONFIG=''
+keep_log "$WORK_DIR/connect.log"
 
 # 5. The result line, last.
 case "$rc" in
-    0) finish connected 0 connect "connected as $INSTANCE_ID" ;;
-    67) finish already-connected 0 connect 'azcmagent connect reported the machine already connected (exit 67)' ;;
+    0) finish connected 0 connect connected "connected as $INSTANCE_ID" ;;
+    67)
+        # "Already connected": to which resource, and in what state?
+        read_agent_state
+        check_existing_connection
+        finish failed 67 connect AZCM0067 'azcmagent connect says the machine is already connected, but azcmagent show names no resource'
+        ;;
     *)
+        show_tail "$WORK_DIR/connect.log"
         detail="$(grep -Eo 'AZCM[0-9]{4}.*' "$WORK_DIR/connect.log" | tail -n 1 | cut -c 1-300)"
-        finish failed "$rc" connect "azcmagent connect exited with $rc${detail:+: $detail}"
+        azcm="$(printf '%s' "$detail" | grep -Eo '^AZCM[0-9]{4}')"
+        finish failed "$rc" connect "${azcm:-exit-$rc}" "azcmagent connect exited with $rc${detail:+: $detail}"
         ;;
 esac

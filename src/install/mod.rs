@@ -7,20 +7,26 @@
 //! per-instance; the scripts read the instance id from IMDSv2 and use it as the Arc resource name.
 //!
 //! What a script does, on both platforms:
-//! 1. If the agent is installed and `azcmagent show -j` says `Connected`: outcome `already-connected`, exit 0.
+//! 1. Deletes its own file from SSM's orchestration directory (the text holds the access token).
 //! 2. Reads the instance id through IMDSv2, never through the proxy.
-//! 3. Downloads the installer (through the proxy when one is set) into a private temporary directory that
-//!    is removed on exit, runs it (`--proxy` / `-Proxy` when set), then `azcmagent config set proxy.url`.
-//! 4. `azcmagent connect ... --resource-name <instance id> --access-token <token>`; exit 67 (already
-//!    connected) counts as success.
-//! 5. Prints the [`RESULT_MARKER`] line last and exits with the agent's exit code or one of the script's
-//!    own codes ([`EXIT_IMDS`], [`EXIT_DOWNLOAD`], [`EXIT_INSTALL`], [`EXIT_UNSUPPORTED`],
-//!    [`EXIT_PROXY_CONFIG`]).
+//! 3. If an agent is installed, compares the resource `azcmagent show -j` names with ours: ours and
+//!    `Connected` is outcome `already-connected`; another resource is `connected-elsewhere` (left alone);
+//!    `Disconnected` or `Expired` is a failure of step `check` (the owner must reconnect or disconnect it).
+//! 4. Downloads the installer (https only, redirects too, except on loopback hosts for tests) into a
+//!    private temporary directory that is removed on exit, checks its pinned SHA-256, runs it (`--proxy` /
+//!    `-Proxy` when set), then sets `proxy.url` (proxy mode) or clears a stale one (public mode).
+//! 5. `azcmagent connect ... --resource-name <instance id> --config <0600 file holding the token>`; the
+//!    file is deleted right after. Exit 67 (already connected) is checked with `azcmagent show` as in 3.
+//! 6. Prints a few log lines and the [`RESULT_MARKER`] line last (well under the 2,500 characters
+//!    `ListCommandInvocations` returns); the installer's and agent's full logs stay on the instance.
 //!
-//! The access token is a short-lived ARM token (never the client secret); the scripts never print it.
-//! Test hooks (never set by SSM): the Linux script reads the IMDS endpoint from `ARC_ONBOARD_IMDS` and the
-//! systemd runtime directory it checks from `ARC_ONBOARD_SYSTEMD_DIR`; the Windows script reads
-//! `ARC_ONBOARD_IMDS`.
+//! Exit codes mean something only together with the step that produced them ([`failure_reason`]): the
+//! scripts' own codes ([`EXIT_IMDS`] ...) collide with the agent's (1 to 6, and the AZCM numbers) and the
+//! Linux installer's (1, and 127 to 255). The access token is a short-lived ARM token (never the client
+//! secret); the scripts never print it. Test hooks (never set by SSM): the Linux script reads the IMDS
+//! endpoint from `ARC_ONBOARD_IMDS`, the systemd runtime directory it checks from
+//! `ARC_ONBOARD_SYSTEMD_DIR` and its log directory from `ARC_ONBOARD_LOG_DIR`; the Windows script reads
+//! `ARC_ONBOARD_IMDS` and `ARC_ONBOARD_LOG_DIR`.
 
 use std::collections::BTreeMap;
 
@@ -36,17 +42,18 @@ const PARAMETERS_PLACEHOLDER: &str = "#@ARC_ONBOARD_PARAMETERS@\n";
 /// The marker that starts the machine-readable result line the scripts print last.
 pub const RESULT_MARKER: &str = "ARC_ONBOARD_RESULT";
 
-/// Script exit code: the instance id could not be read from IMDSv2.
+/// Script exit code (step `imds`): the instance id could not be read from IMDSv2.
 pub const EXIT_IMDS: i32 = 3;
-/// Script exit code: the agent installer could not be downloaded (or no temporary directory).
+/// Script exit code (step `download`): the installer could not be downloaded, or failed its SHA-256 pin.
 pub const EXIT_DOWNLOAD: i32 = 4;
-/// Script exit code: the agent installer failed, or left no agent behind.
+/// Script exit code (step `install` or `connect`): no agent after the installer, or the private connect
+/// configuration file could not be written.
 pub const EXIT_INSTALL: i32 = 5;
-/// Script exit code: unsupported platform (Linux: no systemd, or not x86_64/aarch64, or no curl;
-/// Windows: not 64-bit PowerShell).
+/// Script exit code (step `platform`): unsupported platform (Linux: no systemd, or not x86_64/aarch64, or
+/// no curl; Windows: not 64-bit PowerShell).
 pub const EXIT_UNSUPPORTED: i32 = 6;
-/// Script exit code: `azcmagent config set proxy.url` failed.
-pub const EXIT_PROXY_CONFIG: i32 = 7;
+/// Script exit code (step `check`): the agent belongs to a resource and is `Disconnected` or `Expired`.
+pub const EXIT_AGENT_STATE: i32 = 8;
 
 /// Everything a script needs; one script text serves a batch of up to 50 instances of one account, region
 /// and platform, so nothing per-instance is in it (the instance id is read on the instance via IMDSv2).
@@ -66,14 +73,16 @@ pub struct InstallParams<'a> {
     /// Correlation id passed to `azcmagent connect` (left out when empty).
     pub correlation_id: &'a str,
     /// Tags of the Arc machines; already includes `AwsAccountId` and `AwsRegion`. Keys and values must not
-    /// contain `,` or `=`, which `--tags` cannot represent (see [`tags_arg`]).
+    /// contain `,` or `'`, which `--tags` cannot carry (see [`tags_arg`]).
     pub tags: &'a BTreeMap<String, String>,
     /// Short-lived ARM access token; NEVER the client secret.
     pub access_token: &'a str,
     /// HTTP proxy for the download and the agent, if any.
     pub proxy_url: Option<&'a str>,
-    /// Where to download the agent installer from.
+    /// Where to download the agent installer from (`https://`, or `http://` on a loopback host).
     pub installer_url: &'a str,
+    /// The installer's pinned SHA-256 (64 hex digits), checked on the instance before it runs.
+    pub installer_sha256: Option<&'a str>,
 }
 
 impl std::fmt::Debug for InstallParams<'_> {
@@ -89,6 +98,7 @@ impl std::fmt::Debug for InstallParams<'_> {
             .field("access_token", &"[redacted]")
             .field("proxy_url", &self.proxy_url)
             .field("installer_url", &self.installer_url)
+            .field("installer_sha256", &self.installer_sha256)
             .finish()
     }
 }
@@ -99,46 +109,79 @@ impl std::fmt::Debug for InstallParams<'_> {
 pub enum ScriptOutcome {
     /// The machine was connected by this run.
     Connected,
-    /// The machine was connected before (found by `azcmagent show`, or `connect` exited 67).
+    /// The agent was already connected to our resource (found by `azcmagent show`, also after exit 67).
     AlreadyConnected,
-    /// Something failed; see the exit code, step and message.
+    /// The agent is connected to another Arc resource; it was left alone.
+    ConnectedElsewhere,
+    /// Something failed; see the step, code, exit code and message.
     Failed,
 }
 
 /// The machine-readable last line the scripts print:
-/// `ARC_ONBOARD_RESULT {"outcome":"connected"|"already-connected"|"failed","exit_code":N,"step":"...","message":"..."}`
+/// `ARC_ONBOARD_RESULT {"outcome":"connected"|"already-connected"|"connected-elsewhere"|"failed",
+/// "exit_code":N,"step":"...","code":"...","message":"...","resource_id":"..."}`
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScriptResult {
     /// The outcome.
     pub outcome: ScriptOutcome,
-    /// The script's exit code (0 for both successes; otherwise an AZCM code or a script code).
+    /// The exit code of the step's command (the installer's, the agent's) or the script's own code; 0 for
+    /// the successes.
     pub exit_code: i32,
-    /// The step that decided the outcome: `check`, `platform`, `imds`, `download`, `install`,
+    /// The step that decided the outcome: `platform`, `imds`, `check`, `download`, `install`,
     /// `proxy-config`, `connect` (Windows also `unexpected`).
     #[serde(default)]
     pub step: String,
+    /// A short machine-readable code: `checksum-mismatch`, `agent-disconnected`, `AZCM0041`, ...
+    #[serde(default)]
+    pub code: String,
     /// A readable message (never contains the access token).
     #[serde(default)]
     pub message: String,
+    /// The Arc resource the agent is connected to, when the script read one (`azcmagent show`).
+    #[serde(default)]
+    pub resource_id: String,
 }
 
 impl ScriptResult {
-    /// Whether the machine is connected after the run.
+    /// Whether the run left the machine as it should be (connected to ours, or left alone elsewhere).
     pub fn succeeded(&self) -> bool {
         self.outcome != ScriptOutcome::Failed
     }
 }
 
-/// The `--tags` value: `K=V,K2=V2`, sorted by key (the map's order); empty for no tags.
+/// The `--tags` value: `K=V,K2=V2`, sorted by key (the map's order); empty for no tags. A name or value
+/// holding a space, `=` or `"` is put in single quotes, as `azcmagent connect` documents for spaces
+/// (`Owner='Shared Infrastructure Services'`). Commas and single quotes cannot be carried at all; the
+/// configuration refuses them.
 pub fn tags_arg(tags: &BTreeMap<String, String>) -> String {
+    fn quoted(s: &str) -> String {
+        if s.chars().any(|c| c.is_whitespace() || c == '=' || c == '"') {
+            format!("'{s}'")
+        } else {
+            s.to_owned()
+        }
+    }
     tags.iter()
-        .map(|(k, v)| format!("{k}={v}"))
+        .map(|(k, v)| format!("{}={}", quoted(k), quoted(v)))
         .collect::<Vec<_>>()
         .join(",")
 }
 
+/// Characters a tag name or value may not hold because `--tags` cannot carry them.
+pub const TAG_UNCARRIABLE: &[char] = &[',', '\''];
+
+/// `curl --proto` for the installer download: https only, and plain http too only when the installer URL
+/// itself is `http://` (the configuration allows that only on loopback hosts, for tests and demos).
+pub fn download_protocols(installer_url: &str) -> &'static str {
+    if installer_url.starts_with("http://") {
+        "=http,https"
+    } else {
+        "=https"
+    }
+}
+
 /// The parameters in assignment order: variable name and value.
-fn parameters(p: &InstallParams) -> [(&'static str, String); 10] {
+fn parameters(p: &InstallParams) -> [(&'static str, String); 12] {
     [
         ("ARC_SUBSCRIPTION_ID", p.subscription_id.to_owned()),
         ("ARC_RESOURCE_GROUP", p.resource_group.to_owned()),
@@ -150,6 +193,14 @@ fn parameters(p: &InstallParams) -> [(&'static str, String); 10] {
         ("ARC_ACCESS_TOKEN", p.access_token.to_owned()),
         ("ARC_PROXY_URL", p.proxy_url.unwrap_or_default().to_owned()),
         ("ARC_INSTALLER_URL", p.installer_url.to_owned()),
+        (
+            "ARC_INSTALLER_SHA256",
+            p.installer_sha256.unwrap_or_default().to_owned(),
+        ),
+        (
+            "ARC_DOWNLOAD_PROTOCOLS",
+            download_protocols(p.installer_url).to_owned(),
+        ),
     ]
 }
 
@@ -232,15 +283,16 @@ fn parse_line(line: &str) -> Option<ScriptResult> {
     })
 }
 
-/// A readable reason for a script exit code: the AZCM codes of `azcmagent connect`, and the script's own
-/// codes. `None` for unknown codes (and 0).
-pub fn exit_code_reason(code: i32) -> Option<&'static str> {
+/// The Connected Machine agent's own exit codes (its error table), shared by `azcmagent connect` and
+/// `azcmagent config`.
+fn agent_reason(code: i32) -> Option<&'static str> {
     Some(match code {
-        EXIT_IMDS => "cannot read the instance id from IMDSv2",
-        EXIT_DOWNLOAD => "cannot download the agent installer",
-        EXIT_INSTALL => "the agent installer failed",
-        EXIT_UNSUPPORTED => "unsupported platform (Linux needs systemd on x86_64 or aarch64; Windows needs 64-bit PowerShell)",
-        EXIT_PROXY_CONFIG => "cannot set the agent's proxy (azcmagent config set proxy.url)",
+        1 => "the agent reported a general failure",
+        2 => "the agent does not support this operating system or configuration",
+        3 => "the agent's proxy service is not running",
+        4 => "the agent could not open its log file",
+        5 => "the agent failed to initialise",
+        6 => "the agent's configuration could not be read",
         12 => "the access token is invalid or expired",
         16 => "a required parameter is missing",
         20 => "the location is unknown or not supported",
@@ -252,6 +304,29 @@ pub fn exit_code_reason(code: i32) -> Option<&'static str> {
         67 => "the machine is already connected",
         _ => return None,
     })
+}
+
+/// A readable reason for `exit_code` as produced by the script's `step`; `None` when that step does not
+/// document the code. The same number means different things in different steps: 4 from `download` is the
+/// script's "cannot download", 4 from `connect` is the agent's "cannot open its log file".
+pub fn failure_reason(step: &str, exit_code: i32) -> Option<&'static str> {
+    match (step, exit_code) {
+        ("platform", EXIT_UNSUPPORTED) => Some(
+            "unsupported platform (Linux needs systemd and curl on x86_64 or aarch64; Windows needs 64-bit PowerShell)",
+        ),
+        ("imds", EXIT_IMDS) => Some("cannot read the instance id from IMDSv2"),
+        ("download", EXIT_DOWNLOAD) => {
+            Some("cannot download the agent installer, or it failed its SHA-256 pin")
+        }
+        ("install", EXIT_INSTALL) => Some("the agent is missing after the installer ran"),
+        ("install", 1) => Some("the agent installer failed"),
+        ("install", 127..=255) => Some("the agent installer failed with one of its own codes (127 to 255)"),
+        ("check", EXIT_AGENT_STATE) => Some(
+            "the agent belongs to an Arc resource but is Disconnected or Expired; its owner must reconnect or disconnect it",
+        ),
+        ("proxy-config" | "connect", code) => agent_reason(code),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -285,6 +360,7 @@ mod tests {
             access_token: TOKEN,
             proxy_url: proxy,
             installer_url: "https://gbl.his.arc.azure.com/azcmagent-linux",
+            installer_sha256: None,
         }
     }
 
@@ -347,11 +423,12 @@ mod tests {
                 access_token: v(7),
                 proxy_url: Some(v(8)).filter(|s| !s.is_empty()),
                 installer_url: v(9),
+                installer_sha256: Some(v(10)),
             };
             script.push_str(&linux_assignments(&p));
             script.push_str(&print);
             expected.extend(parameters(&p).into_iter().map(|(_, value)| value));
-            assert_eq!(expected[expected.len() - 4], format!("Name={}", v(6)));
+            assert_eq!(expected[expected.len() - 6], tags_arg(&tags));
         }
 
         let mut child = Command::new("/bin/bash")
@@ -519,30 +596,97 @@ mod tests {
     #[test]
     fn result_line_round_trips() {
         let r = ScriptResult {
-            outcome: ScriptOutcome::AlreadyConnected,
+            outcome: ScriptOutcome::ConnectedElsewhere,
             exit_code: 0,
             step: "check".into(),
+            code: "connected-elsewhere".into(),
             message: "m".into(),
+            resource_id: "/subscriptions/s/resourceGroups/other/providers/Microsoft.HybridCompute/machines/i-1".into(),
         };
         let line = format!("{RESULT_MARKER} {}", serde_json::to_string(&r).unwrap());
-        assert!(line.contains("\"outcome\":\"already-connected\""));
+        assert!(line.contains("\"outcome\":\"connected-elsewhere\""));
         assert_eq!(parse_result(&line), Some(r));
     }
 
     #[test]
-    fn exit_code_reasons() {
-        for code in [3, 4, 5, 6, 7, 12, 16, 20, 26, 41, 42, 44, 62, 67] {
-            assert!(
-                exit_code_reason(code).is_some_and(|r| !r.is_empty()),
-                "{code}"
-            );
+    fn the_same_exit_code_means_what_its_step_says() {
+        // 4: the script's download failure, the agent's log file, and nothing in imds.
+        assert!(failure_reason("download", 4).unwrap().contains("download"));
+        assert!(failure_reason("connect", 4).unwrap().contains("log file"));
+        assert!(failure_reason("proxy-config", 4)
+            .unwrap()
+            .contains("log file"));
+        assert_eq!(failure_reason("imds", 4), None);
+        // 3: IMDS in imds, the agent's proxy service in connect and proxy-config.
+        assert!(failure_reason("imds", 3).unwrap().contains("IMDS"));
+        assert!(failure_reason("connect", 3)
+            .unwrap()
+            .contains("proxy service"));
+        // 5 and 6 likewise.
+        assert!(failure_reason("install", 5).unwrap().contains("missing"));
+        assert!(failure_reason("connect", 5).unwrap().contains("initialise"));
+        assert!(failure_reason("platform", 6)
+            .unwrap()
+            .contains("unsupported"));
+        assert!(failure_reason("connect", 6)
+            .unwrap()
+            .contains("configuration"));
+        // The installer: 1 and its own 127 to 255.
+        assert!(failure_reason("install", 1)
+            .unwrap()
+            .contains("installer failed"));
+        assert!(failure_reason("install", 200)
+            .unwrap()
+            .contains("own codes"));
+        assert_eq!(failure_reason("install", 41), None);
+        // AZCM codes only where the agent produced them.
+        for code in [12, 16, 20, 26, 41, 42, 44, 62, 67] {
+            assert!(failure_reason("connect", code).is_some(), "{code}");
+            assert_eq!(failure_reason("download", code), None, "{code}");
         }
-        for code in [-1, 0, 1, 2, 8, 9, 11, 43, 255] {
-            assert_eq!(exit_code_reason(code), None, "{code}");
+        assert!(failure_reason("connect", 12).unwrap().contains("token"));
+        assert!(failure_reason("connect", 44).unwrap().contains("exists"));
+        assert!(failure_reason("check", 8)
+            .unwrap()
+            .contains("Disconnected or Expired"));
+        for code in [-1, 0, 9, 43, 255] {
+            assert_eq!(failure_reason("connect", code), None, "{code}");
         }
-        assert!(exit_code_reason(12).unwrap().contains("token"));
-        assert!(exit_code_reason(44).unwrap().contains("exists"));
-        assert!(exit_code_reason(67).unwrap().contains("already connected"));
+    }
+
+    #[test]
+    fn tags_holding_spaces_quotes_or_equals_are_single_quoted() {
+        let tags = BTreeMap::from([
+            (
+                "Owner".to_owned(),
+                "Shared Infrastructure Services".to_owned(),
+            ),
+            ("Note".to_owned(), "say \"hi\" a=b".to_owned()),
+            ("Cost Center".to_owned(), "42".to_owned()),
+            ("Env".to_owned(), "prod".to_owned()),
+        ]);
+        assert_eq!(
+            tags_arg(&tags),
+            "'Cost Center'=42,Env=prod,Note='say \"hi\" a=b',Owner='Shared Infrastructure Services'"
+        );
+    }
+
+    #[test]
+    fn downloads_are_https_only_unless_the_url_itself_is_plain_http() {
+        assert_eq!(
+            download_protocols("https://gbl.his.arc.azure.com/azcmagent-linux"),
+            "=https"
+        );
+        assert_eq!(
+            download_protocols("http://127.0.0.1:8080/azcmagent-linux"),
+            "=http,https"
+        );
+        let tags = BTreeMap::new();
+        let linux = render_linux(&realistic(&tags, None));
+        assert!(linux.contains("\nARC_DOWNLOAD_PROTOCOLS='=https'\n"));
+        assert!(linux.contains(
+            "--proto \"$ARC_DOWNLOAD_PROTOCOLS\" --proto-redir \"$ARC_DOWNLOAD_PROTOCOLS\""
+        ));
     }
 
     #[test]
@@ -552,7 +696,7 @@ mod tests {
             ("EXIT_DOWNLOAD", EXIT_DOWNLOAD),
             ("EXIT_INSTALL", EXIT_INSTALL),
             ("EXIT_UNSUPPORTED", EXIT_UNSUPPORTED),
-            ("EXIT_PROXY_CONFIG", EXIT_PROXY_CONFIG),
+            ("EXIT_AGENT_STATE", EXIT_AGENT_STATE),
         ] {
             assert!(
                 LINUX_TEMPLATE.contains(&format!("\n{name}={code}\n")),
@@ -586,7 +730,7 @@ mod tests {
         assert!(linux.contains(&linux_assignments(&p)));
         assert!(windows.contains(&windows_assignments(&p)));
         assert!(linux.contains(
-            "\nARC_TAGS='AwsAccountId=123456789012,AwsRegion=eu-west-1,Owner=platform team'\n"
+            "\nARC_TAGS='AwsAccountId=123456789012,AwsRegion=eu-west-1,Owner='\\''platform team'\\'''\n"
         ));
         assert!(linux.contains("\nARC_PROXY_URL='http://proxy.internal:3128'\n"));
         assert!(windows.contains("\n$ARC_RESOURCE_GROUP = 'aws_123456789012'\n"));
@@ -602,7 +746,7 @@ mod tests {
         let names: Vec<&str> = linux
             .lines()
             .skip(first_assignment)
-            .take(10)
+            .take(12)
             .map(|l| l.split('=').next().unwrap())
             .collect();
         assert_eq!(
@@ -617,7 +761,9 @@ mod tests {
                 "ARC_TAGS",
                 "ARC_ACCESS_TOKEN",
                 "ARC_PROXY_URL",
-                "ARC_INSTALLER_URL"
+                "ARC_INSTALLER_URL",
+                "ARC_INSTALLER_SHA256",
+                "ARC_DOWNLOAD_PROTOCOLS"
             ]
         );
         assert!(linux
@@ -701,6 +847,7 @@ mod tests {
             access_token: &values[5],
             proxy_url: Some(&values[17]),
             installer_url: &values[13],
+            installer_sha256: Some(&values[14]),
         };
         shellcheck(&render_linux(&p), "warning");
     }

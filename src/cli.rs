@@ -209,18 +209,7 @@ fn init_logging(cli: &Cli) {
 
 /// Prints an error and its chain of causes.
 fn report_error(e: &dyn std::error::Error) {
-    eprintln!("error: {}", error_chain(e));
-}
-
-/// An error and its chain of causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
+    eprintln!("error: {}", crate::error::chain(e));
 }
 
 /// Entry point of the binary.
@@ -452,7 +441,7 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
                 {
                     Ok(outcome) => PassSummary::from_outcome(&outcome),
                     Err(e) => {
-                        tracing::error!(error = %error_chain(&e), "pass failed");
+                        tracing::error!(error = %crate::error::chain(&e), "pass failed");
                         PassSummary {
                             ok: false,
                             api_calls: adapters.counter.snapshot(),

@@ -263,7 +263,7 @@ pub async fn observed_pass<Fut>(
             summary: serde_json::to_string(&summary.statuses).unwrap_or_default(),
         };
         if let Err(e) = db.record_pass(&record) {
-            warn!(error = %e, "cannot record the pass");
+            warn!(error = %crate::error::chain(&e), "cannot record the pass");
         }
         info!(ok = summary.ok, duration_ms = took.as_millis() as u64, statuses = ?summary.statuses, "pass finished");
     }

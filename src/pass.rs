@@ -148,7 +148,7 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
                 .map(|r| ((r.region.clone(), r.instance_id.clone()), r))
                 .collect(),
             Err(e) => {
-                warn!(error = %e, "cannot read the state file; no retry backoff or resume this pass");
+                warn!(error = %crate::error::chain(&e), "cannot read the state file; no retry backoff or resume this pass");
                 HashMap::new()
             }
         },
@@ -223,7 +223,7 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
             })
             .collect();
         if let Err(e) = d.db.put(&rows) {
-            warn!(error = %e, %command_id, "cannot record the sent command in the state file");
+            warn!(error = %crate::error::chain(&e), %command_id, "cannot record the sent command in the state file");
         }
     };
     let work = InstallWork {
@@ -314,7 +314,7 @@ fn record_outcomes(
         records.push(rec);
     }
     if let Err(e) = d.db.put(&records) {
-        warn!(error = %e, "cannot record the pass's outcomes in the state file");
+        warn!(error = %crate::error::chain(&e), "cannot record the pass's outcomes in the state file");
     }
 }
 

@@ -46,7 +46,7 @@ const MIGRATIONS: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// SQLite failed.
-    #[error("state file {path}: {source}")]
+    #[error("state file {path}")]
     Sqlite {
         /// The file.
         path: PathBuf,
@@ -315,6 +315,19 @@ mod tests {
             StateDb::open(&path),
             Err(StateError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn a_sqlite_failure_names_its_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        // A directory is no database.
+        let e = StateDb::open(dir.path()).err().expect("opening a directory fails");
+        let cause = std::error::Error::source(&e)
+            .expect("the SQLite error is the source")
+            .to_string();
+        let shown = crate::error::chain(&e);
+        assert_eq!(shown.matches(&cause).count(), 1, "{shown}");
+        assert!(shown.contains(&dir.path().display().to_string()), "{shown}");
     }
 
     #[test]

@@ -173,6 +173,9 @@ pub enum CliError {
     /// AWS could not be reached or identified.
     #[error(transparent)]
     Pass(#[from] PassError),
+    /// No HTTPS client for Azure could be built on this machine.
+    #[error(transparent)]
+    AzureClient(#[from] crate::azure::ClientError),
 }
 
 /// Exit codes of the interface.
@@ -280,8 +283,9 @@ async fn one_pass(
     token: Option<&MutationToken>,
     opts: PassOptions,
 ) -> Result<u8, CliError> {
+    let arm = azure_adapter(config)?;
     let sdk = aws::load_sdk_config().await;
-    let adapters = Adapters::new(&sdk, &home_region(&sdk, config), config);
+    let adapters = Adapters::new(&sdk, &home_region(&sdk, config), arm.as_ref());
     let outcome = run_pass(
         config,
         &adapters.ports(),
@@ -316,23 +320,32 @@ struct Adapters {
     arm: Option<RestArm>,
 }
 
+/// The Azure adapter, when the configuration has `[azure]` and the secret is set; built once per command so
+/// that an unusable TLS setup stops the command before any AWS call.
+fn azure_adapter(config: &Config) -> Result<Option<RestArm>, CliError> {
+    let secret = std::env::var(CLIENT_SECRET_ENV)
+        .ok()
+        .filter(|s| !s.is_empty());
+    Ok(match (&config.azure, secret) {
+        (Some(azure), Some(secret)) => Some(RestArm::new(
+            azure,
+            Secret::new(secret),
+            ApiCounter::default(),
+        )?),
+        _ => None,
+    })
+}
+
 impl Adapters {
-    fn new(sdk: &aws_config::SdkConfig, home: &str, config: &Config) -> Adapters {
+    /// Adapters for one pass: `arm` is the command's Azure adapter, re-used with this pass's counter.
+    fn new(sdk: &aws_config::SdkConfig, home: &str, arm: Option<&RestArm>) -> Adapters {
         let counter = ApiCounter::default();
-        let secret = std::env::var(CLIENT_SECRET_ENV)
-            .ok()
-            .filter(|s| !s.is_empty());
         Adapters {
             sts: SdkSts::new(sdk, home, counter.clone()),
             ec2: SdkEc2::new(sdk, home, counter.clone()),
             iam: SdkIam::new(sdk, home, counter.clone()),
             ssm: SdkSsm::new(sdk, counter.clone()),
-            arm: match (&config.azure, secret) {
-                (Some(azure), Some(secret)) => {
-                    Some(RestArm::new(azure, Secret::new(secret), counter.clone()))
-                }
-                _ => None,
-            },
+            arm: arm.map(|a| a.for_pass(counter.clone())),
             counter,
         }
     }
@@ -366,6 +379,7 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
     if config.azure.is_none() || std::env::var(CLIENT_SECRET_ENV).map_or(true, |s| s.is_empty()) {
         return Err(PassError::AzureMissing.into());
     }
+    let arm = azure_adapter(config)?;
     let db = crate::state::StateDb::open(&args.state_file)?;
     let metrics = Arc::new(crate::metrics::Metrics::new(args.unhealthy_after));
     let schedule = Schedule::from_config(config);
@@ -421,7 +435,7 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
     let base = pass_options(args.wait_for_ssm, args.command_timeout, args.verify_timeout);
     tracing::info!(state_file = %args.state_file.display(), ?schedule, "daemon started");
     let run = |kind: PassKind| {
-        let adapters = Adapters::new(&sdk, &home, config);
+        let adapters = Adapters::new(&sdk, &home, arm.as_ref());
         let mut opts = base.clone();
         opts.install.correlation_id = uuid::Uuid::new_v4().to_string();
         opts.scope = kind.scope();

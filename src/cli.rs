@@ -409,12 +409,12 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
     let mut hup = signal(SignalKind::hangup()).map_err(signal_err)?;
     let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
-    let (trigger_tx, trigger_rx) = tokio::sync::mpsc::unbounded_channel();
+    // One stored permit at most: HUPs during a pass coalesce into one extra round.
+    let trigger = Arc::new(tokio::sync::Notify::new());
+    let hup_trigger = trigger.clone();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            if trigger_tx.send(()).is_err() {
-                break;
-            }
+            hup_trigger.notify_one();
         }
     });
     let shutdown = async move {
@@ -472,7 +472,7 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
         &schedule,
         default_jitter,
         run,
-        trigger_rx,
+        &trigger,
         shutdown,
         args.shutdown_grace,
     )

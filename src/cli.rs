@@ -230,7 +230,7 @@ pub async fn main() -> ExitCode {
 
 async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
     if let Command::Status(args) = &cli.command {
-        return status_command(cli, args);
+        return status_command(cli, args).await;
     }
     let config = Config::load(&cli.config)?;
     for w in &config.warnings {
@@ -380,7 +380,7 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
         return Err(PassError::AzureMissing.into());
     }
     let arm = azure_adapter(config)?;
-    let db = crate::state::StateDb::open(&args.state_file)?;
+    let db = crate::state::StateDb::open(&args.state_file).await?;
     let metrics = Arc::new(crate::metrics::Metrics::new(args.unhealthy_after));
     let schedule = Schedule::from_config(config);
     for w in schedule.warnings() {
@@ -482,13 +482,13 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
     Ok(exit::OK)
 }
 
-fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, CliError> {
+async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, CliError> {
     if !args.state_file.exists() {
         return Err(CliError::NoStateFile(args.state_file.clone()));
     }
-    let db = crate::state::StateDb::open(&args.state_file)?;
-    let records = db.all()?;
-    let passes = db.last_passes()?;
+    let db = crate::state::StateDb::open(&args.state_file).await?;
+    let records = db.all().await?;
+    let passes = db.last_passes().await?;
     let mut by_status: std::collections::BTreeMap<&str, usize> = Default::default();
     for r in &records {
         *by_status.entry(r.status.as_str()).or_default() += 1;

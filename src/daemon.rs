@@ -264,7 +264,7 @@ pub async fn observed_pass<Fut>(
             ok: summary.ok,
             summary: serde_json::to_string(&summary.statuses).unwrap_or_default(),
         };
-        if let Err(e) = db.record_pass(&record) {
+        if let Err(e) = db.record_pass(record).await {
             warn!(error = %crate::error::chain(&e), "cannot record the pass");
         }
         info!(ok = summary.ok, duration_ms = took.as_millis() as u64, statuses = ?summary.statuses, "pass finished");

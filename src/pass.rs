@@ -141,7 +141,7 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     let mut ready = settle_after_iam(plan, ports.ssm, &ctx.opts.apply).await;
     let now = SystemTime::now();
     let records: HashMap<(String, String), InstanceRecord> = match ctx.durable {
-        Some(d) => match d.db.all() {
+        Some(d) => match d.db.all().await {
             Ok(all) => all
                 .into_iter()
                 .filter(|r| r.account_id == plan.account_id)
@@ -202,7 +202,6 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     let attempted: HashSet<usize> = ready.iter().chain(resumed.iter()).copied().collect();
     let account_id = plan.account_id.clone();
     let journal = |region: &str, command_id: &str, ids: &[String]| {
-        let Some(d) = ctx.durable else { return };
         let rows: Vec<InstanceRecord> = ids
             .iter()
             .map(|id| {
@@ -222,9 +221,15 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
                 }
             })
             .collect();
-        if let Err(e) = d.db.put(&rows) {
-            warn!(error = %crate::error::chain(&e), %command_id, "cannot record the sent command in the state file");
-        }
+        let command_id = command_id.to_string();
+        let durable = ctx.durable;
+        let write: futures::future::BoxFuture<'_, ()> = Box::pin(async move {
+            let Some(d) = durable else { return };
+            if let Err(e) = d.db.put(rows).await {
+                warn!(error = %crate::error::chain(&e), %command_id, "cannot record the sent command in the state file");
+            }
+        });
+        write
     };
     let work = InstallWork {
         ready: &ready,
@@ -246,7 +251,7 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     )
     .await;
     if let Some(d) = ctx.durable {
-        record_outcomes(d, plan, &records, &attempted);
+        record_outcomes(d, plan, &records, &attempted).await;
     }
     (!notes.is_empty()).then(|| notes.join("; "))
 }
@@ -265,7 +270,7 @@ fn leave_iam_to_the_iam_pass(plan: &mut AccountPlan) {
 }
 
 /// Writes every row's outcome; failed installs get their next attempt pushed out.
-fn record_outcomes(
+async fn record_outcomes(
     d: &Durable<'_>,
     plan: &mut AccountPlan,
     previous: &HashMap<(String, String), InstanceRecord>,
@@ -313,7 +318,7 @@ fn record_outcomes(
         }
         records.push(rec);
     }
-    if let Err(e) = d.db.put(&records) {
+    if let Err(e) = d.db.put(records).await {
         warn!(error = %crate::error::chain(&e), "cannot record the pass's outcomes in the state file");
     }
 }

@@ -6,10 +6,12 @@
 //!   tracking it instead of sending another one.
 //! - Every write is one transaction with `synchronous = FULL` in WAL mode: a crash (even `kill -9`) loses
 //!   at most the write in progress, never a committed one.
+//! - SQLite runs on the blocking thread pool, never on the async workers: a write waiting for its fsync (or
+//!   for a lock) does not stall the daemon's other work. Each method resolves once SQLite is done.
 //! - The schema is versioned with `PRAGMA user_version`; migrations run in order at open.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection};
@@ -63,6 +65,12 @@ pub enum StateError {
         found: i64,
         /// Ours.
         known: i64,
+    },
+    /// The runtime shut down before the call could run.
+    #[error("state file {path}: the runtime stopped before the call ran")]
+    Interrupted {
+        /// The file.
+        path: PathBuf,
     },
 }
 
@@ -132,60 +140,113 @@ fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRecord> {
     })
 }
 
-/// The state database.
-pub struct StateDb {
+/// How a SQLite failure on `path` becomes a [`StateError`].
+fn sqlite_error(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
+    move |source| StateError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Opens (creating if needed) and migrates the file, for the daemon.
+fn open_read_write(path: &Path) -> Result<Connection, StateError> {
+    let err = sqlite_error(path);
+    let conn = Connection::open(path).map_err(&err)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(&err)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(&err)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(&err)?;
+    let version = user_version(&conn).map_err(&err)?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StateError::TooNew {
+            path: path.to_path_buf(),
+            found: version,
+            known,
+        });
+    }
+    for (n, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.unchecked_transaction().map_err(&err)?;
+        tx.execute_batch(sql).map_err(&err)?;
+        tx.pragma_update(None, "user_version", (n + 1) as i64)
+            .map_err(&err)?;
+        tx.commit().map_err(&err)?;
+    }
+    Ok(conn)
+}
+
+fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.pragma_query_value(None, "user_version", |r| r.get(0))
+}
+
+/// The connection and the file it is for, shared with the blocking threads that use it.
+struct Shared {
     path: PathBuf,
     conn: Mutex<Connection>,
 }
 
-impl StateDb {
-    /// Opens (creating if needed) and migrates the state file.
-    pub fn open(path: &Path) -> Result<StateDb, StateError> {
-        let err = |source| StateError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        };
-        let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(Duration::from_secs(10)).map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        let version: i64 = conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(err)?;
-        let known = MIGRATIONS.len() as i64;
-        if version > known {
-            return Err(StateError::TooNew {
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Runs `f` on the blocking thread pool and waits for it; a panic in `f` is the caller's panic.
+async fn off_the_runtime<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> Result<T, StateError> + Send + 'static,
+) -> Result<T, StateError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => Err(StateError::Interrupted {
                 path: path.to_path_buf(),
-                found: version,
-                known,
-            });
-        }
-        for (n, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = conn.unchecked_transaction().map_err(err)?;
-            tx.execute_batch(sql).map_err(err)?;
-            tx.pragma_update(None, "user_version", (n + 1) as i64)
-                .map_err(err)?;
-            tx.commit().map_err(err)?;
-        }
-        Ok(StateDb {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
-        })
+            }),
+        },
+    }
+}
+
+/// The state database. Every method runs SQLite on the blocking thread pool and resolves when it is done
+/// (for writes: committed and synced).
+pub struct StateDb {
+    shared: Arc<Shared>,
+}
+
+impl StateDb {
+    /// Opens (creating if needed) and migrates the state file: the daemon's open.
+    pub async fn open(path: &Path) -> Result<StateDb, StateError> {
+        let p = path.to_path_buf();
+        let conn = off_the_runtime(path, move || open_read_write(&p)).await?;
+        Ok(StateDb::new(path, conn))
     }
 
-    fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StateError> {
-        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
-        f(&conn).map_err(|source| StateError::Sqlite {
-            path: self.path.clone(),
-            source,
+    fn new(path: &Path, conn: Connection) -> StateDb {
+        StateDb {
+            shared: Arc::new(Shared {
+                path: path.to_path_buf(),
+                conn: Mutex::new(conn),
+            }),
+        }
+    }
+
+    /// Runs `f` with the connection, off the runtime.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StateError> {
+        let shared = self.shared.clone();
+        off_the_runtime(&self.shared.path, move || {
+            let conn = shared.lock();
+            f(&conn).map_err(sqlite_error(&shared.path))
         })
+        .await
     }
 
     /// Inserts or replaces records, in one transaction.
-    pub fn put(&self, records: &[InstanceRecord]) -> Result<(), StateError> {
-        self.with(|conn| {
+    pub async fn put(&self, records: Vec<InstanceRecord>) -> Result<(), StateError> {
+        self.call(move |conn| {
             let tx = conn.unchecked_transaction()?;
             {
                 let mut stmt = tx.prepare_cached(
@@ -193,7 +254,7 @@ impl StateDb {
                         command_sent_at, attempts, last_error, next_attempt_at, last_seen_at)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )?;
-                for r in records {
+                for r in &records {
                     stmt.execute(params![
                         r.account_id,
                         r.region,
@@ -211,11 +272,12 @@ impl StateDb {
             }
             tx.commit()
         })
+        .await
     }
 
     /// Every record, ordered by account, region, instance.
-    pub fn all(&self) -> Result<Vec<InstanceRecord>, StateError> {
-        self.with(|conn| {
+    pub async fn all(&self) -> Result<Vec<InstanceRecord>, StateError> {
+        self.call(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT account_id, region, instance_id, status, detail, command_id, command_sent_at, attempts,
                         last_error, next_attempt_at, last_seen_at
@@ -224,22 +286,24 @@ impl StateDb {
             let rows = stmt.query_map([], record_from_row)?;
             rows.collect()
         })
+        .await
     }
 
     /// Appends a pass to the log.
-    pub fn record_pass(&self, pass: &PassRecord) -> Result<(), StateError> {
-        self.with(|conn| {
+    pub async fn record_pass(&self, pass: PassRecord) -> Result<(), StateError> {
+        self.call(move |conn| {
             conn.execute(
                 "INSERT INTO passes (kind, started_at, finished_at, ok, summary) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![pass.kind, pass.started_at, pass.finished_at, pass.ok, pass.summary],
             )
             .map(|_| ())
         })
+        .await
     }
 
     /// The most recent pass of each kind.
-    pub fn last_passes(&self) -> Result<Vec<PassRecord>, StateError> {
-        self.with(|conn| {
+    pub async fn last_passes(&self) -> Result<Vec<PassRecord>, StateError> {
+        self.call(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT kind, started_at, finished_at, ok, summary FROM passes
                  WHERE id IN (SELECT MAX(id) FROM passes GROUP BY kind) ORDER BY kind",
@@ -255,16 +319,19 @@ impl StateDb {
             })?;
             rows.collect()
         })
+        .await
     }
 
     /// The schema version of the open file.
-    pub fn schema_version(&self) -> Result<i64, StateError> {
-        self.with(|conn| conn.pragma_query_value(None, "user_version", |r| r.get(0)))
+    pub async fn schema_version(&self) -> Result<i64, StateError> {
+        self.call(user_version).await
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
     use super::*;
 
     fn record(id: &str, status: &str) -> InstanceRecord {
@@ -283,45 +350,78 @@ mod tests {
         }
     }
 
-    #[test]
-    fn records_survive_reopening_and_upsert() {
+    #[tokio::test]
+    async fn records_survive_reopening_and_upsert() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
         {
-            let db = StateDb::open(&path).unwrap();
+            let db = StateDb::open(&path).await.unwrap();
             let mut r = record("i-1", "in-progress");
             r.command_id = Some("cmd-1".into());
-            db.put(&[r, record("i-2", "failed")]).unwrap();
-            db.put(&[record("i-2", "onboarded")]).unwrap();
+            db.put(vec![r, record("i-2", "failed")]).await.unwrap();
+            db.put(vec![record("i-2", "onboarded")]).await.unwrap();
         }
-        let db = StateDb::open(&path).unwrap();
-        assert_eq!(db.schema_version().unwrap(), MIGRATIONS.len() as i64);
-        let all = db.all().unwrap();
+        let db = StateDb::open(&path).await.unwrap();
+        assert_eq!(db.schema_version().await.unwrap(), MIGRATIONS.len() as i64);
+        let all = db.all().await.unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].command_id.as_deref(), Some("cmd-1"));
         assert_eq!(all[1].status, "onboarded");
     }
 
-    #[test]
-    fn a_newer_schema_is_refused() {
+    #[tokio::test]
+    async fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
-        StateDb::open(&path).unwrap();
+        StateDb::open(&path).await.unwrap();
         Connection::open(&path)
             .unwrap()
             .pragma_update(None, "user_version", 99)
             .unwrap();
         assert!(matches!(
-            StateDb::open(&path),
+            StateDb::open(&path).await,
             Err(StateError::TooNew { found: 99, .. })
         ));
     }
 
-    #[test]
-    fn a_sqlite_failure_names_its_cause_once() {
+    #[tokio::test]
+    async fn a_waiting_write_does_not_stall_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let db = StateDb::open(&path).await.unwrap();
+        let blocker = Connection::open(&path).unwrap();
+        blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let ticks = Arc::new(AtomicU32::new(0));
+        let counter = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            blocker.execute_batch("COMMIT").unwrap();
+        });
+        db.put(vec![record("i-1", "onboarded")]).await.unwrap();
+        let during = ticks.load(Ordering::SeqCst);
+        ticker.abort();
+        release.join().unwrap();
+        assert!(
+            during >= 5,
+            "the runtime ran {during} ticks while the write waited"
+        );
+        assert_eq!(db.all().await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_sqlite_failure_names_its_cause_once() {
         let dir = tempfile::tempdir().unwrap();
         // A directory is no database.
-        let e = StateDb::open(dir.path()).err().expect("opening a directory fails");
+        let e = StateDb::open(dir.path())
+            .await
+            .err()
+            .expect("opening a directory fails");
         let cause = std::error::Error::source(&e)
             .expect("the SQLite error is the source")
             .to_string();
@@ -330,21 +430,22 @@ mod tests {
         assert!(shown.contains(&dir.path().display().to_string()), "{shown}");
     }
 
-    #[test]
-    fn passes_keep_the_latest_per_kind() {
+    #[tokio::test]
+    async fn passes_keep_the_latest_per_kind() {
         let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("s.db")).unwrap();
+        let db = StateDb::open(&dir.path().join("s.db")).await.unwrap();
         for (kind, t) in [("iam", 1), ("onboarding", 2), ("iam", 3)] {
-            db.record_pass(&PassRecord {
+            db.record_pass(PassRecord {
                 kind: kind.into(),
                 started_at: t,
                 finished_at: t,
                 ok: true,
                 summary: "{}".into(),
             })
+            .await
             .unwrap();
         }
-        let last = db.last_passes().unwrap();
+        let last = db.last_passes().await.unwrap();
         assert_eq!(last.len(), 2);
         assert_eq!(last[0].started_at, 3);
     }

@@ -478,6 +478,9 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
     )
     .await;
     let _ = stop_tx.send(true);
+    if let Err(e) = db.close().await {
+        tracing::warn!(error = %crate::error::chain(&e), "cannot checkpoint and close the state file");
+    }
     tracing::info!("daemon stopped");
     Ok(exit::OK)
 }
@@ -486,7 +489,7 @@ async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, CliError> {
     if !args.state_file.exists() {
         return Err(CliError::NoStateFile(args.state_file.clone()));
     }
-    let db = crate::state::StateDb::open(&args.state_file).await?;
+    let db = crate::state::StateDb::open_read_only(&args.state_file).await?;
     let records = db.all().await?;
     let passes = db.last_passes().await?;
     let mut by_status: std::collections::BTreeMap<&str, usize> = Default::default();

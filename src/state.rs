@@ -8,13 +8,21 @@
 //!   at most the write in progress, never a committed one.
 //! - SQLite runs on the blocking thread pool, never on the async workers: a write waiting for its fsync (or
 //!   for a lock) does not stall the daemon's other work. Each method resolves once SQLite is done.
-//! - The schema is versioned with `PRAGMA user_version`; migrations run in order at open.
+//! - The schema is versioned with `PRAGMA user_version`; [`StateDb::open`] runs migrations in order.
+//!   [`StateDb::open_read_only`] (for `status`) never writes: it refuses a file of another version.
+//! - [`StateDb::close`] checkpoints the write-ahead log into the file, so that a file left by a daemon that
+//!   stopped cleanly is complete on its own and readable where no `-wal`/`-shm` file can be created.
+//!
+//! # Caveats
+//! - A read-only open of a file without a `-wal` file, in a directory where the `-shm` file cannot be
+//!   created, reads the file as immutable: that is right for a file whose daemon stopped, and could read
+//!   a torn page if a daemon starts writing it at that moment (the read then fails or must be repeated).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection};
+use rusqlite::{params, Connection, OpenFlags};
 use serde::Serialize;
 
 /// Schema migrations, in order; `user_version` counts how many have run.
@@ -65,6 +73,25 @@ pub enum StateError {
         found: i64,
         /// Ours.
         known: i64,
+    },
+    /// A read-only open found an older schema (or an empty file); only the daemon migrates.
+    #[error(
+        "state file {path} has schema version {found}; this arc-onboard reads version {known} and does not \
+         change the file here: start this version's daemon on it once to migrate it"
+    )]
+    TooOld {
+        /// The file.
+        path: PathBuf,
+        /// Its version.
+        found: i64,
+        /// Ours.
+        known: i64,
+    },
+    /// The database was closed ([`StateDb::close`]) before this call.
+    #[error("state file {path} is closed")]
+    Closed {
+        /// The file.
+        path: PathBuf,
     },
     /// The runtime shut down before the call could run.
     #[error("state file {path}: the runtime stopped before the call ran")]
@@ -176,18 +203,86 @@ fn open_read_write(path: &Path) -> Result<Connection, StateError> {
     Ok(conn)
 }
 
+/// Opens the file read-only, for `status`: no migration, no write, and only the current schema version.
+fn open_read_only(path: &Path) -> Result<Connection, StateError> {
+    let err = sqlite_error(path);
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags).map_err(&err)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(&err)?;
+    // The first read opens the write-ahead log's index (`-shm`), creating it when it is missing.
+    let version = match user_version(&conn) {
+        Ok(v) => v,
+        Err(e) if cannot_open_wal_index(&e) && !wal_path(path).exists() => {
+            // No log: no writer has the file open, and a clean stop checkpointed everything into it. Read
+            // it as immutable, which needs no `-shm` file (it cannot be created here).
+            conn = Connection::open_with_flags(
+                immutable_uri(path),
+                flags | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .map_err(&err)?;
+            user_version(&conn).map_err(&err)?
+        }
+        Err(e) => return Err(err(e)),
+    };
+    let known = MIGRATIONS.len() as i64;
+    let (path, found) = (path.to_path_buf(), version);
+    match version.cmp(&known) {
+        std::cmp::Ordering::Equal => Ok(conn),
+        std::cmp::Ordering::Greater => Err(StateError::TooNew { path, found, known }),
+        std::cmp::Ordering::Less => Err(StateError::TooOld { path, found, known }),
+    }
+}
+
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.pragma_query_value(None, "user_version", |r| r.get(0))
+}
+
+/// Whether a read-only connection failed because the WAL index could not be opened or created.
+fn cannot_open_wal_index(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)
+    )
+}
+
+/// `<path>-wal`.
+fn wal_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// A SQLite URI opening `path` as immutable (no locks, no `-shm`, no `-wal`).
+fn immutable_uri(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // `file:///abs` or `file:rel`; an absolute path gets an empty authority so that `//x` stays a path.
+    let mut uri = String::from(if bytes.starts_with(b"/") {
+        "file://"
+    } else {
+        "file:"
+    });
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+            uri.push(b as char);
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("?immutable=1");
+    uri
 }
 
 /// The connection and the file it is for, shared with the blocking threads that use it.
 struct Shared {
     path: PathBuf,
-    conn: Mutex<Connection>,
+    read_only: bool,
+    /// `None` once closed.
+    conn: Mutex<Option<Connection>>,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Connection> {
+    fn lock(&self) -> MutexGuard<'_, Option<Connection>> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -219,14 +314,24 @@ impl StateDb {
     pub async fn open(path: &Path) -> Result<StateDb, StateError> {
         let p = path.to_path_buf();
         let conn = off_the_runtime(path, move || open_read_write(&p)).await?;
-        Ok(StateDb::new(path, conn))
+        Ok(StateDb::new(path, false, conn))
     }
 
-    fn new(path: &Path, conn: Connection) -> StateDb {
+    /// Opens the state file read-only, as `status` does: never creates, migrates or writes it, works while a
+    /// daemon has it open and on a file or directory this process cannot write, and refuses a file whose
+    /// schema is not this version's ([`StateError::TooOld`], [`StateError::TooNew`]).
+    pub async fn open_read_only(path: &Path) -> Result<StateDb, StateError> {
+        let p = path.to_path_buf();
+        let conn = off_the_runtime(path, move || open_read_only(&p)).await?;
+        Ok(StateDb::new(path, true, conn))
+    }
+
+    fn new(path: &Path, read_only: bool, conn: Connection) -> StateDb {
         StateDb {
             shared: Arc::new(Shared {
                 path: path.to_path_buf(),
-                conn: Mutex::new(conn),
+                read_only,
+                conn: Mutex::new(Some(conn)),
             }),
         }
     }
@@ -238,8 +343,11 @@ impl StateDb {
     ) -> Result<T, StateError> {
         let shared = self.shared.clone();
         off_the_runtime(&self.shared.path, move || {
-            let conn = shared.lock();
-            f(&conn).map_err(sqlite_error(&shared.path))
+            let slot = shared.lock();
+            let conn = slot.as_ref().ok_or_else(|| StateError::Closed {
+                path: shared.path.clone(),
+            })?;
+            f(conn).map_err(sqlite_error(&shared.path))
         })
         .await
     }
@@ -326,6 +434,32 @@ impl StateDb {
     pub async fn schema_version(&self) -> Result<i64, StateError> {
         self.call(user_version).await
     }
+
+    /// Closes the file. A read-write open first checkpoints the write-ahead log into the file and empties
+    /// it (waiting up to the busy timeout for readers), so the file is complete on its own. Later calls
+    /// fail with [`StateError::Closed`].
+    pub async fn close(&self) -> Result<(), StateError> {
+        let shared = self.shared.clone();
+        off_the_runtime(&self.shared.path, move || {
+            let Some(conn) = shared.lock().take() else {
+                return Ok(());
+            };
+            let err = sqlite_error(&shared.path);
+            if !shared.read_only {
+                let busy: i64 = conn
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))
+                    .map_err(&err)?;
+                if busy != 0 {
+                    tracing::warn!(
+                        path = %shared.path.display(),
+                        "state file: a reader kept the write-ahead log from being checkpointed"
+                    );
+                }
+            }
+            conn.close().map_err(|(_, e)| err(e))
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
@@ -335,9 +469,13 @@ mod tests {
     use super::*;
 
     fn record(id: &str, status: &str) -> InstanceRecord {
+        record_in("123456789012", "us-east-1", id, status)
+    }
+
+    fn record_in(account: &str, region: &str, id: &str, status: &str) -> InstanceRecord {
         InstanceRecord {
-            account_id: "123456789012".into(),
-            region: "us-east-1".into(),
+            account_id: account.into(),
+            region: region.into(),
             instance_id: id.into(),
             status: status.into(),
             detail: String::new(),
@@ -348,6 +486,19 @@ mod tests {
             next_attempt_at: None,
             last_seen_at: 1,
         }
+    }
+
+    fn ids(records: &[InstanceRecord]) -> Vec<(&str, &str, &str)> {
+        records
+            .iter()
+            .map(|r| {
+                (
+                    r.account_id.as_str(),
+                    r.region.as_str(),
+                    r.instance_id.as_str(),
+                )
+            })
+            .collect()
     }
 
     #[tokio::test]
@@ -382,8 +533,101 @@ mod tests {
             StateDb::open(&path).await,
             Err(StateError::TooNew { found: 99, .. })
         ));
+        assert!(matches!(
+            StateDb::open_read_only(&path).await,
+            Err(StateError::TooNew { found: 99, .. })
+        ));
     }
 
+    #[tokio::test]
+    async fn a_read_only_open_never_migrates_and_refuses_an_older_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        // A file at schema version 0: empty, as a daemon's first open would find it.
+        let raw = Connection::open(&path).unwrap();
+        raw.pragma_update(None, "journal_mode", "WAL").unwrap();
+        drop(raw);
+        let e = StateDb::open_read_only(&path).await.err().expect("refused");
+        assert!(
+            matches!(
+                e,
+                StateError::TooOld {
+                    found: 0,
+                    known: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("daemon"), "says what to do: {e}");
+        let raw = Connection::open(&path).unwrap();
+        assert_eq!(user_version(&raw).unwrap(), 0, "not migrated");
+        let tables: i64 = raw
+            .query_row("SELECT COUNT(*) FROM sqlite_master", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(tables, 0, "no table created");
+        // A missing file is not created.
+        let missing = dir.path().join("missing.db");
+        assert!(StateDb::open_read_only(&missing).await.is_err());
+        assert!(!missing.exists());
+    }
+
+    #[tokio::test]
+    async fn a_read_only_open_reads_under_a_running_writer_and_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let writer = StateDb::open(&path).await.unwrap();
+        writer.put(vec![record("i-1", "onboarded")]).await.unwrap();
+        // The write is in the log, not yet in the file.
+        assert!(std::fs::metadata(wal_path(&path)).unwrap().len() > 0);
+        let reader = StateDb::open_read_only(&path).await.unwrap();
+        assert_eq!(
+            ids(&reader.all().await.unwrap()),
+            [("123456789012", "us-east-1", "i-1")]
+        );
+        writer.put(vec![record("i-2", "failed")]).await.unwrap();
+        assert_eq!(reader.all().await.unwrap().len(), 2, "sees later commits");
+        let refused = reader.put(vec![record("i-3", "failed")]).await.unwrap_err();
+        let StateError::Sqlite { source, .. } = &refused else {
+            panic!("{refused}")
+        };
+        assert_eq!(
+            source.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::ReadOnly),
+            "{refused}"
+        );
+    }
+
+    #[tokio::test]
+    async fn close_checkpoints_the_log_into_the_file_even_with_a_reader_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let db = StateDb::open(&path).await.unwrap();
+        db.put(vec![record("i-1", "onboarded")]).await.unwrap();
+        // Another connection (say, a `status`) is open, so closing ours is not the last close.
+        let other = Connection::open(&path).unwrap();
+        user_version(&other).unwrap();
+        db.close().await.unwrap();
+        assert_eq!(
+            std::fs::metadata(wal_path(&path)).unwrap().len(),
+            0,
+            "log emptied"
+        );
+        // Read the file alone, ignoring any log: the record is in it.
+        let alone = Connection::open_with_flags(
+            immutable_uri(&path),
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_URI,
+        )
+        .unwrap();
+        let n: i64 = alone
+            .query_row("SELECT COUNT(*) FROM instances", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(matches!(db.all().await, Err(StateError::Closed { .. })));
+    }
+
+    /// A write that waits (here for another connection's lock, as it would for a slow fsync) leaves the
+    /// runtime's thread free: on a single-threaded runtime, another task keeps running meanwhile.
     #[tokio::test]
     async fn a_waiting_write_does_not_stall_the_runtime() {
         let dir = tempfile::tempdir().unwrap();
@@ -428,6 +672,15 @@ mod tests {
         let shown = crate::error::chain(&e);
         assert_eq!(shown.matches(&cause).count(), 1, "{shown}");
         assert!(shown.contains(&dir.path().display().to_string()), "{shown}");
+    }
+
+    #[test]
+    fn immutable_uris_escape_what_sqlite_would_read_as_syntax() {
+        assert_eq!(
+            immutable_uri(Path::new("/var/lib/a b/s?#%.db")),
+            "file:///var/lib/a%20b/s%3F%23%25.db?immutable=1"
+        );
+        assert_eq!(immutable_uri(Path::new("s.db")), "file:s.db?immutable=1");
     }
 
     #[tokio::test]

@@ -127,6 +127,12 @@ fn a_new_instance_gets_the_ssm_profile_then_the_agent_and_shutdown_is_clean() {
         d.log()
     );
     assert!(d.log().contains("daemon stopped"));
+    // The log was checkpointed into the file at the clean stop.
+    let wal = d.dir.path().join("state.db-wal");
+    assert!(
+        std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
+        "write-ahead log left with content"
+    );
 }
 
 #[test]

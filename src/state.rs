@@ -18,6 +18,7 @@
 //!   created, reads the file as immutable: that is right for a file whose daemon stopped, and could read
 //!   a torn page if a daemon starts writing it at that moment (the read then fails or must be repeated).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -397,6 +398,42 @@ impl StateDb {
         .await
     }
 
+    /// Deletes the records of `account_id` in each region of `seen` whose instance is not in that region's
+    /// set, in one transaction; returns the deleted (region, instance id) pairs in order. Regions absent
+    /// from `seen` and other accounts are left alone.
+    pub async fn forget_unseen(
+        &self,
+        account_id: &str,
+        seen: BTreeMap<String, BTreeSet<String>>,
+    ) -> Result<Vec<(String, String)>, StateError> {
+        let account_id = account_id.to_string();
+        self.call(move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            let mut removed = Vec::new();
+            {
+                let mut ids = tx.prepare(
+                    "SELECT instance_id FROM instances WHERE account_id = ?1 AND region = ?2
+                     ORDER BY instance_id",
+                )?;
+                let mut delete = tx.prepare(
+                    "DELETE FROM instances WHERE account_id = ?1 AND region = ?2 AND instance_id = ?3",
+                )?;
+                for (region, present) in &seen {
+                    let known: Vec<String> = ids
+                        .query_map(params![account_id, region], |r| r.get(0))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    for id in known.into_iter().filter(|id| !present.contains(id)) {
+                        delete.execute(params![account_id, region, id])?;
+                        removed.push((region.clone(), id));
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await
+    }
+
     /// Appends a pass to the log.
     pub async fn record_pass(&self, pass: PassRecord) -> Result<(), StateError> {
         self.call(move |conn| {
@@ -624,6 +661,39 @@ mod tests {
             .unwrap();
         assert_eq!(n, 1);
         assert!(matches!(db.all().await, Err(StateError::Closed { .. })));
+    }
+
+    #[tokio::test]
+    async fn forget_unseen_touches_only_the_given_account_and_regions() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("s.db")).await.unwrap();
+        let us = "us-east-1";
+        db.put(vec![
+            record_in("123456789012", us, "i-kept", "onboarded"),
+            record_in("123456789012", us, "i-gone", "onboarded"),
+            record_in("123456789012", us, "i-gone2", "failed"),
+            record_in("123456789012", "eu-west-1", "i-eu", "onboarded"),
+            record_in("999999999999", us, "i-other-account", "onboarded"),
+        ])
+        .await
+        .unwrap();
+        let seen = BTreeMap::from([(us.to_string(), BTreeSet::from(["i-kept".to_string()]))]);
+        let removed = db.forget_unseen("123456789012", seen).await.unwrap();
+        assert_eq!(
+            removed,
+            [
+                (us.to_string(), "i-gone".to_string()),
+                (us.to_string(), "i-gone2".to_string())
+            ]
+        );
+        assert_eq!(
+            ids(&db.all().await.unwrap()),
+            [
+                ("123456789012", "eu-west-1", "i-eu"),
+                ("123456789012", us, "i-kept"),
+                ("999999999999", us, "i-other-account"),
+            ]
+        );
     }
 
     /// A write that waits (here for another connection's lock, as it would for a slow fsync) leaves the

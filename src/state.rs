@@ -14,9 +14,9 @@
 //!   stopped cleanly is complete on its own and readable where no `-wal`/`-shm` file can be created.
 //!
 //! # Caveats
-//! - A read-only open of a file without a `-wal` file, in a directory where the `-shm` file cannot be
-//!   created, reads the file as immutable: that is right for a file whose daemon stopped, and could read
-//!   a torn page if a daemon starts writing it at that moment (the read then fails or must be repeated).
+//! - A read-only open of a file without a `-wal` file (no daemon has it open) reads the file as immutable.
+//!   A daemon that starts meanwhile writes to a new log, not to the file, until it checkpoints; only a
+//!   checkpoint during that read could make it fail (then run `status` again).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -208,23 +208,19 @@ fn open_read_write(path: &Path) -> Result<Connection, StateError> {
 fn open_read_only(path: &Path) -> Result<Connection, StateError> {
     let err = sqlite_error(path);
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let mut conn = Connection::open_with_flags(path, flags).map_err(&err)?;
+    let conn = if wal_path(path).exists() {
+        // A daemon has the file open (or stopped without closing it): read through its log and the log's
+        // index (`-shm`), which exist already.
+        Connection::open_with_flags(path, flags)
+    } else {
+        // No log: no process has the file open, and a clean stop checkpointed everything into it. Read it
+        // as immutable, which creates no `-wal` or `-shm` file: none is left behind, owned by whoever ran
+        // `status`, and none is needed where this process may not create one.
+        Connection::open_with_flags(immutable_uri(path), flags | OpenFlags::SQLITE_OPEN_URI)
+    }
+    .map_err(&err)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(&err)?;
-    // The first read opens the write-ahead log's index (`-shm`), creating it when it is missing.
-    let version = match user_version(&conn) {
-        Ok(v) => v,
-        Err(e) if cannot_open_wal_index(&e) && !wal_path(path).exists() => {
-            // No log: no writer has the file open, and a clean stop checkpointed everything into it. Read
-            // it as immutable, which needs no `-shm` file (it cannot be created here).
-            conn = Connection::open_with_flags(
-                immutable_uri(path),
-                flags | OpenFlags::SQLITE_OPEN_URI,
-            )
-            .map_err(&err)?;
-            user_version(&conn).map_err(&err)?
-        }
-        Err(e) => return Err(err(e)),
-    };
+    let version = user_version(&conn).map_err(&err)?;
     let known = MIGRATIONS.len() as i64;
     let (path, found) = (path.to_path_buf(), version);
     match version.cmp(&known) {
@@ -236,14 +232,6 @@ fn open_read_only(path: &Path) -> Result<Connection, StateError> {
 
 fn user_version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.pragma_query_value(None, "user_version", |r| r.get(0))
-}
-
-/// Whether a read-only connection failed because the WAL index could not be opened or created.
-fn cannot_open_wal_index(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly)
-    )
 }
 
 /// `<path>-wal`.
@@ -633,6 +621,23 @@ mod tests {
             Some(rusqlite::ErrorCode::ReadOnly),
             "{refused}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_read_only_open_of_a_stopped_daemons_file_leaves_no_file_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let db = StateDb::open(&path).await.unwrap();
+        db.put(vec![record("i-1", "onboarded")]).await.unwrap();
+        db.close().await.unwrap();
+        let reader = StateDb::open_read_only(&path).await.unwrap();
+        assert_eq!(reader.all().await.unwrap().len(), 1);
+        drop(reader);
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["state.db"], "no -wal or -shm left by the reader");
     }
 
     #[tokio::test]

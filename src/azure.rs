@@ -100,6 +100,12 @@ impl AzureError {
     }
 }
 
+/// The HTTPS client for Azure could not be built: this machine's TLS setup is unusable (for instance, no CA
+/// certificate could be loaded, or `SSL_CERT_FILE` names a missing file).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTPS client for Azure (check the CA certificates: SSL_CERT_FILE, SSL_CERT_DIR)")]
+pub struct ClientError(#[source] reqwest::Error);
+
 /// An Arc machine resource as far as the tool cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArcMachine {
@@ -243,15 +249,20 @@ fn join(base: &Url, path: &str) -> String {
 }
 
 impl RestArm {
-    /// Builds the adapter; the secret comes from the environment, never from the config file.
-    pub fn new(config: &AzureConfig, secret: Secret, counter: ApiCounter) -> RestArm {
+    /// Builds the adapter; the secret comes from the environment, never from the config file. Fails when
+    /// the machine's TLS setup does not let an HTTPS client be built.
+    pub fn new(
+        config: &AzureConfig,
+        secret: Secret,
+        counter: ApiCounter,
+    ) -> Result<RestArm, ClientError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
             .user_agent(concat!("arc-onboard/", env!("CARGO_PKG_VERSION")))
             .build()
-            .expect("a TLS client can be built");
-        RestArm {
+            .map_err(ClientError)?;
+        Ok(RestArm {
             http,
             authority: config.authority_host.clone(),
             resource_manager: config.resource_manager.clone(),
@@ -259,6 +270,22 @@ impl RestArm {
             client_id: config.client_id.clone(),
             subscription_id: config.subscription_id.clone(),
             secret,
+            cached: Mutex::new(None),
+            counter,
+        })
+    }
+
+    /// The same HTTPS client and credential with its own call counter and an empty token cache: one per
+    /// daemon pass, so that each pass counts its own calls and asks for a fresh token.
+    pub fn for_pass(&self, counter: ApiCounter) -> RestArm {
+        RestArm {
+            http: self.http.clone(),
+            authority: self.authority.clone(),
+            resource_manager: self.resource_manager.clone(),
+            tenant_id: self.tenant_id.clone(),
+            client_id: self.client_id.clone(),
+            subscription_id: self.subscription_id.clone(),
+            secret: self.secret.clone(),
             cached: Mutex::new(None),
             counter,
         }

@@ -173,6 +173,9 @@ pub enum CliError {
     /// AWS could not be reached or identified.
     #[error(transparent)]
     Pass(#[from] PassError),
+    /// No HTTPS client for Azure could be built on this machine.
+    #[error(transparent)]
+    AzureClient(#[from] crate::azure::ClientError),
 }
 
 /// Exit codes of the interface.
@@ -209,18 +212,7 @@ fn init_logging(cli: &Cli) {
 
 /// Prints an error and its chain of causes.
 fn report_error(e: &dyn std::error::Error) {
-    eprintln!("error: {}", error_chain(e));
-}
-
-/// An error and its chain of causes on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
+    eprintln!("error: {}", crate::error::chain(e));
 }
 
 /// Entry point of the binary.
@@ -238,7 +230,7 @@ pub async fn main() -> ExitCode {
 
 async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
     if let Command::Status(args) = &cli.command {
-        return status_command(cli, args);
+        return status_command(cli, args).await;
     }
     let config = Config::load(&cli.config)?;
     for w in &config.warnings {
@@ -291,8 +283,9 @@ async fn one_pass(
     token: Option<&MutationToken>,
     opts: PassOptions,
 ) -> Result<u8, CliError> {
+    let arm = azure_adapter(config)?;
     let sdk = aws::load_sdk_config().await;
-    let adapters = Adapters::new(&sdk, &home_region(&sdk, config), config);
+    let adapters = Adapters::new(&sdk, &home_region(&sdk, config), arm.as_ref());
     let outcome = run_pass(
         config,
         &adapters.ports(),
@@ -327,23 +320,32 @@ struct Adapters {
     arm: Option<RestArm>,
 }
 
+/// The Azure adapter, when the configuration has `[azure]` and the secret is set; built once per command so
+/// that an unusable TLS setup stops the command before any AWS call.
+fn azure_adapter(config: &Config) -> Result<Option<RestArm>, CliError> {
+    let secret = std::env::var(CLIENT_SECRET_ENV)
+        .ok()
+        .filter(|s| !s.is_empty());
+    Ok(match (&config.azure, secret) {
+        (Some(azure), Some(secret)) => Some(RestArm::new(
+            azure,
+            Secret::new(secret),
+            ApiCounter::default(),
+        )?),
+        _ => None,
+    })
+}
+
 impl Adapters {
-    fn new(sdk: &aws_config::SdkConfig, home: &str, config: &Config) -> Adapters {
+    /// Adapters for one pass: `arm` is the command's Azure adapter, re-used with this pass's counter.
+    fn new(sdk: &aws_config::SdkConfig, home: &str, arm: Option<&RestArm>) -> Adapters {
         let counter = ApiCounter::default();
-        let secret = std::env::var(CLIENT_SECRET_ENV)
-            .ok()
-            .filter(|s| !s.is_empty());
         Adapters {
             sts: SdkSts::new(sdk, home, counter.clone()),
             ec2: SdkEc2::new(sdk, home, counter.clone()),
             iam: SdkIam::new(sdk, home, counter.clone()),
             ssm: SdkSsm::new(sdk, counter.clone()),
-            arm: match (&config.azure, secret) {
-                (Some(azure), Some(secret)) => {
-                    Some(RestArm::new(azure, Secret::new(secret), counter.clone()))
-                }
-                _ => None,
-            },
+            arm: arm.map(|a| a.for_pass(counter.clone())),
             counter,
         }
     }
@@ -377,7 +379,8 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
     if config.azure.is_none() || std::env::var(CLIENT_SECRET_ENV).map_or(true, |s| s.is_empty()) {
         return Err(PassError::AzureMissing.into());
     }
-    let db = crate::state::StateDb::open(&args.state_file)?;
+    let arm = azure_adapter(config)?;
+    let db = crate::state::StateDb::open(&args.state_file).await?;
     let metrics = Arc::new(crate::metrics::Metrics::new(args.unhealthy_after));
     let schedule = Schedule::from_config(config);
     for w in schedule.warnings() {
@@ -406,12 +409,12 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
     let mut hup = signal(SignalKind::hangup()).map_err(signal_err)?;
     let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
-    let (trigger_tx, trigger_rx) = tokio::sync::mpsc::unbounded_channel();
+    // One stored permit at most: HUPs during a pass coalesce into one extra round.
+    let trigger = Arc::new(tokio::sync::Notify::new());
+    let hup_trigger = trigger.clone();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            if trigger_tx.send(()).is_err() {
-                break;
-            }
+            hup_trigger.notify_one();
         }
     });
     let shutdown = async move {
@@ -432,7 +435,7 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
     let base = pass_options(args.wait_for_ssm, args.command_timeout, args.verify_timeout);
     tracing::info!(state_file = %args.state_file.display(), ?schedule, "daemon started");
     let run = |kind: PassKind| {
-        let adapters = Adapters::new(&sdk, &home, config);
+        let adapters = Adapters::new(&sdk, &home, arm.as_ref());
         let mut opts = base.clone();
         opts.install.correlation_id = uuid::Uuid::new_v4().to_string();
         opts.scope = kind.scope();
@@ -452,7 +455,7 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
                 {
                     Ok(outcome) => PassSummary::from_outcome(&outcome),
                     Err(e) => {
-                        tracing::error!(error = %error_chain(&e), "pass failed");
+                        tracing::error!(error = %crate::error::chain(&e), "pass failed");
                         PassSummary {
                             ok: false,
                             api_calls: adapters.counter.snapshot(),
@@ -469,23 +472,26 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
         &schedule,
         default_jitter,
         run,
-        trigger_rx,
+        &trigger,
         shutdown,
         args.shutdown_grace,
     )
     .await;
     let _ = stop_tx.send(true);
+    if let Err(e) = db.close().await {
+        tracing::warn!(error = %crate::error::chain(&e), "cannot checkpoint and close the state file");
+    }
     tracing::info!("daemon stopped");
     Ok(exit::OK)
 }
 
-fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, CliError> {
+async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, CliError> {
     if !args.state_file.exists() {
         return Err(CliError::NoStateFile(args.state_file.clone()));
     }
-    let db = crate::state::StateDb::open(&args.state_file)?;
-    let records = db.all()?;
-    let passes = db.last_passes()?;
+    let db = crate::state::StateDb::open_read_only(&args.state_file).await?;
+    let records = db.all().await?;
+    let passes = db.last_passes().await?;
     let mut by_status: std::collections::BTreeMap<&str, usize> = Default::default();
     for r in &records {
         *by_status.entry(r.status.as_str()).or_default() += 1;

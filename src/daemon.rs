@@ -4,7 +4,8 @@
 //! # Guarantees
 //! - Passes run one at a time: they never overlap with themselves or each other.
 //! - A pass that overruns its interval delays that schedule's next start instead of stacking runs.
-//! - SIGHUP runs the passes now. SIGINT/SIGTERM stop taking new work; a pass in progress gets
+//! - SIGHUP runs the passes now. Any number of SIGHUPs during a pass cause one extra round after it, not
+//!   one round each. SIGINT/SIGTERM stop taking new work; a pass in progress gets
 //!   `shutdown_grace` to finish tracking its commands; anything still in flight is in the state file and
 //!   is resumed, not re-sent, at the next start.
 //!
@@ -18,7 +19,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -115,13 +116,14 @@ pub fn default_jitter(interval: Duration) -> Duration {
     Duration::from_millis(random % (cap.as_millis() as u64 + 1))
 }
 
-/// Runs `run` for each due pass until `shutdown` resolves. `trigger` (SIGHUP) makes every configured
-/// pass due now. Returns when shut down; a pass in progress gets `grace` to finish.
+/// Runs `run` for each due pass until `shutdown` resolves. `trigger` (SIGHUP, with `notify_one`) makes every
+/// configured pass due now; triggers that arrive while passes run coalesce into one round after them.
+/// Returns when shut down; a pass in progress gets `grace` to finish.
 pub async fn schedule_loop<F, Fut>(
     schedule: &Schedule,
     jitter: impl Fn(Duration) -> Duration,
     mut run: F,
-    mut trigger: mpsc::UnboundedReceiver<()>,
+    trigger: &Notify,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) where
@@ -180,7 +182,7 @@ pub async fn schedule_loop<F, Fut>(
         let wake = next.values().min().copied();
         tokio::select! {
             _ = async { match wake { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => {}
-            Some(()) = trigger.recv() => {
+            () = trigger.notified() => {
                 info!("pass requested (SIGHUP)");
                 let now = Instant::now();
                 if schedule.iam.is_some() {
@@ -266,8 +268,8 @@ pub async fn observed_pass<Fut>(
             ok: summary.ok,
             summary: serde_json::to_string(&summary.statuses).unwrap_or_default(),
         };
-        if let Err(e) = db.record_pass(&record) {
-            warn!(error = %e, "cannot record the pass");
+        if let Err(e) = db.record_pass(record).await {
+            warn!(error = %crate::error::chain(&e), "cannot record the pass");
         }
         info!(ok = summary.ok, duration_ms = took.as_millis() as u64, statuses = ?summary.statuses, "pass finished");
     }
@@ -288,25 +290,25 @@ mod tests {
         }
     }
 
-    /// Runs the loop for `for_secs` of paused time; each pass takes `pass_secs`. Returns (kind, start second).
+    /// Runs the loop for `for_secs` of paused time; each pass takes `pass_secs`; a SIGHUP arrives at each
+    /// second of `hups_at`. Returns (kind, start second).
     async fn simulate(
         s: Schedule,
         for_secs: u64,
         pass_secs: u64,
-        hup_at: Option<u64>,
+        hups_at: &[u64],
     ) -> Vec<(PassKind, u64)> {
         let log = Arc::new(Mutex::new(Vec::new()));
         let start = Instant::now();
-        let (tx, rx) = mpsc::unbounded_channel();
-        if let Some(at) = hup_at {
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_secs(at)).await;
-                let _ = tx.send(());
-                std::future::pending::<()>().await;
-            });
-        } else {
-            std::mem::forget(tx);
-        }
+        let hup = Arc::new(Notify::new());
+        let sender = hup.clone();
+        let hups_at = hups_at.to_vec();
+        tokio::spawn(async move {
+            for at in hups_at {
+                tokio::time::sleep_until(start + Duration::from_secs(at)).await;
+                sender.notify_one();
+            }
+        });
         let run_log = log.clone();
         let run = move |kind: PassKind| {
             let log = run_log.clone();
@@ -319,7 +321,7 @@ mod tests {
             &s,
             |_| Duration::ZERO,
             run,
-            rx,
+            &hup,
             tokio::time::sleep(Duration::from_secs(for_secs)),
             Duration::from_secs(5),
         )
@@ -332,7 +334,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn both_schedules_fire_at_their_intervals() {
-        let log = simulate(schedule(Some(Some(60)), Some(20)), 125, 0, None).await;
+        let log = simulate(schedule(Some(Some(60)), Some(20)), 125, 0, &[]).await;
         let iam: Vec<u64> = log
             .iter()
             .filter(|(k, _)| *k == Iam)
@@ -350,13 +352,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn disable_and_no_periodic_sync_run_once() {
-        let log = simulate(schedule(Some(None), Some(30)), 100, 0, None).await;
+        let log = simulate(schedule(Some(None), Some(30)), 100, 0, &[]).await;
         assert_eq!(
             log.iter().filter(|(k, _)| *k == Iam).count(),
             1,
             "IAM once at start"
         );
-        let log = simulate(schedule(Some(Some(30)), None), 100, 0, None).await;
+        let log = simulate(schedule(Some(Some(30)), None), 100, 0, &[]).await;
         assert_eq!(
             log.iter().filter(|(k, _)| *k == Onboarding).count(),
             1,
@@ -367,7 +369,7 @@ mod tests {
             4,
             "0, 30, 60, 90"
         );
-        let log = simulate(schedule(None, Some(50)), 100, 0, None).await;
+        let log = simulate(schedule(None, Some(50)), 100, 0, &[]).await;
         assert!(
             log.iter().all(|(k, _)| *k == Onboarding),
             "auto_assignment = false: no IAM pass"
@@ -377,7 +379,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_overrunning_pass_delays_the_next_instead_of_stacking() {
         // Every pass takes 25 s, the interval is 10 s.
-        let log = simulate(schedule(None, Some(10)), 100, 25, None).await;
+        let log = simulate(schedule(None, Some(10)), 100, 25, &[]).await;
         let starts: Vec<u64> = log.iter().map(|(_, t)| *t).collect();
         assert_eq!(
             starts,
@@ -388,7 +390,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn passes_never_overlap() {
-        let log = simulate(schedule(Some(Some(10)), Some(10)), 60, 7, None).await;
+        let log = simulate(schedule(Some(Some(10)), Some(10)), 60, 7, &[]).await;
         for pair in log.windows(2) {
             assert!(pair[1].1 >= pair[0].1 + 7, "overlap: {log:?}");
         }
@@ -396,7 +398,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn sighup_runs_the_passes_now() {
-        let log = simulate(schedule(Some(None), None), 100, 0, Some(42)).await;
+        let log = simulate(schedule(Some(None), None), 100, 0, &[42]).await;
         assert_eq!(
             log,
             [(Iam, 0), (Onboarding, 0), (Iam, 42), (Onboarding, 42)]
@@ -404,10 +406,34 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn many_sighups_during_a_pass_cause_one_extra_round() {
+        // Passes take 10 s: IAM 0..10, onboarding 10..20. Ten HUPs arrive meanwhile.
+        let hups: Vec<u64> = (1..=10).map(|n| n * 2 - 1).collect();
+        let log = simulate(schedule(Some(None), None), 200, 10, &hups).await;
+        assert_eq!(
+            log,
+            [(Iam, 0), (Onboarding, 10), (Iam, 20), (Onboarding, 30)],
+            "one extra round for all the HUPs"
+        );
+        // A HUP during that extra round is a new request: one more round after it.
+        let log = simulate(schedule(Some(None), None), 200, 10, &[5, 25, 26]).await;
+        assert_eq!(
+            log,
+            [
+                (Iam, 0),
+                (Onboarding, 10),
+                (Iam, 20),
+                (Onboarding, 30),
+                (Iam, 40),
+                (Onboarding, 50)
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn shutdown_lets_the_pass_in_progress_finish_within_the_grace() {
         let finished = Arc::new(Mutex::new(false));
         let f = finished.clone();
-        let (_tx, rx) = mpsc::unbounded_channel();
         let start = Instant::now();
         schedule_loop(
             &schedule(None, None),
@@ -419,7 +445,7 @@ mod tests {
                     *f.lock().unwrap() = true;
                 }
             },
-            rx,
+            &Notify::new(),
             tokio::time::sleep(Duration::from_secs(1)),
             Duration::from_secs(5),
         )
@@ -510,13 +536,12 @@ mod tests {
                 ));
             }
         };
-        let (_tx, rx) = mpsc::unbounded_channel();
         let schedule = Schedule::from_config(&config);
         schedule_loop(
             &schedule,
             |_| Duration::ZERO,
             run,
-            rx,
+            &Notify::new(),
             tokio::time::sleep(Duration::from_secs(70)),
             Duration::from_secs(5),
         )

@@ -181,6 +181,36 @@ impl FakeAws {
             });
     }
 
+    /// Changes an instance's EC2 state; a terminated instance is no longer listed.
+    pub fn set_state(&self, id: &str, state: InstanceState) {
+        if let Some(i) = self
+            .lock()
+            .instances
+            .values_mut()
+            .flatten()
+            .find(|i| i.ec2.instance_id == id)
+        {
+            i.ec2.state = state;
+        }
+    }
+
+    /// Replaces an instance's tags.
+    pub fn set_tags(&self, id: &str, tags: &[(&str, &str)]) {
+        if let Some(i) = self
+            .lock()
+            .instances
+            .values_mut()
+            .flatten()
+            .find(|i| i.ec2.instance_id == id)
+        {
+            i.tags = tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            i.ec2.name = i.tags.get("Name").cloned();
+        }
+    }
+
     /// Makes `operation` fail with `code` whenever it concerns `key` (instance id, role, profile or region).
     pub fn fail(&self, operation: &str, key: &str, code: &str) {
         let e = AwsError::from_code(operation, code, "injected by the fake");

@@ -8,6 +8,7 @@
 //! - [`config`]: the TOML configuration, validated once into typed values before any AWS call.
 //! - [`daemon`]: the two schedules of scheduled onboarding, signals and per-pass bookkeeping.
 //! - [`duration`]: the human durations the interface accepts.
+//! - [`error`]: how errors are shown: the message and every cause, once each.
 //! - [`model`]: domain types shared by every layer; no SDK type crosses a port.
 //! - [`ports`]: one trait per external system, and the [`ports::MutationToken`] capability.
 //! - [`azure`]: the Azure port (Entra token, Resource Manager), its REST adapter and a fake.
@@ -32,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod duration;
+pub mod error;
 pub mod fake;
 pub mod install;
 pub mod metrics;

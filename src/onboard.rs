@@ -83,8 +83,10 @@ impl Default for InstallOptions {
 /// Commands sent by an earlier process: (region, command id, plan rows it targets).
 pub type Resumed = (String, String, Vec<usize>);
 
-/// Records a sent command before it is waited for: (region, command id, instance ids).
-pub type Journal<'a> = &'a (dyn Fn(&str, &str, &[String]) + Sync);
+/// Records a sent command before it is waited for: (region, command id, instance ids). The returned future
+/// resolves once the record is durable.
+pub type Journal<'a> =
+    &'a (dyn Fn(&str, &str, &[String]) -> futures::future::BoxFuture<'a, ()> + Sync);
 
 /// What to install: rows ready for a new command, commands to resume tracking, and where to note sends.
 pub struct InstallWork<'a> {
@@ -349,7 +351,7 @@ async fn send(
                 Ok(command_id) => {
                     info!(%region, %command_id, instances = chunk.len(), "install command sent");
                     if let Some(journal) = journal {
-                        journal(&region, &command_id, &request.instance_ids);
+                        journal(&region, &command_id, &request.instance_ids).await;
                     }
                     for n in chunk {
                         plan.instances[*n].detail = format!("install command {command_id} sent");

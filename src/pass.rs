@@ -1,7 +1,7 @@
 //! One pass of observe -> plan -> apply over one account, the same code for `plan`, `run` and (later) each
 //! daemon tick. Without a mutation token the pass stops after planning.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{info, info_span, warn, Instrument};
@@ -105,6 +105,8 @@ struct Exec<'a, A> {
     config: &'a Config,
     opts: &'a PassOptions,
     durable: Option<&'a Durable<'a>>,
+    /// The regions this pass looked at (those that failed are in the plan's `region_errors`).
+    regions: &'a [String],
 }
 
 /// Executes a plan: resource group, IAM, SSM registration wait, agent install, verification; with durable
@@ -141,14 +143,14 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     let mut ready = settle_after_iam(plan, ports.ssm, &ctx.opts.apply).await;
     let now = SystemTime::now();
     let records: HashMap<(String, String), InstanceRecord> = match ctx.durable {
-        Some(d) => match d.db.all() {
+        Some(d) => match d.db.all().await {
             Ok(all) => all
                 .into_iter()
                 .filter(|r| r.account_id == plan.account_id)
                 .map(|r| ((r.region.clone(), r.instance_id.clone()), r))
                 .collect(),
             Err(e) => {
-                warn!(error = %e, "cannot read the state file; no retry backoff or resume this pass");
+                warn!(error = %crate::error::chain(&e), "cannot read the state file; no retry backoff or resume this pass");
                 HashMap::new()
             }
         },
@@ -200,7 +202,6 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     let attempted: HashSet<usize> = ready.iter().chain(resumed.iter()).copied().collect();
     let account_id = plan.account_id.clone();
     let journal = |region: &str, command_id: &str, ids: &[String]| {
-        let Some(d) = ctx.durable else { return };
         let rows: Vec<InstanceRecord> = ids
             .iter()
             .map(|id| {
@@ -220,9 +221,15 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
                 }
             })
             .collect();
-        if let Err(e) = d.db.put(&rows) {
-            warn!(error = %e, %command_id, "cannot record the sent command in the state file");
-        }
+        let command_id = command_id.to_string();
+        let durable = ctx.durable;
+        let write: futures::future::BoxFuture<'_, ()> = Box::pin(async move {
+            let Some(d) = durable else { return };
+            if let Err(e) = d.db.put(rows).await {
+                warn!(error = %crate::error::chain(&e), %command_id, "cannot record the sent command in the state file");
+            }
+        });
+        write
     };
     let work = InstallWork {
         ready: &ready,
@@ -244,9 +251,47 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     )
     .await;
     if let Some(d) = ctx.durable {
-        record_outcomes(d, plan, &records, &attempted);
+        record_outcomes(d, plan, &records, &attempted).await;
+        forget_unseen(d, plan, ctx.regions).await;
     }
     (!notes.is_empty()).then(|| notes.join("; "))
+}
+
+/// Removes from the state file the instances of this account that the pass no longer sees (terminated,
+/// untagged, out of scope) in the regions it observed; a region that failed to observe keeps its records.
+async fn forget_unseen(d: &Durable<'_>, plan: &AccountPlan, regions: &[String]) {
+    let failed: HashSet<&str> = plan
+        .region_errors
+        .iter()
+        .map(|e| e.region.as_str())
+        .collect();
+    let mut seen: BTreeMap<String, BTreeSet<String>> = regions
+        .iter()
+        .filter(|r| !failed.contains(r.as_str()))
+        .map(|r| (r.clone(), BTreeSet::new()))
+        .collect();
+    for row in &plan.instances {
+        if let Some(ids) = seen.get_mut(&row.region) {
+            ids.insert(row.instance_id.clone());
+        }
+    }
+    match d.db.forget_unseen(&plan.account_id, seen).await {
+        Ok(removed) if removed.is_empty() => {}
+        Ok(removed) => {
+            let ids: Vec<String> = removed
+                .iter()
+                .map(|(region, id)| format!("{region}/{id}"))
+                .collect();
+            info!(
+                removed = removed.len(),
+                instances = %ids.join(", "),
+                "removed from the state file: no longer seen (terminated, untagged or out of scope)"
+            );
+        }
+        Err(e) => {
+            warn!(error = %crate::error::chain(&e), "cannot remove instances no longer seen from the state file")
+        }
+    }
 }
 
 /// The onboarding pass of a daemon whose IAM schedule is separate: IAM actions are not executed here.
@@ -273,7 +318,7 @@ fn recorded_failure(last_error: Option<&str>) -> Failure {
 }
 
 /// Writes every row's outcome; failed installs get their next attempt pushed out.
-fn record_outcomes(
+async fn record_outcomes(
     d: &Durable<'_>,
     plan: &mut AccountPlan,
     previous: &HashMap<(String, String), InstanceRecord>,
@@ -325,8 +370,8 @@ fn record_outcomes(
         }
         records.push(rec);
     }
-    if let Err(e) = d.db.put(&records) {
-        warn!(error = %e, "cannot record the pass's outcomes in the state file");
+    if let Err(e) = d.db.put(records).await {
+        warn!(error = %crate::error::chain(&e), "cannot record the pass's outcomes in the state file");
     }
 }
 
@@ -395,6 +440,7 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
                     config,
                     opts,
                     durable,
+                    regions: &regions,
                 };
                 (Mode::Run, execute(&ctx, &mut plan, ports).await)
             }
@@ -1017,6 +1063,137 @@ mod tests {
             "{:?}",
             aws.calls.snapshot()
         );
+    }
+
+    /// A daemon pass over the fakes, with the state file.
+    async fn durable_pass(aws: &FakeAws, config: &Config, durable: &Durable<'_>) -> Report {
+        let arm = std::sync::Arc::new(FakeArm::default());
+        aws.link_arm(arm.clone(), "aws_123456789012");
+        let ports = AwsPorts {
+            sts: aws,
+            ec2: aws,
+            iam: aws,
+            ssm: aws,
+            counter: &aws.calls,
+        };
+        let opts = PassOptions {
+            apply: opts(),
+            install: InstallOptions {
+                verify_timeout: Duration::from_secs(2),
+                ..InstallOptions::default()
+            },
+            scope: Scope::default(),
+        };
+        let token = MutationToken::mint();
+        run_pass(
+            config,
+            &ports,
+            Some(&*arm),
+            Some(&token),
+            &opts,
+            Some(durable),
+        )
+        .await
+        .unwrap()
+        .report
+    }
+
+    #[tokio::test]
+    async fn instances_no_longer_seen_leave_the_state_file_unless_their_region_failed() {
+        let aws = FakeAws::new(&["us-east-1", "eu-west-1"]);
+        aws.add_role("AppRole", &[SSM_POLICY_ARN], Some("AppProfile"));
+        let tag = [("arc", "onboard")];
+        for (region, id) in [
+            ("us-east-1", "i-stays"),
+            ("us-east-1", "i-terminated"),
+            ("us-east-1", "i-untagged"),
+            ("eu-west-1", "i-eu"),
+        ] {
+            let running = InstanceState::Running;
+            aws.add_instance(
+                region,
+                id,
+                Platform::Linux,
+                running,
+                Some("AppProfile"),
+                &tag,
+            );
+        }
+        let cfg = Config::parse(
+            &format!("[aws]\nregions = [\"us-east-1\", \"eu-west-1\"]\ntag_filter = {{ key = \"arc\", value = \"onboard\" }}\n{AZURE}"),
+            Path::new("t"),
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
+        // Records no pass of this config owns: another account, and a region it does not look at.
+        let foreign = |account: &str, region: &str, id: &str| InstanceRecord {
+            account_id: account.into(),
+            region: region.into(),
+            instance_id: id.into(),
+            status: "onboarded".into(),
+            detail: String::new(),
+            command_id: None,
+            command_sent_at: None,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: None,
+            last_seen_at: 1,
+        };
+        db.put(vec![
+            foreign("999999999999", "us-east-1", "i-other-account"),
+            foreign("123456789012", "ap-south-1", "i-other-region"),
+        ])
+        .await
+        .unwrap();
+        let durable = Durable {
+            db: &db,
+            retry_base: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+        };
+        let recorded = |all: Vec<InstanceRecord>| -> Vec<String> {
+            all.into_iter()
+                .map(|r| format!("{}/{}/{}", r.account_id, r.region, r.instance_id))
+                .collect()
+        };
+        let first = durable_pass(&aws, &cfg, &durable).await;
+        assert_eq!(
+            first.summary.by_status[&Status::Onboarded],
+            4,
+            "{}",
+            first.to_json()
+        );
+        assert_eq!(db.all().await.unwrap().len(), 6);
+
+        aws.set_state("i-terminated", InstanceState::Terminated);
+        aws.set_tags("i-untagged", &[]);
+        // eu-west-1 cannot be observed: its instance may be gone or not, its record stays.
+        aws.set_state("i-eu", InstanceState::Terminated);
+        aws.fail(
+            "ec2:DescribeInstances",
+            "eu-west-1",
+            "UnauthorizedOperation",
+        );
+        let second = durable_pass(&aws, &cfg, &durable).await;
+        assert_eq!(second.errors.len(), 1, "{}", second.to_json());
+        assert_eq!(
+            recorded(db.all().await.unwrap()),
+            [
+                "123456789012/ap-south-1/i-other-region",
+                "123456789012/eu-west-1/i-eu",
+                "123456789012/us-east-1/i-stays",
+                "999999999999/us-east-1/i-other-account",
+            ]
+        );
+
+        // No region observed at all: nothing is removed.
+        aws.fail(
+            "ec2:DescribeInstances",
+            "us-east-1",
+            "UnauthorizedOperation",
+        );
+        durable_pass(&aws, &cfg, &durable).await;
+        assert_eq!(db.all().await.unwrap().len(), 4);
     }
 
     #[tokio::test(start_paused = true)]

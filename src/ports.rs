@@ -171,8 +171,8 @@ pub const LINUX_DOCUMENT: &str = "AWS-RunShellScript";
 /// SSM documents the tool sends.
 pub const WINDOWS_DOCUMENT: &str = "AWS-RunPowerShellScript";
 
-/// A Run Command request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A Run Command request. Its `Debug` leaves the script out: the script carries the Azure access token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct CommandRequest {
     /// `AWS-RunShellScript` or `AWS-RunPowerShellScript`.
     pub document: &'static str,
@@ -186,6 +186,19 @@ pub struct CommandRequest {
     pub delivery_timeout: std::time::Duration,
     /// `Comment` (at most 100 characters) identifying the run.
     pub comment: String,
+}
+
+impl std::fmt::Debug for CommandRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommandRequest")
+            .field("document", &self.document)
+            .field("instance_ids", &self.instance_ids)
+            .field("script", &"[redacted]")
+            .field("execution_timeout", &self.execution_timeout)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .field("comment", &self.comment)
+            .finish()
+    }
 }
 
 /// Command-level state (`ListCommands`).
@@ -256,5 +269,31 @@ impl ApiCounter {
     /// Calls of one operation so far.
     pub fn count(&self, operation: &str) -> u64 {
         self.snapshot().get(operation).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_command_request_shows_no_script_and_no_token() {
+        let token = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.secret-part";
+        let request = CommandRequest {
+            document: LINUX_DOCUMENT,
+            instance_ids: vec!["i-0abc".into()],
+            script: format!("set -eu\nazcmagent connect --access-token '{token}'\n"),
+            execution_timeout: std::time::Duration::from_secs(1800),
+            delivery_timeout: std::time::Duration::from_secs(600),
+            comment: "arc-onboard run 1234".into(),
+        };
+        let shown = format!("{request:?}");
+        assert!(!shown.contains(token), "{shown}");
+        assert!(!shown.contains("azcmagent connect"), "{shown}");
+        assert!(shown.contains("[redacted]"), "{shown}");
+        assert!(
+            shown.contains("i-0abc") && shown.contains("arc-onboard run 1234"),
+            "{shown}"
+        );
     }
 }

@@ -120,3 +120,48 @@ fn usage_errors_are_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--wait-for-ssm"));
 }
+
+#[test]
+fn an_https_client_that_cannot_be_built_is_a_clean_exit_2() {
+    // No CA certificate can be loaded: the Azure client cannot be built. That is the machine's setup, not a
+    // bug: a message and exit code 2, before any AWS call or state file, never a panic.
+    let config = r#"
+[aws]
+regions = ["us-east-1"]
+[azure]
+tenant_id = "00000000-0000-0000-0000-000000000001"
+subscription_id = "00000000-0000-0000-0000-000000000002"
+client_id = "00000000-0000-0000-0000-000000000003"
+location = "eastus"
+"#;
+    let state = tempfile::tempdir().unwrap();
+    let state_file = state.path().join("state.db");
+    let env = [
+        ("ARC_ONBOARD_CLIENT_SECRET", "s3cr3t-value"),
+        ("SSL_CERT_FILE", "/nonexistent/ca-certificates.crt"),
+        ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+    ];
+    for args in [
+        vec!["plan"],
+        vec!["run"],
+        vec!["daemon", "--state-file", state_file.to_str().unwrap()],
+    ] {
+        let out = run_binary(&args, config, &env);
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr
+                .contains("error: cannot build the HTTPS client for Azure"),
+            "{args:?}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("panicked"), "{args:?}: {}", out.stderr);
+        assert!(
+            !out.stderr.contains("s3cr3t-value"),
+            "{args:?}: secret leaked"
+        );
+    }
+    assert!(
+        !state_file.exists(),
+        "the daemon stopped before its state file"
+    );
+}

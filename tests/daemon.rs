@@ -127,6 +127,12 @@ fn a_new_instance_gets_the_ssm_profile_then_the_agent_and_shutdown_is_clean() {
         d.log()
     );
     assert!(d.log().contains("daemon stopped"));
+    // The log was checkpointed into the file at the clean stop.
+    let wal = d.dir.path().join("state.db-wal");
+    assert!(
+        std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
+        "write-ahead log left with content"
+    );
 }
 
 #[test]
@@ -264,6 +270,50 @@ fn sighup_runs_a_pass_now_and_metrics_show_the_passes() {
     assert!(
         body.contains("arc_onboard_passes_total{kind=\"onboarding\",result=\"ok\"} 2"),
         "{body}"
+    );
+}
+
+#[test]
+fn a_terminated_instance_leaves_the_state_file_and_the_log_says_so() {
+    let w = World::start();
+    let stays = seed_one(&w, true);
+    let gone = seed_one(&w, true);
+    let d = w.daemon(&config("1 day", "1s"), &[], None);
+    let done = |id: &str, s: &Value| {
+        status_of(s, id)
+            .is_some_and(|i| i["status"] == "onboarded" || i["status"] == "already-onboarded")
+    };
+    d.wait_for("both onboarded", Duration::from_secs(30), |s| {
+        done(&stays, s) && done(&gone, s)
+    });
+    w.aws.control(
+        "POST",
+        &format!("/_emulator/instances/{gone}/state"),
+        Some(&json!({"state": "terminated"})),
+    );
+    let status = d.wait_for(
+        "the terminated instance gone from status",
+        Duration::from_secs(30),
+        |s| status_of(s, &gone).is_none(),
+    );
+    assert!(done(&stays, &status), "{status:#}");
+    assert_eq!(status["summary"]["instances"], 1, "{status:#}");
+    let log = d.log();
+    let removal = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("removed from the state file"))
+        })
+        .unwrap_or_else(|| panic!("no removal logged:\n{log}"));
+    assert_eq!(removal["level"], "INFO", "{removal}");
+    assert_eq!(removal["removed"], 1, "{removal}");
+    assert_eq!(
+        removal["instances"],
+        format!("us-east-1/{gone}").as_str(),
+        "{removal}"
     );
 }
 

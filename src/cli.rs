@@ -69,7 +69,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Dry run: observe and print what `run` would do to each machine. Changes nothing.
-    Plan,
+    Plan(PlanArgs),
     /// One-shot onboarding: apply the plan, wait within bounds, print the report.
     Run(RunArgs),
     /// Check the configuration file and print the effective configuration (no AWS call).
@@ -114,6 +114,16 @@ pub struct DaemonArgs {
     /// Consecutive failed passes after which /healthz reports unhealthy.
     #[arg(long, default_value_t = 3)]
     pub unhealthy_after: u32,
+}
+
+/// Options of `plan`.
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// Plan as the daemon's next pass would, with this state file's memory: instances held in retry
+    /// backoff are `failed` with their `next_attempt_at`, commands still tracked are `in-progress`. The
+    /// file is opened read-only.
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
 }
 
 /// Options of `status`.
@@ -242,7 +252,18 @@ async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             print!("{}", config.to_effective_toml(secret));
             Ok(exit::OK)
         }
-        Command::Plan => one_pass(cli, &config, None, PassOptions::default()).await,
+        Command::Plan(args) => {
+            let memory = match &args.state_file {
+                Some(path) => {
+                    if !path.exists() {
+                        return Err(CliError::NoStateFile(path.clone()));
+                    }
+                    Some(crate::state::StateDb::open_read_only(path).await?)
+                }
+                None => None,
+            };
+            plan_command(cli, &config, memory.as_ref()).await
+        }
         Command::Daemon(args) => daemon_command(&config, args).await,
         Command::Status(_) => unreachable!("handled before the configuration is read"),
         Command::Run(args) => {
@@ -277,11 +298,36 @@ fn pass_options(
     }
 }
 
+/// `plan`, with the daemon's memory when a state file is given.
+async fn plan_command(
+    cli: &Cli,
+    config: &Config,
+    db: Option<&crate::state::StateDb>,
+) -> Result<u8, CliError> {
+    let durable = db.map(|db| crate::pass::Durable {
+        db,
+        retry_base: Duration::from_secs(15 * 60),
+        retry_max: Duration::from_secs(24 * 3600),
+    });
+    pass_and_report(cli, config, None, PassOptions::default(), durable.as_ref()).await
+}
+
 async fn one_pass(
     cli: &Cli,
     config: &Config,
     token: Option<&MutationToken>,
     opts: PassOptions,
+) -> Result<u8, CliError> {
+    pass_and_report(cli, config, token, opts, None).await
+}
+
+/// One pass, its report on stdout, and the exit code.
+async fn pass_and_report(
+    cli: &Cli,
+    config: &Config,
+    token: Option<&MutationToken>,
+    opts: PassOptions,
+    durable: Option<&crate::pass::Durable<'_>>,
 ) -> Result<u8, CliError> {
     let arm = azure_adapter(config)?;
     let sdk = aws::load_sdk_config().await;
@@ -292,7 +338,8 @@ async fn one_pass(
         adapters.arm.as_ref(),
         token,
         &opts,
-        None,
+        durable,
+        std::time::SystemTime::now(),
     )
     .await?;
     let report = outcome.report;
@@ -450,6 +497,7 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
                     Some(token),
                     &opts,
                     Some(durable),
+                    std::time::SystemTime::now(),
                 )
                 .await
                 {

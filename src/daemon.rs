@@ -517,10 +517,18 @@ mod tests {
                 let mut opts = PassOptions::default();
                 opts.apply.wait_for_ssm = Duration::ZERO;
                 opts.scope = kind.scope();
-                let report = run_pass(config, &ports, Some(&*arm), Some(token), &opts, None)
-                    .await
-                    .unwrap()
-                    .report;
+                let report = run_pass(
+                    config,
+                    &ports,
+                    Some(&*arm),
+                    Some(token),
+                    &opts,
+                    None,
+                    std::time::SystemTime::now(),
+                )
+                .await
+                .unwrap()
+                .report;
                 let status = |id: &str| {
                     report
                         .instances

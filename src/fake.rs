@@ -579,14 +579,22 @@ impl Ssm for FakeAws {
             .iter()
             .find(|c| c.command_id == command_id)
             .map(|c| {
-                let failed = c
-                    .request
-                    .instance_ids
+                let outcome = |id: &String| s.outcomes.get(id).map(|o| o.status.as_str());
+                let ids = &c.request.instance_ids;
+                // A scripted `InProgress` outcome keeps its command running for ever.
+                let status = if ids.iter().any(|id| outcome(id) == Some("InProgress")) {
+                    "InProgress"
+                } else if ids
                     .iter()
-                    .any(|id| s.outcomes.get(id).is_some_and(|o| o.status != "Success"));
+                    .any(|id| outcome(id).is_some_and(|o| o != "Success"))
+                {
+                    "Failed"
+                } else {
+                    "Success"
+                };
                 CommandSummary {
                     command_id: c.command_id.clone(),
-                    status: if failed { "Failed" } else { "Success" }.into(),
+                    status: status.into(),
                     instance_ids: c.request.instance_ids.clone(),
                     comment: c.request.comment.clone(),
                 }

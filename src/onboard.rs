@@ -910,6 +910,7 @@ mod tests {
             failure: None,
             arc_resource_id: None,
             needs_ssm_role: false,
+            resume: false,
         };
         let f = script_failure(&result("connect", "AZCM0041", 41, "exited with 41"));
         fail_with_output(&mut row, f.clone(), "log line\nARC_ONBOARD_RESULT {}");

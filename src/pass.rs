@@ -10,10 +10,11 @@ use crate::apply::{apply_iam, settle_after_iam, ApplyOptions};
 use crate::azure::{Arm, AzureError};
 use crate::config::{AzureConfig, Config};
 use crate::model::AwsError;
-use crate::model::InstanceState;
 use crate::observe::{observe_account, observe_arc, resolve_regions, ArcObservation};
 use crate::onboard::{install_agents, InstallOptions, InstallWork, Journal};
-use crate::plan::{plan_account, AccountPlan, Failure, FailureStep, InstanceAction, Status};
+use crate::plan::{
+    plan_account, AccountPlan, Failure, FailureStep, InstanceAction, Memory, Remembered, Status,
+};
 use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Ssm, Sts};
 use crate::report::{Mode, Report};
 use crate::state::{unix, InstanceRecord, StateDb};
@@ -107,6 +108,10 @@ struct Exec<'a, A> {
     durable: Option<&'a Durable<'a>>,
     /// The regions this pass looked at (those that failed are in the plan's `region_errors`).
     regions: &'a [String],
+    /// The state file's records of this account, read before planning.
+    records: &'a HashMap<(String, String), InstanceRecord>,
+    /// The pass's clock.
+    now: SystemTime,
 }
 
 /// Executes a plan: resource group, IAM, SSM registration wait, agent install, verification; with durable
@@ -141,64 +146,20 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
         return (!notes.is_empty()).then(|| notes.join("; "));
     }
     let mut ready = settle_after_iam(plan, ports.ssm, &ctx.opts.apply).await;
-    let now = SystemTime::now();
-    let records: HashMap<(String, String), InstanceRecord> = match ctx.durable {
-        Some(d) => match d.db.all().await {
-            Ok(all) => all
-                .into_iter()
-                .filter(|r| r.account_id == plan.account_id)
-                .map(|r| ((r.region.clone(), r.instance_id.clone()), r))
-                .collect(),
-            Err(e) => {
-                warn!(error = %crate::error::chain(&e), "cannot read the state file; no retry backoff or resume this pass");
-                HashMap::new()
-            }
-        },
-        None => HashMap::new(),
-    };
-    // Commands this daemon sent before it stopped: track them, never send again.
+    let now = ctx.now;
+    let records = ctx.records;
+    // Commands this daemon sent before it stopped (the planner marked them): track them, never send again.
     let mut resume: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
-    for (n, row) in plan.instances.iter_mut().enumerate() {
-        let key = (row.region.clone(), row.instance_id.clone());
-        let Some(command) = records.get(&key).and_then(|r| r.command_id.clone()) else {
-            continue;
-        };
-        let trackable = row.state == InstanceState::Running
-            && matches!(
-                row.status,
-                Status::InProgress | Status::Planned | Status::WaitingForSsm
-            );
-        if trackable {
-            row.command_id = Some(command.clone());
+    for (n, row) in plan.instances.iter().enumerate() {
+        if let (true, Some(command)) = (row.resume, &row.command_id) {
             resume
-                .entry((row.region.clone(), command))
+                .entry((row.region.clone(), command.clone()))
                 .or_default()
                 .push(n);
         }
     }
     let resumed: HashSet<usize> = resume.values().flatten().copied().collect();
     ready.retain(|n| !resumed.contains(n));
-    // Failed installs wait for their backoff.
-    ready.retain(|n| {
-        let row = &mut plan.instances[*n];
-        let Some(rec) = records.get(&(row.region.clone(), row.instance_id.clone())) else {
-            return true;
-        };
-        match rec.next_attempt_at {
-            Some(due) if due > unix(now) => {
-                let next = crate::report::timestamp(UNIX_EPOCH + Duration::from_secs(due as u64));
-                let mut failure = recorded_failure(rec.last_error.as_deref());
-                failure.reason = format!(
-                    "{} (failed {} time(s); next attempt not before {next})",
-                    failure.reason, rec.attempts
-                );
-                row.fail(failure);
-                row.next_attempt_at = Some(next);
-                false
-            }
-            _ => true,
-        }
-    });
     let attempted: HashSet<usize> = ready.iter().chain(resumed.iter()).copied().collect();
     let account_id = plan.account_id.clone();
     let journal = |region: &str, command_id: &str, ids: &[String]| {
@@ -213,11 +174,11 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
                     status: Status::InProgress.as_str().into(),
                     detail: format!("install command {command_id} sent"),
                     command_id: Some(command_id.to_string()),
-                    command_sent_at: Some(unix(SystemTime::now())),
+                    command_sent_at: Some(unix(now)),
                     attempts: prev.map_or(0, |p| p.attempts),
                     last_error: prev.and_then(|p| p.last_error.clone()),
                     next_attempt_at: None,
-                    last_seen_at: unix(SystemTime::now()),
+                    last_seen_at: unix(now),
                 }
             })
             .collect();
@@ -251,7 +212,7 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     )
     .await;
     if let Some(d) = ctx.durable {
-        record_outcomes(d, plan, &records, &attempted).await;
+        record_outcomes(d, plan, records, &attempted, now).await;
         forget_unseen(d, plan, ctx.regions).await;
     }
     (!notes.is_empty()).then(|| notes.join("; "))
@@ -307,6 +268,43 @@ fn leave_iam_to_the_iam_pass(plan: &mut AccountPlan) {
     }
 }
 
+/// The state file's records of one account, by (region, instance id); none when it cannot be read.
+async fn load_records(
+    d: &Durable<'_>,
+    account_id: &str,
+) -> HashMap<(String, String), InstanceRecord> {
+    match d.db.all().await {
+        Ok(all) => all
+            .into_iter()
+            .filter(|r| r.account_id == account_id)
+            .map(|r| ((r.region.clone(), r.instance_id.clone()), r))
+            .collect(),
+        Err(e) => {
+            warn!(error = %crate::error::chain(&e), "cannot read the state file; no retry backoff or resume this pass");
+            HashMap::new()
+        }
+    }
+}
+
+/// The planner's view of the records.
+fn memory_of(records: &HashMap<(String, String), InstanceRecord>, now: SystemTime) -> Memory {
+    let instances = records
+        .iter()
+        .map(|(key, r)| {
+            let remembered = Remembered {
+                attempts: r.attempts,
+                last_failure: r.last_error.as_deref().map(|e| recorded_failure(Some(e))),
+                next_attempt_at: r
+                    .next_attempt_at
+                    .map(|t| UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)),
+                command_id: r.command_id.clone(),
+            };
+            (key.clone(), remembered)
+        })
+        .collect();
+    Memory { instances, now }
+}
+
 /// The failure a state record keeps (as JSON; older state files kept prose, read as an install failure).
 fn recorded_failure(last_error: Option<&str>) -> Failure {
     match last_error {
@@ -323,8 +321,9 @@ async fn record_outcomes(
     plan: &mut AccountPlan,
     previous: &HashMap<(String, String), InstanceRecord>,
     attempted: &HashSet<usize>,
+    now: SystemTime,
 ) {
-    let now = unix(SystemTime::now());
+    let now = unix(now);
     let mut records = Vec::new();
     for (n, row) in plan.instances.iter_mut().enumerate() {
         let prev = previous.get(&(row.region.clone(), row.instance_id.clone()));
@@ -392,8 +391,9 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     token: Option<&MutationToken>,
     opts: &PassOptions,
     durable: Option<&Durable<'_>>,
+    now: SystemTime,
 ) -> Result<PassOutcome, PassError> {
-    let started = SystemTime::now();
+    let started = now;
     if token.is_some() {
         // Fail fast, before any AWS call, when onboarding cannot be completed.
         let (Some(arm), Some(_)) = (arm, &config.azure) else {
@@ -429,7 +429,11 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
         .await;
         let no_region_reachable =
             !obs.regions.is_empty() && obs.regions.iter().all(|r| r.error.is_some());
-        let mut plan = plan_account(&obs, config);
+        let records = match durable {
+            Some(d) => load_records(d, &account).await,
+            None => HashMap::new(),
+        };
+        let mut plan = plan_account(&obs, config, &memory_of(&records, now));
         info!(instances = plan.instances.len(), "planned");
         let (mode, detail) = match (token, arm, &config.azure) {
             (Some(token), Some(arm), Some(azure)) => {
@@ -441,6 +445,8 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
                     opts,
                     durable,
                     regions: &regions,
+                    records: &records,
+                    now,
                 };
                 (Mode::Run, execute(&ctx, &mut plan, ports).await)
             }
@@ -609,9 +615,17 @@ mod tests {
             },
             scope: Scope::default(),
         };
-        run_pass(config, &ports, Some(arm), token, &opts, None)
-            .await
-            .map(|o| o.report)
+        run_pass(
+            config,
+            &ports,
+            Some(arm),
+            token,
+            &opts,
+            None,
+            SystemTime::now(),
+        )
+        .await
+        .map(|o| o.report)
     }
 
     fn one_region_config() -> Config {
@@ -649,7 +663,7 @@ mod tests {
             crate::observe::ArcObservation::NotConfigured,
         )
         .await;
-        crate::plan::plan_account(&obs, cfg)
+        crate::plan::plan_account(&obs, cfg, &crate::plan::Memory::none())
     }
 
     fn mutating(aws: &FakeAws) -> u64 {
@@ -1065,10 +1079,29 @@ mod tests {
         );
     }
 
-    /// A daemon pass over the fakes, with the state file.
+    /// A daemon pass over the fakes, with the state file, now.
     async fn durable_pass(aws: &FakeAws, config: &Config, durable: &Durable<'_>) -> Report {
+        let arm = linked_arm(aws);
+        let token = MutationToken::mint();
+        durable_pass_at(aws, &arm, config, durable, Some(&token), SystemTime::now()).await
+    }
+
+    /// An Azure fake in which the fake AWS's successful installs connect machines.
+    fn linked_arm(aws: &FakeAws) -> std::sync::Arc<FakeArm> {
         let arm = std::sync::Arc::new(FakeArm::default());
         aws.link_arm(arm.clone(), "aws_123456789012");
+        arm
+    }
+
+    /// A pass over the fakes with the state file, at `now`; `plan` without a token.
+    async fn durable_pass_at(
+        aws: &FakeAws,
+        arm: &FakeArm,
+        config: &Config,
+        durable: &Durable<'_>,
+        token: Option<&MutationToken>,
+        now: SystemTime,
+    ) -> Report {
         let ports = AwsPorts {
             sts: aws,
             ec2: aws,
@@ -1084,18 +1117,188 @@ mod tests {
             },
             scope: Scope::default(),
         };
-        let token = MutationToken::mint();
         run_pass(
             config,
             &ports,
             Some(&*arm),
-            Some(&token),
+            token,
             &opts,
             Some(durable),
+            now,
         )
         .await
         .unwrap()
         .report
+    }
+
+    async fn record(db: &StateDb, id: &str) -> Option<InstanceRecord> {
+        db.all()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.instance_id == id)
+    }
+
+    fn row<'a>(r: &'a Report, id: &str) -> &'a crate::plan::InstancePlan {
+        r.instances.iter().find(|i| i.instance_id == id).unwrap()
+    }
+
+    const FAILED_41: &str = "ARC_ONBOARD_RESULT {\"outcome\":\"failed\",\"exit_code\":41,\"step\":\"connect\",\"code\":\"AZCM0041\",\"message\":\"azcmagent connect exited with 41\"}";
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_install_is_recorded_held_until_due_in_plan_and_pass_then_retried() {
+        let aws = ready_account(&["i-1".to_string(), "i-2".to_string()]);
+        let arm = linked_arm(&aws);
+        aws.script_outcome("i-1", "Failed", "Failed", 41, FAILED_41);
+        let cfg = one_region_config();
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
+        let durable = Durable {
+            db: &db,
+            retry_base: Duration::from_secs(900),
+            retry_max: Duration::from_secs(3600),
+        };
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        let token = MutationToken::mint();
+
+        // Pass 1 at t0: i-1 fails; the record says so, with the typed failure and the next attempt.
+        let first = durable_pass_at(&aws, &arm, &cfg, &durable, Some(&token), t0).await;
+        assert_eq!(row(&first, "i-1").status, Status::Failed);
+        let rec = record(&db, "i-1").await.unwrap();
+        assert_eq!(rec.attempts, 1);
+        assert_eq!(rec.next_attempt_at, Some(unix(t0) + 900));
+        let kept: Failure = serde_json::from_str(rec.last_error.as_deref().unwrap()).unwrap();
+        assert_eq!(
+            (kept.step, kept.code.as_str()),
+            (FailureStep::Connect, "AZCM0041")
+        );
+        assert_eq!(aws.commands().len(), 1);
+
+        // plan with the memory, 5 minutes later: held, no install, its next attempt; nothing sent.
+        let t1 = t0 + Duration::from_secs(300);
+        let plan = durable_pass_at(&aws, &arm, &cfg, &durable, None, t1).await;
+        let held = row(&plan, "i-1");
+        assert_eq!(held.status, Status::Failed);
+        assert!(held.actions.is_empty(), "{:?}", held.actions);
+        assert_eq!(
+            held.next_attempt_at.as_deref(),
+            Some(crate::report::timestamp(t0 + Duration::from_secs(900)).as_str())
+        );
+        assert_eq!(held.failure.as_ref().unwrap().code, "AZCM0041");
+        assert!(held.detail.contains("failed 1 time(s)"), "{}", held.detail);
+        assert_eq!(row(&plan, "i-2").status, Status::AlreadyOnboarded);
+        // The daemon's pass at the same time does what plan said: nothing is sent.
+        let pass = durable_pass_at(&aws, &arm, &cfg, &durable, Some(&token), t1).await;
+        assert_eq!(row(&pass, "i-1").status, Status::Failed);
+        assert_eq!(aws.commands().len(), 1, "held: not sent again");
+        assert_eq!(record(&db, "i-1").await.unwrap().attempts, 1);
+
+        // Once due, it is tried again; it fails again and the delay doubles.
+        let t2 = t0 + Duration::from_secs(901);
+        let plan = durable_pass_at(&aws, &arm, &cfg, &durable, None, t2).await;
+        assert_eq!(row(&plan, "i-1").status, Status::Planned);
+        let again = durable_pass_at(&aws, &arm, &cfg, &durable, Some(&token), t2).await;
+        assert_eq!(row(&again, "i-1").status, Status::Failed);
+        assert_eq!(aws.commands().len(), 2);
+        let rec = record(&db, "i-1").await.unwrap();
+        assert_eq!(
+            (rec.attempts, rec.next_attempt_at),
+            (2, Some(unix(t2) + 1800))
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_journaled_command_is_shown_in_progress_by_plan_and_tracked_not_resent_by_the_pass() {
+        use crate::ports::{CommandRequest, Ssm, LINUX_DOCUMENT};
+        let aws = ready_account(&["i-1".to_string()]);
+        let arm = linked_arm(&aws);
+        let cfg = one_region_config();
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
+        let durable = Durable {
+            db: &db,
+            retry_base: Duration::from_secs(900),
+            retry_max: Duration::from_secs(3600),
+        };
+        let token = MutationToken::mint();
+        // A daemon sent the install, journaled it, and was killed before it saw the end.
+        aws.script_outcome("i-1", "InProgress", "InProgress", -1, "");
+        let sent = CommandRequest {
+            document: LINUX_DOCUMENT,
+            instance_ids: vec!["i-1".into()],
+            script: "true".into(),
+            execution_timeout: Duration::from_secs(60),
+            delivery_timeout: Duration::from_secs(60),
+            comment: "arc-onboard run killed".into(),
+        };
+        let command = aws.send_command(&token, "us-east-1", &sent).await.unwrap();
+        let now = SystemTime::now();
+        db.put(vec![InstanceRecord {
+            account_id: "123456789012".into(),
+            region: "us-east-1".into(),
+            instance_id: "i-1".into(),
+            status: "in-progress".into(),
+            detail: String::new(),
+            command_id: Some(command.clone()),
+            command_sent_at: Some(unix(now)),
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: None,
+            last_seen_at: unix(now),
+        }])
+        .await
+        .unwrap();
+
+        let plan = durable_pass_at(&aws, &arm, &cfg, &durable, None, now).await;
+        let r = row(&plan, "i-1");
+        assert_eq!(r.status, Status::InProgress);
+        assert_eq!(r.command_id.as_deref(), Some(command.as_str()));
+        assert!(r.actions.is_empty(), "{:?}", r.actions);
+
+        // The pass at the same moment tracks that command instead of sending another; its script ends.
+        aws.script_outcome("i-1", "Failed", "Failed", 41, FAILED_41);
+        let pass = durable_pass_at(&aws, &arm, &cfg, &durable, Some(&token), now).await;
+        let r = row(&pass, "i-1");
+        assert_eq!(r.status, Status::Failed, "{}", pass.to_json());
+        assert_eq!(r.failure.as_ref().unwrap().code, "AZCM0041");
+        assert_eq!(aws.commands().len(), 1, "tracked, never sent again");
+        let rec = record(&db, "i-1").await.unwrap();
+        assert_eq!((rec.attempts, rec.command_id), (1, None));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sent_command_is_journaled_before_it_is_waited_for() {
+        let aws = ready_account(&["i-1".to_string()]);
+        let arm = linked_arm(&aws);
+        // The command runs for ever (the fake answers InProgress): the journal must already hold it.
+        aws.script_outcome("i-1", "InProgress", "InProgress", -1, "");
+        let cfg = one_region_config();
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
+        let durable = Durable {
+            db: &db,
+            retry_base: Duration::from_secs(900),
+            retry_max: Duration::from_secs(3600),
+        };
+        let token = MutationToken::mint();
+        let pass = durable_pass_at(&aws, &arm, &cfg, &durable, Some(&token), SystemTime::now());
+        let watch = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if let Some(rec) = record(&db, "i-1").await {
+                    if rec.command_id.is_some() {
+                        return rec;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            rec = watch => {
+                assert_eq!(rec.status, "in-progress");
+                assert_eq!(rec.command_id.as_deref(), Some(aws.commands()[0].command_id.as_str()));
+            }
+            _ = pass => panic!("the pass ended before the journal was checked"),
+        }
     }
 
     #[tokio::test]

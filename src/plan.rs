@@ -1,7 +1,16 @@
-//! The planner: a pure function from an account's observed state and the configuration to what `run` would
-//! do to each machine, and why. `plan` renders this plan; `run` executes the same plan.
+//! The planner: a pure function from an account's observed state, the configuration and the daemon's memory
+//! (the state file's records) to what a pass would do to each machine, and why. `plan` renders this plan;
+//! `run` and the daemon execute the same plan.
+//!
+//! # The memory
+//! With a state file, an instance whose earlier install failed is held until its next attempt is due
+//! (`failed`, no install, `next_attempt_at`), and one whose install command this daemon sent and has not
+//! seen end is `in-progress` with that command, which the pass tracks instead of sending another: so
+//! `arc-onboard plan --state-file` shows what the daemon's next onboarding pass will do.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -254,6 +263,9 @@ pub struct InstancePlan {
     /// Whether the instance's actions depend on the account-level `create-ssm-role`.
     #[serde(skip)]
     pub needs_ssm_role: bool,
+    /// `in-progress` with a command this daemon sent (from its memory): the pass tracks it to its end.
+    #[serde(skip)]
+    pub resume: bool,
 }
 
 impl InstancePlan {
@@ -346,14 +358,57 @@ enum Readiness {
     Failed(String),
 }
 
+/// What the daemon's state file remembers of one instance: an input of the planner.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Remembered {
+    /// Failed install attempts in a row.
+    pub attempts: u32,
+    /// The last failure.
+    pub last_failure: Option<Failure>,
+    /// The install is not tried again before then.
+    pub next_attempt_at: Option<SystemTime>,
+    /// An install command this daemon sent and has not seen end.
+    pub command_id: Option<String>,
+}
+
+/// The daemon's memory of an account's instances, by (region, instance id), and the time the pass plans
+/// for. Empty for `run` and for `plan` without `--state-file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Memory {
+    /// What is remembered, by (region, instance id).
+    pub instances: HashMap<(String, String), Remembered>,
+    /// Now, as the pass sees it (backoff holds end at `next_attempt_at`).
+    pub now: SystemTime,
+}
+
+impl Memory {
+    /// No memory (a one-shot run).
+    pub fn none() -> Memory {
+        Memory {
+            instances: HashMap::new(),
+            now: UNIX_EPOCH,
+        }
+    }
+
+    fn get(&self, region: &str, instance_id: &str) -> Option<&Remembered> {
+        self.instances
+            .get(&(region.to_string(), instance_id.to_string()))
+    }
+}
+
 struct Planner<'a> {
     obs: &'a AccountObservation,
     config: &'a Config,
+    memory: &'a Memory,
 }
 
-/// Plans one account. Pure: no I/O, no clock.
-pub fn plan_account(obs: &AccountObservation, config: &Config) -> AccountPlan {
-    let planner = Planner { obs, config };
+/// Plans one account. Pure: no I/O, no clock (`memory.now` is the time it plans for).
+pub fn plan_account(obs: &AccountObservation, config: &Config, memory: &Memory) -> AccountPlan {
+    let planner = Planner {
+        obs,
+        config,
+        memory,
+    };
     let mut account_steps = SsmRoleSteps::default();
     let mut instances = Vec::new();
     let mut region_errors = Vec::new();
@@ -362,7 +417,8 @@ pub fn plan_account(obs: &AccountObservation, config: &Config) -> AccountPlan {
             region_errors.push(RegionError::new(&obs.account_id, &region.region, e));
         }
         for inst in &region.instances {
-            let (plan, steps) = planner.instance(region, inst);
+            let (mut plan, steps) = planner.instance(region, inst);
+            planner.remember(&mut plan);
             if let Some(steps) = steps {
                 account_steps.merge(&steps);
             }
@@ -577,6 +633,42 @@ impl Planner<'_> {
         }
     }
 
+    /// Applies the daemon's memory to a planned instance: a command it sent and has not seen end is tracked
+    /// (`in-progress`, no new install); a failed install is held until its next attempt is due.
+    fn remember(&self, plan: &mut InstancePlan) {
+        let Some(memory) = self.memory.get(&plan.region, &plan.instance_id) else {
+            return;
+        };
+        let trackable = plan.state == InstanceState::Running
+            && matches!(plan.status, Status::Planned | Status::InProgress);
+        if let (true, Some(command)) = (trackable, &memory.command_id) {
+            plan.actions.retain(|a| *a != InstanceAction::InstallAgent);
+            plan.status = Status::InProgress;
+            plan.resume = true;
+            plan.detail = format!(
+                "install command {command}, sent by an earlier pass, is tracked to its end; not sent again"
+            );
+            plan.command_id = Some(command.clone());
+            return;
+        }
+        let held = memory.next_attempt_at.filter(|due| {
+            *due > self.memory.now && plan.actions.contains(&InstanceAction::InstallAgent)
+        });
+        if let Some(due) = held {
+            let next = crate::report::timestamp(due);
+            let mut failure = memory.last_failure.clone().unwrap_or_else(|| {
+                Failure::new(FailureStep::Install, "earlier-failure", "unknown")
+            });
+            failure.reason = format!(
+                "{} (failed {} time(s); next attempt not before {next})",
+                failure.reason, memory.attempts
+            );
+            plan.actions.retain(|a| *a != InstanceAction::InstallAgent);
+            plan.fail(failure);
+            plan.next_attempt_at = Some(next);
+        }
+    }
+
     /// Plans one instance; also returns the account steps it depends on.
     fn instance(
         &self,
@@ -600,6 +692,7 @@ impl Planner<'_> {
             next_attempt_at: None,
             failure: None,
             arc_resource_id: None,
+            resume: false,
         };
         if plan.platform == Platform::Unknown {
             plan.status = Status::Unsupported;
@@ -825,7 +918,21 @@ mod tests {
         }
 
         fn plan(&self, cfg: &Config) -> AccountPlan {
-            plan_account(&self.obs, cfg)
+            plan_account(&self.obs, cfg, &Memory::none())
+        }
+
+        fn plan_remembering(
+            &self,
+            cfg: &Config,
+            id: &str,
+            remembered: Remembered,
+            now: SystemTime,
+        ) -> AccountPlan {
+            let memory = Memory {
+                instances: HashMap::from([(("us-east-1".to_string(), id.to_string()), remembered)]),
+                now,
+            };
+            plan_account(&self.obs, cfg, &memory)
         }
     }
 
@@ -1080,5 +1187,94 @@ mod tests {
             world.plan(&config("")).instances[0].status,
             Status::NeedsManualIam
         );
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + std::time::Duration::from_secs(secs)
+    }
+
+    fn failed_before(next: u64, command: Option<&str>) -> Remembered {
+        Remembered {
+            attempts: 2,
+            last_failure: Some(Failure {
+                step: FailureStep::Download,
+                code: "checksum-mismatch".into(),
+                exit_code: Some(4),
+                reason: "the installer's SHA-256 is x".into(),
+            }),
+            next_attempt_at: Some(at(next)),
+            command_id: command.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn an_instance_in_backoff_is_held_failed_with_no_install_until_its_next_attempt() {
+        let world = World::new().instance(
+            "i-held",
+            Some("AppProfile"),
+            InstanceState::Running,
+            Some(PingStatus::Online),
+        );
+        let cfg = config("");
+        let held = world.plan_remembering(&cfg, "i-held", failed_before(2_000, None), at(1_000));
+        let row = &held.instances[0];
+        assert_eq!(row.status, Status::Failed);
+        assert!(row.actions.is_empty(), "{:?}", row.actions);
+        assert_eq!(row.next_attempt_at.as_deref(), Some("1970-01-01T00:33:20Z"));
+        let failure = row.failure.as_ref().unwrap();
+        assert_eq!(
+            (failure.step, failure.code.as_str(), failure.exit_code),
+            (FailureStep::Download, "checksum-mismatch", Some(4))
+        );
+        assert!(
+            failure.reason.contains("failed 2 time(s)")
+                && failure.reason.contains("1970-01-01T00:33:20Z"),
+            "{}",
+            failure.reason
+        );
+        // Due (or past due): planned like any other instance.
+        for now in [2_000, 5_000] {
+            let due = world.plan_remembering(&cfg, "i-held", failed_before(2_000, None), at(now));
+            assert_eq!(due.instances[0].status, Status::Planned);
+            assert_eq!(due.instances[0].actions, vec![InstanceAction::InstallAgent]);
+            assert_eq!(due.instances[0].failure, None);
+        }
+    }
+
+    #[test]
+    fn a_command_the_daemon_sent_is_tracked_not_planned_again() {
+        let world = World::new()
+            .instance(
+                "i-sent",
+                Some("AppProfile"),
+                InstanceState::Running,
+                Some(PingStatus::Online),
+            )
+            .instance(
+                "i-stopped",
+                Some("AppProfile"),
+                InstanceState::Stopped,
+                None,
+            );
+        let cfg = config("");
+        let plan =
+            world.plan_remembering(&cfg, "i-sent", failed_before(0, Some("cmd-7")), at(1_000));
+        let row = &plan.instances[0];
+        assert_eq!(row.status, Status::InProgress);
+        assert!(row.resume);
+        assert_eq!(row.command_id.as_deref(), Some("cmd-7"));
+        assert!(row.actions.is_empty(), "{:?}", row.actions);
+        assert!(row.detail.contains("cmd-7"), "{}", row.detail);
+        // A stopped instance is not tracked: its command cannot be running.
+        let stopped = world.plan_remembering(
+            &cfg,
+            "i-stopped",
+            failed_before(0, Some("cmd-8")),
+            at(1_000),
+        );
+        assert_eq!(stopped.instances[1].status, Status::NotRunning);
+        assert!(!stopped.instances[1].resume);
+        // Without memory, the same world is simply planned.
+        assert_eq!(world.plan(&cfg).instances[0].status, Status::Planned);
     }
 }

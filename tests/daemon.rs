@@ -177,6 +177,40 @@ fn failed_installs_are_retried_with_backoff_not_at_every_tick() {
             .contains("next attempt not before"),
         "{row}"
     );
+    let next_attempt_at = row["next_attempt_at"].clone();
+
+    // `plan --state-file` shows what the daemon's next pass will do, and changes nothing.
+    let state = d.dir.path().join("state.db");
+    w.aws.reset_calls();
+    let out = w.run(
+        &[
+            "plan",
+            "--output",
+            "json",
+            "--state-file",
+            state.to_str().unwrap(),
+        ],
+        &w.config(&config("1 day", "1s")),
+    );
+    assert_eq!(out.code, 1, "a held instance is failed: {}", out.stderr);
+    let plan = out.json();
+    let held = common::row(&plan, &bad);
+    assert_eq!(held["status"], "failed", "{held}");
+    assert_eq!(held["actions"], json!([]));
+    assert_eq!(held["failure"]["exit_code"], 41, "{held}");
+    assert_eq!(held["next_attempt_at"], next_attempt_at);
+    assert!(w.aws.mutating_calls().is_empty());
+    // Without the state file, plan knows nothing of the backoff.
+    let plain = w
+        .run(
+            &["plan", "--output", "json"],
+            &w.config(&config("1 day", "1s")),
+        )
+        .json();
+    assert_eq!(
+        common::row(&plain, &bad)["actions"],
+        json!(["install-agent"])
+    );
 }
 
 #[test]

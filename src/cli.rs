@@ -208,12 +208,14 @@ fn init_logging(cli: &Cli) {
     };
     let filter = EnvFilter::try_from_env("ARC_ONBOARD_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,arc_onboard={default}")));
+    crate::progress::set_mode(crate::progress::choose(
+        std::io::stderr().is_terminal(),
+        cli.log_format == LogFormat::Text,
+        filter.max_level_hint(),
+    ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_format == LogFormat::Json || cli.quiet > 0 {
-        crate::progress::disable_live();
-    }
+        .with_writer(crate::progress::log_writer);
     match cli.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),

@@ -1,70 +1,124 @@
-//! Prometheus metrics of the daemon's passes, and a minimal HTTP endpoint serving them and a health check.
+//! Prometheus metrics of the daemon's passes, and the HTTP endpoint serving them and a health check.
 //!
-//! No HTTP framework: [`serve`] answers exactly one request per connection (HTTP/1.0 and 1.1) and closes
-//! it, which is all a Prometheus scraper or a liveness probe needs. The text is the Prometheus exposition
-//! format 0.0.4, rendered in a deterministic order.
+//! The metrics live in a `prometheus-client` registry and are encoded in the Prometheus text format 0.0.4.
+//! The endpoint is an axum router served by hyper's HTTP/1 connections, with bounds a public port needs:
+//! at most [`Limits::max_connections`] connections open at once (further clients wait in the listen
+//! backlog), a deadline for every request head, a cap on request head size and on a connection's age.
 
-use std::collections::BTreeMap;
-use std::fmt::{Display, Write as _};
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinSet;
+use tokio::sync::{watch, Semaphore};
 use tracing::{debug, warn};
 
 /// The `Content-Type` of the Prometheus text exposition format 0.0.4.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
-/// The pass kinds the daemon runs: their pass counters are exported (at 0) before their first pass, so
-/// `rate()` and `increase()` see the series from the start.
+/// The pass kinds the daemon runs: their pass counters and duration histograms are exported (at 0) before
+/// their first pass, so `rate()` and `increase()` see the series from the start.
 const KNOWN_KINDS: [&str; 2] = ["iam", "onboarding"];
-/// The largest request head (request line and headers) accepted.
-const MAX_REQUEST_HEAD: usize = 8 * 1024;
-/// How long a client may take to send its request head.
-const READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client may take to read the response.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-/// After the response, how long the client may take to close its side (so that unread request bytes do
-/// not turn our close into a reset that could destroy the response).
-const LINGER: Duration = Duration::from_secs(2);
-/// After `shutdown` resolves, how long responses being written may take to finish.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Upper bounds (seconds) of the pass duration histogram's buckets: a pass over a small fleet takes
+/// seconds; one that waits for SSM registration or install commands takes minutes, up to the command
+/// timeout (30 minutes by default) and beyond.
+const PASS_DURATION_BUCKETS: [f64; 12] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0,
+];
+
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Counters and gauges of the daemon's passes; shared (`Arc<Metrics>`) between the passes that record
-/// and the endpoint that renders.
+/// Labels of the per-kind series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: String,
+}
+
+/// Labels of `arc_onboard_passes_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PassLabels {
+    kind: String,
+    result: String,
+}
+
+/// Labels of `arc_onboard_instances`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabels {
+    kind: String,
+    status: String,
+}
+
+/// Labels of `arc_onboard_api_calls_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+}
+
+/// Labels of `arc_onboard_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabels {
+    code: String,
+}
+
+/// A histogram with [`PASS_DURATION_BUCKETS`].
+fn pass_duration_histogram() -> Histogram {
+    Histogram::new(PASS_DURATION_BUCKETS)
+}
+
+/// Counters, gauges and the pass duration histogram of the daemon's passes; shared (`Arc<Metrics>`)
+/// between the passes that record and the endpoint that renders.
 pub struct Metrics {
+    /// Consecutive failures of one kind that make the process unhealthy (at least 1).
     unhealthy_after: u32,
-    state: Mutex<State>,
+    /// Every family below, in the order they are rendered.
+    registry: Registry,
+    /// `arc_onboard_healthy`: the /healthz answer as a gauge.
+    healthy: Gauge,
+    /// `arc_onboard_passes_total{kind,result}`.
+    passes: Family<PassLabels, Counter>,
+    /// `arc_onboard_consecutive_failed_passes{kind}`.
+    consecutive_failures: Family<KindLabels, Gauge>,
+    /// `arc_onboard_pass_duration_seconds{kind}` (histogram).
+    pass_duration: Family<KindLabels, Histogram, fn() -> Histogram>,
+    /// `arc_onboard_last_pass_timestamp_seconds{kind}`.
+    last_pass: Family<KindLabels, Gauge<f64, AtomicU64>>,
+    /// `arc_onboard_instances{kind,status}`.
+    instances: Family<InstanceLabels, Gauge>,
+    /// `arc_onboard_api_calls_total{operation}`.
+    api_calls: Family<OperationLabels, Counter>,
+    /// `arc_onboard_errors_total{code}`.
+    errors: Family<CodeLabels, Counter>,
+    /// What the families cannot answer (health streaks, statuses seen); its lock also makes a recorded
+    /// pass appear in a scrape all at once.
+    kinds: Mutex<BTreeMap<String, KindState>>,
 }
 
-/// Everything recorded so far.
-#[derive(Default)]
-struct State {
-    kinds: BTreeMap<String, KindState>,
-    api_calls: BTreeMap<String, u64>,
-    errors: BTreeMap<String, u64>,
-}
-
-/// What was recorded for one pass kind.
+/// What is tracked per pass kind beside the exported series.
 #[derive(Default)]
 struct KindState {
-    passes_ok: u64,
-    passes_failed: u64,
+    /// Failed passes since the last successful one.
     consecutive_failures: u32,
-    last: Option<LastPass>,
-    instances: BTreeMap<String, u64>,
-}
-
-/// The last finished pass of one kind.
-#[derive(Clone, Copy)]
-struct LastPass {
-    duration_seconds: f64,
-    finished_at_seconds: f64,
+    /// Every status this kind's instance gauge has held, so a status that vanished is set to 0.
+    statuses: BTreeSet<String>,
 }
 
 impl Metrics {
@@ -73,24 +127,107 @@ impl Metrics {
     /// Kinds count separately, so a daily IAM pass that keeps failing is not hidden by hourly onboarding
     /// passes that succeed.
     pub fn new(unhealthy_after: u32) -> Metrics {
-        let kinds = KNOWN_KINDS
-            .iter()
-            .map(|kind| (kind.to_string(), KindState::default()))
-            .collect();
-        Metrics {
+        let mut registry = Registry::default();
+        let up = Gauge::<i64>::default();
+        up.set(1);
+        registry.register("arc_onboard_up", "1 while arc-onboard is running", up);
+        let healthy = Gauge::default();
+        healthy.set(1);
+        registry.register(
+            "arc_onboard_healthy",
+            "1 unless a pass kind has failed too many times in a row (the /healthz answer)",
+            healthy.clone(),
+        );
+        let passes = Family::default();
+        registry.register(
+            "arc_onboard_passes",
+            "Finished passes by kind and result (failed: stopped before handling instances)",
+            passes.clone(),
+        );
+        let consecutive_failures = Family::default();
+        registry.register(
+            "arc_onboard_consecutive_failed_passes",
+            "Failed passes of this kind since its last successful pass",
+            consecutive_failures.clone(),
+        );
+        let pass_duration: Family<KindLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(pass_duration_histogram);
+        registry.register_with_unit(
+            "arc_onboard_pass_duration",
+            "Duration of finished passes of this kind",
+            Unit::Seconds,
+            pass_duration.clone(),
+        );
+        let last_pass = Family::default();
+        registry.register(
+            "arc_onboard_last_pass_timestamp_seconds",
+            "When the last pass of this kind finished, in seconds since the Unix epoch",
+            last_pass.clone(),
+        );
+        let instances = Family::default();
+        registry.register(
+            "arc_onboard_instances",
+            "Instances by report status at the end of the last pass of this kind",
+            instances.clone(),
+        );
+        let api_calls = Family::default();
+        registry.register(
+            "arc_onboard_api_calls",
+            "AWS and Azure calls (HTTP attempts, retries included) by service:Operation",
+            api_calls.clone(),
+        );
+        let errors = Family::default();
+        registry.register(
+            "arc_onboard_errors",
+            "Errors seen in passes by code (AWS error codes, exit-N for agent installs)",
+            errors.clone(),
+        );
+        let metrics = Metrics {
             unhealthy_after: unhealthy_after.max(1),
-            state: Mutex::new(State {
-                kinds,
-                ..State::default()
-            }),
+            registry,
+            healthy,
+            passes,
+            consecutive_failures,
+            pass_duration,
+            last_pass,
+            instances,
+            api_calls,
+            errors,
+            kinds: Mutex::new(BTreeMap::new()),
+        };
+        {
+            let mut kinds = metrics.lock();
+            for kind in KNOWN_KINDS {
+                metrics.add_kind(&mut kinds, kind);
+            }
         }
+        metrics
+    }
+
+    /// Creates a kind's series at 0 (pass counters, streak, histogram) unless it has them already.
+    fn add_kind(&self, kinds: &mut BTreeMap<String, KindState>, kind: &str) {
+        if kinds.contains_key(kind) {
+            return;
+        }
+        kinds.insert(kind.to_string(), KindState::default());
+        for result in ["ok", "failed"] {
+            let _ = self.passes.get_or_create(&PassLabels {
+                kind: kind.to_string(),
+                result: result.to_string(),
+            });
+        }
+        let labels = KindLabels {
+            kind: kind.to_string(),
+        };
+        let _ = self.consecutive_failures.get_or_create(&labels);
+        let _ = self.pass_duration.get_or_create(&labels);
     }
 
     /// Records one finished pass.
     ///
     /// - `kind`: `"iam"` or `"onboarding"` (any other name gets its own series).
     /// - `ok`: whether the pass completed (`false`: it failed before handling instances).
-    /// - `duration`: how long the pass took.
+    /// - `duration`: how long the pass took; observed into the kind's duration histogram.
     /// - `statuses`: instances by report status at the end of the pass; replaces the kind's instance
     ///   gauge. A status reported by an earlier pass and absent now is exported as 0 rather than dropped.
     /// - `api_calls`: calls made during this pass by `"service:Operation"`; added to the counters.
@@ -128,36 +265,59 @@ impl Metrics {
         api_calls: &BTreeMap<String, u64>,
         errors: &BTreeMap<String, u64>,
     ) {
-        let mut state = self.lock();
-        let entry = state.kinds.entry(kind.to_string()).or_default();
-        if ok {
-            entry.passes_ok += 1;
-            entry.consecutive_failures = 0;
+        let mut kinds = self.lock();
+        self.add_kind(&mut kinds, kind);
+        let state = kinds.get_mut(kind).expect("added above");
+        state.consecutive_failures = if ok {
+            0
         } else {
-            entry.passes_failed += 1;
-            entry.consecutive_failures = entry.consecutive_failures.saturating_add(1);
-        }
-        entry.last = Some(LastPass {
-            duration_seconds: duration.as_secs_f64(),
-            finished_at_seconds: finished_at
+            state.consecutive_failures.saturating_add(1)
+        };
+        let labels = KindLabels {
+            kind: kind.to_string(),
+        };
+        self.passes
+            .get_or_create(&PassLabels {
+                kind: kind.to_string(),
+                result: if ok { "ok" } else { "failed" }.to_string(),
+            })
+            .inc();
+        self.consecutive_failures
+            .get_or_create(&labels)
+            .set(i64::from(state.consecutive_failures));
+        self.pass_duration
+            .get_or_create(&labels)
+            .observe(duration.as_secs_f64());
+        self.last_pass.get_or_create(&labels).set(
+            finished_at
                 .duration_since(UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs_f64(),
-        });
-        for count in entry.instances.values_mut() {
-            *count = 0;
-        }
-        for (status, count) in statuses {
-            entry.instances.insert(status.clone(), *count);
+        );
+        state.statuses.extend(statuses.keys().cloned());
+        for status in &state.statuses {
+            let count = statuses.get(status).copied().unwrap_or(0);
+            self.instances
+                .get_or_create(&InstanceLabels {
+                    kind: kind.to_string(),
+                    status: status.clone(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
         for (operation, count) in api_calls {
-            let total = state.api_calls.entry(operation.clone()).or_default();
-            *total = total.saturating_add(*count);
+            self.api_calls
+                .get_or_create(&OperationLabels {
+                    operation: operation.clone(),
+                })
+                .inc_by(*count);
         }
         for (code, count) in errors {
-            let total = state.errors.entry(code.clone()).or_default();
-            *total = total.saturating_add(*count);
+            self.errors
+                .get_or_create(&CodeLabels { code: code.clone() })
+                .inc_by(*count);
         }
+        self.healthy
+            .set(i64::from(self.failing_kind_in(&kinds).is_none()));
     }
 
     /// `false` once some pass kind has failed `unhealthy_after` times in a row, until it succeeds again.
@@ -170,447 +330,202 @@ impl Metrics {
         self.failing_kind_in(&self.lock())
     }
 
-    /// [`Metrics::failing_kind`] over a locked state.
-    fn failing_kind_in(&self, state: &State) -> Option<(String, u32)> {
-        state
-            .kinds
+    /// [`Metrics::failing_kind`] over the locked kinds.
+    fn failing_kind_in(&self, kinds: &BTreeMap<String, KindState>) -> Option<(String, u32)> {
+        kinds
             .iter()
             .filter(|(_, k)| k.consecutive_failures >= self.unhealthy_after)
             .max_by_key(|(_, k)| k.consecutive_failures)
             .map(|(kind, k)| (kind.clone(), k.consecutive_failures))
     }
 
-    /// The metrics in the Prometheus text exposition format 0.0.4.
+    /// The metrics in the Prometheus text exposition format 0.0.4. Families come in a fixed order; the
+    /// series within a family in no particular order.
     pub fn render(&self) -> String {
-        let state = self.lock();
-        let healthy = self.failing_kind_in(&state).is_none();
+        let _consistent = self.lock();
         let mut out = String::new();
-
-        family(
-            &mut out,
-            "arc_onboard_up",
-            "gauge",
-            "1 while arc-onboard is running.",
-        );
-        sample(&mut out, "arc_onboard_up", &[], 1);
-
-        family(
-            &mut out,
-            "arc_onboard_healthy",
-            "gauge",
-            "1 unless a pass kind has failed too many times in a row (the /healthz answer).",
-        );
-        sample(&mut out, "arc_onboard_healthy", &[], u8::from(healthy));
-
-        family(
-            &mut out,
-            "arc_onboard_passes_total",
-            "counter",
-            "Finished passes by kind and result (failed: stopped before handling instances).",
-        );
-        for (kind, k) in &state.kinds {
-            for (result, count) in [("ok", k.passes_ok), ("failed", k.passes_failed)] {
-                sample(
-                    &mut out,
-                    "arc_onboard_passes_total",
-                    &[("kind", kind), ("result", result)],
-                    count,
-                );
-            }
-        }
-
-        family(
-            &mut out,
-            "arc_onboard_consecutive_failed_passes",
-            "gauge",
-            "Failed passes of this kind since its last successful pass.",
-        );
-        for (kind, k) in &state.kinds {
-            sample(
-                &mut out,
-                "arc_onboard_consecutive_failed_passes",
-                &[("kind", kind)],
-                k.consecutive_failures,
-            );
-        }
-
-        family(
-            &mut out,
-            "arc_onboard_pass_duration_seconds",
-            "gauge",
-            "Duration of the last finished pass of this kind.",
-        );
-        for (kind, last) in last_passes(&state) {
-            sample(
-                &mut out,
-                "arc_onboard_pass_duration_seconds",
-                &[("kind", kind)],
-                last.duration_seconds,
-            );
-        }
-
-        family(
-            &mut out,
-            "arc_onboard_last_pass_timestamp_seconds",
-            "gauge",
-            "When the last pass of this kind finished, in seconds since the Unix epoch.",
-        );
-        for (kind, last) in last_passes(&state) {
-            sample(
-                &mut out,
-                "arc_onboard_last_pass_timestamp_seconds",
-                &[("kind", kind)],
-                last.finished_at_seconds,
-            );
-        }
-
-        family(
-            &mut out,
-            "arc_onboard_instances",
-            "gauge",
-            "Instances by report status at the end of the last pass of this kind.",
-        );
-        for (kind, k) in &state.kinds {
-            for (status, count) in &k.instances {
-                sample(
-                    &mut out,
-                    "arc_onboard_instances",
-                    &[("kind", kind), ("status", status)],
-                    count,
-                );
-            }
-        }
-
-        family(
-            &mut out,
-            "arc_onboard_api_calls_total",
-            "counter",
-            "AWS and Azure calls (HTTP attempts, retries included) by service:Operation.",
-        );
-        for (operation, count) in &state.api_calls {
-            sample(
-                &mut out,
-                "arc_onboard_api_calls_total",
-                &[("operation", operation)],
-                count,
-            );
-        }
-
-        family(
-            &mut out,
-            "arc_onboard_errors_total",
-            "counter",
-            "Errors seen in passes by code (AWS error codes, exit-N for agent installs).",
-        );
-        for (code, count) in &state.errors {
-            sample(
-                &mut out,
-                "arc_onboard_errors_total",
-                &[("code", code)],
-                count,
-            );
-        }
-
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
         out
     }
 
-    /// The state; a panic elsewhere while holding the lock leaves counters that are still worth serving.
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The per-kind state; a panic elsewhere while holding the lock leaves counters still worth serving.
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, KindState>> {
+        self.kinds.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// The kinds that finished at least one pass, with their last pass.
-fn last_passes(state: &State) -> impl Iterator<Item = (&String, LastPass)> {
-    state
-        .kinds
-        .iter()
-        .filter_map(|(kind, k)| k.last.map(|last| (kind, last)))
+/// Bounds of the HTTP endpoint: what one client, or many, can hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Connections served at once. Further clients are not accepted until one closes: they wait in the
+    /// listen backlog, costing the process nothing.
+    pub max_connections: usize,
+    /// How long a client may take to send a request head, counted from when the server starts reading
+    /// it; on a kept-alive connection this is also how long it may stay idle between requests.
+    pub header_read_timeout: Duration,
+    /// The largest request head (request line and headers); a larger one is answered 431.
+    pub max_header_bytes: usize,
+    /// The longest any connection stays open, whatever it does (e.g. sending requests without reading the
+    /// answers, which stalls the server's writes rather than its reads).
+    pub max_connection_age: Duration,
+    /// After shutdown, how long answers being written may take before their connections are dropped.
+    pub shutdown_grace: Duration,
 }
 
-/// Writes a family's `# HELP` and `# TYPE` lines.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// Writes one sample line, label values escaped.
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl Display) {
-    out.push_str(name);
-    if !labels.is_empty() {
-        out.push('{');
-        for (i, (label, value)) in labels.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(label);
-            out.push_str("=\"");
-            escape_label_value(out, value);
-            out.push('"');
-        }
-        out.push('}');
-    }
-    let _ = writeln!(out, " {value}");
-}
-
-/// Escapes a label value as the exposition format requires: backslash, double quote and line feed.
-fn escape_label_value(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+impl Default for Limits {
+    /// 64 connections (a scraper or two and a liveness probe need a handful; the daemon's file
+    /// descriptors are better spent on AWS), 10 s for a request head, 8 KiB heads, one minute per
+    /// connection, one second of grace.
+    fn default() -> Limits {
+        Limits {
+            max_connections: 64,
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 8 * 1024,
+            max_connection_age: Duration::from_secs(60),
+            shutdown_grace: Duration::from_secs(1),
         }
     }
 }
 
-/// Serves `GET /metrics` ([`CONTENT_TYPE`]) and `GET /healthz` (200 `ok`, or 503
-/// `unhealthy: N consecutive failed passes (KIND)`) on `listener` until `shutdown` resolves. `HEAD` is
-/// answered like `GET` without a body; another method on those paths gets 405, any other path 404, a
-/// malformed request 400.
-///
-/// Each connection is handled in its own task, with HTTP/1.0 or 1.1, and closed after one response. When
-/// `shutdown` resolves the listener is closed at once; responses being written get a short grace period.
+/// The routes: `GET`/`HEAD /metrics` ([`CONTENT_TYPE`]) and `/healthz` (200 `ok`, or 503
+/// `unhealthy: N consecutive failed passes (KIND)`). Another method gets 405, another path 404.
+fn router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .route("/healthz", get(health))
+        .with_state(metrics)
+}
+
+/// `GET /metrics`.
+async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, CONTENT_TYPE),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        metrics.render(),
+    )
+        .into_response()
+}
+
+/// `GET /healthz`.
+async fn health(State(metrics): State<Arc<Metrics>>) -> Response {
+    let (status, body) = match metrics.failing_kind() {
+        None => (StatusCode::OK, "ok".to_string()),
+        Some((kind, failures)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {failures} consecutive failed passes ({kind})"),
+        ),
+    };
+    (status, [(header::CACHE_CONTROL, "no-store")], body).into_response()
+}
+
+/// Serves `/metrics` and `/healthz` (see [`router`]) on `listener` with the default [`Limits`] until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    serve_with(listener, metrics, shutdown, Limits::default()).await;
+}
+
+/// [`serve`] with the given bounds.
+///
+/// HTTP/1.0 and 1.1, keep-alive included; a malformed request is answered 400 by hyper, a head over
+/// [`Limits::max_header_bytes`] 431. When `shutdown` resolves the listener is closed at once; connections
+/// finish the answer in progress (within [`Limits::shutdown_grace`]) and close; returns once every
+/// connection is closed.
+pub async fn serve_with(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    limits: Limits,
+) {
+    let service = TowerToHyperService::new(router(metrics));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_header_bytes);
+    let max = u32::try_from(limits.max_connections)
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let open = Arc::new(Semaphore::new(max as usize));
+    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::pin!(shutdown);
-    let mut connections = JoinSet::new();
     loop {
-        tokio::select! {
+        // A connection is accepted only once it has a slot.
+        let (slot, accepted) = tokio::select! {
             biased;
             () = &mut shutdown => break,
-            Some(joined) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(error) = joined {
-                    warn!(%error, "metrics endpoint: a connection task failed");
-                }
+            accepted = async {
+                let slot = Arc::clone(&open).acquire_owned().await;
+                (slot, listener.accept().await)
+            } => accepted,
+        };
+        let slot = slot.expect("the semaphore is never closed");
+        match accepted {
+            Ok((stream, peer)) => {
+                let conn = http.serve_connection(TokioIo::new(stream), service.clone());
+                let stop = stop_rx.clone();
+                tokio::spawn(async move {
+                    serve_connection(conn, peer, stop, limits).await;
+                    // The slot is free again once the connection is closed.
+                    drop(slot);
+                });
             }
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let metrics = Arc::clone(&metrics);
-                    connections.spawn(async move {
-                        if let Err(error) = handle_connection(stream, &metrics).await {
-                            debug!(%peer, %error, "metrics endpoint: connection ended without a response");
-                        }
-                    });
-                }
-                Err(error) => {
-                    warn!(%error, "metrics endpoint: accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                }
-            },
+            Err(error) => {
+                warn!(%error, "metrics endpoint: accept failed");
+                drop(slot);
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
         }
     }
     drop(listener);
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    // Dropping the set aborts whatever is still running.
+    let _ = stop_tx.send(true);
+    // Every slot back: every connection closed (each is bounded by the grace from now on).
+    let _ = open.acquire_many(max).await;
 }
 
-/// Why a connection ended without a complete exchange.
-#[derive(Debug, thiserror::Error)]
-enum ConnectionError {
-    /// Reading or writing the socket failed.
-    #[error("i/o error: {0}")]
-    Io(#[from] std::io::Error),
-    /// The client closed before sending a whole request head.
-    #[error("the client closed the connection before sending a request")]
-    Closed,
-    /// The client was too slow to send its request or read the response.
-    #[error("timed out")]
-    Timeout,
-}
+/// One HTTP/1 connection of the endpoint.
+type Connection = http1::Connection<TokioIo<TcpStream>, TowerToHyperService<Router>>;
 
-/// Why a request head could not be read.
-enum HeadError {
-    /// The head exceeds [`MAX_REQUEST_HEAD`].
-    TooLarge,
-    /// The connection failed.
-    Connection(ConnectionError),
-}
-
-/// A parsed request line.
-struct Request<'a> {
-    method: &'a str,
-    path: &'a str,
-    http_10: bool,
-}
-
-/// One response.
-struct Response {
-    status: &'static str,
-    content_type: &'static str,
-    allow: bool,
-    body: String,
-}
-
-impl Response {
-    fn text(status: &'static str, body: impl Into<String>) -> Response {
-        Response {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            allow: false,
-            body: body.into(),
+/// Drives one connection until it closes, reaches its maximum age, or shutdown plus grace.
+async fn serve_connection(
+    conn: Connection,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+    limits: Limits,
+) {
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(error) = result {
+                debug!(%peer, %error, "metrics endpoint: connection ended with an error");
+            }
+            return;
         }
-    }
-}
-
-/// Reads one request, writes one response, closes.
-async fn handle_connection(
-    mut stream: TcpStream,
-    metrics: &Metrics,
-) -> Result<(), ConnectionError> {
-    let (response, http_10, head_only) =
-        match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-            Err(_) => return Err(ConnectionError::Timeout),
-            Ok(Err(HeadError::Connection(error))) => return Err(error),
-            Ok(Err(HeadError::TooLarge)) => (
-                Response::text(
-                    "431 Request Header Fields Too Large",
-                    "request head too large\n",
-                ),
-                false,
-                false,
-            ),
-            Ok(Ok(head)) => match parse_request(&head) {
-                None => (
-                    Response::text("400 Bad Request", "bad request\n"),
-                    false,
-                    false,
-                ),
-                Some(request) => (
-                    route(&request, metrics),
-                    request.http_10,
-                    request.method == "HEAD",
-                ),
-            },
-        };
-    let bytes = encode(&response, http_10, head_only);
-    tokio::time::timeout(WRITE_TIMEOUT, async {
-        stream.write_all(&bytes).await?;
-        stream.shutdown().await
-    })
-    .await
-    .map_err(|_| ConnectionError::Timeout)??;
-    // Wait (briefly) for the client to close, discarding anything else it sends.
-    let _ = tokio::time::timeout(LINGER, async {
-        let mut sink = [0u8; 1024];
-        while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
-    })
-    .await;
-    Ok(())
-}
-
-/// Reads up to the blank line that ends the request head.
-async fn read_head(stream: &mut TcpStream) -> Result<Vec<u8>, HeadError> {
-    let mut head = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(|e| HeadError::Connection(e.into()))?;
-        if n == 0 {
-            return Err(HeadError::Connection(ConnectionError::Closed));
+        () = tokio::time::sleep(limits.max_connection_age) => {
+            debug!(%peer, "metrics endpoint: connection closed at its maximum age");
+            return;
         }
-        head.extend_from_slice(&chunk[..n]);
-        if let Some(end) = head_end(&head) {
-            head.truncate(end);
-            return Ok(head);
-        }
-        if head.len() > MAX_REQUEST_HEAD {
-            return Err(HeadError::TooLarge);
-        }
+        _ = stop.wait_for(|stop| *stop) => conn.as_mut().graceful_shutdown(),
     }
-}
-
-/// Where the head ends: after `\r\n\r\n`, or `\n\n` from lenient clients.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    if tokio::time::timeout(limits.shutdown_grace, conn)
+        .await
+        .is_err()
+    {
+        debug!(%peer, "metrics endpoint: connection dropped at the end of the shutdown grace");
     }
-}
-
-/// Parses the request line; the headers are not needed.
-fn parse_request(head: &[u8]) -> Option<Request<'_>> {
-    let line_end = head.iter().position(|&b| b == b'\n')?;
-    let line = std::str::from_utf8(&head[..line_end]).ok()?;
-    let line = line.strip_suffix('\r').unwrap_or(line);
-    let mut parts = line.split(' ');
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() || method.is_empty() || !target.starts_with('/') {
-        return None;
-    }
-    let http_10 = match version {
-        "HTTP/1.0" => true,
-        "HTTP/1.1" => false,
-        _ => return None,
-    };
-    let path = target.split_once('?').map_or(target, |(path, _)| path);
-    Some(Request {
-        method,
-        path,
-        http_10,
-    })
-}
-
-/// The response to a request.
-fn route(request: &Request<'_>, metrics: &Metrics) -> Response {
-    if request.path != "/metrics" && request.path != "/healthz" {
-        return Response::text("404 Not Found", "not found\n");
-    }
-    if request.method != "GET" && request.method != "HEAD" {
-        let mut response = Response::text("405 Method Not Allowed", "method not allowed\n");
-        response.allow = true;
-        return response;
-    }
-    if request.path == "/metrics" {
-        return Response {
-            status: "200 OK",
-            content_type: CONTENT_TYPE,
-            allow: false,
-            body: metrics.render(),
-        };
-    }
-    match metrics.failing_kind() {
-        None => Response::text("200 OK", "ok"),
-        Some((kind, failures)) => Response::text(
-            "503 Service Unavailable",
-            format!("unhealthy: {failures} consecutive failed passes ({kind})"),
-        ),
-    }
-}
-
-/// The bytes of a response (`Connection: close`, the body left out for `HEAD`).
-fn encode(response: &Response, http_10: bool, head_only: bool) -> Vec<u8> {
-    let version = if http_10 { "HTTP/1.0" } else { "HTTP/1.1" };
-    let mut out = format!(
-        "{version} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n",
-        response.status,
-        response.content_type,
-        response.body.len()
-    );
-    if response.allow {
-        out.push_str("Allow: GET, HEAD\r\n");
-    }
-    out.push_str("\r\n");
-    if !head_only {
-        out.push_str(&response.body);
-    }
-    out.into_bytes()
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
     use super::*;
 
     const WAIT: Duration = Duration::from_secs(10);
@@ -622,6 +537,209 @@ mod tests {
     fn at(millis: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(millis)
     }
+
+    // ---- The exposition format ----
+
+    /// One sample of an exposition.
+    #[derive(Debug)]
+    struct Sample {
+        name: String,
+        labels: BTreeMap<String, String>,
+        value: f64,
+    }
+
+    fn bad(line: &str) -> ! {
+        panic!("not in the Prometheus text format: {line:?}")
+    }
+
+    fn is_name(s: &str) -> bool {
+        !s.is_empty()
+            && !s.starts_with(|c: char| c.is_ascii_digit())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
+    }
+
+    /// Parses a sample line: `name{label="value",...} value [timestamp]`.
+    fn parse_sample(line: &str) -> Sample {
+        let name_end = line.find(['{', ' ']).unwrap_or_else(|| bad(line));
+        let name = &line[..name_end];
+        let mut rest = &line[name_end..];
+        let mut labels = BTreeMap::new();
+        if let Some(mut inner) = rest.strip_prefix('{') {
+            loop {
+                if let Some(after) = inner.strip_prefix('}') {
+                    rest = after;
+                    break;
+                }
+                let eq = inner.find("=\"").unwrap_or_else(|| bad(line));
+                let label = &inner[..eq];
+                let mut value = String::new();
+                let mut chars = inner[eq + 2..].char_indices();
+                let end = loop {
+                    match chars.next() {
+                        Some((_, '\\')) => match chars.next() {
+                            Some((_, 'n')) => value.push('\n'),
+                            Some((_, c @ ('\\' | '"'))) => value.push(c),
+                            _ => bad(line),
+                        },
+                        Some((i, '"')) => break eq + 2 + i + 1,
+                        Some((_, c)) => value.push(c),
+                        None => bad(line),
+                    }
+                };
+                assert!(is_name(label), "label name in {line:?}");
+                assert!(
+                    labels.insert(label.to_string(), value).is_none(),
+                    "{line:?}"
+                );
+                inner = &inner[end..];
+                if let Some(after) = inner.strip_prefix(',') {
+                    inner = after;
+                } else if !inner.starts_with('}') {
+                    bad(line);
+                }
+            }
+        }
+        assert!(is_name(name), "metric name in {line:?}");
+        let mut fields = rest
+            .strip_prefix(' ')
+            .unwrap_or_else(|| bad(line))
+            .split(' ');
+        let value = match fields.next().unwrap_or_else(|| bad(line)) {
+            "+Inf" => f64::INFINITY,
+            "-Inf" => f64::NEG_INFINITY,
+            "NaN" => f64::NAN,
+            v => v.parse().unwrap_or_else(|_| bad(line)),
+        };
+        if let Some(timestamp) = fields.next() {
+            timestamp.parse::<i64>().unwrap_or_else(|_| bad(line));
+        }
+        assert!(fields.next().is_none(), "{line:?}");
+        Sample {
+            name: name.to_string(),
+            labels,
+            value,
+        }
+    }
+
+    /// Parses `text` as the Prometheus text format 0.0.4, panicking at anything that does not follow it:
+    /// `# HELP`/`# TYPE` lines and samples whose family was typed before them (histograms: `_bucket`
+    /// with `le`, `_sum`, `_count`). Histograms are checked too: buckets cumulative, `+Inf` = `_count`.
+    fn parse_exposition(text: &str) -> Vec<Sample> {
+        assert!(text.ends_with('\n'), "the text ends with a line feed");
+        let mut types: BTreeMap<String, String> = BTreeMap::new();
+        let mut samples = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# ") {
+                let mut parts = rest.splitn(3, ' ');
+                let (keyword, name) = (parts.next().unwrap(), parts.next().unwrap_or(""));
+                if keyword == "HELP" || keyword == "TYPE" {
+                    assert!(is_name(name), "metric name in {line:?}");
+                }
+                if keyword == "TYPE" {
+                    let kind = parts.next().unwrap_or_else(|| bad(line));
+                    assert!(
+                        ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind),
+                        "{line:?}"
+                    );
+                    let before = types.insert(name.to_string(), kind.to_string());
+                    assert!(before.is_none(), "one TYPE per family: {line:?}");
+                }
+                continue;
+            }
+            let sample = parse_sample(line);
+            let typed = types.iter().any(|(family, kind)| {
+                sample.name == *family
+                    || (kind == "histogram"
+                        && ["_bucket", "_sum", "_count"]
+                            .iter()
+                            .any(|suffix| sample.name == format!("{family}{suffix}")))
+            });
+            assert!(typed, "a sample of an undeclared family: {line:?}");
+            if sample.name.ends_with("_bucket") {
+                assert!(sample.labels.contains_key("le"), "{line:?}");
+            }
+            samples.push(sample);
+        }
+        for family in types
+            .iter()
+            .filter(|(_, k)| *k == "histogram")
+            .map(|(f, _)| f)
+        {
+            for count in samples
+                .iter()
+                .filter(|s| s.name == format!("{family}_count"))
+            {
+                let mut buckets: Vec<(f64, f64)> = samples
+                    .iter()
+                    .filter(|s| s.name == format!("{family}_bucket"))
+                    .filter(|s| {
+                        s.labels
+                            .iter()
+                            .all(|(k, v)| k == "le" || count.labels.get(k) == Some(v))
+                    })
+                    .map(|s| {
+                        let le = match s.labels["le"].as_str() {
+                            "+Inf" => f64::INFINITY,
+                            le => le.parse().unwrap(),
+                        };
+                        (le, s.value)
+                    })
+                    .collect();
+                buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+                assert!(
+                    buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+                    "{family} buckets are cumulative: {buckets:?}"
+                );
+                assert_eq!(
+                    buckets.last().copied(),
+                    Some((f64::INFINITY, count.value)),
+                    "{family}: the +Inf bucket holds every observation"
+                );
+            }
+        }
+        samples
+    }
+
+    /// The value of the one sample called `name` with exactly `labels`.
+    fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: BTreeMap<String, String> = labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let found: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.name == name && s.labels == want)
+            .map(|s| s.value)
+            .collect();
+        assert!(found.len() <= 1, "{name} {labels:?} appears once at most");
+        found.first().copied()
+    }
+
+    #[test]
+    fn the_parser_refuses_what_is_not_the_format() {
+        for text in [
+            "arc_onboard_up 1\n",                                       // no TYPE
+            "# TYPE x gauge\nx{a=\"1\" 1\n",                            // unterminated labels
+            "# TYPE x gauge\nx{a=\"1\"} one\n",                         // not a number
+            "# TYPE x gauge\nx{a=\"\\q\"} 1\n",                         // bad escape
+            "# TYPE x histogram\nx_bucket{le=\"+Inf\"} 2\nx_count 1\n", // +Inf != count
+            "GET / HTTP/1.1\n",
+        ] {
+            assert!(
+                std::panic::catch_unwind(|| parse_exposition(text)).is_err(),
+                "accepted {text:?}"
+            );
+        }
+        let samples =
+            parse_exposition("# HELP x X.\n# TYPE x gauge\nx{a=\"q\\\"\\\\\\n\",b=\"\"} 1.5\n");
+        assert_eq!(
+            value(&samples, "x", &[("a", "q\"\\\n"), ("b", "")]),
+            Some(1.5)
+        );
+    }
+
+    // ---- Recording and rendering ----
 
     #[test]
     fn render_after_two_passes() {
@@ -644,83 +762,153 @@ mod tests {
             &map(&[("ec2:DescribeInstances", 3)]),
             &map(&[("UnauthorizedOperation", 1), ("exit-41", 1)]),
         );
-        let expected = concat!(
-            "# HELP arc_onboard_up 1 while arc-onboard is running.\n",
-            "# TYPE arc_onboard_up gauge\n",
-            "arc_onboard_up 1\n",
-            "# HELP arc_onboard_healthy 1 unless a pass kind has failed too many times in a row (the /healthz answer).\n",
-            "# TYPE arc_onboard_healthy gauge\n",
-            "arc_onboard_healthy 1\n",
-            "# HELP arc_onboard_passes_total Finished passes by kind and result (failed: stopped before handling instances).\n",
-            "# TYPE arc_onboard_passes_total counter\n",
-            "arc_onboard_passes_total{kind=\"iam\",result=\"ok\"} 0\n",
-            "arc_onboard_passes_total{kind=\"iam\",result=\"failed\"} 1\n",
-            "arc_onboard_passes_total{kind=\"onboarding\",result=\"ok\"} 1\n",
-            "arc_onboard_passes_total{kind=\"onboarding\",result=\"failed\"} 0\n",
-            "# HELP arc_onboard_consecutive_failed_passes Failed passes of this kind since its last successful pass.\n",
-            "# TYPE arc_onboard_consecutive_failed_passes gauge\n",
-            "arc_onboard_consecutive_failed_passes{kind=\"iam\"} 1\n",
-            "arc_onboard_consecutive_failed_passes{kind=\"onboarding\"} 0\n",
-            "# HELP arc_onboard_pass_duration_seconds Duration of the last finished pass of this kind.\n",
-            "# TYPE arc_onboard_pass_duration_seconds gauge\n",
-            "arc_onboard_pass_duration_seconds{kind=\"iam\"} 0.25\n",
-            "arc_onboard_pass_duration_seconds{kind=\"onboarding\"} 1.5\n",
-            "# HELP arc_onboard_last_pass_timestamp_seconds When the last pass of this kind finished, in seconds since the Unix epoch.\n",
-            "# TYPE arc_onboard_last_pass_timestamp_seconds gauge\n",
-            "arc_onboard_last_pass_timestamp_seconds{kind=\"iam\"} 1764248400\n",
-            "arc_onboard_last_pass_timestamp_seconds{kind=\"onboarding\"} 1764244800.25\n",
-            "# HELP arc_onboard_instances Instances by report status at the end of the last pass of this kind.\n",
-            "# TYPE arc_onboard_instances gauge\n",
-            "arc_onboard_instances{kind=\"onboarding\",status=\"failed\"} 1\n",
-            "arc_onboard_instances{kind=\"onboarding\",status=\"onboarded\"} 2\n",
-            "# HELP arc_onboard_api_calls_total AWS and Azure calls (HTTP attempts, retries included) by service:Operation.\n",
-            "# TYPE arc_onboard_api_calls_total counter\n",
-            "arc_onboard_api_calls_total{operation=\"ec2:DescribeInstances\"} 5\n",
-            "arc_onboard_api_calls_total{operation=\"ssm:SendCommand\"} 1\n",
-            "# HELP arc_onboard_errors_total Errors seen in passes by code (AWS error codes, exit-N for agent installs).\n",
-            "# TYPE arc_onboard_errors_total counter\n",
-            "arc_onboard_errors_total{code=\"UnauthorizedOperation\"} 1\n",
-            "arc_onboard_errors_total{code=\"bad\\\"code\\\\x\\ny\"} 2\n",
-            "arc_onboard_errors_total{code=\"exit-41\"} 2\n",
-        );
         let rendered = metrics.render();
-        for (got, want) in rendered.lines().zip(expected.lines()) {
-            assert_eq!(got, want);
-        }
-        assert_eq!(rendered, expected);
+        let samples = parse_exposition(&rendered);
+        let v = |name: &str, labels: &[(&str, &str)]| value(&samples, name, labels);
+
+        // The families, in order, with their types.
+        let types: Vec<&str> = rendered
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "arc_onboard_up gauge",
+                "arc_onboard_healthy gauge",
+                "arc_onboard_passes_total counter",
+                "arc_onboard_consecutive_failed_passes gauge",
+                "arc_onboard_pass_duration_seconds histogram",
+                "arc_onboard_last_pass_timestamp_seconds gauge",
+                "arc_onboard_instances gauge",
+                "arc_onboard_api_calls_total counter",
+                "arc_onboard_errors_total counter",
+            ]
+        );
+        assert!(rendered.contains(
+            "# HELP arc_onboard_passes_total Finished passes by kind and result (failed: stopped before handling instances).\n"
+        ));
+
+        assert_eq!(v("arc_onboard_up", &[]), Some(1.0));
+        assert_eq!(v("arc_onboard_healthy", &[]), Some(1.0));
+        let passes = "arc_onboard_passes_total";
+        assert_eq!(v(passes, &[("kind", "iam"), ("result", "ok")]), Some(0.0));
+        assert_eq!(
+            v(passes, &[("kind", "iam"), ("result", "failed")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            v(passes, &[("kind", "onboarding"), ("result", "ok")]),
+            Some(1.0)
+        );
+        assert_eq!(
+            v(passes, &[("kind", "onboarding"), ("result", "failed")]),
+            Some(0.0)
+        );
+        let streak = "arc_onboard_consecutive_failed_passes";
+        assert_eq!(v(streak, &[("kind", "iam")]), Some(1.0));
+        assert_eq!(v(streak, &[("kind", "onboarding")]), Some(0.0));
+
+        let bucket = "arc_onboard_pass_duration_seconds_bucket";
+        let onboarding = |le| [("kind", "onboarding"), ("le", le)];
+        assert_eq!(v(bucket, &onboarding("1")), Some(0.0));
+        assert_eq!(v(bucket, &onboarding("5")), Some(1.0));
+        assert_eq!(v(bucket, &onboarding("+Inf")), Some(1.0));
+        assert_eq!(v(bucket, &[("kind", "iam"), ("le", "1")]), Some(1.0));
+        assert_eq!(
+            v(
+                "arc_onboard_pass_duration_seconds_sum",
+                &[("kind", "onboarding")]
+            ),
+            Some(1.5)
+        );
+        assert_eq!(
+            v(
+                "arc_onboard_pass_duration_seconds_count",
+                &[("kind", "onboarding")]
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            v("arc_onboard_pass_duration_seconds_sum", &[("kind", "iam")]),
+            Some(0.25)
+        );
+        let buckets = samples
+            .iter()
+            .filter(|s| s.name == bucket && s.labels["kind"] == "iam")
+            .count();
+        assert_eq!(
+            buckets,
+            PASS_DURATION_BUCKETS.len() + 1,
+            "the buckets and +Inf"
+        );
+
+        let last = "arc_onboard_last_pass_timestamp_seconds";
+        assert_eq!(v(last, &[("kind", "iam")]), Some(1_764_248_400.0));
+        assert_eq!(v(last, &[("kind", "onboarding")]), Some(1_764_244_800.25));
+        let instances = "arc_onboard_instances";
+        assert_eq!(
+            v(
+                instances,
+                &[("kind", "onboarding"), ("status", "onboarded")]
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            v(instances, &[("kind", "onboarding"), ("status", "failed")]),
+            Some(1.0)
+        );
+        assert_eq!(samples.iter().filter(|s| s.name == instances).count(), 2);
+        let calls = "arc_onboard_api_calls_total";
+        assert_eq!(
+            v(calls, &[("operation", "ec2:DescribeInstances")]),
+            Some(5.0)
+        );
+        assert_eq!(v(calls, &[("operation", "ssm:SendCommand")]), Some(1.0));
+        let errors = "arc_onboard_errors_total";
+        assert_eq!(v(errors, &[("code", "exit-41")]), Some(2.0));
+        assert_eq!(v(errors, &[("code", "UnauthorizedOperation")]), Some(1.0));
+        assert_eq!(v(errors, &[("code", "bad\"code\\x\ny")]), Some(2.0));
+        assert!(
+            rendered.contains("{code=\"bad\\\"code\\\\x\\ny\"} 2\n"),
+            "escaped"
+        );
     }
 
     #[test]
     fn instance_gauge_is_replaced_and_vanished_statuses_drop_to_zero() {
         let metrics = Metrics::new(3);
         let none = BTreeMap::new();
-        metrics.record_pass(
-            "onboarding",
-            true,
-            Duration::ZERO,
-            &map(&[("planned", 4), ("failed", 1)]),
-            &none,
-            &none,
-        );
-        metrics.record_pass(
-            "onboarding",
-            true,
-            Duration::ZERO,
-            &map(&[("onboarded", 4)]),
-            &none,
-            &none,
-        );
-        let rendered = metrics.render();
-        let lines: Vec<&str> = rendered
-            .lines()
-            .filter(|l| l.starts_with("arc_onboard_instances{"))
+        let pass = |statuses: &[(&str, u64)]| {
+            metrics.record_pass(
+                "onboarding",
+                true,
+                Duration::ZERO,
+                &map(statuses),
+                &none,
+                &none,
+            )
+        };
+        pass(&[("planned", 4), ("failed", 1)]);
+        pass(&[("onboarded", 4)]);
+        let samples = parse_exposition(&metrics.render());
+        let mut lines: Vec<(String, f64)> = samples
+            .iter()
+            .filter(|s| s.name == "arc_onboard_instances")
+            .map(|s| {
+                (
+                    format!("{}/{}", s.labels["kind"], s.labels["status"]),
+                    s.value,
+                )
+            })
             .collect();
+        lines.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(
             lines,
             [
-                "arc_onboard_instances{kind=\"onboarding\",status=\"failed\"} 0",
-                "arc_onboard_instances{kind=\"onboarding\",status=\"onboarded\"} 4",
-                "arc_onboard_instances{kind=\"onboarding\",status=\"planned\"} 0",
+                ("onboarding/failed".to_string(), 0.0),
+                ("onboarding/onboarded".to_string(), 4.0),
+                ("onboarding/planned".to_string(), 0.0),
             ]
         );
     }
@@ -728,15 +916,47 @@ mod tests {
     #[test]
     fn render_before_any_pass() {
         let rendered = Metrics::new(1).render();
-        assert!(rendered.contains("\narc_onboard_healthy 1\n"));
-        assert!(rendered.contains("arc_onboard_passes_total{kind=\"iam\",result=\"ok\"} 0\n"));
-        assert!(!rendered.contains("arc_onboard_pass_duration_seconds{"));
-        for line in rendered.lines().filter(|l| l.starts_with("# TYPE")) {
-            assert!(
-                line.ends_with(" gauge") || line.ends_with(" counter"),
-                "{line}"
+        let samples = parse_exposition(&rendered);
+        let v = |name: &str, labels: &[(&str, &str)]| value(&samples, name, labels);
+        assert_eq!(v("arc_onboard_healthy", &[]), Some(1.0));
+        for kind in KNOWN_KINDS {
+            for result in ["ok", "failed"] {
+                let labels = [("kind", kind), ("result", result)];
+                assert_eq!(v("arc_onboard_passes_total", &labels), Some(0.0));
+            }
+            let labels = [("kind", kind)];
+            assert_eq!(
+                v("arc_onboard_pass_duration_seconds_count", &labels),
+                Some(0.0)
+            );
+            assert_eq!(
+                v("arc_onboard_consecutive_failed_passes", &labels),
+                Some(0.0)
             );
         }
+        assert!(!rendered.contains("arc_onboard_last_pass_timestamp_seconds{"));
+    }
+
+    #[test]
+    fn a_new_kind_gets_its_series() {
+        let metrics = Metrics::new(3);
+        let none = BTreeMap::new();
+        metrics.record_pass("events", true, Duration::from_secs(20), &none, &none, &none);
+        let samples = parse_exposition(&metrics.render());
+        let labels = [("kind", "events"), ("result", "ok")];
+        assert_eq!(
+            value(&samples, "arc_onboard_passes_total", &labels),
+            Some(1.0)
+        );
+        let labels = [("kind", "events"), ("le", "30")];
+        assert_eq!(
+            value(
+                &samples,
+                "arc_onboard_pass_duration_seconds_bucket",
+                &labels
+            ),
+            Some(1.0)
+        );
     }
 
     #[test]
@@ -745,6 +965,13 @@ mod tests {
         let none = BTreeMap::new();
         let pass = |kind: &str, ok: bool| {
             metrics.record_pass(kind, ok, Duration::ZERO, &none, &none, &none)
+        };
+        let healthy_gauge = || {
+            value(
+                &parse_exposition(&metrics.render()),
+                "arc_onboard_healthy",
+                &[],
+            )
         };
         assert!(metrics.healthy());
         pass("onboarding", false);
@@ -755,12 +982,12 @@ mod tests {
         pass("onboarding", false);
         assert!(!metrics.healthy());
         assert_eq!(metrics.failing_kind(), Some(("onboarding".to_string(), 3)));
-        assert!(metrics.render().contains("\narc_onboard_healthy 0\n"));
+        assert_eq!(healthy_gauge(), Some(0.0));
         pass("onboarding", false);
         assert_eq!(metrics.failing_kind(), Some(("onboarding".to_string(), 4)));
         pass("onboarding", true);
         assert!(metrics.healthy());
-        assert!(metrics.render().contains("\narc_onboard_healthy 1\n"));
+        assert_eq!(healthy_gauge(), Some(1.0));
         // A streak interrupted by a success starts over.
         pass("iam", false);
         pass("iam", false);
@@ -778,33 +1005,67 @@ mod tests {
         assert!(!metrics.healthy());
     }
 
-    #[test]
-    fn request_parsing() {
-        let request = parse_request(b"GET /metrics?x=1 HTTP/1.0\r\nHost: a\r\n\r\n").unwrap();
-        assert_eq!(
-            (request.method, request.path, request.http_10),
-            ("GET", "/metrics", true)
-        );
-        assert!(parse_request(b"GET /metrics HTTP/2\r\n\r\n").is_none());
-        assert!(parse_request(b"GET  /metrics HTTP/1.1\r\n\r\n").is_none());
-        assert!(parse_request(b"GET metrics HTTP/1.1\r\n\r\n").is_none());
-        assert!(parse_request(b"\r\n\r\n").is_none());
-        assert_eq!(head_end(b"GET / HTTP/1.1\n\nrest"), Some(16));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\n\r\nrest"), Some(18));
-        assert_eq!(head_end(b"GET / HTTP/1.1\r\n"), None);
+    // ---- The endpoint ----
+
+    /// A running endpoint and the means to stop it.
+    struct Endpoint {
+        addr: SocketAddr,
+        metrics: Arc<Metrics>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        server: tokio::task::JoinHandle<()>,
+    }
+
+    impl Endpoint {
+        async fn start(limits: Limits) -> Endpoint {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let metrics = Arc::new(Metrics::new(2));
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let server = tokio::spawn(serve_with(
+                listener,
+                Arc::clone(&metrics),
+                async {
+                    let _ = stopped.await;
+                },
+                limits,
+            ));
+            Endpoint {
+                addr,
+                metrics,
+                stop: Some(stop),
+                server,
+            }
+        }
+
+        /// Stops the endpoint; returns how long `serve` took to return.
+        async fn stop(mut self) -> Duration {
+            let started = std::time::Instant::now();
+            self.stop.take().unwrap().send(()).unwrap();
+            tokio::time::timeout(WAIT, &mut self.server)
+                .await
+                .expect("serve stopped in time")
+                .unwrap();
+            started.elapsed()
+        }
     }
 
     /// Sends `request` raw and reads until the server closes.
-    async fn exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
         tokio::time::timeout(WAIT, async {
             let mut stream = TcpStream::connect(addr).await.unwrap();
-            stream.write_all(request.as_bytes()).await.unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await.unwrap();
-            response
+            stream.write_all(request).await.unwrap();
+            let mut response = Vec::new();
+            let _ = stream.read_to_end(&mut response).await;
+            String::from_utf8_lossy(&response).into_owned()
         })
         .await
         .expect("the server answered in time")
+    }
+
+    /// `GET path` with `Connection: close`.
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        exchange(addr, request.as_bytes()).await
     }
 
     fn status_line(response: &str) -> &str {
@@ -815,74 +1076,394 @@ mod tests {
         response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
     }
 
+    /// The value of header `name` (any case) in `response`.
+    fn header<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+        let head = response.split_once("\r\n\r\n").map_or(response, |(h, _)| h);
+        head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    /// Connections accepted on `port` that this process holds open (Linux: its socket descriptors matched
+    /// against the kernel's TCP table; the listener and the clients' own ends are not counted).
+    fn accepted_on(port: u16) -> usize {
+        let inodes: HashSet<String> = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .filter_map(|target| {
+                let target = target.to_string_lossy().into_owned();
+                Some(
+                    target
+                        .strip_prefix("socket:[")?
+                        .strip_suffix(']')?
+                        .to_string(),
+                )
+            })
+            .collect();
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+            .iter()
+            .filter_map(|table| std::fs::read_to_string(table).ok())
+            .flat_map(|table| {
+                table
+                    .lines()
+                    .skip(1)
+                    .map(|line| {
+                        line.split_whitespace()
+                            .map(String::from)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|fields| {
+                let local_port = fields[1]
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+                // State 0A is LISTEN.
+                local_port == Some(port) && fields[3] != "0A" && inodes.contains(&fields[9])
+            })
+            // The kernel's table is read in pages; an entry can show up twice while it changes.
+            .map(|fields| fields[9].clone())
+            .collect::<HashSet<_>>()
+            .len()
+    }
+
+    /// Waits until `check` holds, for at most `limit`; whether it did.
+    async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while tokio::time::Instant::now() < deadline {
+            if check() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        check()
+    }
+
+    /// Whether the server closed `stream` (end of file or reset) within `limit`.
+    async fn closed_within(stream: &mut TcpStream, limit: Duration) -> bool {
+        let mut sink = [0u8; 1024];
+        let read_to_close = async {
+            loop {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(limit, read_to_close).await.is_ok()
+    }
+
     #[tokio::test]
     async fn serve_answers_and_stops_on_shutdown() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let metrics = Arc::new(Metrics::new(2));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, Arc::clone(&metrics), async {
-            let _ = stopped.await;
-        }));
+        let endpoint = Endpoint::start(Limits::default()).await;
+        let (addr, metrics) = (endpoint.addr, Arc::clone(&endpoint.metrics));
 
         // A client that connects and sends nothing does not hold up the others.
         let idle = TcpStream::connect(addr).await.unwrap();
 
-        let response = exchange(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let none = BTreeMap::new();
+        metrics.record_pass(
+            "onboarding",
+            true,
+            Duration::from_secs(7),
+            &none,
+            &none,
+            &none,
+        );
+        let response = get(addr, "/metrics").await;
         assert_eq!(status_line(&response), "HTTP/1.1 200 OK");
-        assert!(response.contains("\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
-        assert!(response.contains("\r\nConnection: close\r\n"));
-        assert_eq!(body(&response), metrics.render());
-        assert!(body(&response).contains("\narc_onboard_up 1\n"));
-        assert!(response.contains(&format!(
-            "\r\nContent-Length: {}\r\n",
-            body(&response).len()
-        )));
+        assert_eq!(header(&response, "content-type"), Some(CONTENT_TYPE));
+        assert_eq!(header(&response, "cache-control"), Some("no-store"));
+        assert_eq!(
+            header(&response, "content-length"),
+            Some(body(&response).len().to_string().as_str())
+        );
+        let scraped = body(&response);
+        let samples = parse_exposition(scraped);
+        assert_eq!(value(&samples, "arc_onboard_up", &[]), Some(1.0));
+        for suffix in ["_bucket", "_sum", "_count"] {
+            assert!(
+                scraped.contains(&format!(
+                    "\narc_onboard_pass_duration_seconds{suffix}{{kind=\"onboarding\""
+                )),
+                "{suffix} in\n{scraped}"
+            );
+        }
+        let labels = [("kind", "onboarding"), ("le", "15")];
+        let bucket = "arc_onboard_pass_duration_seconds_bucket";
+        assert_eq!(value(&samples, bucket, &labels), Some(1.0));
 
-        let response = exchange(addr, "GET /healthz HTTP/1.0\r\n\r\n").await;
+        let response = exchange(addr, b"GET /healthz HTTP/1.0\r\n\r\n").await;
         assert_eq!(status_line(&response), "HTTP/1.0 200 OK");
         assert_eq!(body(&response), "ok");
 
-        let none = BTreeMap::new();
         for _ in 0..2 {
             metrics.record_pass("iam", false, Duration::ZERO, &none, &none, &none);
         }
-        let response = exchange(addr, "GET /healthz HTTP/1.1\r\n\r\n").await;
+        let response = get(addr, "/healthz").await;
         assert_eq!(status_line(&response), "HTTP/1.1 503 Service Unavailable");
         assert_eq!(
             body(&response),
             "unhealthy: 2 consecutive failed passes (iam)"
         );
+        metrics.record_pass("iam", true, Duration::ZERO, &none, &none, &none);
+        assert_eq!(status_line(&get(addr, "/healthz").await), "HTTP/1.1 200 OK");
 
-        let response = exchange(addr, "GET /nope HTTP/1.1\r\n\r\n").await;
+        let response = get(addr, "/nope").await;
         assert_eq!(status_line(&response), "HTTP/1.1 404 Not Found");
 
-        let response = exchange(addr, "POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").await;
+        let response = exchange(
+            addr,
+            b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await;
         assert_eq!(status_line(&response), "HTTP/1.1 405 Method Not Allowed");
-        assert!(response.contains("\r\nAllow: GET, HEAD\r\n"));
+        let allow = header(&response, "allow")
+            .unwrap_or_default()
+            .replace(' ', "");
+        assert_eq!(allow, "GET,HEAD");
 
-        let response = exchange(addr, "HEAD /metrics HTTP/1.1\r\n\r\n").await;
+        let response = exchange(addr, b"HEAD /metrics HTTP/1.1\r\nConnection: close\r\n\r\n").await;
         assert_eq!(status_line(&response), "HTTP/1.1 200 OK");
         assert_eq!(body(&response), "");
 
-        let response = exchange(addr, "garbage\r\n\r\n").await;
-        assert_eq!(status_line(&response), "HTTP/1.1 400 Bad Request");
-
-        let response = exchange(addr, &format!("GET /{} HTTP/1.1\r\n", "a".repeat(10_000))).await;
-        assert_eq!(
-            status_line(&response),
-            "HTTP/1.1 431 Request Header Fields Too Large"
-        );
-
-        drop(idle);
-        stop.send(()).unwrap();
-        tokio::time::timeout(WAIT, server)
+        // Two requests on one kept-alive connection.
+        let mut kept = TcpStream::connect(addr).await.unwrap();
+        let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+        kept.write_all(request).await.unwrap();
+        kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .await
-            .expect("serve stopped in time")
             .unwrap();
+        let mut both = String::new();
+        tokio::time::timeout(WAIT, kept.read_to_string(&mut both))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(both.matches("HTTP/1.1 200 OK").count(), 2, "{both}");
+
+        let took = endpoint.stop().await;
+        assert!(
+            took < Duration::from_secs(3),
+            "stopped in {took:?} with an idle client"
+        );
+        drop(idle);
         assert!(
             TcpStream::connect(addr).await.is_err(),
             "the listener is closed after shutdown"
         );
+    }
+
+    #[tokio::test]
+    async fn garbage_is_refused_and_the_server_goes_on() {
+        let endpoint = Endpoint::start(Limits::default()).await;
+        let addr = endpoint.addr;
+
+        for junk in [
+            &b"garbage\r\n\r\n"[..],
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", // a TLS hello
+            b"\x00\xff\xfe\xfd\r\n\r\n",
+            b"GET /metrics HTTP/9.9\r\n\r\n",
+            b"GET /metrics HTTP/1.1\r\nNo colon here\r\n\r\n",
+        ] {
+            let response = exchange(addr, junk).await;
+            assert!(
+                response.is_empty() || status_line(&response).starts_with("HTTP/1.1 4"),
+                "{junk:?} -> {response:?}"
+            );
+        }
+        let response = exchange(addr, b"garbage\r\n\r\n").await;
+        assert_eq!(status_line(&response), "HTTP/1.1 400 Bad Request");
+
+        // A head over the limit, as one long line or as many headers, unfinished or not.
+        let long_line = format!("GET /{} HTTP/1.1\r\n", "a".repeat(10_000));
+        let many_headers = format!(
+            "GET /metrics HTTP/1.1\r\n{}\r\n",
+            "X-Filler: 0123456789012345678901234567890123456789\r\n".repeat(400)
+        );
+        for request in [long_line, many_headers] {
+            let response = exchange(addr, request.as_bytes()).await;
+            assert_eq!(
+                status_line(&response),
+                "HTTP/1.1 431 Request Header Fields Too Large"
+            );
+        }
+        // Half a megabyte of header bytes without a line feed.
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let flood = vec![b'x'; 512 * 1024];
+        let _ = tokio::time::timeout(WAIT, stream.write_all(&flood)).await;
+        assert!(
+            closed_within(&mut stream, WAIT).await,
+            "closed after the flood"
+        );
+
+        let response = get(addr, "/metrics").await;
+        assert_eq!(status_line(&response), "HTTP/1.1 200 OK");
+        endpoint.stop().await;
+    }
+
+    #[tokio::test]
+    async fn slow_clients_are_cut_off_at_the_header_deadline() {
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(400),
+            ..Limits::default()
+        };
+        let endpoint = Endpoint::start(limits).await;
+        let addr = endpoint.addr;
+        let started = tokio::time::Instant::now();
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut trickler = TcpStream::connect(addr).await.unwrap();
+        let trickle = async {
+            for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: "
+                .iter()
+                .cycle()
+            {
+                if trickler.write_all(&[*byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        // While both are open, others get answers.
+        let others = async {
+            for _ in 0..5 {
+                assert_eq!(status_line(&get(addr, "/healthz").await), "HTTP/1.1 200 OK");
+            }
+        };
+        let (_, ()) = tokio::time::timeout(WAIT, futures::future::join(trickle, others))
+            .await
+            .expect("the trickler was cut off");
+        let trickler_cut = started.elapsed();
+        assert!(
+            closed_within(&mut silent, WAIT).await,
+            "the silent client is closed"
+        );
+        assert!(
+            trickler_cut < Duration::from_secs(3),
+            "cut off after {trickler_cut:?}"
+        );
+        endpoint.stop().await;
+    }
+
+    #[tokio::test]
+    async fn open_connections_are_bounded_and_idle_floods_pass() {
+        let limits = Limits {
+            max_connections: 4,
+            header_read_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        };
+        let endpoint = Endpoint::start(limits).await;
+        let addr = endpoint.addr;
+        let port = addr.port();
+
+        // 40 clients connect and say nothing: 4 are accepted, the rest wait in the backlog.
+        let mut idle = Vec::new();
+        for _ in 0..40 {
+            idle.push(TcpStream::connect(addr).await.unwrap());
+        }
+        assert!(
+            eventually(WAIT, || accepted_on(port) == 4).await,
+            "4 connections accepted; {} now",
+            accepted_on(port)
+        );
+        let mut peak = 0;
+        for _ in 0..20 {
+            peak = peak.max(accepted_on(port));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(peak, 4, "never more than the limit open");
+
+        // A real client behind them is answered once the header deadline has cleared them (10 rounds
+        // of 0.3 s), not never.
+        let started = tokio::time::Instant::now();
+        let response = get(addr, "/healthz").await;
+        assert_eq!(status_line(&response), "HTTP/1.1 200 OK");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            started.elapsed()
+        );
+        drop(idle);
+        endpoint.stop().await;
+    }
+
+    #[tokio::test]
+    async fn many_concurrent_requests_beyond_the_limit_are_all_answered() {
+        let limits = Limits {
+            max_connections: 8,
+            ..Limits::default()
+        };
+        let endpoint = Endpoint::start(limits).await;
+        let (addr, port) = (endpoint.addr, endpoint.addr.port());
+        let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let sampler = {
+            let sampling = Arc::clone(&sampling);
+            tokio::task::spawn_blocking(move || {
+                let mut peak = 0;
+                while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(accepted_on(port));
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                peak
+            })
+        };
+        let clients: Vec<_> = (0..500)
+            .map(|_| tokio::spawn(async move { get(addr, "/metrics").await }))
+            .collect();
+        let mut answered = 0;
+        for client in clients {
+            let response = client.await.unwrap();
+            assert_eq!(status_line(&response), "HTTP/1.1 200 OK");
+            parse_exposition(body(&response));
+            answered += 1;
+        }
+        sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+        let peak = sampler.await.unwrap();
+        assert_eq!(answered, 500);
+        assert!(peak <= 8, "{peak} connections open at once");
+        endpoint.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_closed_at_its_maximum_age() {
+        let limits = Limits {
+            max_connection_age: Duration::from_millis(500),
+            ..Limits::default()
+        };
+        let endpoint = Endpoint::start(limits).await;
+        let mut stream = TcpStream::connect(endpoint.addr).await.unwrap();
+        let started = tokio::time::Instant::now();
+        // Requests keep coming and the answers are never read.
+        let pipeline = async {
+            loop {
+                let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+                if stream.write_all(request).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(WAIT, pipeline)
+            .await
+            .expect("the server closed the connection");
+        assert!(
+            started.elapsed() >= Duration::from_millis(400),
+            "{:?}",
+            started.elapsed()
+        );
+        endpoint.stop().await;
+    }
+
+    #[tokio::test]
+    async fn shutdown_is_not_held_up_by_a_slow_client() {
+        let endpoint = Endpoint::start(Limits::default()).await;
+        let mut slow = TcpStream::connect(endpoint.addr).await.unwrap();
+        slow.write_all(b"GET /metrics HTTP/1.1\r\nHost:")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let took = endpoint.stop().await;
+        assert!(took < Duration::from_secs(3), "stopped in {took:?}");
+        assert!(closed_within(&mut slow, WAIT).await);
     }
 }

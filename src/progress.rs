@@ -1,19 +1,97 @@
-//! Progress of long waits on stderr: a live line on a terminal, a log line every so often otherwise.
+//! Progress of long waits on stderr: a live line when nothing else writes there, a log line every so often
+//! otherwise.
+//!
+//! The live line and the logs share stderr. Logs at `info` and more verbose come during every wait (an
+//! association, a failed install, ...), so a live line would be cut by them and left half drawn; with those
+//! logs on, waits report through the logs instead ([`choose`]). With only warnings and errors on, the live
+//! line is kept and the rare log line is written through [`LogWriter`], which clears the live line first;
+//! the next update draws it again below.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tracing::info;
+use tracing_subscriber::filter::LevelFilter;
 
-static LIVE_ALLOWED: AtomicBool = AtomicBool::new(true);
-/// Without a terminal, a wait logs at most this often.
+/// Without the live line, a wait logs at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(30);
+/// Carriage return and "erase line": puts the cursor at the start of a blank line.
+const CLEAR_LINE: &[u8] = b"\r\x1b[2K";
 
-/// Turns the live line off (JSON logs, `-q`); waits then only log.
-pub fn disable_live() {
-    LIVE_ALLOWED.store(false, Ordering::Relaxed);
+/// Whether waits draw the live line ([`set_mode`]); off until the binary decides.
+static LIVE: AtomicBool = AtomicBool::new(false);
+/// Whether a live line is on screen now; stderr writes take this lock to stay whole.
+static LINE_SHOWN: Mutex<bool> = Mutex::new(false);
+
+/// How waits show their progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One line redrawn in place on the terminal, erased when the wait ends.
+    LiveLine,
+    /// An `info` log line at most every 30 seconds.
+    LogLines,
+}
+
+/// How waits show progress, given where stderr goes and what the logs let through.
+///
+/// - `stderr_is_terminal`: a live line redrawn with `\r` means nothing in a file or a pipe.
+/// - `text_logs`: JSON logs are for machines; a live line among them would break their parsing.
+/// - `max_log_level`: the most verbose level the log filter lets through, for any target (`None`:
+///   unknown). Logs at `info` or more verbose come during every wait and would cut a live line, so
+///   progress goes through them; with warnings and errors only, the live line is kept.
+pub fn choose(
+    stderr_is_terminal: bool,
+    text_logs: bool,
+    max_log_level: Option<LevelFilter>,
+) -> Mode {
+    let chatty_logs = max_log_level.is_none_or(|level| level >= LevelFilter::INFO);
+    if stderr_is_terminal && text_logs && !chatty_logs {
+        Mode::LiveLine
+    } else {
+        Mode::LogLines
+    }
+}
+
+/// Sets how waits show progress from now on (the binary calls this once, with [`choose`]'s answer).
+pub fn set_mode(mode: Mode) {
+    LIVE.store(mode == Mode::LiveLine, Ordering::Relaxed);
+}
+
+/// The writer of log lines: stderr, with a live line on screen erased first (see [`LogWriter`]). Pass
+/// it to `tracing_subscriber`'s `with_writer`.
+pub fn log_writer() -> LogWriter<'static, std::io::Stderr> {
+    LogWriter {
+        inner: std::io::stderr(),
+        line_shown: &LINE_SHOWN,
+    }
+}
+
+/// A writer that erases the live line, when one is shown, before passing on the first bytes written.
+pub struct LogWriter<'a, W> {
+    /// Where the log lines go.
+    inner: W,
+    /// Whether a live line is on screen.
+    line_shown: &'a Mutex<bool>,
+}
+
+impl<W: Write> Write for LogWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut shown = self
+            .line_shown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if *shown {
+            self.inner.write_all(CLEAR_LINE)?;
+            *shown = false;
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// One wait's progress.
@@ -28,7 +106,7 @@ impl Progress {
     pub fn new(label: &'static str) -> Progress {
         Progress {
             label,
-            live: LIVE_ALLOWED.load(Ordering::Relaxed) && std::io::stderr().is_terminal(),
+            live: LIVE.load(Ordering::Relaxed) && std::io::stderr().is_terminal(),
             last_log: Mutex::new(None),
         }
     }
@@ -36,10 +114,15 @@ impl Progress {
     /// Shows the current state of the wait.
     pub fn update(&self, message: &str) {
         if self.live {
-            eprint!("\r\x1b[2K{}: {message}", self.label);
+            let mut shown = LINE_SHOWN.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(CLEAR_LINE);
+            let _ = write!(err, "{}: {message}", self.label);
+            let _ = err.flush();
+            *shown = true;
             return;
         }
-        let mut last = self.last_log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self.last_log.lock().unwrap_or_else(PoisonError::into_inner);
         if last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
             *last = Some(Instant::now());
             info!(wait = self.label, "{message}");
@@ -50,7 +133,67 @@ impl Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         if self.live {
-            eprint!("\r\x1b[2K");
+            let mut shown = LINE_SHOWN.lock().unwrap_or_else(PoisonError::into_inner);
+            if *shown {
+                let mut err = std::io::stderr().lock();
+                let _ = err.write_all(CLEAR_LINE);
+                let _ = err.flush();
+                *shown = false;
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_line_only_on_a_terminal_with_quiet_text_logs() {
+        use LevelFilter as L;
+        let cases = [
+            // (terminal, text logs, max level) -> mode
+            ((true, true, Some(L::WARN)), Mode::LiveLine), // -q on a terminal
+            ((true, true, Some(L::ERROR)), Mode::LiveLine), // -qq
+            ((true, true, Some(L::OFF)), Mode::LiveLine),
+            ((true, true, Some(L::INFO)), Mode::LogLines), // default: info logs would cut the line
+            ((true, true, Some(L::DEBUG)), Mode::LogLines), // -v
+            ((true, true, Some(L::TRACE)), Mode::LogLines),
+            ((true, true, None), Mode::LogLines), // filter of unknown verbosity
+            ((true, false, Some(L::WARN)), Mode::LogLines), // JSON logs
+            ((false, true, Some(L::WARN)), Mode::LogLines), // a file or a pipe
+            ((false, true, Some(L::INFO)), Mode::LogLines),
+        ];
+        for ((terminal, text, level), want) in cases {
+            assert_eq!(
+                choose(terminal, text, level),
+                want,
+                "terminal={terminal} text={text} level={level:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_log_line_erases_the_live_line_once() {
+        let shown = Mutex::new(true);
+        let mut out = Vec::new();
+        let mut writer = LogWriter {
+            inner: &mut out,
+            line_shown: &shown,
+        };
+        writer.write_all(b"WARN first\n").unwrap();
+        writer.write_all(b"WARN second\n").unwrap();
+        assert_eq!(out, b"\r\x1b[2KWARN first\nWARN second\n");
+        assert!(!*shown.lock().unwrap(), "the line is marked gone");
+
+        let shown = Mutex::new(false);
+        let mut out = Vec::new();
+        LogWriter {
+            inner: &mut out,
+            line_shown: &shown,
+        }
+        .write_all(b"INFO plain\n")
+        .unwrap();
+        assert_eq!(out, b"INFO plain\n", "nothing to erase without a live line");
     }
 }

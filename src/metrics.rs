@@ -179,7 +179,7 @@ impl Metrics {
         let errors = Family::default();
         registry.register(
             "arc_onboard_errors",
-            "Errors seen in passes by code (AWS error codes, exit-N for agent installs)",
+            "Errors seen in passes by code (regions: the AWS error code; failed instances: their failure code, e.g. AZCM0041, exit-4, checksum-mismatch)",
             errors.clone(),
         );
         let metrics = Metrics {

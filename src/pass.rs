@@ -1120,7 +1120,7 @@ mod tests {
         run_pass(
             config,
             &ports,
-            Some(&*arm),
+            Some(arm),
             token,
             &opts,
             Some(durable),

@@ -535,6 +535,12 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
     Ok(exit::OK)
 }
 
+/// A state record's last failure in words: the typed failure it keeps, or the prose older files kept.
+fn recorded_failure_text(kept: &str) -> String {
+    serde_json::from_str::<crate::plan::Failure>(kept)
+        .map_or_else(|_| kept.to_string(), |f| f.to_string())
+}
+
 async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, CliError> {
     if !args.state_file.exists() {
         return Err(CliError::NoStateFile(args.state_file.clone()));
@@ -561,7 +567,9 @@ async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, CliError> {
                 "instances": records.iter().map(|r| serde_json::json!({
                     "account_id": r.account_id, "region": r.region, "instance_id": r.instance_id,
                     "status": r.status, "detail": r.detail, "command_id": r.command_id,
-                    "attempts": r.attempts, "last_error": r.last_error,
+                    "attempts": r.attempts,
+                    "last_error": r.last_error.as_deref().map(recorded_failure_text),
+                    "failure": r.last_error.as_deref().and_then(|e| serde_json::from_str::<crate::plan::Failure>(e).ok()),
                     "next_attempt_at": r.next_attempt_at.map(stamp), "last_seen_at": stamp(r.last_seen_at),
                 })).collect::<Vec<_>>(),
             });
@@ -582,22 +590,30 @@ async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, CliError> {
                 );
             }
             println!();
-            println!(
-                "{:<14}{:<16}{:<22}{:<19}{:<9}{:<22}DETAIL",
-                "ACCOUNT", "REGION", "INSTANCE", "STATUS", "ATTEMPTS", "NEXT ATTEMPT"
-            );
-            for r in &records {
-                println!(
-                    "{:<14}{:<16}{:<22}{:<19}{:<9}{:<22}{}",
-                    r.account_id,
-                    r.region,
-                    r.instance_id,
-                    r.status,
-                    r.attempts,
-                    r.next_attempt_at.map(stamp).unwrap_or_else(|| "-".into()),
-                    r.detail
-                );
-            }
+            let rows: Vec<Vec<String>> = records
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.account_id.clone(),
+                        r.region.clone(),
+                        r.instance_id.clone(),
+                        r.status.clone(),
+                        r.attempts.to_string(),
+                        r.next_attempt_at.map(stamp).unwrap_or_else(|| "-".into()),
+                        r.detail.clone(),
+                    ]
+                })
+                .collect();
+            let headers = [
+                "ACCOUNT",
+                "REGION",
+                "INSTANCE",
+                "STATUS",
+                "ATTEMPTS",
+                "NEXT ATTEMPT",
+                "DETAIL",
+            ];
+            print!("{}", crate::table::render(&headers, &rows));
             let counts: Vec<String> = by_status.iter().map(|(s, n)| format!("{s}={n}")).collect();
             println!("\n{} instances: {}", records.len(), counts.join(" "));
         }

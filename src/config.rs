@@ -12,6 +12,7 @@ use toml::{Table, Value};
 use url::Url;
 
 use crate::duration::{format_duration, parse_duration};
+use crate::model::TagSelector;
 
 /// The name of the environment variable that holds the service principal's secret.
 pub const CLIENT_SECRET_ENV: &str = "ARC_ONBOARD_CLIENT_SECRET";
@@ -107,16 +108,7 @@ pub struct AwsConfig {
     /// Regions to scan.
     pub regions: RegionSelection,
     /// Only instances carrying this tag, when set.
-    pub tag_filter: Option<TagFilter>,
-}
-
-/// An instance tag filter, pushed to `DescribeInstances`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TagFilter {
-    /// Tag key (exact, case-sensitive as EC2 matches it).
-    pub key: String,
-    /// Tag value; `None` means any instance that has the key.
-    pub value: Option<String>,
+    pub tag_filter: Option<TagSelector>,
 }
 
 /// The `[iam]` section: the connector's CloudFormation stack parameters.
@@ -627,7 +619,7 @@ impl Validator {
         })
     }
 
-    fn tag_filter(&mut self, t: &Table) -> Option<TagFilter> {
+    fn tag_filter(&mut self, t: &Table) -> Option<TagSelector> {
         self.unknown_keys(t, "aws.tag_filter", &["key", "value"]);
         let key = self.string(t, "aws.tag_filter", "key");
         let value = self.string(t, "aws.tag_filter", "value");
@@ -655,7 +647,7 @@ impl Validator {
                 return None;
             }
         }
-        Some(TagFilter {
+        Some(TagSelector {
             key,
             value: value.map(str::to_string),
         })

@@ -22,6 +22,7 @@
 //! - [`pass`]: one observe -> plan -> apply pass, shared by every command.
 //! - [`progress`]: progress of long waits on stderr.
 //! - [`report`]: the report rendered as JSON or a table.
+//! - [`table`]: the one table renderer of the human output (display-width aware).
 //! - [`state`]: the daemon's durable state (SQLite, versioned schema).
 //! - [`metrics`]: Prometheus metrics of the passes and the `/metrics` + `/healthz` HTTP endpoint.
 //! - [`cli`]: command-line parsing and the commands; the only place mutation tokens are minted.
@@ -46,3 +47,4 @@ pub mod ports;
 pub mod progress;
 pub mod report;
 pub mod state;
+pub mod table;

@@ -144,12 +144,12 @@ impl PingStatus {
     }
 }
 
-/// Instance tag filter as the EC2 port applies it.
+/// The instance tag filter (`aws.tag_filter`), pushed to `DescribeInstances` by the EC2 port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagSelector {
-    /// Tag key.
+    /// Tag key (exact, case-sensitive as EC2 matches it).
     pub key: String,
-    /// Tag value, or any value when `None`.
+    /// Tag value; `None` means any instance that has the key.
     pub value: Option<String>,
 }
 

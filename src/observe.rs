@@ -157,10 +157,7 @@ pub async fn observe_account(
     in_flight_window: Duration,
     arc: ArcObservation,
 ) -> AccountObservation {
-    let tag = config.aws.tag_filter.as_ref().map(|t| TagSelector {
-        key: t.key.clone(),
-        value: t.value.clone(),
-    });
+    let tag = config.aws.tag_filter.clone();
     let mut by_region: HashMap<String, RegionObservation> = stream::iter(regions.iter().cloned())
         .map(|region| {
             let span = info_span!("observe_region", account = %account_id, region = %region);

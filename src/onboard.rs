@@ -439,14 +439,11 @@ async fn track(
     opts: &InstallOptions,
     since: std::time::SystemTime,
 ) -> Vec<(usize, bool)> {
-    let deadline =
-        Instant::now() + opts.command_timeout + opts.delivery_timeout + Duration::from_secs(60);
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_secs(1))
-        .with_max_delay(opts.max_poll)
-        .with_factor(1.5)
-        .without_max_times()
-        .build();
+    let mut poll = Poll::new(
+        opts.command_timeout + opts.delivery_timeout + Duration::from_secs(60),
+        opts.max_poll,
+        1.5,
+    );
     let mut succeeded = Vec::new();
     let total = pending.len();
     let progress = crate::progress::Progress::new("install commands");
@@ -491,7 +488,7 @@ async fn track(
         if pending.is_empty() {
             break;
         }
-        if Instant::now() >= deadline {
+        if !poll.wait().await {
             for s in &pending {
                 if let Err(e) = ssm.cancel_command(token, &s.region, &s.command_id).await {
                     warn!(command_id = %s.command_id, error = %e, "cannot cancel the command");
@@ -509,10 +506,42 @@ async fn track(
             }
             break;
         }
-        let pause = delays.next().unwrap_or(opts.max_poll);
-        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
     succeeded
+}
+
+/// The poll loop of tracking and verification: pauses between rounds grow from 1 s by `factor` up to
+/// `max_pause`, and no pause runs past the deadline.
+struct Poll {
+    deadline: Instant,
+    max_pause: Duration,
+    pauses: backon::ExponentialBackoff,
+}
+
+impl Poll {
+    fn new(bound: Duration, max_pause: Duration, factor: f32) -> Poll {
+        Poll {
+            deadline: Instant::now() + bound,
+            max_pause,
+            pauses: ExponentialBuilder::default()
+                .with_min_delay(Duration::from_secs(1))
+                .with_max_delay(max_pause)
+                .with_factor(factor)
+                .without_max_times()
+                .build(),
+        }
+    }
+
+    /// Waits before the next round; `false`, at once, when the deadline has passed.
+    async fn wait(&mut self) -> bool {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let pause = self.pauses.next().unwrap_or(self.max_pause);
+        tokio::time::sleep(pause.min(left)).await;
+        true
+    }
 }
 
 /// Reads the invocations of a finished command (one paged call) and resolves its rows. Returns false,
@@ -601,12 +630,7 @@ async fn verify(
     if succeeded.is_empty() {
         return;
     }
-    let deadline = Instant::now() + opts.verify_timeout;
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_secs(1))
-        .with_max_delay(opts.max_poll)
-        .without_max_times()
-        .build();
+    let mut poll = Poll::new(opts.verify_timeout, opts.max_poll, 2.0);
     let mut waiting: HashSet<usize> = succeeded.iter().map(|(n, _)| *n).collect();
     let already: HashSet<usize> = succeeded
         .iter()
@@ -671,11 +695,9 @@ async fn verify(
             }
             Err(e) => warn!(error = %e, "cannot list Arc machines; will ask again"),
         }
-        if waiting.is_empty() || Instant::now() >= deadline {
+        if waiting.is_empty() || !poll.wait().await {
             break;
         }
-        let pause = delays.next().unwrap_or(opts.max_poll);
-        tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
     }
     for n in waiting {
         let (code, seen) = last_seen
@@ -720,6 +742,18 @@ mod tests {
             response_code: code,
             output: output.into(),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_poll_pauses_grow_to_the_cap_and_never_pass_the_deadline() {
+        let start = Instant::now();
+        let mut poll = Poll::new(Duration::from_secs(10), Duration::from_secs(4), 2.0);
+        let mut waited = Vec::new();
+        while poll.wait().await {
+            waited.push((Instant::now() - start).as_secs());
+        }
+        // 1, 2, 4, then 3 (capped by the deadline); then the deadline has passed.
+        assert_eq!(waited, [1, 3, 7, 10]);
     }
 
     #[test]

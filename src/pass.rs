@@ -1117,18 +1117,10 @@ mod tests {
             },
             scope: Scope::default(),
         };
-        run_pass(
-            config,
-            &ports,
-            Some(arm),
-            token,
-            &opts,
-            Some(durable),
-            now,
-        )
-        .await
-        .unwrap()
-        .report
+        run_pass(config, &ports, Some(arm), token, &opts, Some(durable), now)
+            .await
+            .unwrap()
+            .report
     }
 
     async fn record(db: &StateDb, id: &str) -> Option<InstanceRecord> {

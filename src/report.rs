@@ -126,11 +126,11 @@ impl Report {
             "ACCOUNT", "REGION", "INSTANCE", "NAME", "PLATFORM", "STATE", "SSM", "ACTIONS",
             "STATUS", "DETAIL",
         ];
-        let rows: Vec<[String; 10]> = self
+        let rows: Vec<Vec<String>> = self
             .instances
             .iter()
             .map(|i| {
-                [
+                vec![
                     i.account_id.clone(),
                     i.region.clone(),
                     i.instance_id.clone(),
@@ -152,24 +152,7 @@ impl Report {
                 ]
             })
             .collect();
-        let mut widths = headers.map(str::len);
-        for row in &rows {
-            for (w, cell) in widths.iter_mut().zip(row.iter()) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
         let mut out = String::new();
-        let line = |out: &mut String, cells: &[&str]| {
-            let last = cells.len() - 1;
-            for (n, cell) in cells.iter().enumerate() {
-                if n == last {
-                    out.push_str(cell);
-                } else {
-                    let _ = write!(out, "{cell:<width$}  ", width = widths[n]);
-                }
-            }
-            out.push('\n');
-        };
         let mode = match self.mode {
             Mode::Plan => "plan (dry run: nothing was changed)",
             Mode::Run => "run",
@@ -192,11 +175,7 @@ impl Report {
             out.push('\n');
         }
         out.push('\n');
-        line(&mut out, &headers);
-        for row in &rows {
-            let cells: Vec<&str> = row.iter().map(String::as_str).collect();
-            line(&mut out, &cells);
-        }
+        out.push_str(&crate::table::render(&headers, &rows));
         if !self.errors.is_empty() {
             out.push_str("\nregions that could not be observed:\n");
             for e in &self.errors {

@@ -1,9 +1,11 @@
 //! Azure: the Entra client-credentials token and the few Resource Manager calls the tool needs, behind a
-//! port, with a REST adapter over reqwest (rustls) and a stateful fake.
+//! port, with a REST adapter over reqwest (rustls) and a stateful fake (tests and the `fakes` feature only).
 //!
 //! The secret is held in [`Secret`], whose `Debug` and `Display` never show it. Tokens are held the same way.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+#[cfg(any(test, feature = "fakes"))]
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::sync::Mutex;
@@ -507,6 +509,7 @@ impl Arm for RestArm {
 }
 
 /// An in-memory Azure for pass tests: resource groups, machines, and an optional token failure.
+#[cfg(any(test, feature = "fakes"))]
 #[derive(Debug, Default)]
 pub struct FakeArm {
     state: Mutex<FakeArmState>,
@@ -514,6 +517,7 @@ pub struct FakeArm {
     pub calls: ApiCounter,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 #[derive(Debug, Default)]
 struct FakeArmState {
     groups: HashMap<String, String>,
@@ -521,6 +525,7 @@ struct FakeArmState {
     token_error: Option<AzureError>,
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl FakeArm {
     fn lock(&self) -> std::sync::MutexGuard<'_, FakeArmState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -553,6 +558,7 @@ impl FakeArm {
     }
 }
 
+#[cfg(any(test, feature = "fakes"))]
 impl Arm for FakeArm {
     async fn token(&self) -> Result<Secret, AzureError> {
         self.calls.record("azure:Token");

@@ -13,7 +13,8 @@
 //! - [`ports`]: one trait per external system, and the [`ports::MutationToken`] capability.
 //! - [`azure`]: the Azure port (Entra token, Resource Manager), its REST adapter and a fake.
 //! - [`aws`]: real adapters over the official AWS SDK (credential chain, retries, call counting).
-//! - [`fake`]: stateful in-memory fakes of the ports for tests.
+//! - [`fake`]: stateful in-memory fakes of the ports, for tests (compiled for `cargo test` or with the
+//!   `fakes` feature only; never in the release binary).
 //! - [`install`]: the Linux and Windows agent install scripts, rendered with per-shell quoting.
 //! - [`observe`]: gathers one account's state through the ports.
 //! - [`plan`]: the pure planner: observation + config -> per-instance actions and reasons.
@@ -35,6 +36,7 @@ pub mod config;
 pub mod daemon;
 pub mod duration;
 pub mod error;
+#[cfg(any(test, feature = "fakes"))]
 pub mod fake;
 pub mod install;
 pub mod metrics;

@@ -397,6 +397,12 @@ fn one_hundred_thirty_online_instances_take_three_send_commands() {
     assert_eq!(id.len(), 130);
     // Tracking is command-level: a handful of ListCommands, one ListCommandInvocations page per command.
     let counts = w.aws.counts();
+    let ssm: Vec<String> = counts
+        .iter()
+        .filter(|(op, _)| op.starts_with("ssm:"))
+        .map(|(op, n)| format!("{op}={n}"))
+        .collect();
+    eprintln!("130 installs, SSM calls by operation: {}", ssm.join(" "));
     assert_eq!(counts["ssm:ListCommandInvocations"], 3);
     assert!(
         counts.get("ssm:GetCommandInvocation").is_none(),

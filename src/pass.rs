@@ -600,6 +600,18 @@ mod tests {
         config: &Config,
         token: Option<&MutationToken>,
     ) -> Result<Report, PassError> {
+        pass_at(aws, arm, config, token, None, SystemTime::now()).await
+    }
+
+    /// One pass over the fakes at `now`, with the state file when given.
+    async fn pass_at(
+        aws: &FakeAws,
+        arm: &FakeArm,
+        config: &Config,
+        token: Option<&MutationToken>,
+        durable: Option<&Durable<'_>>,
+        now: SystemTime,
+    ) -> Result<Report, PassError> {
         let ports = AwsPorts {
             sts: aws,
             ec2: aws,
@@ -615,17 +627,9 @@ mod tests {
             },
             scope: Scope::default(),
         };
-        run_pass(
-            config,
-            &ports,
-            Some(arm),
-            token,
-            &opts,
-            None,
-            SystemTime::now(),
-        )
-        .await
-        .map(|o| o.report)
+        run_pass(config, &ports, Some(arm), token, &opts, durable, now)
+            .await
+            .map(|o| o.report)
     }
 
     fn one_region_config() -> Config {
@@ -1102,25 +1106,9 @@ mod tests {
         token: Option<&MutationToken>,
         now: SystemTime,
     ) -> Report {
-        let ports = AwsPorts {
-            sts: aws,
-            ec2: aws,
-            iam: aws,
-            ssm: aws,
-            counter: &aws.calls,
-        };
-        let opts = PassOptions {
-            apply: opts(),
-            install: InstallOptions {
-                verify_timeout: Duration::from_secs(2),
-                ..InstallOptions::default()
-            },
-            scope: Scope::default(),
-        };
-        run_pass(config, &ports, Some(arm), token, &opts, Some(durable), now)
+        pass_at(aws, arm, config, token, Some(durable), now)
             .await
             .unwrap()
-            .report
     }
 
     async fn record(db: &StateDb, id: &str) -> Option<InstanceRecord> {

@@ -280,6 +280,24 @@ impl World {
         all.extend_from_slice(env);
         self.aws.run_env(args, config, &all)
     }
+
+    /// Runs the binary with only `env` added to the isolated AWS environment: no client secret, for the
+    /// other credential kinds.
+    pub fn run_without_secret(&self, args: &[&str], config: &str, env: &[(&str, &str)]) -> Outcome {
+        self.aws.run_env(args, config, env)
+    }
+
+    /// The `[azure]` section pointing at the stub, with `credential_lines` (`credential = ...` and its
+    /// keys) and without `client_id` when `client_id` is false.
+    pub fn azure_section_with(&self, credential_lines: &str, client_id: bool) -> String {
+        let section = self.azure_section();
+        let section = if client_id {
+            section
+        } else {
+            section.replace("client_id = \"00000000-0000-0000-0000-000000000003\"\n", "")
+        };
+        format!("{section}{credential_lines}\n")
+    }
 }
 
 /// A control API call to the server on `port`; panics on a non-2xx answer.

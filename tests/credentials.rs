@@ -448,6 +448,28 @@ fn aws_federation_presents_a_jwt_from_sts_and_no_azure_secret_exists() {
         "{tokens:#?}"
     );
     assert_eq!(tokens[0]["assertion"]["sub"], ORCHESTRATOR_ROLE);
+
+    // The example policies allow what run made, and what plan makes with this credential.
+    let run_allows = common::allowed_actions("scripts/iam/run-policy.json");
+    for op in w.aws.counts().keys() {
+        assert!(run_allows.contains(op), "run-policy.json lacks {op}");
+    }
+    w.aws.reset_calls();
+    let config = format!(
+        "{ONE_REGION}\n{}",
+        w.azure_section_with("credential = \"aws-federation\"\n", true)
+    );
+    let plan = w.run_without_secret(&["plan", "--output", "json"], &config, &as_refs(&env));
+    assert_eq!(plan.code, 0, "{}", plan.stderr);
+    let plan_allows = common::allowed_actions("scripts/iam/plan-policy.json");
+    let counts = w.aws.counts();
+    assert!(
+        counts.contains_key("sts:GetWebIdentityToken"),
+        "plan checks Azure too: {counts:?}"
+    );
+    for op in counts.keys() {
+        assert!(plan_allows.contains(op), "plan-policy.json lacks {op}");
+    }
 }
 
 #[test]

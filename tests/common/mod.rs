@@ -413,6 +413,22 @@ pub fn run_binary(args: &[&str], config: &str, env: &[(&str, &str)]) -> Outcome 
     }
 }
 
+/// Actions a policy document in the repository allows (every statement, `Allow` only).
+pub fn allowed_actions(path: &str) -> Vec<String> {
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_file(path)).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for st in doc["Statement"].as_array().unwrap() {
+        assert_eq!(st["Effect"], "Allow");
+        match &st["Action"] {
+            Value::String(a) => out.push(a.clone()),
+            Value::Array(list) => out.extend(list.iter().map(|a| a.as_str().unwrap().to_string())),
+            other => panic!("unexpected Action {other}"),
+        }
+    }
+    out
+}
+
 /// Path of a file in the repository.
 pub fn repo_file(rel: &str) -> PathBuf {
     repo().join(rel)

@@ -1159,3 +1159,104 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(3));
     }
 }
+
+#[cfg(test)]
+mod token_file_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-connection-at-a-time token endpoint on 127.0.0.1 that answers every request with a token
+    /// and hands each request's form body to the test.
+    async fn token_endpoint() -> (Url, tokio::sync::mpsc::UnboundedReceiver<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&raw).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let length = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= length {
+                            let _ = tx.send(body.to_string());
+                            break;
+                        }
+                    }
+                }
+                let answer = r#"{"access_token": "at", "expires_in": 3600}"#;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let _ = conn.write_all(response.as_bytes()).await;
+            }
+        });
+        (url, rx)
+    }
+
+    fn assertion_of(form: &str) -> String {
+        url::form_urlencoded::parse(form.as_bytes())
+            .find(|(k, _)| k == "client_assertion")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn the_federated_token_file_is_read_for_every_token_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("azure-identity-token");
+        std::fs::write(&file, "first-token\n").unwrap();
+        let credential = Credential {
+            kind: Kind::WorkloadIdentity {
+                token_file: file.clone(),
+                source: "azure.federated_token_file",
+            },
+        };
+        let (authority, mut forms) = token_endpoint().await;
+        let http = reqwest::Client::new();
+        let resource = Url::parse("https://management.azure.com/").unwrap();
+        let counter = ApiCounter::default();
+        let ctx = TokenContext {
+            http: &http,
+            authority: &authority,
+            tenant_id: "t",
+            client_id: Some("c"),
+            resource: &resource,
+            counter: &counter,
+        };
+        let (token, lifetime) = credential.access_token(&ctx).await.unwrap();
+        assert_eq!(
+            (token.expose(), lifetime),
+            ("at", Duration::from_secs(3600))
+        );
+        let form = forms.recv().await.unwrap();
+        assert_eq!(assertion_of(&form), "first-token");
+        assert!(form.contains("client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"));
+        assert!(!form.contains("client_secret"));
+
+        // The kubelet rotated it.
+        std::fs::write(&file, "second-token").unwrap();
+        credential.access_token(&ctx).await.unwrap();
+        assert_eq!(assertion_of(&forms.recv().await.unwrap()), "second-token");
+
+        // Gone: the request fails with the file named, and nothing is sent.
+        std::fs::remove_file(&file).unwrap();
+        let err = credential.access_token(&ctx).await.unwrap_err();
+        assert!(err.to_string().contains("azure-identity-token"), "{err}");
+        assert!(forms.try_recv().is_err());
+    }
+}

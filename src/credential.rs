@@ -734,7 +734,7 @@ impl ManagedIdentity {
                     .send()
                     .await
                     .map_err(|e| transport(OP, endpoint.as_str(), e))?;
-                token_response(resp).await
+                endpoint_refusal(token_response(resp).await, endpoint)
             }
             ManagedIdentity::Arc {
                 endpoint,
@@ -752,7 +752,7 @@ impl ManagedIdentity {
                     .await
                     .map_err(|e| transport(OP, endpoint.as_str(), e))?;
                 if first.status().as_u16() != 401 {
-                    return token_response(first).await;
+                    return endpoint_refusal(token_response(first).await, endpoint);
                 }
                 let challenge = first
                     .headers()
@@ -770,10 +770,34 @@ impl ManagedIdentity {
                     .send()
                     .await
                     .map_err(|e| transport(OP, endpoint.as_str(), e))?;
-                token_response(second).await
+                endpoint_refusal(token_response(second).await, endpoint)
             }
         }
     }
+}
+
+/// A managed identity endpoint's refusal says so (not "Entra"), with the endpoint.
+fn endpoint_refusal(
+    result: Result<(Secret, Duration), AzureError>,
+    endpoint: &Url,
+) -> Result<(Secret, Duration), AzureError> {
+    result.map_err(|e| match e {
+        AzureError::Token {
+            status,
+            code,
+            description,
+        } => AzureError::Credential {
+            code: if code.is_empty() {
+                "managed_identity".into()
+            } else {
+                code
+            },
+            message: format!(
+                "the managed identity endpoint {endpoint} answered HTTP {status}: {description}"
+            ),
+        },
+        other => other,
+    })
 }
 
 /// The content of the challenge file a `WWW-Authenticate: Basic realm=<path>` header names, after the

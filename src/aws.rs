@@ -182,6 +182,53 @@ impl Sts for SdkSts {
     }
 }
 
+/// Asks STS for a signed JWT that states this process's AWS identity (`sts:GetWebIdentityToken`, AWS IAM
+/// outbound identity federation): the `aws-federation` credential's client assertion. Regional endpoint
+/// only, as the API requires; the call is counted by the Azure side as `sts:GetWebIdentityToken`.
+#[derive(Clone)]
+pub struct WebIdentityIssuer {
+    client: aws_sdk_sts::Client,
+}
+
+impl WebIdentityIssuer {
+    /// An issuer in `region` (the home region).
+    pub fn new(sdk: &SdkConfig, region: &str) -> WebIdentityIssuer {
+        let conf = aws_sdk_sts::config::Builder::from(sdk)
+            .region(Region::new(region.to_string()))
+            .build();
+        WebIdentityIssuer {
+            client: aws_sdk_sts::Client::from_conf(conf),
+        }
+    }
+
+    /// A JWT for `audience`, RS256-signed, valid for `duration_seconds` (60..=3600).
+    pub async fn web_identity_token(
+        &self,
+        audience: &str,
+        duration_seconds: i32,
+    ) -> Result<crate::azure::Secret, AwsError> {
+        const OP: &str = "sts:GetWebIdentityToken";
+        let out = self
+            .client
+            .get_web_identity_token()
+            .audience(audience)
+            .signing_algorithm("RS256")
+            .duration_seconds(duration_seconds)
+            .send()
+            .await
+            .map_err(|e| aws_error(OP, e))?;
+        out.web_identity_token
+            .filter(|t| !t.is_empty())
+            .map(crate::azure::Secret::new)
+            .ok_or_else(|| AwsError {
+                operation: OP.into(),
+                kind: AwsErrorKind::Other,
+                code: "NoToken".into(),
+                message: "the response carried no web identity token".into(),
+            })
+    }
+}
+
 /// EC2 adapter.
 pub struct SdkEc2 {
     home_region: String,

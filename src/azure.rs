@@ -1,14 +1,15 @@
-//! Azure: the Entra client-credentials token and the few Resource Manager calls the tool needs, behind a
-//! port, with a REST adapter over reqwest (rustls) and a stateful fake (tests and the `fakes` feature only).
+//! Azure: the few Resource Manager calls the tool needs and the access token they carry, behind a port,
+//! with a REST adapter over reqwest (rustls) and a stateful fake (tests and the `fakes` feature only).
+//! Where the token comes from is the adapter's [`Credential`] (see [`crate::credential`]).
 //!
-//! The secret is held in [`Secret`], whose `Debug` and `Display` never show it. Tokens are held the same way.
+//! Secrets are held in [`Secret`], whose `Debug` and `Display` never show them. Tokens are held the same way.
 
 use std::collections::BTreeMap;
 #[cfg(any(test, feature = "fakes"))]
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -16,6 +17,7 @@ use serde_json::json;
 use url::Url;
 
 use crate::config::AzureConfig;
+use crate::credential::{Credential, TokenContext};
 use crate::ports::{ApiCounter, MutationToken};
 
 /// `api-version` for resource groups.
@@ -80,6 +82,14 @@ pub enum AzureError {
         /// ARM message.
         message: String,
     },
+    /// The credential could not produce its proof (token file, challenge file, STS, `az`).
+    #[error("the Azure credential failed: {code}: {message}")]
+    Credential {
+        /// What failed: `federated_token_file`, an STS error code, `azure_cli`, ...
+        code: String,
+        /// Why (never a secret).
+        message: String,
+    },
     /// No answer.
     #[error("{operation} failed: cannot reach {url}: {message}")]
     Transport {
@@ -96,7 +106,9 @@ impl AzureError {
     /// The error's code: Entra's OAuth error, ARM's error code, or `transport`.
     pub fn code(&self) -> String {
         match self {
-            AzureError::Token { code, .. } | AzureError::Arm { code, .. } => code.clone(),
+            AzureError::Token { code, .. }
+            | AzureError::Arm { code, .. }
+            | AzureError::Credential { code, .. } => code.clone(),
             AzureError::Transport { .. } => "transport".into(),
         }
     }
@@ -167,25 +179,11 @@ pub struct RestArm {
     authority: Url,
     resource_manager: Url,
     tenant_id: String,
-    client_id: String,
+    client_id: Option<String>,
     subscription_id: String,
-    secret: Secret,
+    credential: Arc<Credential>,
     cached: Mutex<Option<(Secret, Instant)>>,
     counter: ApiCounter,
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
-    expires_in: Option<u64>,
-}
-
-#[derive(Deserialize, Default)]
-struct TokenErrorBody {
-    #[serde(default)]
-    error: String,
-    #[serde(default)]
-    error_description: String,
 }
 
 #[derive(Deserialize, Default)]
@@ -251,11 +249,11 @@ fn join(base: &Url, path: &str) -> String {
 }
 
 impl RestArm {
-    /// Builds the adapter; the secret comes from the environment, never from the config file. Fails when
-    /// the machine's TLS setup does not let an HTTPS client be built.
+    /// Builds the adapter with a loaded credential. Fails when the machine's TLS setup does not let an
+    /// HTTPS client be built.
     pub fn new(
         config: &AzureConfig,
-        secret: Secret,
+        credential: Credential,
         counter: ApiCounter,
     ) -> Result<RestArm, ClientError> {
         let http = reqwest::Client::builder()
@@ -271,10 +269,15 @@ impl RestArm {
             tenant_id: config.tenant_id.clone(),
             client_id: config.client_id.clone(),
             subscription_id: config.subscription_id.clone(),
-            secret,
+            credential: Arc::new(credential),
             cached: Mutex::new(None),
             counter,
         })
+    }
+
+    /// The credential tokens come from.
+    pub fn credential(&self) -> &Credential {
+        &self.credential
     }
 
     /// The same HTTPS client and credential with its own call counter and an empty token cache: one per
@@ -287,7 +290,7 @@ impl RestArm {
             tenant_id: self.tenant_id.clone(),
             client_id: self.client_id.clone(),
             subscription_id: self.subscription_id.clone(),
-            secret: self.secret.clone(),
+            credential: self.credential.clone(),
             cached: Mutex::new(None),
             counter,
         }
@@ -370,44 +373,15 @@ impl RestArm {
                 return Ok((token.clone(), left));
             }
         }
-        let url = join(
-            &self.authority,
-            &format!("{}/oauth2/v2.0/token", self.tenant_id),
-        );
-        let scope = format!(
-            "{}/.default",
-            self.resource_manager.as_str().trim_end_matches('/')
-        );
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", self.client_id.as_str()),
-            ("client_secret", self.secret.expose()),
-            ("scope", scope.as_str()),
-        ];
-        let resp = self
-            .send("azure:Token", self.http.post(&url).form(&form), &url)
-            .await?;
-        let status = resp.status().as_u16();
-        if !resp.status().is_success() {
-            let body: TokenErrorBody = resp.json().await.unwrap_or_default();
-            return Err(AzureError::Token {
-                status,
-                code: body.error,
-                description: body
-                    .error_description
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string(),
-            });
-        }
-        let body: TokenResponse = resp.json().await.map_err(|e| AzureError::Token {
-            status,
-            code: "invalid_response".into(),
-            description: e.without_url().to_string(),
-        })?;
-        let token = Secret::new(body.access_token);
-        let lifetime = Duration::from_secs(body.expires_in.unwrap_or(3600));
+        let ctx = TokenContext {
+            http: &self.http,
+            authority: &self.authority,
+            tenant_id: &self.tenant_id,
+            client_id: self.client_id.as_deref(),
+            resource: &self.resource_manager,
+            counter: &self.counter,
+        };
+        let (token, lifetime) = self.credential.access_token(&ctx).await?;
         *self.cached.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((token.clone(), Instant::now() + lifetime));
         Ok((token, lifetime))

@@ -11,8 +11,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::apply::ApplyOptions;
 use crate::aws::{self, SdkEc2, SdkIam, SdkSsm, SdkSts};
-use crate::azure::{RestArm, Secret};
-use crate::config::{Config, ConfigError, RegionSelection, CLIENT_SECRET_ENV};
+use crate::azure::RestArm;
+use crate::config::{Config, ConfigError, RegionSelection};
+use crate::credential::{process_env, Credential, CredentialError};
 use crate::duration::parse_duration;
 use crate::onboard::InstallOptions;
 use crate::pass::{run_pass, AwsPorts, PassError, PassOptions, Scope};
@@ -186,6 +187,9 @@ pub enum CliError {
     /// No HTTPS client for Azure could be built on this machine.
     #[error(transparent)]
     AzureClient(#[from] crate::azure::ClientError),
+    /// The Azure credential's proof is unusable (certificate, token file, `az`, endpoint).
+    #[error("the Azure credential cannot be used; nothing was changed")]
+    Credential(#[source] CredentialError),
 }
 
 /// Exit codes of the interface.
@@ -250,8 +254,19 @@ async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
     }
     match &cli.command {
         Command::Validate => {
-            let secret = std::env::var(CLIENT_SECRET_ENV).is_ok_and(|s| !s.is_empty());
-            print!("{}", config.to_effective_toml(secret));
+            let description = match &config.azure {
+                None => "none ([azure] is not configured)".to_string(),
+                Some(azure) => {
+                    match Credential::load(azure, &process_env).map_err(CliError::Credential)? {
+                        Some(c) => c.describe(),
+                        None => format!(
+                            "client-secret: {} is not set",
+                            crate::config::CLIENT_SECRET_ENV
+                        ),
+                    }
+                }
+            };
+            print!("{}", config.to_effective_toml(&description));
             Ok(exit::OK)
         }
         Command::Plan(args) => {
@@ -331,9 +346,11 @@ async fn pass_and_report(
     opts: PassOptions,
     durable: Option<&crate::pass::Durable<'_>>,
 ) -> Result<u8, CliError> {
-    let arm = azure_adapter(config)?;
+    let arm = azure_adapter(config, load_credential(config)?)?;
     let sdk = aws::load_sdk_config().await;
-    let adapters = Adapters::new(&sdk, &home_region(&sdk, config), arm.as_ref());
+    let home = home_region(&sdk, config);
+    attach_web_identity(arm.as_ref(), &sdk, &home);
+    let adapters = Adapters::new(&sdk, &home, arm.as_ref());
     let outcome = run_pass(
         config,
         &adapters.ports(),
@@ -369,20 +386,38 @@ struct Adapters {
     arm: Option<RestArm>,
 }
 
-/// The Azure adapter, when the configuration has `[azure]` and the secret is set; built once per command so
-/// that an unusable TLS setup stops the command before any AWS call.
-fn azure_adapter(config: &Config) -> Result<Option<RestArm>, CliError> {
-    let secret = std::env::var(CLIENT_SECRET_ENV)
-        .ok()
-        .filter(|s| !s.is_empty());
-    Ok(match (&config.azure, secret) {
-        (Some(azure), Some(secret)) => Some(RestArm::new(
-            azure,
-            Secret::new(secret),
-            ApiCounter::default(),
-        )?),
-        _ => None,
-    })
+/// The Azure credential, when the configuration has `[azure]` (and, for `client-secret`, the secret is
+/// set), with its local proof checked: a bad one stops the command before any AWS call.
+fn load_credential(config: &Config) -> Result<Option<Credential>, CliError> {
+    match &config.azure {
+        None => Ok(None),
+        Some(azure) => Credential::load(azure, &process_env).map_err(CliError::Credential),
+    }
+}
+
+/// The Azure adapter over `credential`; built once per command, before the AWS SDK is configured, so that
+/// an unusable TLS setup stops the command before any AWS call.
+fn azure_adapter(
+    config: &Config,
+    credential: Option<Credential>,
+) -> Result<Option<RestArm>, CliError> {
+    let (Some(azure), Some(credential)) = (&config.azure, credential) else {
+        return Ok(None);
+    };
+    tracing::debug!(credential = %credential.describe(), "Azure credential");
+    Ok(Some(RestArm::new(
+        azure,
+        credential,
+        ApiCounter::default(),
+    )?))
+}
+
+/// An `aws-federation` credential gets its STS client (home region) once the SDK is configured.
+fn attach_web_identity(arm: Option<&RestArm>, sdk: &aws_config::SdkConfig, home: &str) {
+    if let Some(arm) = arm.filter(|a| a.credential().needs_web_identity()) {
+        arm.credential()
+            .set_web_identity(aws::WebIdentityIssuer::new(sdk, home));
+    }
 }
 
 impl Adapters {
@@ -425,10 +460,10 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
     use crate::pass::Durable;
     use std::sync::Arc;
 
-    if config.azure.is_none() || std::env::var(CLIENT_SECRET_ENV).map_or(true, |s| s.is_empty()) {
+    let Some(credential) = load_credential(config)? else {
         return Err(PassError::AzureMissing.into());
-    }
-    let arm = azure_adapter(config)?;
+    };
+    let arm = azure_adapter(config, Some(credential))?;
     let db = crate::state::StateDb::open(&args.state_file).await?;
     let metrics = Arc::new(crate::metrics::Metrics::new(args.unhealthy_after));
     let schedule = Schedule::from_config(config);
@@ -475,6 +510,7 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
 
     let sdk = aws::load_sdk_config().await;
     let home = home_region(&sdk, config);
+    attach_web_identity(arm.as_ref(), &sdk, &home);
     let token = MutationToken::mint();
     let durable = Durable {
         db: &db,

@@ -223,8 +223,13 @@ pub struct AzureConfig {
     pub resource_group: String,
     /// Which Azure cloud.
     pub cloud: AzureCloud,
-    /// Service principal application id (GUID).
-    pub client_id: String,
+    /// Application (client) id (GUID): the service principal, or a user-assigned managed identity. `None`
+    /// only with `credential = "managed-identity"` (the system-assigned identity) or `"azure-cli"`.
+    pub client_id: Option<String>,
+    /// How arc-onboard gets its Resource Manager token.
+    pub credential: CredentialConfig,
+    /// Keys whose value came from an environment variable (`azure.client_id` -> `AZURE_CLIENT_ID`).
+    pub from_env: BTreeMap<&'static str, &'static str>,
     /// Entra authority host.
     pub authority_host: Url,
     /// Azure Resource Manager endpoint.
@@ -232,6 +237,58 @@ pub struct AzureConfig {
     /// Extra tags for the Arc resources.
     pub tags: BTreeMap<String, String>,
 }
+
+/// `[azure] credential` and the key that goes with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialConfig {
+    /// The service principal's secret, from [`CLIENT_SECRET_ENV`] (the default).
+    ClientSecret,
+    /// A client assertion signed with the key of a PEM file that also holds the certificate.
+    ClientCertificate {
+        /// `azure.client_certificate_path`.
+        path: PathBuf,
+    },
+    /// A Kubernetes service account token (projected volume) as client assertion.
+    WorkloadIdentity {
+        /// `azure.federated_token_file`, else `AZURE_FEDERATED_TOKEN_FILE`.
+        token_file: PathBuf,
+        /// Whether the path came from `AZURE_FEDERATED_TOKEN_FILE`.
+        from_env: bool,
+    },
+    /// A JWT from `sts:GetWebIdentityToken` as client assertion.
+    AwsFederation {
+        /// `azure.aws_federation_audience`.
+        audience: String,
+    },
+    /// The machine's managed identity (Azure VM IMDS or Azure Arc agent).
+    ManagedIdentity,
+    /// `az account get-access-token`.
+    AzureCli,
+}
+
+impl CredentialConfig {
+    /// The name the config file uses.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CredentialConfig::ClientSecret => "client-secret",
+            CredentialConfig::ClientCertificate { .. } => "client-certificate",
+            CredentialConfig::WorkloadIdentity { .. } => "workload-identity",
+            CredentialConfig::AwsFederation { .. } => "aws-federation",
+            CredentialConfig::ManagedIdentity => "managed-identity",
+            CredentialConfig::AzureCli => "azure-cli",
+        }
+    }
+}
+
+/// The `credential` values, in the order the README lists them.
+const CREDENTIAL_KINDS: [&str; 6] = [
+    "client-secret",
+    "client-certificate",
+    "workload-identity",
+    "aws-federation",
+    "managed-identity",
+    "azure-cli",
+];
 
 impl AzureConfig {
     /// The resource group for one AWS account.
@@ -242,23 +299,38 @@ impl AzureConfig {
 
 impl Config {
     /// Reads and validates the file at `path`.
+    ///
+    /// With `credential = "workload-identity"`, `AZURE_FEDERATED_TOKEN_FILE`, `AZURE_CLIENT_ID` and
+    /// `AZURE_TENANT_ID` stand in for the keys the file leaves out, as the workload identity webhook sets them.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse(&text, path)
+        Config::parse_with_env(&text, path, &crate::credential::process_env)
     }
 
-    /// Validates the TOML text; `path` is only used in messages.
+    /// Validates the TOML text without looking at the environment; `path` is only used in messages.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, path, &|_| None)
+    }
+
+    /// Validates the TOML text; `env` supplies the workload identity variables (see [`Config::load`]).
+    pub fn parse_with_env(
+        text: &str,
+        path: &Path,
+        env: crate::credential::EnvLookup<'_>,
+    ) -> Result<Config, ConfigError> {
         let table: Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigError::Syntax {
                 path: path.to_path_buf(),
                 message: e.to_string().trim_end().to_string(),
             })?;
-        let mut v = Validator::default();
+        let mut v = Validator {
+            env: Some(env),
+            ..Validator::default()
+        };
         let config = v.config(&table);
         match config {
             Some(config) if v.issues.is_empty() => Ok(config),
@@ -269,9 +341,10 @@ impl Config {
         }
     }
 
-    /// The effective configuration as TOML, defaults filled in. The client secret never appears;
-    /// a comment says whether it is set in the environment.
-    pub fn to_effective_toml(&self, secret_present: bool) -> String {
+    /// The effective configuration as TOML, defaults filled in. No secret ever appears: `credential` is a
+    /// comment that says which credential is in use and where it comes from (see
+    /// [`crate::credential::Credential::describe`]).
+    pub fn to_effective_toml(&self, credential: &str) -> String {
         let mut root = Table::new();
         let mut aws = Table::new();
         match &self.aws.regions {
@@ -373,7 +446,34 @@ impl Config {
                 Value::String(az.resource_group.clone()),
             );
             t.insert("cloud".into(), Value::String(az.cloud.as_str().into()));
-            t.insert("client_id".into(), Value::String(az.client_id.clone()));
+            if let Some(client_id) = &az.client_id {
+                t.insert("client_id".into(), Value::String(client_id.clone()));
+            }
+            t.insert(
+                "credential".into(),
+                Value::String(az.credential.name().into()),
+            );
+            match &az.credential {
+                CredentialConfig::ClientCertificate { path } => {
+                    t.insert(
+                        "client_certificate_path".into(),
+                        Value::String(path.display().to_string()),
+                    );
+                }
+                CredentialConfig::WorkloadIdentity { token_file, .. } => {
+                    t.insert(
+                        "federated_token_file".into(),
+                        Value::String(token_file.display().to_string()),
+                    );
+                }
+                CredentialConfig::AwsFederation { audience } => {
+                    t.insert(
+                        "aws_federation_audience".into(),
+                        Value::String(audience.clone()),
+                    );
+                }
+                _ => {}
+            }
             t.insert(
                 "authority_host".into(),
                 Value::String(az.authority_host.to_string()),
@@ -392,31 +492,31 @@ impl Config {
             }
             root.insert("azure".into(), Value::Table(t));
         }
-        let secret = if secret_present {
-            "set (value redacted)"
-        } else {
-            "not set"
-        };
         let body = toml::to_string_pretty(&root).unwrap_or_default();
-        let notes: String = self
+        let mut notes: String = self
             .warnings
             .iter()
             .map(|w| format!("# note: {w}\n"))
             .collect();
-        format!(
-            "# effective configuration\n# client secret: {CLIENT_SECRET_ENV} is {secret}\n{notes}{body}"
-        )
+        if let Some(az) = &self.azure {
+            for (key, var) in &az.from_env {
+                notes.push_str(&format!("# note: {key} comes from {var}\n"));
+            }
+        }
+        format!("# effective configuration\n# credential: {credential}\n{notes}{body}")
     }
 }
 
 /// Collects issues while building the typed config.
 #[derive(Default)]
-struct Validator {
+struct Validator<'e> {
     issues: Vec<ConfigIssue>,
     warnings: Vec<ConfigIssue>,
+    /// The environment, for the workload identity variables.
+    env: Option<crate::credential::EnvLookup<'e>>,
 }
 
-impl Validator {
+impl Validator<'_> {
     fn issue(&mut self, key: impl Into<String>, problem: impl Into<String>) {
         self.issues.push(ConfigIssue {
             key: key.into(),
@@ -856,6 +956,167 @@ impl Validator {
         }
     }
 
+    /// A GUID key; with `from_env_ok`, its environment variable (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`)
+    /// when the key is absent.
+    fn guid_or_env(
+        &mut self,
+        t: &Table,
+        key: &'static str,
+        from_env_ok: bool,
+        from_env: &mut BTreeMap<&'static str, &'static str>,
+    ) -> Option<String> {
+        let var = match key {
+            "tenant_id" => crate::credential::TENANT_ID_ENV,
+            _ => crate::credential::CLIENT_ID_ENV,
+        };
+        if t.contains_key(key) || !from_env_ok {
+            return self.guid(t, key);
+        }
+        match self.env.and_then(|env| env(var)) {
+            Some(v) if is_guid(&v) => {
+                from_env.insert(
+                    if key == "tenant_id" {
+                        "azure.tenant_id"
+                    } else {
+                        "azure.client_id"
+                    },
+                    var,
+                );
+                Some(v.to_ascii_lowercase())
+            }
+            Some(v) => {
+                self.issue(
+                    join("azure", key),
+                    format!("{var} = {v:?} is not a GUID (expected 00000000-0000-0000-0000-000000000000)"),
+                );
+                None
+            }
+            None => {
+                self.issue(
+                    join("azure", key),
+                    format!("is required in [azure] (or in {var}, as the workload identity webhook sets it)"),
+                );
+                None
+            }
+        }
+    }
+
+    /// `credential` and the keys that belong to it; a key of another credential is an error.
+    fn credential(&mut self, t: &Table) -> Option<CredentialConfig> {
+        let name = self
+            .string(t, "azure", "credential")
+            .unwrap_or("client-secret");
+        let path = self.string(t, "azure", "client_certificate_path");
+        let token_file = self.string(t, "azure", "federated_token_file");
+        let audience = self.string(t, "azure", "aws_federation_audience");
+        let belongs = [
+            (
+                "client_certificate_path",
+                path.is_some(),
+                "client-certificate",
+            ),
+            (
+                "federated_token_file",
+                token_file.is_some(),
+                "workload-identity",
+            ),
+            (
+                "aws_federation_audience",
+                audience.is_some(),
+                "aws-federation",
+            ),
+        ];
+        if CREDENTIAL_KINDS.contains(&name) {
+            for (key, present, owner) in belongs {
+                if present && name != owner {
+                    self.issue(
+                        join("azure", key),
+                        format!(
+                            "is used only with credential = {owner:?} (credential is {name:?})"
+                        ),
+                    );
+                }
+            }
+        }
+        let nonempty = |v: &mut Self, key: &str, s: Option<&str>| match s {
+            Some(s) if s.trim().is_empty() => {
+                v.issue(join("azure", key), "must not be empty");
+                None
+            }
+            other => other.map(str::to_string),
+        };
+        match name {
+            "client-secret" => Some(CredentialConfig::ClientSecret),
+            "client-certificate" => match nonempty(self, "client_certificate_path", path) {
+                Some(p) => Some(CredentialConfig::ClientCertificate {
+                    path: PathBuf::from(p),
+                }),
+                None => {
+                    if path.is_none() {
+                        self.issue(
+                            "azure.client_certificate_path",
+                            "is required with credential = \"client-certificate\" (a PEM file with the private key and the certificate)",
+                        );
+                    }
+                    None
+                }
+            },
+            "workload-identity" => {
+                let configured = nonempty(self, "federated_token_file", token_file);
+                let env = self
+                    .env
+                    .and_then(|env| env(crate::credential::FEDERATED_TOKEN_FILE_ENV));
+                match (configured, env) {
+                    (Some(p), _) => Some(CredentialConfig::WorkloadIdentity {
+                        token_file: PathBuf::from(p),
+                        from_env: false,
+                    }),
+                    (None, Some(p)) if token_file.is_none() => {
+                        Some(CredentialConfig::WorkloadIdentity {
+                            token_file: PathBuf::from(p),
+                            from_env: true,
+                        })
+                    }
+                    (None, _) => {
+                        if token_file.is_none() {
+                            self.issue(
+                                "azure.federated_token_file",
+                                format!("is required with credential = \"workload-identity\" when {} is not set", crate::credential::FEDERATED_TOKEN_FILE_ENV),
+                            );
+                        }
+                        None
+                    }
+                }
+            }
+            "aws-federation" => {
+                let audience = match audience {
+                    None => Some(crate::credential::DEFAULT_FEDERATION_AUDIENCE.to_string()),
+                    Some(a) if a.trim().is_empty() || a.len() > 1000 => {
+                        self.issue(
+                            "azure.aws_federation_audience",
+                            "must be 1-1000 characters (the audience of the federated credential in Entra)",
+                        );
+                        None
+                    }
+                    Some(a) => Some(a.to_string()),
+                };
+                audience.map(|audience| CredentialConfig::AwsFederation { audience })
+            }
+            "managed-identity" => Some(CredentialConfig::ManagedIdentity),
+            "azure-cli" => Some(CredentialConfig::AzureCli),
+            other => {
+                self.issue(
+                    "azure.credential",
+                    format!(
+                        "must be one of {}, found {other:?}",
+                        CREDENTIAL_KINDS.join(", ")
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     fn azure(&mut self, t: &Table) -> Option<AzureConfig> {
         self.unknown_keys(
             t,
@@ -867,14 +1128,31 @@ impl Validator {
                 "resource_group",
                 "cloud",
                 "client_id",
+                "credential",
+                "client_certificate_path",
+                "federated_token_file",
+                "aws_federation_audience",
                 "authority_host",
                 "resource_manager",
                 "tags",
             ],
         );
-        let tenant_id = self.guid(t, "tenant_id");
+        let credential = self.credential(t);
+        let workload = matches!(credential, Some(CredentialConfig::WorkloadIdentity { .. }));
+        let mut from_env = BTreeMap::new();
+        let tenant_id = self.guid_or_env(t, "tenant_id", workload, &mut from_env);
         let subscription_id = self.guid(t, "subscription_id");
-        let client_id = self.guid(t, "client_id");
+        // A managed identity may be the system-assigned one; the Azure CLI uses the signed-in user.
+        let optional = matches!(
+            credential,
+            Some(CredentialConfig::ManagedIdentity | CredentialConfig::AzureCli)
+        );
+        let client_id = if t.contains_key("client_id") || !optional {
+            self.guid_or_env(t, "client_id", workload, &mut from_env)
+                .map(Some)
+        } else {
+            Some(None)
+        };
         let location = match self.string(t, "azure", "location") {
             None => {
                 self.issue("azure.location", "is required in [azure] (e.g. \"eastus\")");
@@ -942,6 +1220,8 @@ impl Validator {
             resource_group,
             cloud,
             client_id: client_id?,
+            credential: credential?,
+            from_env,
             authority_host,
             resource_manager,
             tags,
@@ -1273,7 +1553,7 @@ auto_assignment_interval = "soon"
         assert_eq!(c.warnings.len(), 1);
         assert_eq!(c.warnings[0].key, "onboarding.proxy_url");
         assert!(c
-            .to_effective_toml(false)
+            .to_effective_toml("client-secret")
             .contains("# note: onboarding.proxy_url: is ignored"));
         // It is still checked.
         let bad = text.replace("http://10.0.0.5:3128", "http://user:pw@10.0.0.5:3128");
@@ -1331,10 +1611,101 @@ auto_assignment_interval = "soon"
     }
 
     #[test]
+    fn credential_kinds_take_their_keys_and_only_theirs() {
+        let with = |lines: &str| parse(&format!("{FULL}{lines}"));
+        assert_eq!(
+            with("").unwrap().azure.unwrap().credential,
+            CredentialConfig::ClientSecret
+        );
+        assert_eq!(
+            with(
+                "credential = \"client-certificate\"\nclient_certificate_path = \"/etc/sp.pem\"\n"
+            )
+            .unwrap()
+            .azure
+            .unwrap()
+            .credential,
+            CredentialConfig::ClientCertificate {
+                path: PathBuf::from("/etc/sp.pem")
+            }
+        );
+        assert_eq!(
+            with("credential = \"aws-federation\"\n")
+                .unwrap()
+                .azure
+                .unwrap()
+                .credential,
+            CredentialConfig::AwsFederation {
+                audience: "api://AzureADTokenExchange".into()
+            }
+        );
+        let err =
+            with("credential = \"managed-identity\"\nfederated_token_file = \"/t\"\n").unwrap_err();
+        assert_eq!(err.issues()[0].key, "azure.federated_token_file");
+        let err = with("credential = \"workload-identity\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("AZURE_FEDERATED_TOKEN_FILE"),
+            "{err}"
+        );
+        // The system-assigned managed identity and the Azure CLI need no client id.
+        let no_client = FULL.replace("client_id = \"00000000-0000-0000-0000-000000000003\"\n", "");
+        for kind in ["managed-identity", "azure-cli"] {
+            let az = parse(&format!("{no_client}credential = \"{kind}\"\n"))
+                .unwrap()
+                .azure
+                .unwrap();
+            assert_eq!(az.client_id, None, "{kind}");
+        }
+        assert!(
+            parse(&no_client).is_err(),
+            "client-secret needs the client id"
+        );
+    }
+
+    #[test]
+    fn workload_identity_takes_what_the_webhook_injects_and_says_so() {
+        let text = FULL
+            .replace("client_id = \"00000000-0000-0000-0000-000000000003\"\n", "")
+            .replace("tenant_id = \"00000000-0000-0000-0000-000000000001\"\n", "")
+            + "credential = \"workload-identity\"\n";
+        let env = |name: &str| match name {
+            "AZURE_FEDERATED_TOKEN_FILE" => {
+                Some("/var/run/secrets/azure/tokens/azure-identity-token".to_string())
+            }
+            "AZURE_CLIENT_ID" => Some("00000000-0000-0000-0000-0000000000AA".to_string()),
+            "AZURE_TENANT_ID" => Some("00000000-0000-0000-0000-0000000000BB".to_string()),
+            _ => None,
+        };
+        let az = Config::parse_with_env(&text, Path::new("t.toml"), &env)
+            .unwrap()
+            .azure
+            .unwrap();
+        assert_eq!(
+            az.client_id.as_deref(),
+            Some("00000000-0000-0000-0000-0000000000aa")
+        );
+        assert_eq!(az.tenant_id, "00000000-0000-0000-0000-0000000000bb");
+        assert_eq!(
+            az.credential,
+            CredentialConfig::WorkloadIdentity {
+                token_file: PathBuf::from("/var/run/secrets/azure/tokens/azure-identity-token"),
+                from_env: true
+            }
+        );
+        assert_eq!(az.from_env.get("azure.client_id"), Some(&"AZURE_CLIENT_ID"));
+        // Other kinds never read those variables.
+        let other = text.replace("workload-identity", "aws-federation");
+        let err = Config::parse_with_env(&other, Path::new("t.toml"), &env).unwrap_err();
+        let keys: Vec<&str> = err.issues().iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(keys, ["azure.tenant_id", "azure.client_id"]);
+    }
+
+    #[test]
     fn effective_config_round_trips_and_hides_the_secret() {
         let c = parse(FULL).unwrap();
-        let text = c.to_effective_toml(true);
-        assert!(text.contains("set (value redacted)"));
+        let text =
+            c.to_effective_toml("client-secret: ARC_ONBOARD_CLIENT_SECRET is set (value redacted)");
+        assert!(text.contains("# credential: client-secret"));
         let again = parse(&text).unwrap();
         assert_eq!(again, c);
     }

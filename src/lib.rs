@@ -11,7 +11,9 @@
 //! - [`error`]: how errors are shown: the message and every cause, once each.
 //! - [`model`]: domain types shared by every layer; no SDK type crosses a port.
 //! - [`ports`]: one trait per external system, and the [`ports::MutationToken`] capability.
-//! - [`azure`]: the Azure port (Entra token, Resource Manager), its REST adapter and a fake.
+//! - [`azure`]: the Azure port (Resource Manager and its token), its REST adapter and a fake.
+//! - [`credential`]: the six ways to get that token (secret, certificate, workload identity, AWS
+//!   federation, managed identity, Azure CLI), each proof checked before any AWS call.
 //! - [`aws`]: real adapters over the official AWS SDK (credential chain, retries, call counting).
 //! - [`fake`]: stateful in-memory fakes of the ports, for tests (compiled for `cargo test` or with the
 //!   `fakes` feature only; never in the release binary).
@@ -33,6 +35,7 @@ pub mod aws;
 pub mod azure;
 pub mod cli;
 pub mod config;
+pub mod credential;
 pub mod daemon;
 pub mod duration;
 pub mod error;

@@ -32,7 +32,7 @@ pub enum PassError {
     #[error("cannot get an Azure Resource Manager token; nothing was changed")]
     Azure(#[source] AzureError),
     /// `run` needs the `[azure]` section and a credential.
-    #[error("run needs the [azure] section and ARC_ONBOARD_CLIENT_SECRET; nothing was changed")]
+    #[error("run needs the [azure] section and its credential (with the default credential = \"client-secret\": ARC_ONBOARD_CLIENT_SECRET); nothing was changed")]
     AzureMissing,
 }
 

@@ -1,11 +1,13 @@
 //! Checks the deployment examples in `scripts/deploy/`: the systemd unit and the Kubernetes manifests run
-//! `arc-onboard daemon` the way the daemon expects, and neither carries the client secret's value.
+//! `arc-onboard daemon` the way the daemon expects, and neither carries the client secret's value; the
+//! Kubernetes example uses Azure workload identity (a projected service account token), so no Azure secret
+//! exists there at all.
 //! Plain string checks (no YAML or INI crate); the Kubernetes ConfigMap's TOML goes through the real
 //! configuration validator.
 
 use std::path::{Path, PathBuf};
 
-use arc_onboard::config::Config;
+use arc_onboard::config::{Config, CredentialConfig};
 
 fn deploy_file(name: &str) -> (PathBuf, String) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -183,6 +185,31 @@ fn the_secret_check_catches_literal_values() {
     .is_empty());
 }
 
+/// The lines of the first list item of `document` that starts with `item` and whose next non-blank line
+/// (trimmed) starts with `then`, up to the next item at the same indentation.
+fn yaml_block(document: &str, item: &str, then: &str) -> String {
+    let lines: Vec<&str> = document.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim() != item {
+            continue;
+        }
+        let indent = line.len() - line.trim_start().len();
+        let rest: Vec<&str> = lines[i + 1..]
+            .iter()
+            .copied()
+            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+            .collect();
+        if rest
+            .iter()
+            .find(|l| !l.trim().is_empty())
+            .is_some_and(|l| l.trim().starts_with(then))
+        {
+            return rest.join("\n");
+        }
+    }
+    panic!("no `{item}` item followed by `{then}`")
+}
+
 /// The TOML in the ConfigMap's `arc-onboard.toml` block scalar.
 fn configmap_toml(document: &str) -> String {
     let mut lines = document.lines();
@@ -230,7 +257,6 @@ fn kubernetes_manifests_run_the_daemon() {
         ["strategy:", "type: Recreate"],
         "two daemons must never overlap"
     );
-    assert!(deployment.contains("secretKeyRef:"));
     assert!(deployment.contains("path: /healthz"));
     assert!(deployment.contains("livenessProbe:"));
     assert!(deployment.contains("containerPort: 9464"));
@@ -249,15 +275,56 @@ fn kubernetes_manifests_run_the_daemon() {
     let config_maps = with_kind("ConfigMap");
     assert_eq!(config_maps.len(), 1);
     let toml = configmap_toml(config_maps[0]);
-    if let Err(error) = Config::parse(&toml, Path::new("kubernetes.yaml ConfigMap")) {
-        panic!("the ConfigMap's arc-onboard.toml is invalid: {error}\n{toml}");
-    }
+    let config = match Config::parse(&toml, Path::new("kubernetes.yaml ConfigMap")) {
+        Ok(config) => config,
+        Err(error) => panic!("the ConfigMap's arc-onboard.toml is invalid: {error}\n{toml}"),
+    };
+
+    // Azure workload identity: the configured token file is the projected service account token, for
+    // Entra's audience, and no Azure secret is in play.
+    let azure = config.azure.expect("[azure]");
+    let CredentialConfig::WorkloadIdentity { token_file, .. } = &azure.credential else {
+        panic!("the example uses workload identity: {:?}", azure.credential);
+    };
+    let (mount, file) = (
+        token_file.parent().unwrap(),
+        token_file.file_name().unwrap(),
+    );
+    let volume = yaml_block(deployment, "- name: azure-identity-token", "projected:");
+    assert!(volume.contains("serviceAccountToken:"), "{volume}");
+    assert!(
+        volume.contains(&format!("path: {}", file.to_str().unwrap())),
+        "{volume}"
+    );
+    assert!(
+        volume.contains("audience: api://AzureADTokenExchange"),
+        "{volume}"
+    );
+    assert!(volume.contains("expirationSeconds:"), "{volume}");
+    let mounted = yaml_block(deployment, "- name: azure-identity-token", "mountPath:");
+    assert!(
+        mounted.contains(&format!("mountPath: {}", mount.display())),
+        "{mounted}"
+    );
+    assert!(deployment.contains(&format!(
+        "- name: AZURE_FEDERATED_TOKEN_FILE\n              value: {}",
+        token_file.display()
+    )));
+    let client_id = azure.client_id.expect("client_id");
+    assert!(accounts[0].contains(&format!(
+        "azure.workload.identity/client-id: \"{client_id}\""
+    )));
+    assert!(deployment.contains(&format!(
+        "- name: AZURE_CLIENT_ID\n              value: \"{client_id}\""
+    )));
+    assert!(!deployment
+        .lines()
+        .any(|l| l.trim_start().starts_with("secretKeyRef:")));
 
     // The commented alternative.
     assert!(text.contains("# kind: CronJob"));
     assert!(text.contains("#   concurrencyPolicy: Forbid"));
 
-    assert!(text.contains("secretKeyRef"));
     assert!(text.contains("/healthz"));
     assert_eq!(
         literal_secret_values(&text),

@@ -378,22 +378,6 @@ fn run_waits_for_ssm_registration_within_the_bound() {
     assert_eq!(row(&report, &id[0])["status"], "waiting-for-ssm");
 }
 
-/// Actions a policy document allows (every statement, `Allow` only).
-fn allowed_actions(path: &str) -> Vec<String> {
-    let doc: Value =
-        serde_json::from_str(&std::fs::read_to_string(common::repo_file(path)).unwrap()).unwrap();
-    let mut out = Vec::new();
-    for st in doc["Statement"].as_array().unwrap() {
-        assert_eq!(st["Effect"], "Allow");
-        match &st["Action"] {
-            Value::String(a) => out.push(a.clone()),
-            Value::Array(list) => out.extend(list.iter().map(|a| a.as_str().unwrap().to_string())),
-            other => panic!("unexpected Action {other}"),
-        }
-    }
-    out
-}
-
 #[test]
 fn the_example_policies_cover_every_call_the_tool_makes() {
     let w = World::start();
@@ -402,13 +386,13 @@ fn the_example_policies_cover_every_call_the_tool_makes() {
     emu.reset_calls();
     let plan = emu.run(&["plan", "--output", "json"], "[aws]\nall_regions = true\n");
     assert_eq!(plan.code, 0, "{}", plan.stderr);
-    let plan_allows = allowed_actions("scripts/iam/plan-policy.json");
+    let plan_allows = common::allowed_actions("scripts/iam/plan-policy.json");
     for op in emu.counts().keys() {
         assert!(plan_allows.contains(op), "plan-policy.json lacks {op}");
     }
     emu.reset_calls();
     let (_, _) = run(&w, CONFIG);
-    let run_allows = allowed_actions("scripts/iam/run-policy.json");
+    let run_allows = common::allowed_actions("scripts/iam/run-policy.json");
     for op in emu.counts().keys() {
         assert!(run_allows.contains(op), "run-policy.json lacks {op}");
     }

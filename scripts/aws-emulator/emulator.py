@@ -8,6 +8,8 @@ A WSGI middleware sits in front of moto's own server app and
 * answers ``AssociateIamInstanceProfile`` / ``ReplaceIamInstanceProfileAssociation``
   like AWS for unknown and freshly created instance profiles,
 * serves the SSM operations moto lacks or gets wrong (see ssm_sim.py),
+* serves AWS IAM outbound identity federation (``sts:GetWebIdentityToken``, its OIDC issuer at
+  ``/oidc``; see federation.py),
 * exposes a JSON control API under ``/_emulator/`` (seed, config, outcomes, ...).
 
 Usage::
@@ -44,6 +46,7 @@ from moto.moto_server.werkzeug_app import (  # noqa: E402
 )
 from werkzeug.serving import make_server  # noqa: E402
 
+import federation  # noqa: E402
 import fleet  # noqa: E402
 import ssm_sim  # noqa: E402
 import wire  # noqa: E402
@@ -165,6 +168,7 @@ class Emulator:
         self.faults = FaultInjector()
         self.ssm = ssm_sim.SsmSimulator(self.config, self.lock)
         self.profile_created_at: dict[str, float] = {}
+        self.federation = federation.Federation()
         self.routes: dict[tuple[str, str], Callable[[Any], Any]] = {
             ("GET", "health"): lambda _: {"ok": True},
             ("GET", "calls"): lambda _: self._calls_view(),
@@ -178,6 +182,10 @@ class Emulator:
             ("POST", "outcomes"): self._set_outcomes,
             ("GET", "commands"): lambda _: {"commands": [
                 c.control_view() for c in self.ssm.commands.values()]},
+            ("GET", "federation"): lambda _: {"enabled": self.federation.enabled,
+                                              "issued": list(self.federation.issued)},
+            ("POST", "federation"): self._set_federation,
+            ("POST", "assume-role"): self._assume_role,
         }
 
     # ----- WSGI entry ----------------------------------------------------------------------
@@ -188,6 +196,8 @@ class Emulator:
             status, headers, body = self._control(environ, path)
         elif path.startswith("/moto-api"):
             return self.moto(environ, start_response)
+        elif path == federation.OIDC_PREFIX or path.startswith(federation.OIDC_PREFIX + "/"):
+            status, headers, body = self.federation.oidc(environ, path)
         else:
             status, headers, body = self._aws(environ)
         headers = [(k, v) for k, v in headers if k.lower() != "content-length"]
@@ -216,6 +226,8 @@ class Emulator:
             error = self._check_profile(req)
             if error is not None:
                 return error
+        if req.operation in federation.OPERATIONS:
+            return self.federation.handle(environ, req)
         if req.service == "ssm":
             try:
                 payload = self.ssm.handle(req.action, req.region, req.params)
@@ -324,6 +336,17 @@ class Emulator:
         self.ssm.refresh()
         self.config.update(_validate_config(body))
         return dict(self.config)
+
+    def _set_federation(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("enabled"), bool):
+            raise ControlError('body must be {"enabled": true | false}')
+        self.federation.enabled = body["enabled"]
+        return {"enabled": self.federation.enabled}
+
+    def _assume_role(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("role_arn"), str):
+            raise ControlError('body must be {"role_arn": "arn:aws:iam::123456789012:role/NAME"}')
+        return federation.assume_role(body["role_arn"])
 
     def _set_faults(self, body: Any) -> dict[str, Any]:
         self.faults.replace(body)

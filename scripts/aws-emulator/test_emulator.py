@@ -440,3 +440,59 @@ def test_webhook_fires_once_per_invocation_that_connected(emu, aws):
     finally:
         server.shutdown()
         server.server_close()
+
+
+# ----- outbound identity federation (sts:GetWebIdentityToken) ---------------------------------
+
+def test_get_web_identity_token_needs_federation_enabled_and_signs_for_the_caller(emu, aws, endpoint):
+    import urllib.request
+
+    import jwt
+    sts, iam = aws("sts", "eu-west-1"), aws("iam")
+    emu._call("POST", "federation", {"enabled": False})
+    request = {"Audience": ["api://AzureADTokenExchange"], "SigningAlgorithm": "RS256",
+               "DurationSeconds": 60}
+    with pytest.raises(ClientError) as excinfo:
+        sts.get_web_identity_token(**request)
+    assert error_code(excinfo) == "OutboundWebIdentityFederationDisabledException"
+    issuer = iam.enable_outbound_web_identity_federation()["IssuerIdentifier"]
+    assert issuer == f"{endpoint}/oidc"
+    assert iam.get_outbound_web_identity_federation_info()["IssuerIdentifier"] == issuer
+
+    out = sts.get_web_identity_token(**request)
+    config = json.load(urllib.request.urlopen(f"{issuer}/.well-known/openid-configuration"))
+    assert config["issuer"] == issuer
+    jwks = json.load(urllib.request.urlopen(config["jwks_uri"]))
+    header = jwt.get_unverified_header(out["WebIdentityToken"])
+    key = next(jwt.PyJWK(k).key for k in jwks["keys"] if k["kid"] == header["kid"])
+    claims = jwt.decode(out["WebIdentityToken"], key, algorithms=["RS256"],
+                        audience="api://AzureADTokenExchange", issuer=issuer)
+    assert claims["sub"] == "arn:aws:sts::123456789012:user/moto"  # moto's default caller
+    assert claims["exp"] - claims["iat"] == 60
+    assert claims["https://sts.amazonaws.com/"]["source_region"] == "eu-west-1"
+
+    # An assumed-role session is its role.
+    role = emu._call("POST", "assume-role",
+                     {"role_arn": "arn:aws:iam::123456789012:role/Orchestrator"})
+    as_role = boto3.client("sts", region_name="us-east-1", endpoint_url=endpoint,
+                           aws_access_key_id=role["access_key_id"],
+                           aws_secret_access_key=role["secret_access_key"],
+                           aws_session_token=role["session_token"])
+    token = as_role.get_web_identity_token(**request)["WebIdentityToken"]
+    assert jwt.decode(token, key, algorithms=["RS256"], audience="api://AzureADTokenExchange")[
+        "sub"] == "arn:aws:iam::123456789012:role/Orchestrator"
+
+    for bad, code in [({"DurationSeconds": 30}, "ValidationError"),
+                      ({"SigningAlgorithm": "HS256"}, "ValidationError")]:
+        with pytest.raises(ClientError) as excinfo:
+            aws("sts", "eu-west-1", validate=False).get_web_identity_token(**{**request, **bad})
+        assert error_code(excinfo) == code
+    # Faults apply as to any operation, and every call is logged as non-mutating.
+    emu.faults([{"operation": "sts:GetWebIdentityToken", "code": "AccessDenied", "max": 1}])
+    with pytest.raises(ClientError) as excinfo:
+        sts.get_web_identity_token(**request)
+    assert error_code(excinfo) == "AccessDenied"
+    calls = [c for c in emu.calls()["calls"] if c["operation"] == "sts:GetWebIdentityToken"]
+    assert calls and not any(c["mutating"] for c in calls)
+    assert calls[-1]["fault"] == "AccessDenied"
+    emu._call("POST", "federation", {"enabled": False})

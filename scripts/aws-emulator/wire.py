@@ -21,7 +21,7 @@ from xml.sax.saxutils import escape
 JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
 DEFAULT_REGION = "us-east-1"
 
-_CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request")
+CREDENTIAL_RE = _CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request")
 _READ_ONLY_PREFIXES = ("Describe", "Get", "List")
 
 # Error codes whose HTTP status differs from the service's default of 400.
@@ -29,7 +29,7 @@ _STATUS_BY_CODE = {
     "ec2": {"RequestLimitExceeded": 503, "UnauthorizedOperation": 403, "InternalError": 500,
             "Unavailable": 503},
     "iam": {"AccessDenied": 403, "NoSuchEntity": 404, "ServiceFailure": 500},
-    "sts": {"AccessDenied": 403},
+    "sts": {"AccessDenied": 403, "OutboundWebIdentityFederationDisabledException": 403},
     "ssm": {"InternalServerError": 500},
 }
 

@@ -2,7 +2,11 @@
 
 One threaded HTTP server serves, on a single port,
 
-* the Entra (Azure AD) client-credentials token endpoint ``POST /{tenant}/oauth2/v2.0/token``,
+* the Entra (Azure AD) client-credentials token endpoint ``POST /{tenant}/oauth2/v2.0/token``, with a
+  client secret or a client assertion (certificate or federated; see identity.py),
+* managed identity endpoints: Azure VM IMDS style ``GET /metadata/identity/oauth2/token`` and Azure Arc
+  style ``GET /arc/metadata/identity/oauth2/token`` (401 + challenge file, then Basic auth),
+* a test OIDC issuer ``/oidc`` (discovery + JWKS) whose tokens the control API mints,
 * the few Azure Resource Manager calls arc-onboard makes (resource groups, Arc machines),
   behind bearer-token checks with ARM's error shapes,
 * ``POST /_stub/agent/connect``, the AWS emulator's ``on_success_webhook`` target: it parses the
@@ -35,6 +39,8 @@ from typing import Any, Callable
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+import identity
+
 CONTROL_PREFIX = "/_stub/"
 DEFAULT_CONFIG: dict[str, Any] = {
     "tenant_id": "00000000-0000-0000-0000-000000000001",
@@ -46,6 +52,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "fail_token": False,
     "connect_delay_seconds": 0,
     "machine_status": {},
+    "mi_system_assigned": True,
+    "mi_client_ids": [],
+    "arc_token_dir": None,
 }
 MACHINE_STATUSES = ("Connected", "Disconnected", "Error", "AwaitingConnection")
 AGENT_VERSION = "1.50"
@@ -58,6 +67,9 @@ REQUIRED_VARIABLES = ("ARC_SUBSCRIPTION_ID", "ARC_RESOURCE_GROUP", "ARC_LOCATION
 REDACTED = "<redacted>"
 
 _TOKEN_PATH = re.compile(r"^/([^/]+)/oauth2/v2\.0/token/?$", re.IGNORECASE)
+_MI_PATHS = {"/metadata/identity/oauth2/token": "imds",
+             "/arc/metadata/identity/oauth2/token": "arc"}
+OIDC_PREFIX = "/oidc"
 _API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 _RG_NAME = re.compile(r"^[\w\-.()]{1,90}$")  # \w: Unicode letters, digits and _ (like Azure)
 _MACHINE_NAME = re.compile(r"^[a-zA-Z0-9\-_.]{1,54}$")
@@ -281,6 +293,15 @@ def _validate_config(body: Any) -> dict[str, Any]:
             if not isinstance(value, list) or not all(
                     isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
                 raise ControlError("token_lifetime_sequence must be a list of non-negative integers")
+        elif key == "mi_system_assigned":
+            if not isinstance(value, bool):
+                raise ControlError("mi_system_assigned must be true or false")
+        elif key == "mi_client_ids":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ControlError("mi_client_ids must be a list of client ids")
+        elif key == "arc_token_dir":
+            if value is not None and not (isinstance(value, str) and value.startswith("/")):
+                raise ControlError("arc_token_dir must be an absolute directory path or null")
         elif key == "connect_delay_seconds":
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ControlError("connect_delay_seconds must be a non-negative number")
@@ -304,6 +325,8 @@ class AzureStub:
     """The WSGI application: token endpoint, ARM, agent connect and the control API."""
 
     def __init__(self, verbose: bool = False):
+        # The stub's own address (set by main once bound); the OIDC issuer URL is built from it.
+        self.base_url = "http://127.0.0.1"
         self.lock = threading.RLock()
         self.verbose = verbose
         self.timers: list[threading.Timer] = []
@@ -323,6 +346,15 @@ class AzureStub:
             ("GET", "machines"): lambda _: {"machines": [
                 self._machine_control_view(m) for m in self.machines.values()]},
             ("POST", "machines"): self._seed_machine,
+            ("GET", "certificates"): lambda _: {"certificates": [
+                self.verifier.certificate_view(c) for c in self.verifier.certificates]},
+            ("POST", "certificates"): self._register_certificate,
+            ("POST", "certificates/generate"): self._generate_certificate,
+            ("GET", "federated-credentials"): lambda _: {"federated_credentials": [
+                dict(f) for f in self.verifier.federated]},
+            ("POST", "federated-credentials"): self._add_federated,
+            ("POST", "oidc/token"): self._mint_oidc_token,
+            ("POST", "tokens"): self._mint_access_token,
         }
 
     def _reset_state(self) -> None:
@@ -337,6 +369,9 @@ class AzureStub:
         self.requests: list[dict[str, Any]] = []
         self.connects: list[dict[str, Any]] = []
         self.seq = 0
+        self.verifier = identity.Verifier()
+        self.issuer = identity.Issuer()
+        self.challenges = identity.ManagedIdentityChallenges()
 
     def cancel_timers(self) -> None:
         with self.lock:
@@ -355,6 +390,10 @@ class AzureStub:
                 kind, handler = "connect", self._connect
             elif _TOKEN_PATH.match(path):
                 kind, handler = "token", self._token
+            elif path.rstrip("/") in _MI_PATHS:
+                kind, handler = "managed-identity", self._managed_identity
+            elif path == OIDC_PREFIX or path.startswith(OIDC_PREFIX + "/"):
+                kind, handler = "oidc", self._oidc
             else:
                 kind, handler = "arm", self._arm
             extra: dict[str, Any] = {}
@@ -396,6 +435,18 @@ class AzureStub:
             return fail(405, "invalid_request", 900561,
                         "The endpoint only accepts POST, OPTIONS requests. Received a "
                         f"{request.method} request.")
+        # Assertions are verified outside the lock: a federated one may make the stub fetch its own
+        # OIDC issuer's JWKS. The result is used where Entra's order of checks puts it.
+        verdict: str | identity.AssertionRejected | None = None
+        if form.get("client_assertion") and form.get("client_id"):
+            endpoint = f"{request.host_url.rstrip('/')}{request.path}"
+            assertion_extra: dict[str, Any] = {}
+            try:
+                verdict = self.verifier.verify(form["client_assertion"], form["client_id"],
+                                               endpoint, assertion_extra)
+            except identity.AssertionRejected as exc:
+                verdict = exc
+            extra.update(assertion_extra)
         with self.lock:
             config = dict(self.config)
             if config["fail_token"]:
@@ -415,17 +466,29 @@ class AzureStub:
                 return fail(400, "unsupported_grant_type", 70003,
                             "The app requested an unsupported grant type "
                             f"'{form['grant_type']}'.")
-            if not form.get("client_secret"):
+            if form.get("client_assertion"):
+                if form.get("client_assertion_type") != identity.JWT_BEARER:
+                    return fail(400, "invalid_request", 700025,
+                                "client_assertion_type must be "
+                                f"'{identity.JWT_BEARER}'.")
+                if isinstance(verdict, identity.AssertionRejected):
+                    extra["client_auth"] = "assertion"
+                    return fail(verdict.status, verdict.error, verdict.aadsts, verdict.text)
+                extra["client_auth"] = verdict
+            elif not form.get("client_secret"):
                 return fail(401, "invalid_client", 7000218,
                             "The request body must contain the following parameter: "
                             "'client_assertion' or 'client_secret'.")
-            if (form["client_id"].lower() != config["client_id"].lower()
+            elif (form["client_id"].lower() != config["client_id"].lower()
                     or not secrets.compare_digest(form["client_secret"].encode(),
                                                   config["client_secret"].encode())):
+                extra["client_auth"] = "secret"
                 return fail(401, "invalid_client", 7000215,
                             "Invalid client secret provided. Ensure the secret being sent in the "
                             "request is the client secret value, not the client secret ID, for a "
                             f"secret added to app '{form['client_id']}'.")
+            else:
+                extra["client_auth"] = "secret"
             scope = form["scope"]
             if not scope.endswith("/.default") or len(scope) <= len("/.default") or " " in scope:
                 return fail(400, "invalid_scope", 1002012,
@@ -433,16 +496,160 @@ class AzureStub:
                             "credential flows must have a scope value with /.default suffixed "
                             "to the resource identifier (application ID URI).")
             # The next lifetime of the sequence (consumed), then the configured default.
-            sequence = config["token_lifetime_sequence"]
-            lifetime = sequence.pop(0) if sequence else config["token_lifetime_seconds"]
-            token = secrets.token_urlsafe(48)
-            self.tokens[token] = {"expires_at": time.time() + lifetime,
-                                  "tenant": config["tenant_id"], "client_id": form["client_id"],
-                                  "scope": scope}
+            token, lifetime = self._issue_token(None, form["client_id"], scope)
         extra["ok"] = True
         return _json(200, {"token_type": "Bearer", "expires_in": lifetime,
                            "ext_expires_in": lifetime, "access_token": token},
                      {"Cache-Control": "no-store, no-cache", "Pragma": "no-cache"})
+
+    def _issue_token(self, lifetime: int | None, client_id: str, scope: str) -> tuple[str, int]:
+        """A new access token (caller holds the lock): the next lifetime of the sequence, else the
+        default."""
+        if lifetime is None:
+            sequence = self.config["token_lifetime_sequence"]
+            lifetime = sequence.pop(0) if sequence else self.config["token_lifetime_seconds"]
+        token = secrets.token_urlsafe(48)
+        self.tokens[token] = {"expires_at": time.time() + lifetime,
+                              "tenant": self.config["tenant_id"], "client_id": client_id,
+                              "scope": scope}
+        return token, lifetime
+
+    # ----- managed identity ------------------------------------------------------------------
+
+    def _managed_identity(self, request: Request, extra: dict[str, Any]) -> Response:
+        """IMDS (``/metadata/...``) or the Azure Arc agent (``/arc/metadata/...``)."""
+        mode = _MI_PATHS[request.path.rstrip("/")]
+        extra.update({"mode": mode, "ok": False, "client_id": request.args.get("client_id")})
+
+        def fail(status: int, error: str, text: str, headers: dict[str, str] | None = None):
+            extra["error"] = error
+            return _json(status, {"error": error, "error_description": text}, headers)
+
+        if request.method != "GET":
+            return fail(405, "invalid_request", "The endpoint only accepts GET requests.")
+        if request.headers.get("Metadata", "").lower() != "true":
+            return fail(400, "invalid_request", "Required metadata header not specified")
+        resource = request.args.get("resource")
+        if not request.args.get("api-version") or not resource:
+            return fail(400, "invalid_request",
+                        "Required query variable 'api-version' or 'resource' is missing")
+        with self.lock:
+            config = dict(self.config)
+            if mode == "arc":
+                if request.args.get("client_id") or request.args.get("object_id"):
+                    return fail(400, "invalid_request",
+                                "User assigned identities are not supported on Azure Arc.")
+                header = request.headers.get("Authorization", "")
+                if not header:
+                    token_dir = config["arc_token_dir"]
+                    if token_dir is None:
+                        return fail(500, "server_error", "azure-stub: arc_token_dir is not set")
+                    path = self.challenges.issue(token_dir)
+                    extra["challenge"] = True
+                    return fail(401, "unauthorized", "Challenge issued",
+                                {"WWW-Authenticate": f"Basic realm={path}"})
+                scheme, _, secret = header.partition(" ")
+                if scheme != "Basic" or not self.challenges.redeem(secret.strip()):
+                    return fail(401, "unauthorized", "Invalid challenge response")
+                client_id = config["client_id"]
+            else:
+                wanted = request.args.get("client_id")
+                if wanted is None:
+                    if not config["mi_system_assigned"]:
+                        return fail(400, "invalid_request", "Identity not found")
+                    client_id = config["client_id"]
+                elif wanted.lower() in [c.lower() for c in config["mi_client_ids"]]:
+                    client_id = wanted
+                else:
+                    return fail(400, "invalid_request", "Identity not found")
+            token, lifetime = self._issue_token(None, client_id, resource)
+        extra["ok"] = True
+        now = int(time.time())
+        return _json(200, {"access_token": token, "client_id": client_id,
+                           "expires_in": str(lifetime), "expires_on": str(now + lifetime),
+                           "ext_expires_in": str(lifetime), "not_before": str(now),
+                           "resource": resource, "token_type": "Bearer"})
+
+    # ----- the stub's own OIDC issuer --------------------------------------------------------
+
+    def issuer_url(self) -> str:
+        return f"{self.base_url}{OIDC_PREFIX}"
+
+    def _oidc(self, request: Request, extra: dict[str, Any]) -> Response:
+        rest = request.path[len(OIDC_PREFIX):]
+        if rest == "/.well-known/openid-configuration":
+            return _json(200, self.issuer.discovery(self.issuer_url()))
+        if rest == "/openid/v1/jwks":
+            return _json(200, self.issuer.jwks())
+        extra["error"] = "NotFound"
+        return _json(404, {"error": f"no OIDC document at {request.path}"})
+
+    def _mint_access_token(self, body: Any) -> dict[str, Any]:
+        """An ARM access token handed out of band (what `az account get-access-token` would print)."""
+        lifetime = body.get("lifetime_seconds") if isinstance(body, dict) else None
+        if lifetime is not None and (not isinstance(lifetime, int) or isinstance(lifetime, bool)
+                                     or lifetime < 0):
+            raise ControlError("lifetime_seconds must be a non-negative integer")
+        token, lifetime = self._issue_token(lifetime, self.config["client_id"],
+                                            "https://management.azure.com/.default")
+        return {"access_token": token, "expires_on": int(time.time()) + lifetime,
+                "tenant": self.config["tenant_id"]}
+
+    def _mint_oidc_token(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("subject"), str):
+            raise ControlError('body must be {"subject", "audience", "lifetime_seconds"}')
+        audience = body.get("audience", "api://AzureADTokenExchange")
+        lifetime = body.get("lifetime_seconds", 3600)
+        if not isinstance(lifetime, int) or isinstance(lifetime, bool):
+            raise ControlError("lifetime_seconds must be an integer")
+        issuer = self.issuer_url()
+        return {"token": self.issuer.mint(issuer, body["subject"], audience, lifetime),
+                "issuer": issuer}
+
+    # ----- credentials registered for clients (control API) ----------------------------------
+
+    def _client_of(self, body: dict[str, Any]) -> str:
+        client_id = body.get("client_id", self.config["client_id"])
+        if not isinstance(client_id, str) or not client_id:
+            raise ControlError("client_id must be a non-empty string")
+        return client_id
+
+    def _register_certificate(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("pem"), str):
+            raise ControlError('body must be {"client_id", "pem"}')
+        try:
+            return self.verifier.register_certificate(self._client_of(body), body["pem"])
+        except ValueError as exc:
+            raise ControlError(f"pem holds no usable certificate: {exc}") from exc
+
+    def _generate_certificate(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise ControlError("body must be a JSON object")
+        try:
+            start, end = identity.certificate_window(body)
+        except ValueError as exc:
+            raise ControlError(str(exc)) from exc
+        pem, cert = identity.generate_certificate(body.get("subject", "arc-onboard-test"),
+                                                  start, end)
+        view: dict[str, Any] = {"pem": pem, **{k.replace("#S256", "_s256"): v for k, v in
+                                                identity.thumbprints(cert).items()}}
+        if body.get("register", True):
+            self.verifier.register_certificate(
+                self._client_of(body),
+                cert.public_bytes(identity.serialization.Encoding.PEM).decode())
+        view["registered"] = bool(body.get("register", True))
+        return view
+
+    def _add_federated(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise ControlError("body must be a JSON object")
+        issuer, subject = body.get("issuer"), body.get("subject")
+        audiences = body.get("audiences", ["api://AzureADTokenExchange"])
+        if not isinstance(issuer, str) or not isinstance(subject, str) or not issuer or not subject:
+            raise ControlError('body must be {"client_id", "issuer", "subject", "audiences"}')
+        if not isinstance(audiences, list) or not all(isinstance(a, str) for a in audiences):
+            raise ControlError("audiences must be a list of strings")
+        return self.verifier.add_federated(self._client_of(body), issuer, subject, audiences)
 
     def _token_state(self, token: str | None) -> str:
         """'live', 'expired' or 'unknown' (caller holds the lock)."""
@@ -879,7 +1086,8 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"LISTENING http://{args.host}:{server.socket.getsockname()[1]}", flush=True)
+    app.base_url = f"http://{args.host}:{server.socket.getsockname()[1]}"
+    print(f"LISTENING {app.base_url}", flush=True)
     try:
         server.serve_forever()
     finally:

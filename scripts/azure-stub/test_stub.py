@@ -147,7 +147,8 @@ def test_health_and_config_hides_secret(stub):
     config = stub.control("GET", "config")
     assert config == {"tenant_id": TENANT, "subscription_id": SUB, "client_id": CLIENT,
                       "client_secret": "<set>", "token_lifetime_seconds": 3600, "token_lifetime_sequence": [],
-                      "fail_token": False, "connect_delay_seconds": 0, "machine_status": {}}
+                      "fail_token": False, "connect_delay_seconds": 0, "machine_status": {},
+                      "mi_system_assigned": True, "mi_client_ids": [], "arc_token_dir": None}
     updated = stub.control("POST", "config", {"client_secret": "new-secret",
                                               "token_lifetime_seconds": 60})
     assert updated["client_secret"] == "<set>" and updated["token_lifetime_seconds"] == 60
@@ -569,3 +570,144 @@ def test_token_lifetime_sequence_then_default_and_remaining_at_connect(stub):
     assert 590 <= attempt["token_remaining_seconds"] <= 600
     with pytest.raises(AssertionError):
         stub.control("POST", "config", {"token_lifetime_sequence": [-1]})
+
+
+# ----- client assertions, managed identity, the stub's OIDC issuer -----------------------------
+
+def _assertion(stub, key, x5t_s256, **claims):
+    import jwt
+    now = int(time.time())
+    body = {"aud": f"{stub.url}/{TENANT}/oauth2/v2.0/token", "iss": CLIENT, "sub": CLIENT,
+            "jti": "j-1", "nbf": now, "exp": now + 600, **claims}
+    return jwt.encode(body, key, algorithm="RS256", headers={"x5t#S256": x5t_s256})
+
+
+def _assertion_request(stub, assertion, client_id=CLIENT):
+    return http("POST", f"{stub.url}/{TENANT}/oauth2/v2.0/token", form={
+        "grant_type": "client_credentials", "client_id": client_id, "scope": ARM_SCOPE,
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion})
+
+
+def _key_of(pem):
+    from cryptography.hazmat.primitives import serialization
+    return serialization.load_pem_private_key(pem.encode(), None)
+
+
+def test_certificate_assertions_are_checked_like_entra(stub):
+    cert = stub.control("POST", "certificates/generate", {"client_id": CLIENT})
+    assert "PRIVATE KEY" in cert["pem"] and "CERTIFICATE" in cert["pem"]
+    key = _key_of(cert["pem"])
+    status, _, body = _assertion_request(stub, _assertion(stub, key, cert["x5t_s256"]))
+    assert status == 200, body
+    log = [r for r in stub.control("GET", "requests")["requests"] if r["kind"] == "token"]
+    assert log[-1]["client_auth"] == "certificate"
+    assert log[-1]["assertion"]["x5t_s256"] == cert["x5t_s256"]
+    # The certificates list shows thumbprints, never keys.
+    listed = stub.control("GET", "certificates")["certificates"]
+    assert listed[0]["x5t_s256"] == cert["x5t_s256"] and "pem" not in listed[0]
+
+    now = int(time.time())
+    cases = [
+        ({"aud": "https://login.microsoftonline.com/other/oauth2/v2.0/token"}, 700023),
+        ({"iss": "11111111-1111-1111-1111-111111111111"}, 700021),
+        ({"exp": now - 3600, "nbf": now - 7200}, 700024),
+    ]
+    for claims, aadsts in cases:
+        status, _, body = _assertion_request(stub, _assertion(stub, key, cert["x5t_s256"], **claims))
+        assert (status, body["error"], body["error_codes"]) == (401, "invalid_client", [aadsts]), body
+    # Unknown thumbprint, and a registered thumbprint over another key's signature.
+    other = stub.control("POST", "certificates/generate", {"register": False})
+    status, _, body = _assertion_request(stub, _assertion(stub, _key_of(other["pem"]),
+                                                          other["x5t_s256"]))
+    assert body["error_codes"] == [700027] and "not registered" in body["error_description"]
+    status, _, body = _assertion_request(stub, _assertion(stub, _key_of(other["pem"]),
+                                                          cert["x5t_s256"]))
+    assert body["error_codes"] == [700027] and "signature" in body["error_description"]
+    # Registered for another client only.
+    status, _, body = _assertion_request(
+        stub, _assertion(stub, key, cert["x5t_s256"], iss="x", sub="x"), client_id="x")
+    assert body["error_codes"] == [700027]
+    # A registered PEM (no key) works like a generated one.
+    third = stub.control("POST", "certificates/generate", {"register": False})
+    only_cert = third["pem"][third["pem"].index("-----BEGIN CERTIFICATE-----"):]
+    stub.control("POST", "certificates", {"client_id": CLIENT, "pem": only_cert})
+    status, _, _ = _assertion_request(stub, _assertion(stub, _key_of(third["pem"]),
+                                                       third["x5t_s256"]))
+    assert status == 200
+
+
+def test_federated_assertions_match_issuer_subject_audience_and_the_issuers_keys(stub):
+    subject = "system:serviceaccount:ns:sa"
+    minted = stub.control("POST", "oidc/token", {"subject": subject})
+    assert minted["issuer"] == f"{stub.url}/oidc"
+    status, _, body = _assertion_request(stub, minted["token"])
+    assert body["error_codes"] == [700211], body  # no federated credential yet
+    stub.control("POST", "federated-credentials", {"issuer": minted["issuer"], "subject": subject})
+    status, _, body = _assertion_request(stub, minted["token"])
+    assert status == 200, body
+    wrong_subject = stub.control("POST", "oidc/token", {"subject": "system:serviceaccount:ns:x"})
+    assert _assertion_request(stub, wrong_subject["token"])[2]["error_codes"] == [700213]
+    wrong_audience = stub.control("POST", "oidc/token", {"subject": subject, "audience": "api://x"})
+    body = _assertion_request(stub, wrong_audience["token"])[2]
+    assert body["error_codes"] == [700212] and "api://x" in body["error_description"]
+    expired = stub.control("POST", "oidc/token", {"subject": subject, "lifetime_seconds": -3600})
+    assert _assertion_request(stub, expired["token"])[2]["error_codes"] == [700024]
+    # Same issuer and claims, another signer: refused on the signature.
+    import jwt
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    forged = jwt.encode(jwt.decode(minted["token"], options={"verify_signature": False}),
+                        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                        algorithm="RS256", headers={"kid": jwt.get_unverified_header(
+                            minted["token"])["kid"]})
+    assert _assertion_request(stub, forged)[2]["error_codes"] == [700027]
+    # Non-loopback issuers are never fetched.
+    stub.control("POST", "federated-credentials", {"issuer": "https://example.com", "subject": "s"})
+    remote = jwt.encode({"iss": "https://example.com", "sub": "s",
+                         "aud": "api://AzureADTokenExchange", "exp": int(time.time()) + 60},
+                        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                        algorithm="RS256")
+    assert _assertion_request(stub, remote)[2]["error_codes"] == [50166]
+
+
+def test_imds_style_managed_identity(stub):
+    url = f"{stub.url}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=https://management.azure.com"
+    status, _, body = http("GET", url)
+    assert status == 400 and "metadata header" in body["error_description"]
+    status, _, body = http("GET", url, headers={"Metadata": "true"})
+    assert status == 200 and body["expires_in"] == "3600" and body["token_type"] == "Bearer"
+    assert stub.arm("GET", f"/subscriptions/{SUB}/resourcegroups/none", body["access_token"])[0] == 404
+    status, _, body = http("GET", url + f"&client_id={CLIENT}", headers={"Metadata": "true"})
+    assert status == 400 and body["error_description"] == "Identity not found"
+    stub.control("POST", "config", {"mi_client_ids": [CLIENT], "mi_system_assigned": False})
+    assert http("GET", url + f"&client_id={CLIENT}", headers={"Metadata": "true"})[0] == 200
+    assert http("GET", url, headers={"Metadata": "true"})[0] == 400
+
+
+def test_arc_style_managed_identity_challenge(stub, tmp_path):
+    url = f"{stub.url}/arc/metadata/identity/oauth2/token?api-version=2020-06-01&resource=https://management.azure.com"
+    stub.control("POST", "config", {"arc_token_dir": str(tmp_path)})
+    status, headers, _ = http("GET", url, headers={"Metadata": "true"})
+    assert status == 401
+    realm = headers["WWW-Authenticate"]
+    assert realm.startswith(f"Basic realm={tmp_path}/") and realm.endswith(".key")
+    path = realm.split("=", 1)[1]
+    secret = open(path, encoding="utf-8").read()
+    status, _, _ = http("GET", url, headers={"Metadata": "true", "Authorization": "Basic wrong"})
+    assert status == 401
+    status, _, body = http("GET", url, headers={"Metadata": "true",
+                                                "Authorization": f"Basic {secret}"})
+    assert status == 200 and body["access_token"]
+    # Single use: the file is gone and the secret no longer works.
+    assert not (tmp_path / path.rsplit("/", 1)[1]).exists()
+    assert http("GET", url, headers={"Metadata": "true", "Authorization": f"Basic {secret}"})[0] == 401
+    assert http("GET", url + f"&client_id={CLIENT}", headers={"Metadata": "true"})[0] == 400
+    modes = [r.get("mode") for r in stub.control("GET", "requests")["requests"]
+             if r["kind"] == "managed-identity"]
+    assert modes and set(modes) == {"arc"}
+
+
+def test_out_of_band_tokens_work_on_arm(stub):
+    minted = stub.control("POST", "tokens", {"lifetime_seconds": 120})
+    assert minted["expires_on"] - time.time() > 100
+    assert stub.arm("GET", f"/subscriptions/{SUB}/resourcegroups/none", minted["access_token"])[0] == 404

@@ -280,6 +280,24 @@ impl World {
         all.extend_from_slice(env);
         self.aws.run_env(args, config, &all)
     }
+
+    /// Runs the binary with only `env` added to the isolated AWS environment: no client secret, for the
+    /// other credential kinds.
+    pub fn run_without_secret(&self, args: &[&str], config: &str, env: &[(&str, &str)]) -> Outcome {
+        self.aws.run_env(args, config, env)
+    }
+
+    /// The `[azure]` section pointing at the stub, with `credential_lines` (`credential = ...` and its
+    /// keys) and without `client_id` when `client_id` is false.
+    pub fn azure_section_with(&self, credential_lines: &str, client_id: bool) -> String {
+        let section = self.azure_section();
+        let section = if client_id {
+            section
+        } else {
+            section.replace("client_id = \"00000000-0000-0000-0000-000000000003\"\n", "")
+        };
+        format!("{section}{credential_lines}\n")
+    }
 }
 
 /// A control API call to the server on `port`; panics on a non-2xx answer.
@@ -393,6 +411,22 @@ pub fn run_binary(args: &[&str], config: &str, env: &[(&str, &str)]) -> Outcome 
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Actions a policy document in the repository allows (every statement, `Allow` only).
+pub fn allowed_actions(path: &str) -> Vec<String> {
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo_file(path)).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for st in doc["Statement"].as_array().unwrap() {
+        assert_eq!(st["Effect"], "Allow");
+        match &st["Action"] {
+            Value::String(a) => out.push(a.clone()),
+            Value::Array(list) => out.extend(list.iter().map(|a| a.as_str().unwrap().to_string())),
+            other => panic!("unexpected Action {other}"),
+        }
+    }
+    out
 }
 
 /// Path of a file in the repository.

@@ -9,15 +9,15 @@ use std::time::Duration;
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use crate::apply::ApplyOptions;
-use crate::aws::{self, SdkEc2, SdkIam, SdkSsm, SdkSts};
-use crate::azure::RestArm;
+use crate::adapters::aws::{self, SdkEc2, SdkIam, SdkSsm, SdkSts};
+use crate::adapters::azure::RestArm;
+use crate::adapters::credential::{process_env, Credential, CredentialError};
+use crate::config::duration::parse_duration;
 use crate::config::{Config, ConfigError, RegionSelection};
-use crate::credential::{process_env, Credential, CredentialError};
-use crate::duration::parse_duration;
-use crate::onboard::InstallOptions;
-use crate::pass::{run_pass, AwsPorts, PassError, PassOptions, Scope};
 use crate::ports::{ApiCounter, MutationToken};
+use crate::reconcile::apply::ApplyOptions;
+use crate::reconcile::onboard::InstallOptions;
+use crate::reconcile::pass::{run_pass, AwsPorts, PassError, PassOptions, Scope};
 
 /// Report format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -168,7 +168,7 @@ pub enum CliError {
     Config(#[from] ConfigError),
     /// The state file is unusable.
     #[error(transparent)]
-    State(#[from] crate::state::StateError),
+    State(#[from] crate::daemon::state::StateError),
     /// `status` found no state file.
     #[error("no state file at {0} (the daemon creates it; pass --state-file)")]
     NoStateFile(PathBuf),
@@ -186,7 +186,7 @@ pub enum CliError {
     Pass(#[from] PassError),
     /// No HTTPS client for Azure could be built on this machine.
     #[error(transparent)]
-    AzureClient(#[from] crate::azure::ClientError),
+    AzureClient(#[from] crate::adapters::azure::ClientError),
     /// The Azure credential's proof is unusable (certificate, token file, `az`, endpoint).
     #[error("the Azure credential cannot be used; nothing was changed")]
     Credential(#[source] CredentialError),
@@ -212,14 +212,14 @@ fn init_logging(cli: &Cli) {
     };
     let filter = EnvFilter::try_from_env("ARC_ONBOARD_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("warn,arc_onboard={default}")));
-    crate::progress::set_mode(crate::progress::choose(
+    crate::output::progress::set_mode(crate::output::progress::choose(
         std::io::stderr().is_terminal(),
         cli.log_format == LogFormat::Text,
         filter.max_level_hint(),
     ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(crate::progress::log_writer);
+        .with_writer(crate::output::progress::log_writer);
     match cli.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
@@ -275,7 +275,7 @@ async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                     if !path.exists() {
                         return Err(CliError::NoStateFile(path.clone()));
                     }
-                    Some(crate::state::StateDb::open_read_only(path).await?)
+                    Some(crate::daemon::state::StateDb::open_read_only(path).await?)
                 }
                 None => None,
             };
@@ -319,9 +319,9 @@ fn pass_options(
 async fn plan_command(
     cli: &Cli,
     config: &Config,
-    db: Option<&crate::state::StateDb>,
+    db: Option<&crate::daemon::state::StateDb>,
 ) -> Result<u8, CliError> {
-    let durable = db.map(|db| crate::pass::Durable {
+    let durable = db.map(|db| crate::reconcile::pass::Durable {
         db,
         retry_base: Duration::from_secs(15 * 60),
         retry_max: Duration::from_secs(24 * 3600),
@@ -344,7 +344,7 @@ async fn pass_and_report(
     config: &Config,
     token: Option<&MutationToken>,
     opts: PassOptions,
-    durable: Option<&crate::pass::Durable<'_>>,
+    durable: Option<&crate::reconcile::pass::Durable<'_>>,
 ) -> Result<u8, CliError> {
     let arm = azure_adapter(config, load_credential(config)?)?;
     let sdk = aws::load_sdk_config().await;
@@ -457,15 +457,15 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
     use crate::daemon::{
         default_jitter, observed_pass, schedule_loop, PassKind, PassSummary, Schedule,
     };
-    use crate::pass::Durable;
+    use crate::reconcile::pass::Durable;
     use std::sync::Arc;
 
     let Some(credential) = load_credential(config)? else {
         return Err(PassError::AzureMissing.into());
     };
     let arm = azure_adapter(config, Some(credential))?;
-    let db = crate::state::StateDb::open(&args.state_file).await?;
-    let metrics = Arc::new(crate::metrics::Metrics::new(args.unhealthy_after));
+    let db = crate::daemon::state::StateDb::open(&args.state_file).await?;
+    let metrics = Arc::new(crate::daemon::metrics::Metrics::new(args.unhealthy_after));
     let schedule = Schedule::from_config(config);
     for w in schedule.warnings() {
         tracing::warn!("{w}; fine for tests and demos, heavy for a real fleet");
@@ -482,7 +482,11 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
         let shutdown = async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        tokio::spawn(crate::metrics::serve(listener, metrics.clone(), shutdown));
+        tokio::spawn(crate::daemon::metrics::serve(
+            listener,
+            metrics.clone(),
+            shutdown,
+        ));
         tracing::info!(%addr, "serving /metrics and /healthz");
     }
     let signal_err = |source| CliError::Start {
@@ -573,7 +577,7 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
 
 /// A state record's last failure in words: the typed failure it keeps, or the prose older files kept.
 fn recorded_failure_text(kept: &str) -> String {
-    serde_json::from_str::<crate::plan::Failure>(kept)
+    serde_json::from_str::<crate::reconcile::plan::Failure>(kept)
         .map_or_else(|_| kept.to_string(), |f| f.to_string())
 }
 
@@ -581,7 +585,7 @@ async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, CliError> {
     if !args.state_file.exists() {
         return Err(CliError::NoStateFile(args.state_file.clone()));
     }
-    let db = crate::state::StateDb::open_read_only(&args.state_file).await?;
+    let db = crate::daemon::state::StateDb::open_read_only(&args.state_file).await?;
     let records = db.all().await?;
     let passes = db.last_passes().await?;
     let mut by_status: std::collections::BTreeMap<&str, usize> = Default::default();
@@ -589,7 +593,9 @@ async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, CliError> {
         *by_status.entry(r.status.as_str()).or_default() += 1;
     }
     let stamp = |t: i64| {
-        crate::report::timestamp(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))
+        crate::output::report::timestamp(
+            std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64),
+        )
     };
     match cli.output {
         Output::Json => {
@@ -605,7 +611,7 @@ async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, CliError> {
                     "status": r.status, "detail": r.detail, "command_id": r.command_id,
                     "attempts": r.attempts,
                     "last_error": r.last_error.as_deref().map(recorded_failure_text),
-                    "failure": r.last_error.as_deref().and_then(|e| serde_json::from_str::<crate::plan::Failure>(e).ok()),
+                    "failure": r.last_error.as_deref().and_then(|e| serde_json::from_str::<crate::reconcile::plan::Failure>(e).ok()),
                     "next_attempt_at": r.next_attempt_at.map(stamp), "last_seen_at": stamp(r.last_seen_at),
                 })).collect::<Vec<_>>(),
             });
@@ -649,7 +655,7 @@ async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, CliError> {
                 "NEXT ATTEMPT",
                 "DETAIL",
             ];
-            print!("{}", crate::table::render(&headers, &rows));
+            print!("{}", crate::output::table::render(&headers, &rows));
             let counts: Vec<String> = by_status.iter().map(|(s, n)| format!("{s}={n}")).collect();
             println!("\n{} instances: {}", records.len(), counts.join(" "));
         }

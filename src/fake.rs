@@ -11,7 +11,7 @@ use crate::model::{
 };
 use std::sync::Arc;
 
-use crate::azure::FakeArm;
+use crate::adapters::azure::FakeArm;
 use crate::ports::{
     ApiCounter, CommandRequest, CommandSummary, Ec2, Iam, Invocation, MutationToken, Ssm, Sts,
 };

@@ -5,51 +5,46 @@
 //! Machine agent, and report what was (or would be) done to each machine.
 //!
 //! # Layout
-//! - [`config`]: the TOML configuration, validated once into typed values before any AWS call.
-//! - [`daemon`]: the two schedules of scheduled onboarding, signals and per-pass bookkeeping.
-//! - [`duration`]: the human durations the interface accepts.
-//! - [`error`]: how errors are shown: the message and every cause, once each.
-//! - [`model`]: domain types shared by every layer; no SDK type crosses a port.
-//! - [`ports`]: one trait per external system, and the [`ports::MutationToken`] capability.
-//! - [`azure`]: the Azure port (Resource Manager and its token), its REST adapter and a fake.
-//! - [`credential`]: the six ways to get that token (secret, certificate, workload identity, AWS
-//!   federation, managed identity, Azure CLI), each proof checked before any AWS call.
-//! - [`aws`]: real adapters over the official AWS SDK (credential chain, retries, call counting).
-//! - [`fake`]: stateful in-memory fakes of the ports, for tests (compiled for `cargo test` or with the
-//!   `fakes` feature only; never in the release binary).
-//! - [`install`]: the Linux and Windows agent install scripts, rendered with per-shell quoting.
-//! - [`observe`]: gathers one account's state through the ports.
-//! - [`plan`]: the pure planner: observation + config -> per-instance actions and reasons.
-//! - [`apply`]: executes the IAM part of a plan (requires a mutation token).
-//! - [`onboard`]: the agent install through SSM Run Command, command tracking, verification in Azure.
-//! - [`pass`]: one observe -> plan -> apply pass, shared by every command.
-//! - [`progress`]: progress of long waits on stderr.
-//! - [`report`]: the report rendered as JSON or a table.
-//! - [`table`]: the one table renderer of the human output (display-width aware).
-//! - [`state`]: the daemon's durable state (SQLite, versioned schema).
-//! - [`metrics`]: Prometheus metrics of the passes and the `/metrics` + `/healthz` HTTP endpoint.
+//! The folders follow the data: configuration in, the reconcile core (observe -> plan -> apply) over the
+//! ports, the adapters behind the ports, the scripts sent to instances, the daemon around the core, and the
+//! output people read.
 //! - [`cli`]: command-line parsing and the commands; the only place mutation tokens are minted.
+//! - [`config`]: the TOML configuration, validated once into typed values before any AWS call
+//!   ([`config::duration`]: the human durations the interface accepts).
+//! - [`model`]: domain types shared by every layer; no SDK type crosses a port.
+//! - [`ports`]: one trait per AWS service, and the [`ports::MutationToken`] capability.
+//! - [`reconcile`]: the core.
+//!   - [`reconcile::observe`]: gathers one account's state through the ports.
+//!   - [`reconcile::plan`]: the pure planner: observation + config + the daemon's memory -> per-instance
+//!     actions, statuses and reasons.
+//!   - [`reconcile::apply`]: executes the IAM part of a plan (requires a mutation token).
+//!   - [`reconcile::onboard`]: the agent install through SSM Run Command, tracking, verification in Azure.
+//!   - [`reconcile::pass`]: one observe -> plan -> apply pass, shared by every command.
+//! - [`adapters`]: the real systems behind the ports.
+//!   - [`adapters::aws`]: the official AWS SDK (credential chain, retries, call counting).
+//!   - [`adapters::azure`]: the Azure port (Resource Manager and its token) and its REST adapter.
+//!   - [`adapters::credential`]: the six ways to get that token, each proof checked before any AWS call.
+//! - [`install`]: the Linux and Windows agent install scripts, rendered with per-shell quoting.
+//! - [`daemon`]: the two schedules of scheduled onboarding, signals and per-pass bookkeeping.
+//!   - [`daemon::state`]: the daemon's durable state (SQLite, versioned schema).
+//!   - [`daemon::metrics`]: Prometheus metrics and the `/metrics` + `/healthz` endpoint.
+//! - [`output`]: what people read.
+//!   - [`output::report`]: the report rendered as JSON or a table.
+//!   - [`output::table`]: the one table renderer (display-width aware).
+//!   - [`output::progress`]: progress of long waits on stderr.
+//! - [`error`]: how errors are shown: the message and every cause, once each.
+//! - `fake`: stateful in-memory fakes of the ports, for tests (compiled for `cargo test` or with the
+//!   `fakes` feature only; never in the release binary).
 
-pub mod apply;
-pub mod aws;
-pub mod azure;
+pub mod adapters;
 pub mod cli;
 pub mod config;
-pub mod credential;
 pub mod daemon;
-pub mod duration;
 pub mod error;
 #[cfg(any(test, feature = "fakes"))]
 pub mod fake;
 pub mod install;
-pub mod metrics;
 pub mod model;
-pub mod observe;
-pub mod onboard;
-pub mod pass;
-pub mod plan;
+pub mod output;
 pub mod ports;
-pub mod progress;
-pub mod report;
-pub mod state;
-pub mod table;
+pub mod reconcile;

@@ -1,4 +1,4 @@
-//! One port per external system, speaking domain types. Real adapters live in [`crate::aws`]; stateful
+//! One port per external system, speaking domain types. Real adapters live in [`crate::adapters::aws`]; stateful
 //! fakes in [`crate::fake`]. Every method that changes something takes a [`MutationToken`].
 
 use std::collections::BTreeMap;

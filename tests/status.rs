@@ -6,7 +6,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use arc_onboard::state::{InstanceRecord, PassRecord, StateDb};
+use arc_onboard::daemon::state::{InstanceRecord, PassRecord, StateDb};
 use serde_json::Value;
 
 fn record(id: &str) -> InstanceRecord {

@@ -1,6 +1,6 @@
 //! Azure: the few Resource Manager calls the tool needs and the access token they carry, behind a port,
 //! with a REST adapter over reqwest (rustls) and a stateful fake (tests and the `fakes` feature only).
-//! Where the token comes from is the adapter's [`Credential`] (see [`crate::credential`]).
+//! Where the token comes from is the adapter's [`Credential`] (see [`crate::adapters::credential`]).
 //!
 //! Secrets are held in [`Secret`], whose `Debug` and `Display` never show them. Tokens are held the same way.
 
@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::json;
 use url::Url;
 
+use crate::adapters::credential::{Credential, TokenContext};
 use crate::config::AzureConfig;
-use crate::credential::{Credential, TokenContext};
 use crate::ports::{ApiCounter, MutationToken};
 
 /// `api-version` for resource groups.

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, SSM_POLICY_ARN};
 use crate::model::{AwsError, InstanceState, PingStatus, Platform};
-use crate::observe::{
+use crate::reconcile::observe::{
     profile_name_from_arn, AccountObservation, ArcObservation, Lookup, ObservedInstance,
     RegionObservation,
 };
@@ -655,7 +655,7 @@ impl Planner<'_> {
             *due > self.memory.now && plan.actions.contains(&InstanceAction::InstallAgent)
         });
         if let Some(due) = held {
-            let next = crate::report::timestamp(due);
+            let next = crate::output::report::timestamp(due);
             let mut failure = memory.last_failure.clone().unwrap_or_else(|| {
                 Failure::new(FailureStep::Install, "earlier-failure", "unknown")
             });

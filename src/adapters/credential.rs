@@ -26,8 +26,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 use url::Url;
 
-use crate::aws::WebIdentityIssuer;
-use crate::azure::{AzureError, Secret};
+use crate::adapters::aws::WebIdentityIssuer;
+use crate::adapters::azure::{AzureError, Secret};
 use crate::config::{AzureConfig, CredentialConfig, CLIENT_SECRET_ENV};
 use crate::ports::ApiCounter;
 
@@ -267,7 +267,7 @@ impl Credential {
                 c.path.display(),
                 c.subject,
                 c.x5t_s256,
-                crate::report::timestamp(c.not_after)
+                crate::output::report::timestamp(c.not_after)
             ),
             Kind::WorkloadIdentity { token_file, source } => format!(
                 "workload-identity: federated token file {} (from {source}), read for every token request",
@@ -459,14 +459,14 @@ fn load_certificate(path: &Path, now: SystemTime) -> Result<CertificateKey, Cred
             return Err(fail(format!(
                 "the certificate (subject {}) expired on {}; renew it and register the new one in Entra",
                 tbs.subject(),
-                crate::report::timestamp(not_after)
+                crate::output::report::timestamp(not_after)
             )));
         }
         if now < not_before {
             return Err(fail(format!(
                 "the certificate (subject {}) is not valid before {}",
                 tbs.subject(),
-                crate::report::timestamp(not_before)
+                crate::output::report::timestamp(not_before)
             )));
         }
         let digest = <sha2::Sha256 as sha2::Digest>::digest(der);

@@ -16,15 +16,15 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::azure::{Arm, Secret};
+use crate::adapters::azure::{Arm, Secret};
 use crate::config::{AzureConfig, Connectivity, OnboardingConfig};
 use crate::install::{self, InstallParams, ScriptOutcome, ScriptResult};
 use crate::model::Platform;
-use crate::plan::{AccountPlan, Failure, FailureStep, InstancePlan, Status};
 use crate::ports::{
     CommandRequest, CommandSummary, Invocation, MutationToken, Ssm, LINUX_DOCUMENT,
     WINDOWS_DOCUMENT,
 };
+use crate::reconcile::plan::{AccountPlan, Failure, FailureStep, InstancePlan, Status};
 
 /// SendCommand accepts at most 50 instance ids.
 pub const BATCH: usize = 50;
@@ -60,7 +60,7 @@ impl InstallOptions {
     pub fn comment(&self) -> String {
         let mut c = format!(
             "{} run {}",
-            crate::observe::COMMENT_PREFIX,
+            crate::reconcile::observe::COMMENT_PREFIX,
             self.correlation_id
         );
         c.truncate(100);
@@ -187,7 +187,7 @@ fn invocation_failure(inv: &Invocation, opts: &InstallOptions) -> Failure {
             "execution-timed-out".to_string(),
             format!(
                 "the install did not finish within --command-timeout {}",
-                crate::duration::format_duration(opts.command_timeout)
+                crate::config::duration::format_duration(opts.command_timeout)
             ),
         ),
         ("Cancelled", _) => (
@@ -304,8 +304,8 @@ async fn send(
                     if valid_for < need && !warned {
                         warned = true;
                         warn!(
-                            valid_for = %crate::duration::format_duration(valid_for),
-                            needed = %crate::duration::format_duration(need),
+                            valid_for = %crate::config::duration::format_duration(valid_for),
+                            needed = %crate::config::duration::format_duration(need),
                             "Entra issues tokens shorter than the delivery timeout plus --command-timeout; \
                              an install that reaches `azcmagent connect` after the token expires fails with \
                              AZCM0012 and is retried by a later pass"
@@ -446,7 +446,7 @@ async fn track(
     );
     let mut succeeded = Vec::new();
     let total = pending.len();
-    let progress = crate::progress::Progress::new("install commands");
+    let progress = crate::output::progress::Progress::new("install commands");
     while !pending.is_empty() {
         progress.update(&format!(
             "{} of {total} commands finished",
@@ -638,7 +638,7 @@ async fn verify(
         .map(|(n, _)| *n)
         .collect();
     let mut last_seen: HashMap<usize, (String, String)> = HashMap::new();
-    let progress = crate::progress::Progress::new("verifying in Azure");
+    let progress = crate::output::progress::Progress::new("verifying in Azure");
     loop {
         progress.update(&format!(
             "{} of {} machines Connected",
@@ -713,7 +713,7 @@ async fn verify(
             code,
             format!(
                 "{what} but Azure does not show the machine Connected after {}: {seen}",
-                crate::duration::format_duration(opts.verify_timeout)
+                crate::config::duration::format_duration(opts.verify_timeout)
             ),
         ));
     }

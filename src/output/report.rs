@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::model::ApiCounts;
-use crate::plan::{AccountPlan, InstancePlan, RegionError, SsmRoleSteps, Status};
+use crate::reconcile::plan::{AccountPlan, InstancePlan, RegionError, SsmRoleSteps, Status};
 
 /// Which command produced the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -175,7 +175,7 @@ impl Report {
             out.push('\n');
         }
         out.push('\n');
-        out.push_str(&crate::table::render(&headers, &rows));
+        out.push_str(&crate::output::table::render(&headers, &rows));
         if !self.errors.is_empty() {
             out.push_str("\nregions that could not be observed:\n");
             for e in &self.errors {

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use futures::stream::{self, StreamExt};
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::azure::{ArcMachine, Arm};
+use crate::adapters::azure::{ArcMachine, Arm};
 use crate::config::{Config, RegionSelection};
 use crate::model::{
     AwsError, Ec2Instance, InstanceProfile, InstanceState, Role, SsmInstance, TagSelector,

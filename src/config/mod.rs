@@ -3,6 +3,8 @@
 //! Every problem names the key it concerns (`aws.regions[1]`, `onboarding.proxy_url`) so that an operator
 //! can fix the file without guessing. All problems in a file are reported together.
 
+pub mod duration;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,7 +13,7 @@ use std::time::Duration;
 use toml::{Table, Value};
 use url::Url;
 
-use crate::duration::{format_duration, parse_duration};
+use crate::config::duration::{format_duration, parse_duration};
 use crate::model::TagSelector;
 
 /// The name of the environment variable that holds the service principal's secret.
@@ -307,7 +309,7 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse_with_env(&text, path, &crate::credential::process_env)
+        Config::parse_with_env(&text, path, &crate::adapters::credential::process_env)
     }
 
     /// Validates the TOML text without looking at the environment; `path` is only used in messages.
@@ -319,7 +321,7 @@ impl Config {
     pub fn parse_with_env(
         text: &str,
         path: &Path,
-        env: crate::credential::EnvLookup<'_>,
+        env: crate::adapters::credential::EnvLookup<'_>,
     ) -> Result<Config, ConfigError> {
         let table: Table = text
             .parse()
@@ -343,7 +345,7 @@ impl Config {
 
     /// The effective configuration as TOML, defaults filled in. No secret ever appears: `credential` is a
     /// comment that says which credential is in use and where it comes from (see
-    /// [`crate::credential::Credential::describe`]).
+    /// [`crate::adapters::credential::Credential::describe`]).
     pub fn to_effective_toml(&self, credential: &str) -> String {
         let mut root = Table::new();
         let mut aws = Table::new();
@@ -513,7 +515,7 @@ struct Validator<'e> {
     issues: Vec<ConfigIssue>,
     warnings: Vec<ConfigIssue>,
     /// The environment, for the workload identity variables.
-    env: Option<crate::credential::EnvLookup<'e>>,
+    env: Option<crate::adapters::credential::EnvLookup<'e>>,
 }
 
 impl Validator<'_> {
@@ -966,8 +968,8 @@ impl Validator<'_> {
         from_env: &mut BTreeMap<&'static str, &'static str>,
     ) -> Option<String> {
         let var = match key {
-            "tenant_id" => crate::credential::TENANT_ID_ENV,
-            _ => crate::credential::CLIENT_ID_ENV,
+            "tenant_id" => crate::adapters::credential::TENANT_ID_ENV,
+            _ => crate::adapters::credential::CLIENT_ID_ENV,
         };
         if t.contains_key(key) || !from_env_ok {
             return self.guid(t, key);
@@ -1065,7 +1067,7 @@ impl Validator<'_> {
                 let configured = nonempty(self, "federated_token_file", token_file);
                 let env = self
                     .env
-                    .and_then(|env| env(crate::credential::FEDERATED_TOKEN_FILE_ENV));
+                    .and_then(|env| env(crate::adapters::credential::FEDERATED_TOKEN_FILE_ENV));
                 match (configured, env) {
                     (Some(p), _) => Some(CredentialConfig::WorkloadIdentity {
                         token_file: PathBuf::from(p),
@@ -1081,7 +1083,7 @@ impl Validator<'_> {
                         if token_file.is_none() {
                             self.issue(
                                 "azure.federated_token_file",
-                                format!("is required with credential = \"workload-identity\" when {} is not set", crate::credential::FEDERATED_TOKEN_FILE_ENV),
+                                format!("is required with credential = \"workload-identity\" when {} is not set", crate::adapters::credential::FEDERATED_TOKEN_FILE_ENV),
                             );
                         }
                         None
@@ -1090,7 +1092,9 @@ impl Validator<'_> {
             }
             "aws-federation" => {
                 let audience = match audience {
-                    None => Some(crate::credential::DEFAULT_FEDERATION_AUDIENCE.to_string()),
+                    None => {
+                        Some(crate::adapters::credential::DEFAULT_FEDERATION_AUDIENCE.to_string())
+                    }
                     Some(a) if a.trim().is_empty() || a.len() > 1000 => {
                         self.issue(
                             "azure.aws_federation_audience",

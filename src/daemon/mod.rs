@@ -13,6 +13,9 @@
 //! - Intervals are measured from when a pass was due, plus a small jitter (at most a tenth of the interval,
 //!   30 s at most) so that many daemons do not start together.
 
+pub mod metrics;
+pub mod state;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::pin;
@@ -36,13 +39,13 @@ pub enum PassKind {
 
 impl PassKind {
     /// What this kind of pass executes: IAM only, or installs only (IAM is the IAM pass's job).
-    pub fn scope(self) -> crate::pass::Scope {
+    pub fn scope(self) -> crate::reconcile::pass::Scope {
         match self {
-            PassKind::Iam => crate::pass::Scope {
+            PassKind::Iam => crate::reconcile::pass::Scope {
                 iam: true,
                 install: false,
             },
-            PassKind::Onboarding => crate::pass::Scope {
+            PassKind::Onboarding => crate::reconcile::pass::Scope {
                 iam: false,
                 install: true,
             },
@@ -212,7 +215,7 @@ impl PassSummary {
     /// The summary of a pass that completed: statuses, calls, and error codes (regions that could not be
     /// observed by their AWS code, failed instances by their failure's code: `AZCM0041`, `exit-4`,
     /// `checksum-mismatch`, ...).
-    pub fn from_outcome(outcome: &crate::pass::PassOutcome) -> PassSummary {
+    pub fn from_outcome(outcome: &crate::reconcile::pass::PassOutcome) -> PassSummary {
         let r = &outcome.report;
         let mut errors: BTreeMap<String, u64> = BTreeMap::new();
         for e in &r.errors {
@@ -221,7 +224,7 @@ impl PassSummary {
         for i in r
             .instances
             .iter()
-            .filter(|i| i.status == crate::plan::Status::Failed)
+            .filter(|i| i.status == crate::reconcile::plan::Status::Failed)
         {
             let code = i
                 .failure
@@ -247,8 +250,8 @@ impl PassSummary {
 pub async fn observed_pass<Fut>(
     kind: PassKind,
     pass: Fut,
-    db: &crate::state::StateDb,
-    metrics: &Arc<crate::metrics::Metrics>,
+    db: &crate::daemon::state::StateDb,
+    metrics: &Arc<crate::daemon::metrics::Metrics>,
 ) where
     Fut: Future<Output = PassSummary>,
 {
@@ -261,10 +264,10 @@ pub async fn observed_pass<Fut>(
         let summary = pass.await;
         let took = clock.elapsed();
         metrics.record_pass(kind.as_str(), summary.ok, took, &summary.statuses, &summary.api_calls, &summary.errors);
-        let record = crate::state::PassRecord {
+        let record = crate::daemon::state::PassRecord {
             kind: kind.as_str().into(),
-            started_at: crate::state::unix(started),
-            finished_at: crate::state::unix(SystemTime::now()),
+            started_at: crate::daemon::state::unix(started),
+            finished_at: crate::daemon::state::unix(SystemTime::now()),
             ok: summary.ok,
             summary: serde_json::to_string(&summary.statuses).unwrap_or_default(),
         };
@@ -467,11 +470,11 @@ mod tests {
     /// SSM profile from the next IAM pass and the agent from the onboarding pass after it.
     #[tokio::test(start_paused = true)]
     async fn the_schedules_drive_real_passes_over_the_fakes() {
-        use crate::azure::FakeArm;
+        use crate::adapters::azure::FakeArm;
         use crate::fake::FakeAws;
         use crate::model::{InstanceState, Platform};
-        use crate::pass::{run_pass, AwsPorts, PassOptions};
         use crate::ports::MutationToken;
+        use crate::reconcile::pass::{run_pass, AwsPorts, PassOptions};
 
         let aws = Arc::new(FakeAws::new(&["us-east-1"]));
         let arm = Arc::new(FakeArm::default());

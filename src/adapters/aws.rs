@@ -206,7 +206,7 @@ impl WebIdentityIssuer {
         &self,
         audience: &str,
         duration_seconds: i32,
-    ) -> Result<crate::azure::Secret, AwsError> {
+    ) -> Result<crate::adapters::azure::Secret, AwsError> {
         const OP: &str = "sts:GetWebIdentityToken";
         let out = self
             .client
@@ -219,7 +219,7 @@ impl WebIdentityIssuer {
             .map_err(|e| aws_error(OP, e))?;
         out.web_identity_token
             .filter(|t| !t.is_empty())
-            .map(crate::azure::Secret::new)
+            .map(crate::adapters::azure::Secret::new)
             .ok_or_else(|| AwsError {
                 operation: OP.into(),
                 kind: AwsErrorKind::Other,

@@ -23,11 +23,11 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::SSM_POLICY_ARN;
 use crate::model::{AwsError, AwsErrorKind, InstanceState, PingStatus};
-use crate::observe::{profile_name_from_arn, REGION_CONCURRENCY};
-use crate::plan::{
+use crate::ports::{Ec2, Iam, MutationToken, Ssm};
+use crate::reconcile::observe::{profile_name_from_arn, REGION_CONCURRENCY};
+use crate::reconcile::plan::{
     AccountPlan, Failure, FailureStep, InstanceAction, InstancePlan, SsmRoleSteps, Status,
 };
-use crate::ports::{Ec2, Iam, MutationToken, Ssm};
 
 /// Bounds for the apply phase.
 #[derive(Debug, Clone)]
@@ -387,7 +387,7 @@ pub async fn settle_after_iam(
         .map(|r| (r.region.clone(), r.instance_id.clone()))
         .collect();
     if !targets.is_empty() {
-        let progress = crate::progress::Progress::new("waiting for SSM registration");
+        let progress = crate::output::progress::Progress::new("waiting for SSM registration");
         let latest: std::sync::Mutex<HashMap<String, PingStatus>> =
             std::sync::Mutex::new(HashMap::new());
         let poll = || async {

@@ -6,18 +6,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::apply::{apply_iam, settle_after_iam, ApplyOptions};
-use crate::azure::{Arm, AzureError};
+use crate::adapters::azure::{Arm, AzureError};
 use crate::config::{AzureConfig, Config};
+use crate::daemon::state::{unix, InstanceRecord, StateDb};
 use crate::model::AwsError;
-use crate::observe::{observe_account, observe_arc, resolve_regions, ArcObservation};
-use crate::onboard::{install_agents, InstallOptions, InstallWork, Journal};
-use crate::plan::{
+use crate::output::report::{Mode, Report};
+use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Ssm, Sts};
+use crate::reconcile::apply::{apply_iam, settle_after_iam, ApplyOptions};
+use crate::reconcile::observe::{observe_account, observe_arc, resolve_regions, ArcObservation};
+use crate::reconcile::onboard::{install_agents, InstallOptions, InstallWork, Journal};
+use crate::reconcile::plan::{
     plan_account, AccountPlan, Failure, FailureStep, InstanceAction, Memory, Remembered, Status,
 };
-use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Ssm, Sts};
-use crate::report::{Mode, Report};
-use crate::state::{unix, InstanceRecord, StateDb};
 
 /// A failure before any instance could be handled.
 #[derive(Debug, thiserror::Error)]
@@ -355,7 +355,7 @@ async fn record_outcomes(
                     .or_else(|| Some(row.detail.clone()));
                 let due = now + d.backoff(rec.attempts).as_secs() as i64;
                 rec.next_attempt_at = Some(due);
-                row.next_attempt_at = Some(crate::report::timestamp(
+                row.next_attempt_at = Some(crate::output::report::timestamp(
                     UNIX_EPOCH + Duration::from_secs(due as u64),
                 ));
             }
@@ -512,11 +512,11 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::azure::FakeArm;
+    use crate::adapters::azure::FakeArm;
     use crate::config::SSM_POLICY_ARN;
     use crate::fake::FakeAws;
     use crate::model::{InstanceState, Platform};
-    use crate::onboard::InstallOptions;
+    use crate::reconcile::onboard::InstallOptions;
 
     const READ_ONLY: &str = "arn:aws:iam::aws:policy/ReadOnlyAccess";
 
@@ -658,16 +658,16 @@ mod tests {
     }
 
     async fn observe_and_plan(aws: &FakeAws, cfg: &Config, regions: &[String]) -> AccountPlan {
-        let obs = crate::observe::observe_account(
+        let obs = crate::reconcile::observe::observe_account(
             "123456789012",
             regions,
             cfg,
             (aws, aws, aws),
             Duration::from_secs(60),
-            crate::observe::ArcObservation::NotConfigured,
+            crate::reconcile::observe::ArcObservation::NotConfigured,
         )
         .await;
-        crate::plan::plan_account(&obs, cfg, &crate::plan::Memory::none())
+        crate::reconcile::plan::plan_account(&obs, cfg, &crate::reconcile::plan::Memory::none())
     }
 
     fn mutating(aws: &FakeAws) -> u64 {
@@ -920,7 +920,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_token_bucket_holds_the_rate() {
-        let bucket = crate::apply::TokenBucket::new(10, 5.0);
+        let bucket = crate::reconcile::apply::TokenBucket::new(10, 5.0);
         let start = tokio::time::Instant::now();
         for _ in 0..60 {
             bucket.acquire().await;
@@ -1045,7 +1045,7 @@ mod tests {
     async fn a_refused_azure_token_stops_run_before_any_aws_call() {
         let aws = fleet();
         let arm = FakeArm::default();
-        arm.fail_token(crate::azure::AzureError::Token {
+        arm.fail_token(crate::adapters::azure::AzureError::Token {
             status: 401,
             code: "invalid_client".into(),
             description: "AADSTS7000215: Invalid client secret provided.".into(),
@@ -1119,7 +1119,7 @@ mod tests {
             .find(|r| r.instance_id == id)
     }
 
-    fn row<'a>(r: &'a Report, id: &str) -> &'a crate::plan::InstancePlan {
+    fn row<'a>(r: &'a Report, id: &str) -> &'a crate::reconcile::plan::InstancePlan {
         r.instances.iter().find(|i| i.instance_id == id).unwrap()
     }
 
@@ -1162,7 +1162,7 @@ mod tests {
         assert!(held.actions.is_empty(), "{:?}", held.actions);
         assert_eq!(
             held.next_attempt_at.as_deref(),
-            Some(crate::report::timestamp(t0 + Duration::from_secs(900)).as_str())
+            Some(crate::output::report::timestamp(t0 + Duration::from_secs(900)).as_str())
         );
         assert_eq!(held.failure.as_ref().unwrap().code, "AZCM0041");
         assert!(held.detail.contains("failed 1 time(s)"), "{}", held.detail);
@@ -1381,8 +1381,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_resumed_command_is_tracked_even_when_no_new_command_can_be_sent() {
-        use crate::onboard::{install_agents, InstallWork};
         use crate::ports::{CommandRequest, Ssm, LINUX_DOCUMENT};
+        use crate::reconcile::onboard::{install_agents, InstallWork};
         let aws = ready_account(&["i-1".to_string(), "i-2".to_string()]);
         let cfg = one_region_config();
         let token = MutationToken::mint();
@@ -1402,7 +1402,7 @@ mod tests {
         let regions = ["us-east-1".to_string()];
         let mut plan = observe_and_plan(&aws, &cfg, &regions).await;
         let arm = FakeArm::default();
-        arm.fail_token(crate::azure::AzureError::Token {
+        arm.fail_token(crate::adapters::azure::AzureError::Token {
             status: 503,
             code: "temporarily_unavailable".into(),
             description: "down".into(),

@@ -1,0 +1,7 @@
+//! The reconcile core: observe an account through the ports, plan with a pure function, apply the plan.
+
+pub mod apply;
+pub mod observe;
+pub mod onboard;
+pub mod pass;
+pub mod plan;

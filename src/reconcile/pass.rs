@@ -1111,6 +1111,13 @@ mod tests {
             .unwrap()
     }
 
+    /// A new state file in a temporary directory (kept alive by the returned guard).
+    async fn temp_state() -> (tempfile::TempDir, StateDb) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
+        (dir, db)
+    }
+
     async fn record(db: &StateDb, id: &str) -> Option<InstanceRecord> {
         db.all()
             .await
@@ -1131,8 +1138,7 @@ mod tests {
         let arm = linked_arm(&aws);
         aws.script_outcome("i-1", "Failed", "Failed", 41, FAILED_41);
         let cfg = one_region_config();
-        let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
+        let (_dir, db) = temp_state().await;
         let durable = Durable {
             db: &db,
             retry_base: Duration::from_secs(900),
@@ -1193,8 +1199,7 @@ mod tests {
         let aws = ready_account(&["i-1".to_string()]);
         let arm = linked_arm(&aws);
         let cfg = one_region_config();
-        let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
+        let (_dir, db) = temp_state().await;
         let durable = Durable {
             db: &db,
             retry_base: Duration::from_secs(900),
@@ -1253,8 +1258,7 @@ mod tests {
         // The command runs for ever (the fake answers InProgress): the journal must already hold it.
         aws.script_outcome("i-1", "InProgress", "InProgress", -1, "");
         let cfg = one_region_config();
-        let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
+        let (_dir, db) = temp_state().await;
         let durable = Durable {
             db: &db,
             retry_base: Duration::from_secs(900),

@@ -187,10 +187,11 @@ impl Server {
                     Some(body) => respond(&mut stream, "200 OK", body),
                     None => respond(&mut stream, "404 Not Found", "not here"),
                 },
-                ("GET", "/redirect-to-file") => {
+                // curl follows a redirect to ftp:// by default; the script's --proto/--proto-redir must refuse it.
+                ("GET", "/redirect-to-ftp") => {
                     let _ = write!(
                         stream,
-                        "HTTP/1.1 302 Found\r\nLocation: file:///etc/hostname\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        "HTTP/1.1 302 Found\r\nLocation: ftp://127.0.0.1:1/azcmagent-linux\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                     );
                 }
                 _ => respond(&mut stream, "404 Not Found", "unknown"),
@@ -928,7 +929,7 @@ fn a_redirect_to_another_protocol_is_refused() {
     let server = Server::start(Some(fake_installer()));
     let sandbox = Sandbox::new();
     let mut params = Params::new(&server);
-    params.installer_url = server.url("/redirect-to-file");
+    params.installer_url = server.url("/redirect-to-ftp");
     let run = sandbox.run(&params, &server.url(""), &[]);
 
     assert_result(
@@ -939,6 +940,13 @@ fn a_redirect_to_another_protocol_is_refused() {
         "download-failed",
     );
     assert_eq!(sandbox.installer_argv(), None);
+    // Refused by protocol, not merely unreachable (without the protocol flags curl would try the FTP server).
+    assert!(
+        run.stdout
+            .contains("Protocol \"ftp\" not supported or disabled"),
+        "{}",
+        run.stdout
+    );
 }
 
 #[test]

@@ -47,7 +47,7 @@ pub struct InstallOptions {
 impl InstallOptions {
     /// How far back an install command can still be running.
     pub fn in_flight_window(&self) -> Duration {
-        self.command_timeout + self.delivery_timeout + Duration::from_secs(300)
+        self.script_token_validity() + Duration::from_secs(300)
     }
 
     /// How long the token an install script carries must stay valid: SSM may take the whole delivery
@@ -440,7 +440,7 @@ async fn track(
     since: std::time::SystemTime,
 ) -> Vec<(usize, bool)> {
     let mut poll = Poll::new(
-        opts.command_timeout + opts.delivery_timeout + Duration::from_secs(60),
+        opts.script_token_validity() + Duration::from_secs(60),
         opts.max_poll,
         1.5,
     );

@@ -293,7 +293,7 @@ fn memory_of(records: &HashMap<(String, String), InstanceRecord>, now: SystemTim
         .map(|(key, r)| {
             let remembered = Remembered {
                 attempts: r.attempts,
-                last_failure: r.last_error.as_deref().map(|e| recorded_failure(Some(e))),
+                last_failure: r.last_error.as_deref().map(recorded_failure),
                 next_attempt_at: r
                     .next_attempt_at
                     .map(|t| UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)),
@@ -306,13 +306,9 @@ fn memory_of(records: &HashMap<(String, String), InstanceRecord>, now: SystemTim
 }
 
 /// The failure a state record keeps (as JSON; older state files kept prose, read as an install failure).
-fn recorded_failure(last_error: Option<&str>) -> Failure {
-    match last_error {
-        Some(text) => serde_json::from_str(text).unwrap_or_else(|_| {
-            Failure::new(FailureStep::Install, "earlier-failure", text.to_string())
-        }),
-        None => Failure::new(FailureStep::Install, "earlier-failure", "unknown"),
-    }
+fn recorded_failure(text: &str) -> Failure {
+    serde_json::from_str(text)
+        .unwrap_or_else(|_| Failure::new(FailureStep::Install, "earlier-failure", text.to_string()))
 }
 
 /// Writes every row's outcome; failed installs get their next attempt pushed out.
@@ -691,6 +687,35 @@ mod tests {
             .unwrap()
             .status
             .as_str()
+    }
+
+    #[test]
+    fn a_recorded_failure_is_read_back_typed_and_older_prose_still_reads() {
+        let kept = Failure {
+            step: FailureStep::Download,
+            code: "checksum-mismatch".into(),
+            exit_code: Some(4),
+            reason: "the installer's SHA-256 is x".into(),
+        };
+        assert_eq!(
+            recorded_failure(&serde_json::to_string(&kept).unwrap()),
+            kept
+        );
+        let legacy = recorded_failure("install failed (Failed: Failed); exit code 41");
+        assert_eq!(
+            (
+                legacy.step,
+                legacy.code.as_str(),
+                legacy.exit_code,
+                legacy.reason.as_str()
+            ),
+            (
+                FailureStep::Install,
+                "earlier-failure",
+                None,
+                "install failed (Failed: Failed); exit code 41"
+            )
+        );
     }
 
     #[tokio::test]

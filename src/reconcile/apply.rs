@@ -25,8 +25,9 @@ use crate::config::SSM_POLICY_ARN;
 use crate::model::{AwsError, AwsErrorKind, InstanceState, PingStatus};
 use crate::ports::{Ec2, Iam, MutationToken, Ssm};
 use crate::reconcile::observe::{profile_name_from_arn, REGION_CONCURRENCY};
+use crate::reconcile::outcome::{AccountOutcome, InstanceOutcome};
 use crate::reconcile::plan::{
-    AccountPlan, Failure, FailureStep, InstanceAction, InstancePlan, SsmRoleSteps, Status,
+    AccountPlan, Failure, FailureStep, InstanceAction, SsmRoleSteps, Status,
 };
 
 /// Bounds for the apply phase.
@@ -100,7 +101,7 @@ fn is_propagation_error(e: &AwsError) -> bool {
         && e.message.to_ascii_lowercase().contains("instance profile")
 }
 
-fn fail(row: &mut InstancePlan, action: &str, e: &AwsError) {
+fn fail(row: &mut InstanceOutcome, action: &str, e: &AwsError) {
     row.fail(Failure::new(
         FailureStep::Iam,
         e.code.clone(),
@@ -145,11 +146,12 @@ async fn create_ssm_role(
     Ok(done.join(", "))
 }
 
-/// Executes the IAM actions of `plan`, updating each row's status and detail. Returns the account-level
+/// Executes the IAM actions of `plan`, moving each instance's outcome on. Returns the account-level
 /// outcome for the report (`None` when there was no account action).
 pub async fn apply_iam(
     token: &MutationToken,
-    plan: &mut AccountPlan,
+    plan: &AccountPlan,
+    out: &mut AccountOutcome,
     ec2: &impl Ec2,
     iam: &impl Iam,
     opts: &ApplyOptions,
@@ -164,9 +166,10 @@ pub async fn apply_iam(
             Err(e) => {
                 warn!(account = %plan.account_id, error = %e, "create-ssm-role failed");
                 account_detail = Some(format!("create-ssm-role failed: {}: {}", e.code, e.message));
-                for row in plan.instances.iter_mut().filter(|r| r.needs_ssm_role) {
-                    fail(row, "create-ssm-role", &e);
-                    row.actions.retain(|a| !a.is_iam());
+                for (row, o) in plan.instances.iter().zip(&mut out.instances) {
+                    if row.needs_ssm_role {
+                        fail(o, "create-ssm-role", &e);
+                    }
                 }
             }
         }
@@ -175,7 +178,11 @@ pub async fn apply_iam(
     // Role patches and profile fixes: once per role / profile.
     let mut roles: BTreeSet<String> = BTreeSet::new();
     let mut profiles: BTreeSet<(String, String)> = BTreeSet::new();
-    for row in plan.instances.iter().filter(|r| r.status != Status::Failed) {
+    let live = |n: &usize| out.instances[*n].status != Status::Failed;
+    for row in (0..plan.instances.len())
+        .filter(live)
+        .map(|n| &plan.instances[n])
+    {
         for action in &row.actions {
             match action {
                 InstanceAction::AttachRolePolicy { role } => {
@@ -200,11 +207,10 @@ pub async fn apply_iam(
             .await;
         profile_results.insert(profile, r);
     }
-    for row in plan
-        .instances
-        .iter_mut()
-        .filter(|r| r.status != Status::Failed)
-    {
+    for (row, o) in plan.instances.iter().zip(&mut out.instances) {
+        if o.status == Status::Failed {
+            continue;
+        }
         let mut failure = None;
         for action in &row.actions {
             let result = match action {
@@ -219,7 +225,7 @@ pub async fn apply_iam(
             }
         }
         if let Some((action, e)) = failure {
-            fail(row, action, &e);
+            fail(o, action, &e);
         }
     }
 
@@ -230,7 +236,7 @@ pub async fn apply_iam(
             .actions
             .iter()
             .any(|a| matches!(a, InstanceAction::AssociateInstanceProfile { .. }));
-        if associates && row.status != Status::Failed {
+        if associates && out.instances[n].status != Status::Failed {
             by_region.entry(row.region.clone()).or_default().push(n);
         }
     }
@@ -262,17 +268,16 @@ pub async fn apply_iam(
     for (region, results) in outcomes {
         let mut raced = Vec::new();
         for (n, result) in results {
-            let row = &mut plan.instances[n];
             match result {
                 Ok(association) => {
-                    info!(instance.id = %row.instance_id, %region, association = %association, "profile associated");
+                    info!(instance.id = %plan.instances[n].instance_id, %region, association = %association, "profile associated");
                 }
                 Err(e) if e.kind == AwsErrorKind::IncorrectState => raced.push(n),
-                Err(e) => fail(row, "associate-instance-profile", &e),
+                Err(e) => fail(&mut out.instances[n], "associate-instance-profile", &e),
             }
         }
         if !raced.is_empty() {
-            reobserve_raced(plan, ec2, &region, &raced).await;
+            reobserve_raced(plan, out, ec2, &region, &raced).await;
         }
     }
     account_detail
@@ -320,19 +325,24 @@ async fn associate_region(
 }
 
 /// Instances whose association raced with someone else: look again, report what they have now.
-async fn reobserve_raced(plan: &mut AccountPlan, ec2: &impl Ec2, region: &str, rows: &[usize]) {
+async fn reobserve_raced(
+    plan: &AccountPlan,
+    out: &mut AccountOutcome,
+    ec2: &impl Ec2,
+    region: &str,
+    rows: &[usize],
+) {
     let ids: Vec<String> = rows
         .iter()
         .map(|n| plan.instances[*n].instance_id.clone())
         .collect();
     let current = ec2.profile_associations(region, &ids).await;
     for n in rows {
-        let row = &mut plan.instances[*n];
-        row.actions
-            .retain(|a| !matches!(a, InstanceAction::AssociateInstanceProfile { .. }));
+        let id = &plan.instances[*n].instance_id;
+        let row = &mut out.instances[*n];
         match &current {
             Ok(list) => {
-                let now = list.iter().find(|a| a.instance_id == row.instance_id);
+                let now = list.iter().find(|a| a.instance_id == *id);
                 let name = now.map_or("an unknown profile", |a| {
                     profile_name_from_arn(&a.profile_arn)
                 });
@@ -352,14 +362,15 @@ async fn reobserve_raced(plan: &mut AccountPlan, ec2: &impl Ec2, region: &str, r
 ///
 /// Returns the indexes of rows that are Online and ready for the agent install.
 pub async fn settle_after_iam(
-    plan: &mut AccountPlan,
+    plan: &AccountPlan,
+    out: &mut AccountOutcome,
     ssm: &impl Ssm,
     opts: &ApplyOptions,
 ) -> Vec<usize> {
-    for row in &mut plan.instances {
-        if row.status == Status::NotRunning && row.actions.iter().any(InstanceAction::is_iam) {
+    for (row, o) in plan.instances.iter().zip(&mut out.instances) {
+        if o.status == Status::NotRunning && row.actions.iter().any(InstanceAction::is_iam) {
             let done: Vec<&str> = row.actions.iter().map(InstanceAction::as_str).collect();
-            row.detail = format!(
+            o.detail = format!(
                 "IAM prepared ({}); instance is {}; the agent is installed once it runs",
                 done.join(", "),
                 row.state.as_str()
@@ -370,8 +381,8 @@ pub async fn settle_after_iam(
         .instances
         .iter()
         .enumerate()
-        .filter(|(_, r)| {
-            r.status == Status::Planned
+        .filter(|(n, r)| {
+            out.instances[*n].pending()
                 && r.state == InstanceState::Running
                 && r.actions.contains(&InstanceAction::InstallAgent)
         })
@@ -423,21 +434,22 @@ pub async fn settle_after_iam(
             .await;
         let latest = latest.into_inner().unwrap_or_else(|e| e.into_inner());
         for n in &candidates {
-            let row = &mut plan.instances[*n];
-            if targets.iter().any(|(_, id)| *id == row.instance_id) {
-                row.ssm_ping = latest.get(&row.instance_id).copied();
+            let id = &plan.instances[*n].instance_id;
+            if targets.iter().any(|(_, t)| t == id) {
+                out.instances[*n].ssm_ping = latest.get(id).copied();
             }
         }
     }
     let mut ready = Vec::new();
     for n in candidates {
-        let row = &mut plan.instances[n];
+        let planned = &plan.instances[n];
+        let row = &mut out.instances[n];
         if row.ssm_ping == Some(PingStatus::Online) {
             ready.push(n);
         } else {
             row.status = Status::WaitingForSsm;
             let ping = row.ssm_ping.map_or("not registered", PingStatus::as_str);
-            let iam = if row.actions.iter().any(InstanceAction::is_iam) {
+            let iam = if planned.actions.iter().any(InstanceAction::is_iam) {
                 "IAM prepared"
             } else {
                 "IAM in place"

@@ -3,5 +3,6 @@
 pub mod apply;
 pub mod observe;
 pub mod onboard;
+pub mod outcome;
 pub mod pass;
 pub mod plan;

@@ -24,7 +24,8 @@ use crate::ports::{
     CommandRequest, CommandSummary, Invocation, MutationToken, Ssm, LINUX_DOCUMENT,
     WINDOWS_DOCUMENT,
 };
-use crate::reconcile::plan::{AccountPlan, Failure, FailureStep, InstancePlan, Status};
+use crate::reconcile::outcome::{AccountOutcome, InstanceOutcome};
+use crate::reconcile::plan::{AccountPlan, Failure, FailureStep, Status};
 
 /// SendCommand accepts at most 50 instance ids.
 pub const BATCH: usize = 50;
@@ -210,7 +211,7 @@ fn invocation_failure(inv: &Invocation, opts: &InstallOptions) -> Failure {
 }
 
 /// Marks a row failed; its detail adds the tail of the script's output, when there is one.
-fn fail_with_output(row: &mut InstancePlan, failure: Failure, output: &str) {
+fn fail_with_output(row: &mut InstanceOutcome, failure: Failure, output: &str) {
     row.fail(failure);
     let tail = output_tail(output);
     if !tail.is_empty() {
@@ -221,7 +222,7 @@ fn fail_with_output(row: &mut InstancePlan, failure: Failure, output: &str) {
 /// Installs the agent on `ready` rows (Online in SSM, not onboarded) and verifies them in Azure.
 pub async fn install_agents(
     token: &MutationToken,
-    plan: &mut AccountPlan,
+    (plan, out): (&AccountPlan, &mut AccountOutcome),
     work: InstallWork<'_>,
     ssm: &impl Ssm,
     arm: &impl Arm,
@@ -240,8 +241,9 @@ pub async fn install_agents(
         .into_iter()
         .map(|(region, command_id, rows)| {
             for n in &rows {
-                plan.instances[*n].detail =
-                    format!("resumed tracking install command {command_id}");
+                let o = &mut out.instances[*n];
+                o.detail = format!("resumed tracking install command {command_id}");
+                o.command_id = Some(command_id.clone());
             }
             Sent {
                 region,
@@ -264,13 +266,14 @@ pub async fn install_agents(
             onboarding,
             resource_group: &resource_group,
         };
-        sent.extend(send(token, plan, groups, ssm, arm, &scripts, journal, opts).await);
+        let sent_now = send(token, plan, out, groups, ssm, arm, &scripts, journal, opts).await;
+        sent.extend(sent_now);
     }
     if sent.is_empty() {
         return;
     }
-    let succeeded = track(token, plan, sent, ssm, opts, since).await;
-    verify(plan, &succeeded, arm, &resource_group, opts).await;
+    let succeeded = track(token, plan, out, sent, ssm, opts, since).await;
+    verify(plan, out, &succeeded, arm, &resource_group, opts).await;
 }
 
 /// What every script of one call shares.
@@ -286,7 +289,8 @@ struct Scripts<'a> {
 #[allow(clippy::too_many_arguments)]
 async fn send(
     token: &MutationToken,
-    plan: &mut AccountPlan,
+    plan: &AccountPlan,
+    out: &mut AccountOutcome,
     groups: BTreeMap<(String, Platform), Vec<usize>>,
     ssm: &impl Ssm,
     arm: &impl Arm,
@@ -316,7 +320,7 @@ async fn send(
                 Err(e) => {
                     warn!(%region, error = %e, "no Azure token for the install command");
                     for n in chunk {
-                        plan.instances[*n].fail(Failure::new(
+                        out.instances[*n].fail(Failure::new(
                             FailureStep::Connect,
                             "azure-token",
                             format!("cannot get an Azure access token for the install: {e}"),
@@ -354,7 +358,9 @@ async fn send(
                         journal(&region, &command_id, &request.instance_ids).await;
                     }
                     for n in chunk {
-                        plan.instances[*n].detail = format!("install command {command_id} sent");
+                        let o = &mut out.instances[*n];
+                        o.detail = format!("install command {command_id} sent");
+                        o.command_id = Some(command_id.clone());
                     }
                     sent.push(Sent {
                         region: region.clone(),
@@ -365,7 +371,7 @@ async fn send(
                 Err(e) => {
                     warn!(%region, error = %e, "install command not sent");
                     for n in chunk {
-                        plan.instances[*n].fail(Failure::new(
+                        out.instances[*n].fail(Failure::new(
                             FailureStep::Ssm,
                             e.code.clone(),
                             format!("install command not sent: {}", e.message),
@@ -433,7 +439,8 @@ fn render(
 /// reported success, with whether the agent was already connected.
 async fn track(
     token: &MutationToken,
-    plan: &mut AccountPlan,
+    plan: &AccountPlan,
+    out: &mut AccountOutcome,
     mut pending: Vec<Sent>,
     ssm: &impl Ssm,
     opts: &InstallOptions,
@@ -473,7 +480,7 @@ async fn track(
             match status {
                 Ok(Some(c)) if c.is_done() => {
                     // Right after a command ends SSM may not list its invocations yet: ask again later.
-                    if !resolve(plan, &s, ssm, opts, &mut succeeded).await {
+                    if !resolve(plan, out, &s, ssm, opts, &mut succeeded).await {
                         still.push(s);
                     }
                 }
@@ -494,7 +501,7 @@ async fn track(
                     warn!(command_id = %s.command_id, error = %e, "cannot cancel the command");
                 }
                 for n in &s.rows {
-                    plan.instances[*n].fail(Failure::new(
+                    out.instances[*n].fail(Failure::new(
                         FailureStep::Ssm,
                         "command-timeout",
                         format!(
@@ -547,7 +554,8 @@ impl Poll {
 /// Reads the invocations of a finished command (one paged call) and resolves its rows. Returns false,
 /// resolving nothing, when SSM lists no invocation yet.
 async fn resolve(
-    plan: &mut AccountPlan,
+    plan: &AccountPlan,
+    out: &mut AccountOutcome,
     s: &Sent,
     ssm: &impl Ssm,
     opts: &InstallOptions,
@@ -579,7 +587,7 @@ async fn resolve(
                 Err(e) => warn!(instance.id = %id, error = %e, "cannot read the invocation"),
             }
         }
-        let row = &mut plan.instances[*n];
+        let row = &mut out.instances[*n];
         let Some(inv) = inv else {
             row.fail(Failure::new(
                 FailureStep::Ssm,
@@ -621,7 +629,8 @@ async fn resolve(
 
 /// Waits (bounded) for Azure to show each succeeded instance `Connected`, listing the group once a round.
 async fn verify(
-    plan: &mut AccountPlan,
+    plan: &AccountPlan,
+    out: &mut AccountOutcome,
     succeeded: &[(usize, bool)],
     arm: &impl Arm,
     rg: &str,
@@ -650,8 +659,9 @@ async fn verify(
                 let by_name: HashMap<&str, _> =
                     machines.iter().map(|m| (m.name.as_str(), m)).collect();
                 for n in waiting.clone() {
-                    let row = &mut plan.instances[n];
-                    match by_name.get(row.instance_id.as_str()) {
+                    let id = plan.instances[n].instance_id.as_str();
+                    let row = &mut out.instances[n];
+                    match by_name.get(id) {
                         Some(m) if m.status == "Connected" => {
                             let status = if already.contains(&n) {
                                 Status::AlreadyOnboarded
@@ -686,7 +696,7 @@ async fn verify(
                                 n,
                                 (
                                     "arc-machine-missing".into(),
-                                    format!("no Arc machine {rg}/{}", row.instance_id),
+                                    format!("no Arc machine {rg}/{id}"),
                                 ),
                             );
                         }
@@ -708,7 +718,7 @@ async fn verify(
         } else {
             "the install script succeeded"
         };
-        plan.instances[n].fail(Failure::new(
+        out.instances[n].fail(Failure::new(
             FailureStep::Verify,
             code,
             format!(
@@ -927,24 +937,15 @@ mod tests {
 
     #[test]
     fn failed_rows_carry_the_failure_and_a_detail_rendered_from_it() {
-        let mut row = InstancePlan {
-            account_id: "123456789012".into(),
-            region: "us-east-1".into(),
-            instance_id: "i-1".into(),
-            name: None,
-            platform: Platform::Linux,
-            state: crate::model::InstanceState::Running,
-            instance_profile: None,
-            ssm_ping: None,
-            actions: Vec::new(),
+        let mut row = InstanceOutcome {
             status: Status::Planned,
             detail: String::new(),
-            command_id: None,
-            next_attempt_at: None,
             failure: None,
             arc_resource_id: None,
-            needs_ssm_role: false,
-            resume: false,
+            command_id: None,
+            next_attempt_at: None,
+            ssm_ping: None,
+            instance_profile: None,
         };
         let f = script_failure(&result("connect", "AZCM0041", 41, "exited with 41"));
         fail_with_output(&mut row, f.clone(), "log line\nARC_ONBOARD_RESULT {}");

@@ -15,6 +15,7 @@ use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Ssm, Sts};
 use crate::reconcile::apply::{apply_iam, settle_after_iam, ApplyOptions};
 use crate::reconcile::observe::{observe_account, observe_arc, resolve_regions, ArcObservation};
 use crate::reconcile::onboard::{install_agents, InstallOptions, InstallWork, Journal};
+use crate::reconcile::outcome::AccountOutcome;
 use crate::reconcile::plan::{
     plan_account, AccountPlan, Failure, FailureStep, InstanceAction, Memory, Remembered, Status,
 };
@@ -61,24 +62,7 @@ pub struct PassOptions {
     pub scope: Scope,
 }
 
-/// What a mutating pass does: `run` does both; the daemon's IAM pass only IAM, its onboarding pass only
-/// installs (IAM changes then wait for the IAM pass, as the connector's schedule parameters say).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Scope {
-    /// Execute IAM actions (`create-ssm-role`, associations, policy attachments).
-    pub iam: bool,
-    /// Install and verify the agent.
-    pub install: bool,
-}
-
-impl Default for Scope {
-    fn default() -> Self {
-        Scope {
-            iam: true,
-            install: true,
-        }
-    }
-}
+pub use crate::reconcile::plan::Scope;
 
 /// The daemon's durable state and its retry policy.
 pub struct Durable<'a> {
@@ -114,38 +98,39 @@ struct Exec<'a, A> {
     now: SystemTime,
 }
 
-/// Executes a plan: resource group, IAM, SSM registration wait, agent install, verification; with durable
-/// state, resumes commands sent before a restart, holds back instances whose retry is not due, and records
-/// every outcome. Returns the account-level note for the report.
+/// Executes a plan, which it never changes: resource group, IAM, SSM registration wait, agent install,
+/// verification; with durable state, tracks the commands the planner marked for resuming and records every
+/// outcome. Returns what happened, beside the plan.
 async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     ctx: &Exec<'_, A>,
-    plan: &mut AccountPlan,
+    plan: &AccountPlan,
     ports: &AwsPorts<'_, T, E, I, S>,
-) -> Option<String> {
-    let scope = ctx.opts.scope;
-    let mut notes = Vec::new();
-    if plan.create_resource_group && scope.install {
-        notes.push(create_resource_group(ctx.token, plan, ctx.arm, ctx.azure).await);
+) -> AccountOutcome {
+    let mut out = AccountOutcome::start(plan);
+    if plan.create_resource_group {
+        let note = create_resource_group(ctx.token, plan, &mut out, ctx.arm, ctx.azure).await;
+        out.notes.push(note);
     }
-    if scope.iam {
-        if let Some(d) = apply_iam(ctx.token, plan, ports.ec2, ports.iam, &ctx.opts.apply).await {
-            notes.push(d);
+    if let Some(d) = apply_iam(
+        ctx.token,
+        plan,
+        &mut out,
+        ports.ec2,
+        ports.iam,
+        &ctx.opts.apply,
+    )
+    .await
+    {
+        out.notes.push(d);
+    }
+    if !ctx.opts.scope.install {
+        for o in out.instances.iter_mut().filter(|o| o.pending()) {
+            o.status = Status::WaitingForSsm;
+            o.detail = "IAM pass done; the onboarding pass installs the agent".into();
         }
-    } else {
-        leave_iam_to_the_iam_pass(plan);
+        return out;
     }
-    if !scope.install {
-        for row in plan
-            .instances
-            .iter_mut()
-            .filter(|r| r.status == Status::Planned)
-        {
-            row.status = Status::WaitingForSsm;
-            row.detail = "IAM pass done; the onboarding pass installs the agent".into();
-        }
-        return (!notes.is_empty()).then(|| notes.join("; "));
-    }
-    let mut ready = settle_after_iam(plan, ports.ssm, &ctx.opts.apply).await;
+    let mut ready = settle_after_iam(plan, &mut out, ports.ssm, &ctx.opts.apply).await;
     let now = ctx.now;
     let records = ctx.records;
     // Commands this daemon sent before it stopped (the planner marked them): track them, never send again.
@@ -203,7 +188,7 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     let cfgs = (ctx.azure, &ctx.config.onboarding);
     install_agents(
         ctx.token,
-        plan,
+        (plan, &mut out),
         work,
         ports.ssm,
         ctx.arm,
@@ -212,10 +197,10 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     )
     .await;
     if let Some(d) = ctx.durable {
-        record_outcomes(d, plan, records, &attempted, now).await;
+        record_outcomes(d, plan, &mut out, records, &attempted, now).await;
         forget_unseen(d, plan, ctx.regions).await;
     }
-    (!notes.is_empty()).then(|| notes.join("; "))
+    out
 }
 
 /// Removes from the state file the instances of this account that the pass no longer sees (terminated,
@@ -251,19 +236,6 @@ async fn forget_unseen(d: &Durable<'_>, plan: &AccountPlan, regions: &[String]) 
         }
         Err(e) => {
             warn!(error = %crate::error::chain(&e), "cannot remove instances no longer seen from the state file")
-        }
-    }
-}
-
-/// The onboarding pass of a daemon whose IAM schedule is separate: IAM actions are not executed here.
-fn leave_iam_to_the_iam_pass(plan: &mut AccountPlan) {
-    plan.create_ssm_role = None;
-    for row in &mut plan.instances {
-        if row.actions.iter().any(InstanceAction::is_iam) {
-            row.actions.retain(|a| !a.is_iam());
-            if row.status == Status::NotRunning {
-                row.detail = format!("{}; IAM changes are left to the IAM pass", row.detail);
-            }
         }
     }
 }
@@ -314,19 +286,20 @@ fn recorded_failure(text: &str) -> Failure {
 /// Writes every row's outcome; failed installs get their next attempt pushed out.
 async fn record_outcomes(
     d: &Durable<'_>,
-    plan: &mut AccountPlan,
+    plan: &AccountPlan,
+    out: &mut AccountOutcome,
     previous: &HashMap<(String, String), InstanceRecord>,
     attempted: &HashSet<usize>,
     now: SystemTime,
 ) {
     let now = unix(now);
     let mut records = Vec::new();
-    for (n, row) in plan.instances.iter_mut().enumerate() {
-        let prev = previous.get(&(row.region.clone(), row.instance_id.clone()));
+    for (n, (planned, row)) in plan.instances.iter().zip(&mut out.instances).enumerate() {
+        let prev = previous.get(&(planned.region.clone(), planned.instance_id.clone()));
         let mut rec = InstanceRecord {
-            account_id: row.account_id.clone(),
-            region: row.region.clone(),
-            instance_id: row.instance_id.clone(),
+            account_id: planned.account_id.clone(),
+            region: planned.region.clone(),
+            instance_id: planned.instance_id.clone(),
             status: row.status.as_str().into(),
             detail: row.detail.clone(),
             command_id: None,
@@ -429,9 +402,14 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
             Some(d) => load_records(d, &account).await,
             None => HashMap::new(),
         };
-        let mut plan = plan_account(&obs, config, &memory_of(&records, now));
+        let plan = plan_account(&obs, config, &memory_of(&records, now));
+        let plan = if token.is_some() {
+            plan.scoped(opts.scope)
+        } else {
+            plan
+        };
         info!(instances = plan.instances.len(), "planned");
-        let (mode, detail) = match (token, arm, &config.azure) {
+        let (mode, outcome) = match (token, arm, &config.azure) {
             (Some(token), Some(arm), Some(azure)) => {
                 let ctx = Exec {
                     token,
@@ -444,14 +422,14 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
                     records: &records,
                     now,
                 };
-                (Mode::Run, execute(&ctx, &mut plan, ports).await)
+                (Mode::Run, Some(execute(&ctx, &plan, ports).await))
             }
             _ => (Mode::Plan, None),
         };
         let report = Report::new(
             mode,
             started,
-            vec![(plan, detail)],
+            vec![(plan, outcome)],
             ports.counter.snapshot(),
         );
         Ok(PassOutcome {
@@ -466,7 +444,8 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
 /// `create-resource-group`; on failure every instance waiting for the agent fails with the reason.
 async fn create_resource_group(
     token: &MutationToken,
-    plan: &mut AccountPlan,
+    plan: &AccountPlan,
+    out: &mut AccountOutcome,
     arm: &impl Arm,
     azure: &crate::config::AzureConfig,
 ) -> String {
@@ -485,12 +464,9 @@ async fn create_resource_group(
         }
         Err(e) => {
             warn!(resource_group = %rg, error = %e, "create-resource-group failed");
-            for row in &mut plan.instances {
-                if row.actions.contains(&InstanceAction::InstallAgent)
-                    && row.status == Status::Planned
-                {
-                    row.actions.retain(|a| *a != InstanceAction::InstallAgent);
-                    row.fail(Failure::new(
+            for (row, o) in plan.instances.iter().zip(&mut out.instances) {
+                if row.actions.contains(&InstanceAction::InstallAgent) && o.pending() {
+                    o.fail(Failure::new(
                         FailureStep::Connect,
                         e.code(),
                         format!("create-resource-group {rg}: {e}"),
@@ -779,6 +755,29 @@ mod tests {
             !first.instances.iter().any(|i| i.status == Status::Planned),
             "run never reports planned"
         );
+        // The plan is reported beside the outcome: i-none was planned for IAM and the install.
+        let none = row(&first, "i-none");
+        let planned = none.planned.as_ref().expect("run rows carry the plan");
+        assert_eq!(planned.status, Status::Planned);
+        assert!(
+            planned.detail.contains("no instance profile"),
+            "{}",
+            planned.detail
+        );
+        assert_eq!(
+            none.actions.iter().map(|a| a.as_str()).collect::<Vec<_>>(),
+            ["associate-instance-profile", "install-agent"]
+        );
+        assert!(none.command_id.is_some(), "the outcome names the command");
+        let json: serde_json::Value = serde_json::from_str(&first.to_json()).unwrap();
+        let i_none = json["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["instance_id"] == "i-none")
+            .unwrap();
+        assert_eq!(i_none["status"], "onboarded");
+        assert_eq!(i_none["planned"]["status"], "planned");
         assert!(!first.has_failures());
 
         let before = mutating(&aws);
@@ -923,16 +922,20 @@ mod tests {
         let token = MutationToken::mint();
         // Observe and plan, then someone else associates a profile before we apply.
         let regions = ["us-east-1".to_string(), "eu-west-1".to_string()];
-        let mut plan = observe_and_plan(&aws, &cfg, &regions).await;
+        let plan = observe_and_plan(&aws, &cfg, &regions).await;
         aws.associate_instance_profile(&token, "us-east-1", "i-none", "AppProfile")
             .await
             .unwrap();
-        apply_iam(&token, &mut plan, &aws, &aws, &opts()).await;
-        let row = plan
+        let before = plan.clone();
+        let mut out = AccountOutcome::start(&plan);
+        apply_iam(&token, &plan, &mut out, &aws, &aws, &opts()).await;
+        assert_eq!(plan, before, "execution leaves the plan as it was");
+        let n = plan
             .instances
             .iter()
-            .find(|i| i.instance_id == "i-none")
+            .position(|i| i.instance_id == "i-none")
             .unwrap();
+        let row = &out.instances[n];
         assert_eq!(row.status, Status::WaitingForSsm);
         assert!(row.detail.contains("AppProfile"), "{}", row.detail);
         assert!(
@@ -1151,7 +1154,7 @@ mod tests {
             .find(|r| r.instance_id == id)
     }
 
-    fn row<'a>(r: &'a Report, id: &str) -> &'a crate::reconcile::plan::InstancePlan {
+    fn row<'a>(r: &'a Report, id: &str) -> &'a crate::output::report::InstanceRow {
         r.instances.iter().find(|i| i.instance_id == id).unwrap()
     }
 
@@ -1429,7 +1432,7 @@ mod tests {
             .await
             .unwrap();
         let regions = ["us-east-1".to_string()];
-        let mut plan = observe_and_plan(&aws, &cfg, &regions).await;
+        let plan = observe_and_plan(&aws, &cfg, &regions).await;
         let arm = FakeArm::default();
         arm.fail_token(crate::adapters::azure::AzureError::Token {
             status: 503,
@@ -1446,8 +1449,9 @@ mod tests {
             ..InstallOptions::default()
         };
         let cfgs = (cfg.azure.as_ref().unwrap(), &cfg.onboarding);
-        install_agents(&token, &mut plan, work, &aws, &arm, cfgs, &install).await;
-        let (resumed, new) = (&plan.instances[0], &plan.instances[1]);
+        let mut out = AccountOutcome::start(&plan);
+        install_agents(&token, (&plan, &mut out), work, &aws, &arm, cfgs, &install).await;
+        let (resumed, new) = (&out.instances[0], &out.instances[1]);
         assert_eq!(new.status, Status::Failed);
         assert!(
             new.detail.contains("cannot get an Azure access token"),

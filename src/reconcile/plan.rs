@@ -222,7 +222,8 @@ impl Serialize for InstanceAction {
     }
 }
 
-/// The plan for one instance; `run` updates `status` and `detail` as it executes.
+/// The plan for one instance. Execution never changes it; what happened is its
+/// [`InstanceOutcome`](crate::reconcile::outcome::InstanceOutcome).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InstancePlan {
     /// Owning account.
@@ -336,6 +337,62 @@ impl AccountPlan {
             names.push("create-resource-group");
         }
         names
+    }
+}
+
+/// What a mutating pass does: `run` does both; the daemon's IAM pass only IAM, its onboarding pass only
+/// installs (IAM changes then wait for the IAM pass, as the connector's schedule parameters say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scope {
+    /// Execute IAM actions (`create-ssm-role`, associations, policy attachments).
+    pub iam: bool,
+    /// Install and verify the agent.
+    pub install: bool,
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Scope {
+            iam: true,
+            install: true,
+        }
+    }
+}
+
+impl AccountPlan {
+    /// The plan of a pass that does only part of the work: without `iam`, no IAM action (they are left to
+    /// the IAM pass); without `install`, no resource group and no agent install. Pure, like the planner.
+    pub fn scoped(mut self, scope: Scope) -> AccountPlan {
+        if !scope.iam {
+            self.create_ssm_role = None;
+            for row in &mut self.instances {
+                if row.actions.iter().any(InstanceAction::is_iam) {
+                    row.actions.retain(|a| !a.is_iam());
+                    row.needs_ssm_role = false;
+                    if row.status == Status::NotRunning {
+                        row.detail =
+                            format!("{}; IAM changes are left to the IAM pass", row.detail);
+                    } else if row.status == Status::Planned && row.actions.is_empty() {
+                        row.status = Status::WaitingForSsm;
+                        row.detail =
+                            format!("{}; IAM changes are left to the IAM pass", row.detail);
+                    }
+                }
+            }
+        }
+        if !scope.install {
+            self.create_resource_group = false;
+            for row in &mut self.instances {
+                if row.actions.contains(&InstanceAction::InstallAgent) {
+                    row.actions.retain(|a| *a != InstanceAction::InstallAgent);
+                    if row.status == Status::Planned && row.actions.is_empty() {
+                        row.status = Status::WaitingForSsm;
+                        row.detail = "IAM in place; the onboarding pass installs the agent".into();
+                    }
+                }
+            }
+        }
+        self
     }
 }
 
@@ -1276,5 +1333,59 @@ mod tests {
         assert!(!stopped.instances[1].resume);
         // Without memory, the same world is simply planned.
         assert_eq!(world.plan(&cfg).instances[0].status, Status::Planned);
+    }
+
+    #[test]
+    fn a_scoped_plan_says_what_a_partial_pass_does() {
+        let world = World::new()
+            .without_ssm_role()
+            .instance("i-none", None, Running, Some(Online))
+            .instance("i-ready", Some("AppProfile"), Running, Some(Online))
+            .instance("i-stopped", None, Stopped, None);
+        let full = world.plan(&config(""));
+        assert!(full.create_ssm_role.is_some());
+        let names_of = |p: &AccountPlan, id: &str| names(row(p, id));
+        assert_eq!(
+            names_of(&full, "i-none"),
+            ["associate-instance-profile", "install-agent"]
+        );
+
+        // The daemon's onboarding pass: IAM is left to the IAM pass, and the plan says so.
+        let install_only = full.clone().scoped(Scope {
+            iam: false,
+            install: true,
+        });
+        assert_eq!(install_only.create_ssm_role, None);
+        assert_eq!(names_of(&install_only, "i-none"), ["install-agent"]);
+        assert!(names_of(&install_only, "i-stopped").is_empty());
+        let stopped = row(&install_only, "i-stopped");
+        assert!(
+            stopped
+                .detail
+                .ends_with("IAM changes are left to the IAM pass"),
+            "{}",
+            stopped.detail
+        );
+
+        // The IAM pass: no install, no resource group; an instance with nothing left to do waits.
+        let iam_only = full.clone().scoped(Scope {
+            iam: true,
+            install: false,
+        });
+        assert!(iam_only.create_ssm_role.is_some());
+        assert!(!iam_only.create_resource_group);
+        assert_eq!(
+            names_of(&iam_only, "i-none"),
+            ["associate-instance-profile"]
+        );
+        let ready = row(&iam_only, "i-ready");
+        assert!(ready.actions.is_empty());
+        assert_eq!(ready.status, Status::WaitingForSsm);
+
+        assert_eq!(
+            full.clone().scoped(Scope::default()),
+            full,
+            "a full pass changes nothing"
+        );
     }
 }

@@ -1,0 +1,114 @@
+//! What executing a plan did: one outcome per planned instance, kept beside the plan, which execution never
+//! changes. The report renders both.
+
+use serde::Serialize;
+
+use crate::model::PingStatus;
+use crate::reconcile::plan::{AccountPlan, Failure, Status};
+
+/// What execution did to one instance. Starts as the plan's status and detail; each step of the pass moves
+/// it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceOutcome {
+    /// Where the instance ended (`planned` only while execution has not reached it).
+    pub status: Status,
+    /// Why, in words.
+    pub detail: String,
+    /// `failed` only: in which step, with which code, and why.
+    pub failure: Option<Failure>,
+    /// The Arc resource the agent is connected to, when the agent said so.
+    pub arc_resource_id: Option<String>,
+    /// The install command sent, or resumed, for this instance.
+    pub command_id: Option<String>,
+    /// After a failed install (daemon): when the next attempt is due, RFC 3339.
+    pub next_attempt_at: Option<String>,
+    /// SSM ping status as last seen during execution.
+    pub ssm_ping: Option<PingStatus>,
+    /// Instance profile ARN as last seen during execution.
+    pub instance_profile: Option<String>,
+}
+
+impl InstanceOutcome {
+    /// Marks the instance failed; the detail is rendered from the failure.
+    pub fn fail(&mut self, failure: Failure) {
+        self.status = Status::Failed;
+        self.detail = failure.to_string();
+        self.failure = Some(failure);
+    }
+
+    /// Whether execution has not settled this instance yet.
+    pub fn pending(&self) -> bool {
+        self.status == Status::Planned
+    }
+}
+
+/// What executing one account's plan did: `instances[n]` belongs to `plan.instances[n]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountOutcome {
+    /// Per planned instance, same order as the plan.
+    pub instances: Vec<InstanceOutcome>,
+    /// What happened to the account-level actions, in words.
+    pub notes: Vec<String>,
+}
+
+impl AccountOutcome {
+    /// The outcome before anything ran: every instance where the plan left it.
+    pub fn start(plan: &AccountPlan) -> AccountOutcome {
+        AccountOutcome {
+            instances: plan
+                .instances
+                .iter()
+                .map(|p| InstanceOutcome {
+                    status: p.status,
+                    detail: p.detail.clone(),
+                    failure: p.failure.clone(),
+                    arc_resource_id: p.arc_resource_id.clone(),
+                    command_id: p.command_id.clone(),
+                    next_attempt_at: p.next_attempt_at.clone(),
+                    ssm_ping: p.ssm_ping,
+                    instance_profile: p.instance_profile.clone(),
+                })
+                .collect(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// The account-level notes as one line, when there are any.
+    pub fn note(&self) -> Option<String> {
+        (!self.notes.is_empty()).then(|| self.notes.join("; "))
+    }
+}
+
+/// The plan's view of an instance in a `run` report: what was planned, beside what happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Planned {
+    /// The planned status.
+    pub status: Status,
+    /// The planned detail.
+    pub detail: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reconcile::plan::FailureStep;
+
+    #[test]
+    fn failing_an_outcome_renders_the_detail_from_the_failure() {
+        let mut o = InstanceOutcome {
+            status: Status::Planned,
+            detail: "planned".into(),
+            failure: None,
+            arc_resource_id: None,
+            command_id: None,
+            next_attempt_at: None,
+            ssm_ping: None,
+            instance_profile: None,
+        };
+        assert!(o.pending());
+        o.fail(Failure::new(FailureStep::Ssm, "AccessDenied", "no"));
+        assert_eq!(o.status, Status::Failed);
+        assert_eq!(o.detail, "ssm failed (AccessDenied): no");
+        assert!(!o.pending());
+    }
+}

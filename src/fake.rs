@@ -6,7 +6,7 @@ use std::sync::Mutex;
 
 use crate::config::SSM_POLICY_ARN;
 use crate::model::{
-    AwsError, Ec2Instance, InstanceProfile, InstanceState, PingStatus, Platform,
+    AwsError, CommandStatus, Ec2Instance, InstanceProfile, InstanceState, PingStatus, Platform,
     ProfileAssociation, Role, SsmInstance, TagSelector,
 };
 use std::sync::Arc;
@@ -90,7 +90,7 @@ impl FakeAws {
             instance_id.into(),
             Invocation {
                 instance_id: instance_id.into(),
-                status: status.into(),
+                status: CommandStatus::parse(status),
                 status_details: details.into(),
                 response_code: code,
                 output: output.into(),
@@ -557,7 +557,7 @@ impl Ssm for FakeAws {
             for id in &request.instance_ids {
                 // The agent connects only when the script did (not when it found another resource).
                 let ok = s.outcomes.get(id).is_none_or(|o| {
-                    o.status == "Success"
+                    o.status == CommandStatus::Success
                         && !o.output.contains("\"outcome\":\"connected-elsewhere\"")
                 });
                 if ok {
@@ -579,22 +579,25 @@ impl Ssm for FakeAws {
             .iter()
             .find(|c| c.command_id == command_id)
             .map(|c| {
-                let outcome = |id: &String| s.outcomes.get(id).map(|o| o.status.as_str());
+                let outcome = |id: &String| s.outcomes.get(id).map(|o| &o.status);
                 let ids = &c.request.instance_ids;
                 // A scripted `InProgress` outcome keeps its command running for ever.
-                let status = if ids.iter().any(|id| outcome(id) == Some("InProgress")) {
-                    "InProgress"
+                let status = if ids
+                    .iter()
+                    .any(|id| outcome(id) == Some(&CommandStatus::InProgress))
+                {
+                    CommandStatus::InProgress
                 } else if ids
                     .iter()
-                    .any(|id| outcome(id).is_some_and(|o| o != "Success"))
+                    .any(|id| outcome(id).is_some_and(|o| *o != CommandStatus::Success))
                 {
-                    "Failed"
+                    CommandStatus::Failed
                 } else {
-                    "Success"
+                    CommandStatus::Success
                 };
                 CommandSummary {
                     command_id: c.command_id.clone(),
-                    status: status.into(),
+                    status,
                     instance_ids: c.request.instance_ids.clone(),
                     comment: c.request.comment.clone(),
                 }
@@ -632,7 +635,7 @@ impl Ssm for FakeAws {
             .map(|id| {
                 s.outcomes.get(id).cloned().unwrap_or_else(|| Invocation {
                     instance_id: id.clone(),
-                    status: "Success".into(),
+                    status: CommandStatus::Success,
                     status_details: "Success".into(),
                     response_code: 0,
                     output: r#"ARC_ONBOARD_RESULT {"outcome":"connected","exit_code":0,"step":"connect","message":"connected"}"#.into(),

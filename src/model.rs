@@ -1,6 +1,7 @@
 //! Domain types shared by the ports, the observer, the planner and the report. No SDK type crosses here.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use serde::Serialize;
 
@@ -140,6 +141,112 @@ impl PingStatus {
             PingStatus::Online => "Online",
             PingStatus::ConnectionLost => "ConnectionLost",
             PingStatus::Inactive => "Inactive",
+        }
+    }
+}
+
+/// SSM's status of a command or of one instance's invocation (`CommandStatus`,
+/// `CommandInvocationStatus`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandStatus {
+    /// Not yet delivered.
+    Pending,
+    /// Running.
+    InProgress,
+    /// The system is retrying delivery.
+    Delayed,
+    /// Finished; the script exited 0.
+    Success,
+    /// Cancelled before it finished.
+    Cancelled,
+    /// Delivery or execution timed out.
+    TimedOut,
+    /// Finished with a failure (the script exited non-zero, or the command could not be delivered).
+    Failed,
+    /// Being cancelled.
+    Cancelling,
+    /// A status this version does not know; kept as SSM spelled it.
+    Other(String),
+}
+
+impl CommandStatus {
+    /// From SSM's spelling.
+    pub fn parse(s: &str) -> CommandStatus {
+        match s {
+            "Pending" => CommandStatus::Pending,
+            "InProgress" => CommandStatus::InProgress,
+            "Delayed" => CommandStatus::Delayed,
+            "Success" => CommandStatus::Success,
+            "Cancelled" => CommandStatus::Cancelled,
+            "TimedOut" => CommandStatus::TimedOut,
+            "Failed" => CommandStatus::Failed,
+            "Cancelling" => CommandStatus::Cancelling,
+            other => CommandStatus::Other(other.to_string()),
+        }
+    }
+
+    /// SSM's spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            CommandStatus::Pending => "Pending",
+            CommandStatus::InProgress => "InProgress",
+            CommandStatus::Delayed => "Delayed",
+            CommandStatus::Success => "Success",
+            CommandStatus::Cancelled => "Cancelled",
+            CommandStatus::TimedOut => "TimedOut",
+            CommandStatus::Failed => "Failed",
+            CommandStatus::Cancelling => "Cancelling",
+            CommandStatus::Other(s) => s,
+        }
+    }
+
+    /// Whether the command (or invocation) will change no more.
+    pub fn is_done(&self) -> bool {
+        matches!(
+            self,
+            CommandStatus::Success
+                | CommandStatus::Cancelled
+                | CommandStatus::Failed
+                | CommandStatus::TimedOut
+        )
+    }
+}
+
+/// The status of an Arc machine resource (`properties.status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArcStatus {
+    /// The agent is connected and sending heartbeats.
+    Connected,
+    /// The agent stopped sending heartbeats.
+    Disconnected,
+    /// The agent reported an error.
+    Error,
+    /// The agent has been disconnected long enough for its identity to expire.
+    Expired,
+    /// A status this version does not know, or none (`Unknown`); kept as Azure spelled it.
+    Other(String),
+}
+
+impl ArcStatus {
+    /// From Azure's spelling (case-insensitive).
+    pub fn parse(s: &str) -> ArcStatus {
+        match s.to_ascii_lowercase().as_str() {
+            "connected" => ArcStatus::Connected,
+            "disconnected" => ArcStatus::Disconnected,
+            "error" => ArcStatus::Error,
+            "expired" => ArcStatus::Expired,
+            _ => ArcStatus::Other(s.to_string()),
+        }
+    }
+
+    /// Azure's spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            ArcStatus::Connected => "Connected",
+            ArcStatus::Disconnected => "Disconnected",
+            ArcStatus::Error => "Error",
+            ArcStatus::Expired => "Expired",
+            ArcStatus::Other(s) => s,
         }
     }
 }
@@ -303,6 +410,102 @@ pub fn classify_code(code: &str) -> AwsErrorKind {
     }
 }
 
+/// A string that must never be printed: secrets and tokens.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Why an Azure call failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AzureError {
+    /// Entra refused or failed the token request.
+    #[error("Entra token request failed: HTTP {status}: {code}: {description}")]
+    Token {
+        /// HTTP status.
+        status: u16,
+        /// OAuth error code, e.g. `invalid_client`.
+        code: String,
+        /// Entra's description (never contains the secret).
+        description: String,
+    },
+    /// Resource Manager answered with an error.
+    #[error("{operation} failed: HTTP {status}: {code}: {message}")]
+    Arm {
+        /// `arm:GetMachine` etc.
+        operation: &'static str,
+        /// HTTP status.
+        status: u16,
+        /// ARM error code.
+        code: String,
+        /// ARM message.
+        message: String,
+    },
+    /// The credential could not produce its proof (token file, challenge file, STS, `az`).
+    #[error("the Azure credential failed: {code}: {message}")]
+    Credential {
+        /// What failed: `federated_token_file`, an STS error code, `azure_cli`, ...
+        code: String,
+        /// Why (never a secret).
+        message: String,
+    },
+    /// No answer.
+    #[error("{operation} failed: cannot reach {url}: {message}")]
+    Transport {
+        /// The call.
+        operation: &'static str,
+        /// Where (without query).
+        url: String,
+        /// The client's message.
+        message: String,
+    },
+}
+
+impl AzureError {
+    /// The error's code: Entra's OAuth error, ARM's error code, or `transport`.
+    pub fn code(&self) -> String {
+        match self {
+            AzureError::Token { code, .. }
+            | AzureError::Arm { code, .. }
+            | AzureError::Credential { code, .. } => code.clone(),
+            AzureError::Transport { .. } => "transport".into(),
+        }
+    }
+}
+
+/// An Arc machine resource as far as the tool cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArcMachine {
+    /// Resource name (the instance id).
+    pub name: String,
+    /// Agent status as Azure reports it.
+    pub status: ArcStatus,
+    /// `code: message` of each error detail.
+    pub errors: Vec<String>,
+}
+
 /// Counts of API calls by `service:Operation`, as the report shows them.
 pub type ApiCounts = BTreeMap<String, u64>;
 
@@ -363,5 +566,35 @@ mod tests {
         );
         assert_eq!(classify_code("NoSuchEntity"), AwsErrorKind::NotFound);
         assert_eq!(classify_code("Whatever"), AwsErrorKind::Other);
+    }
+
+    #[test]
+    fn ssm_and_arc_statuses_round_trip_and_keep_unknown_spellings() {
+        for s in [
+            "Pending",
+            "InProgress",
+            "Delayed",
+            "Success",
+            "Cancelled",
+            "TimedOut",
+            "Failed",
+            "Cancelling",
+            "Rebooting",
+        ] {
+            assert_eq!(CommandStatus::parse(s).as_str(), s);
+        }
+        assert!(CommandStatus::parse("TimedOut").is_done());
+        assert!(!CommandStatus::parse("Cancelling").is_done());
+        assert!(!CommandStatus::parse("Rebooting").is_done());
+        assert_eq!(ArcStatus::parse("connected"), ArcStatus::Connected);
+        assert_eq!(ArcStatus::parse("Expired"), ArcStatus::Expired);
+        assert_eq!(
+            ArcStatus::parse("AwaitingConnection"),
+            ArcStatus::Other("AwaitingConnection".into())
+        );
+        assert_eq!(
+            ArcStatus::parse("AwaitingConnection").as_str(),
+            "AwaitingConnection"
+        );
     }
 }

@@ -1,13 +1,15 @@
-//! One port per external system, speaking domain types. Real adapters live in [`crate::adapters::aws`]; stateful
-//! fakes in [`crate::fake`]. Every method that changes something takes a [`MutationToken`].
+//! One port per external system (AWS services and Azure Resource Manager), speaking domain types. Real
+//! adapters live in [`crate::adapters`]; stateful fakes in `crate::fake` and `adapters::azure::FakeArm`.
+//! Every method that changes something takes a [`MutationToken`].
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::model::{
-    ApiCounts, AwsError, Ec2Instance, InstanceProfile, ProfileAssociation, Role, SsmInstance,
-    TagSelector,
+    ApiCounts, ArcMachine, AwsError, AzureError, CommandStatus, Ec2Instance, InstanceProfile,
+    ProfileAssociation, Role, Secret, SsmInstance, TagSelector,
 };
 
 /// Proof that the caller may change AWS or Azure.
@@ -206,8 +208,8 @@ impl std::fmt::Debug for CommandRequest {
 pub struct CommandSummary {
     /// Command id.
     pub command_id: String,
-    /// `Pending | InProgress | Success | Cancelled | Failed | TimedOut | Cancelling`.
-    pub status: String,
+    /// Command-level status.
+    pub status: CommandStatus,
     /// Target instance ids.
     pub instance_ids: Vec<String>,
     /// Comment.
@@ -217,10 +219,7 @@ pub struct CommandSummary {
 impl CommandSummary {
     /// Whether the command will change no more.
     pub fn is_done(&self) -> bool {
-        matches!(
-            self.status.as_str(),
-            "Success" | "Cancelled" | "Failed" | "TimedOut"
-        )
+        self.status.is_done()
     }
 }
 
@@ -229,8 +228,8 @@ impl CommandSummary {
 pub struct Invocation {
     /// Instance.
     pub instance_id: String,
-    /// `Pending | InProgress | Delayed | Success | Cancelled | TimedOut | Failed | Cancelling`.
-    pub status: String,
+    /// Invocation status.
+    pub status: CommandStatus,
     /// Free text: `Undeliverable`, `Execution Timed Out`, ...
     pub status_details: String,
     /// The script's exit code (-1 when it did not run).
@@ -242,11 +241,50 @@ pub struct Invocation {
 impl Invocation {
     /// Whether the invocation will change no more.
     pub fn is_done(&self) -> bool {
-        matches!(
-            self.status.as_str(),
-            "Success" | "Cancelled" | "Failed" | "TimedOut"
-        )
+        self.status.is_done()
     }
+}
+
+/// Azure Resource Manager for one subscription.
+pub trait Arm: Send + Sync {
+    /// A Resource Manager access token (cached until close to expiry).
+    fn token(&self) -> impl Future<Output = Result<Secret, AzureError>> + Send;
+
+    /// A token for install scripts: valid for at least `at_least` from now when Entra issues tokens that
+    /// long (a cached token is reused only then, otherwise a new one is requested), and how long the
+    /// returned token is valid.
+    fn script_token(
+        &self,
+        at_least: Duration,
+    ) -> impl Future<Output = Result<(Secret, Duration), AzureError>> + Send;
+
+    /// Whether the resource group exists.
+    fn resource_group_exists(
+        &self,
+        rg: &str,
+    ) -> impl Future<Output = Result<bool, AzureError>> + Send;
+
+    /// Creates the resource group (idempotent).
+    fn create_resource_group(
+        &self,
+        token: &MutationToken,
+        rg: &str,
+        location: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> impl Future<Output = Result<(), AzureError>> + Send;
+
+    /// Every Arc machine in the group (empty when the group does not exist).
+    fn list_machines(
+        &self,
+        rg: &str,
+    ) -> impl Future<Output = Result<Vec<ArcMachine>, AzureError>> + Send;
+
+    /// One Arc machine, `None` when absent.
+    fn get_machine(
+        &self,
+        rg: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ArcMachine>, AzureError>> + Send;
 }
 
 /// Counts API calls by `service:Operation`. Real adapters count every HTTP attempt (retries included) with

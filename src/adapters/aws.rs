@@ -19,8 +19,8 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::model::{
-    AwsError, AwsErrorKind, Ec2Instance, InstanceProfile, InstanceState, PingStatus, Platform,
-    ProfileAssociation, Role, SsmInstance, TagSelector,
+    AwsError, AwsErrorKind, CommandStatus, Ec2Instance, InstanceProfile, InstanceState, PingStatus,
+    Platform, ProfileAssociation, Role, SsmInstance, TagSelector,
 };
 use crate::ports::{
     ApiCounter, CommandRequest, CommandSummary, Ec2, Iam, Invocation, MutationToken, Ssm, Sts,
@@ -785,7 +785,7 @@ impl Ssm for SdkSsm {
                 let plugin = inv.command_plugins().first();
                 out.push(Invocation {
                     instance_id: id.to_string(),
-                    status: inv.status().map_or("Pending", |s| s.as_str()).to_string(),
+                    status: CommandStatus::parse(inv.status().map_or("Pending", |s| s.as_str())),
                     status_details: inv.status_details().unwrap_or_default().to_string(),
                     response_code: plugin.map_or(-1, |p| p.response_code()),
                     output: plugin
@@ -827,7 +827,7 @@ impl Ssm for SdkSsm {
         }
         Ok(Some(Invocation {
             instance_id: instance_id.to_string(),
-            status: out.status().map_or("Pending", |s| s.as_str()).to_string(),
+            status: CommandStatus::parse(out.status().map_or("Pending", |s| s.as_str())),
             status_details: out.status_details().unwrap_or_default().to_string(),
             response_code: out.response_code(),
             output,
@@ -854,7 +854,7 @@ impl Ssm for SdkSsm {
 fn command_summary(c: &aws_sdk_ssm::types::Command) -> CommandSummary {
     CommandSummary {
         command_id: c.command_id().unwrap_or_default().to_string(),
-        status: c.status().map_or("Pending", |s| s.as_str()).to_string(),
+        status: CommandStatus::parse(c.status().map_or("Pending", |s| s.as_str())),
         instance_ids: c.instance_ids().to_vec(),
         comment: c.comment().unwrap_or_default().to_string(),
     }

@@ -7,8 +7,6 @@
 use std::collections::BTreeMap;
 #[cfg(any(test, feature = "fakes"))]
 use std::collections::HashMap;
-use std::fmt;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +16,9 @@ use url::Url;
 
 use crate::adapters::credential::{Credential, TokenContext};
 use crate::config::AzureConfig;
+use crate::model::ArcStatus;
+pub use crate::model::{ArcMachine, AzureError, Secret};
+pub use crate::ports::Arm;
 use crate::ports::{ApiCounter, MutationToken};
 
 /// `api-version` for resource groups.
@@ -29,149 +30,11 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(300);
 /// What a script token needs beyond its scripts' delivery and execution timeouts (clock skew, send time).
 const SCRIPT_TOKEN_MARGIN: Duration = Duration::from_secs(60);
 
-/// A string that must never be printed: secrets and tokens.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a value.
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The value, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// Why an Azure call failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AzureError {
-    /// Entra refused or failed the token request.
-    #[error("Entra token request failed: HTTP {status}: {code}: {description}")]
-    Token {
-        /// HTTP status.
-        status: u16,
-        /// OAuth error code, e.g. `invalid_client`.
-        code: String,
-        /// Entra's description (never contains the secret).
-        description: String,
-    },
-    /// Resource Manager answered with an error.
-    #[error("{operation} failed: HTTP {status}: {code}: {message}")]
-    Arm {
-        /// `arm:GetMachine` etc.
-        operation: &'static str,
-        /// HTTP status.
-        status: u16,
-        /// ARM error code.
-        code: String,
-        /// ARM message.
-        message: String,
-    },
-    /// The credential could not produce its proof (token file, challenge file, STS, `az`).
-    #[error("the Azure credential failed: {code}: {message}")]
-    Credential {
-        /// What failed: `federated_token_file`, an STS error code, `azure_cli`, ...
-        code: String,
-        /// Why (never a secret).
-        message: String,
-    },
-    /// No answer.
-    #[error("{operation} failed: cannot reach {url}: {message}")]
-    Transport {
-        /// The call.
-        operation: &'static str,
-        /// Where (without query).
-        url: String,
-        /// The client's message.
-        message: String,
-    },
-}
-
-impl AzureError {
-    /// The error's code: Entra's OAuth error, ARM's error code, or `transport`.
-    pub fn code(&self) -> String {
-        match self {
-            AzureError::Token { code, .. }
-            | AzureError::Arm { code, .. }
-            | AzureError::Credential { code, .. } => code.clone(),
-            AzureError::Transport { .. } => "transport".into(),
-        }
-    }
-}
-
 /// The HTTPS client for Azure could not be built: this machine's TLS setup is unusable (for instance, no CA
 /// certificate could be loaded, or `SSL_CERT_FILE` names a missing file).
 #[derive(Debug, thiserror::Error)]
 #[error("cannot build the HTTPS client for Azure (check the CA certificates: SSL_CERT_FILE, SSL_CERT_DIR)")]
 pub struct ClientError(#[source] reqwest::Error);
-
-/// An Arc machine resource as far as the tool cares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ArcMachine {
-    /// Resource name (the instance id).
-    pub name: String,
-    /// `Connected | Disconnected | Error | AwaitingConnection`.
-    pub status: String,
-    /// `code: message` of each error detail.
-    pub errors: Vec<String>,
-}
-
-/// Azure Resource Manager for one subscription.
-pub trait Arm: Send + Sync {
-    /// A Resource Manager access token (cached until close to expiry).
-    fn token(&self) -> impl Future<Output = Result<Secret, AzureError>> + Send;
-
-    /// A token for install scripts: valid for at least `at_least` from now when Entra issues tokens that
-    /// long (a cached token is reused only then, otherwise a new one is requested), and how long the
-    /// returned token is valid.
-    fn script_token(
-        &self,
-        at_least: Duration,
-    ) -> impl Future<Output = Result<(Secret, Duration), AzureError>> + Send;
-
-    /// Whether the resource group exists.
-    fn resource_group_exists(
-        &self,
-        rg: &str,
-    ) -> impl Future<Output = Result<bool, AzureError>> + Send;
-
-    /// Creates the resource group (idempotent).
-    fn create_resource_group(
-        &self,
-        token: &MutationToken,
-        rg: &str,
-        location: &str,
-        tags: &BTreeMap<String, String>,
-    ) -> impl Future<Output = Result<(), AzureError>> + Send;
-
-    /// Every Arc machine in the group (empty when the group does not exist).
-    fn list_machines(
-        &self,
-        rg: &str,
-    ) -> impl Future<Output = Result<Vec<ArcMachine>, AzureError>> + Send;
-
-    /// One Arc machine, `None` when absent.
-    fn get_machine(
-        &self,
-        rg: &str,
-        name: &str,
-    ) -> impl Future<Output = Result<Option<ArcMachine>, AzureError>> + Send;
-}
 
 /// The REST adapter.
 pub struct RestArm {
@@ -228,7 +91,7 @@ impl From<MachineBody> for ArcMachine {
     fn from(m: MachineBody) -> ArcMachine {
         ArcMachine {
             name: m.name,
-            status: m.properties.status.unwrap_or_else(|| "Unknown".into()),
+            status: ArcStatus::parse(m.properties.status.as_deref().unwrap_or("Unknown")),
             errors: m
                 .properties
                 .error_details
@@ -520,7 +383,7 @@ impl FakeArm {
             (rg.to_ascii_lowercase(), name.to_string()),
             ArcMachine {
                 name: name.into(),
-                status: status.into(),
+                status: ArcStatus::parse(status),
                 errors: vec![],
             },
         );

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::adapters::azure::{Arm, Secret};
 use crate::config::{AzureConfig, Connectivity, OnboardingConfig};
 use crate::install::{self, InstallParams, ScriptOutcome, ScriptResult};
-use crate::model::Platform;
+use crate::model::{ArcStatus, CommandStatus, Platform};
 use crate::ports::{
     CommandRequest, CommandSummary, Invocation, MutationToken, Ssm, LINUX_DOCUMENT,
     WINDOWS_DOCUMENT,
@@ -171,7 +171,7 @@ fn invocation_failure(inv: &Invocation, opts: &InstallOptions) -> Failure {
         return script_failure(&r);
     }
     let exit_code = (inv.response_code >= 0).then_some(inv.response_code);
-    let (step, code, reason) = match (inv.status.as_str(), inv.status_details.as_str()) {
+    let (step, code, reason) = match (&inv.status, inv.status_details.as_str()) {
         (_, "Undeliverable") => (
             FailureStep::Ssm,
             "undeliverable".to_string(),
@@ -183,7 +183,7 @@ fn invocation_failure(inv: &Invocation, opts: &InstallOptions) -> Failure {
             "delivery-timed-out".to_string(),
             "the install command was not delivered in time".to_string(),
         ),
-        (_, "Execution Timed Out") | ("TimedOut", _) => (
+        (_, "Execution Timed Out") | (CommandStatus::TimedOut, _) => (
             FailureStep::Install,
             "execution-timed-out".to_string(),
             format!(
@@ -191,7 +191,7 @@ fn invocation_failure(inv: &Invocation, opts: &InstallOptions) -> Failure {
                 crate::config::duration::format_duration(opts.command_timeout)
             ),
         ),
-        ("Cancelled", _) => (
+        (CommandStatus::Cancelled, _) => (
             FailureStep::Ssm,
             "cancelled".to_string(),
             "the install command was cancelled".to_string(),
@@ -199,7 +199,10 @@ fn invocation_failure(inv: &Invocation, opts: &InstallOptions) -> Failure {
         (status, details) => (
             FailureStep::Install,
             exit_code.map_or_else(|| "no-result".to_string(), |c| format!("exit-{c}")),
-            format!("the install script ended {status} ({details}) without a result line"),
+            format!(
+                "the install script ended {} ({details}) without a result line",
+                status.as_str()
+            ),
         ),
     };
     Failure {
@@ -600,14 +603,14 @@ async fn resolve(
             continue;
         };
         let result = install::parse_result(&inv.output);
-        match (inv.status.as_str(), result) {
-            ("Success", Some(r)) if r.outcome == ScriptOutcome::ConnectedElsewhere => {
+        match (&inv.status, result) {
+            (CommandStatus::Success, Some(r)) if r.outcome == ScriptOutcome::ConnectedElsewhere => {
                 row.status = Status::ConnectedElsewhere;
                 row.arc_resource_id = Some(r.resource_id).filter(|id| !id.is_empty());
                 row.detail = format!("{}; never disconnected by arc-onboard", r.message);
                 info!(instance.id = %id, arc_resource_id = ?row.arc_resource_id, "agent connected elsewhere; left alone");
             }
-            ("Success", r) if r.as_ref().is_none_or(ScriptResult::succeeded) => {
+            (CommandStatus::Success, r) if r.as_ref().is_none_or(ScriptResult::succeeded) => {
                 let already = r
                     .as_ref()
                     .is_some_and(|r| r.outcome == ScriptOutcome::AlreadyConnected);
@@ -662,7 +665,7 @@ async fn verify(
                     let id = plan.instances[n].instance_id.as_str();
                     let row = &mut out.instances[n];
                     match by_name.get(id) {
-                        Some(m) if m.status == "Connected" => {
+                        Some(m) if m.status == ArcStatus::Connected => {
                             let status = if already.contains(&n) {
                                 Status::AlreadyOnboarded
                             } else {
@@ -686,8 +689,8 @@ async fn verify(
                             last_seen.insert(
                                 n,
                                 (
-                                    format!("arc-{}", m.status.to_ascii_lowercase()),
-                                    format!("Arc machine is {}{errors}", m.status),
+                                    format!("arc-{}", m.status.as_str().to_ascii_lowercase()),
+                                    format!("Arc machine is {}{errors}", m.status.as_str()),
                                 ),
                             );
                         }
@@ -747,7 +750,7 @@ mod tests {
     fn invocation(status: &str, details: &str, code: i32, output: &str) -> Invocation {
         Invocation {
             instance_id: "i-1".into(),
-            status: status.into(),
+            status: CommandStatus::parse(status),
             status_details: details.into(),
             response_code: code,
             output: output.into(),

@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, SSM_POLICY_ARN};
-use crate::model::{AwsError, InstanceState, PingStatus, Platform};
+use crate::model::{ArcStatus, AwsError, InstanceState, PingStatus, Platform};
 use crate::reconcile::observe::{
     profile_name_from_arn, AccountObservation, ArcObservation, Lookup, ObservedInstance,
     RegionObservation,
@@ -773,13 +773,17 @@ impl Planner<'_> {
                 machines,
                 ..
             } => match machines.get(&inst.ec2.instance_id) {
-                Some(m) if m.status == "Connected" => {
+                Some(m) if m.status == ArcStatus::Connected => {
                     plan.status = Status::AlreadyOnboarded;
                     plan.detail = format!("Arc machine {resource_group}/{} is Connected", m.name);
                     return (plan, None);
                 }
                 Some(m) => {
-                    arc_note = format!("; Arc machine {resource_group}/{} is {}", m.name, m.status)
+                    arc_note = format!(
+                        "; Arc machine {resource_group}/{} is {}",
+                        m.name,
+                        m.status.as_str()
+                    )
                 }
                 None => {}
             },

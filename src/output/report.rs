@@ -7,10 +7,10 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::model::{ApiCounts, InstanceState, PingStatus, Platform};
-use crate::reconcile::outcome::{AccountOutcome, InstanceOutcome, Planned};
+use crate::model::ApiCounts;
+use crate::reconcile::outcome::{AccountOutcome, InstanceOutcome};
 use crate::reconcile::plan::{
-    AccountPlan, Failure, InstanceAction, InstancePlan, RegionError, SsmRoleSteps, Status,
+    AccountPlan, InstancePlan, Planned, RegionError, SsmRoleSteps, Status,
 };
 
 /// Which command produced the report.
@@ -38,88 +38,6 @@ pub struct AccountReport {
     pub detail: Option<String>,
 }
 
-/// One instance in the report: the plan's facts and actions; for `run`, what happened (with the planned
-/// status and detail beside it, in `planned`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InstanceRow {
-    /// Owning account.
-    pub account_id: String,
-    /// Region.
-    pub region: String,
-    /// `i-...`.
-    pub instance_id: String,
-    /// `Name` tag.
-    pub name: Option<String>,
-    /// Platform.
-    pub platform: Platform,
-    /// EC2 state.
-    pub state: InstanceState,
-    /// Instance profile ARN (as last seen).
-    pub instance_profile: Option<String>,
-    /// SSM ping status (as last seen).
-    pub ssm_ping: Option<PingStatus>,
-    /// Planned actions in execution order.
-    pub actions: Vec<InstanceAction>,
-    /// `plan`: the planned status; `run`: the outcome.
-    pub status: Status,
-    /// Why, in words.
-    pub detail: String,
-    /// The install command in flight, sent or resumed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub command_id: Option<String>,
-    /// When the next install attempt is due (daemon backoff), RFC 3339.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_attempt_at: Option<String>,
-    /// `failed` only: in which step, with which code, and why.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure: Option<Failure>,
-    /// The Arc resource the agent is connected to, when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub arc_resource_id: Option<String>,
-    /// `run` only: the plan's status and detail for this instance.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub planned: Option<Planned>,
-}
-
-impl InstanceRow {
-    /// The row of a planned instance, with what happened to it when the plan was executed.
-    pub fn new(plan: InstancePlan, outcome: Option<InstanceOutcome>) -> InstanceRow {
-        let mut row = InstanceRow {
-            account_id: plan.account_id,
-            region: plan.region,
-            instance_id: plan.instance_id,
-            name: plan.name,
-            platform: plan.platform,
-            state: plan.state,
-            instance_profile: plan.instance_profile,
-            ssm_ping: plan.ssm_ping,
-            actions: plan.actions,
-            status: plan.status,
-            detail: plan.detail,
-            command_id: plan.command_id,
-            next_attempt_at: plan.next_attempt_at,
-            failure: plan.failure,
-            arc_resource_id: plan.arc_resource_id,
-            planned: None,
-        };
-        if let Some(o) = outcome {
-            row.planned = Some(Planned {
-                status: row.status,
-                detail: std::mem::take(&mut row.detail),
-            });
-            row.status = o.status;
-            row.detail = o.detail;
-            row.failure = o.failure;
-            row.arc_resource_id = o.arc_resource_id;
-            row.command_id = o.command_id;
-            row.next_attempt_at = o.next_attempt_at;
-            row.ssm_ping = o.ssm_ping;
-            row.instance_profile = o.instance_profile;
-        }
-        row
-    }
-}
-
 /// Totals.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -143,11 +61,33 @@ pub struct Report {
     /// Accounts and their account-level actions.
     pub accounts: Vec<AccountReport>,
     /// Every instance that passed the filters.
-    pub instances: Vec<InstanceRow>,
+    /// Every instance that passed the filters: for `plan` as planned; for `run` what happened, with the
+    /// plan's status and detail in `planned`.
+    pub instances: Vec<InstancePlan>,
     /// Regions that could not be observed.
     pub errors: Vec<RegionError>,
     /// Totals.
     pub summary: Summary,
+}
+
+/// A report row: the planned instance, and for `run` what happened to it, with the plan's status and
+/// detail kept in `planned`.
+fn with_outcome(mut row: InstancePlan, outcome: Option<InstanceOutcome>) -> InstancePlan {
+    if let Some(o) = outcome {
+        row.planned = Some(Planned {
+            status: row.status,
+            detail: std::mem::take(&mut row.detail),
+        });
+        row.status = o.status;
+        row.detail = o.detail;
+        row.failure = o.failure;
+        row.arc_resource_id = o.arc_resource_id;
+        row.command_id = o.command_id;
+        row.next_attempt_at = o.next_attempt_at;
+        row.ssm_ping = o.ssm_ping;
+        row.instance_profile = o.instance_profile;
+    }
+    row
 }
 
 /// RFC 3339 timestamp with second precision.
@@ -184,7 +124,7 @@ impl Report {
                 plan.instances
                     .into_iter()
                     .zip(outcomes)
-                    .map(|(p, o)| InstanceRow::new(p, o)),
+                    .map(|(p, o)| with_outcome(p, o)),
             );
             errors.extend(plan.region_errors);
         }

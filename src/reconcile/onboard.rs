@@ -940,16 +940,7 @@ mod tests {
 
     #[test]
     fn failed_rows_carry_the_failure_and_a_detail_rendered_from_it() {
-        let mut row = InstanceOutcome {
-            status: Status::Planned,
-            detail: String::new(),
-            failure: None,
-            arc_resource_id: None,
-            command_id: None,
-            next_attempt_at: None,
-            ssm_ping: None,
-            instance_profile: None,
-        };
+        let mut row = InstanceOutcome::new(Status::Planned, "");
         let f = script_failure(&result("connect", "AZCM0041", 41, "exited with 41"));
         fail_with_output(&mut row, f.clone(), "log line\nARC_ONBOARD_RESULT {}");
         assert_eq!(row.status, Status::Failed);

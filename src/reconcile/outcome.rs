@@ -1,8 +1,6 @@
 //! What executing a plan did: one outcome per planned instance, kept beside the plan, which execution never
 //! changes. The report renders both.
 
-use serde::Serialize;
-
 use crate::model::PingStatus;
 use crate::reconcile::plan::{AccountPlan, Failure, Status};
 
@@ -29,6 +27,20 @@ pub struct InstanceOutcome {
 }
 
 impl InstanceOutcome {
+    /// An outcome with only a status and a detail.
+    pub fn new(status: Status, detail: impl Into<String>) -> InstanceOutcome {
+        InstanceOutcome {
+            status,
+            detail: detail.into(),
+            failure: None,
+            arc_resource_id: None,
+            command_id: None,
+            next_attempt_at: None,
+            ssm_ping: None,
+            instance_profile: None,
+        }
+    }
+
     /// Marks the instance failed; the detail is rendered from the failure.
     pub fn fail(&mut self, failure: Failure) {
         self.status = Status::Failed;
@@ -79,15 +91,6 @@ impl AccountOutcome {
     }
 }
 
-/// The plan's view of an instance in a `run` report: what was planned, beside what happened.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Planned {
-    /// The planned status.
-    pub status: Status,
-    /// The planned detail.
-    pub detail: String,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,16 +98,7 @@ mod tests {
 
     #[test]
     fn failing_an_outcome_renders_the_detail_from_the_failure() {
-        let mut o = InstanceOutcome {
-            status: Status::Planned,
-            detail: "planned".into(),
-            failure: None,
-            arc_resource_id: None,
-            command_id: None,
-            next_attempt_at: None,
-            ssm_ping: None,
-            instance_profile: None,
-        };
+        let mut o = InstanceOutcome::new(Status::Planned, "planned");
         assert!(o.pending());
         o.fail(Failure::new(FailureStep::Ssm, "AccessDenied", "no"));
         assert_eq!(o.status, Status::Failed);

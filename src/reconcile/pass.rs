@@ -1154,7 +1154,7 @@ mod tests {
             .find(|r| r.instance_id == id)
     }
 
-    fn row<'a>(r: &'a Report, id: &str) -> &'a crate::output::report::InstanceRow {
+    fn row<'a>(r: &'a Report, id: &str) -> &'a crate::reconcile::plan::InstancePlan {
         r.instances.iter().find(|i| i.instance_id == id).unwrap()
     }
 

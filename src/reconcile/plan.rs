@@ -223,7 +223,7 @@ impl Serialize for InstanceAction {
 }
 
 /// The plan for one instance. Execution never changes it; what happened is its
-/// [`InstanceOutcome`](crate::reconcile::outcome::InstanceOutcome).
+/// [`InstanceOutcome`](crate::reconcile::outcome::InstanceOutcome), which the report lays over it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct InstancePlan {
     /// Owning account.
@@ -261,6 +261,9 @@ pub struct InstancePlan {
     /// agent is connected to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arc_resource_id: Option<String>,
+    /// In a `run` report: the plan's status and detail, beside the outcome in `status` and `detail`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub planned: Option<Planned>,
     /// Whether the instance's actions depend on the account-level `create-ssm-role`.
     #[serde(skip)]
     pub needs_ssm_role: bool,
@@ -276,6 +279,15 @@ impl InstancePlan {
         self.detail = failure.to_string();
         self.failure = Some(failure);
     }
+}
+
+/// The plan's view of an instance in a `run` report: what was planned, beside what happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Planned {
+    /// The planned status.
+    pub status: Status,
+    /// The planned detail.
+    pub detail: String,
 }
 
 /// A region that could not be observed.
@@ -744,6 +756,7 @@ impl Planner<'_> {
             actions: Vec::new(),
             status: Status::Planned,
             detail: String::new(),
+            planned: None,
             needs_ssm_role: false,
             command_id: None,
             next_attempt_at: None,

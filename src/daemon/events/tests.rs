@@ -1,0 +1,1 @@
+//! Tests of the event path over the stateful fakes, in paused time.

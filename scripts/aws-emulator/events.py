@@ -73,8 +73,15 @@ class EventSink:
         self.lock = threading.Lock()
 
     def view(self) -> dict[str, Any]:
-        """The queue and how many messages were put on it since it was configured."""
-        return {"queue_url": self.url, "region": self.region, "sent": self.sent}
+        """The queue, how many messages were put on it since it was configured, and how many are
+        still on it (not deleted, visible or not); ``messages`` is null once the queue is gone."""
+        messages = None
+        if self.name is not None and self.region is not None:
+            queue = sqs_backends[fleet.ACCOUNT_ID][self.region].queues.get(self.name)
+            if queue is not None:
+                messages = len(queue._messages)
+        return {"queue_url": self.url, "region": self.region, "sent": self.sent,
+                "messages": messages}
 
     @staticmethod
     def _find(name: str) -> str | None:

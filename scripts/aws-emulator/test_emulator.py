@@ -579,6 +579,7 @@ def test_launched_instances_register_after_the_delay_and_raw_messages_can_be_sen
     assert [i["InstanceId"] for i in online] == ids
     assert emu.send_event("not json")["sent"] == 1
     assert emu.events()["sent"] == 2
+    assert emu.events()["messages"] == 2, "nothing received them"
 
 
 def test_a_deleted_queue_answers_as_sqs_does(emu, aws):

@@ -70,9 +70,11 @@ pub fn check_queue_url(s: &str) -> Result<Url, String> {
     match url.scheme() {
         "https" => {}
         "http" if loopback => {}
-        "http" => return Err(format!(
+        "http" => {
+            return Err(format!(
             "{s:?} must use https (plain http is accepted only on loopback hosts, for emulators)"
-        )),
+        ))
+        }
         other => return Err(format!("{s:?} must use https, not {other}")),
     }
     let host = url.host_str().unwrap_or_default();

@@ -9,10 +9,10 @@
 //!   `DescribeInstanceInformation` filtered by their ids, every [`poll_interval`] (2 s at first, backing off
 //!   to 30 s), for at most [`EventOptions::watch_bound`] (15 minutes by default); after that the periodic
 //!   onboarding pass takes over.
-//! - **installer**: instances that come Online are batched per account and region (a batch closes when
-//!   nothing else is being watched there, after [`EventOptions::batch_quiet`] without a newcomer, after
-//!   [`EventOptions::batch_max_wait`], or at 50 instances) and installed with the pass's own install code,
-//!   then verified in Azure.
+//! - **installer**: instances that come Online are batched per account and region (every full 50 go at
+//!   once; the rest when nothing else is being watched there, after [`EventOptions::batch_quiet`] without
+//!   a newcomer, or [`EventOptions::batch_max_wait`] after the first) and installed with the pass's own
+//!   install code, then verified in Azure.
 //!
 //! # Guarantees
 //! - A message is deleted only after its instance is recorded in the state file; a crash before that
@@ -249,12 +249,29 @@ impl Tracker {
             let batch = &self.ready[&key];
             let nothing_coming = self.watching.get(&key).is_none_or(BTreeMap::is_empty);
             let close_at = (batch.last + opts.batch_quiet).min(batch.first + opts.batch_max_wait);
-            if nothing_coming || batch.ids.len() >= IDS_PER_CALL || close_at <= now {
+            if nothing_coming || close_at <= now {
                 let batch = self.ready.remove(&key).expect("listed above");
                 for id in &batch.ids {
                     self.installing.insert((key.clone(), id.clone()));
                 }
                 out.push((key, batch.ids.into_iter().collect()));
+            } else if batch.ids.len() >= IDS_PER_CALL {
+                // Full commands go now; the rest waits for more to join it.
+                let batch = self.ready.get_mut(&key).expect("listed above");
+                let full = batch.ids.len() / IDS_PER_CALL * IDS_PER_CALL;
+                let ids: Vec<String> = batch.ids.iter().take(full).cloned().collect();
+                for id in &ids {
+                    batch.ids.remove(id);
+                    self.installing.insert((key.clone(), id.clone()));
+                }
+                if batch.ids.is_empty() {
+                    self.ready.remove(&key);
+                } else {
+                    batch.first = now;
+                    let close_at = (batch.last + opts.batch_quiet).min(now + opts.batch_max_wait);
+                    next = Some(next.map_or(close_at, |n| n.min(close_at)));
+                }
+                out.push((key, ids));
             } else {
                 next = Some(next.map_or(close_at, |n| n.min(close_at)));
             }

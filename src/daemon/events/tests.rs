@@ -229,3 +229,29 @@ fn poll_interval_backs_off_with_the_wait() {
         Duration::from_secs(30)
     );
 }
+
+#[test]
+fn full_commands_go_at_once_and_the_rest_waits_while_more_are_coming() {
+    let opts = EventOptions::default();
+    let now = Instant::now();
+    let key: Key = (FAKE_ACCOUNT.into(), "us-east-1".into());
+    let mut tracker = Tracker::default();
+    tracker.watch(&key, "i-still-waiting", now);
+    for n in 0..52 {
+        tracker.make_ready(&key, &format!("i-{n:03}"), now);
+    }
+    let (batches, next) = tracker.closable(now, &opts);
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].1.len(), 50, "one full command");
+    assert_eq!(tracker.ready[&key].ids.len(), 2, "the rest waits");
+    assert_eq!(next, Some(now + opts.batch_quiet));
+    assert!(tracker.in_hand(&key, "i-000") && tracker.in_hand(&key, "i-051"));
+    // Quiet for long enough: the rest goes too.
+    let (batches, _) = tracker.closable(now + opts.batch_quiet, &opts);
+    assert_eq!(batches[0].1.len(), 2);
+    assert!(tracker.ready.is_empty());
+    // Nothing being watched: a lone instance goes at once.
+    let mut tracker = Tracker::default();
+    tracker.make_ready(&key, "i-lone", now);
+    assert_eq!(tracker.closable(now, &opts).0.len(), 1);
+}

@@ -2,7 +2,8 @@
 //! instance an event names at once instead of at the next scheduled pass.
 //!
 //! Three loops share one task:
-//! - **intake**: `ReceiveMessage` (20 s long polls, 10 messages); each instance named by an in-scope event
+//! - **intake**: `ReceiveMessage` (20 s long polls, 10 messages; after a full answer, up to 100 messages
+//!   are taken at once, and their regions prepared in parallel); each instance named by an in-scope event
 //!   is observed by id (the tag filter still decides), planned by the same pure planner, given its IAM at
 //!   once where `[iam]` allows, and recorded in the state file; only then is its message deleted.
 //! - **watcher**: instances not Online in SSM yet are polled together per account and region with
@@ -56,6 +57,10 @@ use crate::reconcile::plan::{AccountPlan, InstanceAction, Status};
 
 /// The most ids one `DescribeInstanceInformation` call (and one `SendCommand`) carries here.
 const IDS_PER_CALL: usize = 50;
+/// The most messages taken from the queue for one intake (ten receives of ten).
+const INTAKE_MAX: usize = 100;
+/// How many (account, region) groups of one intake are prepared at once.
+const INTAKE_CONCURRENCY: usize = 4;
 
 /// Pacing and bounds of the event path.
 #[derive(Debug, Clone)]
@@ -407,12 +412,29 @@ where
                 () = stopped(stop.clone()) => return,
             };
             match received {
-                Ok(messages) => {
+                Ok(mut messages) => {
                     if failures > 0 {
                         info!("the event queue can be read again");
                         self.ctx.metrics.set_queue_problem(None);
                     }
                     failures = 0;
+                    // A full answer means more are waiting: take them too (without waiting), so that a
+                    // burst is observed and installed in fewer, larger calls.
+                    let mut last = messages.len();
+                    while last >= self.opts.receive_max as usize && messages.len() < INTAKE_MAX {
+                        match self
+                            .ports
+                            .queue
+                            .receive(Duration::ZERO, self.opts.receive_max)
+                            .await
+                        {
+                            Ok(more) => {
+                                last = more.len();
+                                messages.extend(more);
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     if !messages.is_empty() {
                         self.intake(messages).await;
                     }
@@ -472,15 +494,23 @@ where
                 }
             }
         }
-        for (key, items) in groups {
-            let ids: Vec<String> = items
-                .iter()
-                .map(|(id, _)| id.clone())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            let span = info_span!("event_intake", account = %key.0, region = %key.1);
-            match self.prepare(&key, &ids).instrument(span).await {
+        let prepared: Vec<_> = futures::stream::iter(groups)
+            .map(|(key, items)| async move {
+                let ids: Vec<String> = items
+                    .iter()
+                    .map(|(id, _)| id.clone())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let span = info_span!("event_intake", account = %key.0, region = %key.1, instances = ids.len());
+                let outcome = self.prepare(&key, &ids).instrument(span).await;
+                (key, items, outcome)
+            })
+            .buffer_unordered(INTAKE_CONCURRENCY)
+            .collect()
+            .await;
+        for (key, items, outcome) in prepared {
+            match outcome {
                 Ok(present) => {
                     for (id, m) in items {
                         if present.contains(&id) {

@@ -158,6 +158,8 @@ struct Ready {
 
 /// (account, region).
 type Key = (String, String);
+/// Ids to ask SSM about, per (account, region).
+type PollWork = Vec<(Key, Vec<String>)>;
 
 /// Which instances the event path holds, and where.
 #[derive(Debug, Default)]
@@ -207,11 +209,7 @@ impl Tracker {
 
     /// Per group, the ids to ask SSM about now: those due (or due within a moment), topped up with the
     /// group's next due ones to fill the calls they need anyway. Drops the instances past `bound`.
-    fn due(
-        &mut self,
-        now: Instant,
-        bound: Duration,
-    ) -> (Vec<(Key, Vec<String>)>, Vec<(Key, String)>) {
+    fn due(&mut self, now: Instant, bound: Duration) -> (PollWork, Vec<(Key, String)>) {
         let soon = now + Duration::from_millis(250);
         let mut work = Vec::new();
         let mut given_up = Vec::new();

@@ -875,6 +875,9 @@ mod tests {
                 "arc_onboard_instances gauge",
                 "arc_onboard_api_calls_total counter",
                 "arc_onboard_errors_total counter",
+                "arc_onboard_events_total counter",
+                "arc_onboard_event_queue_failing gauge",
+                "arc_onboard_event_instances_watched gauge",
             ]
         );
         assert!(rendered.contains(

@@ -523,13 +523,17 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
     };
     let base = pass_options(args.wait_for_ssm, args.command_timeout, args.verify_timeout);
     tracing::info!(state_file = %args.state_file.display(), ?schedule, "daemon started");
+    // Scheduled passes hold it for writing, event installs for reading: they never plan the same
+    // instance at once.
+    let gate = tokio::sync::RwLock::new(());
     let run = |kind: PassKind| {
         let adapters = Adapters::new(&sdk, &home, arm.as_ref());
         let mut opts = base.clone();
         opts.install.correlation_id = uuid::Uuid::new_v4().to_string();
         opts.scope = kind.scope();
-        let (token, durable, db, metrics) = (&token, &durable, &db, &metrics);
+        let (token, durable, db, metrics, gate) = (&token, &durable, &db, &metrics, &gate);
         async move {
+            let _exclusive = gate.write().await;
             let pass = async {
                 let ports = adapters.ports();
                 match run_pass(
@@ -558,21 +562,94 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
             observed_pass(kind, pass, db, metrics).await;
         }
     };
-    schedule_loop(
-        &schedule,
-        default_jitter,
-        run,
-        &trigger,
-        shutdown,
-        args.shutdown_grace,
-    )
-    .await;
+    let (events_stop, events_stopped) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = events_stop.send(true);
+    };
+    let events = daemon_events(
+        config,
+        args,
+        &sdk,
+        &home,
+        arm.as_ref(),
+        (&token, &durable, &metrics, &gate),
+        &base,
+        events_stopped,
+    );
+    tokio::join!(
+        schedule_loop(
+            &schedule,
+            default_jitter,
+            run,
+            &trigger,
+            shutdown,
+            args.shutdown_grace,
+        ),
+        events
+    );
     let _ = stop_tx.send(true);
     if let Err(e) = db.close().await {
         tracing::warn!(error = %crate::error::chain(&e), "cannot checkpoint and close the state file");
     }
     tracing::info!("daemon stopped");
     Ok(exit::OK)
+}
+
+/// The daemon's event path when `[events]` is configured (else nothing), until `stopped` says so.
+#[allow(clippy::too_many_arguments)]
+async fn daemon_events(
+    config: &Config,
+    args: &DaemonArgs,
+    sdk: &aws_config::SdkConfig,
+    home: &str,
+    arm: Option<&RestArm>,
+    (token, durable, metrics, gate): (
+        &MutationToken,
+        &crate::reconcile::pass::Durable<'_>,
+        &crate::daemon::metrics::Metrics,
+        &tokio::sync::RwLock<()>,
+    ),
+    base: &PassOptions,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    use crate::daemon::events::{run, EventContext, EventOptions, EventPorts};
+    let (Some(events), Some(arm)) = (&config.events, arm) else {
+        return;
+    };
+    let adapters = Adapters::new(sdk, home, Some(arm));
+    let region = events.region().unwrap_or_else(|| home.to_string());
+    let queue = crate::adapters::sqs::SdkQueue::new(
+        sdk,
+        &events.queue_url,
+        &region,
+        adapters.counter.clone(),
+    );
+    tracing::info!(queue_url = %events.queue_url, %region, "event-driven onboarding on");
+    let ctx = EventContext {
+        config,
+        token,
+        durable,
+        metrics,
+        gate,
+    };
+    let Some(arm) = adapters.arm.as_ref() else {
+        return;
+    };
+    let ports = EventPorts {
+        aws: adapters.ports(),
+        arm,
+        queue: &queue,
+    };
+    let opts = EventOptions {
+        pass: base.clone(),
+        shutdown_grace: args.shutdown_grace,
+        ..EventOptions::default()
+    };
+    run(&ctx, &ports, &opts, async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    })
+    .await;
 }
 
 /// A state record's last failure in words: the typed failure it keeps, or the prose older files kept.

@@ -308,6 +308,19 @@ impl Ec2 for FakeAws {
             .collect())
     }
 
+    async fn describe_instances_by_id(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+        tag: Option<&TagSelector>,
+    ) -> Result<Vec<Ec2Instance>, AwsError> {
+        let all = self.describe_instances(region, tag).await?;
+        Ok(all
+            .into_iter()
+            .filter(|i| instance_ids.contains(&i.instance_id))
+            .collect())
+    }
+
     async fn profile_associations(
         &self,
         region: &str,
@@ -662,5 +675,128 @@ impl Ssm for FakeAws {
         _command_id: &str,
     ) -> Result<(), AwsError> {
         self.check("ssm:CancelCommand", &[region])
+    }
+}
+
+/// A stateful fake SQS queue: messages sent to it are received (each delivery with a fresh receipt handle)
+/// and stay invisible until deleted or until [`FakeQueue::expire_visibility`] makes the undeleted ones
+/// visible again (as a visibility timeout running out would). The queue can be "deleted" so every call
+/// fails.
+#[derive(Debug, Default)]
+pub struct FakeQueue {
+    state: Mutex<QueueState>,
+    /// Every call, by `sqs:Operation`.
+    pub calls: ApiCounter,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    /// (message id, body, receipt handle of the latest delivery) in send order.
+    messages: Vec<(String, String, Option<String>)>,
+    next: u64,
+    deleted: bool,
+}
+
+impl FakeQueue {
+    /// Adds a message; returns its id.
+    pub fn send(&self, body: &str) -> String {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.next += 1;
+        let id = format!("msg-{}", s.next);
+        s.messages.push((id.clone(), body.to_string(), None));
+        id
+    }
+
+    /// Messages not deleted yet.
+    pub fn len(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .messages
+            .len()
+    }
+
+    /// Whether every message was deleted.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Makes every received and undeleted message visible again.
+    pub fn expire_visibility(&self) {
+        for m in &mut self
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .messages
+        {
+            m.2 = None;
+        }
+    }
+
+    /// Deletes the queue: from now on every call fails with `QueueDoesNotExist`.
+    pub fn delete_queue(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).deleted = true;
+    }
+}
+
+impl crate::ports::Queue for FakeQueue {
+    async fn receive(
+        &self,
+        wait: std::time::Duration,
+        max: i32,
+    ) -> Result<Vec<crate::ports::QueueMessage>, AwsError> {
+        self.calls.record("sqs:ReceiveMessage");
+        let out: Vec<crate::ports::QueueMessage> = {
+            let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if s.deleted {
+                return Err(AwsError::from_code(
+                    "sqs:ReceiveMessage",
+                    "AWS.SimpleQueueService.NonExistentQueue",
+                    "The specified queue does not exist.",
+                ));
+            }
+            s.next += 1;
+            let delivery = s.next;
+            s.messages
+                .iter_mut()
+                .filter(|(_, _, handle)| handle.is_none())
+                .take(max.clamp(1, 10) as usize)
+                .map(|(id, body, handle)| {
+                    let h = format!("rh-{id}-{delivery}");
+                    *handle = Some(h.clone());
+                    crate::ports::QueueMessage {
+                        message_id: id.clone(),
+                        receipt_handle: h,
+                        body: body.clone(),
+                    }
+                })
+                .collect()
+        };
+        if out.is_empty() {
+            // Long polling: an empty queue answers after the wait.
+            tokio::time::sleep(wait).await;
+        }
+        Ok(out)
+    }
+
+    async fn delete(
+        &self,
+        _token: &MutationToken,
+        receipt_handles: &[String],
+    ) -> Result<Vec<String>, AwsError> {
+        for _ in receipt_handles.chunks(10) {
+            self.calls.record("sqs:DeleteMessageBatch");
+        }
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.deleted {
+            return Err(AwsError::from_code(
+                "sqs:DeleteMessageBatch",
+                "AWS.SimpleQueueService.NonExistentQueue",
+                "The specified queue does not exist.",
+            ));
+        }
+        s.messages
+            .retain(|(_, _, h)| h.as_ref().is_none_or(|h| !receipt_handles.contains(h)));
+        Ok(Vec::new())
     }
 }

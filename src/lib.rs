@@ -10,11 +10,11 @@
 //! output people read.
 //! - [`cli`]: command-line parsing and the commands; the only place mutation tokens are minted.
 //! - [`config`]: the TOML configuration, validated once into typed values before any AWS call
-//!   ([`config::duration`]: the human durations the interface accepts).
+//!   ([`config::duration`]: the human durations the interface accepts; [`config::events`]: `[events]`).
 //! - [`model`]: domain types shared by every layer; no SDK type crosses a port.
 //! - [`ports`]: one trait per AWS service, and the [`ports::MutationToken`] capability.
 //! - [`reconcile`]: the core.
-//!   - [`reconcile::observe`]: gathers one account's state through the ports.
+//!   - [`reconcile::observe`]: gathers one account's state through the ports (or just some instances').
 //!   - [`reconcile::plan`]: the pure planner: observation + config + the daemon's memory -> per-instance
 //!     actions, statuses and reasons.
 //!   - [`reconcile::apply`]: executes the IAM part of a plan (requires a mutation token).
@@ -24,8 +24,11 @@
 //!   - [`adapters::aws`]: the official AWS SDK (credential chain, retries, call counting).
 //!   - [`adapters::azure`]: the Azure port (Resource Manager and its token) and its REST adapter.
 //!   - [`adapters::credential`]: the six ways to get that token, each proof checked before any AWS call.
+//!   - [`adapters::sqs`]: the event queue (`aws-sdk-sqs`: long polls, batch deletes).
 //! - [`install`]: the Linux and Windows agent install scripts, rendered with per-shell quoting.
 //! - [`daemon`]: the two schedules of scheduled onboarding, signals and per-pass bookkeeping.
+//!   - [`daemon::events`]: event-driven onboarding: the SQS intake, the SSM watcher, batched installs.
+//!   - [`daemon::event_message`]: EventBridge events as the queue delivers them, and the scope check.
 //!   - [`daemon::state`]: the daemon's durable state (SQLite, versioned schema).
 //!   - [`daemon::metrics`]: Prometheus metrics and the `/metrics` + `/healthz` endpoint.
 //! - [`output`]: what people read.

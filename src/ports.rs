@@ -46,6 +46,15 @@ pub trait Ec2: Send + Sync {
         tag: Option<&TagSelector>,
     ) -> impl Future<Output = Result<Vec<Ec2Instance>, AwsError>> + Send;
 
+    /// `ec2:DescribeInstances` of just these instances (an `instance-id` filter, so unknown ids are simply
+    /// absent), all pages, the tag filter applied by the server, terminated instances dropped.
+    fn describe_instances_by_id(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+        tag: Option<&TagSelector>,
+    ) -> impl Future<Output = Result<Vec<Ec2Instance>, AwsError>> + Send;
+
     /// `ec2:DescribeIamInstanceProfileAssociations`, all pages, only live associations; limited to
     /// `instance_ids` unless empty.
     fn profile_associations(
@@ -166,6 +175,36 @@ pub trait Ssm: Send + Sync {
         region: &str,
         command_id: &str,
     ) -> impl Future<Output = Result<(), AwsError>> + Send;
+}
+
+/// The SQS queue of event-driven onboarding (one queue, in its own region).
+pub trait Queue: Send + Sync {
+    /// `sqs:ReceiveMessage`: waits up to `wait` (long polling, at most 20 s) for up to `max` (1..=10)
+    /// messages.
+    fn receive(
+        &self,
+        wait: std::time::Duration,
+        max: i32,
+    ) -> impl Future<Output = Result<Vec<QueueMessage>, AwsError>> + Send;
+
+    /// `sqs:DeleteMessageBatch` (10 to a call): deletes these messages by receipt handle. Returns the
+    /// receipt handles SQS did not delete.
+    fn delete(
+        &self,
+        token: &MutationToken,
+        receipt_handles: &[String],
+    ) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
+}
+
+/// One message received from the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueMessage {
+    /// SQS's message id (the same on every redelivery).
+    pub message_id: String,
+    /// What deletes this delivery of it.
+    pub receipt_handle: String,
+    /// The body: for an EventBridge target, the event JSON.
+    pub body: String,
 }
 
 /// SSM documents the tool sends.

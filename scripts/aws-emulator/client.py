@@ -84,6 +84,28 @@ class EmulatorClient:
     def set_state(self, instance_id: str, state: str) -> Any:
         return self._call("POST", f"instances/{instance_id}/state", {"state": state})
 
+    def events(self, **body: Any) -> Any:
+        """Configures the event queue: ``create_queue=NAME, region=R``, ``queue_url=URL`` or
+        ``queue_url=None``; without arguments, what is configured."""
+        return self._call("POST", "events", body) if body else self._call("GET", "events")
+
+    def launch(self, **item: Any) -> Any:
+        """Launches running instances (a seed ``instances`` entry) and delivers their events."""
+        return self._call("POST", "launch", item)
+
+    def set_tags(self, instance_id: str, tags: dict[str, str],
+                 remove: list[str] | None = None) -> Any:
+        return self._call("POST", f"instances/{instance_id}/tags",
+                          {"tags": tags, "remove": remove or []})
+
+    def send_event(self, body: Any) -> Any:
+        """One message on the event queue: a raw string, or an event object."""
+        return self._call("POST", "events/send",
+                          {"body": body} if isinstance(body, str) else {"event": body})
+
+    def delete_queue(self) -> Any:
+        return self._call("POST", "events/delete-queue", {})
+
 
 def _config_value(text: str) -> Any:
     """``KEY=VALUE`` values are JSON when they parse as JSON (numbers, null), else strings."""
@@ -112,6 +134,15 @@ def main(argv: list[str] | None = None) -> None:
     state = sub.add_parser("state")
     state.add_argument("instance_id")
     state.add_argument("state", choices=["running", "stopped", "terminated"])
+    queue = sub.add_parser("events", help="deliver EC2 events to a queue (created when missing)")
+    queue.add_argument("--create-queue", metavar="NAME")
+    queue.add_argument("--region", default="us-east-1")
+    launch = sub.add_parser("launch", help="launch running instances and deliver their events")
+    launch.add_argument("--region", default="us-east-1")
+    launch.add_argument("--count", type=int, default=1)
+    launch.add_argument("--platform", default="linux", choices=["linux", "windows"])
+    launch.add_argument("--profile", help="instance profile to launch with")
+    launch.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     if not args.endpoint:
         parser.error("--endpoint or AWS_ENDPOINT_URL is required")
@@ -133,6 +164,16 @@ def main(argv: list[str] | None = None) -> None:
         result = client.outcomes(_load(args.file))
     elif args.command == "commands":
         result = client.commands()
+    elif args.command == "events":
+        result = (client.events(create_queue=args.create_queue, region=args.region)
+                  if args.create_queue else client.events())
+    elif args.command == "launch":
+        tags = dict(pair.split("=", 1) for pair in args.tag)
+        item = {"region": args.region, "count": args.count, "platform": args.platform,
+                "tags": tags}
+        if args.profile:
+            item["instance_profile"] = args.profile
+        result = client.launch(**item)
     else:
         result = client.set_state(args.instance_id, args.state)
     json.dump(result, sys.stdout, indent=2)

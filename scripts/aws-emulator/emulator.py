@@ -1,6 +1,6 @@
 """Local AWS emulator for arc-onboard tests: moto plus the behaviour moto lacks.
 
-One threaded HTTP server on 127.0.0.1 serves EC2, IAM, STS and SSM for every region.
+One threaded HTTP server on 127.0.0.1 serves EC2, IAM, STS, SSM and SQS for every region.
 A WSGI middleware sits in front of moto's own server app and
 
 * records every AWS request in a call log (``GET /_emulator/calls``),
@@ -10,6 +10,8 @@ A WSGI middleware sits in front of moto's own server app and
 * serves the SSM operations moto lacks or gets wrong (see ssm_sim.py),
 * serves AWS IAM outbound identity federation (``sts:GetWebIdentityToken``, its OIDC issuer at
   ``/oidc``; see federation.py),
+* puts EventBridge-shaped EC2 events on an SQS queue when it launches or tags instances (see
+  events.py),
 * exposes a JSON control API under ``/_emulator/`` (seed, config, outcomes, ...).
 
 Usage::
@@ -46,6 +48,7 @@ from moto.moto_server.werkzeug_app import (  # noqa: E402
 )
 from werkzeug.serving import make_server  # noqa: E402
 
+import events  # noqa: E402
 import federation  # noqa: E402
 import fleet  # noqa: E402
 import ssm_sim  # noqa: E402
@@ -61,6 +64,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
 }
 _PROFILE_OPERATIONS = ("ec2:AssociateIamInstanceProfile", "ec2:ReplaceIamInstanceProfileAssociation")
 _STATE_PATH = re.compile(r"^/_emulator/instances/([^/]+)/state$")
+_TAGS_PATH = re.compile(r"^/_emulator/instances/([^/]+)/tags$")
+# Long polls wait inside moto: served without the emulator's lock, so they hold up no other request.
+_UNLOCKED_OPERATIONS = ("sqs:ReceiveMessage",)
 
 Response = tuple[int, list[tuple[str, str]], bytes]
 
@@ -169,6 +175,7 @@ class Emulator:
         self.ssm = ssm_sim.SsmSimulator(self.config, self.lock)
         self.profile_created_at: dict[str, float] = {}
         self.federation = federation.Federation()
+        self.events = events.EventSink()
         self.routes: dict[tuple[str, str], Callable[[Any], Any]] = {
             ("GET", "health"): lambda _: {"ok": True},
             ("GET", "calls"): lambda _: self._calls_view(),
@@ -186,6 +193,10 @@ class Emulator:
                                               "issued": list(self.federation.issued)},
             ("POST", "federation"): self._set_federation,
             ("POST", "assume-role"): self._assume_role,
+            ("GET", "events"): lambda _: self.events.view(),
+            ("POST", "events/delete-queue"): lambda _: self.events.delete_queue(),
+            ("POST", "events/send"): self.events.send,
+            ("POST", "launch"): self._launch,
         }
 
     # ----- WSGI entry ----------------------------------------------------------------------
@@ -210,6 +221,17 @@ class Emulator:
     def _aws(self, environ: dict[str, Any]) -> Response:
         body = wire.read_body(environ)
         req = wire.parse_request(environ, body)
+        if req.operation in _UNLOCKED_OPERATIONS:
+            with self.lock:
+                fault = self.faults.draw(req)
+            if fault is None:
+                response = self._call_moto(environ, req)
+            else:
+                message = fault["message"] or f"Injected fault {fault['code']} for {req.operation}"
+                response = wire.error_response(req.service, fault["code"], message, fault["status"])
+            with self.lock:
+                self._record(req, response[0], fault["code"] if fault else None)
+            return response
         with self.lock:
             fault = self.faults.draw(req)
             if fault is not None:
@@ -307,14 +329,20 @@ class Emulator:
         with self.lock:
             try:
                 state = _STATE_PATH.match(path)
+                tags = _TAGS_PATH.match(path)
                 if state and method == "POST":
                     result = self._set_state(state.group(1), body)
+                elif tags and method == "POST":
+                    result = events.set_tags(self.events, tags.group(1), body)
+                    self.ssm.refresh()
+                elif method == "POST" and path.rstrip("/") == CONTROL_PREFIX + "events":
+                    result = self.events.configure(body, _base_url(environ))
                 else:
                     route = self.routes.get((method, path[len(CONTROL_PREFIX):].rstrip("/")))
                     if route is None:
                         return _json(404, {"error": f"no control endpoint {method} {path}"})
                     result = route(body)
-            except (ControlError, fleet.FleetError) as exc:
+            except (ControlError, fleet.FleetError, events.EventError) as exc:
                 return _json(exc.status, {"error": str(exc)})
         return _json(200, result)
 
@@ -368,12 +396,23 @@ class Emulator:
                 self.ssm.outcomes[instance_id] = script
         return dict(self.ssm.outcomes)
 
+    def _launch(self, body: Any) -> dict[str, Any]:
+        result = events.launch(self.events, body)
+        self.ssm.refresh()
+        return result
+
     def _set_state(self, instance_id: str, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise ControlError('body must be {"state": "running" | "stopped" | "terminated"}')
         result = fleet.set_state(instance_id, body.get("state", ""))
         self.ssm.refresh()
         return result
+
+
+def _base_url(environ: dict[str, Any]) -> str:
+    """This server's own base URL as the client reached it (SQS queue URLs start with it)."""
+    host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME')}:{environ.get('SERVER_PORT')}"
+    return f"http://{host}"
 
 
 def _reason(status: int) -> str:

@@ -496,3 +496,101 @@ def test_get_web_identity_token_needs_federation_enabled_and_signs_for_the_calle
     assert calls and not any(c["mutating"] for c in calls)
     assert calls[-1]["fault"] == "AccessDenied"
     emu._call("POST", "federation", {"enabled": False})
+
+
+# ----- SQS and EventBridge-shaped events -------------------------------------------------------------
+
+def test_sqs_is_served_logged_and_long_polls_without_blocking_other_calls(emu, aws):
+    sqs = aws("sqs", "me-south-1")
+    url = sqs.create_queue(QueueName="plain")["QueueUrl"]
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/123456789012/plain")
+    emu.reset_calls()
+    started = time.time()
+    done = {}
+
+    def poll():
+        done["messages"] = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=3,
+                                               MaxNumberOfMessages=10).get("Messages", [])
+        done["at"] = time.time()
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    time.sleep(0.3)
+    # Other requests are served while the long poll waits.
+    aws("ec2", "me-south-1").describe_instances()
+    assert time.time() - started < 2.0
+    sqs.send_message(QueueUrl=url, MessageBody="hello")
+    thread.join(timeout=10)
+    assert [m["Body"] for m in done["messages"]] == ["hello"]
+    assert done["at"] - started < 2.5, "the long poll returned once the message arrived"
+    operations = [c["operation"] for c in emu.calls()["calls"]]
+    assert "sqs:ReceiveMessage" in operations and "sqs:SendMessage" in operations
+    receive = next(c for c in emu.calls()["calls"] if c["operation"] == "sqs:ReceiveMessage")
+    assert receive["region"] == "me-south-1" and receive["mutating"] is False
+
+
+def test_launch_and_tag_changes_put_eventbridge_events_on_the_queue(emu, aws):
+    sqs = aws("sqs", "af-south-1")
+    configured = emu.events(create_queue="arc-events", region="af-south-1")
+    url = configured["queue_url"]
+    assert url.endswith("/123456789012/arc-events")
+    launched = emu.launch(region="af-south-1", count=2, tags={"arc": "onboard"},
+                          instance_profile="AppProfile", events=["pending", "running"])
+    ids = [i["instance_id"] for i in launched["instances"]]
+    assert launched["events"] == 4
+    described = aws("ec2", "af-south-1").describe_instances(InstanceIds=ids)
+    states = {i["State"]["Name"] for r in described["Reservations"] for i in r["Instances"]}
+    assert states == {"running"}
+    bodies = []
+    while True:
+        got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+        if not got.get("Messages"):
+            break
+        bodies += [json.loads(m["Body"]) for m in got["Messages"]]
+    assert len(bodies) == 4
+    for event in bodies:
+        assert event["detail-type"] == "EC2 Instance State-change Notification"
+        assert event["source"] == "aws.ec2" and event["account"] == "123456789012"
+        assert event["region"] == "af-south-1"
+        assert event["detail"]["instance-id"] in ids
+        assert event["resources"] == [
+            f"arn:aws:ec2:af-south-1:123456789012:instance/{event['detail']['instance-id']}"]
+    assert sorted(e["detail"]["state"] for e in bodies) == ["pending", "pending", "running", "running"]
+
+    tagged = emu.set_tags(ids[0], {"team": "web"}, remove=["arc"])
+    assert tagged["tags"] == {"team": "web"}
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
+    event = json.loads(got[0]["Body"])
+    assert event["detail-type"] == "Tag Change on Resource" and event["source"] == "aws.tag"
+    assert event["detail"]["service"] == "ec2" and event["detail"]["resource-type"] == "instance"
+    assert event["detail"]["changed-tag-keys"] == ["arc", "team"]
+    assert event["detail"]["tags"] == {"team": "web"}
+    emu.events(queue_url=None)
+
+
+def test_launched_instances_register_after_the_delay_and_raw_messages_can_be_sent(emu, aws):
+    emu.config(registration_delay_seconds=1.0)
+    emu.events(create_queue="arc-raw", region="ap-east-1")
+    ids = [i["instance_id"] for i in emu.launch(region="ap-east-1", instance_profile="AppProfile",
+                                                  tags={"arc": "onboard"})["instances"]]
+    ssm = aws("ssm", "ap-east-1")
+    assert ssm.describe_instance_information()["InstanceInformationList"] == []
+    online = wait_until(lambda: ssm.describe_instance_information()["InstanceInformationList"], 4)
+    assert [i["InstanceId"] for i in online] == ids
+    assert emu.send_event("not json")["sent"] == 1
+    assert emu.events()["sent"] == 2
+    assert emu.events()["messages"] == 2, "nothing received them"
+
+
+def test_a_deleted_queue_answers_as_sqs_does(emu, aws):
+    sqs = aws("sqs", "eu-south-1")
+    url = emu.events(create_queue="doomed", region="eu-south-1")["queue_url"]
+    emu.delete_queue()
+    with pytest.raises(ClientError) as excinfo:
+        sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0)
+    assert error_code(excinfo) in ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
+    emu.faults([{"operation": "sqs:ReceiveMessage", "code": "AccessDenied", "status": 403}])
+    with pytest.raises(ClientError) as excinfo:
+        sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0)
+    assert error_code(excinfo) == "AccessDenied"
+    emu.events(queue_url=None)

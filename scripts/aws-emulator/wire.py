@@ -3,7 +3,7 @@
 Requests are classified the way AWS routes them: the service and region come from
 the SigV4 ``Authorization`` header (``Credential=AKID/DATE/REGION/SERVICE/aws4_request``),
 the operation from the ``Action`` form field (EC2 query / awsQuery protocols) or from
-``X-Amz-Target: AmazonSSM.<Op>`` (awsJson1.1 protocol).
+``X-Amz-Target: AmazonSSM.<Op>`` / ``AmazonSQS.<Op>`` (awsJson1.1 / awsJson1.0 protocols).
 
 Errors are rendered in each service's own format so that AWS SDK error parsers
 (botocore, the AWS SDK for Rust) see the right error code.
@@ -22,7 +22,8 @@ JSON_CONTENT_TYPE = "application/x-amz-json-1.1"
 DEFAULT_REGION = "us-east-1"
 
 CREDENTIAL_RE = _CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request")
-_READ_ONLY_PREFIXES = ("Describe", "Get", "List")
+# ReceiveMessage only hides a message for a while: not a change anyone asked for.
+_READ_ONLY_PREFIXES = ("Describe", "Get", "List", "Receive")
 
 # Error codes whose HTTP status differs from the service's default of 400.
 _STATUS_BY_CODE = {
@@ -31,7 +32,10 @@ _STATUS_BY_CODE = {
     "iam": {"AccessDenied": 403, "NoSuchEntity": 404, "ServiceFailure": 500},
     "sts": {"AccessDenied": 403, "OutboundWebIdentityFederationDisabledException": 403},
     "ssm": {"InternalServerError": 500},
+    "sqs": {"InternalError": 500},
 }
+# awsJson1.0 error types of SQS for the awsQuery codes faults are given in.
+_SQS_TYPES = {"AWS.SimpleQueueService.NonExistentQueue": "QueueDoesNotExist"}
 
 
 @dataclass
@@ -113,6 +117,13 @@ def error_response(service: str, code: str, message: str,
         body = json.dumps({"__type": code, "message": message}).encode()
         headers = [("Content-Type", JSON_CONTENT_TYPE), ("x-amzn-ErrorType", code),
                    ("x-amzn-RequestId", rid)]
+        return status, headers, body
+    if service == "sqs":
+        # awsJson1.0 with the awsQuery code in x-amzn-query-error, as SQS answers.
+        error_type = _SQS_TYPES.get(code, code)
+        body = json.dumps({"__type": f"com.amazonaws.sqs#{error_type}", "message": message}).encode()
+        headers = [("Content-Type", "application/x-amz-json-1.0"),
+                   ("x-amzn-query-error", f"{code};Sender"), ("x-amzn-RequestId", rid)]
         return status, headers, body
     code_x, message_x = escape(code), escape(message)
     if service == "ec2":

@@ -85,7 +85,7 @@ pub fn home_region(sdk: &SdkConfig, first_configured: Option<&str>) -> String {
 }
 
 /// Classifies an SDK error without flattening it to a string.
-fn aws_error<E, R>(operation: &str, err: SdkError<E, R>) -> AwsError
+pub(crate) fn aws_error<E, R>(operation: &str, err: SdkError<E, R>) -> AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug,
@@ -255,31 +255,13 @@ impl SdkEc2 {
             },
         }
     }
-}
 
-impl Ec2 for SdkEc2 {
-    async fn enabled_regions(&self) -> Result<Vec<String>, AwsError> {
-        let out = self
-            .clients
-            .get(&self.home_region)
-            .describe_regions()
-            .send()
-            .await
-            .map_err(|e| aws_error("ec2:DescribeRegions", e))?;
-        let mut regions: Vec<String> = out
-            .regions()
-            .iter()
-            .filter(|r| r.opt_in_status().is_none_or(|s| s != "not-opted-in"))
-            .filter_map(|r| r.region_name().map(str::to_string))
-            .collect();
-        regions.sort();
-        Ok(regions)
-    }
-
-    async fn describe_instances(
+    /// `DescribeInstances` in `region`, all pages: every instance, or only `ids` (an `instance-id` filter).
+    async fn describe(
         &self,
         region: &str,
         tag: Option<&TagSelector>,
+        ids: Option<&[String]>,
     ) -> Result<Vec<Ec2Instance>, AwsError> {
         use aws_sdk_ec2::types::Filter;
         let mut req = self
@@ -305,6 +287,14 @@ impl Ec2 for SdkEc2 {
                 None => Filter::builder().name("tag-key").values(&tag.key),
             };
             req = req.filters(filter.build());
+        }
+        if let Some(ids) = ids {
+            req = req.filters(
+                Filter::builder()
+                    .name("instance-id")
+                    .set_values(Some(ids.to_vec()))
+                    .build(),
+            );
         }
         let mut pages = req.into_paginator().send();
         let mut instances = Vec::new();
@@ -344,6 +334,48 @@ impl Ec2 for SdkEc2 {
             }
         }
         Ok(instances)
+    }
+}
+
+impl Ec2 for SdkEc2 {
+    async fn enabled_regions(&self) -> Result<Vec<String>, AwsError> {
+        let out = self
+            .clients
+            .get(&self.home_region)
+            .describe_regions()
+            .send()
+            .await
+            .map_err(|e| aws_error("ec2:DescribeRegions", e))?;
+        let mut regions: Vec<String> = out
+            .regions()
+            .iter()
+            .filter(|r| r.opt_in_status().is_none_or(|s| s != "not-opted-in"))
+            .filter_map(|r| r.region_name().map(str::to_string))
+            .collect();
+        regions.sort();
+        Ok(regions)
+    }
+
+    async fn describe_instances(
+        &self,
+        region: &str,
+        tag: Option<&TagSelector>,
+    ) -> Result<Vec<Ec2Instance>, AwsError> {
+        self.describe(region, tag, None).await
+    }
+
+    async fn describe_instances_by_id(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+        tag: Option<&TagSelector>,
+    ) -> Result<Vec<Ec2Instance>, AwsError> {
+        let mut out = Vec::new();
+        // EC2 takes at most 200 values per filter.
+        for chunk in instance_ids.chunks(200) {
+            out.extend(self.describe(region, tag, Some(chunk)).await?);
+        }
+        Ok(out)
     }
 
     async fn profile_associations(

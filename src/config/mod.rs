@@ -4,6 +4,7 @@
 //! can fix the file without guessing. All problems in a file are reported together.
 
 pub mod duration;
+pub mod events;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -14,6 +15,7 @@ use toml::{Table, Value};
 use url::Url;
 
 use crate::config::duration::{format_duration, parse_duration};
+pub use crate::config::events::EventsConfig;
 use crate::model::TagSelector;
 
 /// The name of the environment variable that holds the service principal's secret.
@@ -91,6 +93,8 @@ pub struct Config {
     pub onboarding: OnboardingConfig,
     /// Where machines are onboarded; optional for `plan`, required to install.
     pub azure: Option<AzureConfig>,
+    /// Event-driven onboarding (`[events]`, daemon only).
+    pub events: Option<EventsConfig>,
     /// Settings that are valid but have no effect (e.g. a proxy with public connectivity).
     pub warnings: Vec<ConfigIssue>,
 }
@@ -494,6 +498,11 @@ impl Config {
             }
             root.insert("azure".into(), Value::Table(t));
         }
+        if let Some(events) = &self.events {
+            let mut t = Table::new();
+            t.insert("queue_url".into(), Value::String(events.queue_url.clone()));
+            root.insert("events".into(), Value::Table(t));
+        }
         let body = toml::to_string_pretty(&root).unwrap_or_default();
         let mut notes: String = self
             .warnings
@@ -618,7 +627,7 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, root: &Table) -> Option<Config> {
-        self.unknown_keys(root, "", &["aws", "iam", "onboarding", "azure"]);
+        self.unknown_keys(root, "", &["aws", "iam", "onboarding", "azure", "events"]);
         let empty = Table::new();
         let aws = match self.section(root, "aws") {
             Some(t) => self.aws(t),
@@ -638,13 +647,41 @@ impl Validator<'_> {
             Some(t) => Some(self.azure(t)?),
             None => None,
         };
+        let events = match self.section(root, "events") {
+            Some(t) => self.events(t),
+            None => None,
+        };
         Some(Config {
             aws: aws?,
             iam,
             onboarding: onboarding?,
             azure,
+            events,
             warnings: std::mem::take(&mut self.warnings),
         })
+    }
+
+    /// `[events]`: `queue_url` is required and must have an SQS queue URL's shape.
+    fn events(&mut self, t: &Table) -> Option<EventsConfig> {
+        self.unknown_keys(t, "events", &["queue_url"]);
+        let Some(url) = self.string(t, "events", "queue_url") else {
+            if !t.contains_key("queue_url") {
+                self.issue(
+                    "events.queue_url",
+                    "is required in [events] (the SQS queue EventBridge delivers to)",
+                );
+            }
+            return None;
+        };
+        match events::check_queue_url(url) {
+            Ok(_) => Some(EventsConfig {
+                queue_url: url.to_string(),
+            }),
+            Err(problem) => {
+                self.issue("events.queue_url", problem);
+                None
+            }
+        }
     }
 
     fn aws(&mut self, t: &Table) -> Option<AwsConfig> {

@@ -79,6 +79,12 @@ struct CodeLabels {
     code: String,
 }
 
+/// Labels of `arc_onboard_events_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: String,
+}
+
 /// A histogram with [`PASS_DURATION_BUCKETS`].
 fn pass_duration_histogram() -> Histogram {
     Histogram::new(PASS_DURATION_BUCKETS)
@@ -110,6 +116,14 @@ pub struct Metrics {
     /// What the families cannot answer (health streaks, statuses seen); its lock also makes a recorded
     /// pass appear in a scrape all at once.
     kinds: Mutex<BTreeMap<String, KindState>>,
+    /// `arc_onboard_events_total{result}`: queue messages by what became of them.
+    events: Family<ResultLabels, Counter>,
+    /// `arc_onboard_event_queue_failing`: 1 while the event queue cannot be read.
+    queue_failing: Gauge,
+    /// `arc_onboard_event_instances_watched`: instances the event path waits on to come Online in SSM.
+    watched: Gauge,
+    /// Why the event queue cannot be read, while it cannot (`/healthz` says so).
+    queue_problem: Mutex<Option<String>>,
 }
 
 /// What is tracked per pass kind beside the exported series.
@@ -182,7 +196,34 @@ impl Metrics {
             "Errors seen in passes by code (regions: the AWS error code; failed instances: their failure code, e.g. AZCM0041, exit-4, checksum-mismatch)",
             errors.clone(),
         );
+        let events: Family<ResultLabels, Counter> = Family::default();
+        registry.register(
+            "arc_onboard_events",
+            "Event queue messages by result (accepted, malformed, ignored, out-of-scope, retry: left on the queue)",
+            events.clone(),
+        );
+        for result in crate::daemon::event_message::result::ALL {
+            let _ = events.get_or_create(&ResultLabels {
+                result: result.to_string(),
+            });
+        }
+        let queue_failing = Gauge::default();
+        registry.register(
+            "arc_onboard_event_queue_failing",
+            "1 while the event queue cannot be read (deleted, access denied, unreachable)",
+            queue_failing.clone(),
+        );
+        let watched = Gauge::default();
+        registry.register(
+            "arc_onboard_event_instances_watched",
+            "Instances the event path is waiting on to come Online in SSM",
+            watched.clone(),
+        );
         let metrics = Metrics {
+            events,
+            queue_failing,
+            watched,
+            queue_problem: Mutex::new(None),
             unhealthy_after: unhealthy_after.max(1),
             registry,
             healthy,
@@ -316,13 +357,60 @@ impl Metrics {
                 .get_or_create(&CodeLabels { code: code.clone() })
                 .inc_by(*count);
         }
-        self.healthy
-            .set(i64::from(self.failing_kind_in(&kinds).is_none()));
+        self.healthy.set(i64::from(
+            self.failing_kind_in(&kinds).is_none() && self.queue_problem().is_none(),
+        ));
+    }
+
+    /// Counts one queue message by its result (see [`crate::daemon::event_message::result`]).
+    pub fn record_event(&self, result: &str) {
+        self.events
+            .get_or_create(&ResultLabels {
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Sets (or with `None` clears) why the event queue cannot be read; `/healthz` reports it.
+    pub fn set_queue_problem(&self, problem: Option<String>) {
+        let kinds = self.lock();
+        self.queue_failing.set(i64::from(problem.is_some()));
+        let healthy = problem.is_none() && self.failing_kind_in(&kinds).is_none();
+        *self
+            .queue_problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = problem;
+        self.healthy.set(i64::from(healthy));
+    }
+
+    /// Why the event queue cannot be read, while it cannot.
+    pub fn queue_problem(&self) -> Option<String> {
+        self.queue_problem
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// How many instances the event path is waiting on.
+    pub fn set_watched(&self, n: usize) {
+        self.watched.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Adds calls made outside passes (the event path) to `arc_onboard_api_calls_total`.
+    pub fn add_api_calls(&self, api_calls: &BTreeMap<String, u64>) {
+        let _consistent = self.lock();
+        for (operation, count) in api_calls.iter().filter(|(_, n)| **n > 0) {
+            self.api_calls
+                .get_or_create(&OperationLabels {
+                    operation: operation.clone(),
+                })
+                .inc_by(*count);
+        }
     }
 
     /// `false` once some pass kind has failed `unhealthy_after` times in a row, until it succeeds again.
     pub fn healthy(&self) -> bool {
-        self.failing_kind().is_none()
+        self.failing_kind().is_none() && self.queue_problem().is_none()
     }
 
     /// The kind with the longest run of consecutive failures, when that run makes the process unhealthy.
@@ -411,11 +499,15 @@ async fn scrape(State(metrics): State<Arc<Metrics>>) -> Response {
 
 /// `GET /healthz`.
 async fn health(State(metrics): State<Arc<Metrics>>) -> Response {
-    let (status, body) = match metrics.failing_kind() {
-        None => (StatusCode::OK, "ok".to_string()),
-        Some((kind, failures)) => (
+    let (status, body) = match (metrics.failing_kind(), metrics.queue_problem()) {
+        (None, None) => (StatusCode::OK, "ok".to_string()),
+        (Some((kind, failures)), _) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("unhealthy: {failures} consecutive failed passes ({kind})"),
+        ),
+        (None, Some(problem)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: event queue: {problem}"),
         ),
     };
     (status, [(header::CACHE_CONTROL, "no-store")], body).into_response()
@@ -783,6 +875,9 @@ mod tests {
                 "arc_onboard_instances gauge",
                 "arc_onboard_api_calls_total counter",
                 "arc_onboard_errors_total counter",
+                "arc_onboard_events_total counter",
+                "arc_onboard_event_queue_failing gauge",
+                "arc_onboard_event_instances_watched gauge",
             ]
         );
         assert!(rendered.contains(
@@ -994,6 +1089,39 @@ mod tests {
         pass("iam", true);
         pass("iam", false);
         assert!(metrics.healthy());
+    }
+
+    #[test]
+    fn a_lost_event_queue_makes_the_process_unhealthy_until_it_is_back() {
+        let metrics = Metrics::new(3);
+        metrics.record_event("malformed");
+        metrics.record_event("malformed");
+        metrics.record_event("accepted");
+        let samples = parse_exposition(&metrics.render());
+        let v = |result: &str| value(&samples, "arc_onboard_events_total", &[("result", result)]);
+        assert_eq!(v("malformed"), Some(2.0));
+        assert_eq!(v("accepted"), Some(1.0));
+        assert_eq!(
+            v("out-of-scope"),
+            Some(0.0),
+            "exported before the first one"
+        );
+        metrics.set_queue_problem(Some("AWS.SimpleQueueService.NonExistentQueue".into()));
+        assert!(!metrics.healthy());
+        let samples = parse_exposition(&metrics.render());
+        assert_eq!(
+            value(&samples, "arc_onboard_event_queue_failing", &[]),
+            Some(1.0)
+        );
+        assert_eq!(value(&samples, "arc_onboard_healthy", &[]), Some(0.0));
+        // A pass that succeeds meanwhile does not hide it.
+        let none = BTreeMap::new();
+        metrics.record_pass("onboarding", true, Duration::ZERO, &none, &none, &none);
+        assert!(!metrics.healthy());
+        metrics.set_queue_problem(None);
+        assert!(metrics.healthy());
+        let samples = parse_exposition(&metrics.render());
+        assert_eq!(value(&samples, "arc_onboard_healthy", &[]), Some(1.0));
     }
 
     #[test]

@@ -170,6 +170,76 @@ pub async fn observe_account(
     let regions: Vec<RegionObservation> =
         regions.iter().filter_map(|r| by_region.remove(r)).collect();
 
+    let (profiles, role_policies, ssm_role) = observe_iam(&regions, config, iam).await;
+    AccountObservation {
+        account_id: account_id.to_string(),
+        regions,
+        profiles,
+        role_policies,
+        ssm_role,
+        arc,
+    }
+}
+
+/// Observes just these instances of one region (the event path): `DescribeInstances` by id with the tag
+/// filter, then the same profile, SSM, in-flight and IAM lookups as [`observe_account`]. An id the tag
+/// filter excludes, or that does not exist, is simply absent.
+pub async fn observe_instances(
+    account_id: &str,
+    region: &str,
+    instance_ids: &[String],
+    config: &Config,
+    (ec2, iam, ssm): (&impl Ec2, &impl Iam, &impl Ssm),
+    in_flight_window: Duration,
+    arc: ArcObservation,
+) -> AccountObservation {
+    let tag = config.aws.tag_filter.as_ref();
+    let span = info_span!("observe_instances", account = %account_id, region = %region);
+    let observed = async {
+        match ec2
+            .describe_instances_by_id(region, instance_ids, tag)
+            .await
+        {
+            Ok(list) => {
+                let ids: Vec<String> = list.iter().map(|i| i.instance_id.clone()).collect();
+                complete_region(region.to_string(), list, ec2, ssm, in_flight_window, &ids).await
+            }
+            Err(error) => {
+                warn!(error = %error, "cannot describe the instances");
+                RegionObservation {
+                    region: region.to_string(),
+                    instances: Vec::new(),
+                    error: Some(error),
+                    ssm_error: None,
+                    in_flight: HashMap::new(),
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    let regions = vec![observed];
+    let (profiles, role_policies, ssm_role) = observe_iam(&regions, config, iam).await;
+    AccountObservation {
+        account_id: account_id.to_string(),
+        regions,
+        profiles,
+        role_policies,
+        ssm_role,
+        arc,
+    }
+}
+
+/// Profile, role and policy lookups for every profile the observed instances use plus the SSM role's.
+async fn observe_iam(
+    regions: &[RegionObservation],
+    config: &Config,
+    iam: &impl Iam,
+) -> (
+    BTreeMap<String, Lookup<InstanceProfile>>,
+    BTreeMap<String, Lookup<Vec<String>>>,
+    Lookup<Role>,
+) {
     let mut profile_names: BTreeSet<String> = regions
         .iter()
         .flat_map(|r| &r.instances)
@@ -207,14 +277,7 @@ pub async fn observe_account(
         .collect()
         .await;
 
-    AccountObservation {
-        account_id: account_id.to_string(),
-        regions,
-        profiles,
-        role_policies,
-        ssm_role,
-        arc,
-    }
+    (profiles, role_policies, ssm_role)
 }
 
 async fn observe_region(
@@ -224,7 +287,7 @@ async fn observe_region(
     ssm: &impl Ssm,
     in_flight_window: Duration,
 ) -> RegionObservation {
-    let mut instances = match ec2.describe_instances(&region, tag.as_ref()).await {
+    let instances = match ec2.describe_instances(&region, tag.as_ref()).await {
         Ok(list) => list,
         Err(error) => {
             warn!(error = %error, "cannot list instances");
@@ -237,10 +300,23 @@ async fn observe_region(
             };
         }
     };
+    complete_region(region, instances, ec2, ssm, in_flight_window, &[]).await
+}
+
+/// Completes a region's observation from its listed instances: profile associations (of `association_ids`,
+/// or all when empty), SSM registration of the running ones, and install commands still in flight.
+async fn complete_region(
+    region: String,
+    mut instances: Vec<Ec2Instance>,
+    ec2: &impl Ec2,
+    ssm: &impl Ssm,
+    in_flight_window: Duration,
+    association_ids: &[String],
+) -> RegionObservation {
     instances.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
     if !instances.is_empty() {
         // Associations are authoritative for profiles still being associated; the instance field can lag.
-        match ec2.profile_associations(&region, &[]).await {
+        match ec2.profile_associations(&region, association_ids).await {
             Ok(associations) => {
                 let by_instance: HashMap<&str, &str> = associations
                     .iter()

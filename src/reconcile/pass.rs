@@ -441,6 +441,45 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     .await
 }
 
+/// The event path's pass over a few instances: plans `obs` (instances observed by id, see
+/// [`crate::reconcile::observe::observe_instances`]) with the state file's memory, keeps the rows `keep`
+/// selects, and executes them in `opts.scope` exactly as a pass would; instances the observation does not
+/// hold are left alone in the state file (it is not the whole fleet). Without `[azure]` nothing is
+/// executed. Returns the plan as executed.
+#[allow(clippy::too_many_arguments)]
+pub async fn execute_observed<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
+    config: &Config,
+    obs: &crate::reconcile::observe::AccountObservation,
+    ports: &AwsPorts<'_, T, E, I, S>,
+    arm: &A,
+    token: &MutationToken,
+    opts: &PassOptions,
+    durable: &Durable<'_>,
+    now: SystemTime,
+    keep: impl Fn(&crate::reconcile::plan::InstancePlan) -> bool,
+) -> AccountPlan {
+    let records = load_records(durable, &obs.account_id).await;
+    let mut plan = plan_account(obs, config, &memory_of(&records, now));
+    plan.instances.retain(|row| keep(row));
+    if let Some(azure) = &config.azure {
+        let ctx = Exec {
+            token,
+            arm,
+            azure,
+            config,
+            opts,
+            durable: Some(durable),
+            regions: &[],
+            records: &records,
+            now,
+        };
+        if let Some(note) = execute(&ctx, &mut plan, ports).await {
+            info!(account = %plan.account_id, %note, "account-level changes");
+        }
+    }
+    plan
+}
+
 /// `create-resource-group`; on failure every instance waiting for the agent fails with the reason.
 async fn create_resource_group(
     token: &MutationToken,

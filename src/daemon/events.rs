@@ -1,0 +1,872 @@
+//! Event-driven onboarding: the daemon long-polls the SQS queue EventBridge feeds, and onboards each
+//! instance an event names at once instead of at the next scheduled pass.
+//!
+//! Three loops share one task:
+//! - **intake**: `ReceiveMessage` (20 s long polls, 10 messages; after a full answer, up to 100 messages
+//!   are taken at once, and their regions prepared in parallel); each instance named by an in-scope event
+//!   is observed by id (the tag filter still decides), planned by the same pure planner, given its IAM at
+//!   once where `[iam]` allows, and recorded in the state file; only then is its message deleted.
+//! - **watcher**: instances not Online in SSM yet are polled together per account and region with
+//!   `DescribeInstanceInformation` filtered by their ids, every [`poll_interval`] (2 s at first, backing off
+//!   to 30 s), for at most [`EventOptions::watch_bound`] (15 minutes by default); after that the periodic
+//!   onboarding pass takes over.
+//! - **installer**: instances that come Online are batched per account and region (every full 50 go at
+//!   once; the rest when nothing else is being watched there, after [`EventOptions::batch_quiet`] without
+//!   a newcomer, or [`EventOptions::batch_max_wait`] after the first) and installed with the pass's own
+//!   install code, then verified in Azure.
+//!
+//! # Guarantees
+//! - A message is deleted only after its instance is recorded in the state file; a crash before that
+//!   means SQS redelivers it. Malformed messages, other events, and accounts, regions or instances out of
+//!   scope are deleted, counted in `arc_onboard_events_total{result}` and logged; none is fatal.
+//! - Never a second install while one is in flight: an instance already being watched or installed here
+//!   is not taken again; the planner sees commands in flight in the state file (journalled before they
+//!   are waited for) and in SSM; and event installs hold the daemon's pass gate for reading from planning
+//!   to their end, while the scheduled passes hold it for writing, so a pass and an event install never
+//!   plan the same instance at once.
+//! - A queue that cannot be read (deleted, access denied) is reported by `/healthz` and retried with
+//!   backoff; the schedules keep running.
+//!
+//! # Caveats
+//! - An event install waits for a scheduled pass in progress to end (and a pass waits for the event
+//!   installs in progress), so during a long onboarding pass events are received and given their IAM
+//!   at once, but installed after the pass.
+//! - Accounts in scope are the caller's today; [`crate::daemon::event_message::in_scope`] takes the set, so accounts of
+//!   an organization extend it.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::{watch, Notify, RwLock};
+use tokio::time::Instant;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::adapters::azure::Arm;
+use crate::config::Config;
+use crate::daemon::event_message::{in_scope, parse, result, Parsed};
+use crate::daemon::metrics::Metrics;
+use crate::daemon::state::{unix, InstanceRecord};
+use crate::model::PingStatus;
+use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Queue, QueueMessage, Ssm, Sts};
+use crate::reconcile::observe::{observe_arc, observe_instances, ArcObservation};
+use crate::reconcile::pass::{execute_observed, AwsPorts, Durable, PassOptions, Scope};
+use crate::reconcile::plan::{AccountPlan, InstanceAction, Status};
+
+/// The most ids one `DescribeInstanceInformation` call (and one `SendCommand`) carries here.
+const IDS_PER_CALL: usize = 50;
+/// The most messages taken from the queue for one intake (ten receives of ten).
+const INTAKE_MAX: usize = 100;
+/// How many (account, region) groups of one intake are prepared at once.
+const INTAKE_CONCURRENCY: usize = 4;
+
+/// Pacing and bounds of the event path.
+#[derive(Debug, Clone)]
+pub struct EventOptions {
+    /// `WaitTimeSeconds` of each `ReceiveMessage` (SQS allows at most 20 s).
+    pub receive_wait: Duration,
+    /// `MaxNumberOfMessages` of each `ReceiveMessage` (SQS allows at most 10).
+    pub receive_max: i32,
+    /// How long an instance is watched for SSM registration before it is left to the periodic passes.
+    /// The SSM agent retries registration on its own backoff (5 minutes, growing to an hour), so a longer
+    /// watch would mostly poll for nothing.
+    pub watch_bound: Duration,
+    /// An install batch closes once no instance has joined it for this long.
+    pub batch_quiet: Duration,
+    /// An install batch closes at the latest this long after its first instance joined.
+    pub batch_max_wait: Duration,
+    /// Longest pause between two attempts to read a queue that cannot be read.
+    pub queue_retry_max: Duration,
+    /// Install and verification bounds, as the daemon's passes use them.
+    pub pass: PassOptions,
+    /// On shutdown, how long event installs in progress may go on tracking their commands.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for EventOptions {
+    fn default() -> Self {
+        EventOptions {
+            receive_wait: Duration::from_secs(20),
+            receive_max: 10,
+            watch_bound: Duration::from_secs(15 * 60),
+            batch_quiet: Duration::from_secs(3),
+            batch_max_wait: Duration::from_secs(10),
+            queue_retry_max: Duration::from_secs(60),
+            pass: PassOptions::default(),
+            shutdown_grace: Duration::from_secs(120),
+        }
+    }
+}
+
+/// How long to wait before polling SSM again for an instance that has waited `age`: 2 s in its first
+/// minute (registration usually takes seconds once the agent has credentials), 10 s up to 5 minutes,
+/// then 30 s.
+pub fn poll_interval(age: Duration) -> Duration {
+    if age < Duration::from_secs(60) {
+        Duration::from_secs(2)
+    } else if age < Duration::from_secs(5 * 60) {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_secs(30)
+    }
+}
+
+/// What the event path works with besides its ports.
+pub struct EventContext<'a> {
+    /// The configuration.
+    pub config: &'a Config,
+    /// The daemon's mutation token.
+    pub token: &'a MutationToken,
+    /// The state file and its retry policy.
+    pub durable: &'a Durable<'a>,
+    /// Where results, API calls and the queue's health go.
+    pub metrics: &'a Metrics,
+    /// Held for reading by event installs, for writing by the scheduled passes.
+    pub gate: &'a RwLock<()>,
+}
+
+/// The ports of the event path: the AWS ports of the accounts in scope, Azure, and the queue.
+pub struct EventPorts<'a, T, E, I, S, A, Q> {
+    /// AWS (the caller's account).
+    pub aws: AwsPorts<'a, T, E, I, S>,
+    /// Azure Resource Manager.
+    pub arm: &'a A,
+    /// The event queue.
+    pub queue: &'a Q,
+}
+
+/// An instance waiting to come Online in SSM.
+#[derive(Debug, Clone, Copy)]
+struct Watch {
+    /// When the event path took it.
+    since: Instant,
+    /// When to ask SSM next.
+    next: Instant,
+}
+
+/// Instances Online and waiting for an install command.
+#[derive(Debug, Clone)]
+struct Ready {
+    /// When the first joined.
+    first: Instant,
+    /// When the last joined.
+    last: Instant,
+    ids: BTreeSet<String>,
+}
+
+/// (account, region).
+type Key = (String, String);
+/// Ids to ask SSM about, per (account, region).
+type PollWork = Vec<(Key, Vec<String>)>;
+
+/// Which instances the event path holds, and where.
+#[derive(Debug, Default)]
+struct Tracker {
+    watching: BTreeMap<Key, BTreeMap<String, Watch>>,
+    ready: BTreeMap<Key, Ready>,
+    installing: HashSet<(Key, String)>,
+}
+
+impl Tracker {
+    fn in_hand(&self, key: &Key, id: &str) -> bool {
+        self.watching.get(key).is_some_and(|w| w.contains_key(id))
+            || self.ready.get(key).is_some_and(|r| r.ids.contains(id))
+            || self.installing.contains(&(key.clone(), id.to_string()))
+    }
+
+    fn watch(&mut self, key: &Key, id: &str, now: Instant) {
+        self.watching.entry(key.clone()).or_default().insert(
+            id.to_string(),
+            Watch {
+                since: now,
+                next: now + poll_interval(Duration::ZERO),
+            },
+        );
+    }
+
+    fn make_ready(&mut self, key: &Key, id: &str, now: Instant) {
+        let batch = self.ready.entry(key.clone()).or_insert_with(|| Ready {
+            first: now,
+            last: now,
+            ids: BTreeSet::new(),
+        });
+        batch.last = now;
+        batch.ids.insert(id.to_string());
+    }
+
+    fn watched(&self) -> usize {
+        self.watching.values().map(BTreeMap::len).sum()
+    }
+
+    fn next_poll(&self) -> Option<Instant> {
+        self.watching
+            .values()
+            .flat_map(|w| w.values().map(|w| w.next))
+            .min()
+    }
+
+    /// Per group, the ids to ask SSM about now: those due (or due within a moment), topped up with the
+    /// group's next due ones to fill the calls they need anyway. Drops the instances past `bound`.
+    fn due(&mut self, now: Instant, bound: Duration) -> (PollWork, Vec<(Key, String)>) {
+        let soon = now + Duration::from_millis(250);
+        let mut work = Vec::new();
+        let mut given_up = Vec::new();
+        for (key, group) in &mut self.watching {
+            group.retain(|id, w| {
+                let keep = now.duration_since(w.since) <= bound;
+                if !keep {
+                    given_up.push((key.clone(), id.clone()));
+                }
+                keep
+            });
+            let mut by_next: Vec<(&String, &Watch)> = group.iter().collect();
+            by_next.sort_by_key(|(_, w)| w.next);
+            let due = by_next.iter().filter(|(_, w)| w.next <= soon).count();
+            if due == 0 {
+                continue;
+            }
+            let take = due.div_ceil(IDS_PER_CALL) * IDS_PER_CALL;
+            let ids = by_next
+                .iter()
+                .take(take)
+                .map(|(id, _)| (*id).clone())
+                .collect();
+            work.push((key.clone(), ids));
+        }
+        self.watching.retain(|_, g| !g.is_empty());
+        (work, given_up)
+    }
+
+    /// Install batches that may close now, and when the next one may.
+    fn closable(
+        &mut self,
+        now: Instant,
+        opts: &EventOptions,
+    ) -> (Vec<(Key, Vec<String>)>, Option<Instant>) {
+        let mut out = Vec::new();
+        let mut next: Option<Instant> = None;
+        let keys: Vec<Key> = self.ready.keys().cloned().collect();
+        for key in keys {
+            let batch = &self.ready[&key];
+            let nothing_coming = self.watching.get(&key).is_none_or(BTreeMap::is_empty);
+            let close_at = (batch.last + opts.batch_quiet).min(batch.first + opts.batch_max_wait);
+            if nothing_coming || close_at <= now {
+                let batch = self.ready.remove(&key).expect("listed above");
+                for id in &batch.ids {
+                    self.installing.insert((key.clone(), id.clone()));
+                }
+                out.push((key, batch.ids.into_iter().collect()));
+            } else if batch.ids.len() >= IDS_PER_CALL {
+                // Full commands go now; the rest waits for more to join it.
+                let batch = self.ready.get_mut(&key).expect("listed above");
+                let full = batch.ids.len() / IDS_PER_CALL * IDS_PER_CALL;
+                let ids: Vec<String> = batch.ids.iter().take(full).cloned().collect();
+                for id in &ids {
+                    batch.ids.remove(id);
+                    self.installing.insert((key.clone(), id.clone()));
+                }
+                if batch.ids.is_empty() {
+                    self.ready.remove(&key);
+                } else {
+                    batch.first = now;
+                    let close_at = (batch.last + opts.batch_quiet).min(now + opts.batch_max_wait);
+                    next = Some(next.map_or(close_at, |n| n.min(close_at)));
+                }
+                out.push((key, ids));
+            } else {
+                next = Some(next.map_or(close_at, |n| n.min(close_at)));
+            }
+        }
+        (out, next)
+    }
+}
+
+/// The event path of one daemon.
+struct EventLoop<'a, T, E, I, S, A, Q> {
+    ctx: &'a EventContext<'a>,
+    ports: &'a EventPorts<'a, T, E, I, S, A, Q>,
+    opts: &'a EventOptions,
+    accounts: BTreeSet<String>,
+    tracker: Mutex<Tracker>,
+    /// Wakes the watcher when an instance is added.
+    watch_wake: Notify,
+    /// Wakes the installer when an instance is ready.
+    install_wake: Notify,
+    /// API calls already added to the metrics.
+    flushed: Mutex<BTreeMap<String, u64>>,
+}
+
+/// Runs the event path until `shutdown` resolves; event installs in progress then get
+/// [`EventOptions::shutdown_grace`] to finish (a command still in flight is in the state file, and the
+/// next start's pass tracks it).
+pub async fn run<T, E, I, S, A, Q>(
+    ctx: &EventContext<'_>,
+    ports: &EventPorts<'_, T, E, I, S, A, Q>,
+    opts: &EventOptions,
+    shutdown: impl Future<Output = ()>,
+) where
+    T: Sts,
+    E: Ec2,
+    I: Iam,
+    S: Ssm,
+    A: Arm,
+    Q: Queue,
+{
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    let body = async {
+        let Some(accounts) = caller_account(ports.aws.sts, opts, stop_rx.clone()).await else {
+            return;
+        };
+        info!(accounts = ?accounts, "event path started");
+        let event_loop = EventLoop {
+            ctx,
+            ports,
+            opts,
+            accounts,
+            tracker: Mutex::new(Tracker::default()),
+            watch_wake: Notify::new(),
+            install_wake: Notify::new(),
+            flushed: Mutex::new(BTreeMap::new()),
+        };
+        tokio::join!(
+            event_loop.receive_loop(stop_rx.clone()),
+            event_loop.watch_loop(stop_rx.clone()),
+            event_loop.install_loop(stop_rx.clone()),
+        );
+        event_loop.flush_calls();
+    };
+    tokio::join!(signal, body);
+}
+
+/// Resolves once `stop` says so.
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The accounts in scope: the caller's, asked of STS until it answers (or shutdown).
+async fn caller_account(
+    sts: &impl Sts,
+    opts: &EventOptions,
+    stop: watch::Receiver<bool>,
+) -> Option<BTreeSet<String>> {
+    let mut wait = Duration::from_secs(1);
+    loop {
+        match sts.account_id().await {
+            Ok(account) => return Some([account].into()),
+            Err(e) => {
+                warn!(error = %e, retry_in_s = wait.as_secs(), "event path: cannot identify the account");
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = stopped(stop.clone()) => return None,
+                }
+                wait = (wait * 2).min(opts.queue_retry_max);
+            }
+        }
+    }
+}
+
+impl<T, E, I, S, A, Q> EventLoop<'_, T, E, I, S, A, Q>
+where
+    T: Sts,
+    E: Ec2,
+    I: Iam,
+    S: Ssm,
+    A: Arm,
+    Q: Queue,
+{
+    fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
+        self.tracker.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn counter(&self) -> &ApiCounter {
+        self.ports.aws.counter
+    }
+
+    /// Adds the calls made since the last flush to the metrics.
+    fn flush_calls(&self) {
+        let now = self.counter().snapshot();
+        let mut flushed = self.flushed.lock().unwrap_or_else(|e| e.into_inner());
+        let delta: BTreeMap<String, u64> = now
+            .iter()
+            .map(|(op, n)| (op.clone(), n - flushed.get(op).copied().unwrap_or(0)))
+            .collect();
+        self.ctx.metrics.add_api_calls(&delta);
+        *flushed = now;
+    }
+
+    // ----- intake ------------------------------------------------------------------------------------
+
+    async fn receive_loop(&self, stop: watch::Receiver<bool>) {
+        let mut failures: u32 = 0;
+        loop {
+            let received = tokio::select! {
+                r = self.ports.queue.receive(self.opts.receive_wait, self.opts.receive_max) => r,
+                () = stopped(stop.clone()) => return,
+            };
+            match received {
+                Ok(mut messages) => {
+                    if failures > 0 {
+                        info!("the event queue can be read again");
+                        self.ctx.metrics.set_queue_problem(None);
+                    }
+                    failures = 0;
+                    // A full answer means more are waiting: take them too (without waiting), so that a
+                    // burst is observed and installed in fewer, larger calls.
+                    let mut last = messages.len();
+                    while last >= self.opts.receive_max as usize && messages.len() < INTAKE_MAX {
+                        match self
+                            .ports
+                            .queue
+                            .receive(Duration::ZERO, self.opts.receive_max)
+                            .await
+                        {
+                            Ok(more) => {
+                                last = more.len();
+                                messages.extend(more);
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    if !messages.is_empty() {
+                        self.intake(messages).await;
+                    }
+                }
+                Err(e) => {
+                    failures += 1;
+                    let wait = Duration::from_secs(1)
+                        .saturating_mul(2u32.saturating_pow(failures.min(16) - 1))
+                        .min(self.opts.queue_retry_max);
+                    warn!(error = %e, retry_in_s = wait.as_secs(), "cannot read the event queue; the schedules go on");
+                    self.ctx
+                        .metrics
+                        .set_queue_problem(Some(format!("{}: {}", e.code, e.message)));
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = stopped(stop.clone()) => return,
+                    }
+                }
+            }
+            self.flush_calls();
+        }
+    }
+
+    /// Handles one batch of messages: sorts them, prepares the in-scope instances, deletes what is done.
+    async fn intake(&self, messages: Vec<QueueMessage>) {
+        let regions = &self.ctx.config.aws.regions;
+        let mut delete: Vec<String> = Vec::new();
+        let mut groups: BTreeMap<Key, Vec<(String, QueueMessage)>> = BTreeMap::new();
+        for m in messages {
+            let id = m.message_id.clone();
+            match parse(&m.body) {
+                Parsed::Malformed(why) => {
+                    warn!(message.id = %id, %why, "malformed event message; deleted");
+                    self.ctx.metrics.record_event(result::MALFORMED);
+                    delete.push(m.receipt_handle);
+                }
+                Parsed::Ignored(why) => {
+                    debug!(message.id = %id, %why, "event of another kind; deleted");
+                    self.ctx.metrics.record_event(result::IGNORED);
+                    delete.push(m.receipt_handle);
+                }
+                Parsed::Instance(ev) => {
+                    if let Err(why) = in_scope(&ev, &self.accounts, regions) {
+                        info!(message.id = %id, instance.id = %ev.instance_id, account = %ev.account, region = %ev.region, %why, "event out of scope; deleted");
+                        self.ctx.metrics.record_event(result::OUT_OF_SCOPE);
+                        delete.push(m.receipt_handle);
+                        continue;
+                    }
+                    let key = (ev.account.clone(), ev.region.clone());
+                    if self.tracker().in_hand(&key, &ev.instance_id) {
+                        info!(message.id = %id, instance.id = %ev.instance_id, region = %ev.region, "event for an instance already being onboarded; deleted");
+                        self.ctx.metrics.record_event(result::ACCEPTED);
+                        delete.push(m.receipt_handle);
+                        continue;
+                    }
+                    groups.entry(key).or_default().push((ev.instance_id, m));
+                }
+            }
+        }
+        let prepared: Vec<_> = futures::stream::iter(groups)
+            .map(|(key, items)| async move {
+                let ids: Vec<String> = items
+                    .iter()
+                    .map(|(id, _)| id.clone())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                let span = info_span!("event_intake", account = %key.0, region = %key.1, instances = ids.len());
+                let outcome = self.prepare(&key, &ids).instrument(span).await;
+                (key, items, outcome)
+            })
+            .buffer_unordered(INTAKE_CONCURRENCY)
+            .collect()
+            .await;
+        for (key, items, outcome) in prepared {
+            match outcome {
+                Ok(present) => {
+                    for (id, m) in items {
+                        if present.contains(&id) {
+                            self.ctx.metrics.record_event(result::ACCEPTED);
+                        } else {
+                            info!(message.id = %m.message_id, instance.id = %id, region = %key.1, "event names an instance out of scope (tag filter, terminated or unknown); deleted");
+                            self.ctx.metrics.record_event(result::OUT_OF_SCOPE);
+                        }
+                        delete.push(m.receipt_handle);
+                    }
+                }
+                Err(why) => {
+                    for (id, m) in items {
+                        warn!(message.id = %m.message_id, instance.id = %id, region = %key.1, %why, "event not handled now; left on the queue to be redelivered");
+                        self.ctx.metrics.record_event(result::RETRY);
+                    }
+                }
+            }
+        }
+        if delete.is_empty() {
+            return;
+        }
+        match self.ports.queue.delete(self.ctx.token, &delete).await {
+            Ok(failed) if failed.is_empty() => {}
+            Ok(failed) => {
+                warn!(
+                    messages = failed.len(),
+                    "some event messages were not deleted; their redelivery is harmless"
+                )
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot delete event messages; their redelivery is harmless")
+            }
+        }
+    }
+
+    /// What Azure says about the account's Arc machines (two calls).
+    async fn arc(&self, account: &str) -> ArcObservation {
+        match &self.ctx.config.azure {
+            Some(az) => observe_arc(self.ports.arm, &az.resource_group_for(account)).await,
+            None => ArcObservation::NotConfigured,
+        }
+    }
+
+    /// Observes the instances, gives them their IAM where `[iam]` allows, records them in the state file
+    /// and hands those that need the agent to the watcher or the installer. Returns the instances that
+    /// are in scope (the others were filtered out by the tag filter, or are terminated or unknown).
+    async fn prepare(&self, key: &Key, ids: &[String]) -> Result<BTreeSet<String>, String> {
+        let (account, region) = key;
+        let aws = &self.ports.aws;
+        let arc = self.arc(account).await;
+        let window = self.opts.pass.install.in_flight_window();
+        let obs = observe_instances(
+            account,
+            region,
+            ids,
+            self.ctx.config,
+            (aws.ec2, aws.iam, aws.ssm),
+            window,
+            arc,
+        )
+        .await;
+        if let Some(e) = obs.regions.first().and_then(|r| r.error.as_ref()) {
+            return Err(e.to_string());
+        }
+        let mut opts = self.opts.pass.clone();
+        opts.apply.wait_for_ssm = Duration::ZERO;
+        opts.scope = Scope {
+            iam: true,
+            install: false,
+        };
+        let now = SystemTime::now();
+        let mut plan = execute_observed(
+            self.ctx.config,
+            &obs,
+            aws,
+            self.ports.arm,
+            self.ctx.token,
+            &opts,
+            self.ctx.durable,
+            now,
+            |_| true,
+        )
+        .await;
+        let mut follow: Vec<(String, bool)> = Vec::new();
+        for row in &mut plan.instances {
+            if row.status == Status::WaitingForSsm
+                && row.state == crate::model::InstanceState::Running
+            {
+                let online = row.ssm_ping == Some(PingStatus::Online);
+                row.detail = if online {
+                    "event: Online in SSM; the agent install is queued".into()
+                } else {
+                    "event: IAM in place; waiting for SSM registration, then the agent is installed"
+                        .into()
+                };
+                follow.push((row.instance_id.clone(), online));
+            }
+            info!(instance.id = %row.instance_id, status = %row.status, detail = %row.detail, "event: instance observed");
+        }
+        record(self.ctx.durable, &plan, now).await.map_err(|e| {
+            format!(
+                "cannot record in the state file: {}",
+                crate::error::chain(&e)
+            )
+        })?;
+        let present: BTreeSet<String> = plan
+            .instances
+            .iter()
+            .map(|r| r.instance_id.clone())
+            .collect();
+        if !follow.is_empty() {
+            let now = Instant::now();
+            let mut tracker = self.tracker();
+            for (id, online) in follow {
+                if online {
+                    tracker.make_ready(key, &id, now);
+                } else {
+                    tracker.watch(key, &id, now);
+                }
+            }
+            self.ctx.metrics.set_watched(tracker.watched());
+            drop(tracker);
+            self.watch_wake.notify_one();
+            self.install_wake.notify_one();
+        }
+        Ok(present)
+    }
+
+    // ----- watcher -----------------------------------------------------------------------------------
+
+    async fn watch_loop(&self, stop: watch::Receiver<bool>) {
+        loop {
+            let next = self.tracker().next_poll();
+            tokio::select! {
+                () = async {
+                    match next {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                () = self.watch_wake.notified() => continue,
+                () = stopped(stop.clone()) => return,
+            }
+            self.poll_due().await;
+            self.flush_calls();
+        }
+    }
+
+    /// Asks SSM about the instances due, per account and region; moves those Online to the installer.
+    async fn poll_due(&self) {
+        let now = Instant::now();
+        let (work, given_up) = self.tracker().due(now, self.opts.watch_bound);
+        for ((account, region), id) in &given_up {
+            info!(instance.id = %id, %account, %region, bound_s = self.opts.watch_bound.as_secs(),
+                "not Online in SSM within the watch bound; the periodic onboarding pass takes over");
+        }
+        let mut any_ready = false;
+        for (key, ids) in work {
+            let answer = self
+                .ports
+                .aws
+                .ssm
+                .describe_instance_information(&key.1, &ids)
+                .await;
+            let now = Instant::now();
+            let mut tracker = self.tracker();
+            let online: HashSet<String> = match &answer {
+                Ok(list) => list
+                    .iter()
+                    .filter(|s| s.ping == PingStatus::Online)
+                    .map(|s| s.instance_id.clone())
+                    .collect(),
+                Err(e) => {
+                    warn!(region = %key.1, error = %e, "cannot ask SSM about the instances waiting for it");
+                    HashSet::new()
+                }
+            };
+            let mut became_ready = Vec::new();
+            if let Some(group) = tracker.watching.get_mut(&key) {
+                for id in &ids {
+                    if online.contains(id) {
+                        group.remove(id);
+                        became_ready.push(id.clone());
+                    } else if let Some(w) = group.get_mut(id) {
+                        let mut wait = poll_interval(now.duration_since(w.since));
+                        if answer.is_err() {
+                            wait = wait.max(Duration::from_secs(5));
+                        }
+                        w.next = now + wait;
+                    }
+                }
+            }
+            for id in &became_ready {
+                debug!(instance.id = %id, region = %key.1, "Online in SSM");
+                tracker.make_ready(&key, id, now);
+                any_ready = true;
+            }
+            tracker.watching.retain(|_, g| !g.is_empty());
+        }
+        self.ctx.metrics.set_watched(self.tracker().watched());
+        if any_ready {
+            self.install_wake.notify_one();
+        }
+    }
+
+    // ----- installer ---------------------------------------------------------------------------------
+
+    async fn install_loop(&self, stop: watch::Receiver<bool>) {
+        let mut running = FuturesUnordered::new();
+        loop {
+            let (batches, next) = self.tracker().closable(Instant::now(), self.opts);
+            for (key, ids) in batches {
+                running.push(self.install(key, ids));
+            }
+            tokio::select! {
+                Some(()) = running.next(), if !running.is_empty() => {}
+                () = async {
+                    match next {
+                        Some(t) => tokio::time::sleep_until(t).await,
+                        None => std::future::pending().await,
+                    }
+                } => {}
+                () = self.install_wake.notified() => {}
+                () = stopped(stop.clone()) => break,
+            }
+        }
+        if !running.is_empty() {
+            let drain = async { while running.next().await.is_some() {} };
+            if tokio::time::timeout(self.opts.shutdown_grace, drain)
+                .await
+                .is_err()
+            {
+                warn!("event installs still in flight at shutdown; the next start tracks them");
+            }
+        }
+    }
+
+    /// Installs the agent on one batch (one account and region), with the passes' own code.
+    async fn install(&self, key: Key, ids: Vec<String>) {
+        let span =
+            info_span!("event_install", account = %key.0, region = %key.1, instances = ids.len());
+        async {
+            {
+                let _shared = self.ctx.gate.read().await;
+                let aws = &self.ports.aws;
+                let arc = self.arc(&key.0).await;
+                let window = self.opts.pass.install.in_flight_window();
+                let obs = observe_instances(
+                    &key.0,
+                    &key.1,
+                    &ids,
+                    self.ctx.config,
+                    (aws.ec2, aws.iam, aws.ssm),
+                    window,
+                    arc,
+                )
+                .await;
+                let mut opts = self.opts.pass.clone();
+                opts.apply.wait_for_ssm = Duration::ZERO;
+                opts.scope = Scope {
+                    iam: false,
+                    install: true,
+                };
+                opts.install.correlation_id = uuid::Uuid::new_v4().to_string();
+                let plan = execute_observed(
+                    self.ctx.config,
+                    &obs,
+                    aws,
+                    self.ports.arm,
+                    self.ctx.token,
+                    &opts,
+                    self.ctx.durable,
+                    SystemTime::now(),
+                    |row| {
+                        row.status == Status::Planned
+                            && row.actions.contains(&InstanceAction::InstallAgent)
+                    },
+                )
+                .await;
+                log_installs(&plan, &ids);
+            }
+            let mut tracker = self.tracker();
+            for id in &ids {
+                tracker.installing.remove(&(key.clone(), id.clone()));
+            }
+        }
+        .instrument(span)
+        .await;
+        self.flush_calls();
+    }
+}
+
+/// Logs what became of an install batch.
+fn log_installs(plan: &AccountPlan, ids: &[String]) {
+    let handled: HashMap<&str, &crate::reconcile::plan::InstancePlan> = plan
+        .instances
+        .iter()
+        .map(|r| (r.instance_id.as_str(), r))
+        .collect();
+    for id in ids {
+        match handled.get(id.as_str()) {
+            Some(row) => {
+                info!(instance.id = %id, status = %row.status, detail = %row.detail, "event install finished")
+            }
+            None => {
+                info!(instance.id = %id, "event install not needed (onboarded, in flight, or no longer eligible)")
+            }
+        }
+    }
+}
+
+/// Records the event path's rows in the state file, keeping what the file remembers (attempts, the
+/// last failure, backoff) and never overwriting a command in flight.
+async fn record(
+    durable: &Durable<'_>,
+    plan: &AccountPlan,
+    now: SystemTime,
+) -> Result<(), crate::daemon::state::StateError> {
+    let previous: HashMap<(String, String), InstanceRecord> = durable
+        .db
+        .all()
+        .await?
+        .into_iter()
+        .filter(|r| r.account_id == plan.account_id)
+        .map(|r| ((r.region.clone(), r.instance_id.clone()), r))
+        .collect();
+    let now = unix(now);
+    let records: Vec<InstanceRecord> = plan
+        .instances
+        .iter()
+        .filter_map(|row| {
+            let prev = previous.get(&(row.region.clone(), row.instance_id.clone()));
+            let in_flight = prev.is_some_and(|p| p.command_id.is_some());
+            if in_flight && row.status == Status::InProgress {
+                // Recorded already, with its command.
+                return None;
+            }
+            Some(InstanceRecord {
+                account_id: row.account_id.clone(),
+                region: row.region.clone(),
+                instance_id: row.instance_id.clone(),
+                status: row.status.as_str().into(),
+                detail: row.detail.clone(),
+                command_id: None,
+                command_sent_at: None,
+                attempts: prev.map_or(0, |p| p.attempts),
+                last_error: prev.and_then(|p| p.last_error.clone()),
+                next_attempt_at: prev.and_then(|p| p.next_attempt_at),
+                last_seen_at: now,
+            })
+        })
+        .collect();
+    if records.is_empty() {
+        return Ok(());
+    }
+    durable.db.put(records).await
+}
+
+#[cfg(test)]
+mod tests;

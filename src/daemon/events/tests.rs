@@ -1,0 +1,257 @@
+//! Tests of the event path over the stateful fakes, in paused time.
+
+use std::sync::Arc;
+
+use super::*;
+use crate::adapters::azure::FakeArm;
+use crate::daemon::state::StateDb;
+use crate::fake::{FakeAws, FakeQueue, FAKE_ACCOUNT};
+use crate::model::{InstanceState, Platform};
+
+const CONFIG: &str = "[aws]\nregions = [\"us-east-1\"]\ntag_filter = { key = \"arc\", value = \"onboard\" }\n[events]\nqueue_url = \"https://sqs.us-east-1.amazonaws.com/123456789012/q\"\n[azure]\ntenant_id = \"00000000-0000-0000-0000-000000000001\"\nsubscription_id = \"00000000-0000-0000-0000-000000000002\"\nclient_id = \"00000000-0000-0000-0000-000000000003\"\nlocation = \"eastus\"\n";
+
+fn running(id: &str) -> String {
+    serde_json::json!({"detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2",
+        "account": FAKE_ACCOUNT, "region": "us-east-1", "resources": [],
+        "detail": {"instance-id": id, "state": "running"}})
+    .to_string()
+}
+
+struct Fixture {
+    aws: Arc<FakeAws>,
+    arm: Arc<FakeArm>,
+    queue: FakeQueue,
+    db: StateDb,
+    _dir: tempfile::TempDir,
+    config: Config,
+}
+
+async fn fixture() -> Fixture {
+    let aws = Arc::new(FakeAws::new(&["us-east-1"]));
+    let arm = Arc::new(FakeArm::default());
+    aws.link_arm(arm.clone(), "aws_123456789012");
+    aws.add_role(
+        "AppRole",
+        &[crate::config::SSM_POLICY_ARN],
+        Some("AppProfile"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
+    Fixture {
+        aws,
+        arm,
+        queue: FakeQueue::default(),
+        db,
+        _dir: dir,
+        config: Config::parse(CONFIG, std::path::Path::new("t")).unwrap(),
+    }
+}
+
+/// Runs the event path over the fixture for `secs` of (paused) time.
+async fn run_for(f: &Fixture, secs: u64) -> Arc<Metrics> {
+    let metrics = Arc::new(Metrics::new(3));
+    let token = MutationToken::mint();
+    let durable = Durable {
+        db: &f.db,
+        retry_base: Duration::from_secs(900),
+        retry_max: Duration::from_secs(86_400),
+    };
+    let gate = RwLock::new(());
+    let ctx = EventContext {
+        config: &f.config,
+        token: &token,
+        durable: &durable,
+        metrics: &metrics,
+        gate: &gate,
+    };
+    let ports = EventPorts {
+        aws: AwsPorts {
+            sts: &*f.aws,
+            ec2: &*f.aws,
+            iam: &*f.aws,
+            ssm: &*f.aws,
+            counter: &f.aws.calls,
+        },
+        arm: &*f.arm,
+        queue: &f.queue,
+    };
+    let opts = EventOptions::default();
+    run(
+        &ctx,
+        &ports,
+        &opts,
+        tokio::time::sleep(Duration::from_secs(secs)),
+    )
+    .await;
+    metrics
+}
+
+fn rendered(metrics: &Metrics, result: &str) -> bool {
+    metrics
+        .render()
+        .contains(&format!("arc_onboard_events_total{{result=\"{result}\"}} "))
+}
+
+fn count(metrics: &Metrics, result: &str) -> u64 {
+    let text = metrics.render();
+    let series = format!("arc_onboard_events_total{{result=\"{result}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_onboards_its_instance_and_its_message_goes_once_it_is_recorded() {
+    let f = fixture().await;
+    f.aws.add_instance(
+        "us-east-1",
+        "i-1",
+        Platform::Linux,
+        InstanceState::Running,
+        Some("AppProfile"),
+        &[("arc", "onboard")],
+    );
+    f.queue.send(&running("i-1"));
+    let metrics = run_for(&f, 60).await;
+    assert!(f.queue.is_empty(), "the message was deleted");
+    assert_eq!(count(&metrics, "accepted"), 1);
+    let records = f.db.all().await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].status, "onboarded", "{records:?}");
+    assert_eq!(f.aws.calls.count("ssm:SendCommand"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_other_and_out_of_scope_messages_are_deleted_and_counted() {
+    let f = fixture().await;
+    f.aws.add_instance(
+        "us-east-1",
+        "i-untagged",
+        Platform::Linux,
+        InstanceState::Running,
+        Some("AppProfile"),
+        &[],
+    );
+    f.queue.send("garbage");
+    f.queue.send(&running("i-untagged"));
+    f.queue.send(&running("i-unknown"));
+    f.queue
+        .send(&running("i-1").replace(FAKE_ACCOUNT, "210987654321"));
+    f.queue
+        .send(&running("i-1").replace("\"running\"", "\"stopped\""));
+    let metrics = run_for(&f, 30).await;
+    assert!(f.queue.is_empty());
+    assert_eq!(count(&metrics, "malformed"), 1);
+    assert_eq!(count(&metrics, "out-of-scope"), 3);
+    assert_eq!(count(&metrics, "ignored"), 1);
+    assert!(rendered(&metrics, "accepted"));
+    assert!(f.db.all().await.unwrap().is_empty(), "nothing recorded");
+    assert_eq!(f.aws.calls.count("ssm:SendCommand"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn instances_without_a_profile_get_it_at_once_and_a_burst_shares_its_commands() {
+    let f = fixture().await;
+    for n in 0..60 {
+        let id = format!("i-{n:03}");
+        f.aws.add_instance(
+            "us-east-1",
+            &id,
+            Platform::Linux,
+            InstanceState::Running,
+            None,
+            &[("arc", "onboard")],
+        );
+        f.queue.send(&running(&id));
+    }
+    let metrics = run_for(&f, 120).await;
+    assert!(f.queue.is_empty());
+    assert_eq!(count(&metrics, "accepted"), 60);
+    assert_eq!(f.aws.calls.count("ec2:AssociateIamInstanceProfile"), 60);
+    let records = f.db.all().await.unwrap();
+    assert!(
+        records.iter().all(|r| r.status == "onboarded"),
+        "{records:?}"
+    );
+    // 60 instances Online together: the batch minimum is 2 commands (50 + 10).
+    assert_eq!(f.aws.calls.count("ssm:SendCommand"), 2);
+    // The watcher asks about them together, not one by one.
+    let polls = f.aws.calls.count("ssm:DescribeInstanceInformation");
+    assert!(polls <= 30, "{polls} SSM polls for 60 instances");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_duplicate_event_while_the_instance_is_handled_sends_no_second_install() {
+    let f = fixture().await;
+    f.aws.add_instance(
+        "us-east-1",
+        "i-1",
+        Platform::Linux,
+        InstanceState::Running,
+        Some("AppProfile"),
+        &[("arc", "onboard")],
+    );
+    for _ in 0..3 {
+        f.queue.send(&running("i-1"));
+    }
+    let metrics = run_for(&f, 60).await;
+    assert!(f.queue.is_empty());
+    assert_eq!(count(&metrics, "accepted"), 3);
+    assert_eq!(f.aws.calls.count("ssm:SendCommand"), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lost_queue_is_reported_and_the_loop_goes_on() {
+    let f = fixture().await;
+    f.queue.delete_queue();
+    let metrics = run_for(&f, 30).await;
+    assert!(!metrics.healthy());
+    assert!(metrics
+        .queue_problem()
+        .unwrap()
+        .contains("NonExistentQueue"));
+    let receives = f.queue.calls.count("sqs:ReceiveMessage");
+    assert!(
+        (3..=10).contains(&receives),
+        "retried with backoff: {receives}"
+    );
+}
+
+#[test]
+fn poll_interval_backs_off_with_the_wait() {
+    assert_eq!(poll_interval(Duration::ZERO), Duration::from_secs(2));
+    assert_eq!(
+        poll_interval(Duration::from_secs(90)),
+        Duration::from_secs(10)
+    );
+    assert_eq!(
+        poll_interval(Duration::from_secs(600)),
+        Duration::from_secs(30)
+    );
+}
+
+#[test]
+fn full_commands_go_at_once_and_the_rest_waits_while_more_are_coming() {
+    let opts = EventOptions::default();
+    let now = Instant::now();
+    let key: Key = (FAKE_ACCOUNT.into(), "us-east-1".into());
+    let mut tracker = Tracker::default();
+    tracker.watch(&key, "i-still-waiting", now);
+    for n in 0..52 {
+        tracker.make_ready(&key, &format!("i-{n:03}"), now);
+    }
+    let (batches, next) = tracker.closable(now, &opts);
+    assert_eq!(batches.len(), 1);
+    assert_eq!(batches[0].1.len(), 50, "one full command");
+    assert_eq!(tracker.ready[&key].ids.len(), 2, "the rest waits");
+    assert_eq!(next, Some(now + opts.batch_quiet));
+    assert!(tracker.in_hand(&key, "i-000") && tracker.in_hand(&key, "i-051"));
+    // Quiet for long enough: the rest goes too.
+    let (batches, _) = tracker.closable(now + opts.batch_quiet, &opts);
+    assert_eq!(batches[0].1.len(), 2);
+    assert!(tracker.ready.is_empty());
+    // Nothing being watched: a lone instance goes at once.
+    let mut tracker = Tracker::default();
+    tracker.make_ready(&key, "i-lone", now);
+    assert_eq!(tracker.closable(now, &opts).0.len(), 1);
+}

@@ -8,10 +8,8 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::model::ApiCounts;
-use crate::reconcile::outcome::{AccountOutcome, InstanceOutcome};
-use crate::reconcile::plan::{
-    AccountPlan, InstancePlan, Planned, RegionError, SsmRoleSteps, Status,
-};
+use crate::reconcile::outcome::AccountOutcome;
+use crate::reconcile::plan::{AccountPlan, InstancePlan, RegionError, SsmRoleSteps, Status};
 
 /// Which command produced the report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -70,26 +68,6 @@ pub struct Report {
     pub summary: Summary,
 }
 
-/// A report row: the planned instance, and for `run` what happened to it, with the plan's status and
-/// detail kept in `planned`.
-fn with_outcome(mut row: InstancePlan, outcome: Option<InstanceOutcome>) -> InstancePlan {
-    if let Some(o) = outcome {
-        row.planned = Some(Planned {
-            status: row.status,
-            detail: std::mem::take(&mut row.detail),
-        });
-        row.status = o.status;
-        row.detail = o.detail;
-        row.failure = o.failure;
-        row.arc_resource_id = o.arc_resource_id;
-        row.command_id = o.command_id;
-        row.next_attempt_at = o.next_attempt_at;
-        row.ssm_ping = o.ssm_ping;
-        row.instance_profile = o.instance_profile;
-    }
-    row
-}
-
 /// RFC 3339 timestamp with second precision.
 pub fn timestamp(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
@@ -124,7 +102,10 @@ impl Report {
                 plan.instances
                     .into_iter()
                     .zip(outcomes)
-                    .map(|(p, o)| with_outcome(p, o)),
+                    .map(|(p, o)| match o {
+                        Some(o) => o.laid_over(p),
+                        None => p,
+                    }),
             );
             errors.extend(plan.region_errors);
         }

@@ -2,7 +2,7 @@
 //! changes. The report renders both.
 
 use crate::model::PingStatus;
-use crate::reconcile::plan::{AccountPlan, Failure, Status};
+use crate::reconcile::plan::{AccountPlan, Failure, InstancePlan, Planned, Status};
 
 /// What execution did to one instance. Starts as the plan's status and detail; each step of the pass moves
 /// it on.
@@ -48,6 +48,24 @@ impl InstanceOutcome {
         self.failure = Some(failure);
     }
 
+    /// The planned row with this outcome laid over it, the plan's status and detail kept in `planned`:
+    /// a row of a `run` report.
+    pub fn laid_over(self, mut row: InstancePlan) -> InstancePlan {
+        row.planned = Some(Planned {
+            status: row.status,
+            detail: std::mem::take(&mut row.detail),
+        });
+        row.status = self.status;
+        row.detail = self.detail;
+        row.failure = self.failure;
+        row.arc_resource_id = self.arc_resource_id;
+        row.command_id = self.command_id;
+        row.next_attempt_at = self.next_attempt_at;
+        row.ssm_ping = self.ssm_ping;
+        row.instance_profile = self.instance_profile;
+        row
+    }
+
     /// Whether execution has not settled this instance yet.
     pub fn pending(&self) -> bool {
         self.status == Status::Planned
@@ -83,6 +101,17 @@ impl AccountOutcome {
                 .collect(),
             notes: Vec::new(),
         }
+    }
+
+    /// The plan's rows with this outcome laid over them (see [`InstanceOutcome::laid_over`]).
+    pub fn laid_over(self, mut plan: AccountPlan) -> AccountPlan {
+        plan.instances = plan
+            .instances
+            .into_iter()
+            .zip(self.instances)
+            .map(|(row, o)| o.laid_over(row))
+            .collect();
+        plan
     }
 
     /// The account-level notes as one line, when there are any.

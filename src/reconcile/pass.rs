@@ -445,7 +445,7 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
 /// [`crate::reconcile::observe::observe_instances`]) with the state file's memory, keeps the rows `keep`
 /// selects, and executes them in `opts.scope` exactly as a pass would; instances the observation does not
 /// hold are left alone in the state file (it is not the whole fleet). Without `[azure]` nothing is
-/// executed. Returns the plan as executed.
+/// executed. Returns the plan's rows with what happened laid over them.
 #[allow(clippy::too_many_arguments)]
 pub async fn execute_observed<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     config: &Config,
@@ -459,7 +459,7 @@ pub async fn execute_observed<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     keep: impl Fn(&crate::reconcile::plan::InstancePlan) -> bool,
 ) -> AccountPlan {
     let records = load_records(durable, &obs.account_id).await;
-    let mut plan = plan_account(obs, config, &memory_of(&records, now));
+    let mut plan = plan_account(obs, config, &memory_of(&records, now)).scoped(opts.scope);
     plan.instances.retain(|row| keep(row));
     if let Some(azure) = &config.azure {
         let ctx = Exec {
@@ -473,9 +473,11 @@ pub async fn execute_observed<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
             records: &records,
             now,
         };
-        if let Some(note) = execute(&ctx, &mut plan, ports).await {
+        let outcome = execute(&ctx, &plan, ports).await;
+        if let Some(note) = outcome.note() {
             info!(account = %plan.account_id, %note, "account-level changes");
         }
+        return outcome.laid_over(plan);
     }
     plan
 }

@@ -3,3 +3,4 @@
 pub mod aws;
 pub mod azure;
 pub mod credential;
+pub mod organizations;

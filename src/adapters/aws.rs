@@ -937,3 +937,45 @@ fn command_summary(c: &aws_sdk_ssm::types::Command) -> CommandSummary {
         comment: c.comment().unwrap_or_default().to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sdk() -> SdkConfig {
+        SdkConfig::builder()
+            .region(Region::new("us-east-1"))
+            .behavior_version(BehaviorVersion::latest())
+            .build()
+    }
+
+    #[test]
+    fn clients_of_different_accounts_never_share_a_retry_partition() {
+        // The SDK keys its retry token buckets by partition name, process-wide: equal names share one.
+        let sdk = sdk();
+        let counter = ApiCounter::default();
+        let partition = |account: Option<&str>, region: &str| {
+            let ec2 = SdkEc2::for_account(&sdk, "us-east-1", counter.clone(), account);
+            let ssm = SdkSsm::for_account(&sdk, counter.clone(), account);
+            let e = ec2.clients.get(region).config().retry_partition().cloned();
+            let s = ssm.clients.get(region).config().retry_partition().cloned();
+            (e.unwrap().to_string(), s.unwrap().to_string())
+        };
+        let a = partition(Some("111111111111"), "eu-west-1");
+        assert_eq!(
+            a,
+            (
+                "ec2-eu-west-1-111111111111".to_string(),
+                "ssm-eu-west-1-111111111111".to_string()
+            )
+        );
+        assert_ne!(a, partition(Some("222222222222"), "eu-west-1"));
+        assert_ne!(a, partition(Some("111111111111"), "us-east-1"));
+        assert_eq!(partition(None, "eu-west-1").0, "ec2-eu-west-1");
+        let iam = SdkIam::for_account(&sdk, "us-east-1", counter.clone(), Some("111111111111"));
+        assert_eq!(
+            iam.client.config().retry_partition().unwrap().to_string(),
+            "iam-global-111111111111"
+        );
+    }
+}

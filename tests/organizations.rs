@@ -286,3 +286,92 @@ fn a_list_of_accounts_with_an_ou_filter_in_the_file_is_refused_before_any_call()
     );
     assert!(w.aws.calls().is_empty());
 }
+
+/// `GET /metrics` from the daemon.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn the_daemon_keeps_state_and_metrics_per_account_over_the_organization() {
+    use std::time::Duration;
+
+    let w = World::start();
+    let ids = organization(&w);
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("127.0.0.1:{}", l.local_addr().unwrap().port())
+    };
+    let config = format!(
+        "{CONFIG}[iam]\nauto_assignment_interval = \"2s\"\n[onboarding]\nsync_interval = \"3s\"\n"
+    );
+    let mut d = w.daemon(&config, &["--metrics-addr", &addr], None);
+    let reachable = reachable(&ids);
+    let status = d.wait_for(
+        "every reachable instance onboarded",
+        Duration::from_secs(90),
+        |s| {
+            reachable.iter().all(|(_, id)| {
+                common::status_of(s, id).is_some_and(|i| {
+                    i["status"] == "onboarded" || i["status"] == "already-onboarded"
+                })
+            })
+        },
+    );
+    // `status`: one row per instance, with its account; none of the account that cannot be entered.
+    for (account, id) in &reachable {
+        let row = common::status_of(&status, id).unwrap();
+        assert_eq!(row["account_id"], account.as_str(), "{row}");
+    }
+    assert!(status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["account_id"] != DENIED && i["account_id"] != SUSPENDED));
+    // Metrics per account (label account), the denied account by its error code.
+    let text = scrape(&addr);
+    for account in [MGMT, TWO_REGIONS, BARE] {
+        assert!(
+            text.contains(&format!(
+                "arc_onboard_account_instances{{kind=\"onboarding\",account=\"{account}\",status=\"onboarded\"}}"
+            )) || text.contains(&format!(
+                "arc_onboard_account_instances{{kind=\"onboarding\",account=\"{account}\",status=\"already-onboarded\"}}"
+            )),
+            "no series for {account}:\n{text}"
+        );
+    }
+    assert!(
+        text.contains(&format!(
+            "arc_onboard_account_errors_total{{account=\"{DENIED}\",code=\"AccessDenied\"}}"
+        )),
+        "{text}"
+    );
+    // The member roles were assumed once each for the whole run of the daemon, not once per pass:
+    // the credentials are cached (and refreshed by the SDK when they near expiry).
+    let assumed: Vec<Value> = w
+        .aws
+        .calls()
+        .into_iter()
+        .filter(|c| c["operation"] == "sts:AssumeRole" && c["status"] == 200)
+        .collect();
+    let passes = status["last_passes"].as_array().unwrap().len();
+    assert!(passes >= 2, "{status:#}");
+    assert_eq!(
+        assumed.len(),
+        2,
+        "one per member account entered: {assumed:?}"
+    );
+    d.signal("TERM");
+    assert_eq!(d.wait(Duration::from_secs(30)), Some(0), "{}", d.log());
+}

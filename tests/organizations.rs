@@ -18,7 +18,12 @@ const CONFIG: &str =
 
 /// The organization, its fleets, and the instance ids by account.
 fn organization(w: &World) -> Vec<(String, String)> {
-    w.aws.control(
+    organization_with_units(w).0
+}
+
+/// [`organization`], and the unit ids by name.
+fn organization_with_units(w: &World) -> (Vec<(String, String)>, Value) {
+    let created = w.aws.control(
         "POST",
         "/_emulator/organization",
         Some(&json!({
@@ -71,7 +76,7 @@ fn organization(w: &World) -> Vec<(String, String)> {
         fleet_with(json!([{"region": "us-east-1", "instance_profile": "AppProfile"}])),
     );
     w.aws.reset_calls();
-    ids
+    (ids, created["units"].clone())
 }
 
 fn reachable(ids: &[(String, String)]) -> Vec<&(String, String)> {
@@ -374,4 +379,47 @@ fn the_daemon_keeps_state_and_metrics_per_account_over_the_organization() {
     );
     d.signal("TERM");
     assert_eq!(d.wait(Duration::from_secs(30)), Some(0), "{}", d.log());
+}
+
+#[test]
+fn organizational_units_are_followed_down_through_the_organizations_api_and_exclude_wins() {
+    let w = World::start();
+    let (_, units) = organization_with_units(&w);
+    let prod = units["prod"].as_str().unwrap();
+    let config = w.config(&format!(
+        "{CONFIG}organizational_units = [\"{prod}\"]\nexclude = [\"{DENIED}\"]\n"
+    ));
+    let out = w.run(&["plan", "--output", "json"], &config);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let plan = out.json();
+    // prod holds TWO_REGIONS; its child prod-eu holds DENIED, excluded; dev and the root are not in scope.
+    assert_eq!(account_ids(&plan, "accounts"), [TWO_REGIONS]);
+    let ops: Vec<String> = w
+        .aws
+        .calls()
+        .iter()
+        .filter(|c| c["service"] == "organizations")
+        .map(|c| c["operation"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        ops.contains(&"organizations:ListChildren".to_string()),
+        "{ops:?}"
+    );
+    assert!(
+        ops.contains(&"organizations:ListAccountsForParent".to_string()),
+        "{ops:?}"
+    );
+    assert!(
+        !ops.contains(&"organizations:ListAccounts".to_string()),
+        "{ops:?}"
+    );
+    // Both levels were listed: prod and its child unit.
+    let parents: Vec<Value> = w
+        .aws
+        .calls()
+        .into_iter()
+        .filter(|c| c["operation"] == "organizations:ListAccountsForParent")
+        .map(|c| c["params"]["ParentId"].clone())
+        .collect();
+    assert_eq!(parents, [json!(prod), units["prod-eu"].clone()]);
 }

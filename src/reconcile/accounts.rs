@@ -247,7 +247,7 @@ pub async fn run_accounts<X: Accounts, A: Arm>(
     shard: Option<Shard>,
     now: SystemTime,
 ) -> Result<PassOutcome, PassError> {
-    let started = SystemTime::now();
+    let started = now;
     if token.is_some() {
         // Fail fast, before any AWS call, when onboarding cannot be completed.
         let (Some(arm), Some(_)) = (arm, &config.azure) else {

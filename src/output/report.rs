@@ -151,10 +151,11 @@ impl Report {
         }
     }
 
-    /// Merges the reports of several accounts' passes into one (`mode` and `started_at` of the first;
-    /// `api_calls` as given, since the passes may share one counter), followed by `errors` (accounts or the
+    /// Merges the reports of several accounts' passes into one, in the order given (each account's
+    /// instances keep their pass's order; `accounts[]` is sorted by id), with `errors` (accounts or the
     /// organization that could not be entered or listed) and `unhandled` (accounts in scope that produced
-    /// no report, listed in `accounts[]` with their reason).
+    /// no report, listed in `accounts[]` with their reason) added. `api_calls` as given, since the passes
+    /// may share one counter.
     pub fn merge(
         mode: Mode,
         started: SystemTime,
@@ -174,13 +175,6 @@ impl Report {
         merged
             .accounts
             .sort_by(|a, b| a.account_id.cmp(&b.account_id));
-        merged.instances.sort_by(|a, b| {
-            (&a.account_id, &a.region, &a.instance_id).cmp(&(
-                &b.account_id,
-                &b.region,
-                &b.instance_id,
-            ))
-        });
         merged.summary.instances = merged.instances.len();
         for i in &merged.instances {
             *merged.summary.by_status.entry(i.status).or_insert(0) += 1;

@@ -292,6 +292,8 @@ pub async fn run_accounts<X: Accounts, A: Arm>(
         .collect()
         .await;
 
+    let mut results = results;
+    results.sort_by(|a, b| a.0.cmp(&b.0));
     let mut reports = Vec::new();
     let mut unhandled = Vec::new();
     let mut errors = scope.errors;

@@ -9,15 +9,17 @@ use std::time::Duration;
 use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use crate::adapters::aws::{self, SdkEc2, SdkIam, SdkSsm, SdkSts};
+use crate::adapters::aws;
 use crate::adapters::azure::RestArm;
 use crate::adapters::credential::{process_env, Credential, CredentialError};
+use crate::adapters::organizations::SdkAccounts;
 use crate::config::duration::parse_duration;
-use crate::config::{Config, ConfigError, RegionSelection};
+use crate::config::{Config, ConfigError, RegionSelection, Shard};
 use crate::ports::{ApiCounter, MutationToken};
+use crate::reconcile::accounts::{run_accounts, Accounts};
 use crate::reconcile::apply::ApplyOptions;
 use crate::reconcile::onboard::InstallOptions;
-use crate::reconcile::pass::{run_pass, AwsPorts, PassError, PassOptions, Scope};
+use crate::reconcile::pass::{PassError, PassOptions, Scope};
 
 /// Report format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -115,6 +117,9 @@ pub struct DaemonArgs {
     /// Consecutive failed passes after which /healthz reports unhealthy.
     #[arg(long, default_value_t = 3)]
     pub unhealthy_after: u32,
+    /// Only the accounts whose 12-digit id, read as an integer, modulo COUNT equals INDEX (e.g. `2/8`).
+    #[arg(long, value_name = "INDEX/COUNT")]
+    pub shard: Option<Shard>,
 }
 
 /// Options of `plan`.
@@ -125,6 +130,9 @@ pub struct PlanArgs {
     /// file is opened read-only.
     #[arg(long)]
     pub state_file: Option<PathBuf>,
+    /// Only the accounts whose 12-digit id, read as an integer, modulo COUNT equals INDEX (e.g. `2/8`).
+    #[arg(long, value_name = "INDEX/COUNT")]
+    pub shard: Option<Shard>,
 }
 
 /// Options of `status`.
@@ -154,6 +162,9 @@ pub struct RunArgs {
     /// How long to wait for Azure to show a machine Connected after its install succeeded.
     #[arg(long, value_parser = parse_cli_duration, default_value = "5m")]
     pub verify_timeout: Duration,
+    /// Only the accounts whose 12-digit id, read as an integer, modulo COUNT equals INDEX (e.g. `2/8`).
+    #[arg(long, value_name = "INDEX/COUNT")]
+    pub shard: Option<Shard>,
 }
 
 fn parse_cli_duration(s: &str) -> Result<Duration, String> {
@@ -279,17 +290,17 @@ async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                 }
                 None => None,
             };
-            plan_command(cli, &config, memory.as_ref()).await
+            plan_command(cli, &config, memory.as_ref(), args.shard).await
         }
         Command::Daemon(args) => daemon_command(&config, args).await,
         Command::Status(_) => unreachable!("handled before the configuration is read"),
         Command::Run(args) => {
             let opts = pass_options(args.wait_for_ssm, args.command_timeout, args.verify_timeout);
             if args.dry_run {
-                one_pass(cli, &config, None, opts).await
+                one_pass(cli, &config, None, opts, args.shard).await
             } else {
                 let token = MutationToken::mint();
-                one_pass(cli, &config, Some(&token), opts).await
+                one_pass(cli, &config, Some(&token), opts, args.shard).await
             }
         }
     }
@@ -320,13 +331,15 @@ async fn plan_command(
     cli: &Cli,
     config: &Config,
     db: Option<&crate::daemon::state::StateDb>,
+    shard: Option<Shard>,
 ) -> Result<u8, CliError> {
     let durable = db.map(|db| crate::reconcile::pass::Durable {
         db,
         retry_base: Duration::from_secs(15 * 60),
         retry_max: Duration::from_secs(24 * 3600),
     });
-    pass_and_report(cli, config, None, PassOptions::default(), durable.as_ref()).await
+    let opts = PassOptions::default();
+    pass_and_report(cli, config, None, opts, durable.as_ref(), shard).await
 }
 
 async fn one_pass(
@@ -334,8 +347,9 @@ async fn one_pass(
     config: &Config,
     token: Option<&MutationToken>,
     opts: PassOptions,
+    shard: Option<Shard>,
 ) -> Result<u8, CliError> {
-    pass_and_report(cli, config, token, opts, None).await
+    pass_and_report(cli, config, token, opts, None, shard).await
 }
 
 /// One pass, its report on stdout, and the exit code.
@@ -345,19 +359,23 @@ async fn pass_and_report(
     token: Option<&MutationToken>,
     opts: PassOptions,
     durable: Option<&crate::reconcile::pass::Durable<'_>>,
+    shard: Option<Shard>,
 ) -> Result<u8, CliError> {
     let arm = azure_adapter(config, load_credential(config)?)?;
     let sdk = aws::load_sdk_config().await;
     let home = home_region(&sdk, config);
     attach_web_identity(arm.as_ref(), &sdk, &home);
-    let adapters = Adapters::new(&sdk, &home, arm.as_ref());
-    let outcome = run_pass(
+    let mode = if token.is_some() { "run" } else { "plan" };
+    let session = session_name(mode);
+    let adapters = Adapters::new(&sdk, &home, config, &session, arm.as_ref());
+    let outcome = run_accounts(
         config,
-        &adapters.ports(),
+        &adapters.accounts,
         adapters.arm.as_ref(),
         token,
         &opts,
         durable,
+        shard,
         std::time::SystemTime::now(),
     )
     .await?;
@@ -367,7 +385,7 @@ async fn pass_and_report(
         Output::Table => print!("{}", report.to_table()),
     }
     Ok(if outcome.no_region_reachable {
-        eprintln!("error: no configured region could be observed");
+        eprintln!("error: nothing could be handled: no account in scope could be entered or observed in any configured region (see errors[] in the report)");
         exit::FATAL
     } else if report.has_failures() {
         exit::FAILURES
@@ -376,14 +394,18 @@ async fn pass_and_report(
     })
 }
 
-/// The AWS side of a pass: adapters built from the shared SDK configuration with a fresh call counter.
+/// The AWS side of a pass: the accounts port built from the shared SDK configuration with a fresh call
+/// counter (it hands out each account's EC2, IAM and SSM adapters).
 struct Adapters {
     counter: ApiCounter,
-    sts: SdkSts,
-    ec2: SdkEc2,
-    iam: SdkIam,
-    ssm: SdkSsm,
+    accounts: SdkAccounts,
     arm: Option<RestArm>,
+}
+
+/// `RoleSessionName` of the member accounts' sessions: names the command and this run.
+fn session_name(mode: &str) -> String {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    format!("arc-onboard-{mode}-{}", &run[..12])
 }
 
 /// The Azure credential, when the configuration has `[azure]` (and, for `client-secret`, the secret is
@@ -422,25 +444,24 @@ fn attach_web_identity(arm: Option<&RestArm>, sdk: &aws_config::SdkConfig, home:
 
 impl Adapters {
     /// Adapters for one pass: `arm` is the command's Azure adapter, re-used with this pass's counter.
-    fn new(sdk: &aws_config::SdkConfig, home: &str, arm: Option<&RestArm>) -> Adapters {
+    fn new(
+        sdk: &aws_config::SdkConfig,
+        home: &str,
+        config: &Config,
+        session: &str,
+        arm: Option<&RestArm>,
+    ) -> Adapters {
         let counter = ApiCounter::default();
-        Adapters {
-            sts: SdkSts::new(sdk, home, counter.clone()),
-            ec2: SdkEc2::new(sdk, home, counter.clone()),
-            iam: SdkIam::new(sdk, home, counter.clone()),
-            ssm: SdkSsm::new(sdk, counter.clone()),
-            arm: arm.map(|a| a.for_pass(counter.clone())),
-            counter,
-        }
+        let accounts = SdkAccounts::new(sdk, home, &config.aws.accounts, session, counter.clone());
+        Adapters::for_pass(&accounts, arm, counter)
     }
 
-    fn ports(&self) -> AwsPorts<'_, SdkSts, SdkEc2, SdkIam, SdkSsm> {
-        AwsPorts {
-            sts: &self.sts,
-            ec2: &self.ec2,
-            iam: &self.iam,
-            ssm: &self.ssm,
-            counter: &self.counter,
+    /// Adapters for a daemon pass: the entered accounts' credentials are kept from pass to pass.
+    fn for_pass(accounts: &SdkAccounts, arm: Option<&RestArm>, counter: ApiCounter) -> Adapters {
+        Adapters {
+            accounts: accounts.for_pass(counter.clone()),
+            arm: arm.map(|a| a.for_pass(counter.clone())),
+            counter,
         }
     }
 }
@@ -526,8 +547,17 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
     // Scheduled passes hold it for writing, event installs for reading: they never plan the same
     // instance at once.
     let gate = tokio::sync::RwLock::new(());
+    let session = session_name("daemon");
+    let entered = SdkAccounts::new(
+        &sdk,
+        &home,
+        &config.aws.accounts,
+        &session,
+        ApiCounter::default(),
+    );
+    let shard = args.shard;
     let run = |kind: PassKind| {
-        let adapters = Adapters::new(&sdk, &home, arm.as_ref());
+        let adapters = Adapters::for_pass(&entered, arm.as_ref(), ApiCounter::default());
         let mut opts = base.clone();
         opts.install.correlation_id = uuid::Uuid::new_v4().to_string();
         opts.scope = kind.scope();
@@ -535,14 +565,14 @@ async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result<u8, CliErr
         async move {
             let _exclusive = gate.write().await;
             let pass = async {
-                let ports = adapters.ports();
-                match run_pass(
+                match run_accounts(
                     config,
-                    &ports,
+                    &adapters.accounts,
                     adapters.arm.as_ref(),
                     Some(token),
                     &opts,
                     Some(durable),
+                    shard,
                     std::time::SystemTime::now(),
                 )
                 .await
@@ -617,7 +647,19 @@ async fn daemon_events(
     let (Some(events), Some(arm)) = (&config.events, arm) else {
         return;
     };
-    let adapters = Adapters::new(sdk, home, Some(arm));
+    let adapters = Adapters::new(sdk, home, config, &session_name("events"), Some(arm));
+    // Events are handled in the caller's account (member accounts' events are out of scope for now).
+    let entered = async {
+        let caller = adapters.accounts.caller().await?;
+        adapters.accounts.enter(&caller, &caller.account_id).await
+    };
+    let entered = match entered.await {
+        Ok(entered) => entered,
+        Err(e) => {
+            tracing::error!(error = %e, "event-driven onboarding off: cannot identify the caller's account");
+            return;
+        }
+    };
     let region = events.region().unwrap_or_else(|| home.to_string());
     let queue = crate::adapters::sqs::SdkQueue::new(
         sdk,
@@ -637,7 +679,7 @@ async fn daemon_events(
         return;
     };
     let ports = EventPorts {
-        aws: adapters.ports(),
+        aws: entered.ports(),
         arm,
         queue: &queue,
     };

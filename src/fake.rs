@@ -11,6 +11,8 @@ use crate::model::{
 };
 use std::sync::Arc;
 
+pub mod accounts;
+
 use crate::adapters::azure::FakeArm;
 use crate::ports::{
     ApiCounter, CommandRequest, CommandSummary, Ec2, Iam, Invocation, MutationToken, Ssm, Sts,
@@ -40,6 +42,8 @@ struct State {
     outcomes: HashMap<String, Invocation>,
     hidden_invocation_lists: u32,
     arm: Option<(Arc<FakeArm>, String)>,
+    /// The account id `sts:GetCallerIdentity` answers (default [`FAKE_ACCOUNT`]).
+    account_id: Option<String>,
 }
 
 /// A command the fake accepted.
@@ -53,10 +57,10 @@ pub struct FakeCommand {
     pub request: CommandRequest,
 }
 
-/// A fake AWS account implementing every AWS port.
-#[derive(Debug, Default)]
+/// A fake AWS account implementing every AWS port. Clones share the account (state and call counts).
+#[derive(Debug, Default, Clone)]
 pub struct FakeAws {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
     /// Every call, by `service:Operation`.
     pub calls: ApiCounter,
 }
@@ -71,6 +75,12 @@ impl FakeAws {
         let fake = FakeAws::default();
         fake.lock().regions = regions.iter().map(|r| r.to_string()).collect();
         fake
+    }
+
+    /// The same fake answering as account `id` (for organizations of fakes, [`accounts::FakeAccounts`]).
+    pub fn with_account(self, id: &str) -> FakeAws {
+        self.lock().account_id = Some(id.to_string());
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -275,7 +285,11 @@ impl FakeAws {
 impl Sts for FakeAws {
     async fn account_id(&self) -> Result<String, AwsError> {
         self.check("sts:GetCallerIdentity", &[])?;
-        Ok(FAKE_ACCOUNT.into())
+        Ok(self
+            .lock()
+            .account_id
+            .clone()
+            .unwrap_or_else(|| FAKE_ACCOUNT.into()))
     }
 }
 

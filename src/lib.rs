@@ -10,7 +10,8 @@
 //! output people read.
 //! - [`cli`]: command-line parsing and the commands; the only place mutation tokens are minted.
 //! - [`config`]: the TOML configuration, validated once into typed values before any AWS call
-//!   ([`config::duration`]: the human durations the interface accepts; [`config::events`]: `[events]`).
+//!   ([`config::duration`]: the human durations the interface accepts; [`config::accounts`]: `[aws.accounts]`
+//!   and `--shard`; [`config::events`]: `[events]`).
 //! - [`model`]: domain types shared by every layer; no SDK type crosses a port.
 //! - [`ports`]: one trait per AWS service, and the [`ports::MutationToken`] capability.
 //! - [`reconcile`]: the core.
@@ -20,8 +21,11 @@
 //!   - [`reconcile::apply`]: executes the IAM part of a plan (requires a mutation token).
 //!   - [`reconcile::onboard`]: the agent install through SSM Run Command, tracking, verification in Azure.
 //!   - [`reconcile::pass`]: one observe -> plan -> apply pass, shared by every command.
+//!   - [`reconcile::accounts`]: the accounts in scope, entering each, one pass per account (bounded
+//!     concurrency) and one merged report; the [`reconcile::accounts::Accounts`] port.
 //! - [`adapters`]: the real systems behind the ports.
 //!   - [`adapters::aws`]: the official AWS SDK (credential chain, retries, call counting).
+//!   - [`adapters::organizations`]: the accounts port over the SDK (Organizations, `sts:AssumeRole`).
 //!   - [`adapters::azure`]: the Azure port (Resource Manager and its token) and its REST adapter.
 //!   - [`adapters::credential`]: the six ways to get that token, each proof checked before any AWS call.
 //!   - [`adapters::sqs`]: the event queue (`aws-sdk-sqs`: long polls, batch deletes).
@@ -37,7 +41,7 @@
 //!   - [`output::progress`]: progress of long waits on stderr.
 //! - [`error`]: how errors are shown: the message and every cause, once each.
 //! - `fake`: stateful in-memory fakes of the ports, for tests (compiled for `cargo test` or with the
-//!   `fakes` feature only; never in the release binary).
+//!   `fakes` feature only; never in the release binary); `fake::accounts`: an organization of fakes.
 
 pub mod adapters;
 pub mod cli;

@@ -165,3 +165,30 @@ location = "eastus"
         "the daemon stopped before its state file"
     );
 }
+
+#[test]
+fn validate_prints_the_effective_accounts_section() {
+    let config = "[aws]\nregions = [\"us-east-1\"]\n[aws.accounts]\nsource = \"organization\"\norganizational_units = [\"ou-ab12-cd34ef56\"]\nexternal_id = \"tenant-42\"\n";
+    let out = run_binary(&["validate"], config, &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    for expected in [
+        "[aws.accounts]",
+        "source = \"organization\"",
+        "organizational_units = [\"ou-ab12-cd34ef56\"]",
+        "member_role = \"AzureArcOnboardingMember\"",
+        "external_id = \"tenant-42\"",
+        "max_concurrent_accounts = 16",
+    ] {
+        assert!(
+            out.stdout.contains(expected),
+            "missing {expected}:\n{}",
+            out.stdout
+        );
+    }
+    let caller = run_binary(&["validate"], "[aws]\nregions = [\"us-east-1\"]\n", &[]);
+    assert!(
+        caller.stdout.contains("source = \"caller\""),
+        "{}",
+        caller.stdout
+    );
+}

@@ -332,3 +332,102 @@ fn kubernetes_manifests_run_the_daemon() {
         "ARC_ONBOARD_CLIENT_SECRET must come from a Secret, never a literal value"
     );
 }
+
+/// The value of `key: value` on the first line of `document` whose trimmed text starts with `key:`.
+fn yaml_value<'a>(document: &'a str, key: &str) -> &'a str {
+    document
+        .lines()
+        .map(str::trim)
+        .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(':')))
+        .map(|v| v.trim().trim_matches('"'))
+        .unwrap_or_else(|| panic!("no `{key}:`"))
+}
+
+#[test]
+fn the_sharded_statefulset_takes_its_shard_from_the_pod_ordinal_with_a_volume_per_pod() {
+    use arc_onboard::config::{AccountSource, Shard};
+
+    let (path, text) = deploy_file("kubernetes-sharded.yaml");
+    let documents: Vec<&str> = text.split("\n---\n").collect();
+    let with_kind = |kind: &str| -> Vec<&str> {
+        documents
+            .iter()
+            .copied()
+            .filter(|d| d.lines().any(|l| l == format!("kind: {kind}")))
+            .collect()
+    };
+    let sets = with_kind("StatefulSet");
+    assert_eq!(sets.len(), 1, "one StatefulSet in {}", path.display());
+    let set = sets[0];
+    assert!(with_kind("Deployment").is_empty());
+
+    // INDEX from the pod ordinal (downward API), COUNT equal to the replicas.
+    let replicas: u64 = yaml_value(set, "replicas").parse().unwrap();
+    assert!(replicas >= 2, "an example of sharding has shards");
+    let index = yaml_block(set, "- name: SHARD_INDEX", "valueFrom:");
+    assert!(
+        index.contains("fieldPath: metadata.labels['apps.kubernetes.io/pod-index']"),
+        "{index}"
+    );
+    let count = yaml_block(set, "- name: SHARD_COUNT", "value:");
+    assert_eq!(
+        yaml_value(&count, "value"),
+        replicas.to_string(),
+        "SHARD_COUNT must equal replicas"
+    );
+    assert!(
+        set.contains("- --shard\n            - $(SHARD_INDEX)/$(SHARD_COUNT)\n"),
+        "the daemon gets --shard INDEX/COUNT"
+    );
+    // What every pod's argument expands to is a valid shard, and together they cover every account id.
+    let mut covered = vec![0u32; replicas as usize];
+    for ordinal in 0..replicas {
+        let arg = "$(SHARD_INDEX)/$(SHARD_COUNT)"
+            .replace("$(SHARD_INDEX)", &ordinal.to_string())
+            .replace("$(SHARD_COUNT)", &replicas.to_string());
+        let shard: Shard = arg.parse().unwrap();
+        for id in 100_000_000_000u64..100_000_000_000 + 4 * replicas {
+            if shard.selects(&id.to_string()) {
+                covered[(id % replicas) as usize] += 1;
+            }
+        }
+    }
+    assert!(covered.iter().all(|n| *n == 4), "{covered:?}");
+
+    // One state volume per pod: a claim template mounted where --state-file points; no shared claim.
+    assert!(set.contains("volumeClaimTemplates:"));
+    let template = yaml_block(set, "- metadata:", "name:");
+    let claim = yaml_value(&template, "name");
+    let mount = yaml_block(set, &format!("- name: {claim}"), "mountPath:");
+    let mount_path = yaml_value(&mount, "mountPath");
+    assert!(
+        set.contains(&format!("- --state-file\n            - {mount_path}/")),
+        "the state file lives on the per-pod volume"
+    );
+    assert!(!set.contains("persistentVolumeClaim:"));
+    assert!(set.contains("ReadWriteOnce"));
+
+    let services = with_kind("Service");
+    assert_eq!(services.len(), 1);
+    assert!(
+        services[0].contains("clusterIP: None"),
+        "a headless Service"
+    );
+    assert_eq!(
+        yaml_value(services[0], "name"),
+        yaml_value(set, "serviceName")
+    );
+
+    let toml = configmap_toml(with_kind("ConfigMap")[0]);
+    let config = match Config::parse(&toml, Path::new("kubernetes-sharded.yaml ConfigMap")) {
+        Ok(config) => config,
+        Err(error) => panic!("the ConfigMap's arc-onboard.toml is invalid: {error}\n{toml}"),
+    };
+    assert_eq!(config.aws.accounts.source, AccountSource::Organization);
+    assert!(matches!(
+        config.azure.expect("[azure]").credential,
+        CredentialConfig::WorkloadIdentity { .. }
+    ));
+    assert!(set.contains("path: /healthz"));
+    assert_eq!(literal_secret_values(&text), Vec::<String>::new());
+}

@@ -53,6 +53,14 @@ class EmulatorClient:
     def health(self) -> Any:
         return self._call("GET", "health")
 
+    def organization(self, spec: dict[str, Any]) -> Any:
+        """Creates an organization with the given account ids and OU tree (see orgs.py)."""
+        return self._call("POST", "organization", spec)
+
+    def deny_assume_role(self, denied: list[str]) -> Any:
+        """sts:AssumeRole into these account ids or role ARNs answers AccessDenied."""
+        return self._call("POST", "assume-role-denied", {"denied": denied})
+
     def seed(self, spec: dict[str, Any]) -> Any:
         return self._call("POST", "seed", spec)
 

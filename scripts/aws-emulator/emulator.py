@@ -51,6 +51,7 @@ from werkzeug.serving import make_server  # noqa: E402
 import events  # noqa: E402
 import federation  # noqa: E402
 import fleet  # noqa: E402
+import orgs  # noqa: E402
 import ssm_sim  # noqa: E402
 import wire  # noqa: E402
 
@@ -89,7 +90,7 @@ def _moto_app_factory(service: Any) -> Any:
 class FaultInjector:
     """Seeded, deterministic fault injection over a replaceable list of fault rules."""
 
-    FIELDS = {"operation", "region", "rate", "code", "message", "max", "status"}
+    FIELDS = {"operation", "region", "account", "rate", "code", "message", "max", "status"}
 
     def __init__(self) -> None:
         self.faults: list[dict[str, Any]] = []
@@ -112,8 +113,8 @@ class FaultInjector:
                 raise ControlError("rate must be a number between 0 and 1")
             if raw.get("max") is not None and (not isinstance(raw["max"], int) or raw["max"] < 0):
                 raise ControlError("max must be a non-negative integer or null")
-            faults.append({"region": None, "rate": 1.0, "message": None, "max": None,
-                           "status": None, **raw})
+            faults.append({"region": None, "account": None, "rate": 1.0, "message": None,
+                           "max": None, "status": None, **raw})
         seed = body.get("seed", 0)
         if not isinstance(seed, int):
             raise ControlError("seed must be an integer")
@@ -138,6 +139,8 @@ class FaultInjector:
             if not self._matches(fault["operation"], req):
                 continue
             if fault["region"] is not None and fault["region"] != req.region:
+                continue
+            if fault["account"] is not None and fault["account"] != req.account:
                 continue
             if fault["max"] is not None and self.fired[index] >= fault["max"]:
                 continue
@@ -173,9 +176,10 @@ class Emulator:
         self.seq = 0
         self.faults = FaultInjector()
         self.ssm = ssm_sim.SsmSimulator(self.config, self.lock)
-        self.profile_created_at: dict[str, float] = {}
+        self.profile_created_at: dict[tuple[str, str], float] = {}
         self.federation = federation.Federation()
         self.events = events.EventSink()
+        self.assume_role_gate = orgs.AssumeRoleGate()
         self.routes: dict[tuple[str, str], Callable[[Any], Any]] = {
             ("GET", "health"): lambda _: {"ok": True},
             ("GET", "calls"): lambda _: self._calls_view(),
@@ -197,6 +201,9 @@ class Emulator:
             ("POST", "events/delete-queue"): lambda _: self.events.delete_queue(),
             ("POST", "events/send"): self.events.send,
             ("POST", "launch"): self._launch,
+            ("POST", "organization"): lambda body: orgs.build(body),
+            ("GET", "assume-role-denied"): lambda _: self.assume_role_gate.view(),
+            ("POST", "assume-role-denied"): self.assume_role_gate.replace,
         }
 
     # ----- WSGI entry ----------------------------------------------------------------------
@@ -233,6 +240,7 @@ class Emulator:
                 self._record(req, response[0], fault["code"] if fault else None)
             return response
         with self.lock:
+            req.account = orgs.account_of(req.access_key)
             fault = self.faults.draw(req)
             if fault is not None:
                 message = fault["message"] or f"Injected fault {fault['code']} for {req.operation}"
@@ -248,11 +256,19 @@ class Emulator:
             error = self._check_profile(req)
             if error is not None:
                 return error
+        if orgs.member_denied(req.service, req.action, req.account):
+            return wire.error_response("organizations", "AccessDeniedException",
+                                       orgs.MEMBER_DENIED_MESSAGE)
+        if req.operation == "sts:AssumeRole":
+            role_arn = req.params.get("RoleArn", "")
+            if self.assume_role_gate.refuses(role_arn):
+                return wire.error_response("sts", "AccessDenied",
+                                           orgs.AssumeRoleGate.message(req.account, role_arn))
         if req.operation in federation.OPERATIONS:
             return self.federation.handle(environ, req)
         if req.service == "ssm":
             try:
-                payload = self.ssm.handle(req.action, req.region, req.params)
+                payload = self.ssm.handle(req.action, req.region, req.params, req.account)
             except ssm_sim.SsmError as exc:
                 return wire.error_response("ssm", exc.code, exc.message)
             if payload is not None:
@@ -267,10 +283,10 @@ class Emulator:
         else:
             value = req.params.get("IamInstanceProfile.Name", "")
             name, field, what = value, "name", "name"
-        created = self.profile_created_at.get(name)
+        created = self.profile_created_at.get((req.account, name))
         fresh = created is not None and (
             time.time() - created < self.config["profile_propagation_seconds"])
-        if fleet.profile_exists(name) and not fresh:
+        if fleet.profile_exists(name, req.account) and not fresh:
             return None
         message = (f"Value ({value}) for parameter iamInstanceProfile.{field} is invalid. "
                    f"Invalid IAM Instance Profile {what}")
@@ -302,7 +318,8 @@ class Emulator:
     def _after(self, req: wire.AwsRequest, status: int) -> None:
         """Bookkeeping after a request that reached the emulator's handlers or moto."""
         if req.operation == "iam:CreateInstanceProfile" and status == 200:
-            self.profile_created_at[req.params.get("InstanceProfileName", "")] = time.time()
+            self.profile_created_at[(req.account, req.params.get("InstanceProfileName", ""))] = (
+                time.time())
         if req.mutating and req.service in ("ec2", "iam"):
             self.ssm.refresh()
 
@@ -311,6 +328,7 @@ class Emulator:
         self.calls.append({
             "seq": self.seq, "time": time.time(), "operation": req.operation,
             "service": req.service, "action": req.action, "region": req.region,
+            "account_id": req.account,
             "mutating": req.mutating, "status": status, "fault": fault, "params": req.params,
         })
         if self.verbose:

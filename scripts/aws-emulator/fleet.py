@@ -49,25 +49,45 @@ def _moto_message(exc: Exception) -> str:
     return getattr(exc, "message", None) or getattr(exc, "description", None) or str(exc)
 
 
-def iam() -> Any:
-    return iam_backends[ACCOUNT_ID]["aws"]
+def is_account_id(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 12 and value.isdigit()
 
 
-def ec2(region: str) -> Any:
-    return ec2_backends[ACCOUNT_ID][region]
+def iam(account: str = ACCOUNT_ID) -> Any:
+    return iam_backends[account]["aws"]
 
 
-def known_regions() -> list[str]:
-    """Regions whose EC2 backend exists already (only those can hold instances)."""
-    return list(dict.keys(ec2_backends[ACCOUNT_ID]))
+def ec2(region: str, account: str = ACCOUNT_ID) -> Any:
+    return ec2_backends[account][region]
 
 
-def find_instance(instance_id: str) -> tuple[str, Any] | None:
-    """(region, moto Instance) for an instance id in any region, or None."""
-    for region in known_regions():
-        for instance in ec2(region).all_instances():
+def known_accounts() -> list[str]:
+    """Accounts whose EC2 backends exist already (only those can hold instances)."""
+    return list(dict.keys(ec2_backends))
+
+
+def known_regions(account: str = ACCOUNT_ID) -> list[str]:
+    """Regions whose EC2 backend exists already in ``account`` (only those can hold instances)."""
+    if account not in dict.keys(ec2_backends):
+        return []
+    return list(dict.keys(ec2_backends[account]))
+
+
+def find_instance(instance_id: str, account: str = ACCOUNT_ID) -> tuple[str, Any] | None:
+    """(region, moto Instance) for an instance id in any region of ``account``, or None."""
+    for region in known_regions(account):
+        for instance in ec2(region, account).all_instances():
             if instance.id == instance_id:
                 return region, instance
+    return None
+
+
+def locate(instance_id: str) -> tuple[str, str, Any] | None:
+    """(account, region, moto Instance) for an instance id in any account, or None."""
+    for account in known_accounts():
+        found = find_instance(instance_id, account)
+        if found is not None:
+            return account, found[0], found[1]
     return None
 
 
@@ -75,13 +95,13 @@ def platform_of(instance: Any) -> str:
     return "windows" if (instance.platform or "").lower() == "windows" else "linux"
 
 
-def profile_exists(name: str) -> bool:
-    return any(p.name == name for p in iam().get_instance_profiles())
+def profile_exists(name: str, account: str = ACCOUNT_ID) -> bool:
+    return any(p.name == name for p in iam(account).get_instance_profiles())
 
 
-def ssm_roles_by_profile_arn() -> dict[str, str]:
+def ssm_roles_by_profile_arn(account: str = ACCOUNT_ID) -> dict[str, str]:
     """Instance profile ARN -> name of a role in it carrying AmazonSSMManagedInstanceCore."""
-    backend = iam()
+    backend = iam(account)
     live_roles = {id(role) for role in backend.roles.values()}
     result = {}
     for profile in backend.get_instance_profiles():
@@ -92,9 +112,10 @@ def ssm_roles_by_profile_arn() -> dict[str, str]:
     return result
 
 
-def ssm_role_of(region: str, instance: Any, roles_by_arn: dict[str, str]) -> str | None:
+def ssm_role_of(region: str, instance: Any, roles_by_arn: dict[str, str],
+                account: str = ACCOUNT_ID) -> str | None:
     """The SSM-capable role reachable through the instance's profile association, if any."""
-    association = ec2(region).iam_instance_profile_associations.get(instance.id)
+    association = ec2(region, account).iam_instance_profile_associations.get(instance.id)
     if association is None:
         return None
     return roles_by_arn.get(association.iam_instance_profile.arn)
@@ -104,13 +125,13 @@ def set_state(instance_id: str, state: str) -> dict[str, Any]:
     """Start, stop or terminate an instance, as its owner would in the console."""
     if state not in STATES:
         raise FleetError(f"state must be one of {', '.join(STATES)}")
-    found = find_instance(instance_id)
+    found = locate(instance_id)
     if found is None:
         raise FleetError(f"instance {instance_id} not found", 404)
-    region, instance = found
+    account, region, instance = found
     if instance.state == "terminated" and state != "terminated":
         raise FleetError(f"instance {instance_id} is terminated", 409)
-    backend = ec2(region)
+    backend = ec2(region, account)
     {"running": backend.start_instances, "stopped": backend.stop_instances,
      "terminated": backend.terminate_instances}[state]([instance_id])
     return {"instance_id": instance_id, "region": region, "state": instance.state}
@@ -119,6 +140,8 @@ def set_state(instance_id: str, state: str) -> dict[str, Any]:
 def _validate_seed(spec: Any) -> None:
     if not isinstance(spec, dict):
         raise FleetError("seed must be a JSON object")
+    if not is_account_id(spec.get("account_id", ACCOUNT_ID)):
+        raise FleetError("account_id must be a 12-digit account id")
     for key in ("roles", "instance_profiles", "instances"):
         if not isinstance(spec.get(key, []), list):
             raise FleetError(f"{key} must be a list")
@@ -146,8 +169,8 @@ def _validate_seed(spec: Any) -> None:
             raise FleetError(f"unknown region {item.get('region')}")
 
 
-def _ensure_profile(name: str, role_name: str | None) -> None:
-    backend = iam()
+def _ensure_profile(name: str, role_name: str | None, account: str = ACCOUNT_ID) -> None:
+    backend = iam(account)
     profile = backend.instance_profiles.get(name)
     if profile is None:
         backend.create_instance_profile(name, "/", [role_name] if role_name else [])
@@ -155,8 +178,8 @@ def _ensure_profile(name: str, role_name: str | None) -> None:
         backend.add_role_to_instance_profile(name, role_name)
 
 
-def _seed_role(role: dict[str, Any]) -> None:
-    backend = iam()
+def _seed_role(role: dict[str, Any], account: str = ACCOUNT_ID) -> None:
+    backend = iam(account)
     name = role["name"]
     if not any(r.name == name for r in backend.get_roles()):
         backend.create_role(name, _EC2_TRUST_POLICY, "/", None, "", [], None)
@@ -165,18 +188,18 @@ def _seed_role(role: dict[str, Any]) -> None:
         if arn not in existing:
             backend.attach_role_policy(arn, name)
     if role.get("instance_profile"):
-        _ensure_profile(role["instance_profile"], name)
+        _ensure_profile(role["instance_profile"], name, account)
 
 
-def _seed_instances(item: dict[str, Any]) -> list[dict[str, Any]]:
+def _seed_instances(item: dict[str, Any], account: str = ACCOUNT_ID) -> list[dict[str, Any]]:
     region = item.get("region", "us-east-1")
     platform = item.get("platform", "linux")
     state = item.get("state", "running")
     tags = {str(k): str(v) for k, v in item.get("tags", {}).items()}
     profile = item.get("instance_profile")
-    if profile and not profile_exists(profile):
+    if profile and not profile_exists(profile, account):
         raise FleetError(f"instance profile {profile} does not exist (seed it first)")
-    backend = ec2(region)
+    backend = ec2(region, account)
     reservation = backend.run_instances(
         _AMI_BY_PLATFORM[platform], item.get("count", 1), None, [],
         instance_type="t3.micro", is_instance_type_default=False, region_name=region,
@@ -192,22 +215,25 @@ def _seed_instances(item: dict[str, Any]) -> list[dict[str, Any]]:
             backend.stop_instances([instance.id])
         elif state == "terminated":
             backend.terminate_instances([instance.id])
-        created.append({"instance_id": instance.id, "region": region, "platform": platform,
+        created.append({"instance_id": instance.id, "account_id": account, "region": region,
+                        "platform": platform,
                         "state": state, "tags": tags, "instance_profile": profile})
     return created
 
 
 def seed(spec: Any) -> dict[str, Any]:
-    """Apply a seed: roles, then bare instance profiles, then instances (see README)."""
+    """Apply a seed: roles, then bare instance profiles, then instances (see README), in
+    ``account_id`` (default 123456789012)."""
     _validate_seed(spec)
+    account = spec.get("account_id", ACCOUNT_ID)
     try:
         for role in spec.get("roles", []):
-            _seed_role(role)
+            _seed_role(role, account)
         for profile in spec.get("instance_profiles", []):
-            _ensure_profile(profile["name"], None)
+            _ensure_profile(profile["name"], None, account)
         instances = []
         for item in spec.get("instances", []):
-            instances.extend(_seed_instances(item))
+            instances.extend(_seed_instances(item, account))
     except (ServiceException, HTTPException) as exc:
         raise FleetError(_moto_message(exc)) from exc
     return {"instances": instances}

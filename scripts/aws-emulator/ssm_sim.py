@@ -149,6 +149,7 @@ class Invocation:
 class Command:
     command_id: str
     region: str
+    account: str
     document_name: str
     parameters: dict[str, list[str]]
     comment: str
@@ -165,7 +166,7 @@ class Command:
 
     def control_view(self) -> dict[str, Any]:
         """The record shown by ``GET /_emulator/commands``."""
-        return {"command_id": self.command_id, "region": self.region,
+        return {"command_id": self.command_id, "account_id": self.account, "region": self.region,
                 "document_name": self.document_name, "instance_ids": list(self.invocations),
                 "parameters": self.parameters, "comment": self.comment,
                 "timeout_seconds": self.timeout_seconds, "max_errors": self.max_errors,
@@ -254,10 +255,13 @@ class SsmSimulator:
     def __init__(self, config: dict[str, Any], lock: threading.RLock):
         self.config = config
         self.lock = lock
-        self.tracking: dict[tuple[str, str], Tracking] = {}
+        # Per (account, region, instance id): SSM is a regional service of each account.
+        self.tracking: dict[tuple[str, str, str], Tracking] = {}
         self.commands: dict[str, Command] = {}
         self.outcomes: dict[str, dict[str, Any]] = {}
-        self.settings: dict[tuple[str, str], tuple[str, float]] = {}
+        self.settings: dict[tuple[str, str, str], tuple[str, float]] = {}
+        # The account of the request being served (set by handle(); the caller holds the lock).
+        self.account: str = fleet.ACCOUNT_ID
         self.started_at = time.time()
         self.handlers: dict[str, Callable[[str, dict[str, Any]], dict[str, Any]]] = {
             "DescribeInstanceInformation": self.describe_instance_information,
@@ -274,16 +278,20 @@ class SsmSimulator:
     # ----- managed instances -------------------------------------------------------------
 
     def refresh(self) -> None:
-        """Re-evaluate the managed condition of every instance in every region."""
+        """Re-evaluate the managed condition of every instance in every region of every account."""
+        for account in fleet.known_accounts():
+            self._refresh_account(account)
+
+    def _refresh_account(self, account: str) -> None:
         now = time.time()
         delay = self.config["registration_delay_seconds"]
-        roles_by_arn = fleet.ssm_roles_by_profile_arn()
-        for region in fleet.known_regions():
-            for instance in fleet.ec2(region).all_instances():
-                track = self.tracking.setdefault((region, instance.id), Tracking())
+        roles_by_arn = fleet.ssm_roles_by_profile_arn(account)
+        for region in fleet.known_regions(account):
+            for instance in fleet.ec2(region, account).all_instances():
+                track = self.tracking.setdefault((account, region, instance.id), Tracking())
                 role = None
                 if instance.state == "running":
-                    role = fleet.ssm_role_of(region, instance, roles_by_arn)
+                    role = fleet.ssm_role_of(region, instance, roles_by_arn, account)
                 if role:
                     track.role = role
                     if track.since is None:
@@ -299,7 +307,7 @@ class SsmSimulator:
         Also remembers that an instance was seen Online, so that a later change of
         ``registration_delay_seconds`` cannot hide an earlier Online period.
         """
-        track = self.tracking.get((region, instance.id))
+        track = self.tracking.get((self.account, region, instance.id))
         if track is None or instance.state != "running":
             return None
         if track.since is not None and now - track.since >= self.config["registration_delay_seconds"]:
@@ -309,12 +317,13 @@ class SsmSimulator:
 
     def _instance_information(self, region: str, now: float) -> list[dict[str, Any]]:
         items = []
-        for instance in sorted(fleet.ec2(region).all_instances(), key=lambda i: i.id):
+        for instance in sorted(fleet.ec2(region, self.account).all_instances(),
+                               key=lambda i: i.id):
             ping = self.ping_status(region, instance, now)
             if ping is None:
                 continue
             windows = fleet.platform_of(instance) == "windows"
-            track = self.tracking[(region, instance.id)]
+            track = self.tracking[(self.account, region, instance.id)]
             items.append({
                 "InstanceId": instance.id, "PingStatus": ping,
                 "LastPingDateTime": now if ping == "Online" else track.lost_at,
@@ -333,7 +342,7 @@ class SsmSimulator:
 
     def online_platform(self, region: str, instance_id: str, now: float) -> str | None:
         """The instance's platform if it is Online in ``region``, else None."""
-        for instance in fleet.ec2(region).all_instances():
+        for instance in fleet.ec2(region, self.account).all_instances():
             if instance.id == instance_id:
                 if self.ping_status(region, instance, now) == "Online":
                     return fleet.platform_of(instance)
@@ -342,12 +351,14 @@ class SsmSimulator:
 
     # ----- SSM operations ------------------------------------------------------------------
 
-    def handle(self, action: str, region: str, params: dict[str, Any]) -> dict[str, Any] | None:
-        """Serve ``action`` if the emulator implements it (None: let moto answer)."""
+    def handle(self, action: str, region: str, params: dict[str, Any],
+               account: str = fleet.ACCOUNT_ID) -> dict[str, Any] | None:
+        """Serve ``action`` in ``account`` if the emulator implements it (None: let moto answer)."""
         handler = self.handlers.get(action)
         if handler is None:
             return None
         self.refresh()
+        self.account = account
         try:
             return handler(region, params)
         except (TypeError, ValueError, KeyError, AttributeError) as exc:
@@ -431,21 +442,22 @@ class SsmSimulator:
         invalid = [iid for iid, platform in platforms.items() if platform is None]
         if invalid:
             raise SsmError("InvalidInstanceId", f"Instances {invalid} not in a valid state for "
-                           f"account {fleet.ACCOUNT_ID}")
+                           f"account {self.account}")
         wanted = DOCUMENT_PLUGINS[opts["document"]][1]
         if any(platform != wanted for platform in platforms.values()):
             raise SsmError("UnsupportedPlatformType",
                            f"The platform type of the instances is not supported by "
                            f"{opts['document']}")
         command = Command(
-            command_id=str(uuid.uuid4()), region=region, document_name=opts["document"],
+            command_id=str(uuid.uuid4()), region=region, account=self.account,
+            document_name=opts["document"],
             parameters=opts["parameters"], comment=opts["comment"],
             timeout_seconds=opts["timeout"], max_errors=str(opts["max_errors"]),
             max_concurrency=str(opts["max_concurrency"]), requested_at=now,
             visible_at=now + self.config["invocation_visibility_delay_seconds"])
         default = {"stdout": DEFAULT_SUCCESS_STDOUT}
         for iid in ids:
-            found = fleet.find_instance(iid)
+            found = fleet.find_instance(iid, self.account)
             name = found[1].private_dns_name if found else iid
             outcome = Outcome.from_script(self.outcomes.get(iid, default),
                                           self.config["command_duration_seconds"])
@@ -470,7 +482,7 @@ class SsmSimulator:
             if not url or command.invocations[instance_id].cancelled_at is not None:
                 return
             payload = {"instance_id": instance_id, "region": command.region,
-                       "account_id": fleet.ACCOUNT_ID, "command_id": command_id,
+                       "account_id": command.account, "command_id": command_id,
                        "commands": command.parameters.get("commands", [])}
         request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
                                          headers={"Content-Type": "application/json"})
@@ -483,7 +495,8 @@ class SsmSimulator:
 
     def _visible_command(self, region: str, command_id: str | None, now: float) -> Command | None:
         command = self.commands.get(command_id or "")
-        if command is None or command.region != region or now < command.visible_at:
+        if (command is None or command.region != region or command.account != self.account
+                or now < command.visible_at):
             return None
         return command
 
@@ -534,7 +547,8 @@ class SsmSimulator:
 
     def _commands_newest_first(self, region: str, now: float) -> list[Command]:
         return sorted((c for c in self.commands.values()
-                       if c.region == region and now >= c.visible_at),
+                       if c.region == region and c.account == self.account
+                       and now >= c.visible_at),
                       key=lambda c: c.requested_at, reverse=True)
 
     def list_command_invocations(self, region: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -589,7 +603,8 @@ class SsmSimulator:
         now = time.time()
         keep = self._command_filter(params.get("Filters", []))
         items = []
-        for command in sorted((c for c in self.commands.values() if c.region == region),
+        for command in sorted((c for c in self.commands.values()
+                               if c.region == region and c.account == self.account),
                               key=lambda c: c.requested_at, reverse=True):
             if params.get("CommandId") and command.command_id != params["CommandId"]:
                 continue
@@ -607,7 +622,7 @@ class SsmSimulator:
     def cancel_command(self, region: str, params: dict[str, Any]) -> dict[str, Any]:
         now = time.time()
         command = self.commands.get(params["CommandId"])
-        if command is None or command.region != region:
+        if command is None or command.region != region or command.account != self.account:
             raise SsmError("InvalidCommandId", f"Command {params['CommandId']} does not exist")
         targets = params.get("InstanceIds") or list(command.invocations)
         for iid in targets:
@@ -638,14 +653,15 @@ class SsmSimulator:
         return setting_id
 
     def _setting(self, region: str, setting_id: str) -> dict[str, Any]:
-        value, modified = self.settings.get((region, setting_id), (None, self.started_at))
+        value, modified = self.settings.get((self.account, region, setting_id),
+                                            (None, self.started_at))
         return {"ServiceSetting": {
             "SettingId": setting_id,
             "SettingValue": value if value is not None else SERVICE_SETTING_DEFAULTS[setting_id],
             "LastModifiedDate": modified,
-            "LastModifiedUser": (f"arn:aws:iam::{fleet.ACCOUNT_ID}:root" if value is not None
+            "LastModifiedUser": (f"arn:aws:iam::{self.account}:root" if value is not None
                                  else "System"),
-            "ARN": f"arn:aws:ssm:{region}:{fleet.ACCOUNT_ID}:servicesetting{setting_id}",
+            "ARN": f"arn:aws:ssm:{region}:{self.account}:servicesetting{setting_id}",
             "Status": "Customized" if value is not None else "Default",
         }}
 
@@ -654,10 +670,11 @@ class SsmSimulator:
 
     def update_service_setting(self, region: str, params: dict[str, Any]) -> dict[str, Any]:
         setting_id = self._setting_id(params["SettingId"])
-        self.settings[(region, setting_id)] = (str(params["SettingValue"]), time.time())
+        self.settings[(self.account, region, setting_id)] = (str(params["SettingValue"]),
+                                                             time.time())
         return {}
 
     def reset_service_setting(self, region: str, params: dict[str, Any]) -> dict[str, Any]:
         setting_id = self._setting_id(params["SettingId"])
-        self.settings.pop((region, setting_id), None)
+        self.settings.pop((self.account, region, setting_id), None)
         return self._setting(region, setting_id)

@@ -24,6 +24,8 @@ DEFAULT_REGION = "us-east-1"
 CREDENTIAL_RE = _CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request")
 # ReceiveMessage only hides a message for a while: not a change anyone asked for.
 _READ_ONLY_PREFIXES = ("Describe", "Get", "List", "Receive")
+# Services speaking awsJson1.1, whose errors are JSON.
+_JSON_SERVICES = {"ssm", "organizations"}
 
 # Error codes whose HTTP status differs from the service's default of 400.
 _STATUS_BY_CODE = {
@@ -31,6 +33,7 @@ _STATUS_BY_CODE = {
             "Unavailable": 503},
     "iam": {"AccessDenied": 403, "NoSuchEntity": 404, "ServiceFailure": 500},
     "sts": {"AccessDenied": 403, "OutboundWebIdentityFederationDisabledException": 403},
+    "organizations": {"AccessDeniedException": 400},
     "ssm": {"InternalServerError": 500},
     "sqs": {"InternalError": 500},
 }
@@ -46,6 +49,9 @@ class AwsRequest:
     region: str
     action: str
     params: dict[str, Any]
+    # The SigV4 access key id; the emulator derives the account the request acts in from it.
+    access_key: str = ""
+    account: str = "123456789012"
 
     @property
     def operation(self) -> str:
@@ -71,10 +77,10 @@ def read_body(environ: dict[str, Any]) -> bytes:
 
 def parse_request(environ: dict[str, Any], body: bytes) -> AwsRequest:
     """Classify a request by service, region and action, and decode its parameters."""
-    service, region = "unknown", DEFAULT_REGION
+    service, region, access_key = "unknown", DEFAULT_REGION, ""
     match = _CREDENTIAL_RE.search(environ.get("HTTP_AUTHORIZATION", ""))
     if match:
-        region, service = match.group(3), match.group(4).lower()
+        access_key, region, service = match.group(1), match.group(3), match.group(4).lower()
     target = environ.get("HTTP_X_AMZ_TARGET", "")
     content_type = environ.get("CONTENT_TYPE", "")
     if target or content_type.startswith("application/x-amz-json"):
@@ -87,12 +93,12 @@ def parse_request(environ: dict[str, Any], body: bytes) -> AwsRequest:
         action = target.split(".", 1)[1] if "." in target else target
         if not match and target.startswith("AmazonSSM."):
             service = "ssm"
-        return AwsRequest(service, region, action or "Unknown", params)
+        return AwsRequest(service, region, action or "Unknown", params, access_key)
     pairs = parse_qsl(environ.get("QUERY_STRING", ""), keep_blank_values=True)
     if content_type.startswith("application/x-www-form-urlencoded"):
         pairs += parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
     params = dict(pairs)
-    return AwsRequest(service, region, params.get("Action", "Unknown"), params)
+    return AwsRequest(service, region, params.get("Action", "Unknown"), params, access_key)
 
 
 def request_id() -> str:
@@ -113,7 +119,7 @@ def error_response(service: str, code: str, message: str,
     """
     status = status or error_status(service, code)
     rid = request_id()
-    if service == "ssm":
+    if service in _JSON_SERVICES:
         body = json.dumps({"__type": code, "message": message}).encode()
         headers = [("Content-Type", JSON_CONTENT_TYPE), ("x-amzn-ErrorType", code),
                    ("x-amzn-RequestId", rid)]

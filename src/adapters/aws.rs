@@ -129,11 +129,31 @@ where
     }
 }
 
+/// The SDK's retry partition of one service in one region of one account.
+///
+/// The SDK keeps its retry token bucket (and the adaptive mode's rate limiter) in a process-wide map keyed
+/// by partition name, and its default name is `{service}-{region}`: every account would then share one
+/// bucket per region, and throttling in one account would drain the retry budget of all others. AWS
+/// throttles per account and region, so the buckets are keyed the same way when the account is known.
+pub fn retry_partition(
+    service: &str,
+    region: &str,
+    account: Option<&str>,
+) -> aws_sdk_ec2::config::retry::RetryPartition {
+    let name = match account {
+        Some(account) => format!("{service}-{region}-{account}"),
+        None => format!("{service}-{region}"),
+    };
+    aws_sdk_ec2::config::retry::RetryPartition::new(name)
+}
+
 /// Per-region client cache: one client per region, built once.
 struct RegionalClients<C> {
     sdk: SdkConfig,
     counter: ApiCounter,
-    build: fn(&SdkConfig, &str, ApiCounter) -> C,
+    /// The account these clients act in, when known: their retry partitions are per account and region.
+    account: Option<String>,
+    build: fn(&SdkConfig, &str, ApiCounter, Option<&str>) -> C,
     clients: Mutex<HashMap<String, C>>,
 }
 
@@ -142,7 +162,14 @@ impl<C: Clone> RegionalClients<C> {
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         clients
             .entry(region.to_string())
-            .or_insert_with(|| (self.build)(&self.sdk, region, self.counter.clone()))
+            .or_insert_with(|| {
+                (self.build)(
+                    &self.sdk,
+                    region,
+                    self.counter.clone(),
+                    self.account.as_deref(),
+                )
+            })
             .clone()
     }
 }
@@ -155,8 +182,19 @@ pub struct SdkSts {
 impl SdkSts {
     /// Builds the adapter for the home region.
     pub fn new(sdk: &SdkConfig, region: &str, counter: ApiCounter) -> SdkSts {
+        SdkSts::for_account(sdk, region, counter, None)
+    }
+
+    /// Builds the adapter for the home region of `account` (retry partition per account).
+    pub fn for_account(
+        sdk: &SdkConfig,
+        region: &str,
+        counter: ApiCounter,
+        account: Option<&str>,
+    ) -> SdkSts {
         let conf = aws_sdk_sts::config::Builder::from(sdk)
             .region(Region::new(region.to_string()))
+            .retry_partition(retry_partition("sts", region, account))
             .interceptor(counter)
             .build();
         SdkSts {
@@ -238,9 +276,25 @@ pub struct SdkEc2 {
 impl SdkEc2 {
     /// Builds the adapter; `home_region` serves `DescribeRegions`.
     pub fn new(sdk: &SdkConfig, home_region: &str, counter: ApiCounter) -> SdkEc2 {
-        fn build(sdk: &SdkConfig, region: &str, counter: ApiCounter) -> aws_sdk_ec2::Client {
+        SdkEc2::for_account(sdk, home_region, counter, None)
+    }
+
+    /// Builds the adapter for `account`: one client, and one retry partition, per account and region.
+    pub fn for_account(
+        sdk: &SdkConfig,
+        home_region: &str,
+        counter: ApiCounter,
+        account: Option<&str>,
+    ) -> SdkEc2 {
+        fn build(
+            sdk: &SdkConfig,
+            region: &str,
+            counter: ApiCounter,
+            account: Option<&str>,
+        ) -> aws_sdk_ec2::Client {
             let conf = aws_sdk_ec2::config::Builder::from(sdk)
                 .region(Region::new(region.to_string()))
+                .retry_partition(retry_partition("ec2", region, account))
                 .interceptor(counter)
                 .build();
             aws_sdk_ec2::Client::from_conf(conf)
@@ -250,6 +304,7 @@ impl SdkEc2 {
             clients: RegionalClients {
                 sdk: sdk.clone(),
                 counter,
+                account: account.map(str::to_string),
                 build,
                 clients: Mutex::new(HashMap::new()),
             },
@@ -459,8 +514,19 @@ pub struct SdkIam {
 impl SdkIam {
     /// Builds the adapter (IAM is global; `region` only picks the partition's endpoint).
     pub fn new(sdk: &SdkConfig, region: &str, counter: ApiCounter) -> SdkIam {
+        SdkIam::for_account(sdk, region, counter, None)
+    }
+
+    /// Builds the adapter for `account` (retry partition per account).
+    pub fn for_account(
+        sdk: &SdkConfig,
+        region: &str,
+        counter: ApiCounter,
+        account: Option<&str>,
+    ) -> SdkIam {
         let conf = aws_sdk_iam::config::Builder::from(sdk)
             .region(Region::new(region.to_string()))
+            .retry_partition(retry_partition("iam", "global", account))
             .interceptor(counter)
             .build();
         SdkIam {
@@ -636,9 +702,20 @@ pub struct SdkSsm {
 impl SdkSsm {
     /// Builds the adapter.
     pub fn new(sdk: &SdkConfig, counter: ApiCounter) -> SdkSsm {
-        fn build(sdk: &SdkConfig, region: &str, counter: ApiCounter) -> aws_sdk_ssm::Client {
+        SdkSsm::for_account(sdk, counter, None)
+    }
+
+    /// Builds the adapter for `account`: one client, and one retry partition, per account and region.
+    pub fn for_account(sdk: &SdkConfig, counter: ApiCounter, account: Option<&str>) -> SdkSsm {
+        fn build(
+            sdk: &SdkConfig,
+            region: &str,
+            counter: ApiCounter,
+            account: Option<&str>,
+        ) -> aws_sdk_ssm::Client {
             let conf = aws_sdk_ssm::config::Builder::from(sdk)
                 .region(Region::new(region.to_string()))
+                .retry_partition(retry_partition("ssm", region, account))
                 .interceptor(counter)
                 .build();
             aws_sdk_ssm::Client::from_conf(conf)
@@ -647,6 +724,7 @@ impl SdkSsm {
             clients: RegionalClients {
                 sdk: sdk.clone(),
                 counter,
+                account: account.map(str::to_string),
                 build,
                 clients: Mutex::new(HashMap::new()),
             },
@@ -889,5 +967,47 @@ fn command_summary(c: &aws_sdk_ssm::types::Command) -> CommandSummary {
         status: CommandStatus::parse(c.status().map_or("Pending", |s| s.as_str())),
         instance_ids: c.instance_ids().to_vec(),
         comment: c.comment().unwrap_or_default().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sdk() -> SdkConfig {
+        SdkConfig::builder()
+            .region(Region::new("us-east-1"))
+            .behavior_version(BehaviorVersion::latest())
+            .build()
+    }
+
+    #[test]
+    fn clients_of_different_accounts_never_share_a_retry_partition() {
+        // The SDK keys its retry token buckets by partition name, process-wide: equal names share one.
+        let sdk = sdk();
+        let counter = ApiCounter::default();
+        let partition = |account: Option<&str>, region: &str| {
+            let ec2 = SdkEc2::for_account(&sdk, "us-east-1", counter.clone(), account);
+            let ssm = SdkSsm::for_account(&sdk, counter.clone(), account);
+            let e = ec2.clients.get(region).config().retry_partition().cloned();
+            let s = ssm.clients.get(region).config().retry_partition().cloned();
+            (e.unwrap().to_string(), s.unwrap().to_string())
+        };
+        let a = partition(Some("111111111111"), "eu-west-1");
+        assert_eq!(
+            a,
+            (
+                "ec2-eu-west-1-111111111111".to_string(),
+                "ssm-eu-west-1-111111111111".to_string()
+            )
+        );
+        assert_ne!(a, partition(Some("222222222222"), "eu-west-1"));
+        assert_ne!(a, partition(Some("111111111111"), "us-east-1"));
+        assert_eq!(partition(None, "eu-west-1").0, "ec2-eu-west-1");
+        let iam = SdkIam::for_account(&sdk, "us-east-1", counter.clone(), Some("111111111111"));
+        assert_eq!(
+            iam.client.config().retry_partition().unwrap().to_string(),
+            "iam-global-111111111111"
+        );
     }
 }

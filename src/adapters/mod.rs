@@ -3,4 +3,5 @@
 pub mod aws;
 pub mod azure;
 pub mod credential;
+pub mod organizations;
 pub mod sqs;

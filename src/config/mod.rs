@@ -3,6 +3,7 @@
 //! Every problem names the key it concerns (`aws.regions[1]`, `onboarding.proxy_url`) so that an operator
 //! can fix the file without guessing. All problems in a file are reported together.
 
+pub mod accounts;
 pub mod duration;
 pub mod events;
 
@@ -14,6 +15,7 @@ use std::time::Duration;
 use toml::{Table, Value};
 use url::Url;
 
+pub use crate::config::accounts::{AccountSource, AccountsConfig, Shard};
 use crate::config::duration::{format_duration, parse_duration};
 pub use crate::config::events::EventsConfig;
 use crate::model::TagSelector;
@@ -115,6 +117,8 @@ pub struct AwsConfig {
     pub regions: RegionSelection,
     /// Only instances carrying this tag, when set.
     pub tag_filter: Option<TagSelector>,
+    /// `[aws.accounts]`: the accounts in scope (default: the caller's only).
+    pub accounts: AccountsConfig,
 }
 
 /// The `[iam]` section: the connector's CloudFormation stack parameters.
@@ -373,6 +377,10 @@ impl Config {
             }
             aws.insert("tag_filter".into(), Value::Table(t));
         }
+        aws.insert(
+            "accounts".into(),
+            Value::Table(self.aws.accounts.to_table()),
+        );
         root.insert("aws".into(), Value::Table(aws));
 
         let iam = &self.iam;
@@ -685,7 +693,25 @@ impl Validator<'_> {
     }
 
     fn aws(&mut self, t: &Table) -> Option<AwsConfig> {
-        self.unknown_keys(t, "aws", &["all_regions", "regions", "tag_filter"]);
+        self.unknown_keys(
+            t,
+            "aws",
+            &["all_regions", "regions", "tag_filter", "accounts"],
+        );
+        let accounts = match t.get("accounts") {
+            None => AccountsConfig::default(),
+            Some(Value::Table(a)) => self.accounts(a),
+            Some(other) => {
+                self.issue(
+                    "aws.accounts",
+                    format!(
+                        "must be a table ([aws.accounts]), found {}",
+                        describe(other)
+                    ),
+                );
+                AccountsConfig::default()
+            }
+        };
         let all = self.bool(t, "aws", "all_regions", false);
         let regions = match t.get("regions") {
             None => None,
@@ -755,6 +781,7 @@ impl Validator<'_> {
         Some(AwsConfig {
             regions,
             tag_filter,
+            accounts,
         })
     }
 

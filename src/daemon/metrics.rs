@@ -67,6 +67,30 @@ struct InstanceLabels {
     status: String,
 }
 
+/// Labels of `arc_onboard_account_instances`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountInstanceLabels {
+    kind: String,
+    account: String,
+    status: String,
+}
+
+/// Labels of `arc_onboard_account_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountCodeLabels {
+    account: String,
+    code: String,
+}
+
+/// One account's part of a pass, for the per-account series.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountCounts {
+    /// Instances by report status.
+    pub statuses: BTreeMap<String, u64>,
+    /// Errors by code (`errors[]` entries of the account, failed instances by failure code).
+    pub errors: BTreeMap<String, u64>,
+}
+
 /// Labels of `arc_onboard_api_calls_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabels {
@@ -113,6 +137,10 @@ pub struct Metrics {
     api_calls: Family<OperationLabels, Counter>,
     /// `arc_onboard_errors_total{code}`.
     errors: Family<CodeLabels, Counter>,
+    /// `arc_onboard_account_instances{kind,account,status}`.
+    account_instances: Family<AccountInstanceLabels, Gauge>,
+    /// `arc_onboard_account_errors_total{account,code}`.
+    account_errors: Family<AccountCodeLabels, Counter>,
     /// What the families cannot answer (health streaks, statuses seen); its lock also makes a recorded
     /// pass appear in a scrape all at once.
     kinds: Mutex<BTreeMap<String, KindState>>,
@@ -133,6 +161,8 @@ struct KindState {
     consecutive_failures: u32,
     /// Every status this kind's instance gauge has held, so a status that vanished is set to 0.
     statuses: BTreeSet<String>,
+    /// Every (account, status) this kind's per-account gauge has held, likewise.
+    account_statuses: BTreeSet<(String, String)>,
 }
 
 impl Metrics {
@@ -219,11 +249,25 @@ impl Metrics {
             "Instances the event path is waiting on to come Online in SSM",
             watched.clone(),
         );
+        let account_instances = Family::default();
+        registry.register(
+            "arc_onboard_account_instances",
+            "Instances by AWS account and report status at the end of the last pass of this kind",
+            account_instances.clone(),
+        );
+        let account_errors = Family::default();
+        registry.register(
+            "arc_onboard_account_errors",
+            "Errors seen in passes by AWS account and code (accounts that could not be entered: sts:AssumeRole's code)",
+            account_errors.clone(),
+        );
         let metrics = Metrics {
             events,
             queue_failing,
             watched,
             queue_problem: Mutex::new(None),
+            account_instances,
+            account_errors,
             unhealthy_after: unhealthy_after.max(1),
             registry,
             healthy,
@@ -405,6 +449,47 @@ impl Metrics {
                     operation: operation.clone(),
                 })
                 .inc_by(*count);
+        }
+    }
+
+    /// Records one finished pass's per-account figures (label `account`): instances by status replace the
+    /// kind's per-account gauge (an (account, status) seen before and absent now is set to 0), errors are
+    /// added to the counters.
+    pub fn record_accounts(&self, kind: &str, accounts: &BTreeMap<String, AccountCounts>) {
+        let mut kinds = self.lock();
+        self.add_kind(&mut kinds, kind);
+        let state = kinds.get_mut(kind).expect("added above");
+        for (account, counts) in accounts {
+            state.account_statuses.extend(
+                counts
+                    .statuses
+                    .keys()
+                    .map(|status| (account.clone(), status.clone())),
+            );
+        }
+        for (account, status) in &state.account_statuses {
+            let count = accounts
+                .get(account)
+                .and_then(|c| c.statuses.get(status))
+                .copied()
+                .unwrap_or(0);
+            self.account_instances
+                .get_or_create(&AccountInstanceLabels {
+                    kind: kind.to_string(),
+                    account: account.clone(),
+                    status: status.clone(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        for (account, counts) in accounts {
+            for (code, n) in &counts.errors {
+                self.account_errors
+                    .get_or_create(&AccountCodeLabels {
+                        account: account.clone(),
+                        code: code.clone(),
+                    })
+                    .inc_by(*n);
+            }
         }
     }
 
@@ -968,6 +1053,65 @@ mod tests {
             rendered.contains("{code=\"bad\\\"code\\\\x\\ny\"} 2\n"),
             "escaped"
         );
+    }
+
+    #[test]
+    fn per_account_series_carry_the_account_label() {
+        let metrics = Metrics::new(3);
+        let counts = |statuses: &[(&str, u64)], errors: &[(&str, u64)]| AccountCounts {
+            statuses: map(statuses),
+            errors: map(errors),
+        };
+        metrics.record_accounts(
+            "onboarding",
+            &BTreeMap::from([
+                ("111111111111".to_string(), counts(&[("onboarded", 2)], &[])),
+                (
+                    "222222222222".to_string(),
+                    counts(&[], &[("AccessDenied", 1)]),
+                ),
+            ]),
+        );
+        metrics.record_accounts(
+            "onboarding",
+            &BTreeMap::from([(
+                "222222222222".to_string(),
+                counts(&[("already-onboarded", 3)], &[("AccessDenied", 1)]),
+            )]),
+        );
+        let samples = parse_exposition(&metrics.render());
+        let mut gauges: Vec<(String, f64)> = samples
+            .iter()
+            .filter(|s| s.name == "arc_onboard_account_instances")
+            .map(|s| {
+                (
+                    format!(
+                        "{}/{}/{}",
+                        s.labels["kind"], s.labels["account"], s.labels["status"]
+                    ),
+                    s.value,
+                )
+            })
+            .collect();
+        gauges.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            gauges,
+            [
+                ("onboarding/111111111111/onboarded".to_string(), 0.0),
+                ("onboarding/222222222222/already-onboarded".to_string(), 3.0),
+            ]
+        );
+        let errors: Vec<(String, f64)> = samples
+            .iter()
+            .filter(|s| s.name == "arc_onboard_account_errors_total")
+            .map(|s| {
+                (
+                    format!("{}/{}", s.labels["account"], s.labels["code"]),
+                    s.value,
+                )
+            })
+            .collect();
+        assert_eq!(errors, [("222222222222/AccessDenied".to_string(), 2.0)]);
     }
 
     #[test]

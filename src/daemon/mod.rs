@@ -211,6 +211,8 @@ pub struct PassSummary {
     pub api_calls: BTreeMap<String, u64>,
     /// Error codes seen.
     pub errors: BTreeMap<String, u64>,
+    /// Per AWS account: instances by status and error codes (metrics label `account`).
+    pub accounts: BTreeMap<String, crate::daemon::metrics::AccountCounts>,
 }
 
 impl PassSummary {
@@ -220,8 +222,25 @@ impl PassSummary {
     pub fn from_outcome(outcome: &crate::reconcile::pass::PassOutcome) -> PassSummary {
         let r = &outcome.report;
         let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        let mut accounts: BTreeMap<String, crate::daemon::metrics::AccountCounts> = r
+            .accounts
+            .iter()
+            .map(|a| (a.account_id.clone(), Default::default()))
+            .collect();
         for e in &r.errors {
             *errors.entry(e.code.clone()).or_default() += 1;
+            let account = accounts.entry(e.account_id.clone()).or_default();
+            *account.errors.entry(e.code.clone()).or_default() += 1;
+        }
+        for i in &r.instances {
+            let account = accounts.entry(i.account_id.clone()).or_default();
+            *account
+                .statuses
+                .entry(i.status.as_str().to_string())
+                .or_default() += 1;
+            if let (crate::reconcile::plan::Status::Failed, Some(f)) = (i.status, &i.failure) {
+                *account.errors.entry(f.code.clone()).or_default() += 1;
+            }
         }
         for i in r
             .instances
@@ -244,6 +263,7 @@ impl PassSummary {
                 .collect(),
             api_calls: r.summary.api_calls.clone(),
             errors,
+            accounts,
         }
     }
 }
@@ -266,6 +286,7 @@ pub async fn observed_pass<Fut>(
         let summary = pass.await;
         let took = clock.elapsed();
         metrics.record_pass(kind.as_str(), summary.ok, took, &summary.statuses, &summary.api_calls, &summary.errors);
+        metrics.record_accounts(kind.as_str(), &summary.accounts);
         let record = crate::daemon::state::PassRecord {
             kind: kind.as_str().into(),
             started_at: crate::daemon::state::unix(started),

@@ -36,6 +36,47 @@ pub struct AccountReport {
     pub detail: Option<String>,
 }
 
+/// One entry of `errors[]`: an account, a region of an account, or the organization that could not be
+/// observed or entered. The rest of the pass went on without it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReportError {
+    /// The account concerned (for the organization's listing: the caller's account).
+    pub account_id: String,
+    /// The region, or null for an account-level failure (`sts:AssumeRole`, `organizations:ListAccounts`).
+    pub region: Option<String>,
+    /// The failing call, `service:Operation`.
+    pub operation: String,
+    /// AWS error code.
+    pub code: String,
+    /// AWS error message.
+    pub message: String,
+}
+
+impl ReportError {
+    /// An account-level failure (no region).
+    pub fn account(account_id: &str, e: &crate::model::AwsError) -> ReportError {
+        ReportError {
+            account_id: account_id.to_string(),
+            region: None,
+            operation: e.operation.clone(),
+            code: e.code.clone(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+impl From<RegionError> for ReportError {
+    fn from(e: RegionError) -> ReportError {
+        ReportError {
+            account_id: e.account_id,
+            region: Some(e.region),
+            operation: e.operation,
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
 /// Totals.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
@@ -62,8 +103,8 @@ pub struct Report {
     /// Every instance that passed the filters: for `plan` as planned; for `run` what happened, with the
     /// plan's status and detail in `planned`.
     pub instances: Vec<InstancePlan>,
-    /// Regions that could not be observed.
-    pub errors: Vec<RegionError>,
+    /// What could not be observed or entered: accounts, regions, the organization.
+    pub errors: Vec<ReportError>,
     /// Totals.
     pub summary: Summary,
 }
@@ -107,7 +148,7 @@ impl Report {
                         None => p,
                     }),
             );
-            errors.extend(plan.region_errors);
+            errors.extend(plan.region_errors.into_iter().map(ReportError::from));
         }
         let mut by_status = BTreeMap::new();
         for i in &instances {
@@ -126,6 +167,38 @@ impl Report {
             instances,
             errors,
         }
+    }
+
+    /// Merges the reports of several accounts' passes into one, in the order given (each account's
+    /// instances keep their pass's order; `accounts[]` is sorted by id), with `errors` (accounts or the
+    /// organization that could not be entered or listed) and `unhandled` (accounts in scope that produced
+    /// no report, listed in `accounts[]` with their reason) added. `api_calls` as given, since the passes
+    /// may share one counter.
+    pub fn merge(
+        mode: Mode,
+        started: SystemTime,
+        reports: Vec<Report>,
+        unhandled: Vec<AccountReport>,
+        errors: Vec<ReportError>,
+        api_calls: ApiCounts,
+    ) -> Report {
+        let mut merged = Report::new(mode, started, Vec::new(), api_calls);
+        for r in reports {
+            merged.accounts.extend(r.accounts);
+            merged.instances.extend(r.instances);
+            merged.errors.extend(r.errors);
+        }
+        merged.accounts.extend(unhandled);
+        merged.errors.extend(errors);
+        merged
+            .accounts
+            .sort_by(|a, b| a.account_id.cmp(&b.account_id));
+        merged.summary.instances = merged.instances.len();
+        for i in &merged.instances {
+            *merged.summary.by_status.entry(i.status).or_insert(0) += 1;
+        }
+        merged.finished_at = timestamp(SystemTime::now());
+        merged
     }
 
     /// Whether anything failed: an instance, or a region that could not be observed.
@@ -195,12 +268,16 @@ impl Report {
         out.push('\n');
         out.push_str(&crate::output::table::render(&headers, &rows));
         if !self.errors.is_empty() {
-            out.push_str("\nregions that could not be observed:\n");
+            out.push_str("\nnot observed or entered:\n");
             for e in &self.errors {
                 let _ = writeln!(
                     out,
                     "  {} {}: {} {}: {}",
-                    e.account_id, e.region, e.operation, e.code, e.message
+                    e.account_id,
+                    e.region.as_deref().unwrap_or("(account)"),
+                    e.operation,
+                    e.code,
+                    e.message
                 );
             }
         }

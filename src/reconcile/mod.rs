@@ -1,5 +1,6 @@
 //! The reconcile core: observe an account through the ports, plan with a pure function, apply the plan.
 
+pub mod accounts;
 pub mod apply;
 pub mod observe;
 pub mod onboard;

@@ -386,6 +386,22 @@ impl StateDb {
         .await
     }
 
+    /// The records of one account (the primary key's prefix: an index range, not a scan), ordered by
+    /// region and instance.
+    pub async fn of_account(&self, account_id: &str) -> Result<Vec<InstanceRecord>, StateError> {
+        let account_id = account_id.to_string();
+        self.call(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT account_id, region, instance_id, status, detail, command_id, command_sent_at, attempts,
+                        last_error, next_attempt_at, last_seen_at
+                 FROM instances WHERE account_id = ?1 ORDER BY region, instance_id",
+            )?;
+            let rows = stmt.query_map([&account_id], record_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
     /// Deletes the records of `account_id` in each region of `seen` whose instance is not in that region's
     /// set, in one transaction; returns the deleted (region, instance id) pairs in order. Regions absent
     /// from `seen` and other accounts are left alone.
@@ -543,6 +559,29 @@ mod tests {
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].command_id.as_deref(), Some("cmd-1"));
         assert_eq!(all[1].status, "onboarded");
+    }
+
+    #[tokio::test]
+    async fn an_accounts_records_are_read_without_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
+        db.put(vec![
+            record_in("111111111111", "us-east-1", "i-a", "onboarded"),
+            record_in("222222222222", "eu-west-1", "i-b", "failed"),
+            record_in("222222222222", "us-east-1", "i-c", "onboarded"),
+        ])
+        .await
+        .unwrap();
+        let of = |recs: Vec<InstanceRecord>| -> Vec<String> {
+            recs.into_iter()
+                .map(|r| format!("{}/{}/{}", r.account_id, r.region, r.instance_id))
+                .collect()
+        };
+        assert_eq!(
+            of(db.of_account("222222222222").await.unwrap()),
+            ["222222222222/eu-west-1/i-b", "222222222222/us-east-1/i-c"]
+        );
+        assert!(db.of_account("333333333333").await.unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -245,10 +245,9 @@ async fn load_records(
     d: &Durable<'_>,
     account_id: &str,
 ) -> HashMap<(String, String), InstanceRecord> {
-    match d.db.all().await {
-        Ok(all) => all
+    match d.db.of_account(account_id).await {
+        Ok(records) => records
             .into_iter()
-            .filter(|r| r.account_id == account_id)
             .map(|r| ((r.region.clone(), r.instance_id.clone()), r))
             .collect(),
         Err(e) => {

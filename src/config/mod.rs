@@ -91,6 +91,8 @@ pub struct Config {
     pub onboarding: OnboardingConfig,
     /// Where machines are onboarded; optional for `plan`, required to install.
     pub azure: Option<AzureConfig>,
+    /// `[events]`: the SQS queue of event-driven onboarding (daemon only), when configured.
+    pub events: Option<EventsConfig>,
     /// Settings that are valid but have no effect (e.g. a proxy with public connectivity).
     pub warnings: Vec<ConfigIssue>,
 }
@@ -111,6 +113,63 @@ pub struct AwsConfig {
     pub regions: RegionSelection,
     /// Only instances carrying this tag, when set.
     pub tag_filter: Option<TagSelector>,
+    /// `[aws.accounts]`: which accounts are in scope (default: the caller's only).
+    pub accounts: AccountsConfig,
+}
+
+/// Where the accounts in scope come from (`aws.accounts.source`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AccountSource {
+    /// Only the account of the credentials.
+    #[default]
+    Caller,
+    /// Exactly `ids`.
+    List,
+    /// The organization's accounts (under `organizational_units` when given).
+    Organization,
+}
+
+/// The `[aws.accounts]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountsConfig {
+    /// Where the accounts come from.
+    pub source: AccountSource,
+    /// `source = "list"`: these accounts.
+    pub ids: Vec<String>,
+    /// `source = "organization"`: only accounts under these OUs, recursively.
+    pub organizational_units: Vec<String>,
+    /// Never these accounts.
+    pub exclude: Vec<String>,
+    /// The role assumed in every account other than the caller's.
+    pub member_role: String,
+    /// Passed to `sts:AssumeRole` when set.
+    pub external_id: Option<String>,
+    /// Accounts handled at once.
+    pub max_concurrent_accounts: usize,
+}
+
+/// Default of `aws.accounts.member_role`.
+pub const DEFAULT_MEMBER_ROLE: &str = "AzureArcOnboardingMember";
+
+impl Default for AccountsConfig {
+    fn default() -> Self {
+        AccountsConfig {
+            source: AccountSource::Caller,
+            ids: Vec::new(),
+            organizational_units: Vec::new(),
+            exclude: Vec::new(),
+            member_role: DEFAULT_MEMBER_ROLE.into(),
+            external_id: None,
+            max_concurrent_accounts: 16,
+        }
+    }
+}
+
+/// The `[events]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// The SQS queue EventBridge delivers instance events to.
+    pub queue_url: String,
 }
 
 /// The `[iam]` section: the connector's CloudFormation stack parameters.
@@ -618,7 +677,7 @@ impl Validator<'_> {
     }
 
     fn config(&mut self, root: &Table) -> Option<Config> {
-        self.unknown_keys(root, "", &["aws", "iam", "onboarding", "azure"]);
+        self.unknown_keys(root, "", &["aws", "iam", "onboarding", "azure", "events"]);
         let empty = Table::new();
         let aws = match self.section(root, "aws") {
             Some(t) => self.aws(t),
@@ -638,17 +697,23 @@ impl Validator<'_> {
             Some(t) => Some(self.azure(t)?),
             None => None,
         };
+        let events = self.section(root, "events").map(|t| self.events(t));
         Some(Config {
             aws: aws?,
             iam,
             onboarding: onboarding?,
             azure,
+            events,
             warnings: std::mem::take(&mut self.warnings),
         })
     }
 
     fn aws(&mut self, t: &Table) -> Option<AwsConfig> {
-        self.unknown_keys(t, "aws", &["all_regions", "regions", "tag_filter"]);
+        self.unknown_keys(
+            t,
+            "aws",
+            &["all_regions", "regions", "tag_filter", "accounts"],
+        );
         let all = self.bool(t, "aws", "all_regions", false);
         let regions = match t.get("regions") {
             None => None,
@@ -715,9 +780,21 @@ impl Validator<'_> {
                 None
             }
         };
+        let accounts = match t.get("accounts") {
+            None => AccountsConfig::default(),
+            Some(Value::Table(a)) => self.accounts(a),
+            Some(other) => {
+                self.issue(
+                    "aws.accounts",
+                    format!("must be a table, found {}", other.type_str()),
+                );
+                AccountsConfig::default()
+            }
+        };
         Some(AwsConfig {
             regions,
             tag_filter,
+            accounts,
         })
     }
 
@@ -1267,6 +1344,102 @@ impl Validator<'_> {
             }
         }
         out
+    }
+}
+
+// Plain reading of `[aws.accounts]` and `[events]`: types and known keys only. The organization and
+// event work validate them further (id syntax, URL shape); `template` only needs to read them.
+impl Validator<'_> {
+    fn accounts(&mut self, t: &Table) -> AccountsConfig {
+        const PATH: &str = "aws.accounts";
+        self.unknown_keys(
+            t,
+            PATH,
+            &[
+                "source",
+                "ids",
+                "organizational_units",
+                "exclude",
+                "member_role",
+                "external_id",
+                "max_concurrent_accounts",
+            ],
+        );
+        let defaults = AccountsConfig::default();
+        let source = match self.string(t, PATH, "source") {
+            None | Some("caller") => AccountSource::Caller,
+            Some("list") => AccountSource::List,
+            Some("organization") => AccountSource::Organization,
+            Some(other) => {
+                self.issue(
+                    join(PATH, "source"),
+                    format!("must be \"caller\", \"list\" or \"organization\", found {other:?}"),
+                );
+                AccountSource::Caller
+            }
+        };
+        let max_concurrent_accounts = match t.get("max_concurrent_accounts") {
+            None => defaults.max_concurrent_accounts,
+            Some(Value::Integer(n)) if (1..=256).contains(n) => *n as usize,
+            Some(other) => {
+                self.issue(
+                    join(PATH, "max_concurrent_accounts"),
+                    format!("must be a number from 1 to 256, found {}", describe(other)),
+                );
+                defaults.max_concurrent_accounts
+            }
+        };
+        AccountsConfig {
+            source,
+            ids: self.strings(t, PATH, "ids"),
+            organizational_units: self.strings(t, PATH, "organizational_units"),
+            exclude: self.strings(t, PATH, "exclude"),
+            member_role: self
+                .string(t, PATH, "member_role")
+                .map_or(defaults.member_role, str::to_string),
+            external_id: self.string(t, PATH, "external_id").map(str::to_string),
+            max_concurrent_accounts,
+        }
+    }
+
+    /// A list of strings at `path.key` (empty when absent).
+    fn strings(&mut self, t: &Table, path: &str, key: &str) -> Vec<String> {
+        match t.get(key) {
+            None => Vec::new(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| match item {
+                    Value::String(s) => Some(s.clone()),
+                    other => {
+                        self.issue(
+                            format!("{}[{i}]", join(path, key)),
+                            format!("must be a string, found {}", describe(other)),
+                        );
+                        None
+                    }
+                })
+                .collect(),
+            Some(other) => {
+                self.issue(
+                    join(path, key),
+                    format!("must be a list of strings, found {}", describe(other)),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    fn events(&mut self, t: &Table) -> EventsConfig {
+        self.unknown_keys(t, "events", &["queue_url"]);
+        let queue_url = match self.string(t, "events", "queue_url") {
+            Some(u) => u.to_string(),
+            None => {
+                self.issue("events.queue_url", "is required when [events] is present");
+                String::new()
+            }
+        };
+        EventsConfig { queue_url }
     }
 }
 

@@ -350,11 +350,7 @@ impl QueueRef {
         let host = u.host_str().unwrap_or_default().to_ascii_lowercase();
         let segments: Vec<String> = u
             .path_segments()
-            .map(|s| {
-                s.filter(|p| !p.is_empty())
-                    .map(|p| percent_decode(p))
-                    .collect()
-            })
+            .map(|s| s.filter(|p| !p.is_empty()).map(percent_decode).collect())
             .unwrap_or_default();
         let [account, name] = segments.as_slice() else {
             return Err(format!(

@@ -39,8 +39,9 @@ pub struct Limits {
     /// Every SSM call, one bucket per account and region. AWS publishes no bucket for SSM; this one (40,
     /// then 10/s) is our choice, stated in the benchmark's output.
     pub ssm: BucketSpec,
-    /// Attempts per call, as the SDK's standard retry mode makes them (3), with full-jitter exponential
-    /// backoff from 1 s, capped at 20 s.
+    /// Attempts per call, as the SDK's standard retry mode makes them with the tool's setting
+    /// (`adapters::aws::DEFAULT_MAX_ATTEMPTS`, 5), with full-jitter exponential backoff from 1 s,
+    /// capped at 20 s.
     pub max_attempts: u32,
     /// `DescribeInstances` page size (`MaxResults` 1000).
     pub describe_page: usize,
@@ -64,7 +65,7 @@ impl Default for Limits {
                 burst: 40.0,
                 rate: 10.0,
             },
-            max_attempts: 3,
+            max_attempts: crate::adapters::aws::DEFAULT_MAX_ATTEMPTS,
             describe_page: 1000,
             ssm_page: 50,
         }
@@ -505,7 +506,7 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
-        // Throttled on every attempt: the SDK gives up after three and the error says so.
+        // Throttled on every attempt: the SDK gives up after its attempts and the error says so.
         let starved = account(Limits {
             ssm: BucketSpec {
                 burst: 1.0,
@@ -518,6 +519,9 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code, "ThrottlingException");
-        assert_eq!(starved.wire.count(op), 1 + 3);
+        assert_eq!(
+            starved.wire.count(op),
+            1 + u64::from(Limits::default().max_attempts)
+        );
     }
 }

@@ -48,7 +48,7 @@ pub struct Cli {
         long,
         global = true,
         env = "ARC_ONBOARD_CONFIG",
-        default_value = "./arc-onboard.toml"
+        default_value = DEFAULT_CONFIG
     )]
     pub config: PathBuf,
     /// Report format on stdout.
@@ -81,6 +81,19 @@ pub enum Command {
     Daemon(DaemonArgs),
     /// Print the fleet's state from the daemon's state file (no AWS call).
     Status(StatusArgs),
+    /// Print a deployable template (CloudFormation or IAM policy JSON) on stdout (no AWS call).
+    Template(TemplateCommand),
+}
+
+/// `template NAME` and its options.
+#[derive(Debug, clap::Args)]
+pub struct TemplateCommand {
+    /// Which template.
+    #[arg(value_enum)]
+    pub name: crate::template::TemplateName,
+    /// Values beyond the configuration file.
+    #[command(flatten)]
+    pub args: crate::template::TemplateArgs,
 }
 
 /// Options of `daemon`.
@@ -195,6 +208,9 @@ pub enum CliError {
     /// AWS could not be reached or identified.
     #[error(transparent)]
     Pass(#[from] PassError),
+    /// A template cannot be built from these values.
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
     /// No HTTPS client for Azure could be built on this machine.
     #[error(transparent)]
     AzureClient(#[from] crate::adapters::azure::ClientError),
@@ -259,6 +275,9 @@ async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
     if let Command::Status(args) = &cli.command {
         return status_command(cli, args).await;
     }
+    if let Command::Template(t) = &cli.command {
+        return template_command(cli, t);
+    }
     let config = Config::load(&cli.config)?;
     for w in &config.warnings {
         tracing::warn!(key = %w.key, "configuration: {}", w.problem);
@@ -293,7 +312,9 @@ async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             plan_command(cli, &config, memory.as_ref(), args.shard).await
         }
         Command::Daemon(args) => daemon_command(&config, args).await,
-        Command::Status(_) => unreachable!("handled before the configuration is read"),
+        Command::Status(_) | Command::Template(_) => {
+            unreachable!("handled before the configuration is read")
+        }
         Command::Run(args) => {
             let opts = pass_options(args.wait_for_ssm, args.command_timeout, args.verify_timeout);
             if args.dry_run {
@@ -692,6 +713,29 @@ async fn daemon_events(
         let _ = stopped.wait_for(|s| *s).await;
     })
     .await;
+}
+
+/// The default of `--config`; `template` goes on without a file only when this one is missing.
+const DEFAULT_CONFIG: &str = "./arc-onboard.toml";
+
+/// `template NAME`: the configuration file is optional (the default path may be missing; an explicitly
+/// given file must exist and be valid), and no AWS call is made.
+fn template_command(cli: &Cli, t: &TemplateCommand) -> Result<u8, CliError> {
+    let config = if cli.config == std::path::Path::new(DEFAULT_CONFIG) && !cli.config.exists() {
+        tracing::debug!("no configuration file; the template uses defaults and parameters");
+        None
+    } else {
+        let config = Config::load(&cli.config)?;
+        for w in &config.warnings {
+            tracing::warn!(key = %w.key, "configuration: {}", w.problem);
+        }
+        Some(config)
+    };
+    print!(
+        "{}",
+        crate::template::render(t.name, config.as_ref(), &t.args)?
+    );
+    Ok(exit::OK)
 }
 
 /// A state record's last failure in words: the typed failure it keeps, or the prose older files kept.

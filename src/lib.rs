@@ -39,11 +39,17 @@
 //!   - [`output::report`]: the report rendered as JSON or a table.
 //!   - [`output::table`]: the one table renderer (display-width aware).
 //!   - [`output::progress`]: progress of long waits on stderr.
+//! - [`template`]: `arc-onboard template NAME`: the member-account role and event set-up as
+//!   CloudFormation, the orchestrator's IAM policy, built from the configuration.
 //! - [`error`]: how errors are shown: the message and every cause, once each.
+//! - `bench`: in-process benchmarks on the fakes under simulated AWS throttling (`scripts/bench-org`;
+//!   feature `fakes` only).
 //! - `fake`: stateful in-memory fakes of the ports, for tests (compiled for `cargo test` or with the
 //!   `fakes` feature only; never in the release binary); `fake::accounts`: an organization of fakes.
 
 pub mod adapters;
+#[cfg(any(test, feature = "fakes"))]
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -55,3 +61,4 @@ pub mod model;
 pub mod output;
 pub mod ports;
 pub mod reconcile;
+pub mod template;

@@ -30,7 +30,7 @@ use crate::ports::{
 pub const MANAGED_TAG_KEY: &str = "arc-onboard:managed";
 const MANAGED_TAG_VALUE: &str = "true";
 /// Default attempts when neither `AWS_MAX_ATTEMPTS` nor `AWS_RETRY_MODE` is set.
-const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+pub(crate) const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 const EC2_TRUST_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
 
 impl Intercept for ApiCounter {

@@ -1,0 +1,440 @@
+//! The organization scale benchmark (issue 10): a fleet of many accounts and regions on throttled fakes,
+//! its lower bounds (simulated time, API calls), and `run`/`plan` over it on tokio's paused clock.
+//!
+//! [`orchestrate`] is the integration point: until the multi-account orchestrator exists it runs one
+//! [`run_pass`] per account, at most `max_concurrent_accounts` at once; the orchestrator replaces it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::stream::{self, StreamExt};
+
+use super::throttle::{Limits, ThrottledAws};
+use crate::config::{Config, SSM_POLICY_ARN};
+use crate::fake::FakeAws;
+use crate::model::{ApiCounts, InstanceState, Platform};
+use crate::ports::{ApiCounter, MutationToken};
+use crate::reconcile::pass::{run_pass, AwsPorts, PassError, PassOptions, PassOutcome};
+
+/// SSM role and instance profile every account has (ready instances use them).
+const SSM_ROLE: &str = "AzureArcForServerSSM";
+const SSM_PROFILE: &str = "AzureArcForServerSSMInstanceProfile";
+
+/// The regions of the benchmark.
+pub const REGIONS: [&str; 16] = [
+    "us-east-1",
+    "us-east-2",
+    "us-west-1",
+    "us-west-2",
+    "eu-west-1",
+    "eu-west-2",
+    "eu-west-3",
+    "eu-central-1",
+    "eu-north-1",
+    "ap-south-1",
+    "ap-northeast-1",
+    "ap-northeast-2",
+    "ap-southeast-1",
+    "ap-southeast-2",
+    "ca-central-1",
+    "sa-east-1",
+];
+
+/// The shape of the fleet.
+#[derive(Debug, Clone, Copy)]
+pub struct FleetSpec {
+    /// Accounts.
+    pub accounts: usize,
+    /// Regions per account (the first `regions` of [`REGIONS`]).
+    pub regions: usize,
+    /// Instances in all.
+    pub instances: usize,
+    /// Of which without an instance profile.
+    pub need_profile: usize,
+    /// Of those, how many sit in the first account's first region.
+    pub hot: usize,
+    /// Accounts handled at once.
+    pub max_concurrent_accounts: usize,
+}
+
+impl Default for FleetSpec {
+    fn default() -> Self {
+        FleetSpec {
+            accounts: 100,
+            regions: 16,
+            instances: 20_000,
+            need_profile: 10_000,
+            hot: 2_000,
+            max_concurrent_accounts: 16,
+        }
+    }
+}
+
+/// One account-region of the fleet.
+#[derive(Debug, Clone)]
+pub struct RegionLoad {
+    /// Region.
+    pub region: String,
+    /// Instances with the working SSM profile (Online in SSM).
+    pub ready: usize,
+    /// Instances without a profile.
+    pub bare: usize,
+}
+
+/// One account of the fleet.
+#[derive(Debug, Clone)]
+pub struct AccountLoad {
+    /// 12-digit id.
+    pub id: String,
+    /// Its regions.
+    pub regions: Vec<RegionLoad>,
+}
+
+/// Splits `total` over `slots` as evenly as possible.
+fn spread(total: usize, slots: usize, n: usize) -> usize {
+    total / slots + usize::from(n < total % slots)
+}
+
+/// The fleet: ready instances evenly over every account-region; the instances needing a profile `hot` in
+/// the first account-region, the rest evenly over the others.
+pub fn fleet(spec: &FleetSpec) -> Vec<AccountLoad> {
+    let slots = spec.accounts * spec.regions;
+    let ready = spec.instances - spec.need_profile;
+    let cold = spec.need_profile - spec.hot;
+    (0..spec.accounts)
+        .map(|a| AccountLoad {
+            id: format!("{:012}", 100_000_000_000u64 + a as u64),
+            regions: (0..spec.regions)
+                .map(|r| {
+                    let slot = a * spec.regions + r;
+                    RegionLoad {
+                        region: REGIONS[r].to_string(),
+                        ready: spread(ready, slots, slot),
+                        bare: if slot == 0 {
+                            spec.hot
+                        } else {
+                            spread(cold, slots - 1, slot - 1)
+                        },
+                    }
+                })
+                .collect(),
+        })
+        .collect()
+}
+
+/// The configuration every account is run with (all regions listed, no tag filter, a fake Azure).
+pub fn config(spec: &FleetSpec) -> Config {
+    let regions: Vec<String> = REGIONS[..spec.regions]
+        .iter()
+        .map(|r| format!("\"{r}\""))
+        .collect();
+    Config::parse(
+        &format!(
+            "[aws]\nregions = [{}]\n[aws.accounts]\nmax_concurrent_accounts = {}\n[azure]\ntenant_id = \"00000000-0000-0000-0000-000000000001\"\nsubscription_id = \"00000000-0000-0000-0000-000000000002\"\nclient_id = \"00000000-0000-0000-0000-000000000003\"\nlocation = \"eastus\"\n",
+            regions.join(", "),
+            spec.max_concurrent_accounts
+        ),
+        std::path::Path::new("bench-org"),
+    )
+    .expect("the benchmark's configuration is valid")
+}
+
+/// The simulated accounts.
+pub fn world(fleet: &[AccountLoad], limits: Limits) -> Vec<ThrottledAws> {
+    fleet
+        .iter()
+        .map(|a| {
+            let regions: Vec<&str> = a.regions.iter().map(|r| r.region.as_str()).collect();
+            let fake = FakeAws::new(&regions);
+            fake.add_role(SSM_ROLE, &[SSM_POLICY_ARN], Some(SSM_PROFILE));
+            for r in &a.regions {
+                for n in 0..r.ready + r.bare {
+                    fake.add_instance(
+                        &r.region,
+                        &format!(
+                            "i-{}{:03}{n:05}",
+                            &a.id[6..],
+                            REGIONS.iter().position(|x| *x == r.region).unwrap_or(99)
+                        ),
+                        Platform::Linux,
+                        InstanceState::Running,
+                        (n < r.ready).then_some(SSM_PROFILE),
+                        &[],
+                    );
+                }
+            }
+            ThrottledAws::new(&a.id, fake, limits)
+        })
+        .collect()
+}
+
+/// `run` or `plan`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Observe only.
+    Plan,
+    /// Apply IAM, install, verify.
+    Run,
+}
+
+/// Lower bounds of one mode over the fleet.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    /// Slowest account-region's throttle budget: its associations beyond the burst at the refill rate.
+    pub throttle: Duration,
+    /// The longest chain of calls that must follow one another, accounts taken `max_concurrent` at once.
+    pub critical_path: Duration,
+    /// Minimum AWS calls by operation.
+    pub calls: BTreeMap<String, u64>,
+}
+
+impl Bounds {
+    /// The simulated-time bound: the larger of the two.
+    pub fn time(&self) -> Duration {
+        self.throttle.max(self.critical_path)
+    }
+
+    /// Minimum AWS calls in all.
+    pub fn total_calls(&self) -> u64 {
+        self.calls.values().sum()
+    }
+}
+
+/// The lower bounds of `mode` (see the benchmark's output for the reasoning of each line).
+pub fn bounds(mode: Mode, spec: &FleetSpec, fleet: &[AccountLoad], limits: &Limits) -> Bounds {
+    let mut calls: BTreeMap<String, u64> = BTreeMap::new();
+    let mut add = |op: &str, n: usize| *calls.entry(op.to_string()).or_default() += n as u64;
+    let mut throttle = Duration::ZERO;
+    let mut longest_chain = 0usize;
+    for a in fleet {
+        // Who the credentials are; then the SSM profile and its role's policies (one profile for all).
+        add("sts:GetCallerIdentity", 1);
+        add("iam:GetInstanceProfile", 1);
+        add("iam:ListAttachedRolePolicies", 1);
+        let mut chain = 0;
+        for r in &a.regions {
+            let n = r.ready + r.bare;
+            let describe_pages = n.div_ceil(limits.describe_page).max(1);
+            add("ec2:DescribeInstances", describe_pages);
+            // Installs of other runs still in flight (one listing per region).
+            add("ssm:ListCommands", 1);
+            // Only instances with a profile can be registered with SSM.
+            add(
+                "ssm:DescribeInstanceInformation",
+                r.ready.div_ceil(limits.ssm_page),
+            );
+            // STS, describe pages, then the profile and its role.
+            let mut region_chain = 1 + describe_pages + 2;
+            if mode == Mode::Run {
+                add("ec2:AssociateIamInstanceProfile", r.bare);
+                add(
+                    "ssm:DescribeInstanceInformation",
+                    r.bare.div_ceil(limits.ssm_page),
+                );
+                // One command text serves up to 50 instances (a tool could hold the ready ones back
+                // until the others are Online, so both share batches).
+                let commands = (r.ready + r.bare).div_ceil(50);
+                add("ssm:SendCommand", commands);
+                add("ssm:ListCommandInvocations", commands);
+                if commands > 0 {
+                    add("ssm:ListCommands", 1);
+                }
+                // Associate, see it Online, send, its status, its invocations.
+                region_chain += 5;
+                let over = (r.bare as f64 - limits.associate.burst).max(0.0);
+                throttle = throttle.max(Duration::from_secs_f64(over / limits.associate.rate));
+            }
+            chain = chain.max(region_chain);
+        }
+        longest_chain = longest_chain.max(chain);
+    }
+    let waves = spec.accounts.div_ceil(spec.max_concurrent_accounts.max(1));
+    Bounds {
+        throttle,
+        critical_path: limits.latency * (waves * longest_chain) as u32,
+        calls,
+    }
+}
+
+/// What one mode measured.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    /// Simulated time from the first call to the last pass's end.
+    pub simulated: Duration,
+    /// AWS requests by operation (retries and pages included).
+    pub calls: ApiCounts,
+    /// Of which answered with a throttling error.
+    pub throttled: ApiCounts,
+    /// Azure calls by operation.
+    pub azure: ApiCounts,
+    /// Instances by report status.
+    pub by_status: BTreeMap<String, u64>,
+    /// Accounts whose pass failed as a whole.
+    pub failed_accounts: usize,
+    /// Simulated time of the slowest account's pass, and its id.
+    pub slowest: (Duration, String),
+}
+
+/// INTEGRATION POINT for the multi-account orchestrator (issue 10): today one [`run_pass`] per account,
+/// at most `[aws.accounts] max_concurrent_accounts` at once. At merge, replace the body with a call of the
+/// orchestrator over `accounts` (each one's ports) and keep the returned shape: per account, its id, how
+/// long its pass took, and the outcome.
+pub async fn orchestrate(
+    config: &Config,
+    accounts: &[ThrottledAws],
+    token: Option<&MutationToken>,
+    opts: &PassOptions,
+) -> Vec<(String, Duration, Result<PassOutcome, PassError>)> {
+    let limit = config.aws.accounts.max_concurrent_accounts.max(1);
+    stream::iter(accounts)
+        .map(|aws| async move {
+            let start = tokio::time::Instant::now();
+            let counter = ApiCounter::default();
+            let ports = AwsPorts {
+                sts: aws,
+                ec2: aws,
+                iam: aws,
+                ssm: aws,
+                counter: &counter,
+            };
+            let outcome = run_pass(
+                config,
+                &ports,
+                Some(aws.arm.as_ref()),
+                token,
+                opts,
+                None,
+                std::time::SystemTime::now(),
+            )
+            .await;
+            (aws.account().to_string(), start.elapsed(), outcome)
+        })
+        .buffer_unordered(limit)
+        .collect()
+        .await
+}
+
+fn merge(into: &mut ApiCounts, from: &ApiCounts) {
+    for (k, v) in from {
+        *into.entry(k.clone()).or_default() += v;
+    }
+}
+
+/// Runs `mode` over a fresh world of `fleet` and measures it. Call on a paused tokio clock.
+pub async fn measure(
+    mode: Mode,
+    spec: &FleetSpec,
+    fleet: &[AccountLoad],
+    limits: Limits,
+) -> Measured {
+    let config = config(spec);
+    let accounts = world(fleet, limits);
+    let token = MutationToken::mint();
+    let opts = PassOptions::default();
+    let start = tokio::time::Instant::now();
+    let outcomes = orchestrate(
+        &config,
+        &accounts,
+        (mode == Mode::Run).then_some(&token),
+        &opts,
+    )
+    .await;
+    let simulated = start.elapsed();
+    let mut m = Measured {
+        simulated,
+        calls: ApiCounts::new(),
+        throttled: ApiCounts::new(),
+        azure: ApiCounts::new(),
+        by_status: BTreeMap::new(),
+        failed_accounts: 0,
+        slowest: (Duration::ZERO, String::new()),
+    };
+    for aws in &accounts {
+        merge(&mut m.calls, &aws.wire.snapshot());
+        merge(&mut m.throttled, &aws.throttled.snapshot());
+        merge(&mut m.azure, &aws.arm.calls.snapshot());
+    }
+    for (account, took, outcome) in outcomes {
+        if took > m.slowest.0 {
+            m.slowest = (took, account.clone());
+        }
+        match outcome {
+            Ok(o) => {
+                for row in &o.report.instances {
+                    *m.by_status.entry(row.status.to_string()).or_default() += 1;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%account, error = %crate::error::chain(&e), "pass failed");
+                m.failed_accounts += 1;
+            }
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fleet_has_the_issues_shape() {
+        let spec = FleetSpec::default();
+        let f = fleet(&spec);
+        assert_eq!(f.len(), 100);
+        assert!(f.iter().all(|a| a.regions.len() == 16));
+        let total: usize = f
+            .iter()
+            .flat_map(|a| &a.regions)
+            .map(|r| r.ready + r.bare)
+            .sum();
+        let bare: usize = f.iter().flat_map(|a| &a.regions).map(|r| r.bare).sum();
+        assert_eq!((total, bare), (20_000, 10_000));
+        assert_eq!(f[0].regions[0].bare, 2_000);
+        let b = bounds(Mode::Run, &spec, &f, &Limits::default());
+        assert_eq!(b.throttle, Duration::from_secs(380));
+        assert_eq!(b.time(), Duration::from_secs(380));
+        assert_eq!(b.calls["ec2:AssociateIamInstanceProfile"], 10_000);
+        assert_eq!(b.calls["sts:GetCallerIdentity"], 100);
+        // 2006 instances in the hot region: three pages; one page everywhere else.
+        assert_eq!(b.calls["ec2:DescribeInstances"], 1_600 + 2);
+        let p = bounds(Mode::Plan, &spec, &f, &Limits::default());
+        assert_eq!(p.throttle, Duration::ZERO);
+        assert!(!p.calls.contains_key("ec2:AssociateIamInstanceProfile"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_small_fleet_is_onboarded_within_its_bounds_on_the_paused_clock() {
+        let spec = FleetSpec {
+            accounts: 4,
+            regions: 2,
+            instances: 400,
+            need_profile: 300,
+            hot: 200,
+            max_concurrent_accounts: 2,
+        };
+        let f = fleet(&spec);
+        let limits = Limits::default();
+        let run = measure(Mode::Run, &spec, &f, limits).await;
+        assert_eq!(run.failed_accounts, 0);
+        assert_eq!(
+            run.by_status.get("onboarded"),
+            Some(&400),
+            "{:?}",
+            run.by_status
+        );
+        let bound = bounds(Mode::Run, &spec, &f, &limits);
+        // (200 - 100) / 5 = 20 s of throttle budget in the hot region.
+        assert_eq!(bound.time(), Duration::from_secs(20));
+        assert!(run.simulated >= bound.time(), "{:?}", run.simulated);
+        assert_eq!(run.calls["ec2:AssociateIamInstanceProfile"], 300);
+        let plan = measure(Mode::Plan, &spec, &f, limits).await;
+        assert_eq!(
+            plan.by_status.get("planned"),
+            Some(&400),
+            "{:?}",
+            plan.by_status
+        );
+        assert!(!plan.calls.contains_key("ec2:AssociateIamInstanceProfile"));
+    }
+}

@@ -1,20 +1,26 @@
 //! The organization scale benchmark (issue 10): a fleet of many accounts and regions on throttled fakes,
 //! its lower bounds (simulated time, API calls), and `run`/`plan` over it on tokio's paused clock.
 //!
-//! [`orchestrate`] is the integration point: until the multi-account orchestrator exists it runs one
-//! [`run_pass`] per account, at most `max_concurrent_accounts` at once; the orchestrator replaces it.
+//! The fleet is an organization behind the accounts port ([`BenchOrg`]), and `run`/`plan` go through the
+//! same multi-account orchestrator as the binary ([`run_accounts`]): the organization listed, members
+//! entered with `sts:AssumeRole`, `max_concurrent_accounts` at once, one merged report.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use futures::stream::{self, StreamExt};
+use std::sync::Arc;
 
-use super::throttle::{Limits, ThrottledAws};
+use super::throttle::{Class, Limits, ThrottledAws};
+use crate::adapters::azure::FakeArm;
 use crate::config::{Config, SSM_POLICY_ARN};
 use crate::fake::FakeAws;
+use crate::model::AwsError;
 use crate::model::{ApiCounts, InstanceState, Platform};
 use crate::ports::{ApiCounter, MutationToken};
-use crate::reconcile::pass::{run_pass, AwsPorts, PassError, PassOptions, PassOutcome};
+use crate::reconcile::accounts::{
+    run_accounts, AccountClients, Accounts, Caller, KnownAccount, OrgAccount,
+};
+use crate::reconcile::pass::{PassError, PassOptions, PassOutcome};
 
 /// SSM role and instance profile every account has (ready instances use them).
 const SSM_ROLE: &str = "AzureArcForServerSSM";
@@ -130,7 +136,7 @@ pub fn config(spec: &FleetSpec) -> Config {
         .collect();
     Config::parse(
         &format!(
-            "[aws]\nregions = [{}]\n[aws.accounts]\nmax_concurrent_accounts = {}\n[azure]\ntenant_id = \"00000000-0000-0000-0000-000000000001\"\nsubscription_id = \"00000000-0000-0000-0000-000000000002\"\nclient_id = \"00000000-0000-0000-0000-000000000003\"\nlocation = \"eastus\"\n",
+            "[aws]\nregions = [{}]\n[aws.accounts]\nsource = \"organization\"\nmax_concurrent_accounts = {}\n[azure]\ntenant_id = \"00000000-0000-0000-0000-000000000001\"\nsubscription_id = \"00000000-0000-0000-0000-000000000002\"\nclient_id = \"00000000-0000-0000-0000-000000000003\"\nlocation = \"eastus\"\n",
             regions.join(", "),
             spec.max_concurrent_accounts
         ),
@@ -141,6 +147,7 @@ pub fn config(spec: &FleetSpec) -> Config {
 
 /// The simulated accounts.
 pub fn world(fleet: &[AccountLoad], limits: Limits) -> Vec<ThrottledAws> {
+    let arm = Arc::new(FakeArm::default());
     fleet
         .iter()
         .map(|a| {
@@ -163,7 +170,7 @@ pub fn world(fleet: &[AccountLoad], limits: Limits) -> Vec<ThrottledAws> {
                     );
                 }
             }
-            ThrottledAws::new(&a.id, fake, limits)
+            ThrottledAws::new(&a.id, fake, limits, arm.clone())
         })
         .collect()
 }
@@ -206,9 +213,15 @@ pub fn bounds(mode: Mode, spec: &FleetSpec, fleet: &[AccountLoad], limits: &Limi
     let mut add = |op: &str, n: usize| *calls.entry(op.to_string()).or_default() += n as u64;
     let mut throttle = Duration::ZERO;
     let mut longest_chain = 0usize;
+    // Who the credentials are, the organization's accounts (pages of 20), a session in every member.
+    add("sts:GetCallerIdentity", 1);
+    add(
+        "organizations:ListAccounts",
+        fleet.len().div_ceil(20).max(1),
+    );
+    add("sts:AssumeRole", fleet.len().saturating_sub(1));
     for a in fleet {
-        // Who the credentials are; then the SSM profile and its role's policies (one profile for all).
-        add("sts:GetCallerIdentity", 1);
+        // The SSM profile and its role's policies (one profile for all).
         add("iam:GetInstanceProfile", 1);
         add("iam:ListAttachedRolePolicies", 1);
         let mut chain = 0;
@@ -223,7 +236,7 @@ pub fn bounds(mode: Mode, spec: &FleetSpec, fleet: &[AccountLoad], limits: &Limi
                 "ssm:DescribeInstanceInformation",
                 r.ready.div_ceil(limits.ssm_page),
             );
-            // STS, describe pages, then the profile and its role.
+            // AssumeRole, describe pages, then the profile and its role.
             let mut region_chain = 1 + describe_pages + 2;
             if mode == Mode::Run {
                 add("ec2:AssociateIamInstanceProfile", r.bare);
@@ -249,9 +262,11 @@ pub fn bounds(mode: Mode, spec: &FleetSpec, fleet: &[AccountLoad], limits: &Limi
         longest_chain = longest_chain.max(chain);
     }
     let waves = spec.accounts.div_ceil(spec.max_concurrent_accounts.max(1));
+    // GetCallerIdentity and the listing's pages come before any account.
+    let before = 1 + fleet.len().div_ceil(20).max(1);
     Bounds {
         throttle,
-        critical_path: limits.latency * (waves * longest_chain) as u32,
+        critical_path: limits.latency * (before + waves * longest_chain) as u32,
         calls,
     }
 }
@@ -269,49 +284,126 @@ pub struct Measured {
     pub azure: ApiCounts,
     /// Instances by report status.
     pub by_status: BTreeMap<String, u64>,
-    /// Accounts whose pass failed as a whole.
+    /// Accounts that could not be handled (an account-level error in the report).
     pub failed_accounts: usize,
-    /// Simulated time of the slowest account's pass, and its id.
-    pub slowest: (Duration, String),
 }
 
-/// INTEGRATION POINT for the multi-account orchestrator (issue 10): today one [`run_pass`] per account,
-/// at most `[aws.accounts] max_concurrent_accounts` at once. At merge, replace the body with a call of the
-/// orchestrator over `accounts` (each one's ports) and keep the returned shape: per account, its id, how
-/// long its pass took, and the outcome.
+/// The fleet as an organization behind the accounts port: the first account is the caller (the
+/// management account); every call takes the simulated latency; Organizations pages hold 20 accounts.
+pub struct BenchOrg<'a> {
+    accounts: &'a [ThrottledAws],
+    /// Organizations and STS calls of the port itself.
+    pub calls: ApiCounter,
+    latency: Duration,
+}
+
+impl<'a> BenchOrg<'a> {
+    /// The organization of `accounts`.
+    pub fn new(accounts: &'a [ThrottledAws], limits: &Limits) -> BenchOrg<'a> {
+        BenchOrg {
+            accounts,
+            calls: ApiCounter::default(),
+            latency: limits.latency,
+        }
+    }
+
+    async fn call(&self, op: &str) {
+        self.calls.record(op);
+        tokio::time::sleep(self.latency).await;
+    }
+}
+
+impl Accounts for BenchOrg<'_> {
+    type Ec2 = ThrottledAws;
+    type Iam = ThrottledAws;
+    type Ssm = ThrottledAws;
+
+    async fn caller(&self) -> Result<Caller, AwsError> {
+        self.call("sts:GetCallerIdentity").await;
+        let id = self
+            .accounts
+            .first()
+            .map_or("000000000000", |a| a.account());
+        Ok(Caller::from_arn(id, None))
+    }
+
+    async fn list_accounts(&self) -> Result<Vec<OrgAccount>, AwsError> {
+        for _ in 0..self.accounts.len().div_ceil(20).max(1) {
+            self.call("organizations:ListAccounts").await;
+        }
+        Ok(self
+            .accounts
+            .iter()
+            .map(|a| OrgAccount {
+                id: a.account().to_string(),
+                status: "ACTIVE".into(),
+            })
+            .collect())
+    }
+
+    async fn child_units(&self, _parent: &str) -> Result<Vec<String>, AwsError> {
+        self.call("organizations:ListChildren").await;
+        Ok(Vec::new())
+    }
+
+    async fn accounts_for_parent(&self, _parent: &str) -> Result<Vec<OrgAccount>, AwsError> {
+        self.call("organizations:ListAccountsForParent").await;
+        Ok(Vec::new())
+    }
+
+    async fn enter(
+        &self,
+        caller: &Caller,
+        account_id: &str,
+    ) -> Result<AccountClients<ThrottledAws, ThrottledAws, ThrottledAws>, AwsError> {
+        let aws = self
+            .accounts
+            .iter()
+            .find(|a| a.account() == account_id)
+            .ok_or_else(|| {
+                AwsError::from_code("sts:AssumeRole", "AccessDenied", "no such account")
+            })?;
+        if account_id != caller.account_id {
+            aws.request(Class::Unlimited, "global", "sts:AssumeRole")
+                .await?;
+        }
+        Ok(AccountClients {
+            sts: KnownAccount(account_id.to_string()),
+            ec2: aws.clone(),
+            iam: aws.clone(),
+            ssm: aws.clone(),
+            counter: ApiCounter::default(),
+        })
+    }
+
+    fn api_calls(&self) -> ApiCounts {
+        let mut all = self.calls.snapshot();
+        for a in self.accounts {
+            merge(&mut all, &a.wire.snapshot());
+        }
+        all
+    }
+}
+
+/// `run` (with `token`) or `plan` over the organization, through the binary's orchestrator.
 pub async fn orchestrate(
     config: &Config,
-    accounts: &[ThrottledAws],
+    org: &BenchOrg<'_>,
     token: Option<&MutationToken>,
     opts: &PassOptions,
-) -> Vec<(String, Duration, Result<PassOutcome, PassError>)> {
-    let limit = config.aws.accounts.max_concurrent_accounts.max(1);
-    stream::iter(accounts)
-        .map(|aws| async move {
-            let start = tokio::time::Instant::now();
-            let counter = ApiCounter::default();
-            let ports = AwsPorts {
-                sts: aws,
-                ec2: aws,
-                iam: aws,
-                ssm: aws,
-                counter: &counter,
-            };
-            let outcome = run_pass(
-                config,
-                &ports,
-                Some(aws.arm.as_ref()),
-                token,
-                opts,
-                None,
-                std::time::SystemTime::now(),
-            )
-            .await;
-            (aws.account().to_string(), start.elapsed(), outcome)
-        })
-        .buffer_unordered(limit)
-        .collect()
-        .await
+) -> Result<PassOutcome, PassError> {
+    let arm = org.accounts.first().map(|a| a.arm.clone());
+    run_accounts(
+        config,
+        org,
+        arm.as_deref(),
+        token,
+        opts,
+        None,
+        None,
+        std::time::SystemTime::now(),
+    )
+    .await
 }
 
 fn merge(into: &mut ApiCounts, from: &ApiCounts) {
@@ -332,42 +424,39 @@ pub async fn measure(
     let token = MutationToken::mint();
     let opts = PassOptions::default();
     let start = tokio::time::Instant::now();
-    let outcomes = orchestrate(
-        &config,
-        &accounts,
-        (mode == Mode::Run).then_some(&token),
-        &opts,
-    )
-    .await;
+    let org = BenchOrg::new(&accounts, &limits);
+    let outcome = orchestrate(&config, &org, (mode == Mode::Run).then_some(&token), &opts).await;
     let simulated = start.elapsed();
     let mut m = Measured {
         simulated,
-        calls: ApiCounts::new(),
+        calls: org.calls.snapshot(),
         throttled: ApiCounts::new(),
         azure: ApiCounts::new(),
         by_status: BTreeMap::new(),
         failed_accounts: 0,
-        slowest: (Duration::ZERO, String::new()),
     };
     for aws in &accounts {
         merge(&mut m.calls, &aws.wire.snapshot());
         merge(&mut m.throttled, &aws.throttled.snapshot());
-        merge(&mut m.azure, &aws.arm.calls.snapshot());
     }
-    for (account, took, outcome) in outcomes {
-        if took > m.slowest.0 {
-            m.slowest = (took, account.clone());
+    if let Some(a) = accounts.first() {
+        merge(&mut m.azure, &a.arm.calls.snapshot());
+    }
+    match outcome {
+        Ok(o) => {
+            for row in &o.report.instances {
+                *m.by_status.entry(row.status.to_string()).or_default() += 1;
+            }
+            m.failed_accounts = o
+                .report
+                .errors
+                .iter()
+                .filter(|e| e.region.is_none())
+                .count();
         }
-        match outcome {
-            Ok(o) => {
-                for row in &o.report.instances {
-                    *m.by_status.entry(row.status.to_string()).or_default() += 1;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(%account, error = %crate::error::chain(&e), "pass failed");
-                m.failed_accounts += 1;
-            }
+        Err(e) => {
+            tracing::warn!(error = %crate::error::chain(&e), "the pass failed");
+            m.failed_accounts = accounts.len();
         }
     }
     m
@@ -395,7 +484,9 @@ mod tests {
         assert_eq!(b.throttle, Duration::from_secs(380));
         assert_eq!(b.time(), Duration::from_secs(380));
         assert_eq!(b.calls["ec2:AssociateIamInstanceProfile"], 10_000);
-        assert_eq!(b.calls["sts:GetCallerIdentity"], 100);
+        assert_eq!(b.calls["sts:GetCallerIdentity"], 1);
+        assert_eq!(b.calls["sts:AssumeRole"], 99);
+        assert_eq!(b.calls["organizations:ListAccounts"], 5);
         // 2006 instances in the hot region: three pages; one page everywhere else.
         assert_eq!(b.calls["ec2:DescribeInstances"], 1_600 + 2);
         let p = bounds(Mode::Plan, &spec, &f, &Limits::default());

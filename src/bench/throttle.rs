@@ -73,7 +73,7 @@ impl Default for Limits {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Class {
+pub(crate) enum Class {
     Associate,
     Ec2Describe,
     Ssm,
@@ -83,10 +83,10 @@ enum Class {
 
 /// One account of the simulation: the stateful fake behind latency, buckets and retries.
 #[derive(Debug)]
-pub struct ThrottledAws {
+pub struct Throttled {
     /// The account's state (its own call counter counts port calls).
     pub inner: FakeAws,
-    /// The account's Azure side (its resource group).
+    /// Azure (shared by every account; this one's machines are in `aws_{account}`).
     pub arm: Arc<FakeArm>,
     account: String,
     limits: Limits,
@@ -98,15 +98,25 @@ pub struct ThrottledAws {
     rng: Mutex<u64>,
 }
 
+/// One simulated account: cloning shares it (the accounts port hands out its EC2, IAM and SSM).
+#[derive(Debug, Clone)]
+pub struct ThrottledAws(Arc<Throttled>);
+
+impl std::ops::Deref for ThrottledAws {
+    type Target = Throttled;
+    fn deref(&self) -> &Throttled {
+        &self.0
+    }
+}
+
 impl ThrottledAws {
-    /// Wraps `inner` as account `account`.
-    pub fn new(account: &str, inner: FakeAws, limits: Limits) -> ThrottledAws {
-        let arm = Arc::new(FakeArm::default());
+    /// Wraps `inner` as account `account`; its installs connect machines in `arm`, group `aws_{account}`.
+    pub fn new(account: &str, inner: FakeAws, limits: Limits, arm: Arc<FakeArm>) -> ThrottledAws {
         inner.link_arm(arm.clone(), &format!("aws_{account}"));
         let seed = account.bytes().fold(0x9e37_79b9_7f4a_7c15_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
         });
-        ThrottledAws {
+        ThrottledAws(Arc::new(Throttled {
             inner,
             arm,
             account: account.into(),
@@ -115,7 +125,7 @@ impl ThrottledAws {
             wire: ApiCounter::default(),
             throttled: ApiCounter::default(),
             rng: Mutex::new(seed | 1),
-        }
+        }))
     }
 
     /// The account id this fake answers `sts:GetCallerIdentity` with.
@@ -163,7 +173,12 @@ impl ThrottledAws {
 
     /// One request as the SDK makes it: latency, the bucket, and on throttling the standard retry's
     /// backoff, up to `max_attempts`; the last throttling error is returned as the SDK returns it.
-    async fn request(&self, class: Class, region: &str, op: &str) -> Result<(), AwsError> {
+    pub(crate) async fn request(
+        &self,
+        class: Class,
+        region: &str,
+        op: &str,
+    ) -> Result<(), AwsError> {
         let mut attempt = 1;
         loop {
             self.wire.record(op);
@@ -450,7 +465,7 @@ mod tests {
                 &[],
             );
         }
-        ThrottledAws::new("111111111111", fake, limits)
+        ThrottledAws::new("111111111111", fake, limits, Arc::new(FakeArm::default()))
     }
 
     #[tokio::test(start_paused = true)]

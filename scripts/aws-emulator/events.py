@@ -39,19 +39,22 @@ def _now() -> str:
 
 
 def _envelope(detail_type: str, source: str, region: str, instance_id: str,
-              detail: dict[str, Any]) -> dict[str, Any]:
+              detail: dict[str, Any], account: str | None = None) -> dict[str, Any]:
+    account = account or fleet.ACCOUNT_ID
     return {
         "version": "0", "id": str(uuid.uuid4()), "detail-type": detail_type, "source": source,
-        "account": fleet.ACCOUNT_ID, "time": _now(), "region": region,
-        "resources": [f"arn:aws:ec2:{region}:{fleet.ACCOUNT_ID}:instance/{instance_id}"],
+        "account": account, "time": _now(), "region": region,
+        "resources": [f"arn:aws:ec2:{region}:{account}:instance/{instance_id}"],
         "detail": detail,
     }
 
 
-def state_change_event(region: str, instance_id: str, state: str) -> dict[str, Any]:
-    """The event of an instance reaching ``state``."""
+def state_change_event(region: str, instance_id: str, state: str,
+                       account: str | None = None) -> dict[str, Any]:
+    """The event of an instance reaching ``state`` (in ``account``; default the emulator's own), as a
+    member account's rule forwards it to the central bus: ``account`` is the member's."""
     return _envelope(STATE_CHANGE, "aws.ec2", region, instance_id,
-                     {"instance-id": instance_id, "state": state})
+                     {"instance-id": instance_id, "state": state}, account)
 
 
 def tag_change_event(region: str, instance_id: str, changed: list[str],
@@ -161,22 +164,27 @@ class EventSink:
 
 def launch(sink: EventSink, body: Any) -> dict[str, Any]:
     """Launches instances (a seed ``instances`` entry, running) and delivers their events:
-    ``"events": ["running"]`` by default, ``["pending", "running"]`` to also send the pending one."""
+    ``"events": ["running"]`` by default, ``["pending", "running"]`` to also send the pending one.
+    ``"account_id"`` launches them in that account (events name it, as a member account's rule
+    forwarding to the central bus would deliver them)."""
     if not isinstance(body, dict):
         raise EventError("body must be an instances entry of a seed")
-    item = {k: v for k, v in body.items() if k != "events"}
+    account = body.get("account_id", fleet.ACCOUNT_ID)
+    if not isinstance(account, str) or len(account) != 12 or not account.isdigit():
+        raise EventError("account_id must be a 12-digit account id")
+    item = {k: v for k, v in body.items() if k not in ("events", "account_id")}
     item.setdefault("state", "running")
     if item["state"] != "running":
         raise EventError("launch starts running instances; use the seed for others")
     states = body.get("events", ["running"])
     if not isinstance(states, list) or not all(s in ("pending", "running") for s in states):
         raise EventError('events must be a list of "pending" and "running"')
-    created = fleet.seed({"instances": [item]})["instances"]
+    created = fleet.seed({"account_id": account, "instances": [item]})["instances"]
     delivered = 0
     for instance in created:
         for state in states:
             delivered += sink.deliver(
-                state_change_event(instance["region"], instance["instance_id"], state))
+                state_change_event(instance["region"], instance["instance_id"], state, account))
     return {"instances": created, "events": delivered}
 
 

@@ -157,7 +157,8 @@ pub fn parse(body: &str) -> Parsed {
 }
 
 /// Whether an event's account and region are in scope: `accounts` are the accounts the daemon handles
-/// (today the caller's; with `[aws.accounts]`, every account in scope), `regions` the configured regions.
+/// (the caller's, or with `[aws.accounts]` every account in scope of its shard: see
+/// [`crate::daemon::event_accounts`]), `regions` the configured regions.
 /// `Err` says why not.
 pub fn in_scope(
     event: &InstanceEvent,

@@ -340,3 +340,16 @@ async fn member_events_are_handled_in_their_account_and_the_rest_as_documented()
     assert_eq!(f.queue.len(), 1, "only the other shard's message is left");
     assert!(f.org.account(OTHER_SHARD).calls.snapshot().is_empty());
 }
+
+#[tokio::test(start_paused = true)]
+async fn with_the_organization_unlisted_member_events_are_left_for_redelivery() {
+    let f = organization().await;
+    f.org.deny_organization();
+    f.queue.send(&running_in(MEMBER));
+    f.queue.send(&running_in(EXCLUDED));
+    let metrics = run_for(&f, 30).await;
+    assert_eq!(count(&metrics, "retry"), 2, "neither can be told in or out");
+    assert_eq!(count(&metrics, "out-of-scope"), 0);
+    assert_eq!(f.queue.len(), 2, "both left on the queue");
+    assert!(f.org.account(MEMBER).calls.snapshot().is_empty());
+}

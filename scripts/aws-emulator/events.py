@@ -58,11 +58,11 @@ def state_change_event(region: str, instance_id: str, state: str,
 
 
 def tag_change_event(region: str, instance_id: str, changed: list[str],
-                     tags: dict[str, str]) -> dict[str, Any]:
-    """The event of an instance's tags changing (``tags`` holds every current tag)."""
+                     tags: dict[str, str], account: str | None = None) -> dict[str, Any]:
+    """The event of an instance's tags changing (``tags`` holds every current tag), in ``account``."""
     return _envelope(TAG_CHANGE, "aws.tag", region, instance_id,
                      {"changed-tag-keys": changed, "service": "ec2", "resource-type": "instance",
-                      "version": 1, "tags": tags})
+                      "version": 1, "tags": tags}, account)
 
 
 class EventSink:
@@ -194,11 +194,11 @@ def set_tags(sink: EventSink, instance_id: str, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("tags", {}), dict) \
             or not isinstance(body.get("remove", []), list):
         raise EventError('body must be {"tags": {"K": "V"}, "remove": ["K2"]}')
-    found = fleet.find_instance(instance_id)
+    found = fleet.locate(instance_id)
     if found is None:
         raise EventError(f"instance {instance_id} not found", 404)
-    region, instance = found
-    backend = fleet.ec2(region)
+    account, region, instance = found
+    backend = fleet.ec2(region, account)
     tags = {str(k): str(v) for k, v in body.get("tags", {}).items()}
     remove = [str(k) for k in body.get("remove", [])]
     if tags:
@@ -208,5 +208,5 @@ def set_tags(sink: EventSink, instance_id: str, body: Any) -> dict[str, Any]:
     current = {t["key"]: t["value"] for t in backend.describe_tags(
         filters={"resource-id": [instance_id]})}
     delivered = sink.deliver(tag_change_event(region, instance_id, sorted(set(tags) | set(remove)),
-                                              current))
+                                              current, account))
     return {"instance_id": instance_id, "region": region, "tags": current, "events": int(delivered)}

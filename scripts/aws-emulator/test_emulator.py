@@ -582,6 +582,11 @@ def test_a_launch_in_a_member_account_puts_its_event_with_that_account(emu, aws)
     # Launched in the member's EC2, not in the emulator's own account.
     mine = aws("ec2", "af-south-1").describe_instances()["Reservations"]
     assert instance["instance_id"] not in {i["InstanceId"] for r in mine for i in r["Instances"]}
+    emu.set_tags(instance["instance_id"], {"team": "web"})
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
+    tagged = json.loads(got[0]["Body"])
+    assert tagged["detail-type"] == "Tag Change on Resource" and tagged["account"] == "222222222222"
+    assert tagged["detail"]["tags"] == {"arc": "onboard", "team": "web"}
     with pytest.raises(EmulatorError):
         emu.launch(region="af-south-1", account_id="12345")
     emu.events(queue_url=None)

@@ -16,7 +16,7 @@ use crate::adapters::organizations::SdkAccounts;
 use crate::config::duration::parse_duration;
 use crate::config::{Config, ConfigError, RegionSelection, Shard};
 use crate::ports::{ApiCounter, MutationToken};
-use crate::reconcile::accounts::{run_accounts, Accounts};
+use crate::reconcile::accounts::run_accounts;
 use crate::reconcile::apply::ApplyOptions;
 use crate::reconcile::onboard::InstallOptions;
 use crate::reconcile::pass::{PassError, PassOptions, Scope};
@@ -669,18 +669,6 @@ async fn daemon_events(
         return;
     };
     let adapters = Adapters::new(sdk, home, config, &session_name("events"), Some(arm));
-    // Events are handled in the caller's account (member accounts' events are out of scope for now).
-    let entered = async {
-        let caller = adapters.accounts.caller().await?;
-        adapters.accounts.enter(&caller, &caller.account_id).await
-    };
-    let entered = match entered.await {
-        Ok(entered) => entered,
-        Err(e) => {
-            tracing::error!(error = %e, "event-driven onboarding off: cannot identify the caller's account");
-            return;
-        }
-    };
     let region = events.region().unwrap_or_else(|| home.to_string());
     let queue = crate::adapters::sqs::SdkQueue::new(
         sdk,
@@ -699,14 +687,17 @@ async fn daemon_events(
     let Some(arm) = adapters.arm.as_ref() else {
         return;
     };
+    // Every account in scope: the event path lists them as the passes do, and enters each (AssumeRole
+    // into members) the first time one of its events comes, keeping its clients.
     let ports = EventPorts {
-        aws: entered.ports(),
+        accounts: &adapters.accounts,
         arm,
         queue: &queue,
     };
     let opts = EventOptions {
         pass: base.clone(),
         shutdown_grace: args.shutdown_grace,
+        shard: args.shard,
         ..EventOptions::default()
     };
     run(&ctx, &ports, &opts, async move {

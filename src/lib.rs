@@ -33,6 +33,8 @@
 //! - [`daemon`]: the two schedules of scheduled onboarding, signals and per-pass bookkeeping.
 //!   - [`daemon::events`]: event-driven onboarding: the SQS intake, the SSM watcher, batched installs.
 //!   - [`daemon::event_message`]: EventBridge events as the queue delivers them, and the scope check.
+//!   - [`daemon::event_accounts`]: the event path's accounts in scope (refreshed on a clock, `--shard`)
+//!     and the entered accounts' clients.
 //!   - [`daemon::state`]: the daemon's durable state (SQLite, versioned schema).
 //!   - [`daemon::metrics`]: Prometheus metrics and the `/metrics` + `/healthz` endpoint.
 //! - [`output`]: what people read.

@@ -374,3 +374,151 @@ fn a_bad_queue_url_stops_the_daemon_before_any_aws_call_and_validate_prints_a_go
         out.stdout
     );
 }
+
+// ----- an organization ---------------------------------------------------------------------------------
+
+const MGMT: &str = "123456789012";
+const MEMBER: &str = "222222222222";
+const EXCLUDED: &str = "333333333333";
+const DENIED: &str = "444444444444";
+/// Odd: shard 1/2's account (the others are even: shard 0/2).
+const OTHER_SHARD: &str = "555555555555";
+
+/// An organization (the emulator's account manages MEMBER, EXCLUDED, DENIED and OTHER_SHARD, each with
+/// the IAM fixture; DENIED's role cannot be assumed) and a queue whose messages come back 2 s after a
+/// receive that did not delete them.
+fn organization_world() -> (World, String) {
+    let w = World::start();
+    w.aws.control(
+        "POST",
+        "/_emulator/organization",
+        Some(&json!({
+            "management_account_id": MGMT,
+            "accounts": [{"id": MEMBER}, {"id": EXCLUDED}, {"id": DENIED}, {"id": OTHER_SHARD}]
+        })),
+    );
+    w.aws.control(
+        "POST",
+        "/_emulator/assume-role-denied",
+        Some(&json!({"denied": [DENIED]})),
+    );
+    for account in [MGMT, MEMBER, EXCLUDED, DENIED, OTHER_SHARD] {
+        let mut spec = fleet_with(json!([]));
+        spec["account_id"] = json!(account);
+        w.aws.seed(&spec);
+    }
+    w.aws
+        .configure(json!({"registration_delay_seconds": 1.0, "command_duration_seconds": 1.0}));
+    let queue = w.aws.control(
+        "POST",
+        "/_emulator/events",
+        Some(
+            &json!({"create_queue": "arc-onboard-org-events", "region": "us-east-1",
+                     "visibility_timeout": 2}),
+        ),
+    );
+    (w, queue["queue_url"].as_str().unwrap().to_string())
+}
+
+/// Measured: with `[aws.accounts] source = "organization"` and `--shard 0/2`, a tagged instance launched
+/// in a member account is onboarded from its event in that account, into `aws_{member}`; the excluded
+/// account's event is deleted as out of scope with no call in that account; the refused role's event is
+/// deleted as `account-unreachable`; the other shard's event stays on the queue, never deleted.
+#[test]
+fn member_events_are_handled_in_their_account_and_the_others_as_the_readme_says() {
+    let (w, url) = organization_world();
+    let addr = free_addr();
+    let config = config(&url).replace(
+        "[iam]",
+        &format!("[aws.accounts]\nsource = \"organization\"\nexclude = [\"{EXCLUDED}\"]\n[iam]"),
+    );
+    let d = w.daemon(&config, &["--metrics-addr", &addr, "--shard", "0/2"], None);
+    after_first_passes(&d);
+    w.aws.reset_calls();
+    let tagged = |account: &str| {
+        launch(
+            &w,
+            json!({"account_id": account, "region": "us-east-1", "tags": {"arc": "onboard"},
+                   "instance_profile": "AppProfile"}),
+        )
+    };
+    let launched = Instant::now();
+    let member = tagged(MEMBER);
+    let excluded = tagged(EXCLUDED);
+    let denied = tagged(DENIED);
+    let other = tagged(OTHER_SHARD);
+    eventually(
+        &d,
+        "the member's instance onboarded",
+        Duration::from_secs(30),
+        || status_is(&d, &member, "onboarded").then_some(()),
+    );
+    eprintln!(
+        "member account: launch to onboarded {:.1} s",
+        launched.elapsed().as_secs_f64()
+    );
+    let status = d.status();
+    assert_eq!(status_of(&status, &member).unwrap()["account_id"], MEMBER);
+    let machines = w.azure.machines();
+    let machine = machines
+        .iter()
+        .find(|m| m["name"] == member.as_str())
+        .unwrap_or_else(|| panic!("{member} not in Azure: {machines:?}"));
+    assert_eq!(
+        machine["resource_group"]
+            .as_str()
+            .unwrap()
+            .to_ascii_lowercase(),
+        format!("aws_{MEMBER}")
+    );
+    let metrics = eventually(&d, "every message counted", Duration::from_secs(20), || {
+        let (_, body) = http_get(&addr, "/metrics");
+        let v = |r: &str| {
+            sample(
+                &body,
+                &format!("arc_onboard_events_total{{result=\"{r}\"}}"),
+            )
+        };
+        (v("accepted") == Some(1.0)
+            && v("out-of-scope") == Some(1.0)
+            && v("account-unreachable") == Some(1.0)
+            && v("other-shard").is_some_and(|n| n >= 2.0))
+        .then_some(body)
+    });
+    // Only the other shard's message is left, and it came back after its visibility timeout.
+    assert_eq!(queue_messages(&w), Some(1), "{metrics}");
+    let log = d.log();
+    assert!(
+        log.contains("event of an account whose role cannot be assumed; deleted"),
+        "{log}"
+    );
+    for id in [&excluded, &denied, &other] {
+        assert!(status_of(&status, id).is_none(), "{id} not recorded");
+        assert_eq!(sends_to(&w, id), 0);
+    }
+    // No call in the excluded or the other shard's account; one refused AssumeRole into DENIED.
+    let calls = w.aws.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c["operation"] == "ssm:SendCommand" && c["account_id"] == MEMBER),
+        "the install ran in the member's account"
+    );
+    for account in [EXCLUDED, OTHER_SHARD] {
+        let theirs: Vec<&Value> = calls
+            .iter()
+            .filter(|c| c["account_id"] == account)
+            .collect();
+        assert!(theirs.is_empty(), "{theirs:?}");
+    }
+    let assumed: Vec<&Value> = calls
+        .iter()
+        .filter(|c| c["operation"] == "sts:AssumeRole")
+        .collect();
+    assert_eq!(
+        assumed.len(),
+        2,
+        "MEMBER and DENIED, once each: {assumed:?}"
+    );
+    assert_eq!(http_get(&addr, "/healthz").0, 200, "never fatal");
+}

@@ -39,27 +39,30 @@ def _now() -> str:
 
 
 def _envelope(detail_type: str, source: str, region: str, instance_id: str,
-              detail: dict[str, Any]) -> dict[str, Any]:
+              detail: dict[str, Any], account: str | None = None) -> dict[str, Any]:
+    account = account or fleet.ACCOUNT_ID
     return {
         "version": "0", "id": str(uuid.uuid4()), "detail-type": detail_type, "source": source,
-        "account": fleet.ACCOUNT_ID, "time": _now(), "region": region,
-        "resources": [f"arn:aws:ec2:{region}:{fleet.ACCOUNT_ID}:instance/{instance_id}"],
+        "account": account, "time": _now(), "region": region,
+        "resources": [f"arn:aws:ec2:{region}:{account}:instance/{instance_id}"],
         "detail": detail,
     }
 
 
-def state_change_event(region: str, instance_id: str, state: str) -> dict[str, Any]:
-    """The event of an instance reaching ``state``."""
+def state_change_event(region: str, instance_id: str, state: str,
+                       account: str | None = None) -> dict[str, Any]:
+    """The event of an instance reaching ``state`` (in ``account``; default the emulator's own), as a
+    member account's rule forwards it to the central bus: ``account`` is the member's."""
     return _envelope(STATE_CHANGE, "aws.ec2", region, instance_id,
-                     {"instance-id": instance_id, "state": state})
+                     {"instance-id": instance_id, "state": state}, account)
 
 
 def tag_change_event(region: str, instance_id: str, changed: list[str],
-                     tags: dict[str, str]) -> dict[str, Any]:
-    """The event of an instance's tags changing (``tags`` holds every current tag)."""
+                     tags: dict[str, str], account: str | None = None) -> dict[str, Any]:
+    """The event of an instance's tags changing (``tags`` holds every current tag), in ``account``."""
     return _envelope(TAG_CHANGE, "aws.tag", region, instance_id,
                      {"changed-tag-keys": changed, "service": "ec2", "resource-type": "instance",
-                      "version": 1, "tags": tags})
+                      "version": 1, "tags": tags}, account)
 
 
 class EventSink:
@@ -161,22 +164,27 @@ class EventSink:
 
 def launch(sink: EventSink, body: Any) -> dict[str, Any]:
     """Launches instances (a seed ``instances`` entry, running) and delivers their events:
-    ``"events": ["running"]`` by default, ``["pending", "running"]`` to also send the pending one."""
+    ``"events": ["running"]`` by default, ``["pending", "running"]`` to also send the pending one.
+    ``"account_id"`` launches them in that account (events name it, as a member account's rule
+    forwarding to the central bus would deliver them)."""
     if not isinstance(body, dict):
         raise EventError("body must be an instances entry of a seed")
-    item = {k: v for k, v in body.items() if k != "events"}
+    account = body.get("account_id", fleet.ACCOUNT_ID)
+    if not isinstance(account, str) or len(account) != 12 or not account.isdigit():
+        raise EventError("account_id must be a 12-digit account id")
+    item = {k: v for k, v in body.items() if k not in ("events", "account_id")}
     item.setdefault("state", "running")
     if item["state"] != "running":
         raise EventError("launch starts running instances; use the seed for others")
     states = body.get("events", ["running"])
     if not isinstance(states, list) or not all(s in ("pending", "running") for s in states):
         raise EventError('events must be a list of "pending" and "running"')
-    created = fleet.seed({"instances": [item]})["instances"]
+    created = fleet.seed({"account_id": account, "instances": [item]})["instances"]
     delivered = 0
     for instance in created:
         for state in states:
             delivered += sink.deliver(
-                state_change_event(instance["region"], instance["instance_id"], state))
+                state_change_event(instance["region"], instance["instance_id"], state, account))
     return {"instances": created, "events": delivered}
 
 
@@ -186,11 +194,11 @@ def set_tags(sink: EventSink, instance_id: str, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict) or not isinstance(body.get("tags", {}), dict) \
             or not isinstance(body.get("remove", []), list):
         raise EventError('body must be {"tags": {"K": "V"}, "remove": ["K2"]}')
-    found = fleet.find_instance(instance_id)
+    found = fleet.locate(instance_id)
     if found is None:
         raise EventError(f"instance {instance_id} not found", 404)
-    region, instance = found
-    backend = fleet.ec2(region)
+    account, region, instance = found
+    backend = fleet.ec2(region, account)
     tags = {str(k): str(v) for k, v in body.get("tags", {}).items()}
     remove = [str(k) for k in body.get("remove", [])]
     if tags:
@@ -200,5 +208,5 @@ def set_tags(sink: EventSink, instance_id: str, body: Any) -> dict[str, Any]:
     current = {t["key"]: t["value"] for t in backend.describe_tags(
         filters={"resource-id": [instance_id]})}
     delivered = sink.deliver(tag_change_event(region, instance_id, sorted(set(tags) | set(remove)),
-                                              current))
+                                              current, account))
     return {"instance_id": instance_id, "region": region, "tags": current, "events": int(delivered)}

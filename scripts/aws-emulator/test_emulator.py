@@ -18,7 +18,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from client import EmulatorClient
+from client import EmulatorClient, EmulatorError
 
 HERE = Path(__file__).resolve().parent
 SSM_CORE = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore"
@@ -565,6 +565,30 @@ def test_launch_and_tag_changes_put_eventbridge_events_on_the_queue(emu, aws):
     assert event["detail"]["service"] == "ec2" and event["detail"]["resource-type"] == "instance"
     assert event["detail"]["changed-tag-keys"] == ["arc", "team"]
     assert event["detail"]["tags"] == {"team": "web"}
+    emu.events(queue_url=None)
+
+
+def test_a_launch_in_a_member_account_puts_its_event_with_that_account(emu, aws):
+    sqs = aws("sqs", "af-south-1")
+    url = emu.events(create_queue="arc-member-events", region="af-south-1")["queue_url"]
+    launched = emu.launch(region="af-south-1", account_id="222222222222", tags={"arc": "onboard"})
+    instance = launched["instances"][0]
+    assert instance["account_id"] == "222222222222"
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
+    event = json.loads(got[0]["Body"])
+    assert event["account"] == "222222222222"
+    assert event["resources"] == [
+        f"arn:aws:ec2:af-south-1:222222222222:instance/{instance['instance_id']}"]
+    # Launched in the member's EC2, not in the emulator's own account.
+    mine = aws("ec2", "af-south-1").describe_instances()["Reservations"]
+    assert instance["instance_id"] not in {i["InstanceId"] for r in mine for i in r["Instances"]}
+    emu.set_tags(instance["instance_id"], {"team": "web"})
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
+    tagged = json.loads(got[0]["Body"])
+    assert tagged["detail-type"] == "Tag Change on Resource" and tagged["account"] == "222222222222"
+    assert tagged["detail"]["tags"] == {"arc": "onboard", "team": "web"}
+    with pytest.raises(EmulatorError):
+        emu.launch(region="af-south-1", account_id="12345")
     emu.events(queue_url=None)
 
 

@@ -57,8 +57,21 @@ pub mod result {
     pub const OUT_OF_SCOPE: &str = "out-of-scope";
     /// Could not be handled now (AWS or the state file failed); left on the queue to be redelivered.
     pub const RETRY: &str = "retry";
+    /// In scope, but another `--shard`'s account: left on the queue for that shard's daemon.
+    pub const OTHER_SHARD: &str = "other-shard";
+    /// The account's member role cannot be assumed (access denied, no such role): deleted; the
+    /// scheduled passes report the account and take the instance once the role works.
+    pub const ACCOUNT_UNREACHABLE: &str = "account-unreachable";
     /// Every label, exported at 0 from the start.
-    pub const ALL: [&str; 5] = [ACCEPTED, MALFORMED, IGNORED, OUT_OF_SCOPE, RETRY];
+    pub const ALL: [&str; 7] = [
+        ACCEPTED,
+        MALFORMED,
+        IGNORED,
+        OUT_OF_SCOPE,
+        RETRY,
+        OTHER_SHARD,
+        ACCOUNT_UNREACHABLE,
+    ];
 }
 
 fn is_account_id(s: &str) -> bool {
@@ -144,7 +157,8 @@ pub fn parse(body: &str) -> Parsed {
 }
 
 /// Whether an event's account and region are in scope: `accounts` are the accounts the daemon handles
-/// (today the caller's; with `[aws.accounts]`, every account in scope), `regions` the configured regions.
+/// (the caller's, or with `[aws.accounts]` every account in scope of its shard: see
+/// [`crate::daemon::event_accounts`]), `regions` the configured regions.
 /// `Err` says why not.
 pub fn in_scope(
     event: &InstanceEvent,

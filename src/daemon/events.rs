@@ -31,8 +31,19 @@
 //! - An event install waits for a scheduled pass in progress to end (and a pass waits for the event
 //!   installs in progress), so during a long onboarding pass events are received and given their IAM
 //!   at once, but installed after the pass.
-//! - Accounts in scope are the caller's today; [`crate::daemon::event_message::in_scope`] takes the set, so accounts of
-//!   an organization extend it.
+//!
+//! # Accounts
+//! Every account in scope (`[aws.accounts]`, `--shard`) is handled, each in its own account: the list
+//! and the entered accounts' clients live in [`EventAccounts`]. What becomes of a message by its account:
+//! - in scope and this daemon's shard: handled in that account (entered once; `sts:AssumeRole` for a
+//!   member account);
+//! - in scope but another shard's: left on the queue, untouched, for the daemon of that shard (counted
+//!   `other-shard`); it comes back when its visibility timeout ends;
+//! - excluded, or outside the source: deleted (`out-of-scope`);
+//! - not in the list while the organization could not be listed: left for redelivery (`retry`);
+//! - its member role refused (access denied, no such role): deleted (`account-unreachable`) and logged
+//!   with the AWS code; the scheduled passes report the account in `errors[]` and onboard the instance
+//!   once the role can be assumed. Other failures to enter (throttling, network) leave it (`retry`).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -46,13 +57,16 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::adapters::azure::Arm;
 use crate::config::Config;
+use crate::config::Shard;
+use crate::daemon::event_accounts::{is_unreachable, EventAccounts, Judgement, ScopeTimes};
 use crate::daemon::event_message::{in_scope, parse, result, Parsed};
 use crate::daemon::metrics::Metrics;
 use crate::daemon::state::{unix, InstanceRecord};
 use crate::model::PingStatus;
-use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Queue, QueueMessage, Ssm, Sts};
+use crate::ports::{MutationToken, Queue, QueueMessage, Ssm};
+use crate::reconcile::accounts::{Accounts, Caller};
 use crate::reconcile::observe::{observe_arc, observe_instances, ArcObservation};
-use crate::reconcile::pass::{execute_observed, AwsPorts, Durable, PassOptions, Scope};
+use crate::reconcile::pass::{execute_observed, Durable, PassOptions, Scope};
 use crate::reconcile::plan::{AccountPlan, InstanceAction, Status};
 
 /// The most ids one `DescribeInstanceInformation` call (and one `SendCommand`) carries here.
@@ -83,6 +97,10 @@ pub struct EventOptions {
     pub pass: PassOptions,
     /// On shutdown, how long event installs in progress may go on tracking their commands.
     pub shutdown_grace: Duration,
+    /// The daemon's `--shard`: events of the other shards' accounts are left on the queue for them.
+    pub shard: Option<Shard>,
+    /// When the accounts in scope are listed again, and how long a refused role is remembered.
+    pub scope: ScopeTimes,
 }
 
 impl Default for EventOptions {
@@ -96,6 +114,8 @@ impl Default for EventOptions {
             queue_retry_max: Duration::from_secs(60),
             pass: PassOptions::default(),
             shutdown_grace: Duration::from_secs(120),
+            shard: None,
+            scope: ScopeTimes::default(),
         }
     }
 }
@@ -127,10 +147,11 @@ pub struct EventContext<'a> {
     pub gate: &'a RwLock<()>,
 }
 
-/// The ports of the event path: the AWS ports of the accounts in scope, Azure, and the queue.
-pub struct EventPorts<'a, T, E, I, S, A, Q> {
-    /// AWS (the caller's account).
-    pub aws: AwsPorts<'a, T, E, I, S>,
+/// The ports of the event path: the accounts (and through them each account's AWS ports), Azure, and
+/// the queue.
+pub struct EventPorts<'a, X, A, Q> {
+    /// The accounts port: who the caller is, the accounts in scope, entering one.
+    pub accounts: &'a X,
     /// Azure Resource Manager.
     pub arm: &'a A,
     /// The event queue.
@@ -284,11 +305,11 @@ impl Tracker {
 }
 
 /// The event path of one daemon.
-struct EventLoop<'a, T, E, I, S, A, Q> {
+struct EventLoop<'a, X: Accounts, A, Q> {
     ctx: &'a EventContext<'a>,
-    ports: &'a EventPorts<'a, T, E, I, S, A, Q>,
+    ports: &'a EventPorts<'a, X, A, Q>,
     opts: &'a EventOptions,
-    accounts: BTreeSet<String>,
+    accounts: EventAccounts<'a, X>,
     tracker: Mutex<Tracker>,
     /// Wakes the watcher when an instance is added.
     watch_wake: Notify,
@@ -301,16 +322,13 @@ struct EventLoop<'a, T, E, I, S, A, Q> {
 /// Runs the event path until `shutdown` resolves; event installs in progress then get
 /// [`EventOptions::shutdown_grace`] to finish (a command still in flight is in the state file, and the
 /// next start's pass tracks it).
-pub async fn run<T, E, I, S, A, Q>(
+pub async fn run<X, A, Q>(
     ctx: &EventContext<'_>,
-    ports: &EventPorts<'_, T, E, I, S, A, Q>,
+    ports: &EventPorts<'_, X, A, Q>,
     opts: &EventOptions,
     shutdown: impl Future<Output = ()>,
 ) where
-    T: Sts,
-    E: Ec2,
-    I: Iam,
-    S: Ssm,
+    X: Accounts,
     A: Arm,
     Q: Queue,
 {
@@ -320,10 +338,18 @@ pub async fn run<T, E, I, S, A, Q>(
         let _ = stop_tx.send(true);
     };
     let body = async {
-        let Some(accounts) = caller_account(ports.aws.sts, opts, stop_rx.clone()).await else {
+        let Some(caller) = caller_account(ports.accounts, opts, stop_rx.clone()).await else {
             return;
         };
-        info!(accounts = ?accounts, "event path started");
+        let accounts = EventAccounts::new(
+            ports.accounts,
+            &ctx.config.aws.accounts,
+            caller,
+            opts.shard,
+            opts.scope,
+        );
+        accounts.refresh(&[]).await;
+        info!(shard = %opts.shard.map_or_else(|| "-".to_string(), |s| s.to_string()), "event path started");
         let event_loop = EventLoop {
             ctx,
             ports,
@@ -349,16 +375,16 @@ async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// The accounts in scope: the caller's, asked of STS until it answers (or shutdown).
+/// Who the credentials are, asked of STS until it answers (or shutdown).
 async fn caller_account(
-    sts: &impl Sts,
+    accounts: &impl Accounts,
     opts: &EventOptions,
     stop: watch::Receiver<bool>,
-) -> Option<BTreeSet<String>> {
+) -> Option<Caller> {
     let mut wait = Duration::from_secs(1);
     loop {
-        match sts.account_id().await {
-            Ok(account) => return Some([account].into()),
+        match accounts.caller().await {
+            Ok(caller) => return Some(caller),
             Err(e) => {
                 warn!(error = %e, retry_in_s = wait.as_secs(), "event path: cannot identify the account");
                 tokio::select! {
@@ -371,12 +397,9 @@ async fn caller_account(
     }
 }
 
-impl<T, E, I, S, A, Q> EventLoop<'_, T, E, I, S, A, Q>
+impl<X, A, Q> EventLoop<'_, X, A, Q>
 where
-    T: Sts,
-    E: Ec2,
-    I: Iam,
-    S: Ssm,
+    X: Accounts,
     A: Arm,
     Q: Queue,
 {
@@ -384,13 +407,9 @@ where
         self.tracker.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn counter(&self) -> &ApiCounter {
-        self.ports.aws.counter
-    }
-
     /// Adds the calls made since the last flush to the metrics.
     fn flush_calls(&self) {
-        let now = self.counter().snapshot();
+        let now = self.accounts.port().api_calls();
         let mut flushed = self.flushed.lock().unwrap_or_else(|e| e.into_inner());
         let delta: BTreeMap<String, u64> = now
             .iter()
@@ -461,9 +480,24 @@ where
         let regions = &self.ctx.config.aws.regions;
         let mut delete: Vec<String> = Vec::new();
         let mut groups: BTreeMap<Key, Vec<(String, QueueMessage)>> = BTreeMap::new();
-        for m in messages {
+        let parsed: Vec<(QueueMessage, Parsed)> = messages
+            .into_iter()
+            .map(|m| {
+                let p = parse(&m.body);
+                (m, p)
+            })
+            .collect();
+        let named: Vec<&str> = parsed
+            .iter()
+            .filter_map(|(_, p)| match p {
+                Parsed::Instance(ev) => Some(ev.account.as_str()),
+                _ => None,
+            })
+            .collect();
+        self.accounts.refresh(&named).await;
+        for (m, parsed) in parsed {
             let id = m.message_id.clone();
-            match parse(&m.body) {
+            match parsed {
                 Parsed::Malformed(why) => {
                     warn!(message.id = %id, %why, "malformed event message; deleted");
                     self.ctx.metrics.record_event(result::MALFORMED);
@@ -475,7 +509,25 @@ where
                     delete.push(m.receipt_handle);
                 }
                 Parsed::Instance(ev) => {
-                    if let Err(why) = in_scope(&ev, &self.accounts, regions) {
+                    let judgement = self.accounts.judge(&ev.account).await;
+                    match judgement {
+                        Judgement::Mine | Judgement::Out => {}
+                        Judgement::OtherShard => {
+                            debug!(message.id = %id, instance.id = %ev.instance_id, account = %ev.account, "event of another shard's account; left on the queue for it");
+                            self.ctx.metrics.record_event(result::OTHER_SHARD);
+                            continue;
+                        }
+                        Judgement::Unconfirmed => {
+                            warn!(message.id = %id, instance.id = %ev.instance_id, account = %ev.account, "event of an account the organization's listing could not confirm; left on the queue to be redelivered");
+                            self.ctx.metrics.record_event(result::RETRY);
+                            continue;
+                        }
+                    }
+                    let mine: BTreeSet<String> = match judgement {
+                        Judgement::Mine => [ev.account.clone()].into(),
+                        _ => BTreeSet::new(),
+                    };
+                    if let Err(why) = in_scope(&ev, &mine, regions) {
                         info!(message.id = %id, instance.id = %ev.instance_id, account = %ev.account, region = %ev.region, %why, "event out of scope; deleted");
                         self.ctx.metrics.record_event(result::OUT_OF_SCOPE);
                         delete.push(m.receipt_handle);
@@ -520,9 +572,17 @@ where
                         delete.push(m.receipt_handle);
                     }
                 }
-                Err(why) => {
+                Err(Unhandled::Unreachable(e)) => {
                     for (id, m) in items {
-                        warn!(message.id = %m.message_id, instance.id = %id, region = %key.1, %why, "event not handled now; left on the queue to be redelivered");
+                        warn!(message.id = %m.message_id, instance.id = %id, account = %key.0, region = %key.1, operation = %e.operation, code = %e.code,
+                            "event of an account whose role cannot be assumed; deleted (the scheduled passes report the account and take the instance once the role works)");
+                        self.ctx.metrics.record_event(result::ACCOUNT_UNREACHABLE);
+                        delete.push(m.receipt_handle);
+                    }
+                }
+                Err(Unhandled::NotNow(why)) => {
+                    for (id, m) in items {
+                        warn!(message.id = %m.message_id, instance.id = %id, account = %key.0, region = %key.1, %why, "event not handled now; left on the queue to be redelivered");
                         self.ctx.metrics.record_event(result::RETRY);
                     }
                 }
@@ -556,9 +616,19 @@ where
     /// Observes the instances, gives them their IAM where `[iam]` allows, records them in the state file
     /// and hands those that need the agent to the watcher or the installer. Returns the instances that
     /// are in scope (the others were filtered out by the tag filter, or are terminated or unknown).
-    async fn prepare(&self, key: &Key, ids: &[String]) -> Result<BTreeSet<String>, String> {
+    async fn prepare(&self, key: &Key, ids: &[String]) -> Result<BTreeSet<String>, Unhandled> {
         let (account, region) = key;
-        let aws = &self.ports.aws;
+        let clients = match self.accounts.enter(account).await {
+            Ok(c) => c,
+            Err(e) if is_unreachable(&e) => return Err(Unhandled::Unreachable(e)),
+            Err(e) => {
+                return Err(Unhandled::NotNow(format!(
+                    "cannot enter the account: {} {}: {}",
+                    e.operation, e.code, e.message
+                )))
+            }
+        };
+        let aws = &clients.ports();
         let arc = self.arc(account).await;
         let window = self.opts.pass.install.in_flight_window();
         let obs = observe_instances(
@@ -572,7 +642,7 @@ where
         )
         .await;
         if let Some(e) = obs.regions.first().and_then(|r| r.error.as_ref()) {
-            return Err(e.to_string());
+            return Err(Unhandled::NotNow(e.to_string()));
         }
         let mut opts = self.opts.pass.clone();
         opts.apply.wait_for_ssm = Duration::ZERO;
@@ -610,10 +680,10 @@ where
             info!(instance.id = %row.instance_id, status = %row.status, detail = %row.detail, "event: instance observed");
         }
         record(self.ctx.durable, &plan, now).await.map_err(|e| {
-            format!(
+            Unhandled::NotNow(format!(
                 "cannot record in the state file: {}",
                 crate::error::chain(&e)
-            )
+            ))
         })?;
         let present: BTreeSet<String> = plan
             .instances
@@ -668,12 +738,19 @@ where
         }
         let mut any_ready = false;
         for (key, ids) in work {
-            let answer = self
-                .ports
-                .aws
-                .ssm
-                .describe_instance_information(&key.1, &ids)
-                .await;
+            let answer = match self.accounts.entered(&key.0) {
+                Some(clients) => {
+                    clients
+                        .ssm
+                        .describe_instance_information(&key.1, &ids)
+                        .await
+                }
+                None => Err(crate::model::AwsError::from_code(
+                    "sts:AssumeRole",
+                    "NotEntered",
+                    "the account is not entered",
+                )),
+            };
             let now = Instant::now();
             let mut tracker = self.tracker();
             let online: HashSet<String> = match &answer {
@@ -754,7 +831,18 @@ where
         async {
             {
                 let _shared = self.ctx.gate.read().await;
-                let aws = &self.ports.aws;
+                let clients = match self.accounts.enter(&key.0).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        warn!(operation = %e.operation, code = %e.code, "cannot enter the account to install; the periodic onboarding pass takes over");
+                        let mut tracker = self.tracker();
+                        for id in &ids {
+                            tracker.installing.remove(&(key.clone(), id.clone()));
+                        }
+                        return;
+                    }
+                };
+                let aws = &clients.ports();
                 let arc = self.arc(&key.0).await;
                 let window = self.opts.pass.install.in_flight_window();
                 let obs = observe_instances(
@@ -800,6 +888,14 @@ where
         .await;
         self.flush_calls();
     }
+}
+
+/// Why the instances of one (account, region) group were not handled.
+enum Unhandled {
+    /// Its account's role cannot be assumed (access denied, no such role): the messages are deleted.
+    Unreachable(crate::model::AwsError),
+    /// Anything that may pass (AWS, the state file): the messages are left for redelivery.
+    NotNow(String),
 }
 
 /// Logs what became of an install batch.

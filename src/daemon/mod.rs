@@ -13,6 +13,7 @@
 //! - Intervals are measured from when a pass was due, plus a small jitter (at most a tenth of the interval,
 //!   30 s at most) so that many daemons do not start together.
 
+pub mod event_accounts;
 pub mod event_message;
 pub mod events;
 pub mod metrics;

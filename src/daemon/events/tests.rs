@@ -5,6 +5,7 @@ use std::sync::Arc;
 use super::*;
 use crate::adapters::azure::FakeArm;
 use crate::daemon::state::StateDb;
+use crate::fake::accounts::FakeAccounts;
 use crate::fake::{FakeAws, FakeQueue, FAKE_ACCOUNT};
 use crate::model::{InstanceState, Platform};
 
@@ -19,6 +20,10 @@ fn running(id: &str) -> String {
 
 struct Fixture {
     aws: Arc<FakeAws>,
+    /// The organization: the caller's account (`aws`) alone unless a test adds members.
+    org: FakeAccounts,
+    /// `--shard` of the event path.
+    shard: Option<Shard>,
     arm: Arc<FakeArm>,
     queue: FakeQueue,
     db: StateDb,
@@ -37,8 +42,12 @@ async fn fixture() -> Fixture {
     );
     let dir = tempfile::tempdir().unwrap();
     let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
+    let org = FakeAccounts::new(FAKE_ACCOUNT);
+    org.add_account(FAKE_ACCOUNT, (*aws).clone());
     Fixture {
         aws,
+        org,
+        shard: None,
         arm,
         queue: FakeQueue::default(),
         db,
@@ -65,17 +74,14 @@ async fn run_for(f: &Fixture, secs: u64) -> Arc<Metrics> {
         gate: &gate,
     };
     let ports = EventPorts {
-        aws: AwsPorts {
-            sts: &*f.aws,
-            ec2: &*f.aws,
-            iam: &*f.aws,
-            ssm: &*f.aws,
-            counter: &f.aws.calls,
-        },
+        accounts: &f.org,
         arm: &*f.arm,
         queue: &f.queue,
     };
-    let opts = EventOptions::default();
+    let opts = EventOptions {
+        shard: f.shard,
+        ..EventOptions::default()
+    };
     run(
         &ctx,
         &ports,
@@ -254,4 +260,96 @@ fn full_commands_go_at_once_and_the_rest_waits_while_more_are_coming() {
     let mut tracker = Tracker::default();
     tracker.make_ready(&key, "i-lone", now);
     assert_eq!(tracker.closable(now, &opts).0.len(), 1);
+}
+
+/// The caller's account (even: shard 0/2) and members: one plain, one whose role is refused, one
+/// excluded, and one of shard 1/2.
+const MEMBER: &str = "200000000002";
+const DENIED: &str = "200000000004";
+const EXCLUDED: &str = "200000000006";
+const OTHER_SHARD: &str = "200000000001";
+
+/// The fixture as an organization: every member holds a tagged running instance `i-{account}`.
+async fn organization() -> Fixture {
+    let mut f = fixture().await;
+    f.config = Config::parse(
+        &CONFIG.replace(
+            "[events]",
+            "[aws.accounts]\nsource = \"organization\"\nexclude = [\"200000000006\"]\n[events]",
+        ),
+        std::path::Path::new("t"),
+    )
+    .unwrap();
+    for id in [MEMBER, DENIED, EXCLUDED, OTHER_SHARD] {
+        let aws = FakeAws::new(&["us-east-1"]).with_account(id);
+        aws.add_role(
+            "AppRole",
+            &[crate::config::SSM_POLICY_ARN],
+            Some("AppProfile"),
+        );
+        aws.add_instance(
+            "us-east-1",
+            &format!("i-{id}"),
+            Platform::Linux,
+            InstanceState::Running,
+            Some("AppProfile"),
+            &[("arc", "onboard")],
+        );
+        aws.link_arm(f.arm.clone(), &format!("aws_{id}"));
+        f.org.add_account(id, aws);
+    }
+    f.org.deny_assume_role(DENIED);
+    f.shard = Some(Shard { index: 0, count: 2 });
+    f
+}
+
+fn running_in(account: &str) -> String {
+    running(&format!("i-{account}")).replace(FAKE_ACCOUNT, account)
+}
+
+#[tokio::test(start_paused = true)]
+async fn member_events_are_handled_in_their_account_and_the_rest_as_documented() {
+    let f = organization().await;
+    for account in [MEMBER, DENIED, EXCLUDED, OTHER_SHARD] {
+        f.queue.send(&running_in(account));
+    }
+    f.queue.send(&running_in(DENIED));
+    let metrics = run_for(&f, 60).await;
+    // The member's instance: onboarded in the member's account, its message deleted.
+    assert_eq!(count(&metrics, "accepted"), 1);
+    let member = f.org.account(MEMBER);
+    assert_eq!(member.calls.count("ssm:SendCommand"), 1);
+    let records = f.db.all().await.unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(
+        (records[0].account_id.as_str(), records[0].status.as_str()),
+        (MEMBER, "onboarded")
+    );
+    // The refused role: both messages deleted, one AssumeRole for the two of them.
+    assert_eq!(count(&metrics, "account-unreachable"), 2);
+    assert_eq!(
+        f.org.calls.count("sts:AssumeRole"),
+        2,
+        "MEMBER and DENIED once each"
+    );
+    // The excluded account: deleted, no call in it.
+    assert_eq!(count(&metrics, "out-of-scope"), 1);
+    assert!(f.org.account(EXCLUDED).calls.snapshot().is_empty());
+    // Another shard's account: left on the queue, untouched.
+    assert_eq!(count(&metrics, "other-shard"), 1);
+    assert_eq!(f.queue.len(), 1, "only the other shard's message is left");
+    assert!(f.org.account(OTHER_SHARD).calls.snapshot().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn with_the_organization_unlisted_member_events_are_left_for_redelivery() {
+    let f = organization().await;
+    f.org.deny_organization();
+    f.queue.send(&running_in(MEMBER));
+    f.queue.send(&running_in(EXCLUDED));
+    let metrics = run_for(&f, 30).await;
+    assert_eq!(count(&metrics, "retry"), 2, "neither can be told in or out");
+    assert_eq!(count(&metrics, "out-of-scope"), 0);
+    assert_eq!(f.queue.len(), 2, "both left on the queue");
+    assert!(f.org.account(MEMBER).calls.snapshot().is_empty());
 }

@@ -88,6 +88,15 @@ pub enum StateError {
         /// Ours.
         known: i64,
     },
+    /// A new state file could not be moved into place.
+    #[error("cannot create state file {path}")]
+    Create {
+        /// The file.
+        path: PathBuf,
+        /// The rename's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The database was closed ([`StateDb::close`]) before this call.
     #[error("state file {path} is closed")]
     Closed {
@@ -176,8 +185,26 @@ fn sqlite_error(path: &Path) -> impl Fn(rusqlite::Error) -> StateError + '_ {
     }
 }
 
-/// Opens (creating if needed) and migrates the file, for the daemon.
+/// Opens (creating if needed) and migrates the file, for the daemon. A new file is built beside the path
+/// and renamed into place once migrated, so a reader (`status`) never sees it half-created.
 fn open_read_write(path: &Path) -> Result<Connection, StateError> {
+    if !path.exists() {
+        let mut name = path.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".creating-{}", std::process::id()));
+        let fresh = path.with_file_name(name);
+        let _ = std::fs::remove_file(&fresh);
+        // Closing the only connection checkpoints the write-ahead log into the file.
+        drop(migrated(&fresh)?);
+        std::fs::rename(&fresh, path).map_err(|source| StateError::Create {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    migrated(path)
+}
+
+/// Opens `path` (creating it if needed) in WAL mode with full sync and applies the pending migrations.
+fn migrated(path: &Path) -> Result<Connection, StateError> {
     let err = sqlite_error(path);
     let conn = Connection::open(path).map_err(&err)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(&err)?;
@@ -582,6 +609,27 @@ mod tests {
             ["222222222222/eu-west-1/i-b", "222222222222/us-east-1/i-c"]
         );
         assert!(db.of_account("333333333333").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_new_file_appears_only_once_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let db = StateDb::open(&path).await.unwrap();
+        // A reader that finds the file at all finds it at this version's schema.
+        let reader = StateDb::open_read_only(&path).await.unwrap();
+        assert_eq!(
+            reader.schema_version().await.unwrap(),
+            MIGRATIONS.len() as i64
+        );
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".creating-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        db.put(vec![record("i-1", "onboarded")]).await.unwrap();
+        assert_eq!(reader.all().await.unwrap().len(), 1);
     }
 
     #[tokio::test]

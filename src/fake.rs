@@ -57,6 +57,32 @@ pub struct FakeCommand {
     pub request: CommandRequest,
 }
 
+/// A command's status as `ListCommands` reports it: a scripted `InProgress` outcome keeps it running for
+/// ever, any other scripted outcome but `Success` fails it, and it succeeds otherwise.
+fn summary(s: &State, c: &FakeCommand) -> CommandSummary {
+    let outcome = |id: &String| s.outcomes.get(id).map(|o| &o.status);
+    let ids = &c.request.instance_ids;
+    let status = if ids
+        .iter()
+        .any(|id| outcome(id) == Some(&CommandStatus::InProgress))
+    {
+        CommandStatus::InProgress
+    } else if ids
+        .iter()
+        .any(|id| outcome(id).is_some_and(|o| *o != CommandStatus::Success))
+    {
+        CommandStatus::Failed
+    } else {
+        CommandStatus::Success
+    };
+    CommandSummary {
+        command_id: c.command_id.clone(),
+        status,
+        instance_ids: c.request.instance_ids.clone(),
+        comment: c.request.comment.clone(),
+    }
+}
+
 /// A fake AWS account implementing every AWS port. Clones share the account (state and call counts).
 #[derive(Debug, Default, Clone)]
 pub struct FakeAws {
@@ -605,41 +631,23 @@ impl Ssm for FakeAws {
         Ok(s.commands
             .iter()
             .find(|c| c.command_id == command_id)
-            .map(|c| {
-                let outcome = |id: &String| s.outcomes.get(id).map(|o| &o.status);
-                let ids = &c.request.instance_ids;
-                // A scripted `InProgress` outcome keeps its command running for ever.
-                let status = if ids
-                    .iter()
-                    .any(|id| outcome(id) == Some(&CommandStatus::InProgress))
-                {
-                    CommandStatus::InProgress
-                } else if ids
-                    .iter()
-                    .any(|id| outcome(id).is_some_and(|o| *o != CommandStatus::Success))
-                {
-                    CommandStatus::Failed
-                } else {
-                    CommandStatus::Success
-                };
-                CommandSummary {
-                    command_id: c.command_id.clone(),
-                    status,
-                    instance_ids: c.request.instance_ids.clone(),
-                    comment: c.request.comment.clone(),
-                }
-            }))
+            .map(|c| summary(&s, c)))
     }
 
     async fn recent_commands(
         &self,
         region: &str,
         _since: std::time::SystemTime,
-        _comment_prefix: &str,
+        comment_prefix: &str,
     ) -> Result<Vec<CommandSummary>, AwsError> {
         self.check("ssm:ListCommands", &[region])?;
-        // Fake commands complete at once, so none is ever in flight.
-        Ok(Vec::new())
+        // Every command of the fake is recent; it lists those whose comment starts with the prefix.
+        let s = self.lock();
+        Ok(s.commands
+            .iter()
+            .filter(|c| c.region == region && c.request.comment.starts_with(comment_prefix))
+            .map(|c| summary(&s, c))
+            .collect())
     }
 
     async fn command_invocations(

@@ -229,6 +229,9 @@ pub fn bounds(mode: Mode, spec: &FleetSpec, fleet: &[AccountLoad], limits: &Limi
             let n = r.ready + r.bare;
             let describe_pages = n.div_ceil(limits.describe_page).max(1);
             add("ec2:DescribeInstances", describe_pages);
+            // The instances' profile field lags an association in progress: the associations are read
+            // once per region (one page of 1,000 covers every region of this fleet but the hot one).
+            add("ec2:DescribeIamInstanceProfileAssociations", describe_pages);
             // Installs of other runs still in flight (one listing per region).
             add("ssm:ListCommands", 1);
             // Only instances with a profile can be registered with SSM.
@@ -236,8 +239,8 @@ pub fn bounds(mode: Mode, spec: &FleetSpec, fleet: &[AccountLoad], limits: &Limi
                 "ssm:DescribeInstanceInformation",
                 r.ready.div_ceil(limits.ssm_page),
             );
-            // AssumeRole, describe pages, then the profile and its role.
-            let mut region_chain = 1 + describe_pages + 2;
+            // AssumeRole, describe pages, the associations, then the profile and its role.
+            let mut region_chain = 1 + 2 * describe_pages + 2;
             if mode == Mode::Run {
                 add("ec2:AssociateIamInstanceProfile", r.bare);
                 add(

@@ -8,10 +8,13 @@
 //! The folders follow the data: configuration in, the reconcile core (observe -> plan -> apply) over the
 //! ports, the adapters behind the ports, the scripts sent to instances, the daemon around the core, and the
 //! output people read.
-//! - [`cli`]: command-line parsing and the commands; the only place mutation tokens are minted.
-//! - [`config`]: the TOML configuration, validated once into typed values before any AWS call
-//!   ([`config::duration`]: the human durations the interface accepts; [`config::accounts`]: `[aws.accounts]`
-//!   and `--shard`; [`config::events`]: `[events]`).
+//! - [`cli`]: command-line parsing and the commands; the only place mutation tokens are minted (`cli/mod.rs`:
+//!   clap types, dispatch, exit codes; `commands`: `plan`, `run`, `template`; `daemon`: the daemon, its signals
+//!   and event path; `status`: the state file rendered; `wire`: building the real adapters).
+//! - [`config`]: the TOML configuration, validated once into typed values before any AWS call (`mod.rs`:
+//!   the types and `Config::load`; `validate`: the validator and its checks; `effective`: the effective
+//!   configuration `validate` prints; [`config::duration`]: the human durations the interface accepts;
+//!   [`config::accounts`]: `[aws.accounts]` and `--shard`; [`config::events`]: `[events]`).
 //! - [`model`]: domain types shared by every layer; no SDK type crosses a port.
 //! - [`ports`]: one trait per AWS service, and the [`ports::MutationToken`] capability.
 //! - [`reconcile`]: the core.

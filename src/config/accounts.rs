@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use toml::{Table, Value};
 
-use super::{describe, join, Validator};
+use super::validate::{describe, join, Validator};
 
 /// Default role assumed in every account other than the caller's.
 pub const DEFAULT_MEMBER_ROLE: &str = "AzureArcOnboardingMember";

@@ -1,0 +1,338 @@
+//! Command-line interface: argument parsing, logging setup and the commands. This is the only module that
+//! mints a [`MutationToken`], and only for `run`.
+//!
+//! Here: the clap types, `main`, logging, dispatch, exit codes and [`CliError`]. The commands live beside it:
+//! `commands` (`plan`, `run`, `template`), `daemon` (the daemon, its signals and event path), `status`
+//! (the state file rendered), and `wire` (building the real adapters a command runs on).
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+use crate::adapters::credential::{process_env, Credential, CredentialError};
+use crate::config::duration::parse_duration;
+use crate::config::{Config, ConfigError, Shard};
+use crate::ports::MutationToken;
+use crate::reconcile::pass::PassError;
+
+mod commands;
+mod daemon;
+mod status;
+mod wire;
+
+use commands::{one_pass, pass_options, plan_command, template_command};
+use daemon::daemon_command;
+use status::status_command;
+
+/// Report format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// The interface's JSON schema.
+    Json,
+}
+
+/// Log format on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Onboards AWS EC2 instances to Azure Arc through SSM Run Command.
+#[derive(Debug, Parser)]
+#[command(name = "arc-onboard", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "ARC_ONBOARD_CONFIG",
+        default_value = DEFAULT_CONFIG
+    )]
+    pub config: PathBuf,
+    /// Report format on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More log output (-v debug, -vv trace).
+    #[arg(short, long, global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output (-q warnings only, -qq errors only).
+    #[arg(short, long, global = true, action = ArgAction::Count, conflicts_with = "verbose")]
+    pub quiet: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Dry run: observe and print what `run` would do to each machine. Changes nothing.
+    Plan(PlanArgs),
+    /// One-shot onboarding: apply the plan, wait within bounds, print the report.
+    Run(RunArgs),
+    /// Check the configuration file and print the effective configuration (no AWS call).
+    Validate,
+    /// Scheduled onboarding: the IAM pass and the onboarding pass at their intervals until SIGINT/SIGTERM.
+    Daemon(DaemonArgs),
+    /// Print the fleet's state from the daemon's state file (no AWS call).
+    Status(StatusArgs),
+    /// Print a deployable template (CloudFormation or IAM policy JSON) on stdout (no AWS call).
+    Template(TemplateCommand),
+}
+
+/// `template NAME` and its options.
+#[derive(Debug, clap::Args)]
+pub struct TemplateCommand {
+    /// Which template.
+    #[arg(value_enum)]
+    pub name: crate::template::TemplateName,
+    /// Values beyond the configuration file.
+    #[command(flatten)]
+    pub args: crate::template::TemplateArgs,
+}
+
+/// Options of `daemon`.
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// SQLite state file (created on first start).
+    #[arg(
+        long,
+        env = "ARC_ONBOARD_STATE_FILE",
+        default_value = "./arc-onboard.db"
+    )]
+    pub state_file: PathBuf,
+    /// Serve Prometheus metrics (/metrics) and health (/healthz) on this address, e.g. 127.0.0.1:9464.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How long an onboarding pass waits for instances to come Online in SSM (later passes pick them up).
+    #[arg(long, value_parser = parse_cli_duration, default_value = "0s")]
+    pub wait_for_ssm: Duration,
+    /// Execution timeout of the agent install command.
+    #[arg(long, value_parser = parse_cli_duration, default_value = "30m")]
+    pub command_timeout: Duration,
+    /// How long to wait for Azure to show a machine Connected after its install succeeded.
+    #[arg(long, value_parser = parse_cli_duration, default_value = "5m")]
+    pub verify_timeout: Duration,
+    /// Retry delay after an instance's first failed install; doubles with each failure.
+    #[arg(long, value_parser = parse_cli_duration, default_value = "15m")]
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    #[arg(long, value_parser = parse_cli_duration, default_value = "1d")]
+    pub retry_max: Duration,
+    /// On SIGINT/SIGTERM, how long a pass in progress may go on tracking its commands.
+    #[arg(long, value_parser = parse_cli_duration, default_value = "2m")]
+    pub shutdown_grace: Duration,
+    /// Consecutive failed passes after which /healthz reports unhealthy.
+    #[arg(long, default_value_t = 3)]
+    pub unhealthy_after: u32,
+    /// Only the accounts whose 12-digit id, read as an integer, modulo COUNT equals INDEX (e.g. `2/8`).
+    #[arg(long, value_name = "INDEX/COUNT")]
+    pub shard: Option<Shard>,
+}
+
+/// Options of `plan`.
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// Plan as the daemon's next pass would, with this state file's memory: instances held in retry
+    /// backoff are `failed` with their `next_attempt_at`, commands still tracked are `in-progress`. The
+    /// file is opened read-only.
+    #[arg(long)]
+    pub state_file: Option<PathBuf>,
+    /// Only the accounts whose 12-digit id, read as an integer, modulo COUNT equals INDEX (e.g. `2/8`).
+    #[arg(long, value_name = "INDEX/COUNT")]
+    pub shard: Option<Shard>,
+}
+
+/// Options of `status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// SQLite state file written by the daemon.
+    #[arg(
+        long,
+        env = "ARC_ONBOARD_STATE_FILE",
+        default_value = "./arc-onboard.db"
+    )]
+    pub state_file: PathBuf,
+}
+
+/// Options of `run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Behave exactly as `plan`.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long to wait for instances to register with SSM after IAM changes (`0s`: do not wait).
+    #[arg(long, value_parser = parse_cli_duration, default_value = "15m")]
+    pub wait_for_ssm: Duration,
+    /// Execution timeout of the agent install command.
+    #[arg(long, value_parser = parse_cli_duration, default_value = "30m")]
+    pub command_timeout: Duration,
+    /// How long to wait for Azure to show a machine Connected after its install succeeded.
+    #[arg(long, value_parser = parse_cli_duration, default_value = "5m")]
+    pub verify_timeout: Duration,
+    /// Only the accounts whose 12-digit id, read as an integer, modulo COUNT equals INDEX (e.g. `2/8`).
+    #[arg(long, value_name = "INDEX/COUNT")]
+    pub shard: Option<Shard>,
+}
+
+fn parse_cli_duration(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Errors that end a command before any instance is handled (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The state file is unusable.
+    #[error(transparent)]
+    State(#[from] crate::daemon::state::StateError),
+    /// `status` found no state file.
+    #[error("no state file at {0} (the daemon creates it; pass --state-file)")]
+    NoStateFile(PathBuf),
+    /// The daemon could not start.
+    #[error("cannot {what}")]
+    Start {
+        /// What failed.
+        what: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// AWS could not be reached or identified.
+    #[error(transparent)]
+    Pass(#[from] PassError),
+    /// A template cannot be built from these values.
+    #[error(transparent)]
+    Template(#[from] crate::template::TemplateError),
+    /// No HTTPS client for Azure could be built on this machine.
+    #[error(transparent)]
+    AzureClient(#[from] crate::adapters::azure::ClientError),
+    /// The Azure credential's proof is unusable (certificate, token file, `az`, endpoint).
+    #[error("the Azure credential cannot be used; nothing was changed")]
+    Credential(#[source] CredentialError),
+}
+
+/// Exit codes of the interface.
+pub mod exit {
+    /// Completed, nothing failed.
+    pub const OK: u8 = 0;
+    /// Completed, at least one instance (or region) failed.
+    pub const FAILURES: u8 = 1;
+    /// Usage or configuration error, or nothing could be handled.
+    pub const FATAL: u8 = 2;
+}
+
+fn init_logging(cli: &Cli) {
+    let default = match (cli.verbose, cli.quiet) {
+        (0, 0) => "info",
+        (1, _) => "debug",
+        (v, _) if v > 1 => "trace",
+        (_, 1) => "warn",
+        _ => "error",
+    };
+    let filter = EnvFilter::try_from_env("ARC_ONBOARD_LOG")
+        .unwrap_or_else(|_| EnvFilter::new(format!("warn,arc_onboard={default}")));
+    crate::output::progress::set_mode(crate::output::progress::choose(
+        std::io::stderr().is_terminal(),
+        cli.log_format == LogFormat::Text,
+        filter.max_level_hint(),
+    ));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(crate::output::progress::log_writer);
+    match cli.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+    }
+}
+
+/// Prints an error and its chain of causes.
+fn report_error(e: &dyn std::error::Error) {
+    eprintln!("error: {}", crate::error::chain(e));
+}
+
+/// Entry point of the binary.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    match dispatch(&cli).await {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            report_error(&e);
+            ExitCode::from(exit::FATAL)
+        }
+    }
+}
+
+async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
+    if let Command::Status(args) = &cli.command {
+        return status_command(cli, args).await;
+    }
+    if let Command::Template(t) = &cli.command {
+        return template_command(cli, t);
+    }
+    let config = Config::load(&cli.config)?;
+    for w in &config.warnings {
+        tracing::warn!(key = %w.key, "configuration: {}", w.problem);
+    }
+    match &cli.command {
+        Command::Validate => {
+            let description = match &config.azure {
+                None => "none ([azure] is not configured)".to_string(),
+                Some(azure) => {
+                    match Credential::load(azure, &process_env).map_err(CliError::Credential)? {
+                        Some(c) => c.describe(),
+                        None => format!(
+                            "client-secret: {} is not set",
+                            crate::config::CLIENT_SECRET_ENV
+                        ),
+                    }
+                }
+            };
+            print!("{}", config.to_effective_toml(&description));
+            Ok(exit::OK)
+        }
+        Command::Plan(args) => {
+            let memory = match &args.state_file {
+                Some(path) => {
+                    if !path.exists() {
+                        return Err(CliError::NoStateFile(path.clone()));
+                    }
+                    Some(crate::daemon::state::StateDb::open_read_only(path).await?)
+                }
+                None => None,
+            };
+            plan_command(cli, &config, memory.as_ref(), args.shard).await
+        }
+        Command::Daemon(args) => daemon_command(&config, args).await,
+        Command::Status(_) | Command::Template(_) => {
+            unreachable!("handled before the configuration is read")
+        }
+        Command::Run(args) => {
+            let opts = pass_options(args.wait_for_ssm, args.command_timeout, args.verify_timeout);
+            if args.dry_run {
+                one_pass(cli, &config, None, opts, args.shard).await
+            } else {
+                let token = MutationToken::mint();
+                one_pass(cli, &config, Some(&token), opts, args.shard).await
+            }
+        }
+    }
+}
+
+/// The default of `--config`; `template` goes on without a file only when this one is missing.
+const DEFAULT_CONFIG: &str = "./arc-onboard.toml";

@@ -1,0 +1,93 @@
+//! `status`: what the daemon's state file says, rendered as a table or JSON, without any AWS call.
+
+use std::time::Duration;
+
+use super::{exit, Cli, CliError, Output, StatusArgs};
+
+/// A state record's last failure in words: the typed failure it keeps, or the prose older files kept.
+fn recorded_failure_text(kept: &str) -> String {
+    serde_json::from_str::<crate::reconcile::plan::Failure>(kept)
+        .map_or_else(|_| kept.to_string(), |f| f.to_string())
+}
+
+pub(super) async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, CliError> {
+    if !args.state_file.exists() {
+        return Err(CliError::NoStateFile(args.state_file.clone()));
+    }
+    let db = crate::daemon::state::StateDb::open_read_only(&args.state_file).await?;
+    let records = db.all().await?;
+    let passes = db.last_passes().await?;
+    let mut by_status: std::collections::BTreeMap<&str, usize> = Default::default();
+    for r in &records {
+        *by_status.entry(r.status.as_str()).or_default() += 1;
+    }
+    let stamp = |t: i64| {
+        crate::output::report::timestamp(
+            std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64),
+        )
+    };
+    match cli.output {
+        Output::Json => {
+            let value = serde_json::json!({
+                "state_file": args.state_file,
+                "summary": { "instances": records.len(), "by_status": by_status },
+                "last_passes": passes.iter().map(|p| serde_json::json!({
+                    "kind": p.kind, "started_at": stamp(p.started_at), "finished_at": stamp(p.finished_at),
+                    "ok": p.ok, "by_status": serde_json::from_str::<serde_json::Value>(&p.summary).unwrap_or_default(),
+                })).collect::<Vec<_>>(),
+                "instances": records.iter().map(|r| serde_json::json!({
+                    "account_id": r.account_id, "region": r.region, "instance_id": r.instance_id,
+                    "status": r.status, "detail": r.detail, "command_id": r.command_id,
+                    "attempts": r.attempts,
+                    "last_error": r.last_error.as_deref().map(recorded_failure_text),
+                    "failure": r.last_error.as_deref().and_then(|e| serde_json::from_str::<crate::reconcile::plan::Failure>(e).ok()),
+                    "next_attempt_at": r.next_attempt_at.map(stamp), "last_seen_at": stamp(r.last_seen_at),
+                })).collect::<Vec<_>>(),
+            });
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).expect("serializes")
+            );
+        }
+        Output::Table => {
+            println!("state file {}", args.state_file.display());
+            for p in &passes {
+                println!(
+                    "last {} pass: {} .. {} {}",
+                    p.kind,
+                    stamp(p.started_at),
+                    stamp(p.finished_at),
+                    if p.ok { "ok" } else { "FAILED" }
+                );
+            }
+            println!();
+            let rows: Vec<Vec<String>> = records
+                .iter()
+                .map(|r| {
+                    vec![
+                        r.account_id.clone(),
+                        r.region.clone(),
+                        r.instance_id.clone(),
+                        r.status.clone(),
+                        r.attempts.to_string(),
+                        r.next_attempt_at.map(stamp).unwrap_or_else(|| "-".into()),
+                        r.detail.clone(),
+                    ]
+                })
+                .collect();
+            let headers = [
+                "ACCOUNT",
+                "REGION",
+                "INSTANCE",
+                "STATUS",
+                "ATTEMPTS",
+                "NEXT ATTEMPT",
+                "DETAIL",
+            ];
+            print!("{}", crate::output::table::render(&headers, &rows));
+            let counts: Vec<String> = by_status.iter().map(|(s, n)| format!("{s}={n}")).collect();
+            println!("\n{} instances: {}", records.len(), counts.join(" "));
+        }
+    }
+    Ok(exit::OK)
+}

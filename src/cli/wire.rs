@@ -1,0 +1,93 @@
+//! Wiring: the real adapters a command runs on (AWS SDK, member accounts, the Azure credential and adapter).
+
+use super::CliError;
+use crate::adapters::aws;
+use crate::adapters::azure::RestArm;
+use crate::adapters::credential::{process_env, Credential};
+use crate::adapters::organizations::SdkAccounts;
+use crate::config::{Config, RegionSelection};
+use crate::ports::ApiCounter;
+
+/// The AWS side of a pass: the accounts port built from the shared SDK configuration with a fresh call
+/// counter (it hands out each account's EC2, IAM and SSM adapters).
+pub(super) struct Adapters {
+    pub(super) counter: ApiCounter,
+    pub(super) accounts: SdkAccounts,
+    pub(super) arm: Option<RestArm>,
+}
+
+/// `RoleSessionName` of the member accounts' sessions: names the command and this run.
+pub(super) fn session_name(mode: &str) -> String {
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    format!("arc-onboard-{mode}-{}", &run[..12])
+}
+
+/// The Azure credential, when the configuration has `[azure]` (and, for `client-secret`, the secret is
+/// set), with its local proof checked: a bad one stops the command before any AWS call.
+pub(super) fn load_credential(config: &Config) -> Result<Option<Credential>, CliError> {
+    match &config.azure {
+        None => Ok(None),
+        Some(azure) => Credential::load(azure, &process_env).map_err(CliError::Credential),
+    }
+}
+
+/// The Azure adapter over `credential`; built once per command, before the AWS SDK is configured, so that
+/// an unusable TLS setup stops the command before any AWS call.
+pub(super) fn azure_adapter(
+    config: &Config,
+    credential: Option<Credential>,
+) -> Result<Option<RestArm>, CliError> {
+    let (Some(azure), Some(credential)) = (&config.azure, credential) else {
+        return Ok(None);
+    };
+    tracing::debug!(credential = %credential.describe(), "Azure credential");
+    Ok(Some(RestArm::new(
+        azure,
+        credential,
+        ApiCounter::default(),
+    )?))
+}
+
+/// An `aws-federation` credential gets its STS client (home region) once the SDK is configured.
+pub(super) fn attach_web_identity(arm: Option<&RestArm>, sdk: &aws_config::SdkConfig, home: &str) {
+    if let Some(arm) = arm.filter(|a| a.credential().needs_web_identity()) {
+        arm.credential()
+            .set_web_identity(aws::WebIdentityIssuer::new(sdk, home));
+    }
+}
+
+impl Adapters {
+    /// Adapters for one pass: `arm` is the command's Azure adapter, re-used with this pass's counter.
+    pub(super) fn new(
+        sdk: &aws_config::SdkConfig,
+        home: &str,
+        config: &Config,
+        session: &str,
+        arm: Option<&RestArm>,
+    ) -> Adapters {
+        let counter = ApiCounter::default();
+        let accounts = SdkAccounts::new(sdk, home, &config.aws.accounts, session, counter.clone());
+        Adapters::for_pass(&accounts, arm, counter)
+    }
+
+    /// Adapters for a daemon pass: the entered accounts' credentials are kept from pass to pass.
+    pub(super) fn for_pass(
+        accounts: &SdkAccounts,
+        arm: Option<&RestArm>,
+        counter: ApiCounter,
+    ) -> Adapters {
+        Adapters {
+            accounts: accounts.for_pass(counter.clone()),
+            arm: arm.map(|a| a.for_pass(counter.clone())),
+            counter,
+        }
+    }
+}
+
+pub(super) fn home_region(sdk: &aws_config::SdkConfig, config: &Config) -> String {
+    let first = match &config.aws.regions {
+        RegionSelection::List(list) => list.first().map(String::as_str),
+        RegionSelection::AllEnabled => None,
+    };
+    aws::home_region(sdk, first)
+}

@@ -37,7 +37,7 @@ fn main() {
         limits.max_attempts
     );
     println!(
-        "accounts at once: {} (integration point: bench::org::orchestrate, one run_pass per account)",
+        "accounts at once: {} (the binary's orchestrator, run_accounts)",
         spec.max_concurrent_accounts
     );
     for mode in [Mode::Plan, Mode::Run] {

@@ -734,6 +734,9 @@ impl SdkSsm {
 
 /// `DescribeInstanceInformation` accepts at most 50 results a page; ids go 50 to a call.
 const SSM_PAGE: usize = 50;
+/// Filtered `DescribeInstanceInformation` queries of one call that run at once (SSM's read bucket allows
+/// a burst well above this).
+pub(crate) const SSM_QUERIES_AT_ONCE: usize = 8;
 
 impl Ssm for SdkSsm {
     async fn describe_instance_information(
@@ -742,44 +745,60 @@ impl Ssm for SdkSsm {
         instance_ids: &[String],
     ) -> Result<Vec<SsmInstance>, AwsError> {
         use aws_sdk_ssm::types::InstanceInformationStringFilter;
+        use futures::stream::{self, StreamExt, TryStreamExt};
         let client = self.clients.get(region);
-        let mut out = Vec::new();
-        for chunk in instance_ids.chunks(SSM_PAGE) {
-            let filter = InstanceInformationStringFilter::builder()
-                .key("InstanceIds")
-                .set_values(Some(chunk.to_vec()))
-                .build()
-                .map_err(|e| AwsError {
-                    operation: "ssm:DescribeInstanceInformation".into(),
-                    kind: AwsErrorKind::Other,
-                    code: "Client".into(),
-                    message: e.to_string(),
-                })?;
-            let mut pages = client
-                .describe_instance_information()
-                .filters(filter)
-                .max_results(SSM_PAGE as i32)
-                .into_paginator()
-                .send();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| aws_error("ssm:DescribeInstanceInformation", e))?;
-                for info in page.instance_information_list() {
-                    let (Some(id), Some(ping)) = (
-                        info.instance_id(),
-                        info.ping_status()
-                            .and_then(|p| PingStatus::parse(p.as_str())),
-                    ) else {
-                        continue;
-                    };
-                    out.push(SsmInstance {
-                        instance_id: id.to_string(),
-                        ping,
-                        platform_type: info.platform_type().map(|p| p.as_str().to_string()),
-                        agent_version: info.agent_version().map(str::to_string),
-                    });
+        // One filtered query per 50 ids; the queries do not depend on each other, so a few run at once.
+        let chunk = |chunk: Vec<String>| {
+            let client = client.clone();
+            async move {
+                let filter = InstanceInformationStringFilter::builder()
+                    .key("InstanceIds")
+                    .set_values(Some(chunk))
+                    .build()
+                    .map_err(|e| AwsError {
+                        operation: "ssm:DescribeInstanceInformation".into(),
+                        kind: AwsErrorKind::Other,
+                        code: "Client".into(),
+                        message: e.to_string(),
+                    })?;
+                let mut pages = client
+                    .describe_instance_information()
+                    .filters(filter)
+                    .max_results(SSM_PAGE as i32)
+                    .into_paginator()
+                    .send();
+                let mut out = Vec::new();
+                while let Some(page) = pages.next().await {
+                    let page = page.map_err(|e| aws_error("ssm:DescribeInstanceInformation", e))?;
+                    for info in page.instance_information_list() {
+                        let (Some(id), Some(ping)) = (
+                            info.instance_id(),
+                            info.ping_status()
+                                .and_then(|p| PingStatus::parse(p.as_str())),
+                        ) else {
+                            continue;
+                        };
+                        out.push(SsmInstance {
+                            instance_id: id.to_string(),
+                            ping,
+                            platform_type: info.platform_type().map(|p| p.as_str().to_string()),
+                            agent_version: info.agent_version().map(str::to_string),
+                        });
+                    }
                 }
+                Ok::<_, AwsError>(out)
             }
-        }
+        };
+        let chunks: Vec<Vec<String>> = instance_ids
+            .chunks(SSM_PAGE)
+            .map(<[String]>::to_vec)
+            .collect();
+        let found: Vec<Vec<SsmInstance>> = stream::iter(chunks)
+            .map(chunk)
+            .buffered(SSM_QUERIES_AT_ONCE)
+            .try_collect()
+            .await?;
+        let out: Vec<SsmInstance> = found.into_iter().flatten().collect();
         Ok(out)
     }
 

@@ -189,7 +189,8 @@ pub enum Mode {
 pub struct Bounds {
     /// Slowest account-region's throttle budget: its associations beyond the burst at the refill rate.
     pub throttle: Duration,
-    /// The longest chain of calls that must follow one another, accounts taken `max_concurrent` at once.
+    /// Calls that must follow one another: the prefix (caller, listing), then the accounts' chains spread over
+    /// `max_concurrent_accounts` slots (never less than the longest chain).
     pub critical_path: Duration,
     /// Minimum AWS calls by operation.
     pub calls: BTreeMap<String, u64>,
@@ -213,6 +214,7 @@ pub fn bounds(mode: Mode, spec: &FleetSpec, fleet: &[AccountLoad], limits: &Limi
     let mut add = |op: &str, n: usize| *calls.entry(op.to_string()).or_default() += n as u64;
     let mut throttle = Duration::ZERO;
     let mut longest_chain = 0usize;
+    let mut chains = 0usize;
     // Who the credentials are, the organization's accounts (pages of 20), a session in every member.
     add("sts:GetCallerIdentity", 1);
     add(
@@ -263,13 +265,17 @@ pub fn bounds(mode: Mode, spec: &FleetSpec, fleet: &[AccountLoad], limits: &Limi
             chain = chain.max(region_chain);
         }
         longest_chain = longest_chain.max(chain);
+        chains += chain;
     }
-    let waves = spec.accounts.div_ceil(spec.max_concurrent_accounts.max(1));
+    // With at most `max_concurrent_accounts` accounts in flight, the accounts' chains take at least their
+    // sum spread over that many slots, and never less than the longest one.
+    let slots = spec.max_concurrent_accounts.max(1);
+    let accounts_time = longest_chain.max(chains.div_ceil(slots));
     // GetCallerIdentity and the listing's pages come before any account.
     let before = 1 + fleet.len().div_ceil(20).max(1);
     Bounds {
         throttle,
-        critical_path: limits.latency * (before + waves * longest_chain) as u32,
+        critical_path: limits.latency * (before + accounts_time) as u32,
         calls,
     }
 }

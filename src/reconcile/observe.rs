@@ -249,16 +249,16 @@ async fn observe_iam(
         .map(|arn| profile_name_from_arn(arn).to_string())
         .collect();
     profile_names.insert(config.iam.instance_profile_name.clone());
-    let profiles: BTreeMap<String, Lookup<InstanceProfile>> = stream::iter(profile_names)
+    let profiles = stream::iter(profile_names)
         .map(|name| async move {
             let lookup = Lookup::from_result(iam.get_instance_profile(&name).await);
             (name, lookup)
         })
         .buffer_unordered(IAM_CONCURRENCY)
-        .collect()
-        .await;
-
-    let ssm_role = Lookup::from_result(iam.get_role(&config.iam.role_name).await);
+        .collect::<BTreeMap<String, Lookup<InstanceProfile>>>();
+    // The SSM role's lookup does not wait for the profiles'.
+    let ssm_role = async { Lookup::from_result(iam.get_role(&config.iam.role_name).await) };
+    let (profiles, ssm_role) = tokio::join!(profiles, ssm_role);
     let mut role_names: BTreeSet<String> = profiles
         .values()
         .filter_map(Lookup::found)
@@ -316,66 +316,82 @@ async fn complete_region(
     association_ids: &[String],
 ) -> RegionObservation {
     instances.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
-    if !instances.is_empty() {
-        // Associations are authoritative for profiles still being associated; the instance field can lag.
-        match ec2.profile_associations(&region, association_ids).await {
-            Ok(associations) => {
-                let by_instance: HashMap<&str, &str> = associations
-                    .iter()
-                    .map(|a| (a.instance_id.as_str(), a.profile_arn.as_str()))
-                    .collect();
-                for i in &mut instances {
-                    if let Some(arn) = by_instance.get(i.instance_id.as_str()) {
-                        i.profile_arn = Some((*arn).to_string());
-                    }
-                }
-            }
-            Err(error) => {
-                warn!(error = %error, "cannot list profile associations; using the instances' own profile field")
-            }
-        }
-    }
     let running: Vec<String> = instances
         .iter()
         .filter(|i| i.state == InstanceState::Running)
         .map(|i| i.instance_id.clone())
         .collect();
-    let (mut ssm_by_id, ssm_error): (HashMap<String, SsmInstance>, _) = if running.is_empty() {
-        (HashMap::new(), None)
-    } else {
-        match ssm.describe_instance_information(&region, &running).await {
-            Ok(list) => (
-                list.into_iter()
-                    .map(|s| (s.instance_id.clone(), s))
-                    .collect(),
-                None,
-            ),
-            Err(error) => {
-                warn!(error = %error, "cannot read SSM instance information");
-                (HashMap::new(), Some(error))
-            }
+    // The three lookups depend only on the listing: ask them at once.
+    let any = !instances.is_empty();
+    let associations = async {
+        if any {
+            Some(ec2.profile_associations(&region, association_ids).await)
+        } else {
+            None
         }
     };
-    let in_flight = if ssm_by_id.is_empty() {
-        HashMap::new()
-    } else {
+    let registrations = async {
+        if running.is_empty() {
+            None
+        } else {
+            Some(ssm.describe_instance_information(&region, &running).await)
+        }
+    };
+    let recent = async {
+        if running.is_empty() {
+            return None;
+        }
         let since = SystemTime::now()
             .checked_sub(in_flight_window)
             .unwrap_or(SystemTime::UNIX_EPOCH);
-        match ssm.recent_commands(&region, since, COMMENT_PREFIX).await {
-            Ok(commands) => commands
-                .into_iter()
-                .filter(|c| !c.is_done())
-                .flat_map(|c| {
-                    c.instance_ids
-                        .into_iter()
-                        .map(move |i| (i, c.command_id.clone()))
-                })
-                .collect(),
-            Err(error) => {
-                warn!(error = %error, "cannot list recent commands; installs in flight from earlier runs are not detected");
-                HashMap::new()
+        Some(ssm.recent_commands(&region, since, COMMENT_PREFIX).await)
+    };
+    let (associations, registrations, recent) = tokio::join!(associations, registrations, recent);
+    match associations {
+        // Associations are authoritative for profiles still being associated; the instance field can lag.
+        Some(Ok(associations)) => {
+            let by_instance: HashMap<&str, &str> = associations
+                .iter()
+                .map(|a| (a.instance_id.as_str(), a.profile_arn.as_str()))
+                .collect();
+            for i in &mut instances {
+                if let Some(arn) = by_instance.get(i.instance_id.as_str()) {
+                    i.profile_arn = Some((*arn).to_string());
+                }
             }
+        }
+        Some(Err(error)) => {
+            warn!(error = %error, "cannot list profile associations; using the instances' own profile field")
+        }
+        None => {}
+    }
+    let (mut ssm_by_id, ssm_error): (HashMap<String, SsmInstance>, _) = match registrations {
+        None => (HashMap::new(), None),
+        Some(Ok(list)) => (
+            list.into_iter()
+                .map(|s| (s.instance_id.clone(), s))
+                .collect(),
+            None,
+        ),
+        Some(Err(error)) => {
+            warn!(error = %error, "cannot read SSM instance information");
+            (HashMap::new(), Some(error))
+        }
+    };
+    let in_flight: HashMap<String, String> = match recent {
+        None => HashMap::new(),
+        Some(Ok(commands)) => commands
+            .into_iter()
+            .filter(|c| !c.is_done())
+            .flat_map(|c| {
+                c.instance_ids
+                    .into_iter()
+                    .map(move |i| (i, c.command_id.clone()))
+            })
+            .collect(),
+        Some(Err(error)) => {
+            warn!(error = %error, "cannot list recent commands; installs in flight from earlier runs are not detected");
+            HashMap::new()
         }
     };
     debug!(

@@ -943,19 +943,12 @@ async fn record(
                 // Recorded already, with its command.
                 return None;
             }
-            Some(InstanceRecord {
-                account_id: row.account_id.clone(),
-                region: row.region.clone(),
-                instance_id: row.instance_id.clone(),
-                status: row.status.as_str().into(),
-                detail: row.detail.clone(),
-                command_id: None,
-                command_sent_at: None,
-                attempts: prev.map_or(0, |p| p.attempts),
-                last_error: prev.and_then(|p| p.last_error.clone()),
-                next_attempt_at: prev.and_then(|p| p.next_attempt_at),
-                last_seen_at: now,
-            })
+            Some(InstanceRecord::carried_over(
+                (&row.account_id, &row.region, &row.instance_id),
+                (row.status.as_str(), &row.detail),
+                prev,
+                now,
+            ))
         })
         .collect();
     if records.is_empty() {

@@ -138,6 +138,31 @@ pub struct InstanceRecord {
     pub last_seen_at: i64,
 }
 
+impl InstanceRecord {
+    /// A pass's record of an instance that keeps what `prev` remembers of it (attempts, the last failure,
+    /// the next attempt); no command in flight.
+    pub fn carried_over(
+        (account_id, region, instance_id): (&str, &str, &str),
+        (status, detail): (&str, &str),
+        prev: Option<&InstanceRecord>,
+        now: i64,
+    ) -> InstanceRecord {
+        InstanceRecord {
+            account_id: account_id.into(),
+            region: region.into(),
+            instance_id: instance_id.into(),
+            status: status.into(),
+            detail: detail.into(),
+            command_id: None,
+            command_sent_at: None,
+            attempts: prev.map_or(0, |p| p.attempts),
+            last_error: prev.and_then(|p| p.last_error.clone()),
+            next_attempt_at: prev.and_then(|p| p.next_attempt_at),
+            last_seen_at: now,
+        }
+    }
+}
+
 /// One pass in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PassRecord {

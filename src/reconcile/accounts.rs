@@ -24,7 +24,9 @@ use crate::config::{AccountSource, AccountsConfig, Config, Shard};
 use crate::model::{ApiCounts, AwsError};
 use crate::output::report::{AccountReport, Mode, Report, ReportError};
 use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Ssm, Sts};
-use crate::reconcile::pass::{run_pass, AwsPorts, Durable, PassError, PassOptions, PassOutcome};
+use crate::reconcile::pass::{
+    require_azure, run_pass, AwsPorts, Durable, PassError, PassOptions, PassOutcome,
+};
 
 /// Who the credentials are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,13 +250,7 @@ pub async fn run_accounts<X: Accounts, A: Arm>(
     now: SystemTime,
 ) -> Result<PassOutcome, PassError> {
     let started = now;
-    if token.is_some() {
-        // Fail fast, before any AWS call, when onboarding cannot be completed.
-        let (Some(arm), Some(_)) = (arm, &config.azure) else {
-            return Err(PassError::AzureMissing);
-        };
-        arm.token().await.map_err(PassError::Azure)?;
-    }
+    require_azure(config, arm, token).await?;
     let caller = accounts.caller().await.map_err(PassError::Account)?;
     let scope = accounts_in_scope(accounts, &config.aws.accounts, &caller, shard).await;
     info!(

@@ -172,15 +172,7 @@ pub async fn observe_account(
     let regions: Vec<RegionObservation> =
         regions.iter().filter_map(|r| by_region.remove(r)).collect();
 
-    let (profiles, role_policies, ssm_role) = observe_iam(&regions, config, iam).await;
-    AccountObservation {
-        account_id: account_id.to_string(),
-        regions,
-        profiles,
-        role_policies,
-        ssm_role,
-        arc,
-    }
+    with_iam(account_id, regions, config, iam, arc).await
 }
 
 /// Observes just these instances of one region (the event path): `DescribeInstances` by id with the tag
@@ -221,6 +213,17 @@ pub async fn observe_instances(
     .instrument(span)
     .await;
     let regions = vec![observed];
+    with_iam(account_id, regions, config, iam, arc).await
+}
+
+/// The account's observation from its regions': adds the IAM lookups those regions' instances need.
+async fn with_iam(
+    account_id: &str,
+    regions: Vec<RegionObservation>,
+    config: &Config,
+    iam: &impl Iam,
+    arc: ArcObservation,
+) -> AccountObservation {
     let (profiles, role_policies, ssm_role) = observe_iam(&regions, config, iam).await;
     AccountObservation {
         account_id: account_id.to_string(),

@@ -295,19 +295,12 @@ async fn record_outcomes(
     let mut records = Vec::new();
     for (n, (planned, row)) in plan.instances.iter().zip(&mut out.instances).enumerate() {
         let prev = previous.get(&(planned.region.clone(), planned.instance_id.clone()));
-        let mut rec = InstanceRecord {
-            account_id: planned.account_id.clone(),
-            region: planned.region.clone(),
-            instance_id: planned.instance_id.clone(),
-            status: row.status.as_str().into(),
-            detail: row.detail.clone(),
-            command_id: None,
-            command_sent_at: None,
-            attempts: prev.map_or(0, |p| p.attempts),
-            last_error: prev.and_then(|p| p.last_error.clone()),
-            next_attempt_at: prev.and_then(|p| p.next_attempt_at),
-            last_seen_at: now,
-        };
+        let mut rec = InstanceRecord::carried_over(
+            (&planned.account_id, &planned.region, &planned.instance_id),
+            (row.status.as_str(), &row.detail),
+            prev,
+            now,
+        );
         match row.status {
             Status::Onboarded | Status::AlreadyOnboarded => {
                 rec.attempts = 0;
@@ -342,6 +335,23 @@ async fn record_outcomes(
     }
 }
 
+/// Fails fast, before any AWS call, when a mutating pass (`token`) could not complete onboarding: no
+/// `[azure]` section or credential, or no Resource Manager token.
+pub(crate) async fn require_azure<A: Arm>(
+    config: &Config,
+    arm: Option<&A>,
+    token: Option<&MutationToken>,
+) -> Result<(), PassError> {
+    if token.is_none() {
+        return Ok(());
+    }
+    let (Some(arm), Some(_)) = (arm, &config.azure) else {
+        return Err(PassError::AzureMissing);
+    };
+    arm.token().await.map_err(PassError::Azure)?;
+    Ok(())
+}
+
 /// What a pass produced.
 pub struct PassOutcome {
     /// The report.
@@ -362,13 +372,7 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     now: SystemTime,
 ) -> Result<PassOutcome, PassError> {
     let started = now;
-    if token.is_some() {
-        // Fail fast, before any AWS call, when onboarding cannot be completed.
-        let (Some(arm), Some(_)) = (arm, &config.azure) else {
-            return Err(PassError::AzureMissing);
-        };
-        arm.token().await.map_err(PassError::Azure)?;
-    }
+    require_azure(config, arm, token).await?;
     let account = ports.sts.account_id().await.map_err(PassError::Account)?;
     let regions = resolve_regions(ports.ec2, &config.aws.regions)
         .await

@@ -289,7 +289,9 @@ pub trait Arm: Send + Sync {
     /// A Resource Manager access token (cached until close to expiry).
     fn token(&self) -> impl Future<Output = Result<Secret, AzureError>> + Send;
 
-    /// A token for install scripts: valid for at least `at_least` from now when Entra issues tokens that
+    /// A token for install scripts, from the onboarding identity (`[azure.onboarding]`) when one is
+    /// configured (the orchestrator's own token then never leaves the process): valid for at least
+    /// `at_least` from now when Entra issues tokens that
     /// long (a cached token is reused only then, otherwise a new one is requested), and how long the
     /// returned token is valid.
     fn script_token(

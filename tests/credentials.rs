@@ -5,10 +5,9 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use common::{fleet_with, row, Outcome, World};
+use common::{fake_az, fleet_with, row, Outcome, World};
 use serde_json::{json, Value};
 
 const ONE_REGION: &str = "[aws]\nregions = [\"us-east-1\"]\n";
@@ -658,21 +657,9 @@ fn managed_identity_on_an_arc_server_answers_the_challenge_file_from_the_agents_
 
 // ----- azure-cli ---------------------------------------------------------------------------------
 
-/// A fake `az` in a directory of its own: records its arguments, prints `stdout`, exits `code`.
-fn fake_az(dir: &Path, stdout: &str, code: i32) -> String {
-    let script = format!(
-        "#!/bin/sh\necho \"$@\" >> '{}/az-args'\ncat <<'EOF'\n{stdout}\nEOF\nexit {code}\n",
-        dir.display()
-    );
-    let path = dir.join("az");
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    format!(
-        "{}:{}",
-        dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    )
-}
+const ONBOARDING_SECRET: &str = "onboarding-secret-Kp7";
+/// `azure-cli` for the orchestrator, and the stub's onboarding app for the scripts.
+const AZURE_CLI_WITH_ONBOARDING: &str = "credential = \"azure-cli\"\n\n[azure.onboarding]\nclient_id = \"00000000-0000-0000-0000-000000000004\"\n";
 
 #[test]
 fn azure_cli_uses_the_signed_in_users_token_for_the_tenant() {
@@ -693,12 +680,22 @@ fn azure_cli_uses_the_signed_in_users_token_for_the_tenant() {
         "tokenType": "Bearer",
     });
     let path = fake_az(dir.path(), &az_json.to_string(), 0);
+    // A person's token never goes to instances: run needs an onboarding identity for the scripts
+    // (tests/onboarding_identity.rs checks the refusal without one).
+    w.azure.control(
+        "POST",
+        "/_stub/config",
+        Some(&json!({"onboarding_client_secret": ONBOARDING_SECRET})),
+    );
     run_onboards(
         &w,
         &id,
-        "credential = \"azure-cli\"\n",
+        AZURE_CLI_WITH_ONBOARDING,
         false,
-        &[("PATH", path.as_str())],
+        &[
+            ("PATH", path.as_str()),
+            ("ARC_ONBOARD_ONBOARDING_CLIENT_SECRET", ONBOARDING_SECRET),
+        ],
     );
     let args = std::fs::read_to_string(dir.path().join("az-args")).unwrap();
     let first = args.lines().next().unwrap();
@@ -708,7 +705,18 @@ fn azure_cli_uses_the_signed_in_users_token_for_the_tenant() {
         "{first}"
     );
     assert!(first.contains(&format!("--tenant {TENANT}")), "{first}");
-    assert!(token_requests(&w).is_empty());
+    // The orchestrator's tokens came from az; Entra was asked only for the onboarding identity's.
+    let asked: Vec<Value> = token_requests(&w)
+        .iter()
+        .map(|r| r["client_id"].clone())
+        .collect();
+    assert!(!asked.is_empty());
+    assert!(
+        asked
+            .iter()
+            .all(|c| c == "00000000-0000-0000-0000-000000000004"),
+        "{asked:?}"
+    );
 
     // Signed out: az's own words, exit 2, nothing changed.
     let out_dir = tempfile::tempdir().unwrap();
@@ -721,8 +729,11 @@ fn azure_cli_uses_the_signed_in_users_token_for_the_tenant() {
     refused(
         &w,
         &run_args(),
-        "credential = \"azure-cli\"\n",
-        &[("PATH", path.as_str())],
+        AZURE_CLI_WITH_ONBOARDING,
+        &[
+            ("PATH", path.as_str()),
+            ("ARC_ONBOARD_ONBOARDING_CLIENT_SECRET", ONBOARDING_SECRET),
+        ],
         &["az login", "azure_cli"],
     );
     // No az at all: caught before anything else.

@@ -2,8 +2,9 @@
 //! `arc-onboard daemon` the way the daemon expects, and neither carries the client secret's value; the
 //! Kubernetes example uses Azure workload identity (a projected service account token), so no Azure secret
 //! exists there at all.
-//! Plain string checks (no YAML or INI crate); the Kubernetes ConfigMap's TOML goes through the real
-//! configuration validator.
+//! The unit file is read with plain string checks (no INI crate); the Kubernetes manifests are also parsed
+//! as YAML (PyYAML of the emulator's environment, `ARC_ONBOARD_PYTHON`) where a check depends on structure;
+//! the ConfigMap's TOML goes through the real configuration validator.
 
 use std::path::{Path, PathBuf};
 
@@ -119,6 +120,8 @@ fn systemd_unit_runs_the_daemon() {
         ("KillSignal", "SIGTERM"),
         ("NoNewPrivileges", "yes"),
         ("ProtectSystem", "strict"),
+        ("PrivateUsers", "yes"),
+        ("PrivateMounts", "yes"),
         ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
     ] {
         assert_eq!(
@@ -430,4 +433,78 @@ fn the_sharded_statefulset_takes_its_shard_from_the_pod_ordinal_with_a_volume_pe
     ));
     assert!(set.contains("path: /healthz"));
     assert_eq!(literal_secret_values(&text), Vec::<String>::new());
+}
+
+/// The documents of a manifest in `scripts/deploy/`, parsed as YAML (by PyYAML) into JSON values.
+fn yaml_documents(name: &str) -> Vec<serde_json::Value> {
+    let (path, _) = deploy_file(name);
+    let python = std::env::var_os("ARC_ONBOARD_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
+        ])
+        .arg(&path)
+        .output()
+        .expect("run the emulator's Python (scripts/setup-emulator)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON from PyYAML")
+}
+
+#[test]
+fn kubernetes_pods_hold_no_api_token_are_probed_for_readiness_and_admit_only_metrics_traffic() {
+    for name in ["kubernetes.yaml", "kubernetes-sharded.yaml"] {
+        let docs = yaml_documents(name);
+        let of_kind = |kind: &str| -> Vec<&serde_json::Value> {
+            docs.iter().filter(|d| d["kind"] == kind).collect()
+        };
+        let workloads: Vec<_> = of_kind("Deployment")
+            .into_iter()
+            .chain(of_kind("StatefulSet"))
+            .collect();
+        assert_eq!(workloads.len(), 1, "{name}");
+        let pod = &workloads[0]["spec"]["template"]["spec"];
+        assert_eq!(pod["automountServiceAccountToken"], false, "{name}");
+        let container = &pod["containers"][0];
+        let port = container["ports"][0]["containerPort"].clone();
+        for probe in ["livenessProbe", "readinessProbe"] {
+            assert_eq!(
+                container[probe]["httpGet"]["path"], "/healthz",
+                "{name} {probe}"
+            );
+            assert_eq!(
+                container[probe]["httpGet"]["port"], "metrics",
+                "{name} {probe}"
+            );
+        }
+        assert_eq!(container["ports"][0]["name"], "metrics", "{name}");
+
+        let policies = of_kind("NetworkPolicy");
+        assert_eq!(policies.len(), 1, "{name}");
+        let spec = &policies[0]["spec"];
+        assert_eq!(
+            spec["podSelector"]["matchLabels"], workloads[0]["spec"]["selector"]["matchLabels"],
+            "{name}: the policy selects the daemon's pods"
+        );
+        assert_eq!(
+            spec["policyTypes"],
+            serde_json::json!(["Ingress"]),
+            "{name}"
+        );
+        let ingress = spec["ingress"].as_array().unwrap();
+        assert_eq!(ingress.len(), 1, "{name}");
+        let ports = ingress[0]["ports"].as_array().unwrap();
+        assert_eq!(ports.len(), 1, "{name}: only the metrics port");
+        assert_eq!(ports[0]["port"], port, "{name}");
+        assert!(
+            !ingress[0]["from"].as_array().unwrap().is_empty(),
+            "{name}: not open to all"
+        );
+    }
 }

@@ -404,11 +404,7 @@ fn the_orchestrator_policy_follows_the_account_source_and_the_queue() {
     let sqs = statement_for(&events, "sqs:ReceiveMessage");
     assert_eq!(
         sqs["Action"],
-        json!([
-            "sqs:ReceiveMessage",
-            "sqs:DeleteMessage",
-            "sqs:GetQueueAttributes"
-        ])
+        json!(["sqs:ReceiveMessage", "sqs:DeleteMessage"])
     );
     assert_eq!(
         sqs["Resource"],
@@ -690,4 +686,60 @@ fn unknown_names_bad_options_and_bad_files_exit_2_before_anything() {
         "{}",
         out.stderr
     );
+}
+
+/// `[azure]` (and `[azure.onboarding]`) with `credential = "aws-federation"`.
+const FEDERATED: &str = "[aws]\nregions = [\"us-east-1\"]\n[azure]\ntenant_id = \"00000000-0000-0000-0000-000000000001\"\nsubscription_id = \"00000000-0000-0000-0000-000000000002\"\nclient_id = \"00000000-0000-0000-0000-000000000003\"\nlocation = \"eastus\"\ncredential = \"aws-federation\"\n[azure.onboarding]\nclient_id = \"00000000-0000-0000-0000-000000000004\"\ncredential = \"aws-federation\"\naws_federation_audience = \"api://ArcOnboarding\"\n";
+
+#[test]
+fn web_identity_tokens_are_allowed_only_for_our_audiences_algorithm_and_lifetime() {
+    let expected = json!({
+        "ForAllValues:StringEquals": {"sts:IdentityTokenAudience": ["api://ArcOnboarding", "api://AzureADTokenExchange"]},
+        "Null": {"sts:IdentityTokenAudience": "false"},
+        "StringEquals": {"sts:SigningAlgorithm": "RS256"},
+        "NumericLessThanEquals": {"sts:DurationSeconds": 60}
+    });
+    let policy = template(&["orchestrator-policy"], Some(FEDERATED)).json();
+    assert_eq!(
+        statement_for(&policy, "sts:GetWebIdentityToken")["Condition"],
+        expected
+    );
+    // No federation configured: no such permission at all.
+    let basic = template(&["orchestrator-policy"], Some(BASIC)).json();
+    assert!(!actions(&basic).contains("sts:GetWebIdentityToken"));
+    // The repository's example policies: the same conditions for the default audience, and IAM reads only on
+    // roles and instance profiles.
+    for path in [
+        "scripts/iam/plan-policy.json",
+        "scripts/iam/run-policy.json",
+    ] {
+        let doc: Value =
+            serde_json::from_str(&std::fs::read_to_string(common::repo_file(path)).unwrap())
+                .unwrap();
+        let mut federation = statement_for(&doc, "sts:GetWebIdentityToken")["Condition"].clone();
+        federation["ForAllValues:StringEquals"]["sts:IdentityTokenAudience"] =
+            json!(["api://ArcOnboarding", "api://AzureADTokenExchange"]);
+        assert_eq!(federation, expected, "{path}");
+        for statement in doc["Statement"].as_array().unwrap() {
+            let actions: Vec<&str> = match &statement["Action"] {
+                Value::String(a) => vec![a.as_str()],
+                Value::Array(list) => list.iter().filter_map(Value::as_str).collect(),
+                _ => vec![],
+            };
+            if actions
+                .iter()
+                .any(|a| a.starts_with("iam:Get") || a.starts_with("iam:List"))
+            {
+                assert_ne!(statement["Resource"], "*", "{path}: {statement}");
+                for r in statement["Resource"].as_array().unwrap() {
+                    let r = r.as_str().unwrap();
+                    assert!(
+                        r.ends_with(":role/*") || r.ends_with(":instance-profile/*"),
+                        "{path}: {r}"
+                    );
+                }
+            }
+            assert!(!actions.contains(&"sqs:GetQueueAttributes"), "{path}");
+        }
+    }
 }

@@ -47,6 +47,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "subscription_id": "00000000-0000-0000-0000-000000000002",
     "client_id": "00000000-0000-0000-0000-000000000003",
     "client_secret": "stub-secret",
+    # A second app: the onboarding identity. Its tokens connect machines and are refused for every
+    # Resource Manager call, as a principal with only "Azure Connected Machine Onboarding" would be.
+    "onboarding_client_id": "00000000-0000-0000-0000-000000000004",
+    "onboarding_client_secret": "stub-onboarding-secret",
     "token_lifetime_seconds": 3600,
     "token_lifetime_sequence": [],
     "fail_token": False,
@@ -280,7 +284,8 @@ def _validate_config(body: Any) -> dict[str, Any]:
     for key, value in body.items():
         if key not in DEFAULT_CONFIG:
             raise ControlError(f"unknown config key {key}")
-        if key in ("tenant_id", "subscription_id", "client_id", "client_secret"):
+        if key in ("tenant_id", "subscription_id", "client_id", "client_secret",
+                   "onboarding_client_id", "onboarding_client_secret"):
             if not isinstance(value, str) or not value:
                 raise ControlError(f"{key} must be a non-empty string")
         elif key == "fail_token":
@@ -479,9 +484,7 @@ class AzureStub:
                 return fail(401, "invalid_client", 7000218,
                             "The request body must contain the following parameter: "
                             "'client_assertion' or 'client_secret'.")
-            elif (form["client_id"].lower() != config["client_id"].lower()
-                    or not secrets.compare_digest(form["client_secret"].encode(),
-                                                  config["client_secret"].encode())):
+            elif not self._secret_matches(form["client_id"], form["client_secret"]):
                 extra["client_auth"] = "secret"
                 return fail(401, "invalid_client", 7000215,
                             "Invalid client secret provided. Ensure the secret being sent in the "
@@ -590,7 +593,8 @@ class AzureStub:
         if lifetime is not None and (not isinstance(lifetime, int) or isinstance(lifetime, bool)
                                      or lifetime < 0):
             raise ControlError("lifetime_seconds must be a non-negative integer")
-        token, lifetime = self._issue_token(lifetime, self.config["client_id"],
+        client_id = self._client_of(body) if isinstance(body, dict) else self.config["client_id"]
+        token, lifetime = self._issue_token(lifetime, client_id,
                                             "https://management.azure.com/.default")
         return {"access_token": token, "expires_on": int(time.time()) + lifetime,
                 "tenant": self.config["tenant_id"]}
@@ -651,6 +655,23 @@ class AzureStub:
             raise ControlError("audiences must be a list of strings")
         return self.verifier.add_federated(self._client_of(body), issuer, subject, audiences)
 
+    def _secret_matches(self, client_id: str, secret: str) -> bool:
+        """Whether ``secret`` is the secret of ``client_id``: the orchestrator's app or the onboarding
+        identity's (caller holds the lock)."""
+        config = self.config
+        for app, app_secret in ((config["client_id"], config["client_secret"]),
+                                (config["onboarding_client_id"],
+                                 config["onboarding_client_secret"])):
+            if client_id.lower() == app.lower():
+                return secrets.compare_digest(secret.encode(), app_secret.encode())
+        return False
+
+    def _is_onboarding_token(self, token: str | None) -> bool:
+        """Whether ``token`` was issued to the onboarding identity (caller holds the lock)."""
+        info = self.tokens.get(token or "")
+        return info is not None and (info["client_id"] or "").lower() == \
+            self.config["onboarding_client_id"].lower()
+
     def _token_state(self, token: str | None) -> str:
         """'live', 'expired' or 'unknown' (caller holds the lock)."""
         info = self.tokens.get(token or "")
@@ -695,6 +716,12 @@ class AzureStub:
             message = "The access token is invalid."
             raise ArmError(401, "InvalidAuthenticationToken", message,
                            {"WWW-Authenticate": challenge.format(message)})
+        if self._is_onboarding_token(token.strip()):
+            client = self.config["onboarding_client_id"]
+            raise ArmError(403, "AuthorizationFailed",
+                           f"The client '{client}' does not have authorization to perform action "
+                           f"'{request.method} {request.path}' (it holds only the Azure Connected "
+                           "Machine Onboarding role).")
 
     def _arm_dispatch(self, request: Request) -> tuple[Any, int]:
         with self.lock:
@@ -874,6 +901,7 @@ class AzureStub:
         token_info = self.tokens.get(values.get("ARC_ACCESS_TOKEN") or "")
         if token_info is not None:
             attempt["token_remaining_seconds"] = round(token_info["expires_at"] - time.time(), 1)
+            attempt["token_client_id"] = token_info["client_id"]
         attempt["variables"] = variables
 
         missing = [name for name in REQUIRED_VARIABLES if name not in values]
@@ -972,7 +1000,7 @@ class AzureStub:
 
     def _config_view(self) -> dict[str, Any]:
         view = json.loads(json.dumps(self.config))
-        view["client_secret"] = "<set>"
+        view["client_secret"] = view["onboarding_client_secret"] = "<set>"
         return view
 
     def _set_config(self, body: Any) -> dict[str, Any]:

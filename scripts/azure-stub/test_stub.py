@@ -23,6 +23,7 @@ TENANT = "00000000-0000-0000-0000-000000000001"
 SUB = "00000000-0000-0000-0000-000000000002"
 CLIENT = "00000000-0000-0000-0000-000000000003"
 SECRET = "stub-secret"
+ONBOARDING_CLIENT = "00000000-0000-0000-0000-000000000004"
 ARM_SCOPE = "https://management.azure.com/.default"
 RG_API = "api-version=2021-04-01"
 HC_API = "api-version=2024-07-10"
@@ -146,7 +147,8 @@ def test_health_and_config_hides_secret(stub):
     assert stub.control("GET", "health") == {"ok": True}
     config = stub.control("GET", "config")
     assert config == {"tenant_id": TENANT, "subscription_id": SUB, "client_id": CLIENT,
-                      "client_secret": "<set>", "token_lifetime_seconds": 3600, "token_lifetime_sequence": [],
+                      "client_secret": "<set>", "onboarding_client_id": ONBOARDING_CLIENT,
+                      "onboarding_client_secret": "<set>", "token_lifetime_seconds": 3600, "token_lifetime_sequence": [],
                       "fail_token": False, "connect_delay_seconds": 0, "machine_status": {},
                       "mi_system_assigned": True, "mi_client_ids": [], "arc_token_dir": None}
     updated = stub.control("POST", "config", {"client_secret": "new-secret",
@@ -159,6 +161,31 @@ def test_health_and_config_hides_secret(stub):
     assert status == 401
     status, _, body = stub.token_request(client_secret="new-secret")
     assert status == 200 and body["expires_in"] == 60
+
+
+def test_onboarding_identity_connects_machines_but_is_refused_by_resource_manager(stub):
+    stub.control("POST", "config", {"onboarding_client_secret": "onb-secret"})
+    # Its secret is its own: the orchestrator's does not work for it, nor its for the orchestrator.
+    assert stub.token_request(client_id=ONBOARDING_CLIENT)[0] == 401
+    assert stub.token_request(client_secret="onb-secret")[0] == 401
+    status, _, body = stub.token_request(client_id=ONBOARDING_CLIENT, client_secret="onb-secret")
+    assert status == 200
+    onboarding = body["access_token"]
+    orchestrator = stub.token()
+    stub.put_rg("arc-rg", orchestrator)
+    path = f"/subscriptions/{SUB}/resourcegroups/arc-rg"
+    status, _, body = stub.arm("GET", path, onboarding)
+    assert status == 403 and body["error"]["code"] == "AuthorizationFailed"
+    assert ONBOARDING_CLIENT in body["error"]["message"]
+    assert stub.arm("GET", path, orchestrator)[0] == 200
+    # It connects machines, and the attempt says whose token it was (never the token itself).
+    assert stub.connect("i-0bbb", bash_script(arc_values(onboarding, rg="arc-rg")))["ok"] is True
+    [attempt] = stub.control("GET", "connects")["connects"]
+    assert attempt["token_client_id"] == ONBOARDING_CLIENT
+    assert onboarding not in json.dumps(stub.control("GET", "connects"))
+    # Out-of-band tokens can be minted for it too.
+    minted = stub.control("POST", "tokens", {"client_id": ONBOARDING_CLIENT})
+    assert stub.arm("GET", path, minted["access_token"])[0] == 403
 
 
 def test_token_ok(stub):

@@ -220,6 +220,9 @@ impl Sts for SdkSts {
     }
 }
 
+/// The algorithm `sts:GetWebIdentityToken` signs with (the orchestrator policy pins it).
+pub const FEDERATION_SIGNING_ALGORITHM: &str = "RS256";
+
 /// Asks STS for a signed JWT that states this process's AWS identity (`sts:GetWebIdentityToken`, AWS IAM
 /// outbound identity federation): the `aws-federation` credential's client assertion. Regional endpoint
 /// only, as the API requires; the call is counted by the Azure side as `sts:GetWebIdentityToken`.
@@ -250,7 +253,7 @@ impl WebIdentityIssuer {
             .client
             .get_web_identity_token()
             .audience(audience)
-            .signing_algorithm("RS256")
+            .signing_algorithm(FEDERATION_SIGNING_ALGORITHM)
             .duration_seconds(duration_seconds)
             .send()
             .await

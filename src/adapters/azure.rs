@@ -41,12 +41,34 @@ pub struct RestArm {
     http: reqwest::Client,
     authority: Url,
     resource_manager: Url,
+    subscription_id: String,
+    /// The orchestrator's identity: every Resource Manager call, and install scripts' tokens when no
+    /// onboarding identity is configured.
+    identity: Identity,
+    /// `[azure.onboarding]`: the only identity whose tokens go into install scripts, when configured.
+    onboarding: Option<Identity>,
+    counter: ApiCounter,
+}
+
+/// One Entra identity: who it is, how it proves it, and its cached token.
+struct Identity {
     tenant_id: String,
     client_id: Option<String>,
-    subscription_id: String,
     credential: Arc<Credential>,
+    /// The last token and when it expires.
     cached: Mutex<Option<(Secret, Instant)>>,
-    counter: ApiCounter,
+}
+
+impl Identity {
+    /// The same identity with an empty token cache.
+    fn fresh(&self) -> Identity {
+        Identity {
+            tenant_id: self.tenant_id.clone(),
+            client_id: self.client_id.clone(),
+            credential: self.credential.clone(),
+            cached: Mutex::new(None),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -129,18 +151,42 @@ impl RestArm {
             http,
             authority: config.authority_host.clone(),
             resource_manager: config.resource_manager.clone(),
-            tenant_id: config.tenant_id.clone(),
-            client_id: config.client_id.clone(),
             subscription_id: config.subscription_id.clone(),
-            credential: Arc::new(credential),
-            cached: Mutex::new(None),
+            identity: Identity {
+                tenant_id: config.tenant_id.clone(),
+                client_id: config.client_id.clone(),
+                credential: Arc::new(credential),
+                cached: Mutex::new(None),
+            },
+            onboarding: None,
             counter,
         })
     }
 
-    /// The credential tokens come from.
+    /// The credential the orchestrator's tokens come from.
     pub fn credential(&self) -> &Credential {
-        &self.credential
+        &self.identity.credential
+    }
+
+    /// Install scripts' tokens come only from `onboarding` (`[azure.onboarding]`), never from the
+    /// orchestrator's credential.
+    pub fn with_onboarding_identity(
+        mut self,
+        onboarding: &crate::config::OnboardingIdentity,
+        credential: Credential,
+    ) -> RestArm {
+        self.onboarding = Some(Identity {
+            tenant_id: onboarding.tenant_id.clone(),
+            client_id: onboarding.client_id.clone(),
+            credential: Arc::new(credential),
+            cached: Mutex::new(None),
+        });
+        self
+    }
+
+    /// The onboarding identity's credential, when one is configured.
+    pub fn onboarding_credential(&self) -> Option<&Credential> {
+        self.onboarding.as_ref().map(|i| &*i.credential)
     }
 
     /// The same HTTPS client and credential with its own call counter and an empty token cache: one per
@@ -150,11 +196,9 @@ impl RestArm {
             http: self.http.clone(),
             authority: self.authority.clone(),
             resource_manager: self.resource_manager.clone(),
-            tenant_id: self.tenant_id.clone(),
-            client_id: self.client_id.clone(),
             subscription_id: self.subscription_id.clone(),
-            credential: self.credential.clone(),
-            cached: Mutex::new(None),
+            identity: self.identity.fresh(),
+            onboarding: self.onboarding.as_ref().map(Identity::fresh),
             counter,
         }
     }
@@ -223,9 +267,14 @@ fn urlencode(s: &str) -> String {
 }
 
 impl RestArm {
-    /// The cached token when it stays valid for `at_least`, else a new one; with its remaining validity.
-    async fn token_valid_for(&self, at_least: Duration) -> Result<(Secret, Duration), AzureError> {
-        if let Some((token, until)) = self
+    /// `identity`'s cached token when it stays valid for `at_least`, else a new one; with its remaining
+    /// validity.
+    async fn token_valid_for(
+        &self,
+        identity: &Identity,
+        at_least: Duration,
+    ) -> Result<(Secret, Duration), AzureError> {
+        if let Some((token, until)) = identity
             .cached
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -239,13 +288,13 @@ impl RestArm {
         let ctx = TokenContext {
             http: &self.http,
             authority: &self.authority,
-            tenant_id: &self.tenant_id,
-            client_id: self.client_id.as_deref(),
+            tenant_id: &identity.tenant_id,
+            client_id: identity.client_id.as_deref(),
             resource: &self.resource_manager,
             counter: &self.counter,
         };
-        let (token, lifetime) = self.credential.access_token(&ctx).await?;
-        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) =
+        let (token, lifetime) = identity.credential.access_token(&ctx).await?;
+        *identity.cached.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((token.clone(), Instant::now() + lifetime));
         Ok((token, lifetime))
     }
@@ -253,11 +302,13 @@ impl RestArm {
 
 impl Arm for RestArm {
     async fn token(&self) -> Result<Secret, AzureError> {
-        Ok(self.token_valid_for(TOKEN_MARGIN).await?.0)
+        Ok(self.token_valid_for(&self.identity, TOKEN_MARGIN).await?.0)
     }
 
     async fn script_token(&self, at_least: Duration) -> Result<(Secret, Duration), AzureError> {
-        self.token_valid_for(at_least + SCRIPT_TOKEN_MARGIN).await
+        let identity = self.onboarding.as_ref().unwrap_or(&self.identity);
+        self.token_valid_for(identity, at_least + SCRIPT_TOKEN_MARGIN)
+            .await
     }
 
     async fn resource_group_exists(&self, rg: &str) -> Result<bool, AzureError> {

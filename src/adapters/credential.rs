@@ -28,7 +28,10 @@ use url::Url;
 
 use crate::adapters::aws::WebIdentityIssuer;
 use crate::adapters::azure::{AzureError, Secret};
-use crate::config::{AzureConfig, CredentialConfig, CLIENT_SECRET_ENV};
+use crate::config::{
+    AzureConfig, CredentialConfig, OnboardingIdentity, CLIENT_SECRET_ENV,
+    ONBOARDING_CLIENT_SECRET_ENV,
+};
 use crate::ports::ApiCounter;
 
 /// Where the Kubernetes workload identity webhook puts the token file's path.
@@ -102,7 +105,8 @@ pub struct Credential {
 }
 
 enum Kind {
-    ClientSecret(Secret),
+    /// The secret and the environment variable it came from.
+    ClientSecret(Secret, &'static str),
     Certificate(Box<CertificateKey>),
     WorkloadIdentity {
         token_file: PathBuf,
@@ -182,10 +186,50 @@ impl Credential {
         azure: &AzureConfig,
         env: EnvLookup<'_>,
     ) -> Result<Option<Credential>, CredentialError> {
-        let kind = match &azure.credential {
-            CredentialConfig::ClientSecret => match env(CLIENT_SECRET_ENV) {
-                Some(secret) => Kind::ClientSecret(Secret::new(secret)),
-                None => return Ok(None),
+        if azure.credential == CredentialConfig::ClientSecret && env(CLIENT_SECRET_ENV).is_none() {
+            return Ok(None);
+        }
+        Credential::load_kind(
+            &azure.credential,
+            azure.client_id.is_some(),
+            CLIENT_SECRET_ENV,
+            "azure",
+            env,
+        )
+        .map(Some)
+    }
+
+    /// Loads the onboarding identity's credential (`[azure.onboarding]`) and checks its local proof. Its
+    /// secret comes from [`ONBOARDING_CLIENT_SECRET_ENV`], which must be set when the section is.
+    pub fn load_onboarding(
+        onboarding: &OnboardingIdentity,
+        env: EnvLookup<'_>,
+    ) -> Result<Credential, CredentialError> {
+        Credential::load_kind(
+            &onboarding.credential,
+            onboarding.client_id.is_some(),
+            ONBOARDING_CLIENT_SECRET_ENV,
+            "azure.onboarding",
+            env,
+        )
+    }
+
+    fn load_kind(
+        credential: &CredentialConfig,
+        has_client_id: bool,
+        secret_env: &'static str,
+        section: &str,
+        env: EnvLookup<'_>,
+    ) -> Result<Credential, CredentialError> {
+        let kind = match credential {
+            CredentialConfig::ClientSecret => match env(secret_env) {
+                Some(secret) => Kind::ClientSecret(Secret::new(secret), secret_env),
+                None => {
+                    return Err(CredentialError::new(
+                        secret_env,
+                        format!("is not set: [{section}] uses credential = \"client-secret\", whose secret comes only from this environment variable"),
+                    ))
+                }
             },
             CredentialConfig::ClientCertificate { path } => {
                 Kind::Certificate(Box::new(load_certificate(path, SystemTime::now())?))
@@ -196,8 +240,10 @@ impl Credential {
             } => {
                 let source = if *from_env {
                     FEDERATED_TOKEN_FILE_ENV
-                } else {
+                } else if section == "azure" {
                     "azure.federated_token_file"
+                } else {
+                    "azure.onboarding.federated_token_file"
                 };
                 read_token_file(token_file, source)?;
                 Kind::WorkloadIdentity {
@@ -211,9 +257,9 @@ impl Credential {
             },
             CredentialConfig::ManagedIdentity => {
                 let mi = ManagedIdentity::detect(env, Path::new(HIMDS_EXECUTABLE).exists())?;
-                if matches!(mi, ManagedIdentity::Arc { .. }) && azure.client_id.is_some() {
+                if matches!(mi, ManagedIdentity::Arc { .. }) && has_client_id {
                     return Err(CredentialError::new(
-                        "azure.client_id",
+                        format!("{section}.client_id"),
                         "Azure Arc-enabled servers have only a system-assigned identity; leave client_id out with credential = \"managed-identity\" there",
                     ));
                 }
@@ -222,13 +268,13 @@ impl Credential {
             CredentialConfig::AzureCli => Kind::AzureCli {
                 program: find_program("az", env).ok_or_else(|| {
                     CredentialError::new(
-                        "azure.credential",
+                        format!("{section}.credential"),
                         "\"azure-cli\" needs the Azure CLI: `az` is not on PATH",
                     )
                 })?,
             },
         };
-        Ok(Some(Credential { kind }))
+        Ok(Credential { kind })
     }
 
     /// Gives an `aws-federation` credential the STS client it asks for its assertions (the first one
@@ -247,7 +293,7 @@ impl Credential {
     /// The kind's name as the config file spells it.
     pub fn kind_name(&self) -> &'static str {
         match &self.kind {
-            Kind::ClientSecret(_) => "client-secret",
+            Kind::ClientSecret(..) => "client-secret",
             Kind::Certificate(_) => "client-certificate",
             Kind::WorkloadIdentity { .. } => "workload-identity",
             Kind::AwsFederation { .. } => "aws-federation",
@@ -259,8 +305,8 @@ impl Credential {
     /// Which credential is in use and where it comes from, never its content.
     pub fn describe(&self) -> String {
         match &self.kind {
-            Kind::ClientSecret(_) => {
-                format!("client-secret: {CLIENT_SECRET_ENV} is set (value redacted)")
+            Kind::ClientSecret(_, var) => {
+                format!("client-secret: {var} is set (value redacted)")
             }
             Kind::Certificate(c) => format!(
                 "client-certificate from {} (subject {}, x5t#S256 {}, valid until {})",
@@ -305,7 +351,7 @@ impl Credential {
         ctx: &TokenContext<'_>,
     ) -> Result<(Secret, Duration), AzureError> {
         match &self.kind {
-            Kind::ClientSecret(secret) => {
+            Kind::ClientSecret(secret, _) => {
                 entra_token(ctx, &[("client_secret", secret.expose())]).await
             }
             Kind::Certificate(cert) => {

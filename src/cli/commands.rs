@@ -69,7 +69,7 @@ async fn pass_and_report(
     durable: Option<&crate::reconcile::pass::Durable<'_>>,
     shard: Option<Shard>,
 ) -> Result<u8, CliError> {
-    let arm = azure_adapter(config, load_credential(config)?)?;
+    let arm = azure_adapter(config, load_credential(config)?, token.is_some())?;
     let sdk = aws::load_sdk_config().await;
     let home = home_region(&sdk, config);
     attach_web_identity(arm.as_ref(), &sdk, &home);

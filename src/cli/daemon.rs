@@ -23,7 +23,7 @@ pub(super) async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result
     let Some(credential) = load_credential(config)? else {
         return Err(PassError::AzureMissing.into());
     };
-    let arm = azure_adapter(config, Some(credential))?;
+    let arm = azure_adapter(config, Some(credential), true)?;
     let db = crate::daemon::state::StateDb::open(&args.state_file).await?;
     let metrics = Arc::new(crate::daemon::metrics::Metrics::new(args.unhealthy_after));
     let schedule = Schedule::from_config(config);

@@ -224,6 +224,10 @@ pub enum CliError {
     /// The Azure credential's proof is unusable (certificate, token file, `az`, endpoint).
     #[error("the Azure credential cannot be used; nothing was changed")]
     Credential(#[source] CredentialError),
+    /// Install scripts would carry a person's token (`credential = "azure-cli"` without
+    /// `[azure.onboarding]`).
+    #[error("install scripts would carry the signed-in user's Azure token (credential = \"azure-cli\"), which anyone who can read SSM command history or is root on a target could reuse; nothing was changed. Add an onboarding identity: an app registration with only the \"Azure Connected Machine Onboarding\" role on the resource group, configured as [azure.onboarding] client_id = \"...\" with its secret in ARC_ONBOARD_ONBOARDING_CLIENT_SECRET (README: Credentials on instances)")]
+    PersonalTokenForScripts,
 }
 
 /// Exit codes of the interface.
@@ -304,7 +308,15 @@ async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                 }
             };
             print!("{}", config.to_effective_toml(&description));
-            Ok(exit::OK)
+            let Some(azure) = &config.azure else {
+                return Ok(exit::OK);
+            };
+            if let Some(onboarding) = &azure.onboarding {
+                let c = Credential::load_onboarding(onboarding, &process_env)
+                    .map_err(CliError::Credential)?;
+                tracing::info!(credential = %c.describe(), "onboarding identity");
+            }
+            wire::check_script_identity(azure).map(|()| exit::OK)
         }
         Command::Plan(args) => {
             let memory = match &args.state_file {

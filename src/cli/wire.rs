@@ -5,7 +5,7 @@ use crate::adapters::aws;
 use crate::adapters::azure::RestArm;
 use crate::adapters::credential::{process_env, Credential};
 use crate::adapters::organizations::SdkAccounts;
-use crate::config::{Config, RegionSelection};
+use crate::config::{AzureConfig, Config, CredentialConfig, RegionSelection};
 use crate::ports::ApiCounter;
 
 /// The AWS side of a pass: the accounts port built from the shared SDK configuration with a fresh call
@@ -32,27 +32,55 @@ pub(super) fn load_credential(config: &Config) -> Result<Option<Credential>, Cli
 }
 
 /// The Azure adapter over `credential`; built once per command, before the AWS SDK is configured, so that
-/// an unusable TLS setup stops the command before any AWS call.
+/// an unusable TLS setup stops the command before any AWS call. With `scripts` (the command may send install
+/// scripts: `run`, `daemon`), the onboarding identity's credential is loaded and checked too, and its
+/// absence is checked by [`check_script_identity`].
 pub(super) fn azure_adapter(
     config: &Config,
     credential: Option<Credential>,
+    scripts: bool,
 ) -> Result<Option<RestArm>, CliError> {
     let (Some(azure), Some(credential)) = (&config.azure, credential) else {
         return Ok(None);
     };
     tracing::debug!(credential = %credential.describe(), "Azure credential");
-    Ok(Some(RestArm::new(
-        azure,
-        credential,
-        ApiCounter::default(),
-    )?))
+    let mut arm = RestArm::new(azure, credential, ApiCounter::default())?;
+    if scripts {
+        check_script_identity(azure)?;
+        if let Some(onboarding) = &azure.onboarding {
+            let credential = Credential::load_onboarding(onboarding, &process_env)
+                .map_err(CliError::Credential)?;
+            tracing::debug!(credential = %credential.describe(), "onboarding identity");
+            arm = arm.with_onboarding_identity(onboarding, credential);
+        }
+    }
+    Ok(Some(arm))
+}
+
+/// Whose token install scripts would carry. Without `[azure.onboarding]` it is the orchestrator's own:
+/// warned about once (it can usually do more than onboard machines), and refused outright when that is a
+/// person's (`azure-cli`).
+pub(super) fn check_script_identity(azure: &AzureConfig) -> Result<(), CliError> {
+    if azure.onboarding.is_some() {
+        return Ok(());
+    }
+    if azure.credential == CredentialConfig::AzureCli {
+        return Err(CliError::PersonalTokenForScripts);
+    }
+    tracing::warn!(
+        credential = azure.credential.name(),
+        "no [azure.onboarding] identity: install scripts will carry the orchestrator's own Azure token, which can do more than onboard machines; add an onboarding identity with only the \"Azure Connected Machine Onboarding\" role (README: Credentials on instances)"
+    );
+    Ok(())
 }
 
 /// An `aws-federation` credential gets its STS client (home region) once the SDK is configured.
 pub(super) fn attach_web_identity(arm: Option<&RestArm>, sdk: &aws_config::SdkConfig, home: &str) {
-    if let Some(arm) = arm.filter(|a| a.credential().needs_web_identity()) {
-        arm.credential()
-            .set_web_identity(aws::WebIdentityIssuer::new(sdk, home));
+    let Some(arm) = arm else { return };
+    for credential in std::iter::once(arm.credential()).chain(arm.onboarding_credential()) {
+        if credential.needs_web_identity() {
+            credential.set_web_identity(aws::WebIdentityIssuer::new(sdk, home));
+        }
     }
 }
 

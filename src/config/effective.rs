@@ -122,27 +122,7 @@ impl Config {
                 "credential".into(),
                 Value::String(az.credential.name().into()),
             );
-            match &az.credential {
-                CredentialConfig::ClientCertificate { path } => {
-                    t.insert(
-                        "client_certificate_path".into(),
-                        Value::String(path.display().to_string()),
-                    );
-                }
-                CredentialConfig::WorkloadIdentity { token_file, .. } => {
-                    t.insert(
-                        "federated_token_file".into(),
-                        Value::String(token_file.display().to_string()),
-                    );
-                }
-                CredentialConfig::AwsFederation { audience } => {
-                    t.insert(
-                        "aws_federation_audience".into(),
-                        Value::String(audience.clone()),
-                    );
-                }
-                _ => {}
-            }
+            credential_keys(&mut t, &az.credential);
             t.insert(
                 "authority_host".into(),
                 Value::String(az.authority_host.to_string()),
@@ -158,6 +138,19 @@ impl Config {
                     .map(|(k, v)| (k.clone(), Value::String(v.clone())))
                     .collect();
                 t.insert("tags".into(), Value::Table(tags));
+            }
+            if let Some(onb) = &az.onboarding {
+                let mut o = Table::new();
+                o.insert("tenant_id".into(), Value::String(onb.tenant_id.clone()));
+                if let Some(client_id) = &onb.client_id {
+                    o.insert("client_id".into(), Value::String(client_id.clone()));
+                }
+                o.insert(
+                    "credential".into(),
+                    Value::String(onb.credential.name().into()),
+                );
+                credential_keys(&mut o, &onb.credential);
+                t.insert("onboarding".into(), Value::Table(o));
             }
             root.insert("azure".into(), Value::Table(t));
         }
@@ -178,6 +171,31 @@ impl Config {
             }
         }
         format!("# effective configuration\n# credential: {credential}\n{notes}{body}")
+    }
+}
+
+/// The key that goes with a credential kind (`client_certificate_path`, ...), as the config file spells it.
+fn credential_keys(t: &mut Table, credential: &CredentialConfig) {
+    match credential {
+        CredentialConfig::ClientCertificate { path } => {
+            t.insert(
+                "client_certificate_path".into(),
+                Value::String(path.display().to_string()),
+            );
+        }
+        CredentialConfig::WorkloadIdentity { token_file, .. } => {
+            t.insert(
+                "federated_token_file".into(),
+                Value::String(token_file.display().to_string()),
+            );
+        }
+        CredentialConfig::AwsFederation { audience } => {
+            t.insert(
+                "aws_federation_audience".into(),
+                Value::String(audience.clone()),
+            );
+        }
+        _ => {}
     }
 }
 

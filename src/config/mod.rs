@@ -25,6 +25,9 @@ use crate::model::TagSelector;
 
 /// The name of the environment variable that holds the service principal's secret.
 pub const CLIENT_SECRET_ENV: &str = "ARC_ONBOARD_CLIENT_SECRET";
+/// The environment variable that holds the onboarding identity's client secret (`[azure.onboarding]` with
+/// `credential = "client-secret"`, the default there too).
+pub const ONBOARDING_CLIENT_SECRET_ENV: &str = "ARC_ONBOARD_ONBOARDING_CLIENT_SECRET";
 /// The managed policy every SSM-managed instance role needs.
 pub const SSM_POLICY_ARN: &str = "arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore";
 /// Placeholder in `azure.resource_group` replaced by the AWS account id.
@@ -247,6 +250,22 @@ pub struct AzureConfig {
     pub resource_manager: Url,
     /// Extra tags for the Arc resources.
     pub tags: BTreeMap<String, String>,
+    /// `[azure.onboarding]`: the identity whose tokens install scripts carry. `None`: scripts carry the
+    /// orchestrator's own token (warned about; refused with `azure-cli`).
+    pub onboarding: Option<OnboardingIdentity>,
+}
+
+/// `[azure.onboarding]`: a dedicated identity holding only the *Azure Connected Machine Onboarding* role.
+/// Its tokens are the only ones that leave the orchestrator (inside install scripts); the orchestrator's
+/// own tokens never do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnboardingIdentity {
+    /// Entra tenant (GUID); defaults to `azure.tenant_id`.
+    pub tenant_id: String,
+    /// Application (client) id (GUID). `None` only with `credential = "managed-identity"` (system-assigned).
+    pub client_id: Option<String>,
+    /// How its tokens are obtained (never `azure-cli`: a person's token is what this identity replaces).
+    pub credential: CredentialConfig,
 }
 
 /// `[azure] credential` and the key that goes with it.

@@ -9,8 +9,8 @@ use url::Url;
 
 use super::{
     events, AccountsConfig, AwsConfig, AzureCloud, AzureConfig, Config, ConfigIssue, Connectivity,
-    CredentialConfig, EventsConfig, IamConfig, OnboardingConfig, RegionSelection,
-    ACCOUNT_PLACEHOLDER, CLIENT_SECRET_ENV,
+    CredentialConfig, EventsConfig, IamConfig, OnboardingConfig, OnboardingIdentity,
+    RegionSelection, ACCOUNT_PLACEHOLDER, CLIENT_SECRET_ENV, ONBOARDING_CLIENT_SECRET_ENV,
 };
 use crate::config::duration::parse_duration;
 use crate::model::TagSelector;
@@ -53,9 +53,14 @@ impl Validator<'_> {
             }
             let full = join(path, key);
             if key.contains("secret") || key.contains("password") {
+                let var = if path == "azure.onboarding" {
+                    ONBOARDING_CLIENT_SECRET_ENV
+                } else {
+                    CLIENT_SECRET_ENV
+                };
                 self.issue(
                     full,
-                    format!("secrets are never read from the config file; set {CLIENT_SECRET_ENV} in the environment instead"),
+                    format!("secrets are never read from the config file; set {var} in the environment instead"),
                 );
             } else {
                 self.issue(
@@ -576,13 +581,13 @@ impl Validator<'_> {
     }
 
     /// `credential` and the keys that belong to it; a key of another credential is an error.
-    pub(super) fn credential(&mut self, t: &Table) -> Option<CredentialConfig> {
+    pub(super) fn credential(&mut self, t: &Table, section: &str) -> Option<CredentialConfig> {
         let name = self
-            .string(t, "azure", "credential")
+            .string(t, section, "credential")
             .unwrap_or("client-secret");
-        let path = self.string(t, "azure", "client_certificate_path");
-        let token_file = self.string(t, "azure", "federated_token_file");
-        let audience = self.string(t, "azure", "aws_federation_audience");
+        let path = self.string(t, section, "client_certificate_path");
+        let token_file = self.string(t, section, "federated_token_file");
+        let audience = self.string(t, section, "aws_federation_audience");
         let belongs = [
             (
                 "client_certificate_path",
@@ -604,7 +609,7 @@ impl Validator<'_> {
             for (key, present, owner) in belongs {
                 if present && name != owner {
                     self.issue(
-                        join("azure", key),
+                        join(section, key),
                         format!(
                             "is used only with credential = {owner:?} (credential is {name:?})"
                         ),
@@ -614,7 +619,7 @@ impl Validator<'_> {
         }
         let nonempty = |v: &mut Self, key: &str, s: Option<&str>| match s {
             Some(s) if s.trim().is_empty() => {
-                v.issue(join("azure", key), "must not be empty");
+                v.issue(join(section, key), "must not be empty");
                 None
             }
             other => other.map(str::to_string),
@@ -628,7 +633,7 @@ impl Validator<'_> {
                 None => {
                     if path.is_none() {
                         self.issue(
-                            "azure.client_certificate_path",
+                            join(section, "client_certificate_path"),
                             "is required with credential = \"client-certificate\" (a PEM file with the private key and the certificate)",
                         );
                     }
@@ -654,7 +659,7 @@ impl Validator<'_> {
                     (None, _) => {
                         if token_file.is_none() {
                             self.issue(
-                                "azure.federated_token_file",
+                                join(section, "federated_token_file"),
                                 format!("is required with credential = \"workload-identity\" when {} is not set", crate::adapters::credential::FEDERATED_TOKEN_FILE_ENV),
                             );
                         }
@@ -669,7 +674,7 @@ impl Validator<'_> {
                     }
                     Some(a) if a.trim().is_empty() || a.len() > 1000 => {
                         self.issue(
-                            "azure.aws_federation_audience",
+                            join(section, "aws_federation_audience"),
                             "must be 1-1000 characters (the audience of the federated credential in Entra)",
                         );
                         None
@@ -682,7 +687,7 @@ impl Validator<'_> {
             "azure-cli" => Some(CredentialConfig::AzureCli),
             other => {
                 self.issue(
-                    "azure.credential",
+                    join(section, "credential"),
                     format!(
                         "must be one of {}, found {other:?}",
                         CREDENTIAL_KINDS.join(", ")
@@ -711,13 +716,15 @@ impl Validator<'_> {
                 "authority_host",
                 "resource_manager",
                 "tags",
+                "onboarding",
             ],
         );
-        let credential = self.credential(t);
+        let credential = self.credential(t, "azure");
         let workload = matches!(credential, Some(CredentialConfig::WorkloadIdentity { .. }));
         let mut from_env = BTreeMap::new();
         let tenant_id = self.guid_or_env(t, "tenant_id", workload, &mut from_env);
         let subscription_id = self.guid(t, "subscription_id");
+        let onboarding = self.onboarding_identity(t, tenant_id.as_deref());
         // A managed identity may be the system-assigned one; the Azure CLI uses the signed-in user.
         let optional = matches!(
             credential,
@@ -801,7 +808,82 @@ impl Validator<'_> {
             authority_host,
             resource_manager,
             tags,
+            onboarding: onboarding?,
         })
+    }
+
+    /// `[azure.onboarding]`: the onboarding identity, with the credential keys of `[azure]` (its secret from
+    /// [`ONBOARDING_CLIENT_SECRET_ENV`]); `tenant_id` defaults to `azure.tenant_id`. `Some(None)`: absent.
+    pub(super) fn onboarding_identity(
+        &mut self,
+        azure: &Table,
+        azure_tenant: Option<&str>,
+    ) -> Option<Option<OnboardingIdentity>> {
+        const SECTION: &str = "azure.onboarding";
+        let t = match azure.get("onboarding") {
+            None => return Some(None),
+            Some(Value::Table(t)) => t,
+            Some(other) => {
+                self.issue(
+                    SECTION,
+                    format!("must be a table, found {}", describe(other)),
+                );
+                return None;
+            }
+        };
+        self.unknown_keys(
+            t,
+            SECTION,
+            &[
+                "tenant_id",
+                "client_id",
+                "credential",
+                "client_certificate_path",
+                "federated_token_file",
+                "aws_federation_audience",
+            ],
+        );
+        let credential = self.credential(t, SECTION);
+        if credential == Some(CredentialConfig::AzureCli) {
+            self.issue(
+                join(SECTION, "credential"),
+                "cannot be \"azure-cli\": the onboarding identity replaces a person's token; use a service principal (client-secret, client-certificate, workload-identity, aws-federation) or a managed identity",
+            );
+            return None;
+        }
+        let guid = |v: &mut Self, key: &str| -> Option<Option<String>> {
+            match v.string(t, SECTION, key) {
+                None => Some(None),
+                Some(s) if is_guid(s) => Some(Some(s.to_ascii_lowercase())),
+                Some(s) => {
+                    v.issue(
+                        join(SECTION, key),
+                        format!(
+                            "{s:?} is not a GUID (expected 00000000-0000-0000-0000-000000000000)"
+                        ),
+                    );
+                    None
+                }
+            }
+        };
+        let tenant_id = guid(self, "tenant_id");
+        let client_id = guid(self, "client_id");
+        let client_id = match (client_id, &credential) {
+            (Some(None), Some(c)) if *c != CredentialConfig::ManagedIdentity => {
+                self.issue(
+                    join(SECTION, "client_id"),
+                    "is required in [azure.onboarding] (the onboarding identity's application id)",
+                );
+                None
+            }
+            (other, _) => other,
+        };
+        let tenant_id = tenant_id?.or_else(|| azure_tenant.map(str::to_string))?;
+        Some(Some(OnboardingIdentity {
+            tenant_id,
+            client_id: client_id?,
+            credential: credential?,
+        }))
     }
 
     pub(super) fn azure_tags(&mut self, tags: &Table) -> BTreeMap<String, String> {
@@ -1017,6 +1099,49 @@ mod tests {
 
     use super::*;
     use crate::config::tests::{parse, FULL};
+
+    #[test]
+    fn the_onboarding_identity_takes_the_credential_keys_of_azure_and_the_tenant_by_default() {
+        let c = parse(&format!(
+            "{FULL}\n[azure.onboarding]\nclient_id = \"00000000-0000-0000-0000-00000000000A\"\ncredential = \"client-certificate\"\nclient_certificate_path = \"/etc/arc/onboarding.pem\"\n"
+        ))
+        .unwrap();
+        let onboarding = c.azure.unwrap().onboarding.unwrap();
+        assert_eq!(
+            onboarding,
+            OnboardingIdentity {
+                tenant_id: "00000000-0000-0000-0000-000000000001".into(),
+                client_id: Some("00000000-0000-0000-0000-00000000000a".into()),
+                credential: CredentialConfig::ClientCertificate {
+                    path: "/etc/arc/onboarding.pem".into()
+                },
+            }
+        );
+        assert_eq!(parse(FULL).unwrap().azure.unwrap().onboarding, None);
+        // A system-assigned managed identity needs no client id; anything else does.
+        let mi = parse(&format!(
+            "{FULL}\n[azure.onboarding]\ncredential = \"managed-identity\"\ntenant_id = \"00000000-0000-0000-0000-000000000009\"\n"
+        ))
+        .unwrap();
+        let mi = mi.azure.unwrap().onboarding.unwrap();
+        assert_eq!(
+            (mi.client_id, mi.tenant_id.as_str()),
+            (None, "00000000-0000-0000-0000-000000000009")
+        );
+        let err = parse(&format!(
+            "{FULL}\n[azure.onboarding]\nfederated_token_file = \"/t\"\n"
+        ))
+        .unwrap_err();
+        let keys: Vec<&str> = err.issues().iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "azure.onboarding.federated_token_file",
+                "azure.onboarding.client_id"
+            ],
+            "{err}"
+        );
+    }
 
     #[test]
     fn all_problems_are_reported_with_their_keys() {

@@ -3,7 +3,8 @@
 //! Its own account needs what a member role has ([`super::run_statements`]). Beyond that, by
 //! `[aws.accounts].source`: `list` adds `sts:AssumeRole` on the member role (in any account, by name only);
 //! `organization` also adds the Organizations listings. `[events]` adds reading and deleting messages of
-//! that one queue; `credential = "aws-federation"` adds `sts:GetWebIdentityToken`. Without a configuration
+//! that one queue; `credential = "aws-federation"` (of `[azure]` or `[azure.onboarding]`) adds
+//! `sts:GetWebIdentityToken`, only for its audiences, RS256 and the lifetime the tool asks for. Without a configuration
 //! file the policy is that of an organization-wide orchestrator with the default names.
 
 use serde_json::{json, Value};
@@ -53,20 +54,48 @@ pub fn policy(config: Option<&Config>, args: &TemplateArgs) -> Result<Value, Tem
         statements.push(json!({
             "Sid": "ArcOnboardReadInstanceEvents",
             "Effect": "Allow",
-            "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes"],
+            "Action": ["sqs:ReceiveMessage", "sqs:DeleteMessage"],
             "Resource": queue.arn(args.partition)
         }));
     }
-    let federated = config
-        .and_then(|c| c.azure.as_ref())
-        .is_some_and(|a| matches!(a.credential, CredentialConfig::AwsFederation { .. }));
-    if federated {
+    let audiences = federation_audiences(config);
+    if !audiences.is_empty() {
         statements.push(json!({
             "Sid": "ArcOnboardAzureAssertionForAwsFederation",
             "Effect": "Allow",
             "Action": "sts:GetWebIdentityToken",
-            "Resource": "*"
+            "Resource": "*",
+            "Condition": federation_conditions(&audiences)
         }));
     }
     Ok(super::policy_document(statements))
+}
+
+/// The audiences `sts:GetWebIdentityToken` is asked for: the orchestrator's and the onboarding identity's
+/// `aws_federation_audience`, where those use `credential = "aws-federation"`.
+fn federation_audiences(config: Option<&Config>) -> Vec<String> {
+    let Some(azure) = config.and_then(|c| c.azure.as_ref()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = std::iter::once(&azure.credential)
+        .chain(azure.onboarding.as_ref().map(|o| &o.credential))
+        .filter_map(|c| match c {
+            CredentialConfig::AwsFederation { audience } => Some(audience.clone()),
+            _ => None,
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// What the tool asks of `sts:GetWebIdentityToken`, and nothing else: these audiences, the signing
+/// algorithm it uses, and at most the lifetime it asks for.
+pub(crate) fn federation_conditions(audiences: &[String]) -> Value {
+    json!({
+        "ForAllValues:StringEquals": {"sts:IdentityTokenAudience": audiences},
+        "Null": {"sts:IdentityTokenAudience": "false"},
+        "StringEquals": {"sts:SigningAlgorithm": crate::adapters::aws::FEDERATION_SIGNING_ALGORITHM},
+        "NumericLessThanEquals": {"sts:DurationSeconds": crate::adapters::credential::FEDERATION_TOKEN_SECONDS}
+    })
 }

@@ -590,3 +590,23 @@ pub fn status_of<'a>(status: &'a Value, instance_id: &str) -> Option<&'a Value> 
         .iter()
         .find(|i| i["instance_id"] == instance_id)
 }
+
+/// A fake `az` in a directory of its own: records its arguments, prints `stdout`, exits `code`.
+pub fn fake_az(dir: &Path, stdout: &str, code: i32) -> String {
+    let script = format!(
+        "#!/bin/sh\necho \"$@\" >> '{}/az-args'\ncat <<'EOF'\n{stdout}\nEOF\nexit {code}\n",
+        dir.display()
+    );
+    let path = dir.join("az");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(
+        &path,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}

@@ -760,9 +760,11 @@ fn public_mode_clears_only_a_proxy_url_arc_onboard_set() {
     params.proxy_url = None;
     let run = sandbox.run(&params, &server.url(""), &[]);
     assert_result(&run, ScriptOutcome::Connected, 0, "connect", "connected");
+    // (The agent from the first run is asked first whether it is connected.)
     assert_eq!(
-        sandbox.agent_calls()[..2],
+        sandbox.agent_calls()[..3],
         [
+            strings(&["show", "-j"]),
             strings(&["config", "get", "proxy.url"]),
             strings(&["config", "clear", "proxy.url"])
         ]

@@ -529,7 +529,7 @@ fn the_signature_word_fixture_is_powershells_list() {
             assert_eq!(powershell_match(&format!("# {word}"), &words), None);
             assert_eq!(
                 signature_words_in(&format!("# {word}"), &words),
-                [word.clone()]
+                std::slice::from_ref(word)
             );
             continue;
         }

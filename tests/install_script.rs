@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use arc_onboard::install::{
     parse_result, render_linux, tags_arg, InstallParams, ScriptOutcome, ScriptResult,
-    EXIT_AGENT_STATE, EXIT_DOWNLOAD, EXIT_IMDS, EXIT_INSTALL, EXIT_UNSUPPORTED,
+    EXIT_AGENT_STATE, EXIT_DOWNLOAD, EXIT_IMDS, EXIT_INSTALL, EXIT_REBOOT_CODE, EXIT_UNSUPPORTED,
 };
 
 const INSTANCE_ID: &str = "i-0123456789abcdef0";
@@ -24,8 +24,9 @@ const ACCESS_TOKEN: &str = "arm.access.token-DO-NOT-PRINT";
 /// The fake `azcmagent`: records argv as `argc NUL arg NUL ...` and its environment (`env -0`, one file per
 /// call), keeps `proxy.url` in `$FAKE_STATE/proxy.url`, answers `show -j` from `$FAKE_AGENT_STATUS`,
 /// `$FAKE_AGENT_SUBSCRIPTION`, `$FAKE_AGENT_RESOURCE_GROUP` and `$FAKE_AGENT_RESOURCE_NAME` (after a
-/// `connect` that exited 67, from the `..._AFTER` variants), and from `connect` records the `--config`
-/// file's content and mode, then exits with `$FAKE_CONNECT_EXIT`.
+/// `connect` that exited 67, from the `..._AFTER` variants; `$FAKE_SHOW_PREFIX` is printed before the JSON
+/// and `$FAKE_SHOW_NESTED` holds more members after its `status`, as the real agent's `services`), and from
+/// `connect` records the `--config` file's content and mode, then exits with `$FAKE_CONNECT_EXIT`.
 const FAKE_AGENT: &str = r#"#!/bin/bash
 printf '%s\0' "$#" "$@" >>"$FAKE_STATE/agent-calls"
 n=$(ls "$FAKE_STATE" | grep -c '^agent-env-')
@@ -39,7 +40,7 @@ case "$1" in
             status="${FAKE_AGENT_STATUS:-Disconnected}" sub="${FAKE_AGENT_SUBSCRIPTION:-}"
             rg="${FAKE_AGENT_RESOURCE_GROUP:-}" name="${FAKE_AGENT_RESOURCE_NAME:-}"
         fi
-        printf '{\n  "resourceName": "%s",\n  "resourceGroup": "%s",\n  "subscriptionId": "%s",\n  "status": "%s",\n  "agentVersion": "1.50.0"\n}\n' "$name" "$rg" "$sub" "$status"
+        printf '%s{\n  "resourceName": "%s",\n  "resourceGroup": "%s",\n  "subscriptionId": "%s",\n  "status": "%s",%s\n  "agentVersion": "1.50.0"\n}\n' "${FAKE_SHOW_PREFIX:-}" "$name" "$rg" "$sub" "$status" "${FAKE_SHOW_NESTED:-}"
         ;;
     config)
         case "$2" in
@@ -60,6 +61,7 @@ case "$1" in
         code="${FAKE_CONNECT_EXIT:-0}"
         echo "INFO connecting"
         if [ "$code" = 41 ]; then echo "FATAL AZCM0041: The credentials supplied are invalid"; fi
+        if [ "$code" = 194 ]; then echo "FATAL AZCM0194: not a real code"; fi
         if [ "$code" = 67 ]; then : >"$FAKE_STATE/connected-67"; fi
         exit "$code"
         ;;
@@ -67,20 +69,42 @@ esac
 exit 0
 "#;
 
-/// The fake installer served at /azcmagent-linux: records its argv (like the agent does), environment
-/// and umask, installs the fake agent into `$FAKE_BIN` and exits with `$FAKE_INSTALLER_EXIT`.
+/// The fake installer served at /azcmagent-linux: like Microsoft's, makes its own
+/// `mktemp -d $FAKE_INSTALLER_TMP_ROOT/azcmagent.XXXXXXXXXX` before reading its arguments, downloads into
+/// `--tempdir`, and writes its result to `--output` (`AZCM$FAKE_INSTALLER_AZCM` on failure, with
+/// printf, unescaped). Records its argv (like the agent does), environment and umask, installs the fake
+/// agent into `$FAKE_BIN` and exits with `$FAKE_INSTALLER_EXIT`.
 fn fake_installer() -> String {
-    format!(
-        "#!/bin/bash\n\
-         printf '%s\\0' \"$#\" \"$@\" >\"$FAKE_STATE/installer-argv\"\n\
-         env -0 >\"$FAKE_STATE/installer-env\"\n\
-         umask >\"$FAKE_STATE/installer-umask\"\n\
-         cat >\"$FAKE_BIN/azcmagent\" <<'FAKE_AGENT_EOF'\n{FAKE_AGENT}FAKE_AGENT_EOF\n\
-         chmod +x \"$FAKE_BIN/azcmagent\"\n\
-         echo 'fake installer: done'\n\
-         exit \"${{FAKE_INSTALLER_EXIT:-0}}\"\n"
-    )
+    FAKE_INSTALLER.replace("@FAKE_AGENT@\n", FAKE_AGENT)
 }
+
+const FAKE_INSTALLER: &str = r#"#!/bin/bash
+tempdir=$(mktemp -d "$FAKE_INSTALLER_TMP_ROOT/azcmagent.XXXXXXXXXX")
+printf '%s\0' "$#" "$@" >"$FAKE_STATE/installer-argv"
+env -0 >"$FAKE_STATE/installer-env"
+umask >"$FAKE_STATE/installer-umask"
+outfile=''
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --output) outfile="$2"; shift 2 ;;
+        --tempdir) tempdir="$2"; shift 2 ;;
+        *) shift ;;
+    esac
+done
+echo 'repository package' >"$tempdir/packages-microsoft-prod.deb"
+cat >"$FAKE_BIN/azcmagent" <<'FAKE_AGENT_EOF'
+@FAKE_AGENT@
+FAKE_AGENT_EOF
+chmod +x "$FAKE_BIN/azcmagent"
+echo 'fake installer: done'
+if [ -n "$outfile" ] && [ -n "${FAKE_INSTALLER_AZCM:-}" ]; then
+    printf '{\n\t"status": "%s",\n\t"error": {\n\t\t"code": "AZCM%04d",\n\t\t"message": "%s"\n\t}\n}' \
+        failed "$FAKE_INSTALLER_AZCM" "$0: error installing \"azcmagent\" (exit code: 100). See 'apt' command logs for more information." >"$outfile"
+elif [ -n "$outfile" ] && [ "${FAKE_INSTALLER_EXIT:-0}" = 0 ]; then
+    printf '{\n\t"status": "%s",\n\t"message": "%s"\n}' success 'Latest version of azcmagent is installed.' >"$outfile"
+fi
+exit "${FAKE_INSTALLER_EXIT:-0}"
+"#;
 
 /// One HTTP request as received.
 #[derive(Debug, Clone)]
@@ -316,6 +340,8 @@ impl Params {
             proxy_url: self.proxy_url.as_deref(),
             installer_url: &self.installer_url,
             installer_sha256: self.installer_sha256.as_deref(),
+            msi_url: "",
+            msi_sha256: None,
         }
     }
 
@@ -370,7 +396,7 @@ struct Run {
 impl Sandbox {
     fn new() -> Sandbox {
         let dir = tempfile::tempdir().unwrap();
-        for sub in ["bin", "state", "tmp", "systemd"] {
+        for sub in ["bin", "state", "tmp", "systemd", "installer-tmp-root"] {
             fs::create_dir(dir.path().join(sub)).unwrap();
         }
         Sandbox { dir }
@@ -416,6 +442,12 @@ impl Sandbox {
             .env("ARC_ONBOARD_IMDS", imds)
             .env("ARC_ONBOARD_SYSTEMD_DIR", self.path("systemd"))
             .env("ARC_ONBOARD_LOG_DIR", self.path("logs"))
+            .env("ARC_ONBOARD_STATE_DIR", self.path("arc-state"))
+            .env(
+                "ARC_ONBOARD_INSTALLER_TMP_ROOT",
+                self.path("installer-tmp-root"),
+            )
+            .env("FAKE_INSTALLER_TMP_ROOT", self.path("installer-tmp-root"))
             .stdin(Stdio::null())
             .stdout(File::create(&out_path).unwrap())
             .stderr(File::create(&err_path).unwrap());
@@ -439,6 +471,7 @@ impl Sandbox {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        let installer_tmp_before = entries(&self.path("installer-tmp-root"));
         let mut child = cmd.spawn().expect("run bash");
         let deadline = Instant::now() + Duration::from_secs(120);
         let status = loop {
@@ -483,6 +516,11 @@ impl Sandbox {
             fs::read_dir(self.path("tmp")).unwrap().next().is_none(),
             "the temporary directory was left behind"
         );
+        let left = entries(&self.path("installer-tmp-root"));
+        assert_eq!(
+            left, installer_tmp_before,
+            "the installer's own temporary directory was left behind"
+        );
         let last = stdout.lines().last().unwrap_or_default();
         assert!(
             last.starts_with("ARC_ONBOARD_RESULT {"),
@@ -507,6 +545,26 @@ impl Sandbox {
         path.exists().then(|| read_calls(&path).concat())
     }
 
+    /// The installer's argv without the `--output FILE --tempdir DIR` the script always passes last, which
+    /// are checked to lie in the script's private temporary directory.
+    fn installer_flags(&self) -> Vec<String> {
+        let mut argv = self.installer_argv().expect("the installer ran");
+        assert!(argv.len() >= 4, "{argv:?}");
+        let tail = argv.split_off(argv.len() - 4);
+        let tmp = self.path("tmp");
+        let tmp = tmp.to_str().unwrap();
+        assert!(
+            tail[0] == "--output"
+                && tail[1].starts_with(tmp)
+                && tail[1].ends_with("/installer-result.json")
+                && tail[2] == "--tempdir"
+                && tail[3].starts_with(tmp)
+                && tail[3].ends_with("/installer-tmp"),
+            "{tail:?}"
+        );
+        argv
+    }
+
     /// A recording of the fakes, if made.
     fn state(&self, name: &str) -> Option<String> {
         fs::read_to_string(self.path("state").join(name)).ok()
@@ -527,6 +585,16 @@ impl Sandbox {
         );
         call
     }
+}
+
+/// The names in a directory, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// Reads recorded invocations: for each, `argc NUL arg1 NUL ... argN NUL`.
@@ -582,7 +650,7 @@ fn public_mode_installs_and_connects_with_the_token_in_a_private_file() {
 
     assert_result(&run, ScriptOutcome::Connected, 0, "connect", "connected");
     assert!(run.result.as_ref().unwrap().message.contains(INSTANCE_ID));
-    assert_eq!(sandbox.installer_argv(), Some(Vec::new()));
+    assert_eq!(sandbox.installer_flags(), Vec::<String>::new());
     // Public mode with no proxy.url set: only asked, nothing cleared.
     assert_eq!(
         sandbox.agent_calls()[0],
@@ -656,8 +724,8 @@ fn proxy_mode_downloads_through_the_proxy_but_not_imds() {
     assert!(targets.contains(&IMDS_ONLY[0].to_owned()));
     assert!(targets.contains(&IMDS_ONLY[1].to_owned()));
     assert_eq!(
-        sandbox.installer_argv(),
-        Some(strings(&["--proxy", &proxy.url()]))
+        sandbox.installer_flags(),
+        strings(&["--proxy", &proxy.url()])
     );
     assert_eq!(
         sandbox.agent_calls()[0],
@@ -668,61 +736,132 @@ fn proxy_mode_downloads_through_the_proxy_but_not_imds() {
 }
 
 #[test]
-fn public_mode_clears_a_stale_proxy_url_from_an_earlier_proxy_install() {
+fn public_mode_clears_only_a_proxy_url_arc_onboard_set() {
     let server = Server::start(Some(fake_installer()));
+    let proxy = Proxy::start();
+    // A proxy run records the proxy.url it set (root only)...
     let sandbox = Sandbox::new();
-    fs::write(
-        sandbox.path("state").join("proxy.url"),
-        "http://old-proxy.internal:3128",
-    )
-    .unwrap();
-    let params = Params::new(&server);
+    let mut params = Params::new(&server);
+    params.proxy_url = Some(proxy.url());
     let run = sandbox.run(&params, &server.url(""), &[]);
-
     assert_result(&run, ScriptOutcome::Connected, 0, "connect", "connected");
+    let marker = sandbox.path("arc-state").join("proxy.url");
+    assert_eq!(fs::read_to_string(&marker).unwrap(), proxy.url());
+    let mode = |p: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&fs::metadata(p).unwrap().permissions()) & 0o777
+    };
     assert_eq!(
-        sandbox.agent_calls()[..2],
+        (mode(&sandbox.path("arc-state")), mode(&marker)),
+        (0o700, 0o600)
+    );
+
+    // ...so a later public run clears exactly that one.
+    let _ = fs::remove_file(sandbox.path("state").join("agent-calls"));
+    params.proxy_url = None;
+    let run = sandbox.run(&params, &server.url(""), &[]);
+    assert_result(&run, ScriptOutcome::Connected, 0, "connect", "connected");
+    // (The agent from the first run is asked first whether it is connected.)
+    assert_eq!(
+        sandbox.agent_calls()[..3],
         [
+            strings(&["show", "-j"]),
             strings(&["config", "get", "proxy.url"]),
             strings(&["config", "clear", "proxy.url"])
         ]
     );
     assert_eq!(sandbox.state("proxy.url"), None);
+    assert!(!marker.exists(), "the record goes with the proxy.url");
+}
+
+#[test]
+fn public_mode_leaves_and_reports_a_proxy_url_an_administrator_set() {
+    let server = Server::start(Some(fake_installer()));
+    let params = Params::new(&server);
+    // No record at all, or a record of another URL (the administrator changed it since).
+    for recorded in [None, Some("http://arc-onboard-proxy.internal:3128")] {
+        let sandbox = Sandbox::new();
+        fs::write(
+            sandbox.path("state").join("proxy.url"),
+            "http://admin-proxy.internal:8080",
+        )
+        .unwrap();
+        if let Some(url) = recorded {
+            fs::create_dir(sandbox.path("arc-state")).unwrap();
+            fs::write(sandbox.path("arc-state").join("proxy.url"), url).unwrap();
+        }
+        let run = sandbox.run(&params, &server.url(""), &[]);
+
+        assert_result(&run, ScriptOutcome::Connected, 0, "connect", "connected");
+        assert!(
+            !sandbox
+                .agent_calls()
+                .iter()
+                .any(|c| c[..2] == strings(&["config", "clear"])),
+            "{:?}",
+            sandbox.agent_calls()
+        );
+        assert_eq!(
+            sandbox.state("proxy.url").as_deref(),
+            Some("http://admin-proxy.internal:8080")
+        );
+        let message = &run.result.as_ref().unwrap().message;
+        assert!(
+            message.contains("keeps proxy.url http://admin-proxy.internal:8080")
+                && message.contains("arc-onboard did not set"),
+            "{message}"
+        );
+    }
 }
 
 #[test]
 fn agent_connected_to_our_resource_is_left_alone() {
     let server = Server::start(Some(fake_installer()));
-    let sandbox = Sandbox::new();
-    sandbox.preinstall_agent();
     let params = Params::new(&server);
-    // Azure compares names case-insensitively; so does the script.
-    let env = [
-        ("FAKE_AGENT_STATUS", "Connected"),
-        (
-            "FAKE_AGENT_SUBSCRIPTION",
-            &params.subscription_id.to_uppercase(),
-        ),
-        ("FAKE_AGENT_RESOURCE_GROUP", "AWS_123456789012"),
-        ("FAKE_AGENT_RESOURCE_NAME", INSTANCE_ID),
-    ];
-    let run = sandbox.run(&params, &server.url(""), &env);
+    // The real agent lists its services, each with its own "status", after the top-level one; a greedy
+    // pattern took the last "status" and called a Connected agent "stopped". Only top-level members count.
+    let nested = r#"
+  "services": [ {"displayName": "GC Service", "serviceName": "gcad", "status": "stopped"},
+                {"displayName": "Agent Service", "serviceName": "himds", "status": "running"} ],
+  "extension": {"resourceName": "other", "resourceGroup": "other-rg", "status": "Disconnected", "x": [{"status": "deep"}]},
+  "note": "a \"status\": \"quoted\" text, with } and ] inside","#;
+    let prefix = "WARN a line the agent printed first: \"status\": \"x\"\n";
+    for (prefix, nested) in [("", ""), (prefix, nested)] {
+        let sandbox = Sandbox::new();
+        sandbox.preinstall_agent();
+        // Azure compares names case-insensitively; so does the script.
+        let env = [
+            ("FAKE_AGENT_STATUS", "Connected"),
+            (
+                "FAKE_AGENT_SUBSCRIPTION",
+                &params.subscription_id.to_uppercase(),
+            ),
+            ("FAKE_AGENT_RESOURCE_GROUP", "AWS_123456789012"),
+            ("FAKE_AGENT_RESOURCE_NAME", INSTANCE_ID),
+            ("FAKE_SHOW_PREFIX", prefix),
+            ("FAKE_SHOW_NESTED", nested),
+        ];
+        let run = sandbox.run(&params, &server.url(""), &env);
 
-    assert_result(
-        &run,
-        ScriptOutcome::AlreadyConnected,
-        0,
-        "check",
-        "already-connected",
+        assert_result(
+            &run,
+            ScriptOutcome::AlreadyConnected,
+            0,
+            "check",
+            "already-connected",
+        );
+        assert_eq!(sandbox.agent_calls(), vec![strings(&["show", "-j"])]);
+        assert_eq!(sandbox.installer_argv(), None);
+        assert!(run
+            .result
+            .unwrap()
+            .resource_id
+            .ends_with(&format!("/machines/{INSTANCE_ID}")));
+    }
+    assert_eq!(
+        server.targets(),
+        [IMDS_ONLY, IMDS_ONLY].concat(),
+        "IMDS only, no download"
     );
-    assert_eq!(sandbox.agent_calls(), vec![strings(&["show", "-j"])]);
-    assert_eq!(server.targets(), IMDS_ONLY, "IMDS only, no download");
-    assert_eq!(sandbox.installer_argv(), None);
-    assert!(run
-        .result
-        .unwrap()
-        .resource_id
-        .ends_with(&format!("/machines/{INSTANCE_ID}")));
 }
 
 #[test]
@@ -1103,4 +1242,90 @@ fn sha256_hex(bytes: &[u8]) -> String {
     child.stdin.take().unwrap().write_all(bytes).unwrap();
     let out = child.wait_with_output().unwrap();
     String::from_utf8(out.stdout).unwrap()[..64].to_owned()
+}
+
+#[test]
+fn an_installer_failure_reports_the_azcm_code_from_its_output_file() {
+    let server = Server::start(Some(fake_installer()));
+    let sandbox = Sandbox::new();
+    let params = Params::new(&server);
+    let run = sandbox.run(
+        &params,
+        &server.url(""),
+        &[("FAKE_INSTALLER_EXIT", "1"), ("FAKE_INSTALLER_AZCM", "143")],
+    );
+
+    assert_result(&run, ScriptOutcome::Failed, 1, "install", "AZCM0143");
+    let message = &run.result.as_ref().unwrap().message;
+    assert!(
+        message.starts_with("the agent installer exited with 1: AZCM0143: ")
+            && message.contains(
+                r#"error installing "azcmagent" (exit code: 100). See 'apt' command logs"#
+            ),
+        "{message}"
+    );
+    assert!(sandbox.agent_calls().is_empty());
+}
+
+#[test]
+fn the_installers_downloads_and_its_own_temp_dir_are_removed() {
+    let server = Server::start(Some(fake_installer()));
+    let sandbox = Sandbox::new();
+    // Another installer's directory from before is not ours to remove.
+    let foreign = sandbox
+        .path("installer-tmp-root")
+        .join("azcmagent.OLDOLDOLD1");
+    fs::create_dir(&foreign).unwrap();
+    fs::write(foreign.join("keep"), "x").unwrap();
+    let params = Params::new(&server);
+    // Sandbox::run checks that no directory of the installer's was left beside it.
+    let run = sandbox.run(&params, &server.url(""), &[]);
+    assert_result(&run, ScriptOutcome::Connected, 0, "connect", "connected");
+    assert!(foreign.join("keep").exists());
+    // The installer downloaded into the private directory (--tempdir), which is gone.
+    let argv = sandbox.installer_argv().unwrap();
+    let tempdir = Path::new(&argv[argv.len() - 1]);
+    assert!(tempdir.ends_with("installer-tmp") && !tempdir.exists());
+    // The same after a failed install.
+    let sandbox = Sandbox::new();
+    let run = sandbox.run(
+        &params,
+        &server.url(""),
+        &[("FAKE_INSTALLER_EXIT", "1"), ("FAKE_INSTALLER_AZCM", "146")],
+    );
+    assert_result(&run, ScriptOutcome::Failed, 1, "install", "AZCM0146");
+}
+
+#[test]
+fn exit_code_194_never_reaches_ssm() {
+    let server = Server::start(Some(fake_installer()));
+    // From azcmagent connect, and from the installer.
+    for (env, step, code) in [
+        (("FAKE_CONNECT_EXIT", "194"), "connect", "AZCM0194"),
+        (
+            ("FAKE_INSTALLER_EXIT", "194"),
+            "install",
+            "installer-failed",
+        ),
+    ] {
+        let sandbox = Sandbox::new();
+        let params = Params::new(&server);
+        let run = sandbox.run(&params, &server.url(""), &[env]);
+        let result = run.result.as_ref().expect("a result line");
+        assert_eq!(
+            (
+                result.outcome,
+                result.exit_code,
+                result.step.as_str(),
+                result.code.as_str()
+            ),
+            (ScriptOutcome::Failed, 194, step, code),
+            "{}",
+            run.stdout
+        );
+        assert_eq!(
+            run.code, EXIT_REBOOT_CODE,
+            "SSM would reboot and rerun on 194"
+        );
+    }
 }

@@ -22,7 +22,7 @@ const TOKEN: &str = "eyJ0eXAiOiJKV1Qi.fake-arm-token.sig";
 const SHA256: &str = "0123456789abcdef0123456789ABCDEF0123456789abcdef0123456789abcdef";
 
 /// The parameter variables, in the order the assignment block sets them.
-const NAMES: [&str; 12] = [
+const NAMES: [&str; 15] = [
     "ARC_SUBSCRIPTION_ID",
     "ARC_RESOURCE_GROUP",
     "ARC_LOCATION",
@@ -35,6 +35,9 @@ const NAMES: [&str; 12] = [
     "ARC_INSTALLER_URL",
     "ARC_INSTALLER_SHA256",
     "ARC_DOWNLOAD_PROTOCOLS",
+    "ARC_MSI_URL",
+    "ARC_MSI_SHA256",
+    "ARC_MSI_DOWNLOAD_PROTOCOLS",
 ];
 
 /// One top-level assignment statement as `check-powershell.py --assignments` describes it.
@@ -150,6 +153,8 @@ fn realistic<'a>(
         proxy_url: proxy,
         installer_url,
         installer_sha256: Some(SHA256),
+        msi_url: "https://gbl.his.arc.azure.com/azcmagent/latest/AzureConnectedMachineAgent.msi",
+        msi_sha256: Some(SHA256),
     }
 }
 
@@ -201,8 +206,27 @@ fn hostile_values() -> Vec<String> {
     ]
 }
 
+/// `v` in every parameter.
+fn every_parameter<'a>(v: &'a str, tags: &'a BTreeMap<String, String>) -> InstallParams<'a> {
+    InstallParams {
+        subscription_id: v,
+        resource_group: v,
+        location: v,
+        tenant_id: v,
+        cloud: v,
+        correlation_id: v,
+        tags,
+        access_token: v,
+        proxy_url: Some(v),
+        installer_url: v,
+        installer_sha256: Some(v),
+        msi_url: v,
+        msi_sha256: Some(v),
+    }
+}
+
 /// The values the script must receive, by variable name.
-fn expected_values(p: &InstallParams) -> [String; 12] {
+fn expected_values(p: &InstallParams) -> [String; 15] {
     [
         p.subscription_id.to_owned(),
         p.resource_group.to_owned(),
@@ -216,10 +240,13 @@ fn expected_values(p: &InstallParams) -> [String; 12] {
         p.installer_url.to_owned(),
         p.installer_sha256.unwrap_or_default().to_owned(),
         download_protocols(p.installer_url).to_owned(),
+        p.msi_url.to_owned(),
+        p.msi_sha256.unwrap_or_default().to_owned(),
+        download_protocols(p.msi_url).to_owned(),
     ]
 }
 
-/// Parses the rendered script and checks its top-level assignments: first the 12 parameters, in order,
+/// Parses the rendered script and checks its top-level assignments: first the 15 parameters, in order,
 /// each one single-quoted string literal whose content is the value verbatim; then the template's own
 /// (`template_assignments` of them; `None` to learn the number), none of which sets a parameter.
 fn assert_parses_with_values(p: &InstallParams, template_assignments: Option<usize>) -> usize {
@@ -303,19 +330,7 @@ fn hostile_values_in_every_parameter_stay_string_literals() {
             ("Name".to_owned(), value.clone()),
             (value.clone(), value.clone()),
         ]);
-        let p = InstallParams {
-            subscription_id: v,
-            resource_group: v,
-            location: v,
-            tenant_id: v,
-            cloud: v,
-            correlation_id: v,
-            tags: &tags,
-            access_token: v,
-            proxy_url: Some(v),
-            installer_url: v,
-            installer_sha256: Some(v),
-        };
+        let p = every_parameter(v, &tags);
         assert_parses_with_values(&p, Some(n));
     }
     // All of them at once, a different one in each parameter.
@@ -335,6 +350,8 @@ fn hostile_values_in_every_parameter_stay_string_literals() {
             proxy_url: Some(v(8)),
             installer_url: v(9),
             installer_sha256: Some(v(10)),
+            msi_url: v(12),
+            msi_sha256: Some(v(13)),
         };
         assert_parses_with_values(&p, Some(n));
     }
@@ -357,8 +374,8 @@ fn broken_scripts_are_rejected() {
     );
     let plain_breakout = good.replacen("\n$ARC_TAGS = '", "\n$ARC_TAGS = 'it's ", 1);
     let missing_paren = good.replacen(
-        "exit ([int]$result.ExitCode)",
-        "exit ([int]$result.ExitCode",
+        "if ($SsmRebootCodes -contains $exitCode) {",
+        "if ($SsmRebootCodes -contains $exitCode {",
         1,
     );
     for (what, script) in [
@@ -416,4 +433,236 @@ fn template_keeps_the_token_off_command_lines_and_uses_the_exit_codes() {
         .collect::<Vec<_>>()
         .join("\n");
     assert!(template.is_ascii());
+}
+
+/// PowerShell's script-block-logging signature words and their hashes, from the fixture copied out of
+/// PowerShell's `CompiledScriptBlock.cs` (its header says where from and when).
+fn signature_words() -> Vec<(u32, String)> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/powershell-signature-words.txt");
+    let text = std::fs::read_to_string(&path).unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (hash, word) = l.split_once(' ').unwrap();
+            (hash.parse().unwrap(), word.to_owned())
+        })
+        .collect()
+}
+
+/// PowerShell's pattern hash (`HashNewPattern`): h = 31 * h + the ASCII-lowercased character.
+fn powershell_hash(word: &str) -> u32 {
+    word.encode_utf16().fold(0u32, |h, c| {
+        let c = if (u16::from(b'A')..=u16::from(b'Z')).contains(&c) {
+            c | 0x20
+        } else {
+            c
+        };
+        h.wrapping_mul(31).wrapping_add(u32::from(c))
+    })
+}
+
+/// `SuspiciousContentChecker.Match` as PowerShell runs it on a script block's text: a rolling hash over
+/// each run of ASCII letters and `-` (case-insensitive), checked against the words' hashes at every
+/// position, and once more over the last 29 letters at the end. Returns the word it finds.
+fn powershell_match(text: &str, words: &[(u32, String)]) -> Option<String> {
+    let lookup = |h: u32| words.iter().find(|(w, _)| *w == h).map(|(_, s)| s.clone());
+    let check = |running: &[u32; 29], up_to: usize| {
+        let up_to = if up_to == 0 || up_to > 29 { 29 } else { up_to };
+        running[..up_to].iter().find_map(|h| lookup(*h))
+    };
+    let mut running = [0u32; 29];
+    let mut longest = 0usize;
+    for (i, c) in text.encode_utf16().enumerate() {
+        let mut h = u32::from(c);
+        if (u32::from(b'A')..=u32::from(b'Z')).contains(&h) {
+            h |= 0x20;
+        } else if !((u32::from(b'a')..=u32::from(b'z')).contains(&h) || h == u32::from(b'-')) {
+            longest = 0;
+            continue;
+        }
+        for j in (1..=i.min(28)).rev() {
+            running[j] = running[j - 1].wrapping_mul(31).wrapping_add(h);
+        }
+        running[0] = h;
+        longest += 1;
+        if longest >= 4 {
+            if let Some(found) = check(&running, longest) {
+                return Some(found);
+            }
+        }
+    }
+    check(&running, 0)
+}
+
+/// The signature words `text` holds: PowerShell's own matching, and plain case-insensitive substrings
+/// (stricter: also across characters PowerShell skips, and free of hash collisions).
+fn signature_words_in(text: &str, words: &[(u32, String)]) -> Vec<String> {
+    let lower = text.to_lowercase();
+    let mut found: Vec<String> = words
+        .iter()
+        .filter(|(_, w)| lower.contains(&w.to_lowercase()))
+        .map(|(_, w)| w.clone())
+        .collect();
+    found.extend(powershell_match(text, words));
+    found
+}
+
+#[test]
+fn the_signature_word_fixture_is_powershells_list() {
+    let words = signature_words();
+    assert_eq!(words.len(), 119, "PowerShell's list has 119 words");
+    for (hash, word) in &words {
+        assert_eq!(
+            powershell_hash(word),
+            *hash,
+            "{word} is not the word PowerShell hashes"
+        );
+    }
+    // The matcher finds each word the way PowerShell does: inside a longer run, in any case, with the
+    // hyphen of Add-Type, and at the very end of the text. (A word that holds a shorter one, such as
+    // GetMethods, is reported as the shorter one, found first.) The words with digits (FromBase64String,
+    // kernel32, ...) never match there: a digit ends PowerShell's run of letters. The plain substring
+    // check of `signature_words_in` still refuses them.
+    for (_, word) in &words {
+        if !word.chars().all(|c| c.is_ascii_alphabetic() || c == '-') {
+            assert_eq!(powershell_match(&format!("# {word}"), &words), None);
+            assert_eq!(
+                signature_words_in(&format!("# {word}"), &words),
+                std::slice::from_ref(word)
+            );
+            continue;
+        }
+        for text in [
+            format!("$x = 'a{}b'\n", word.to_uppercase()),
+            format!("# {word}"),
+            format!("Write-Output {}", word.to_lowercase()),
+        ] {
+            let found = powershell_match(&text, &words).unwrap_or_else(|| panic!("{text}"));
+            assert!(
+                word.to_lowercase().contains(&found.to_lowercase()),
+                "{text}: {found}"
+            );
+        }
+    }
+    assert_eq!(powershell_match("Add Type Emi t x", &words), None);
+    // PowerShell's last check runs over the final letters with whatever stood between them skipped.
+    assert_eq!(
+        powershell_match("Add Type Emi t", &words).as_deref(),
+        Some("Emit")
+    );
+    assert_eq!(
+        powershell_match("-ExecutionPolicy Bypass -File x", &words).as_deref(),
+        Some("Bypass")
+    );
+}
+
+#[test]
+fn no_rendering_holds_a_powershell_signature_word() {
+    let words = signature_words();
+    let tags = realistic_tags();
+    let empty = BTreeMap::new();
+    let mut renderings = vec![
+        (
+            "public",
+            render_windows(&realistic(&tags, None, "https://aka.ms/azcmagent-windows")),
+        ),
+        (
+            "proxy",
+            render_windows(&realistic(
+                &tags,
+                Some("http://proxy.internal:3128"),
+                "https://aka.ms/azcmagent-windows",
+            )),
+        ),
+    ];
+    let mut unpinned = realistic(&empty, None, "http://127.0.0.1:8080/azcmagent-windows");
+    unpinned.installer_sha256 = None;
+    unpinned.msi_sha256 = None;
+    renderings.push(("unpinned loopback", render_windows(&unpinned)));
+    let hostile = hostile_values();
+    for value in &hostile {
+        let v = value.as_str();
+        let tags = BTreeMap::from([("Name".to_owned(), value.clone())]);
+        let p = every_parameter(v, &tags);
+        renderings.push(("hostile", render_windows(&p)));
+    }
+    for (what, script) in &renderings {
+        let found = signature_words_in(script, &words);
+        assert!(
+            found.is_empty(),
+            "the {what} rendering holds {found:?}: PowerShell would log it to event 4104"
+        );
+        // PowerShell's other two rules: a member named by an expression, and static access on something
+        // other than a type literal.
+        for pattern in [".$", ".("] {
+            assert!(!script.contains(pattern), "{what}: {pattern}");
+        }
+        for (at, _) in script.match_indices("::") {
+            assert!(
+                script[..at].ends_with(']'),
+                "{what}: static access on a non-type at {}",
+                &script[at.saturating_sub(40)..at]
+            );
+        }
+    }
+    // The check can fail: the old template said Bypass.
+    let old = renderings[0].1.replace("'Unrestricted'", "'Bypass'");
+    assert_eq!(signature_words_in(&old, &words), ["Bypass", "Bypass"]);
+}
+
+#[test]
+fn the_msi_is_checked_and_every_wait_is_bounded() {
+    let tags = realistic_tags();
+    let script = render_windows(&realistic(
+        &tags,
+        Some("http://proxy.internal:3128"),
+        "https://aka.ms/azcmagent-windows",
+    ));
+    // The MSI is downloaded by the script, pinned, and must be signed by Microsoft before the installer
+    // gets it as a local file (-AltDownload), with its result file (-OutFile) read back.
+    for needle in [
+        "Get-CheckedDownload $ARC_MSI_URL $msi $ARC_MSI_DOWNLOAD_PROTOCOLS $ARC_MSI_SHA256 'MSI'",
+        "$failure = Get-SignatureProblem $msi",
+        "Get-AuthenticodeSignature -LiteralPath $Path",
+        "$status -ne 'Valid'",
+        "O=Microsoft Corporation",
+        "'-AltDownload', $msi, '-OutFile', $installerResult",
+        "$reported = Read-InstallerResult $installerResult",
+        "$install.ExitCode -ne 0 -or $reported.Status -eq 'failed'",
+        // The installer's TEMP is the private directory: its MSI copy and msiexec's log go with it.
+        "@{ TEMP = $installerTemp; TMP = $installerTemp }",
+        "'-ExecutionPolicy', 'Unrestricted'",
+    ] {
+        assert!(script.contains(needle), "missing: {needle}");
+    }
+    let signature = script.find("$failure = Get-SignatureProblem $msi").unwrap();
+    let run = script.find("$install = Invoke-Process $shell").unwrap();
+    assert!(
+        signature < run,
+        "the signature is checked before the installer runs"
+    );
+    // Every wait has a bound.
+    assert!(!script.contains("WaitForExit()"));
+    assert!(script.matches("WaitForExit(").count() >= 2);
+    assert!(script.contains("$process.WaitForExit($TimeoutSeconds * 1000)"));
+    assert!(script.contains("Invoke-Process $shell $installerArguments $InstallerTimeoutSeconds"));
+    // 3010 and 1641 make SSM reboot and rerun: they stay in the result line, the script exits 9.
+    assert!(script.contains("\n$SsmRebootCodes = @(3010, 1641)\n"));
+    assert!(script.contains("\n$ExitRebootCode = 9\n"));
+    assert!(script.trim_end().ends_with(
+        "$exitCode = [int]$result.ExitCode\nif ($SsmRebootCodes -contains $exitCode) { $exitCode = $ExitRebootCode }\nexit $exitCode"
+    ));
+    assert_eq!(
+        script.matches("\nexit ").count(),
+        1,
+        "one exit, the mapped one"
+    );
+    // show -j: the top-level members only, no regular expression over the text.
+    assert!(!script.contains("Get-ShowField"));
+    assert!(
+        script.contains("$parsed = $shown.Substring($start, $end - $start + 1) | ConvertFrom-Json")
+    );
+    // Public mode clears only the proxy.url arc-onboard recorded.
+    assert!(script.contains("if ($current -and $ours -and $current -ceq $ours) {"));
 }

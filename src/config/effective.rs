@@ -92,9 +92,17 @@ impl Config {
             "installer_url_windows".into(),
             Value::String(ob.installer_url_windows.to_string()),
         );
+        t.insert(
+            "installer_msi_url_windows".into(),
+            Value::String(ob.installer_msi_url_windows.to_string()),
+        );
         for (key, pin) in [
             ("installer_sha256_linux", &ob.installer_sha256_linux),
             ("installer_sha256_windows", &ob.installer_sha256_windows),
+            (
+                "installer_sha256_windows_msi",
+                &ob.installer_sha256_windows_msi,
+            ),
         ] {
             if let Some(pin) = pin {
                 t.insert(key.into(), Value::String(pin.clone()));

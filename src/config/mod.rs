@@ -168,6 +168,11 @@ pub struct OnboardingConfig {
     pub installer_sha256_linux: Option<String>,
     /// The Windows installer's pinned SHA-256 (lowercase hex), checked on the instance before it runs.
     pub installer_sha256_windows: Option<String>,
+    /// Where Windows instances download the agent's MSI themselves (checked there for Microsoft's
+    /// Authenticode signature, then handed to the installer as a local file).
+    pub installer_msi_url_windows: Url,
+    /// The MSI's pinned SHA-256 (lowercase hex), checked on the instance before it is installed.
+    pub installer_sha256_windows_msi: Option<String>,
 }
 
 /// Azure clouds and their default endpoints.
@@ -211,6 +216,21 @@ impl AzureCloud {
                 "https://gbl.his.arc.azure.us/azcmagent-linux",
                 "https://gbl.his.arc.azure.us/azcmagent-windows",
             )),
+            AzureCloud::AzureChinaCloud => None,
+        }
+    }
+
+    /// The agent MSI Microsoft's Windows installer downloads for this cloud (the path it uses on
+    /// `gbl.his.arc.azure.com`; the Azure Government host is inferred from the installers' host there).
+    /// None for Azure operated by 21Vianet, as for the installers.
+    fn default_windows_msi(self) -> Option<&'static str> {
+        match self {
+            AzureCloud::AzureCloud => Some(
+                "https://gbl.his.arc.azure.com/azcmagent/latest/AzureConnectedMachineAgent.msi",
+            ),
+            AzureCloud::AzureUsGovernment => {
+                Some("https://gbl.his.arc.azure.us/azcmagent/latest/AzureConnectedMachineAgent.msi")
+            }
             AzureCloud::AzureChinaCloud => None,
         }
     }

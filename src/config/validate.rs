@@ -409,6 +409,8 @@ impl Validator<'_> {
                 "installer_url_windows",
                 "installer_sha256_linux",
                 "installer_sha256_windows",
+                "installer_msi_url_windows",
+                "installer_sha256_windows_msi",
             ],
         );
         let periodic_sync = self.bool(t, "onboarding", "periodic_sync", true);
@@ -460,6 +462,13 @@ impl Validator<'_> {
             self.installer_url(t, "installer_url_windows", defaults.map(|d| d.1), cloud);
         let installer_sha256_linux = self.sha256(t, "installer_sha256_linux");
         let installer_sha256_windows = self.sha256(t, "installer_sha256_windows");
+        let installer_msi_url_windows = self.installer_url(
+            t,
+            "installer_msi_url_windows",
+            cloud.default_windows_msi(),
+            cloud,
+        );
+        let installer_sha256_windows_msi = self.sha256(t, "installer_sha256_windows_msi");
         Some(OnboardingConfig {
             periodic_sync,
             sync_interval,
@@ -468,6 +477,8 @@ impl Validator<'_> {
             installer_url_windows: installer_url_windows?,
             installer_sha256_linux,
             installer_sha256_windows,
+            installer_msi_url_windows: installer_msi_url_windows?,
+            installer_sha256_windows_msi,
         })
     }
 

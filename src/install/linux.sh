@@ -22,6 +22,10 @@ fi
 IMDS_ENDPOINT="${ARC_ONBOARD_IMDS:-http://169.254.169.254}"
 SYSTEMD_DIR="${ARC_ONBOARD_SYSTEMD_DIR:-/run/systemd/system}"
 LOG_DIR="${ARC_ONBOARD_LOG_DIR:-/var/log/arc-onboard}"
+# What arc-onboard itself set on this machine (root only), e.g. the agent's proxy.url.
+STATE_DIR="${ARC_ONBOARD_STATE_DIR:-/var/lib/arc-onboard}"
+# Where Microsoft's installer makes its own `mktemp -d /tmp/azcmagent.XXXXXXXXXX` directory.
+INSTALLER_TMP_ROOT="${ARC_ONBOARD_INSTALLER_TMP_ROOT:-/tmp}"
 
 # The script's own exit codes. Numbers collide with the agent's (1 to 6, AZCM codes) and the installer's
 # (1, 127 to 255), so arc-onboard reads every code together with the step of the result line.
@@ -30,6 +34,7 @@ EXIT_DOWNLOAD=4
 EXIT_INSTALL=5
 EXIT_UNSUPPORTED=6
 EXIT_AGENT_STATE=8
+EXIT_REBOOT_CODE=9
 
 WORK_DIR=''
 AGENT=''
@@ -76,6 +81,14 @@ show_tail() {
     fi
 }
 
+# remember_proxy URL: records in $STATE_DIR (root only) the proxy.url arc-onboard set.
+remember_proxy() {
+    if [ -L "$STATE_DIR" ] || ! mkdir -p -- "$STATE_DIR" 2>/dev/null; then return 1; fi
+    chmod 700 -- "$STATE_DIR" 2>/dev/null
+    rm -f -- "$STATE_DIR/proxy.url"
+    (umask 077 && printf '%s' "$1" >"$STATE_DIR/proxy.url") 2>/dev/null
+}
+
 # Keeps a step's log in $LOG_DIR (root only), without the access token.
 keep_log() {
     local text
@@ -87,10 +100,14 @@ keep_log() {
 }
 
 # finish OUTCOME EXIT_CODE STEP CODE MESSAGE [RESOURCE_ID]: prints the result line (always last) and exits.
+# SSM reboots the instance and runs the command again when a script exits 194: a step's command that
+# exited 194 keeps its code in the result line, and the script exits $EXIT_REBOOT_CODE instead.
 finish() {
+    local status="$2"
     printf 'ARC_ONBOARD_RESULT {"outcome":"%s","exit_code":%d,"step":"%s","code":"%s","message":"%s","resource_id":"%s"}\n' \
         "$1" "$2" "$(json_escape "$3")" "$(json_escape "$4")" "$(json_escape "$(redact "$5")")" "$(json_escape "${6:-}")"
-    exit "$2"
+    if [ "$status" -eq 194 ]; then status="$EXIT_REBOOT_CODE"; fi
+    exit "$status"
 }
 
 find_agent() {
@@ -100,23 +117,58 @@ find_agent() {
     fi
 }
 
-# show_field JSON KEY: the string value of KEY in the flattened JSON of `azcmagent show -j`.
-show_field() {
-    printf '%s' "$1" | sed -n "s/.*\"$2\"[[:space:]]*:[[:space:]]*\"\\([^\"]*\\)\".*/\\1/p" | head -n 1
+# top_level_strings: reads one JSON object on standard input (anything before its first `{` is skipped) and
+# prints `KEY<TAB>VALUE` for each of its own string members, in order. Members of nested objects and
+# arrays (the services' own "status" in `azcmagent show -j`) are skipped, so a key means the top-level
+# property only, as ConvertFrom-Json reads it on Windows. Plain awk: stock images may lack jq and python.
+top_level_strings() {
+    awk '
+        { text = text $0 "\n" }
+        END {
+            depth = 0; instr = 0; started = 0; pending = 0; haskey = 0
+            n = length(text)
+            for (i = 1; i <= n; i++) {
+                c = substr(text, i, 1)
+                if (instr) {
+                    if (c == "\\") {
+                        i++; e = substr(text, i, 1)
+                        if (e == "n" || e == "t" || e == "r" || e == "b" || e == "f") e = " "
+                        buf = buf e
+                    } else if (c == "\"") {
+                        instr = 0
+                        if (depth == 1 && haskey) { gsub(/[\t\n\r]/, " ", buf); print key "\t" buf; haskey = 0 }
+                        else if (depth == 1) { key = buf; pending = 1 }
+                    } else {
+                        buf = buf c
+                    }
+                    continue
+                }
+                if (!started) { if (c == "{") { started = 1; depth = 1 }; continue }
+                if (c == "\"") { instr = 1; buf = "" }
+                else if (c == ":" && depth == 1 && pending) { haskey = 1; pending = 0 }
+                else if (c == "{" || c == "[") { depth++; haskey = 0; pending = 0 }
+                else if (c == "}" || c == "]") { depth--; if (depth == 0) exit }
+                else if (c == "," && depth == 1) { haskey = 0; pending = 0 }
+            }
+        }'
 }
 
-# Reads the agent's status and the resource it is connected to from `azcmagent show -j`.
+# Reads the agent's status and the resource it is connected to from the top-level properties of
+# `azcmagent show -j` (the first value of a key wins).
 read_agent_state() {
-    local shown
+    local key value
     AGENT_STATUS=''
     AGENT_SUBSCRIPTION=''
     AGENT_RESOURCE_GROUP=''
     AGENT_RESOURCE_NAME=''
-    shown="$("$AGENT" show -j 2>/dev/null | tr -d '\r\n')" || true
-    AGENT_STATUS="$(show_field "$shown" status)"
-    AGENT_SUBSCRIPTION="$(show_field "$shown" subscriptionId)"
-    AGENT_RESOURCE_GROUP="$(show_field "$shown" resourceGroup)"
-    AGENT_RESOURCE_NAME="$(show_field "$shown" resourceName)"
+    while IFS=$'\t' read -r key value; do
+        case "$key" in
+            status) AGENT_STATUS="${AGENT_STATUS:-$value}" ;;
+            subscriptionId) AGENT_SUBSCRIPTION="${AGENT_SUBSCRIPTION:-$value}" ;;
+            resourceGroup) AGENT_RESOURCE_GROUP="${AGENT_RESOURCE_GROUP:-$value}" ;;
+            resourceName) AGENT_RESOURCE_NAME="${AGENT_RESOURCE_NAME:-$value}" ;;
+        esac
+    done < <("$AGENT" show -j 2>/dev/null | top_level_strings)
 }
 
 agent_resource_id() {
@@ -159,6 +211,37 @@ check_existing_connection() {
             finish failed "$EXIT_AGENT_STATE" check agent-state "the agent reports status '$AGENT_STATUS' for $(agent_resource_id); left alone" "$(agent_resource_id)"
             ;;
     esac
+}
+
+# The `/tmp/azcmagent.*` directories Microsoft's installer makes, one a line.
+installer_tmp_dirs() {
+    local dir
+    for dir in "$INSTALLER_TMP_ROOT"/azcmagent.*; do
+        if [ -d "$dir" ] && [ ! -L "$dir" ]; then printf '%s\n' "$dir"; fi
+    done
+}
+
+# remove_new_installer_tmp_dirs BEFORE: removes the installer's directories that were not there BEFORE,
+# only if empty (with --tempdir its downloads went to our own directory).
+remove_new_installer_tmp_dirs() {
+    local dir
+    while IFS= read -r dir; do
+        if [ -n "$dir" ] && ! printf '%s\n' "$1" | grep -qxF -- "$dir"; then
+            rmdir -- "$dir" 2>/dev/null || log "left the installer's directory $dir (not empty)"
+        fi
+    done < <(installer_tmp_dirs)
+}
+
+# read_installer_result FILE: the installer's --output file, `{"status": "failed", "error": {"code":
+# "AZCM0143", "message": "..."}}` (written with printf, so the message is not escaped: read line by line).
+read_installer_result() {
+    INSTALLER_STATUS=''
+    INSTALLER_CODE=''
+    INSTALLER_MESSAGE=''
+    if [ ! -s "$1" ]; then return 0; fi
+    INSTALLER_STATUS="$(sed -n 's/^[[:space:]]*"status"[[:space:]]*:[[:space:]]*"\([a-z]*\)".*/\1/p' -- "$1" | head -n 1)"
+    INSTALLER_CODE="$(sed -n 's/^[[:space:]]*"code"[[:space:]]*:[[:space:]]*"\(AZCM[0-9]\{4\}\)".*/\1/p' -- "$1" | head -n 1)"
+    INSTALLER_MESSAGE="$(sed -n 's/^[[:space:]]*"message"[[:space:]]*:[[:space:]]*"\(.*\)"[[:space:]]*$/\1/p' -- "$1" | head -n 1 | cut -c 1-300)"
 }
 
 imds() {
@@ -229,13 +312,27 @@ if [ -n "$ARC_INSTALLER_SHA256" ]; then
     log 'installer SHA-256 matches the pin'
 fi
 
+# The installer writes its real error code (AZCM0xxx) only to its --output file and always exits 1; its
+# downloads go to --tempdir (inside $WORK_DIR, removed on exit). It still makes an empty
+# `mktemp -d /tmp/azcmagent.XXXXXXXXXX` of its own before reading its arguments: removed below.
+INSTALLER_RESULT="$WORK_DIR/installer-result.json"
+INSTALLER_TMP="$WORK_DIR/installer-tmp"
+if ! mkdir -- "$INSTALLER_TMP"; then
+    finish failed "$EXIT_INSTALL" install installer-tempdir 'cannot create the installer'"'"'s temporary directory'
+fi
+installer_dirs_before="$(installer_tmp_dirs)"
 log 'running the agent installer'
-(cd -- "$WORK_DIR" && bash "$INSTALLER" "${PROXY_ARGS[@]}") >"$WORK_DIR/installer.log" 2>&1
+(cd -- "$WORK_DIR" && bash "$INSTALLER" "${PROXY_ARGS[@]}" --output "$INSTALLER_RESULT" --tempdir "$INSTALLER_TMP") \
+    >"$WORK_DIR/installer.log" 2>&1
 rc=$?
+remove_new_installer_tmp_dirs "$installer_dirs_before"
 keep_log "$WORK_DIR/installer.log"
-if [ "$rc" -ne 0 ]; then
+read_installer_result "$INSTALLER_RESULT"
+if [ "$rc" -ne 0 ] || [ "$INSTALLER_STATUS" = failed ]; then
     show_tail "$WORK_DIR/installer.log"
-    finish failed "$rc" install installer-failed "the agent installer exited with $rc"
+    if [ "$rc" -eq 0 ]; then rc=1; fi
+    finish failed "$rc" install "${INSTALLER_CODE:-installer-failed}" \
+        "the agent installer exited with $rc${INSTALLER_CODE:+: $INSTALLER_CODE}${INSTALLER_MESSAGE:+: $INSTALLER_MESSAGE}"
 fi
 find_agent
 if [ -z "$AGENT" ]; then
@@ -244,7 +341,10 @@ if [ -z "$AGENT" ]; then
 fi
 log "agent installed: $AGENT"
 
-# The agent's proxy: set it in proxy mode; in public mode clear one an earlier proxy install left behind.
+# The agent's proxy: set it in proxy mode (and remember that arc-onboard set it); in public mode clear
+# only a proxy.url arc-onboard itself set earlier. One an administrator set is left and reported.
+PROXY_MARKER="$STATE_DIR/proxy.url"
+PROXY_NOTE=''
 if [ -n "$ARC_PROXY_URL" ]; then
     "$AGENT" config set proxy.url "$ARC_PROXY_URL" >"$WORK_DIR/config.log" 2>&1
     rc=$?
@@ -253,14 +353,28 @@ if [ -n "$ARC_PROXY_URL" ]; then
         show_tail "$WORK_DIR/config.log"
         finish failed "$rc" proxy-config agent-config-failed "azcmagent config set proxy.url exited with $rc"
     fi
-elif "$AGENT" config get proxy.url 2>/dev/null | grep -Eq 'https?://'; then
-    log 'clearing the proxy.url an earlier install left (connectivity is public)'
-    "$AGENT" config clear proxy.url >"$WORK_DIR/config.log" 2>&1
-    rc=$?
-    keep_log "$WORK_DIR/config.log"
-    if [ "$rc" -ne 0 ]; then
-        show_tail "$WORK_DIR/config.log"
-        finish failed "$rc" proxy-config agent-config-failed "azcmagent config clear proxy.url exited with $rc"
+    if ! remember_proxy "$ARC_PROXY_URL"; then
+        log "cannot record in $PROXY_MARKER that arc-onboard set proxy.url; a later public run will leave it"
+    fi
+else
+    current_proxy="$("$AGENT" config get proxy.url 2>/dev/null | grep -Eo 'https?://[^[:space:]"'"'"']+' | head -n 1)"
+    ours=''
+    if [ -f "$PROXY_MARKER" ] && [ ! -L "$PROXY_MARKER" ]; then ours="$(cat -- "$PROXY_MARKER" 2>/dev/null)"; fi
+    if [ -n "$current_proxy" ] && [ -n "$ours" ] && [ "$current_proxy" = "$ours" ]; then
+        log 'clearing the proxy.url an earlier arc-onboard proxy install set (connectivity is public)'
+        "$AGENT" config clear proxy.url >"$WORK_DIR/config.log" 2>&1
+        rc=$?
+        keep_log "$WORK_DIR/config.log"
+        if [ "$rc" -ne 0 ]; then
+            show_tail "$WORK_DIR/config.log"
+            finish failed "$rc" proxy-config agent-config-failed "azcmagent config clear proxy.url exited with $rc"
+        fi
+        rm -f -- "$PROXY_MARKER"
+    elif [ -n "$current_proxy" ]; then
+        PROXY_NOTE="; the agent keeps proxy.url $current_proxy, which arc-onboard did not set (connectivity is public)"
+        log "proxy.url is $current_proxy, set by someone else: left as it is"
+    elif [ -n "$ours" ]; then
+        rm -f -- "$PROXY_MARKER"
     fi
 fi
 
@@ -288,7 +402,7 @@ keep_log "$WORK_DIR/connect.log"
 
 # 5. The result line, last.
 case "$rc" in
-    0) finish connected 0 connect connected "connected as $INSTANCE_ID" ;;
+    0) finish connected 0 connect connected "connected as $INSTANCE_ID$PROXY_NOTE" ;;
     67)
         # "Already connected": to which resource, and in what state?
         read_agent_state

@@ -9,12 +9,20 @@
 //! What a script does, on both platforms:
 //! 1. Deletes its own file from SSM's orchestration directory (the text holds the access token).
 //! 2. Reads the instance id through IMDSv2, never through the proxy.
-//! 3. If an agent is installed, compares the resource `azcmagent show -j` names with ours: ours and
-//!    `Connected` is outcome `already-connected`; another resource is `connected-elsewhere` (left alone);
-//!    `Disconnected` or `Expired` is a failure of step `check` (the owner must reconnect or disconnect it).
+//! 3. If an agent is installed, compares the resource `azcmagent show -j` names with ours, reading only the
+//!    top-level members of its JSON on both platforms (Linux: an awk reader; Windows: `ConvertFrom-Json`):
+//!    ours and `Connected` is outcome `already-connected`; another resource is `connected-elsewhere` (left
+//!    alone); `Disconnected` or `Expired` is a failure of step `check` (the owner must reconnect or
+//!    disconnect it).
 //! 4. Downloads the installer (https only, redirects too, except on loopback hosts for tests) into a
 //!    private temporary directory that is removed on exit, checks its pinned SHA-256, runs it (`--proxy` /
-//!    `-Proxy` when set), then sets `proxy.url` (proxy mode) or clears a stale one (public mode).
+//!    `-Proxy` when set) with `--output` / `-OutFile`, whose `AZCM0xxx` code becomes the failure's code
+//!    (the installers exit 1 whatever failed). Linux: `--tempdir` in the private directory, and the empty
+//!    `/tmp/azcmagent.*` the installer always makes is removed. Windows: the script downloads the MSI
+//!    itself, checks its pin and its Authenticode signer (Microsoft Corporation), and passes the local file
+//!    (`-AltDownload`), with the installer's `TEMP` in the private directory; every wait is bounded. Then
+//!    sets `proxy.url` (proxy mode) and records that it did; in public mode clears it only when it is the
+//!    recorded one, and names one someone else set in the result message.
 //! 5. `azcmagent connect ... --resource-name <instance id> --config <0600 file holding the token>`; the
 //!    file is deleted right after. Exit 67 (already connected) is checked with `azcmagent show` as in 3.
 //! 6. Prints a few log lines and the [`RESULT_MARKER`] line last (well under the 2,500 characters
@@ -22,10 +30,15 @@
 //!
 //! Exit codes mean something only together with the step that produced them ([`failure_reason`]): the
 //! scripts' own codes ([`EXIT_IMDS`] ...) collide with the agent's (1 to 6, and the AZCM numbers) and the
-//! Linux installer's (1, and 127 to 255). The access token is a short-lived ARM token (never the client
+//! Linux installer's (1, and 127 to 255). A script never exits with a code SSM takes as "reboot and run
+//! again" ([`SSM_REBOOT_CODES`]): the result line keeps it, the script exits [`EXIT_REBOOT_CODE`]. The
+//! Windows template holds none of PowerShell's script-block-logging signature words (tested against the
+//! list in `tests/fixtures/powershell-signature-words.txt`). The access token is a short-lived ARM token (never the client
 //! secret); the scripts never print it. Test hooks (never set by SSM): the Linux script reads the IMDS
 //! endpoint from `ARC_ONBOARD_IMDS`, the systemd runtime directory it checks from
-//! `ARC_ONBOARD_SYSTEMD_DIR` and its log directory from `ARC_ONBOARD_LOG_DIR`; the Windows script reads
+//! `ARC_ONBOARD_SYSTEMD_DIR`, its log directory from `ARC_ONBOARD_LOG_DIR`, its state directory (the
+//! `proxy.url` it set) from `ARC_ONBOARD_STATE_DIR` and the directory the installer makes its own
+//! temporary directory in from `ARC_ONBOARD_INSTALLER_TMP_ROOT`; the Windows script reads
 //! `ARC_ONBOARD_IMDS` and `ARC_ONBOARD_LOG_DIR`.
 
 use std::collections::BTreeMap;
@@ -54,6 +67,13 @@ pub const EXIT_INSTALL: i32 = 5;
 pub const EXIT_UNSUPPORTED: i32 = 6;
 /// Script exit code (step `check`): the agent belongs to a resource and is `Disconnected` or `Expired`.
 pub const EXIT_AGENT_STATE: i32 = 8;
+/// Script exit code (any step): the step's command exited with a code SSM Run Command takes as "reboot the
+/// instance and run the command again" ([`SSM_REBOOT_CODES`]); the script exits with this instead, and
+/// its result line carries the real code.
+pub const EXIT_REBOOT_CODE: i32 = 9;
+/// Exit codes after which SSM reboots the instance and reruns the command: 194 from a shell script, 3010
+/// and 1641 from a PowerShell script. No script exits with them.
+pub const SSM_REBOOT_CODES: [i32; 3] = [194, 3010, 1641];
 
 /// Everything a script needs; one script text serves a batch of up to 50 instances of one account, region
 /// and platform, so nothing per-instance is in it (the instance id is read on the instance via IMDSv2).
@@ -83,6 +103,12 @@ pub struct InstallParams<'a> {
     pub installer_url: &'a str,
     /// The installer's pinned SHA-256 (64 hex digits), checked on the instance before it runs.
     pub installer_sha256: Option<&'a str>,
+    /// Windows only: where the script downloads the agent's MSI itself (`https://`, or `http://` on a
+    /// loopback host); it checks the MSI's Authenticode signature and hands Microsoft's installer the
+    /// local, checked file. Not used on Linux.
+    pub msi_url: &'a str,
+    /// Windows only: the MSI's pinned SHA-256 (64 hex digits), checked before anything runs it.
+    pub msi_sha256: Option<&'a str>,
 }
 
 impl std::fmt::Debug for InstallParams<'_> {
@@ -99,6 +125,8 @@ impl std::fmt::Debug for InstallParams<'_> {
             .field("proxy_url", &self.proxy_url)
             .field("installer_url", &self.installer_url)
             .field("installer_sha256", &self.installer_sha256)
+            .field("msi_url", &self.msi_url)
+            .field("msi_sha256", &self.msi_sha256)
             .finish()
     }
 }
@@ -212,10 +240,26 @@ fn linux_assignments(p: &InstallParams) -> String {
         .collect()
 }
 
+/// The parameters only the Windows script has, assigned after [`parameters`]: the MSI it downloads itself.
+fn windows_parameters(p: &InstallParams) -> [(&'static str, String); 3] {
+    [
+        ("ARC_MSI_URL", p.msi_url.to_owned()),
+        (
+            "ARC_MSI_SHA256",
+            p.msi_sha256.unwrap_or_default().to_owned(),
+        ),
+        (
+            "ARC_MSI_DOWNLOAD_PROTOCOLS",
+            download_protocols(p.msi_url).to_owned(),
+        ),
+    ]
+}
+
 /// The Windows assignment block: `$NAME = 'value'` lines.
 fn windows_assignments(p: &InstallParams) -> String {
     parameters(p)
         .iter()
+        .chain(windows_parameters(p).iter())
         .map(|(name, value)| format!("${name} = {}\n", ps_quote(value)))
         .collect()
 }
@@ -311,6 +355,9 @@ fn agent_reason(code: i32) -> Option<&'static str> {
 /// script's "cannot download", 4 from `connect` is the agent's "cannot open its log file".
 pub fn failure_reason(step: &str, exit_code: i32) -> Option<&'static str> {
     match (step, exit_code) {
+        (_, 194 | 3010 | 1641) => Some(
+            "the step's command exited with a code SSM takes as \"reboot and run again\" (the script exited 9 instead, so the instance was not rebooted)",
+        ),
         ("platform", EXIT_UNSUPPORTED) => Some(
             "unsupported platform (Linux needs systemd and curl on x86_64 or aarch64; Windows needs 64-bit PowerShell)",
         ),
@@ -327,6 +374,35 @@ pub fn failure_reason(step: &str, exit_code: i32) -> Option<&'static str> {
         ("proxy-config" | "connect", code) => agent_reason(code),
         _ => None,
     }
+}
+
+/// What an error code of Microsoft's installers means (`AZCM0127` to `AZCM0157`, written to the Linux
+/// installer's `--output` file and the Windows installer's `-OutFile`; both exit 1 whatever the code),
+/// from the installers' own sources and Microsoft's troubleshooting table.
+pub fn installer_reason(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "AZCM0127" | "AZCM0128" | "AZCM0142" => "the installer's alternative download is unusable",
+        "AZCM0129" => "the installer got a bad argument or an unwritable temporary directory",
+        "AZCM0130" => "the agent requires systemd (systemctl not found)",
+        "AZCM0131" | "AZCM0133" => {
+            "the Linux distribution or its version is not supported by the agent"
+        }
+        "AZCM0132" | "AZCM0153" => "the platform or architecture is not supported by the agent",
+        "AZCM0141" => "the installer refuses to run on an Azure virtual machine",
+        "AZCM0143" => "the package manager failed to install the agent package",
+        "AZCM0145" => "apt or dpkg stayed busy for 5 minutes",
+        "AZCM0146" => {
+            "the installer could not download Microsoft's package repository configuration"
+        }
+        "AZCM0147" => "the requested agent version is not in the package repository",
+        "AZCM0148" => "the installer could not download the agent package",
+        "AZCM0149" => "msiexec failed to install the agent package",
+        "AZCM0150" => "the installer failed (generic failure)",
+        "AZCM0151" => "the required .NET Framework version is not installed",
+        "AZCM0154" => "the PowerShell version is too old for the agent",
+        "AZCM0157" => "curl could not write the installer's download (permission error)",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]
@@ -361,6 +437,9 @@ mod tests {
             proxy_url: proxy,
             installer_url: "https://gbl.his.arc.azure.com/azcmagent-linux",
             installer_sha256: None,
+            msi_url:
+                "https://gbl.his.arc.azure.com/azcmagent/latest/AzureConnectedMachineAgent.msi",
+            msi_sha256: None,
         }
     }
 
@@ -424,6 +503,8 @@ mod tests {
                 proxy_url: Some(v(8)).filter(|s| !s.is_empty()),
                 installer_url: v(9),
                 installer_sha256: Some(v(10)),
+                msi_url: v(11),
+                msi_sha256: Some(v(12)),
             };
             script.push_str(&linux_assignments(&p));
             script.push_str(&print);
@@ -848,6 +929,8 @@ mod tests {
             proxy_url: Some(&values[17]),
             installer_url: &values[13],
             installer_sha256: Some(&values[14]),
+            msi_url: &values[15],
+            msi_sha256: None,
         };
         shellcheck(&render_linux(&p), "warning");
     }

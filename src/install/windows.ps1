@@ -40,8 +40,15 @@ $ExitDownload = 4
 $ExitInstall = 5
 $ExitUnsupported = 6
 $ExitAgentState = 8
+$ExitRebootCode = 9
 
 $DownloadTimeoutSeconds = 900
+# Every program this script starts is waited for within a bound: the agent and icacls, and the installer
+# (which runs msiexec); SSM's own execution timeout (30 minutes by default) comes after that.
+$CommandTimeoutSeconds = 300
+$InstallerTimeoutSeconds = 1500
+# SSM reboots the instance and runs the command again after these exit codes: never exit with them.
+$SsmRebootCodes = @(3010, 1641)
 $DownloadAttempts = 5
 $MaxRedirects = 10
 $TailLines = 15
@@ -50,6 +57,8 @@ $TailWidth = 200
 $script:WorkDir = $null
 $script:ConnectConfig = $null
 $script:LogReady = $null
+$script:ProxyNote = ''
+
 $Utf8NoBom = New-Object System.Text.UTF8Encoding($false)
 
 function Write-Log([string]$Text) {
@@ -172,9 +181,12 @@ function ConvertTo-WindowsArgument([string]$Value) {
 }
 
 # Runs a program and captures its output. Both streams are read asynchronously, so a program that fills
-# one pipe while we wait on the other cannot deadlock. Returns ExitCode, Output (stdout) and Log (both).
-function Invoke-Process([string]$FilePath, [string[]]$Arguments) {
+# one pipe while we wait on the other cannot deadlock. Waits at most $TimeoutSeconds, then stops the
+# program. $Environment overrides environment variables of the program. Returns ExitCode (-1 after a
+# timeout), TimedOut, Output (stdout) and Log (both).
+function Invoke-Process([string]$FilePath, [string[]]$Arguments, [int]$TimeoutSeconds = $CommandTimeoutSeconds, [hashtable]$Environment = @{}) {
     $info = New-Object System.Diagnostics.ProcessStartInfo
+    foreach ($name in $Environment.Keys) { $info.EnvironmentVariables[$name] = [string]$Environment[$name] }
     $info.FileName = $FilePath
     $info.Arguments = (@($Arguments | ForEach-Object { ConvertTo-WindowsArgument $_ }) -join ' ')
     $info.UseShellExecute = $false
@@ -189,13 +201,19 @@ function Invoke-Process([string]$FilePath, [string[]]$Arguments) {
         $process.StandardInput.Close()
         $stdoutTask = $process.StandardOutput.ReadToEndAsync()
         $stderrTask = $process.StandardError.ReadToEndAsync()
-        $process.WaitForExit()
+        $timedOut = -not $process.WaitForExit($TimeoutSeconds * 1000)
+        if ($timedOut) {
+            try { $process.Kill() } catch { Write-Log ('cannot stop ' + $FilePath + ' after its timeout') }
+            [void]$process.WaitForExit(10000)
+        }
         # A grandchild that inherited the pipes may keep them open: do not wait for it forever.
         $stdout = if ($stdoutTask.Wait(60000)) { $stdoutTask.Result } else { '(output still open after exit)' }
         $stderr = if ($stderrTask.Wait(60000)) { $stderrTask.Result } else { '(output still open after exit)' }
         $log = $stdout
         if ($stderr) { $log = $log + "`n" + $stderr }
-        return [pscustomobject]@{ ExitCode = $process.ExitCode; Output = $stdout; Log = $log }
+        if ($timedOut) { $log = $log + "`n(stopped after " + $TimeoutSeconds + ' seconds)' }
+        $exitCode = if ($timedOut) { -1 } else { $process.ExitCode }
+        return [pscustomobject]@{ ExitCode = $exitCode; TimedOut = $timedOut; Output = $stdout; Log = $log }
     } finally {
         $process.Dispose()
     }
@@ -205,38 +223,24 @@ function Invoke-Agent([string[]]$Arguments) {
     return (Invoke-Process $AgentPath $Arguments)
 }
 
-# The string value of Key in the text of `azcmagent show -j`, for output that is not clean JSON.
-function Get-ShowField([string]$Text, [string]$Key) {
-    $match = [regex]::Match($Text, '"' + [regex]::Escape($Key) + '"\s*:\s*"([^"]*)"')
-    if ($match.Success) { return $match.Groups[1].Value }
-    return ''
-}
-
-# The agent's status and the resource it is connected to, from `azcmagent show -j`.
+# The agent's status and the resource it is connected to: the top-level members of the JSON object
+# `azcmagent show -j` prints (text before its first `{` is skipped), never a nested one such as a service's
+# own status. The Linux script reads the same members the same way. Unreadable output leaves them empty.
 function Read-AgentState {
     $state = [pscustomobject]@{ Status = ''; SubscriptionId = ''; ResourceGroup = ''; ResourceName = '' }
     try {
         $shown = [string](Invoke-Agent @('show', '-j')).Output
+        $start = $shown.IndexOf('{')
+        $end = $shown.LastIndexOf('}')
+        if ($start -lt 0 -or $end -le $start) { return $state }
+        $parsed = $shown.Substring($start, $end - $start + 1) | ConvertFrom-Json -ErrorAction Stop
     } catch {
         return $state
     }
-    $parsed = $null
-    try {
-        $parsed = $shown | ConvertFrom-Json -ErrorAction Stop
-    } catch {
-        $parsed = $null
-    }
-    if ($null -ne $parsed -and $parsed -isnot [string]) {
-        $state.Status = [string]$parsed.status
-        $state.SubscriptionId = [string]$parsed.subscriptionId
-        $state.ResourceGroup = [string]$parsed.resourceGroup
-        $state.ResourceName = [string]$parsed.resourceName
-    } else {
-        $state.Status = Get-ShowField $shown 'status'
-        $state.SubscriptionId = Get-ShowField $shown 'subscriptionId'
-        $state.ResourceGroup = Get-ShowField $shown 'resourceGroup'
-        $state.ResourceName = Get-ShowField $shown 'resourceName'
-    }
+    if ($parsed.status -is [string]) { $state.Status = $parsed.status }
+    if ($parsed.subscriptionId -is [string]) { $state.SubscriptionId = $parsed.subscriptionId }
+    if ($parsed.resourceGroup -is [string]) { $state.ResourceGroup = $parsed.resourceGroup }
+    if ($parsed.resourceName -is [string]) { $state.ResourceName = $parsed.resourceName }
     return $state
 }
 
@@ -313,7 +317,7 @@ function New-PermanentError([string]$Message) {
     return $exception
 }
 
-# The WebException behind an error record (PowerShell wraps exceptions thrown by .NET methods).
+# The WebException behind an error record (PowerShell wraps the exceptions .NET calls throw).
 function Get-WebException($ErrorRecord) {
     $exception = $ErrorRecord.Exception
     while ($null -ne $exception -and $exception -isnot [System.Net.WebException]) {
@@ -398,6 +402,118 @@ function Save-Download([string]$Url, [string]$Path, [string[]]$Schemes) {
     throw (New-PermanentError ('more than ' + $MaxRedirects + ' redirects'))
 }
 
+# Downloads Url to Path with retries (the schemes $Protocols allows, as `curl --proto` reads it), then
+# checks the file against its SHA-256 pin when one is set. Returns $null, or the failure's result.
+function Get-CheckedDownload([string]$Url, [string]$Path, [string]$Protocols, [string]$Pin, [string]$What) {
+    $schemes = @($Protocols.TrimStart('=').Split(',') | ForEach-Object { $_.Trim().ToLowerInvariant() } | Where-Object { $_ })
+    if ($schemes.Count -eq 0) { $schemes = @('https') }
+    Write-Log ('downloading the agent ' + $What + ' from ' + $Url)
+    $downloadLog = New-Object System.Text.StringBuilder
+    $downloaded = $false
+    $downloadError = ''
+    for ($attempt = 1; $attempt -le $DownloadAttempts -and -not $downloaded; $attempt++) {
+        try {
+            Save-Download $Url $Path $schemes
+            $downloaded = $true
+        } catch {
+            $downloadError = $_.Exception.Message
+            [void]$downloadLog.AppendLine('attempt ' + $attempt + ': ' + $downloadError)
+            if ($_.Exception.Data['ArcOnboardPermanent']) { break }
+            if ($attempt -lt $DownloadAttempts) { Start-Sleep -Seconds 3 }
+        }
+    }
+    if (-not $downloaded) {
+        Show-Tail $downloadLog.ToString()
+        Save-Log 'download.log' $downloadLog.ToString()
+        return (New-Result 'failed' $ExitDownload 'download' 'download-failed' ('cannot download the agent ' + $What + ' from ' + $Url + ': ' + $downloadError) '')
+    }
+    if (-not $Pin) { return $null }
+    try {
+        $actual = (Get-FileHash -LiteralPath $Path -Algorithm SHA256 -ErrorAction Stop).Hash
+    } catch {
+        return (New-Result 'failed' $ExitDownload 'download' 'checksum-unavailable' ('cannot compute the SHA-256 of the ' + $What + ', so the pin cannot be checked; it was not run: ' + $_.Exception.Message) '')
+    }
+    if (-not (Test-SameName $actual $Pin)) {
+        $message = 'the ' + $What + "'s SHA-256 is " + $actual.ToLowerInvariant() + ', not the pinned ' + $Pin + '; it was not run'
+        return (New-Result 'failed' $ExitDownload 'download' 'checksum-mismatch' $message '')
+    }
+    Write-Log ($What + ' SHA-256 matches the pin')
+    return $null
+}
+
+# The MSI must carry a valid Authenticode signature by Microsoft Corporation (the subject of the signing
+# certificate, whose chain Windows checked). Returns $null, or the failure's result.
+function Get-SignatureProblem([string]$Path) {
+    try {
+        $signature = Get-AuthenticodeSignature -LiteralPath $Path -ErrorAction Stop
+    } catch {
+        return (New-Result 'failed' $ExitDownload 'download' 'signature-unavailable' ('cannot check the MSI signature: ' + $_.Exception.Message) '')
+    }
+    $subject = ''
+    if ($null -ne $signature.SignerCertificate) { $subject = [string]$signature.SignerCertificate.Subject }
+    $status = [string]$signature.Status
+    if ($status -ne 'Valid' -or $subject -notmatch '(^|,\s*)O=Microsoft Corporation(,|$)') {
+        $message = 'the MSI signature is not a valid one by Microsoft Corporation (status ' + $status + ', signer ' + (Limit-Text $subject 200) + '); it was not installed'
+        return (New-Result 'failed' $ExitDownload 'download' 'signature-invalid' $message '')
+    }
+    Write-Log 'MSI signed by Microsoft Corporation'
+    return $null
+}
+
+# The installer's -OutFile: {"status": "failed", "error": {"code": "AZCM0149", "message": "..."}} or
+# {"status": "success", ...}. Empty fields when it is missing or unreadable.
+function Read-InstallerResult([string]$Path) {
+    $result = [pscustomobject]@{ Status = ''; Code = ''; Message = '' }
+    try {
+        if (-not (Test-Path -LiteralPath $Path -PathType Leaf)) { return $result }
+        $parsed = (Get-Content -LiteralPath $Path -Raw -ErrorAction Stop) | ConvertFrom-Json -ErrorAction Stop
+    } catch {
+        return $result
+    }
+    if ($parsed.status -is [string]) { $result.Status = $parsed.status }
+    if ($null -ne $parsed.error) {
+        if ([string]$parsed.error.code -match '^AZCM\d{4}$') { $result.Code = [string]$parsed.error.code }
+        $result.Message = [string]$parsed.error.message
+    }
+    return $result
+}
+
+# Keeps a copy of a file in $LogDir (msiexec's log), if there is one.
+function Save-File([string]$Path, [string]$Name) {
+    if (-not (Test-Path -LiteralPath $Path -PathType Leaf)) { return }
+    if ($null -eq $script:LogReady) { $script:LogReady = Initialize-LogDir }
+    if (-not $script:LogReady) { return }
+    Copy-Item -LiteralPath $Path -Destination (Join-Path $LogDir $Name) -Force -ErrorAction SilentlyContinue
+}
+
+# What arc-onboard set as the agent's proxy.url, recorded in $LogDir (SYSTEM and Administrators only), so
+# that a later public run clears only that and never an administrator's own proxy.
+function Save-ProxyMarker([string]$Url) {
+    if ($null -eq $script:LogReady) { $script:LogReady = Initialize-LogDir }
+    if (-not $script:LogReady) { return $false }
+    try {
+        [System.IO.File]::WriteAllText((Join-Path $LogDir 'proxy.url'), $Url, $Utf8NoBom)
+        return $true
+    } catch {
+        return $false
+    }
+}
+
+function Read-ProxyMarker {
+    if ($null -eq $script:LogReady) { $script:LogReady = Initialize-LogDir }
+    $path = Join-Path $LogDir 'proxy.url'
+    if (-not $script:LogReady -or -not (Test-Path -LiteralPath $path -PathType Leaf)) { return '' }
+    try {
+        return [System.IO.File]::ReadAllText($path).Trim()
+    } catch {
+        return ''
+    }
+}
+
+function Remove-ProxyMarker {
+    Remove-Item -LiteralPath (Join-Path $LogDir 'proxy.url') -Force -ErrorAction SilentlyContinue
+}
+
 function Invoke-Onboarding {
     # Platform prerequisites of the agent.
     if (-not [Environment]::Is64BitProcess) {
@@ -430,7 +546,8 @@ function Invoke-Onboarding {
         if ($existing) { return $existing }
     }
 
-    # 3. Download the installer (checked against its pin) into a private directory, and run it.
+    # 3. Download the installer and the MSI (each checked against its pin, the MSI also against its
+    # signature) into a private directory, and run the installer on the checked MSI.
     try {
         [Net.ServicePointManager]::SecurityProtocol = [Net.ServicePointManager]::SecurityProtocol -bor [Net.SecurityProtocolType]::Tls12
     } catch {
@@ -449,56 +566,54 @@ function Invoke-Onboarding {
         return (New-Result 'failed' $ExitDownload 'download' 'download-failed' 'cannot make the temporary directory private' '')
     }
     $installer = Join-Path $workDir 'install_windows_azcmagent.ps1'
-    $installerArguments = @()
+    $msi = Join-Path $workDir 'agent.msi'
+    $installerResult = Join-Path $workDir 'installer-result.json'
+    $installerTemp = Join-Path $workDir 'installer-temp'
+    $proxyArguments = @()
     if ($ARC_PROXY_URL) {
-        $installerArguments = @('-Proxy', $ARC_PROXY_URL)
+        $proxyArguments = @('-Proxy', $ARC_PROXY_URL)
         Write-Log ('using proxy ' + $ARC_PROXY_URL)
     }
-    $schemes = @($ARC_DOWNLOAD_PROTOCOLS.TrimStart('=').Split(',') | ForEach-Object { $_.Trim().ToLowerInvariant() } | Where-Object { $_ })
-    if ($schemes.Count -eq 0) { $schemes = @('https') }
 
-    Write-Log ('downloading the agent installer from ' + $ARC_INSTALLER_URL)
-    $downloadLog = New-Object System.Text.StringBuilder
-    $downloaded = $false
-    $downloadError = ''
-    for ($attempt = 1; $attempt -le $DownloadAttempts -and -not $downloaded; $attempt++) {
-        try {
-            Save-Download $ARC_INSTALLER_URL $installer $schemes
-            $downloaded = $true
-        } catch {
-            $downloadError = $_.Exception.Message
-            [void]$downloadLog.AppendLine('attempt ' + $attempt + ': ' + $downloadError)
-            if ($_.Exception.Data['ArcOnboardPermanent']) { break }
-            if ($attempt -lt $DownloadAttempts) { Start-Sleep -Seconds 3 }
-        }
-    }
-    if (-not $downloaded) {
-        Show-Tail $downloadLog.ToString()
-        Save-Log 'download.log' $downloadLog.ToString()
-        return (New-Result 'failed' $ExitDownload 'download' 'download-failed' ('cannot download the agent installer from ' + $ARC_INSTALLER_URL + ': ' + $downloadError) '')
-    }
-    if ($ARC_INSTALLER_SHA256) {
-        try {
-            $actual = (Get-FileHash -LiteralPath $installer -Algorithm SHA256 -ErrorAction Stop).Hash
-        } catch {
-            return (New-Result 'failed' $ExitDownload 'download' 'checksum-unavailable' ('cannot compute the SHA-256 of the installer, so the pin cannot be checked; it was not run: ' + $_.Exception.Message) '')
-        }
-        if (-not (Test-SameName $actual $ARC_INSTALLER_SHA256)) {
-            $message = "the installer's SHA-256 is " + $actual.ToLowerInvariant() + ', not the pinned ' + $ARC_INSTALLER_SHA256 + '; it was not run'
-            return (New-Result 'failed' $ExitDownload 'download' 'checksum-mismatch' $message '')
-        }
-        Write-Log 'installer SHA-256 matches the pin'
-    }
+    $failure = Get-CheckedDownload $ARC_INSTALLER_URL $installer $ARC_DOWNLOAD_PROTOCOLS $ARC_INSTALLER_SHA256 'installer'
+    if ($failure) { return $failure }
+    # The MSI too is downloaded and checked here (Microsoft's installer would fetch it unchecked): its
+    # pin, then Microsoft's Authenticode signature.
+    $failure = Get-CheckedDownload $ARC_MSI_URL $msi $ARC_MSI_DOWNLOAD_PROTOCOLS $ARC_MSI_SHA256 'MSI'
+    if ($failure) { return $failure }
+    $failure = Get-SignatureProblem $msi
+    if ($failure) { return $failure }
 
     # The installer runs in its own PowerShell process (the same edition as this one): its exit code and
-    # whatever it prints are its own, and it cannot see this script's variables.
+    # whatever it prints are its own, and it cannot see this script's variables. It installs the checked
+    # MSI (-AltDownload takes a local path) and writes its result, with its AZCM error code, to -OutFile:
+    # its exit code alone says little (some versions end with `return 1`, which exits 0). Its TEMP is our
+    # private directory, so its copy of the MSI and msiexec's log stay there and go with it.
+    try {
+        New-Item -ItemType Directory -Path $installerTemp -ErrorAction Stop | Out-Null
+    } catch {
+        return (New-Result 'failed' $ExitInstall 'install' 'installer-tempdir' "cannot create the installer's temporary directory" '')
+    }
     Write-Log 'running the agent installer'
     $shell = if ($PSVersionTable.PSEdition -eq 'Core') { Join-Path $PSHOME 'pwsh.exe' } else { Join-Path $PSHOME 'powershell.exe' }
-    $install = Invoke-Process $shell (@('-NoLogo', '-NoProfile', '-NonInteractive', '-ExecutionPolicy', 'Bypass', '-File', $installer) + $installerArguments)
+    $installerArguments = @('-NoLogo', '-NoProfile', '-NonInteractive', '-ExecutionPolicy', 'Unrestricted', '-File', $installer,
+        '-AltDownload', $msi, '-OutFile', $installerResult) + $proxyArguments
+    $install = Invoke-Process $shell $installerArguments $InstallerTimeoutSeconds @{ TEMP = $installerTemp; TMP = $installerTemp }
     Save-Log 'installer.log' $install.Log
-    if ($install.ExitCode -ne 0) {
+    Save-File (Join-Path $installerTemp 'installationlog.txt') 'msi-install.log'
+    if ($install.TimedOut) {
         Show-Tail $install.Log
-        return (New-Result 'failed' $install.ExitCode 'install' 'installer-failed' ('the agent installer exited with ' + $install.ExitCode) '')
+        return (New-Result 'failed' $ExitInstall 'install' 'installer-timeout' ('the agent installer did not finish within ' + $InstallerTimeoutSeconds + ' seconds') '')
+    }
+    $reported = Read-InstallerResult $installerResult
+    if ($install.ExitCode -ne 0 -or $reported.Status -eq 'failed') {
+        Show-Tail $install.Log
+        $exitCode = if ($install.ExitCode -ne 0) { $install.ExitCode } else { 1 }
+        $code = if ($reported.Code) { $reported.Code } else { 'installer-failed' }
+        $message = 'the agent installer exited with ' + $install.ExitCode
+        if ($reported.Code) { $message = $message + ': ' + $reported.Code }
+        if ($reported.Message) { $message = $message + ': ' + (Limit-Text $reported.Message 300) }
+        return (New-Result 'failed' $exitCode 'install' $code $message '')
     }
     if (-not (Test-Path -LiteralPath $AgentPath -PathType Leaf)) {
         Show-Tail $install.Log
@@ -506,7 +621,9 @@ function Invoke-Onboarding {
     }
     Write-Log ('agent installed: ' + $AgentPath)
 
-    # The agent's proxy: set it in proxy mode; in public mode clear one an earlier proxy install left behind.
+    # The agent's proxy: set it in proxy mode (and remember that arc-onboard set it); in public mode clear
+    # only a proxy.url arc-onboard itself set earlier. One an administrator set is left and reported.
+    $script:ProxyNote = ''
     if ($ARC_PROXY_URL) {
         $config = Invoke-Agent @('config', 'set', 'proxy.url', $ARC_PROXY_URL)
         Save-Log 'config.log' $config.Log
@@ -514,13 +631,28 @@ function Invoke-Onboarding {
             Show-Tail $config.Log
             return (New-Result 'failed' $config.ExitCode 'proxy-config' 'agent-config-failed' ('azcmagent config set proxy.url exited with ' + $config.ExitCode) '')
         }
-    } elseif ((Invoke-Agent @('config', 'get', 'proxy.url')).Output -match 'https?://') {
-        Write-Log 'clearing the proxy.url an earlier install left (connectivity is public)'
-        $config = Invoke-Agent @('config', 'clear', 'proxy.url')
-        Save-Log 'config.log' $config.Log
-        if ($config.ExitCode -ne 0) {
-            Show-Tail $config.Log
-            return (New-Result 'failed' $config.ExitCode 'proxy-config' 'agent-config-failed' ('azcmagent config clear proxy.url exited with ' + $config.ExitCode) '')
+        if (-not (Save-ProxyMarker $ARC_PROXY_URL)) {
+            Write-Log 'cannot record that arc-onboard set proxy.url; a later public run will leave it'
+        }
+    } else {
+        $current = ''
+        $found = [regex]::Match([string](Invoke-Agent @('config', 'get', 'proxy.url')).Output, 'https?://[^\s"'']+')
+        if ($found.Success) { $current = $found.Value }
+        $ours = Read-ProxyMarker
+        if ($current -and $ours -and $current -ceq $ours) {
+            Write-Log 'clearing the proxy.url an earlier arc-onboard proxy install set (connectivity is public)'
+            $config = Invoke-Agent @('config', 'clear', 'proxy.url')
+            Save-Log 'config.log' $config.Log
+            if ($config.ExitCode -ne 0) {
+                Show-Tail $config.Log
+                return (New-Result 'failed' $config.ExitCode 'proxy-config' 'agent-config-failed' ('azcmagent config clear proxy.url exited with ' + $config.ExitCode) '')
+            }
+            Remove-ProxyMarker
+        } elseif ($current) {
+            $script:ProxyNote = '; the agent keeps proxy.url ' + $current + ', which arc-onboard did not set (connectivity is public)'
+            Write-Log ('proxy.url is ' + $current + ', set by someone else: left as it is')
+        } elseif ($ours) {
+            Remove-ProxyMarker
         }
     }
 
@@ -557,7 +689,7 @@ function Invoke-Onboarding {
 
     # 5. The result.
     if ($run.ExitCode -eq 0) {
-        return (New-Result 'connected' 0 'connect' 'connected' ('connected as ' + $instanceId) '')
+        return (New-Result 'connected' 0 'connect' 'connected' ('connected as ' + $instanceId + $script:ProxyNote) '')
     }
     if ($run.ExitCode -eq 67) {
         # "Already connected": to which resource, and in what state?
@@ -578,7 +710,7 @@ function Invoke-Onboarding {
 try {
     # The last object is the result (guards against stray output in the function's pipeline).
     $result = Invoke-Onboarding | Select-Object -Last 1
-    if ($null -eq $result -or $null -eq $result.PSObject.Properties['Outcome']) {
+    if ($null -eq $result -or -not ($result.Outcome -is [string])) {
         $result = New-Result 'failed' 1 'unexpected' 'unexpected' 'the onboarding ended without a result' ''
     }
 } catch {
@@ -603,4 +735,7 @@ foreach ($c in ($line | ConvertTo-Json -Compress).ToCharArray()) {
 }
 [Console]::Out.WriteLine('ARC_ONBOARD_RESULT ' + $json.ToString())
 [Console]::Out.Flush()
-exit ([int]$result.ExitCode)
+# A code SSM takes as "reboot and run again" stays in the result line; the script exits with its own.
+$exitCode = [int]$result.ExitCode
+if ($SsmRebootCodes -contains $exitCode) { $exitCode = $ExitRebootCode }
+exit $exitCode

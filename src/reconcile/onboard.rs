@@ -145,7 +145,11 @@ fn script_failure(r: &ScriptResult) -> Failure {
         "" | "installer-failed" | "agent-config-failed"
     ) || r.code.starts_with("AZCM")
         || r.code.starts_with("exit-");
-    let reason = match install::failure_reason(&r.step, r.exit_code) {
+    // The installers' AZCM codes say more than their exit code, which is 1 whatever failed.
+    let meaning = install::installer_reason(&r.code)
+        .filter(|_| r.step == "install")
+        .or_else(|| install::failure_reason(&r.step, r.exit_code));
+    let reason = match meaning {
         Some(meaning) if foreign && !r.message.is_empty() => format!("{meaning} ({})", r.message),
         Some(meaning) if foreign => meaning.to_string(),
         _ if !r.message.is_empty() => r.message.clone(),
@@ -430,6 +434,8 @@ fn render(
         proxy_url: proxy,
         installer_url: installer,
         installer_sha256: sha256,
+        msi_url: onboarding.installer_msi_url_windows.as_str(),
+        msi_sha256: onboarding.installer_sha256_windows_msi.as_deref(),
     };
     if platform == Platform::Windows {
         install::render_windows(&params)
@@ -878,6 +884,39 @@ mod tests {
             (FailureStep::Connect, "agent-expired")
         );
         assert!(state.reason.contains("Expired"));
+    }
+
+    #[test]
+    fn installer_azcm_codes_and_reboot_codes_are_explained() {
+        // Microsoft's installers exit 1 whatever failed; the AZCM code from their result file says what.
+        let installer = script_failure(&result(
+            "install",
+            "AZCM0143",
+            1,
+            "the agent installer exited with 1: AZCM0143: error installing azcmagent",
+        ));
+        assert_eq!(
+            (installer.code.as_str(), installer.exit_code),
+            ("AZCM0143", Some(1))
+        );
+        assert!(
+            installer.reason.starts_with(
+                "the package manager failed to install the agent package (the agent installer exited with 1: AZCM0143"
+            ),
+            "{}",
+            installer.reason
+        );
+        // A code SSM would have rebooted for keeps its number in the report, with what happened.
+        for (step, code) in [
+            ("connect", 194),
+            ("install", 194),
+            ("install", 3010),
+            ("connect", 1641),
+        ] {
+            let f = script_failure(&result(step, &format!("exit-{code}"), code, "m"));
+            assert_eq!(f.exit_code, Some(code));
+            assert!(f.reason.contains("reboot and run again"), "{}", f.reason);
+        }
     }
 
     #[test]

@@ -254,7 +254,11 @@ fn with_dhmc_on_no_profile_is_associated_and_the_instances_are_onboarded_through
             "{r}"
         );
     }
-    assert_eq!(plan["accounts"][0]["actions"], json!([]));
+    // No instance needs the SSM role: it is not created.
+    assert_eq!(
+        plan["accounts"][0]["actions"],
+        json!(["create-resource-group"])
+    );
     assert_eq!(plan["summary"]["api_calls"]["ssm:GetServiceSetting"], 1);
     let (code, report, stderr) = run_json(&w, ONE_REGION);
     assert_eq!(code, 0, "{stderr}");

@@ -629,8 +629,11 @@ def test_dhmc_registers_instances_without_a_profile_and_is_read_by_get_service_s
     setting = "/ssm/managed-instance/default-ec2-instance-management-role"
 
     def listed():
+        # Only this test's instances: the module's emulator holds other tests' too.
+        found = ssm.describe_instance_information(
+            Filters=[{"Key": "InstanceIds", "Values": [bare, empty]}])
         return {i["InstanceId"]: (i["PingStatus"], i["IamRole"])
-                for i in ssm.describe_instance_information()["InstanceInformationList"]}
+                for i in found["InstanceInformationList"]}
 
     assert ssm.get_service_setting(SettingId=setting)["ServiceSetting"]["SettingValue"] == "$None"
     assert listed() == {}

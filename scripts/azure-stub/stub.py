@@ -7,8 +7,8 @@ One threaded HTTP server serves, on a single port,
 * managed identity endpoints: Azure VM IMDS style ``GET /metadata/identity/oauth2/token`` and Azure Arc
   style ``GET /arc/metadata/identity/oauth2/token`` (401 + challenge file, then Basic auth),
 * a test OIDC issuer ``/oidc`` (discovery + JWKS) whose tokens the control API mints,
-* the few Azure Resource Manager calls arc-onboard makes (resource groups, Arc machines),
-  behind bearer-token checks with ARM's error shapes,
+* the few Azure Resource Manager calls arc-onboard makes (resource groups, Arc machines, and
+  the Resource Graph query of graph.py), behind bearer-token checks with ARM's error shapes,
 * ``POST /_stub/agent/connect``, the AWS emulator's ``on_success_webhook`` target: it parses the
   ``ARC_*`` assignment block of the install script that "ran" and does what ``azcmagent connect``
   would (checks the access token, subscription and resource group, then creates the machine),

@@ -44,6 +44,8 @@ struct State {
     arm: Option<(Arc<FakeArm>, String)>,
     /// The account id `sts:GetCallerIdentity` answers (default [`FAKE_ACCOUNT`]).
     account_id: Option<String>,
+    /// Regions where Default Host Management Configuration is on, with its role.
+    dhmc: BTreeMap<String, String>,
 }
 
 /// A command the fake accepted.
@@ -290,12 +292,21 @@ impl FakeAws {
         self.lock().profiles.get(name).cloned()
     }
 
+    /// Turns Default Host Management Configuration on in `region` with `role`: instances there without a
+    /// profile register with SSM.
+    pub fn enable_dhmc(&self, region: &str, role: &str) {
+        self.lock().dhmc.insert(region.into(), role.into());
+    }
+
     fn online(s: &State, i: &FakeInstance) -> bool {
         if i.ec2.state != InstanceState::Running {
             return false;
         }
         let Some(arn) = &i.ec2.profile_arn else {
-            return false;
+            return s.instances.iter().any(|(region, list)| {
+                s.dhmc.contains_key(region)
+                    && list.iter().any(|x| x.ec2.instance_id == i.ec2.instance_id)
+            });
         };
         let name = arn.rsplit('/').next().unwrap_or_default();
         s.profiles.get(name).is_some_and(|p| {
@@ -337,12 +348,8 @@ impl Ec2 for FakeAws {
             .into_iter()
             .flatten()
             .filter(|i| !i.ec2.state.is_gone())
-            .filter(|i| match tag {
-                None => true,
-                Some(t) => i
-                    .tags
-                    .get(&t.key)
-                    .is_some_and(|v| t.value.as_ref().is_none_or(|want| want == v)),
+            .filter(|i| {
+                tag.is_none_or(|t| t.matches(i.tags.iter().map(|(k, v)| (k.as_str(), v.as_str()))))
             })
             .map(|i| i.ec2.clone())
             .collect())
@@ -632,6 +639,11 @@ impl Ssm for FakeAws {
             .iter()
             .find(|c| c.command_id == command_id)
             .map(|c| summary(&s, c)))
+    }
+
+    async fn default_host_management_role(&self, region: &str) -> Result<Option<String>, AwsError> {
+        self.check("ssm:GetServiceSetting", &[region])?;
+        Ok(self.lock().dhmc.get(region).cloned())
     }
 
     async fn recent_commands(

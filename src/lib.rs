@@ -29,7 +29,8 @@
 //! - [`adapters`]: the real systems behind the ports.
 //!   - [`adapters::aws`]: the official AWS SDK (credential chain, retries, call counting).
 //!   - [`adapters::organizations`]: the accounts port over the SDK (Organizations, `sts:AssumeRole`).
-//!   - [`adapters::azure`]: the Azure port (Resource Manager and its token) and its REST adapter.
+//!   - [`adapters::azure`]: the Azure port (Resource Manager and its token) and its REST adapter;
+//!     `azure/graph.rs`: the Resource Graph query for machines elsewhere, its KQL quoted.
 //!   - [`adapters::credential`]: the six ways to get that token, each proof checked before any AWS call.
 //!   - [`adapters::sqs`]: the event queue (`aws-sdk-sqs`: long polls, batch deletes).
 //! - [`install`]: the Linux and Windows agent install scripts, rendered with per-shell quoting.

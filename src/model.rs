@@ -254,10 +254,76 @@ impl ArcStatus {
 /// The instance tag filter (`aws.tag_filter`), pushed to `DescribeInstances` by the EC2 port.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TagSelector {
-    /// Tag key (exact, case-sensitive as EC2 matches it).
+    /// Tag key.
     pub key: String,
     /// Tag value; `None` means any instance that has the key.
     pub value: Option<String>,
+    /// `true`: key and value match exactly, as EC2's own filters do; `false` (the default, as the
+    /// connector): the letters A-Z match either case, every other character exactly.
+    pub case_sensitive: bool,
+}
+
+/// The most spellings of a key one `tag-key` filter lists (EC2 takes up to 200 values per filter).
+const KEY_SPELLINGS: usize = 128;
+
+impl TagSelector {
+    /// Whether an instance with these tags passes the filter.
+    pub fn matches<'a>(&self, tags: impl IntoIterator<Item = (&'a str, &'a str)>) -> bool {
+        let same = |a: &str, b: &str| {
+            if self.case_sensitive {
+                a == b
+            } else {
+                a.eq_ignore_ascii_case(b)
+            }
+        };
+        tags.into_iter().any(|(k, v)| {
+            same(k, &self.key) && self.value.as_deref().is_none_or(|want| same(v, want))
+        })
+    }
+
+    /// The values of the server-side `tag-key` filter of a case-insensitive selector: every spelling of the
+    /// key when there are at most 128 (keys with up to 7 letters), else one pattern with EC2's `?`
+    /// wildcard for each letter. Either way a superset of the keys that match; [`TagSelector::matches`]
+    /// then decides on the client. (`*` and `?`, which EC2 tag keys cannot hold, are escaped anyway.)
+    pub fn key_filter_values(&self) -> Vec<String> {
+        let escape = |c: char| match c {
+            '*' | '?' | '\\' => format!("\\{c}"),
+            c => c.to_string(),
+        };
+        let letters = self.key.chars().filter(char::is_ascii_alphabetic).count();
+        if letters > 7 {
+            return vec![self
+                .key
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphabetic() {
+                        "?".to_string()
+                    } else {
+                        escape(c)
+                    }
+                })
+                .collect()];
+        }
+        let mut spellings = vec![String::new()];
+        for c in self.key.chars() {
+            if c.is_ascii_alphabetic() {
+                spellings = spellings
+                    .into_iter()
+                    .flat_map(|s| {
+                        [
+                            format!("{s}{}", c.to_ascii_lowercase()),
+                            format!("{s}{}", c.to_ascii_uppercase()),
+                        ]
+                    })
+                    .collect();
+            } else {
+                let e = escape(c);
+                spellings.iter_mut().for_each(|s| s.push_str(&e));
+            }
+        }
+        debug_assert!(spellings.len() <= KEY_SPELLINGS);
+        spellings
+    }
 }
 
 /// One instance as `DescribeInstances` reports it.
@@ -493,6 +559,13 @@ impl AzureError {
             AzureError::Transport { .. } => "transport".into(),
         }
     }
+
+    /// Whether Resource Manager refused the call for lack of permission (HTTP 403, or
+    /// `AuthorizationFailed` whatever the status).
+    pub fn is_denied(&self) -> bool {
+        matches!(self, AzureError::Arm { status: 403, .. })
+            || matches!(self, AzureError::Arm { code, .. } if code == "AuthorizationFailed")
+    }
 }
 
 /// An Arc machine resource as far as the tool cares.
@@ -504,6 +577,25 @@ pub struct ArcMachine {
     pub status: ArcStatus,
     /// `code: message` of each error detail.
     pub errors: Vec<String>,
+    /// `properties.agentVersion`, when Azure reports one.
+    pub agent_version: Option<String>,
+}
+
+/// An Arc machine Azure Resource Graph found for one of our instances, anywhere the identity can read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphMachine {
+    /// The ARM resource id.
+    pub id: String,
+    /// Resource name.
+    pub name: String,
+    /// Its subscription.
+    pub subscription_id: String,
+    /// Its resource group.
+    pub resource_group: String,
+    /// Its `InstanceId` tag (Defender for Cloud's machines carry one), when present.
+    pub instance_id_tag: Option<String>,
+    /// `properties.status`, when present.
+    pub status: Option<String>,
 }
 
 /// Counts of API calls by `service:Operation`, as the report shows them.
@@ -512,6 +604,51 @@ pub type ApiCounts = BTreeMap<String, u64>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn selector(key: &str, value: Option<&str>, case_sensitive: bool) -> TagSelector {
+        TagSelector {
+            key: key.into(),
+            value: value.map(str::to_string),
+            case_sensitive,
+        }
+    }
+
+    #[test]
+    fn tag_matching_ignores_the_case_of_letters_unless_told_not_to() {
+        let loose = selector("Arc", Some("Onboard"), false);
+        assert!(loose.matches([("ARC", "onboard")]));
+        assert!(loose.matches([("Name", "x"), ("arc", "ONBOARD")]));
+        assert!(!loose.matches([("arc", "onboarded")]));
+        assert!(!loose.matches([("ar", "onboard")]));
+        assert!(!loose.matches([("Name", "arc")]));
+        let strict = selector("Arc", Some("Onboard"), true);
+        assert!(strict.matches([("Arc", "Onboard")]));
+        assert!(!strict.matches([("arc", "Onboard")]));
+        assert!(!strict.matches([("Arc", "onboard")]));
+        assert!(selector("arc", None, false).matches([("ARC", "")]));
+        // Only A-Z fold: other characters must be exactly the same.
+        assert!(!selector("é", None, false).matches([("É", "")]));
+    }
+
+    #[test]
+    fn the_server_side_key_filter_lets_every_matching_spelling_through() {
+        let s = selector("a-b:1", None, false);
+        let values = s.key_filter_values();
+        assert_eq!(values, ["a-b:1", "a-B:1", "A-b:1", "A-B:1"]);
+        assert_eq!(
+            selector("onboard", None, false).key_filter_values().len(),
+            128
+        );
+        // Longer keys: one pattern with a wildcard for each letter.
+        assert_eq!(
+            selector("Arc.Onboard/x", None, false).key_filter_values(),
+            ["???.???????/?"]
+        );
+        assert_eq!(
+            selector("a*b?", None, false).key_filter_values()[0],
+            "a\\*b\\?"
+        );
+    }
 
     #[test]
     fn platform_detection_follows_ec2_fields() {

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::model::{
-    ApiCounts, ArcMachine, AwsError, AzureError, CommandStatus, Ec2Instance, InstanceProfile,
-    ProfileAssociation, Role, Secret, SsmInstance, TagSelector,
+    ApiCounts, ArcMachine, AwsError, AzureError, CommandStatus, Ec2Instance, GraphMachine,
+    InstanceProfile, ProfileAssociation, Role, Secret, SsmInstance, TagSelector,
 };
 
 /// Proof that the caller may change AWS or Azure.
@@ -168,6 +168,13 @@ pub trait Ssm: Send + Sync {
         instance_id: &str,
     ) -> impl Future<Output = Result<Option<Invocation>, AwsError>> + Send;
 
+    /// `ssm:GetServiceSetting` of [`DHMC_SETTING`]: the role Default Host Management Configuration gives
+    /// the region's instances, `None` when DHMC is off (`$None`, or the setting not found).
+    fn default_host_management_role(
+        &self,
+        region: &str,
+    ) -> impl Future<Output = Result<Option<String>, AwsError>> + Send;
+
     /// `ssm:CancelCommand`.
     fn cancel_command(
         &self,
@@ -205,6 +212,17 @@ pub struct QueueMessage {
     pub receipt_handle: String,
     /// The body: for an EventBridge target, the event JSON.
     pub body: String,
+}
+
+/// The SSM service setting of Default Host Management Configuration (per account and region).
+pub const DHMC_SETTING: &str = "/ssm/managed-instance/default-ec2-instance-management-role";
+
+/// Reads a [`DHMC_SETTING`] value: the role it names, `None` for `$None` or empty (DHMC off).
+pub fn dhmc_role(value: Option<&str>) -> Option<String> {
+    value
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && *v != "$None")
+        .map(str::to_string)
 }
 
 /// SSM documents the tool sends.
@@ -326,7 +344,18 @@ pub trait Arm: Send + Sync {
         rg: &str,
         name: &str,
     ) -> impl Future<Output = Result<Option<ArcMachine>, AzureError>> + Send;
+
+    /// Azure Resource Graph (read-only, one query, all its pages): the Arc machines in every subscription
+    /// the identity can read whose name or `InstanceId` tag is one of `instance_ids` (at most
+    /// [`GRAPH_BATCH`]), wherever they are, our resource group included.
+    fn find_machines(
+        &self,
+        instance_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<GraphMachine>, AzureError>> + Send;
 }
+
+/// The most instance ids one Resource Graph query names.
+pub const GRAPH_BATCH: usize = 1000;
 
 /// Counts API calls by `service:Operation`. Real adapters count every HTTP attempt (retries included) with
 /// an SDK interceptor; fakes count every call. Cloning shares the counts.

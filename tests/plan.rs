@@ -121,6 +121,7 @@ fn plan_reports_every_instance_and_changes_nothing() {
         "ec2:DescribeIamInstanceProfileAssociations": 2,
         "ssm:DescribeInstanceInformation": 2,
         "ssm:ListCommands": 2,
+        "ssm:GetServiceSetting": 1,
         "iam:GetInstanceProfile": 4,
         "iam:GetRole": 1,
         "iam:ListAttachedRolePolicies": 2

@@ -197,6 +197,7 @@ class Emulator:
                                               "issued": list(self.federation.issued)},
             ("POST", "federation"): self._set_federation,
             ("POST", "assume-role"): self._assume_role,
+            ("POST", "service-settings"): self._set_service_setting,
             ("GET", "events"): lambda _: self.events.view(),
             ("POST", "events/delete-queue"): lambda _: self.events.delete_queue(),
             ("POST", "events/send"): self.events.send,
@@ -393,6 +394,12 @@ class Emulator:
         if not isinstance(body, dict) or not isinstance(body.get("role_arn"), str):
             raise ControlError('body must be {"role_arn": "arn:aws:iam::123456789012:role/NAME"}')
         return federation.assume_role(body["role_arn"])
+
+    def _set_service_setting(self, body: Any) -> dict[str, Any]:
+        try:
+            return self.ssm.set_service_setting(body)
+        except ssm_sim.SsmError as exc:
+            raise ControlError(str(exc)) from exc
 
     def _set_faults(self, body: Any) -> dict[str, Any]:
         self.faults.replace(body)

@@ -121,6 +121,11 @@ def ssm_role_of(region: str, instance: Any, roles_by_arn: dict[str, str],
     return roles_by_arn.get(association.iam_instance_profile.arn)
 
 
+def has_profile(region: str, instance: Any, account: str = ACCOUNT_ID) -> bool:
+    """Whether the instance has an instance profile association (whatever its role)."""
+    return instance.id in ec2(region, account).iam_instance_profile_associations
+
+
 def set_state(instance_id: str, state: str) -> dict[str, Any]:
     """Start, stop or terminate an instance, as its owner would in the console."""
     if state not in STATES:

@@ -61,6 +61,8 @@ OUTCOME_KINDS = {
 _MAX_ERRORS_RE = re.compile(r"^([1-9][0-9]*|0|[1-9][0-9]%|[0-9]%|100%)$")
 _MAX_CONCURRENCY_RE = re.compile(r"^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$")
 
+# Default Host Management Configuration: the role instances without a profile register with.
+DHMC_SETTING = "/ssm/managed-instance/default-ec2-instance-management-role"
 # Service settings known to the emulator and their AWS defaults.
 SERVICE_SETTING_DEFAULTS = {
     "/ssm/managed-instance/default-ec2-instance-management-role": "$None",
@@ -292,6 +294,8 @@ class SsmSimulator:
                 role = None
                 if instance.state == "running":
                     role = fleet.ssm_role_of(region, instance, roles_by_arn, account)
+                    if role is None and not fleet.has_profile(region, instance, account):
+                        role = self.dhmc_role(account, region)
                 if role:
                     track.role = role
                     if track.since is None:
@@ -665,6 +669,31 @@ class SsmSimulator:
             "Status": "Customized" if value is not None else "Default",
         }}
 
+    def dhmc_role(self, account: str, region: str) -> str | None:
+        """The role Default Host Management Configuration gives instances without a profile, or None
+        while the setting is ``$None`` (off)."""
+        value, _ = self.settings.get((account, region, DHMC_SETTING), (None, 0.0))
+        return value if value and value != "$None" else None
+
+    def set_service_setting(self, body: Any) -> dict[str, Any]:
+        """Control API: ``{"region", "setting_id", "value", "account_id"?}`` (value null resets)."""
+        if not isinstance(body, dict) or not isinstance(body.get("region"), str):
+            raise SsmError("ValidationException", 'body must be {"region", "setting_id", "value"}')
+        account = body.get("account_id", fleet.ACCOUNT_ID)
+        setting_id = self._setting_id(str(body.get("setting_id", DHMC_SETTING)))
+        value = body.get("value")
+        if value is None:
+            self.settings.pop((account, body["region"], setting_id), None)
+        else:
+            self.settings[(account, body["region"], setting_id)] = (str(value), time.time())
+        self._refresh_account(account)
+        saved = self.account
+        try:
+            self.account = account
+            return self._setting(body["region"], setting_id)
+        finally:
+            self.account = saved
+
     def get_service_setting(self, region: str, params: dict[str, Any]) -> dict[str, Any]:
         return self._setting(region, self._setting_id(params["SettingId"]))
 
@@ -672,6 +701,7 @@ class SsmSimulator:
         setting_id = self._setting_id(params["SettingId"])
         self.settings[(self.account, region, setting_id)] = (str(params["SettingValue"]),
                                                              time.time())
+        self._refresh_account(self.account)
         return {}
 
     def reset_service_setting(self, region: str, params: dict[str, Any]) -> dict[str, Any]:

@@ -618,3 +618,38 @@ def test_a_deleted_queue_answers_as_sqs_does(emu, aws):
         sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0)
     assert error_code(excinfo) == "AccessDenied"
     emu.events(queue_url=None)
+
+
+def test_dhmc_registers_instances_without_a_profile_and_is_read_by_get_service_setting(emu, aws):
+    region = "ap-south-1"
+    emu.config(registration_delay_seconds=0)
+    bare = seed_instances(emu, region)[0]
+    empty = seed_instances(emu, region, instance_profile="EmptyProfile")[0]
+    ssm = aws("ssm", region)
+    setting = "/ssm/managed-instance/default-ec2-instance-management-role"
+
+    def listed():
+        # Only this test's instances: the module's emulator holds other tests' too.
+        found = ssm.describe_instance_information(
+            Filters=[{"Key": "InstanceIds", "Values": [bare, empty]}])
+        return {i["InstanceId"]: (i["PingStatus"], i["IamRole"])
+                for i in found["InstanceInformationList"]}
+
+    assert ssm.get_service_setting(SettingId=setting)["ServiceSetting"]["SettingValue"] == "$None"
+    assert listed() == {}
+    role = "service-role/AWSSystemsManagerDefaultEC2InstanceManagementRole"
+    ssm.update_service_setting(SettingId=setting, SettingValue=role)
+    assert ssm.get_service_setting(SettingId=setting)["ServiceSetting"]["SettingValue"] == role
+    # DHMC serves instances without a profile only; the profile's own (empty) role still decides.
+    assert listed() == {bare: ("Online", role)}
+    assert empty not in listed()
+    # Other regions keep their own setting, and the control API switches it like UpdateServiceSetting.
+    assert aws("ssm", "us-east-1").get_service_setting(SettingId=setting)[
+        "ServiceSetting"]["SettingValue"] == "$None"
+    emu._call("POST", "service-settings", {"region": region, "setting_id": setting,
+                                           "value": None})
+    assert listed() == {bare: ("ConnectionLost", role)}  # as an agent losing its credentials
+    answer = emu._call("POST", "service-settings", {"region": region, "value": role})
+    assert answer["ServiceSetting"]["SettingValue"] == role
+    assert listed() == {bare: ("Online", role)}
+    emu._call("POST", "service-settings", {"region": region, "value": None})

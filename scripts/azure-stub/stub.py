@@ -7,8 +7,8 @@ One threaded HTTP server serves, on a single port,
 * managed identity endpoints: Azure VM IMDS style ``GET /metadata/identity/oauth2/token`` and Azure Arc
   style ``GET /arc/metadata/identity/oauth2/token`` (401 + challenge file, then Basic auth),
 * a test OIDC issuer ``/oidc`` (discovery + JWKS) whose tokens the control API mints,
-* the few Azure Resource Manager calls arc-onboard makes (resource groups, Arc machines),
-  behind bearer-token checks with ARM's error shapes,
+* the few Azure Resource Manager calls arc-onboard makes (resource groups, Arc machines, and
+  the Resource Graph query of graph.py), behind bearer-token checks with ARM's error shapes,
 * ``POST /_stub/agent/connect``, the AWS emulator's ``on_success_webhook`` target: it parses the
   ``ARC_*`` assignment block of the install script that "ran" and does what ``azcmagent connect``
   would (checks the access token, subscription and resource group, then creates the machine),
@@ -39,6 +39,7 @@ from typing import Any, Callable
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
+import graph
 import identity
 
 CONTROL_PREFIX = "/_stub/"
@@ -59,6 +60,8 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "mi_system_assigned": True,
     "mi_client_ids": [],
     "arc_token_dir": None,
+    "graph_page_size": 1000,
+    "graph_denied": False,
 }
 MACHINE_STATUSES = ("Connected", "Disconnected", "Error", "AwaitingConnection")
 AGENT_VERSION = "1.50"
@@ -288,9 +291,12 @@ def _validate_config(body: Any) -> dict[str, Any]:
                    "onboarding_client_id", "onboarding_client_secret"):
             if not isinstance(value, str) or not value:
                 raise ControlError(f"{key} must be a non-empty string")
-        elif key == "fail_token":
+        elif key in ("fail_token", "graph_denied"):
             if not isinstance(value, bool):
-                raise ControlError("fail_token must be true or false")
+                raise ControlError(f"{key} must be true or false")
+        elif key == "graph_page_size":
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
+                raise ControlError("graph_page_size must be an integer from 1 to 1000")
         elif key == "token_lifetime_seconds":
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ControlError("token_lifetime_seconds must be a non-negative integer")
@@ -351,6 +357,8 @@ class AzureStub:
             ("GET", "machines"): lambda _: {"machines": [
                 self._machine_control_view(m) for m in self.machines.values()]},
             ("POST", "machines"): self._seed_machine,
+            ("POST", "machines/elsewhere"): self._seed_elsewhere,
+            ("POST", "machines/defender"): self._seed_defender,
             ("GET", "certificates"): lambda _: {"certificates": [
                 self.verifier.certificate_view(c) for c in self.verifier.certificates]},
             ("POST", "certificates"): self._register_certificate,
@@ -371,6 +379,8 @@ class AzureStub:
         self.tokens: dict[str, dict[str, Any]] = {}  # token -> {"expires_at", "tenant", ...}
         self.groups: dict[str, dict[str, Any]] = {}  # lower-case name -> group
         self.machines: dict[tuple[str, str], dict[str, Any]] = {}  # (rg key, name key)
+        # Machines in other subscriptions: only Resource Graph sees them.
+        self.foreign_machines: list[dict[str, Any]] = []
         self.requests: list[dict[str, Any]] = []
         self.connects: list[dict[str, Any]] = []
         self.seq = 0
@@ -763,6 +773,10 @@ class AzureStub:
                                        "found. For more details please go to "
                                        "https://aka.ms/ARMResourceNotFoundFix")
                     return self._machine_view(machine), 200
+            if lower == ["providers", "microsoft.resourcegraph", "resources"]:
+                if method != "POST":
+                    raise _method_not_allowed(method, request.path)
+                return self._resource_graph(request), 200
             raise ArmError(404, "NotFound",
                            f"azure-stub does not serve {method} {request.path}")
 
@@ -843,6 +857,71 @@ class AzureStub:
                         "error_details": error_details or [], "os_name": os_name,
                         "last_status_change": _iso_now()})
         return machine
+
+    # ----- Azure Resource Graph ------------------------------------------------------------
+
+    def _graph_rows(self) -> list[dict[str, Any]]:
+        """Every machine as Resource Graph shows it: ours (this subscription), then foreign ones."""
+        rows = []
+        for machine in self.machines.values():
+            view = self._machine_view(machine)
+            view.update({"resourceGroup": self.groups[machine["rg"]]["name"],
+                         "subscriptionId": self.config["subscription_id"],
+                         "type": "microsoft.hybridcompute/machines"})
+            rows.append(view)
+        for m in self.foreign_machines:
+            rows.append({
+                "id": f"/subscriptions/{m['subscription_id']}/resourceGroups/"
+                      f"{m['resource_group']}/providers/Microsoft.HybridCompute/machines/"
+                      f"{m['name']}",
+                "name": m["name"], "type": "microsoft.hybridcompute/machines",
+                "resourceGroup": m["resource_group"], "subscriptionId": m["subscription_id"],
+                "location": m["location"], "tags": dict(m["tags"]),
+                "properties": {"status": m["status"], "agentVersion": AGENT_VERSION}})
+        return sorted(rows, key=lambda r: r["id"].lower())
+
+    def _resource_graph(self, request: Request) -> dict[str, Any]:
+        """``POST /providers/Microsoft.ResourceGraph/resources``: the KQL subset of graph.py, paged."""
+        if self.config["graph_denied"]:
+            raise ArmError(403, "AuthorizationFailed",
+                           "The client does not have authorization to perform action "
+                           "'Microsoft.ResourceGraph/resources/read' (azure-stub graph_denied).")
+        try:
+            body = json.loads(request.get_data(as_text=True) or "null")
+        except ValueError:
+            body = None
+        if not isinstance(body, dict) or not isinstance(body.get("query"), str):
+            raise ArmError(400, "BadRequest", 'body must be {"query", "subscriptions", "options"}')
+        options = body.get("options") or {}
+        subscriptions = body.get("subscriptions")
+        if not isinstance(options, dict) or (
+                subscriptions is not None and not isinstance(subscriptions, list)):
+            raise ArmError(400, "BadRequest", "options must be an object, subscriptions a list")
+        every = self._graph_rows()
+        if subscriptions is not None:  # without it: every subscription the identity can read
+            wanted = {str(sub).lower() for sub in subscriptions}
+            every = [r for r in every if r["subscriptionId"].lower() in wanted]
+        try:
+            rows = graph.evaluate(body["query"], every)
+        except graph.QueryError as exc:
+            raise ArmError(400, "InvalidQuery", f"Query is invalid: {exc}")
+        top = options.get("$top", 1000)
+        if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= 1000:
+            raise ArmError(400, "BadRequest", "$top must be an integer from 1 to 1000")
+        size = min(top, self.config["graph_page_size"])
+        token = options.get("$skipToken")
+        offset = 0
+        if token is not None:
+            match = re.fullmatch(r"stub-skip-(\d+)", str(token))
+            if match is None:
+                raise ArmError(400, "BadRequest", "$skipToken is not one this stub issued")
+            offset = int(match.group(1))
+        page = rows[offset:offset + size]
+        answer: dict[str, Any] = {"totalRecords": len(rows), "count": len(page), "data": page,
+                                  "facets": [], "resultTruncated": "false"}
+        if offset + size < len(rows):
+            answer["$skipToken"] = f"stub-skip-{offset + size}"
+        return answer
 
     # ----- simulated azcmagent connect -----------------------------------------------------
 
@@ -1058,6 +1137,63 @@ class AzureStub:
         machine = self._upsert_machine(group["key"], body["name"], location, tags, status,
                                        details, os_name)
         return self._machine_control_view(machine)
+
+    def _seed_elsewhere(self, body: Any) -> dict[str, Any]:
+        """A machine in another resource group, or another subscription (then only Resource Graph
+        shows it): {"subscription_id"?, "resource_group", "name", "location"?, "status"?, "tags"?}."""
+        if not isinstance(body, dict):
+            raise ControlError("body must be a JSON object")
+        unknown = set(body) - {"subscription_id", "resource_group", "name", "location", "status",
+                               "tags"}
+        if unknown:
+            raise ControlError(f"unknown machine fields: {', '.join(sorted(unknown))}")
+        subscription = body.get("subscription_id", self.config["subscription_id"])
+        if not isinstance(subscription, str) or not subscription:
+            raise ControlError("subscription_id must be a non-empty string")
+        seed = {k: v for k, v in body.items() if k != "subscription_id"}
+        seed.setdefault("location", "eastus")
+        if subscription.lower() == self.config["subscription_id"].lower():
+            return self._seed_machine(seed)
+        for key in ("resource_group", "name"):
+            if not isinstance(seed.get(key), str) or not seed[key]:
+                raise ControlError(f"{key} is required")
+        check_rg_name(seed["resource_group"])
+        if not _MACHINE_NAME.match(seed["name"]):
+            raise ControlError(f"machine name {seed['name']!r} is invalid")
+        status = seed.get("status", "Connected")
+        if status not in MACHINE_STATUSES:
+            raise ControlError(f"status must be one of {', '.join(MACHINE_STATUSES)}")
+        machine = {"subscription_id": subscription, "resource_group": seed["resource_group"],
+                   "name": seed["name"], "location": normalize_location(seed["location"]),
+                   "status": status, "tags": check_tags(seed.get("tags") or {})}
+        self.foreign_machines = [m for m in self.foreign_machines if not (
+            m["subscription_id"].lower() == subscription.lower()
+            and m["resource_group"].lower() == machine["resource_group"].lower()
+            and m["name"].lower() == machine["name"].lower())] + [machine]
+        return {"subscription_id": subscription, "resource_group": machine["resource_group"],
+                "name": machine["name"], "status": status, "tags": dict(machine["tags"])}
+
+    def _seed_defender(self, body: Any) -> dict[str, Any]:
+        """A Defender for Cloud-style machine for an EC2 instance: named after the instance, tagged
+        InstanceId, AccountId, Cloud and MDFCSecurityConnector: {"instance_id", "account_id",
+        "subscription_id"?, "resource_group"?, "name"?, "status"?}."""
+        if not isinstance(body, dict):
+            raise ControlError("body must be a JSON object")
+        unknown = set(body) - {"instance_id", "account_id", "subscription_id", "resource_group",
+                               "name", "status"}
+        if unknown:
+            raise ControlError(f"unknown fields: {', '.join(sorted(unknown))}")
+        for key in ("instance_id", "account_id"):
+            if not isinstance(body.get(key), str) or not body[key]:
+                raise ControlError(f"{key} is required")
+        seed = {"resource_group": body.get("resource_group", "defender-aws-connector"),
+                "name": body.get("name", body["instance_id"]),
+                "status": body.get("status", "Connected"),
+                "tags": {"InstanceId": body["instance_id"], "AccountId": body["account_id"],
+                         "Cloud": "AWS", "MDFCSecurityConnector": "aws-connector"}}
+        if "subscription_id" in body:
+            seed["subscription_id"] = body["subscription_id"]
+        return self._seed_elsewhere(seed)
 
 
 def _method_not_allowed(method: str, path: str) -> ArmError:

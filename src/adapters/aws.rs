@@ -338,7 +338,12 @@ impl SdkEc2 {
                     .build(),
             );
         if let Some(tag) = tag {
+            // EC2 compares filter names and values case-sensitively: a case-insensitive selector is sent
+            // as a `tag-key` filter that lets every spelling of the key through, and decided below.
             let filter = match &tag.value {
+                _ if !tag.case_sensitive => Filter::builder()
+                    .name("tag-key")
+                    .set_values(Some(tag.key_filter_values())),
                 Some(value) => Filter::builder()
                     .name(format!("tag:{}", tag.key))
                     .values(value),
@@ -367,6 +372,13 @@ impl SdkEc2 {
                     );
                     let Some(id) = i.instance_id() else { continue };
                     if state.is_gone() {
+                        continue;
+                    }
+                    let tags = i
+                        .tags()
+                        .iter()
+                        .map(|t| (t.key().unwrap_or_default(), t.value().unwrap_or_default()));
+                    if tag.is_some_and(|t| !t.matches(tags)) {
                         continue;
                     }
                     instances.push(Ec2Instance {
@@ -964,6 +976,30 @@ impl Ssm for SdkSsm {
             response_code: out.response_code(),
             output,
         }))
+    }
+
+    async fn default_host_management_role(&self, region: &str) -> Result<Option<String>, AwsError> {
+        let op = "ssm:GetServiceSetting";
+        match self
+            .clients
+            .get(region)
+            .get_service_setting()
+            .setting_id(crate::ports::DHMC_SETTING)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(crate::ports::dhmc_role(
+                out.service_setting().and_then(|s| s.setting_value()),
+            )),
+            Err(e) => {
+                let e = aws_error(op, e);
+                if e.code == "ServiceSettingNotFound" {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
     }
 
     async fn cancel_command(

@@ -17,9 +17,12 @@ use url::Url;
 use crate::adapters::credential::{Credential, TokenContext};
 use crate::config::AzureConfig;
 use crate::model::ArcStatus;
-pub use crate::model::{ArcMachine, AzureError, Secret};
+pub use crate::model::{ArcMachine, AzureError, GraphMachine, Secret};
 pub use crate::ports::Arm;
 use crate::ports::{ApiCounter, MutationToken};
+
+mod graph;
+pub use graph::{kql_string, machines_query};
 
 /// `api-version` for resource groups.
 const RG_API: &str = "2021-04-01";
@@ -48,6 +51,8 @@ pub struct RestArm {
     /// `[azure.onboarding]`: the only identity whose tokens go into install scripts, when configured.
     onboarding: Option<Identity>,
     counter: ApiCounter,
+    /// Resource Graph's refusal, once seen: later queries fail with it at once (warned once).
+    graph_denied: Mutex<Option<AzureError>>,
 }
 
 /// One Entra identity: who it is, how it proves it, and its cached token.
@@ -99,6 +104,8 @@ struct MachineProperties {
     status: Option<String>,
     #[serde(default)]
     error_details: Vec<ArmErrorDetail>,
+    #[serde(default)]
+    agent_version: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -120,6 +127,7 @@ impl From<MachineBody> for ArcMachine {
                 .into_iter()
                 .map(|e| format!("{}: {}", e.code, e.message))
                 .collect(),
+            agent_version: m.properties.agent_version.filter(|v| !v.is_empty()),
         }
     }
 }
@@ -160,6 +168,7 @@ impl RestArm {
             },
             onboarding: None,
             counter,
+            graph_denied: Mutex::new(None),
         })
     }
 
@@ -200,6 +209,7 @@ impl RestArm {
             identity: self.identity.fresh(),
             onboarding: self.onboarding.as_ref().map(Identity::fresh),
             counter,
+            graph_denied: Mutex::new(None),
         }
     }
 
@@ -248,6 +258,19 @@ impl RestArm {
             code: body.error.code,
             message: body.error.message,
         }
+    }
+
+    /// A successful answer's JSON body; one that does not parse is `InvalidResponse`.
+    async fn parse<T: serde::de::DeserializeOwned>(
+        operation: &'static str,
+        resp: reqwest::Response,
+    ) -> Result<T, AzureError> {
+        resp.json().await.map_err(|e| AzureError::Arm {
+            operation,
+            status: 200,
+            code: "InvalidResponse".into(),
+            message: e.without_url().to_string(),
+        })
     }
 
     async fn authed(
@@ -357,12 +380,7 @@ impl Arm for RestArm {
             if !resp.status().is_success() {
                 return Err(Self::arm_error(op, resp).await);
             }
-            let page: MachineList = resp.json().await.map_err(|e| AzureError::Arm {
-                operation: op,
-                status: 200,
-                code: "InvalidResponse".into(),
-                message: e.without_url().to_string(),
-            })?;
+            let page: MachineList = Self::parse(op, resp).await?;
             out.extend(page.value.into_iter().map(ArcMachine::from));
             match page.next_link {
                 Some(next) if !next.is_empty() => url = next,
@@ -382,17 +400,19 @@ impl Arm for RestArm {
         let resp = self.send(op, req, &url).await?;
         match resp.status().as_u16() {
             200..=299 => {
-                let m: MachineBody = resp.json().await.map_err(|e| AzureError::Arm {
-                    operation: op,
-                    status: 200,
-                    code: "InvalidResponse".into(),
-                    message: e.without_url().to_string(),
-                })?;
+                let m: MachineBody = Self::parse(op, resp).await?;
                 Ok(Some(m.into()))
             }
             404 => Ok(None),
             _ => Err(Self::arm_error(op, resp).await),
         }
+    }
+
+    async fn find_machines(
+        &self,
+        instance_ids: &[String],
+    ) -> Result<Vec<GraphMachine>, AzureError> {
+        self.graph_machines(instance_ids).await
     }
 }
 
@@ -411,6 +431,9 @@ struct FakeArmState {
     groups: HashMap<String, String>,
     machines: HashMap<(String, String), ArcMachine>,
     token_error: Option<AzureError>,
+    /// Machines Resource Graph finds (anywhere), and whether it refuses.
+    graph: Vec<GraphMachine>,
+    graph_denied: bool,
 }
 
 #[cfg(any(test, feature = "fakes"))]
@@ -436,8 +459,30 @@ impl FakeArm {
                 name: name.into(),
                 status: ArcStatus::parse(status),
                 errors: vec![],
+                agent_version: None,
             },
         );
+    }
+
+    /// Sets the agent version Azure reports for a machine put before.
+    pub fn set_agent_version(&self, rg: &str, name: &str, version: &str) {
+        if let Some(m) = self
+            .lock()
+            .machines
+            .get_mut(&(rg.to_ascii_lowercase(), name.to_string()))
+        {
+            m.agent_version = Some(version.into());
+        }
+    }
+
+    /// A machine only Resource Graph shows (in another group or subscription).
+    pub fn put_graph_machine(&self, machine: GraphMachine) {
+        self.lock().graph.push(machine);
+    }
+
+    /// Makes Resource Graph refuse with 403 `AuthorizationFailed`.
+    pub fn deny_graph(&self) {
+        self.lock().graph_denied = true;
     }
 
     /// Whether a group exists.
@@ -504,6 +549,28 @@ impl Arm for FakeArm {
             .machines
             .get(&(rg.to_ascii_lowercase(), name.to_string()))
             .cloned())
+    }
+
+    async fn find_machines(
+        &self,
+        instance_ids: &[String],
+    ) -> Result<Vec<GraphMachine>, AzureError> {
+        self.calls.record("arm:ResourceGraph");
+        let s = self.lock();
+        if s.graph_denied {
+            return Err(AzureError::Arm {
+                operation: "arm:ResourceGraph",
+                status: 403,
+                code: "AuthorizationFailed".into(),
+                message: "the fake denies Resource Graph".into(),
+            });
+        }
+        let named = |v: &str| instance_ids.iter().any(|id| id.eq_ignore_ascii_case(v));
+        Ok(s.graph
+            .iter()
+            .filter(|m| named(&m.name) || m.instance_id_tag.as_deref().is_some_and(named))
+            .cloned()
+            .collect())
     }
 }
 

@@ -229,8 +229,15 @@ pub fn bounds(mode: Mode, spec: &FleetSpec, fleet: &[AccountLoad], limits: &Limi
         let mut chain = 0;
         for r in &a.regions {
             let n = r.ready + r.bare;
+            // The fleet is listed without a tag filter. (With one, the pages are those of the instances
+            // carrying the key: in any spelling when `case_sensitive = false`, whatever the value.)
             let describe_pages = n.div_ceil(limits.describe_page).max(1);
             add("ec2:DescribeInstances", describe_pages);
+            // Default Host Management Configuration is read where some instance has no profile (at the
+            // same time as the associations: not on the chain).
+            if r.bare > 0 {
+                add("ssm:GetServiceSetting", 1);
+            }
             // The instances' profile field lags an association in progress: the associations are read
             // once per region (one page of 1,000 covers every region of this fleet but the hot one).
             add("ec2:DescribeIamInstanceProfileAssociations", describe_pages);
@@ -498,6 +505,8 @@ mod tests {
         assert_eq!(b.calls["organizations:ListAccounts"], 5);
         // 2006 instances in the hot region: three pages; one page everywhere else.
         assert_eq!(b.calls["ec2:DescribeInstances"], 1_600 + 2);
+        // Every account-region has instances without a profile.
+        assert_eq!(b.calls["ssm:GetServiceSetting"], 1_600);
         let p = bounds(Mode::Plan, &spec, &f, &Limits::default());
         assert_eq!(p.throttle, Duration::ZERO);
         assert!(!p.calls.contains_key("ec2:AssociateIamInstanceProfile"));
@@ -536,5 +545,18 @@ mod tests {
             plan.by_status
         );
         assert!(!plan.calls.contains_key("ec2:AssociateIamInstanceProfile"));
+        // `plan` stays within 1.2x of its call bound, DHMC's reads included.
+        let plan_bound = bounds(Mode::Plan, &spec, &f, &limits);
+        let made: u64 = plan.calls.values().sum();
+        assert!(
+            made * 10 <= plan_bound.total_calls() * 12,
+            "{made} calls, bound {}: {:?}",
+            plan_bound.total_calls(),
+            plan.calls
+        );
+        assert_eq!(
+            plan.calls["ssm:GetServiceSetting"],
+            plan_bound.calls["ssm:GetServiceSetting"]
+        );
     }
 }

@@ -440,6 +440,12 @@ impl Ssm for ThrottledAws {
             .await
     }
 
+    async fn default_host_management_role(&self, region: &str) -> Result<Option<String>, AwsError> {
+        self.request(Class::Ssm, region, "ssm:GetServiceSetting")
+            .await?;
+        self.inner.default_host_management_role(region).await
+    }
+
     async fn cancel_command(
         &self,
         token: &MutationToken,

@@ -30,6 +30,7 @@ impl Config {
             if let Some(value) = &tf.value {
                 t.insert("value".into(), Value::String(value.clone()));
             }
+            t.insert("case_sensitive".into(), Value::Boolean(tf.case_sensitive));
             aws.insert("tag_filter".into(), Value::Table(t));
         }
         aws.insert(

@@ -299,7 +299,8 @@ impl Validator<'_> {
     }
 
     pub(super) fn tag_filter(&mut self, t: &Table) -> Option<TagSelector> {
-        self.unknown_keys(t, "aws.tag_filter", &["key", "value"]);
+        self.unknown_keys(t, "aws.tag_filter", &["key", "value", "case_sensitive"]);
+        let case_sensitive = self.bool(t, "aws.tag_filter", "case_sensitive", false);
         let key = self.string(t, "aws.tag_filter", "key");
         let value = self.string(t, "aws.tag_filter", "value");
         let key = match key {
@@ -329,6 +330,7 @@ impl Validator<'_> {
         Some(TagSelector {
             key,
             value: value.map(str::to_string),
+            case_sensitive,
         })
     }
 

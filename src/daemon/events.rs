@@ -65,7 +65,9 @@ use crate::daemon::state::{unix, InstanceRecord};
 use crate::model::PingStatus;
 use crate::ports::{MutationToken, Queue, QueueMessage, Ssm};
 use crate::reconcile::accounts::{Accounts, Caller};
-use crate::reconcile::observe::{observe_arc, observe_instances, ArcObservation};
+use crate::reconcile::observe::{
+    observe_arc, observe_elsewhere, observe_instances, AccountObservation, ArcObservation,
+};
 use crate::reconcile::pass::{execute_observed, Durable, PassOptions, Scope};
 use crate::reconcile::plan::{AccountPlan, InstanceAction, Status};
 
@@ -605,6 +607,14 @@ where
         }
     }
 
+    /// Adds to `obs` the Arc machines Resource Graph shows for its instances outside our resource group.
+    async fn elsewhere(&self, account: &str, obs: &mut AccountObservation) {
+        if let Some(az) = &self.ctx.config.azure {
+            let rg = az.resource_group_for(account);
+            obs.elsewhere = observe_elsewhere(self.ports.arm, &az.subscription_id, &rg, obs).await;
+        }
+    }
+
     /// What Azure says about the account's Arc machines (two calls).
     async fn arc(&self, account: &str) -> ArcObservation {
         match &self.ctx.config.azure {
@@ -631,7 +641,7 @@ where
         let aws = &clients.ports();
         let arc = self.arc(account).await;
         let window = self.opts.pass.install.in_flight_window();
-        let obs = observe_instances(
+        let mut obs = observe_instances(
             account,
             region,
             ids,
@@ -641,6 +651,7 @@ where
             arc,
         )
         .await;
+        self.elsewhere(account, &mut obs).await;
         if let Some(e) = obs.regions.first().and_then(|r| r.error.as_ref()) {
             return Err(Unhandled::NotNow(e.to_string()));
         }
@@ -845,7 +856,7 @@ where
                 let aws = &clients.ports();
                 let arc = self.arc(&key.0).await;
                 let window = self.opts.pass.install.in_flight_window();
-                let obs = observe_instances(
+                let mut obs = observe_instances(
                     &key.0,
                     &key.1,
                     &ids,
@@ -855,6 +866,7 @@ where
                     arc,
                 )
                 .await;
+                self.elsewhere(&key.0, &mut obs).await;
                 let mut opts = self.opts.pass.clone();
                 opts.apply.wait_for_ssm = Duration::ZERO;
                 opts.scope = Scope {

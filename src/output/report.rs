@@ -214,8 +214,8 @@ impl Report {
     /// A table for people.
     pub fn to_table(&self) -> String {
         let headers = [
-            "ACCOUNT", "REGION", "INSTANCE", "NAME", "PLATFORM", "STATE", "SSM", "ACTIONS",
-            "STATUS", "DETAIL",
+            "ACCOUNT", "REGION", "INSTANCE", "NAME", "PLATFORM", "STATE", "SSM", "AGENT",
+            "ACTIONS", "STATUS", "DETAIL",
         ];
         let rows: Vec<Vec<String>> = self
             .instances
@@ -229,6 +229,7 @@ impl Report {
                     i.platform.as_str().into(),
                     i.state.as_str().into(),
                     i.ssm_ping.map_or("-", |p| p.as_str()).into(),
+                    i.agent_version.clone().unwrap_or_else(|| "-".into()),
                     if i.actions.is_empty() {
                         "-".into()
                     } else {

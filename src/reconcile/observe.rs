@@ -10,8 +10,10 @@ use tracing::{debug, info_span, warn, Instrument};
 use crate::adapters::azure::{ArcMachine, Arm};
 use crate::config::{Config, RegionSelection};
 use crate::model::{
-    AwsError, Ec2Instance, InstanceProfile, InstanceState, Role, SsmInstance, TagSelector,
+    AwsError, Ec2Instance, GraphMachine, InstanceProfile, InstanceState, Role, SsmInstance,
+    TagSelector,
 };
+use crate::ports::GRAPH_BATCH;
 use crate::ports::{Ec2, Iam, Ssm};
 
 /// Every install command's `Comment` starts with this, so in-flight installs of earlier runs can be found.
@@ -68,6 +70,9 @@ pub struct AccountObservation {
     pub ssm_role: Lookup<Role>,
     /// What Azure says about the account's Arc machines.
     pub arc: ArcObservation,
+    /// Arc machines Azure Resource Graph shows for these instances outside our resource group, by
+    /// instance id (see [`observe_elsewhere`]); empty when not asked or not permitted.
+    pub elsewhere: HashMap<String, GraphMachine>,
 }
 
 /// What Azure said about one account's resource group and Arc machines.
@@ -109,6 +114,70 @@ pub async fn observe_arc(arm: &impl Arm, resource_group: &str) -> ArcObservation
     }
 }
 
+/// How many Resource Graph queries of one account run at once.
+const GRAPH_CONCURRENCY: usize = 4;
+
+/// Asks Azure Resource Graph for Arc machines of the observed instances (by name or `InstanceId` tag)
+/// outside `resource_group` of `subscription_id`: one query per [`GRAPH_BATCH`] instance ids. Asked only
+/// when Azure answered for the account (`obs.arc` is checked). A failed query (a refusal is warned once by
+/// the adapter) leaves its instances as they would be without it.
+pub async fn observe_elsewhere(
+    arm: &impl Arm,
+    subscription_id: &str,
+    resource_group: &str,
+    obs: &AccountObservation,
+) -> HashMap<String, GraphMachine> {
+    if !matches!(obs.arc, ArcObservation::Checked { .. }) {
+        return HashMap::new();
+    }
+    let ids: Vec<String> = obs
+        .regions
+        .iter()
+        .flat_map(|r| &r.instances)
+        .map(|i| i.ec2.instance_id.clone())
+        .collect();
+    let answers: Vec<(Vec<String>, Result<Vec<GraphMachine>, _>)> =
+        stream::iter(ids.chunks(GRAPH_BATCH).map(<[String]>::to_vec))
+            .map(|chunk| async move {
+                let found = arm.find_machines(&chunk).await;
+                (chunk, found)
+            })
+            .buffer_unordered(GRAPH_CONCURRENCY)
+            .collect()
+            .await;
+    let mut elsewhere = HashMap::new();
+    for (chunk, found) in answers {
+        let machines = match found {
+            Ok(m) => m,
+            Err(e) if e.is_denied() => continue,
+            Err(e) => {
+                warn!(error = %e, "cannot ask Azure Resource Graph; duplicates elsewhere are not detected for these instances");
+                continue;
+            }
+        };
+        let mut machines: Vec<GraphMachine> = machines
+            .into_iter()
+            .filter(|m| {
+                !(m.subscription_id.eq_ignore_ascii_case(subscription_id)
+                    && m.resource_group.eq_ignore_ascii_case(resource_group))
+            })
+            .collect();
+        machines.sort_by(|a, b| a.id.cmp(&b.id));
+        for m in machines {
+            let instance = chunk.iter().find(|id| {
+                id.eq_ignore_ascii_case(&m.name)
+                    || m.instance_id_tag
+                        .as_deref()
+                        .is_some_and(|t| id.eq_ignore_ascii_case(t))
+            });
+            if let Some(id) = instance {
+                elsewhere.entry(id.clone()).or_insert(m);
+            }
+        }
+    }
+    elsewhere
+}
+
 /// What one pass saw of one region.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegionObservation {
@@ -122,6 +191,9 @@ pub struct RegionObservation {
     pub ssm_error: Option<AwsError>,
     /// Instances with an arc-onboard install command still running, and that command's id.
     pub in_flight: HashMap<String, String>,
+    /// The role SSM's Default Host Management Configuration gives the region's instances, when it is on
+    /// (read only when some instance has no profile; `None` also when it could not be read).
+    pub dhmc_role: Option<String>,
 }
 
 /// One instance with what SSM knows of it.
@@ -206,6 +278,7 @@ pub async fn observe_instances(
                     error: Some(error),
                     ssm_error: None,
                     in_flight: HashMap::new(),
+                    dhmc_role: None,
                 }
             }
         }
@@ -232,6 +305,7 @@ async fn with_iam(
         role_policies,
         ssm_role,
         arc,
+        elsewhere: HashMap::new(),
     }
 }
 
@@ -302,6 +376,7 @@ async fn observe_region(
                 error: Some(error),
                 ssm_error: None,
                 in_flight: HashMap::new(),
+                dhmc_role: None,
             };
         }
     };
@@ -349,7 +424,22 @@ async fn complete_region(
             .unwrap_or(SystemTime::UNIX_EPOCH);
         Some(ssm.recent_commands(&region, since, COMMENT_PREFIX).await)
     };
-    let (associations, registrations, recent) = tokio::join!(associations, registrations, recent);
+    // Default Host Management Configuration matters only to instances without a profile.
+    let bare = instances.iter().any(|i| i.profile_arn.is_none());
+    let dhmc = async {
+        if !bare {
+            return None;
+        }
+        match ssm.default_host_management_role(&region).await {
+            Ok(role) => role,
+            Err(error) => {
+                warn!(error = %error, "cannot read SSM's Default Host Management Configuration; instances without a profile get one as usual");
+                None
+            }
+        }
+    };
+    let (associations, registrations, recent, dhmc_role) =
+        tokio::join!(associations, registrations, recent, dhmc);
     match associations {
         // Associations are authoritative for profiles still being associated; the instance field can lag.
         Some(Ok(associations)) => {
@@ -414,5 +504,6 @@ async fn complete_region(
         error: None,
         ssm_error,
         in_flight,
+        dhmc_role,
     }
 }

@@ -684,6 +684,7 @@ async fn verify(
                             };
                             row.status = status;
                             row.detail = format!("{how}; Arc machine {rg}/{} is Connected", m.name);
+                            row.agent_version = m.agent_version.clone();
                             waiting.remove(&n);
                         }
                         Some(m) => {

@@ -24,6 +24,8 @@ pub struct InstanceOutcome {
     pub ssm_ping: Option<PingStatus>,
     /// Instance profile ARN as last seen during execution.
     pub instance_profile: Option<String>,
+    /// The agent version Azure reported for the machine, as last seen (verification refreshes it).
+    pub agent_version: Option<String>,
 }
 
 impl InstanceOutcome {
@@ -38,6 +40,7 @@ impl InstanceOutcome {
             next_attempt_at: None,
             ssm_ping: None,
             instance_profile: None,
+            agent_version: None,
         }
     }
 
@@ -63,6 +66,7 @@ impl InstanceOutcome {
         row.next_attempt_at = self.next_attempt_at;
         row.ssm_ping = self.ssm_ping;
         row.instance_profile = self.instance_profile;
+        row.agent_version = self.agent_version;
         row
     }
 
@@ -97,6 +101,7 @@ impl AccountOutcome {
                     next_attempt_at: p.next_attempt_at.clone(),
                     ssm_ping: p.ssm_ping,
                     instance_profile: p.instance_profile.clone(),
+                    agent_version: p.agent_version.clone(),
                 })
                 .collect(),
             notes: Vec::new(),

@@ -13,7 +13,9 @@ use crate::model::AwsError;
 use crate::output::report::{Mode, Report};
 use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Ssm, Sts};
 use crate::reconcile::apply::{apply_iam, settle_after_iam, ApplyOptions};
-use crate::reconcile::observe::{observe_account, observe_arc, resolve_regions, ArcObservation};
+use crate::reconcile::observe::{
+    observe_account, observe_arc, observe_elsewhere, resolve_regions, ArcObservation,
+};
 use crate::reconcile::onboard::{install_agents, InstallOptions, InstallWork, Journal};
 use crate::reconcile::outcome::AccountOutcome;
 use crate::reconcile::plan::{
@@ -390,7 +392,7 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
             (Some(az), Some(arm)) => observe_arc(arm, &az.resource_group_for(&account)).await,
         };
         let aws = (ports.ec2, ports.iam, ports.ssm);
-        let obs = observe_account(
+        let mut obs = observe_account(
             &account,
             &regions,
             config,
@@ -399,6 +401,10 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
             arc,
         )
         .await;
+        if let (Some(az), Some(arm)) = (&config.azure, arm) {
+            let rg = az.resource_group_for(&account);
+            obs.elsewhere = observe_elsewhere(arm, &az.subscription_id, &rg, &obs).await;
+        }
         let no_region_reachable =
             !obs.regions.is_empty() && obs.regions.iter().all(|r| r.error.is_some());
         let records = match durable {

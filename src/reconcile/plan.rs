@@ -261,6 +261,10 @@ pub struct InstancePlan {
     /// agent is connected to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arc_resource_id: Option<String>,
+    /// The agent version Azure reports for the instance's Arc machine in our resource group
+    /// (`properties.agentVersion`), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
     /// In a `run` report: the plan's status and detail, beside the outcome in `status` and `detail`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub planned: Option<Planned>,
@@ -418,6 +422,9 @@ enum IamNeed {
     Manual(String),
     /// State needed to decide could not be read.
     Failed(String),
+    /// No profile, and none is needed: SSM's Default Host Management Configuration registers the
+    /// instance. The reason.
+    Dhmc(String),
 }
 
 /// Readiness of the configured SSM role or profile.
@@ -738,6 +745,30 @@ impl Planner<'_> {
         }
     }
 
+    /// `connected-elsewhere` when Resource Graph shows an Arc machine for the instance outside our
+    /// resource group: no action at all (the machine is someone else's to manage). Returns whether it was.
+    fn elsewhere(&self, plan: &mut InstancePlan) -> bool {
+        let Some(m) = self.obs.elsewhere.get(&plan.instance_id) else {
+            return false;
+        };
+        let how = if m.name.eq_ignore_ascii_case(&plan.instance_id) {
+            "named after it"
+        } else {
+            "tagged InstanceId with it"
+        };
+        plan.status = Status::ConnectedElsewhere;
+        plan.detail = format!(
+            "Azure Resource Graph shows Arc machine {} ({how}, status {}) in subscription {}, resource group {}; left alone, no agent is installed",
+            m.name,
+            m.status.as_deref().unwrap_or("unknown"),
+            m.subscription_id,
+            m.resource_group
+        );
+        plan.arc_resource_id = Some(m.id.clone());
+        plan.agent_version = None;
+        true
+    }
+
     /// Plans one instance; also returns the account steps it depends on.
     fn instance(
         &self,
@@ -762,6 +793,7 @@ impl Planner<'_> {
             next_attempt_at: None,
             failure: None,
             arc_resource_id: None,
+            agent_version: None,
             resume: false,
         };
         if plan.platform == Platform::Unknown {
@@ -787,25 +819,40 @@ impl Planner<'_> {
                 ..
             } => match machines.get(&inst.ec2.instance_id) {
                 Some(m) if m.status == ArcStatus::Connected => {
+                    plan.agent_version = m.agent_version.clone();
                     plan.status = Status::AlreadyOnboarded;
                     plan.detail = format!("Arc machine {resource_group}/{} is Connected", m.name);
                     return (plan, None);
                 }
                 Some(m) => {
+                    plan.agent_version = m.agent_version.clone();
+                    if self.elsewhere(&mut plan) {
+                        return (plan, None);
+                    }
                     arc_note = format!(
                         "; Arc machine {resource_group}/{} is {}",
                         m.name,
                         m.status.as_str()
                     )
                 }
-                None => {}
+                None => {
+                    if self.elsewhere(&mut plan) {
+                        return (plan, None);
+                    }
+                }
             },
             ArcObservation::Unavailable(why) => arc_note = format!("; Azure not checked: {why}"),
             ArcObservation::NotConfigured => {
                 arc_note = "; Azure not checked: no [azure] section".into()
             }
         }
-        let need = self.iam_need(inst);
+        let need = match (&inst.ec2.profile_arn, &region.dhmc_role) {
+            (None, Some(role)) => IamNeed::Dhmc(format!(
+                "no instance profile, and none is associated: SSM's Default Host Management Configuration is on in {} (role {role}), so the instance registers with SSM without one",
+                region.region
+            )),
+            _ => self.iam_need(inst),
+        };
         let (iam_actions, steps, iam_text) = match need {
             IamNeed::Ready => (Vec::new(), None, None),
             IamNeed::Change(actions, steps, why) => {
@@ -814,6 +861,7 @@ impl Planner<'_> {
             }
             IamNeed::Manual(why) => (Vec::new(), None, Some(Err((Status::NeedsManualIam, why)))),
             IamNeed::Failed(why) => (Vec::new(), None, Some(Err((Status::Failed, why)))),
+            IamNeed::Dhmc(why) => (Vec::new(), None, Some(Ok(why))),
         };
         let iam_sentence = match &iam_text {
             Some(Ok(s)) | Some(Err((_, s))) => format!("{s}; "),
@@ -936,6 +984,7 @@ mod tests {
                         error: None,
                         ssm_error: None,
                         in_flight: Default::default(),
+                        dhmc_role: None,
                     }],
                     profiles,
                     role_policies,
@@ -945,6 +994,7 @@ mod tests {
                         managed_by_us: true,
                     }),
                     arc: ArcObservation::NotConfigured,
+                    elsewhere: HashMap::new(),
                 },
             }
         }
@@ -1237,6 +1287,7 @@ mod tests {
             )),
             ssm_error: None,
             in_flight: Default::default(),
+            dhmc_role: None,
         });
         let plan = world.plan(&config(""));
         assert_eq!(plan.instances[0].status, Status::Failed);
@@ -1404,5 +1455,123 @@ mod tests {
             full,
             "a full pass changes nothing"
         );
+    }
+
+    fn checked(world: &mut World, machines: &[(&str, ArcStatus, Option<&str>)]) {
+        world.obs.arc = ArcObservation::Checked {
+            resource_group: "aws_123456789012".into(),
+            group_exists: true,
+            machines: machines
+                .iter()
+                .map(|(name, status, version)| {
+                    (
+                        name.to_string(),
+                        crate::model::ArcMachine {
+                            name: name.to_string(),
+                            status: status.clone(),
+                            errors: vec![],
+                            agent_version: version.map(str::to_string),
+                        },
+                    )
+                })
+                .collect(),
+        };
+    }
+
+    fn defender_machine(id: &str) -> crate::model::GraphMachine {
+        crate::model::GraphMachine {
+            id: format!("/subscriptions/other/resourceGroups/defender/providers/Microsoft.HybridCompute/machines/{id}"),
+            name: id.into(),
+            subscription_id: "other".into(),
+            resource_group: "defender".into(),
+            instance_id_tag: Some(id.into()),
+            status: Some("Connected".into()),
+        }
+    }
+
+    #[test]
+    fn a_machine_elsewhere_makes_the_instance_connected_elsewhere_with_no_action() {
+        let mut world = World::new()
+            .instance("i-dup", None, Running, None)
+            .instance("i-dup-stopped", None, Stopped, None)
+            .instance("i-ours", Some("AppProfile"), Running, Some(Online))
+            .instance("i-new", Some("AppProfile"), Running, Some(Online));
+        checked(
+            &mut world,
+            &[("i-ours", ArcStatus::Connected, Some("1.58.03228.2572"))],
+        );
+        for id in ["i-dup", "i-dup-stopped", "i-ours"] {
+            world.obs.elsewhere.insert(id.into(), defender_machine(id));
+        }
+        let plan = world.plan(&config(""));
+        for id in ["i-dup", "i-dup-stopped"] {
+            let r = row(&plan, id);
+            assert_eq!(r.status, Status::ConnectedElsewhere, "{id}");
+            assert!(r.actions.is_empty(), "{id}: {:?}", r.actions);
+            assert_eq!(
+                r.arc_resource_id.as_deref(),
+                Some(defender_machine(id).id.as_str())
+            );
+            assert!(
+                r.detail.contains("Resource Graph") && r.detail.contains("defender"),
+                "{}",
+                r.detail
+            );
+        }
+        // Our own Connected machine wins: it is already onboarded, with its agent version.
+        let ours = row(&plan, "i-ours");
+        assert_eq!(ours.status, Status::AlreadyOnboarded);
+        assert_eq!(ours.agent_version.as_deref(), Some("1.58.03228.2572"));
+        assert_eq!(names(row(&plan, "i-new")), ["install-agent"]);
+        // The duplicates need no SSM role, nor a resource group of their own.
+        assert!(plan.create_ssm_role.is_none());
+        let json = serde_json::to_value(ours).unwrap();
+        assert_eq!(json["agent_version"], "1.58.03228.2572");
+        assert!(serde_json::to_value(row(&plan, "i-new"))
+            .unwrap()
+            .get("agent_version")
+            .is_none());
+    }
+
+    #[test]
+    fn with_dhmc_on_an_instance_without_a_profile_gets_no_association_and_says_why() {
+        let cfg = config("");
+        let world = World::new()
+            .without_ssm_role()
+            .instance("i-bare", None, Running, None)
+            .instance("i-bare-online", None, Running, Some(Online))
+            .instance("i-bare-stopped", None, Stopped, None);
+        // Off: as today.
+        let off = world.plan(&cfg);
+        assert_eq!(
+            names(row(&off, "i-bare")),
+            ["associate-instance-profile", "install-agent"]
+        );
+        assert!(off.create_ssm_role.is_some());
+        let mut world = world;
+        world.obs.regions[0].dhmc_role =
+            Some("service-role/AWSSystemsManagerDefaultEC2InstanceManagementRole".into());
+        let on = world.plan(&cfg);
+        for id in ["i-bare", "i-bare-online", "i-bare-stopped"] {
+            let r = row(&on, id);
+            assert!(
+                !r.actions.iter().any(InstanceAction::is_iam),
+                "{id}: {:?}",
+                r.actions
+            );
+            assert!(
+                r.detail.contains("Default Host Management Configuration"),
+                "{id}: {}",
+                r.detail
+            );
+            assert!(!r.needs_ssm_role, "{id}");
+        }
+        assert_eq!(names(row(&on, "i-bare-online")), ["install-agent"]);
+        assert_eq!(row(&on, "i-bare-stopped").status, Status::NotRunning);
+        // No instance needs the SSM role any more, so it is not created.
+        assert!(on.create_ssm_role.is_none());
+        // Even where the config forbids associations, DHMC needs none.
+        let manual = world.plan(&config("auto_assignment = false"));
+        assert_eq!(row(&manual, "i-bare-online").status, Status::Planned);
     }
 }

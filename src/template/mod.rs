@@ -261,7 +261,8 @@ pub(crate) fn run_statements(iam: &IamConfig, arns: Arns) -> Vec<Value> {
                 "ssm:DescribeInstanceInformation",
                 "ssm:ListCommands",
                 "ssm:ListCommandInvocations",
-                "ssm:GetCommandInvocation"
+                "ssm:GetCommandInvocation",
+                "ssm:GetServiceSetting"
             ],
             "Resource": "*"
         }),

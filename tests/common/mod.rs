@@ -72,6 +72,17 @@ impl Emulator {
             .clone()
     }
 
+    /// Seeds `fleet`, then forgets the seeding's calls: the new instances' ids, in seed order.
+    pub fn seed_ids(&self, fleet: &Value) -> Vec<String> {
+        let ids = self
+            .seed(fleet)
+            .iter()
+            .map(|i| i["instance_id"].as_str().unwrap().to_string())
+            .collect();
+        self.reset_calls();
+        ids
+    }
+
     /// Every AWS call so far.
     pub fn calls(&self) -> Vec<Value> {
         self.control("GET", "/_emulator/calls", None)["calls"]

@@ -22,7 +22,7 @@ const TOKEN: &str = "eyJ0eXAiOiJKV1Qi.fake-arm-token.sig";
 const SHA256: &str = "0123456789abcdef0123456789ABCDEF0123456789abcdef0123456789abcdef";
 
 /// The parameter variables, in the order the assignment block sets them.
-const NAMES: [&str; 12] = [
+const NAMES: [&str; 15] = [
     "ARC_SUBSCRIPTION_ID",
     "ARC_RESOURCE_GROUP",
     "ARC_LOCATION",
@@ -35,6 +35,9 @@ const NAMES: [&str; 12] = [
     "ARC_INSTALLER_URL",
     "ARC_INSTALLER_SHA256",
     "ARC_DOWNLOAD_PROTOCOLS",
+    "ARC_GATEWAY_ID",
+    "ARC_PRIVATE_LINK_SCOPE",
+    "ARC_AUTOMATIC_UPGRADE",
 ];
 
 /// One top-level assignment statement as `check-powershell.py --assignments` describes it.
@@ -150,8 +153,13 @@ fn realistic<'a>(
         proxy_url: proxy,
         installer_url,
         installer_sha256: Some(SHA256),
+        gateway_id: Some(GATEWAY),
+        private_link_scope: None,
+        automatic_upgrade: true,
     }
 }
+
+const GATEWAY: &str = "/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/net/providers/Microsoft.HybridCompute/gateways/gw1";
 
 /// Values that would break out of a badly quoted PowerShell string, start a here-string or a comment, or
 /// run a command. NUL is left out: `ps_quote` drops it (no PowerShell string can carry it).
@@ -202,7 +210,7 @@ fn hostile_values() -> Vec<String> {
 }
 
 /// The values the script must receive, by variable name.
-fn expected_values(p: &InstallParams) -> [String; 12] {
+fn expected_values(p: &InstallParams) -> [String; 15] {
     [
         p.subscription_id.to_owned(),
         p.resource_group.to_owned(),
@@ -216,6 +224,9 @@ fn expected_values(p: &InstallParams) -> [String; 12] {
         p.installer_url.to_owned(),
         p.installer_sha256.unwrap_or_default().to_owned(),
         download_protocols(p.installer_url).to_owned(),
+        p.gateway_id.unwrap_or_default().to_owned(),
+        p.private_link_scope.unwrap_or_default().to_owned(),
+        if p.automatic_upgrade { "true" } else { "" }.to_owned(),
     ]
 }
 
@@ -286,6 +297,11 @@ fn realistic_scripts_parse() {
     let mut loopback = realistic(&empty, None, "http://127.0.0.1:8080/azcmagent-windows");
     loopback.installer_sha256 = None;
     loopback.correlation_id = "";
+    loopback.gateway_id = None;
+    loopback.private_link_scope = Some(
+        "/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/net/providers/Microsoft.HybridCompute/privateLinkScopes/pls1",
+    );
+    loopback.automatic_upgrade = false;
     assert_parses_with_values(&loopback, Some(n));
     assert!(render_windows(&loopback).contains("\n$ARC_DOWNLOAD_PROTOCOLS = '=http,https'\n"));
 }
@@ -315,6 +331,9 @@ fn hostile_values_in_every_parameter_stay_string_literals() {
             proxy_url: Some(v),
             installer_url: v,
             installer_sha256: Some(v),
+            gateway_id: Some(v),
+            private_link_scope: Some(v),
+            automatic_upgrade: true,
         };
         assert_parses_with_values(&p, Some(n));
     }
@@ -335,6 +354,9 @@ fn hostile_values_in_every_parameter_stay_string_literals() {
             proxy_url: Some(v(8)),
             installer_url: v(9),
             installer_sha256: Some(v(10)),
+            gateway_id: Some(v(12)),
+            private_link_scope: Some(v(13)),
+            automatic_upgrade: rotation % 2 == 1,
         };
         assert_parses_with_values(&p, Some(n));
     }
@@ -398,6 +420,14 @@ fn template_keeps_the_token_off_command_lines_and_uses_the_exit_codes() {
     );
     assert!(!script.contains("--access-token"));
     assert!(script.contains("'--config'"));
+    // The connect half of issue 19: each flag only when its parameter is set.
+    for line in [
+        "if ($ARC_GATEWAY_ID) { $connect += @('--gateway-id', $ARC_GATEWAY_ID) }",
+        "if ($ARC_PRIVATE_LINK_SCOPE) { $connect += @('--private-link-scope', $ARC_PRIVATE_LINK_SCOPE) }",
+        "if ($ARC_AUTOMATIC_UPGRADE -eq 'true') { $connect += @('--enable-automatic-upgrade') }",
+    ] {
+        assert!(script.contains(line), "{line}");
+    }
     assert!(!script.contains("Set-PSDebug"));
     for (name, code) in [
         ("ExitImds", EXIT_IMDS),

@@ -15,8 +15,9 @@
 //! 4. Downloads the installer (https only, redirects too, except on loopback hosts for tests) into a
 //!    private temporary directory that is removed on exit, checks its pinned SHA-256, runs it (`--proxy` /
 //!    `-Proxy` when set), then sets `proxy.url` (proxy mode) or clears a stale one (public mode).
-//! 5. `azcmagent connect ... --resource-name <instance id> --config <0600 file holding the token>`; the
-//!    file is deleted right after. Exit 67 (already connected) is checked with `azcmagent show` as in 3.
+//! 5. `azcmagent connect ... --resource-name <instance id> --config <0600 file holding the token>` (plus
+//!    `--gateway-id`, `--private-link-scope`, `--enable-automatic-upgrade` when set); the file is deleted
+//!    right after. Exit 67 (already connected) is checked with `azcmagent show` as in 3.
 //! 6. Prints a few log lines and the [`RESULT_MARKER`] line last (well under the 2,500 characters
 //!    `ListCommandInvocations` returns); the installer's and agent's full logs stay on the instance.
 //!
@@ -83,6 +84,12 @@ pub struct InstallParams<'a> {
     pub installer_url: &'a str,
     /// The installer's pinned SHA-256 (64 hex digits), checked on the instance before it runs.
     pub installer_sha256: Option<&'a str>,
+    /// ARM id of the Arc gateway to connect through (`--gateway-id`), if any.
+    pub gateway_id: Option<&'a str>,
+    /// ARM id of the Arc private link scope (`--private-link-scope`), if any.
+    pub private_link_scope: Option<&'a str>,
+    /// Connect with `--enable-automatic-upgrade`.
+    pub automatic_upgrade: bool,
 }
 
 impl std::fmt::Debug for InstallParams<'_> {
@@ -99,6 +106,9 @@ impl std::fmt::Debug for InstallParams<'_> {
             .field("proxy_url", &self.proxy_url)
             .field("installer_url", &self.installer_url)
             .field("installer_sha256", &self.installer_sha256)
+            .field("gateway_id", &self.gateway_id)
+            .field("private_link_scope", &self.private_link_scope)
+            .field("automatic_upgrade", &self.automatic_upgrade)
             .finish()
     }
 }
@@ -181,7 +191,7 @@ pub fn download_protocols(installer_url: &str) -> &'static str {
 }
 
 /// The parameters in assignment order: variable name and value.
-fn parameters(p: &InstallParams) -> [(&'static str, String); 12] {
+fn parameters(p: &InstallParams) -> [(&'static str, String); 15] {
     [
         ("ARC_SUBSCRIPTION_ID", p.subscription_id.to_owned()),
         ("ARC_RESOURCE_GROUP", p.resource_group.to_owned()),
@@ -200,6 +210,18 @@ fn parameters(p: &InstallParams) -> [(&'static str, String); 12] {
         (
             "ARC_DOWNLOAD_PROTOCOLS",
             download_protocols(p.installer_url).to_owned(),
+        ),
+        (
+            "ARC_GATEWAY_ID",
+            p.gateway_id.unwrap_or_default().to_owned(),
+        ),
+        (
+            "ARC_PRIVATE_LINK_SCOPE",
+            p.private_link_scope.unwrap_or_default().to_owned(),
+        ),
+        (
+            "ARC_AUTOMATIC_UPGRADE",
+            if p.automatic_upgrade { "true" } else { "" }.to_owned(),
         ),
     ]
 }
@@ -361,6 +383,9 @@ mod tests {
             proxy_url: proxy,
             installer_url: "https://gbl.his.arc.azure.com/azcmagent-linux",
             installer_sha256: None,
+            gateway_id: None,
+            private_link_scope: None,
+            automatic_upgrade: false,
         }
     }
 
@@ -424,11 +449,14 @@ mod tests {
                 proxy_url: Some(v(8)).filter(|s| !s.is_empty()),
                 installer_url: v(9),
                 installer_sha256: Some(v(10)),
+                gateway_id: Some(v(11)),
+                private_link_scope: Some(v(12)),
+                automatic_upgrade: rotation % 2 == 0,
             };
             script.push_str(&linux_assignments(&p));
             script.push_str(&print);
             expected.extend(parameters(&p).into_iter().map(|(_, value)| value));
-            assert_eq!(expected[expected.len() - 6], tags_arg(&tags));
+            assert_eq!(expected[expected.len() - 9], tags_arg(&tags));
         }
 
         let mut child = Command::new("/bin/bash")
@@ -746,7 +774,7 @@ mod tests {
         let names: Vec<&str> = linux
             .lines()
             .skip(first_assignment)
-            .take(12)
+            .take(15)
             .map(|l| l.split('=').next().unwrap())
             .collect();
         assert_eq!(
@@ -763,7 +791,10 @@ mod tests {
                 "ARC_PROXY_URL",
                 "ARC_INSTALLER_URL",
                 "ARC_INSTALLER_SHA256",
-                "ARC_DOWNLOAD_PROTOCOLS"
+                "ARC_DOWNLOAD_PROTOCOLS",
+                "ARC_GATEWAY_ID",
+                "ARC_PRIVATE_LINK_SCOPE",
+                "ARC_AUTOMATIC_UPGRADE"
             ]
         );
         assert!(linux
@@ -848,6 +879,9 @@ mod tests {
             proxy_url: Some(&values[17]),
             installer_url: &values[13],
             installer_sha256: Some(&values[14]),
+            gateway_id: Some(&values[15]),
+            private_link_scope: Some(&values[11]),
+            automatic_upgrade: true,
         };
         shellcheck(&render_linux(&p), "warning");
     }

@@ -72,6 +72,14 @@ impl Emulator {
             .clone()
     }
 
+    /// The SSM commands sent so far, as the emulator records them.
+    pub fn sent_commands(&self) -> Vec<Value> {
+        self.control("GET", "/_emulator/commands", None)["commands"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
     /// Every AWS call so far.
     pub fn calls(&self) -> Vec<Value> {
         self.control("GET", "/_emulator/calls", None)["calls"]
@@ -589,4 +597,15 @@ pub fn status_of<'a>(status: &'a Value, instance_id: &str) -> Option<&'a Value> 
         .as_array()?
         .iter()
         .find(|i| i["instance_id"] == instance_id)
+}
+
+/// The script text of a sent command (its `commands` lines joined).
+pub fn script_of(command: &Value) -> String {
+    command["parameters"]["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -214,6 +214,7 @@ impl FakeAws {
                     platform,
                     state,
                     profile_arn: profile.map(profile_arn),
+                    sql_server_included: None,
                 },
                 tags,
             });

@@ -14,7 +14,8 @@
 //! - [`config`]: the TOML configuration, validated once into typed values before any AWS call (`mod.rs`:
 //!   the types and `Config::load`; `validate`: the validator and its checks; `effective`: the effective
 //!   configuration `validate` prints; [`config::duration`]: the human durations the interface accepts;
-//!   [`config::accounts`]: `[aws.accounts]` and `--shard`; [`config::events`]: `[events]`).
+//!   [`config::accounts`]: `[aws.accounts]` and `--shard`; [`config::events`]: `[events]`;
+//!   [`config::locations`]: the AWS region -> Azure location table of `location = "auto"`).
 //! - [`model`]: domain types shared by every layer; no SDK type crosses a port.
 //! - [`ports`]: one trait per AWS service, and the [`ports::MutationToken`] capability.
 //! - [`reconcile`]: the core.

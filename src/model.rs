@@ -339,6 +339,16 @@ pub struct Ec2Instance {
     pub state: InstanceState,
     /// ARN of the attached instance profile (compare by ARN: the `Id` is not stable across emulators).
     pub profile_arn: Option<String>,
+    /// `PlatformDetails` when it names SQL Server (a license-included AMI, e.g. "Windows with SQL Server
+    /// Standard"): AWS bills that SQL Server license with the instance.
+    pub sql_server_included: Option<String>,
+}
+
+/// `PlatformDetails` when it names a license-included SQL Server, as [`Ec2Instance::sql_server_included`].
+pub fn sql_server_included(platform_details: Option<&str>) -> Option<String> {
+    platform_details
+        .filter(|d| d.to_ascii_lowercase().contains("sql server"))
+        .map(str::to_string)
 }
 
 /// An instance profile association (`DescribeIamInstanceProfileAssociations`).
@@ -648,6 +658,23 @@ mod tests {
             selector("a*b?", None, false).key_filter_values()[0],
             "a\\*b\\?"
         );
+    }
+
+    #[test]
+    fn license_included_sql_server_is_read_from_platform_details() {
+        for (details, expected) in [
+            (Some("Windows with SQL Server Standard"), true),
+            (Some("Linux with SQL Server Enterprise"), true),
+            (Some("Windows BYOL"), false),
+            (Some("Windows"), false),
+            (None, false),
+        ] {
+            assert_eq!(
+                sql_server_included(details).is_some(),
+                expected,
+                "{details:?}"
+            );
+        }
     }
 
     #[test]

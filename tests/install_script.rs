@@ -304,6 +304,9 @@ struct Params {
     proxy_url: Option<String>,
     installer_url: String,
     installer_sha256: Option<String>,
+    gateway_id: Option<String>,
+    private_link_scope: Option<String>,
+    automatic_upgrade: bool,
 }
 
 impl Params {
@@ -324,6 +327,9 @@ impl Params {
             proxy_url: None,
             installer_url: server.url("/azcmagent-linux"),
             installer_sha256: None,
+            gateway_id: None,
+            private_link_scope: None,
+            automatic_upgrade: false,
         }
     }
 
@@ -342,12 +348,15 @@ impl Params {
             installer_sha256: self.installer_sha256.as_deref(),
             msi_url: "",
             msi_sha256: None,
+            gateway_id: self.gateway_id.as_deref(),
+            private_link_scope: self.private_link_scope.as_deref(),
+            automatic_upgrade: self.automatic_upgrade,
         }
     }
 
     /// The argv `azcmagent connect` must get, up to the `--config` file's path (random, checked apart).
     fn expected_connect(&self) -> Vec<String> {
-        [
+        let mut argv: Vec<String> = [
             "connect",
             "--subscription-id",
             &self.subscription_id,
@@ -363,12 +372,20 @@ impl Params {
             &self.correlation_id,
             "--tags",
             &tags_arg(&self.tags),
-            "--resource-name",
-            INSTANCE_ID,
-            "--config",
         ]
         .map(String::from)
-        .to_vec()
+        .to_vec();
+        if let Some(id) = &self.gateway_id {
+            argv.extend(["--gateway-id".to_owned(), id.clone()]);
+        }
+        if let Some(id) = &self.private_link_scope {
+            argv.extend(["--private-link-scope".to_owned(), id.clone()]);
+        }
+        if self.automatic_upgrade {
+            argv.push("--enable-automatic-upgrade".to_owned());
+        }
+        argv.extend(["--resource-name", INSTANCE_ID, "--config"].map(String::from));
+        argv
     }
 
     /// The Arc resource id of this instance in these parameters' group.
@@ -1222,6 +1239,10 @@ fn hostile_values_reach_the_agent_verbatim() {
         .tags
         .insert("Note".into(), "line1\nline2 ; `id`".into());
     params.access_token = format!("{ACCESS_TOKEN}'$(touch {pwned})");
+    params.gateway_id = Some(format!(
+        "/subscriptions/x/resourceGroups/'$(touch {pwned})'/providers/Microsoft.HybridCompute/gateways/`id` \"q\"\nnext"
+    ));
+    params.private_link_scope = Some(format!("-- --config ; touch {pwned} | $HOME"));
     let run = sandbox.run(&params, &server.url(""), &[]);
 
     assert_result(&run, ScriptOutcome::Connected, 0, "connect", "connected");
@@ -1230,6 +1251,98 @@ fn hostile_values_reach_the_agent_verbatim() {
         serde_json::from_str(&sandbox.state("connect-config").unwrap()).unwrap();
     assert_eq!(config["access-token"], params.access_token.as_str());
     assert!(!sandbox.path("pwned").exists(), "a value ran a command");
+}
+
+const GATEWAY: &str = "/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/net/providers/Microsoft.HybridCompute/gateways/gw1";
+const SCOPE: &str = "/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/net/providers/Microsoft.HybridCompute/privateLinkScopes/pls1";
+
+/// The config keys of the connect half of issue 19, parsed as `run` parses them, rendered as `run` renders
+/// them (tags included), and run through the real script.
+fn connect_with_config(onboarding: &str, azure_extra: &str, aws_region: &str) -> (Params, Sandbox) {
+    let text = format!(
+        "[aws]\nall_regions = true\n[onboarding]\n{onboarding}\n[azure]\ntenant_id = \"55555555-6666-7777-8888-999999999999\"\nsubscription_id = \"00000000-1111-2222-3333-444444444444\"\nclient_id = \"00000000-0000-0000-0000-000000000003\"\n{azure_extra}\n"
+    );
+    let config = arc_onboard::config::Config::parse(&text, Path::new("t.toml")).unwrap();
+    let azure = config.azure.unwrap();
+    let server = Server::start(Some(fake_installer()));
+    let sandbox = Sandbox::new();
+    let mut params = Params::new(&server);
+    params.location = azure.location_for(aws_region).unwrap();
+    params.gateway_id = config.onboarding.gateway_id.clone();
+    params.private_link_scope = config.onboarding.private_link_scope.clone();
+    params.automatic_upgrade = config.onboarding.automatic_upgrade;
+    params.tags.insert(
+        "ArcSQLServerExtensionDeployment".into(),
+        config.onboarding.sql_server_license.tag_value().into(),
+    );
+    let run = sandbox.run(&params, &server.url(""), &[]);
+    assert_result(&run, ScriptOutcome::Connected, 0, "connect", "connected");
+    assert_eq!(sandbox.connect_call(), params.expected_connect());
+    (params, sandbox)
+}
+
+/// The value that follows `flag` in an argv.
+fn flag_value<'a>(argv: &'a [String], flag: &str) -> Option<&'a str> {
+    argv.iter()
+        .position(|a| a == flag)
+        .map(|i| argv[i + 1].as_str())
+}
+
+#[test]
+fn a_gateway_and_automatic_upgrade_reach_azcmagent_connect() {
+    let (_, sandbox) = connect_with_config(
+        &format!(
+            "gateway_id = \"{GATEWAY}\"\nautomatic_upgrade = true\nsql_server_license = \"payg\""
+        ),
+        "location = \"eastus\"",
+        "us-east-1",
+    );
+    let call = sandbox.connect_call();
+    assert_eq!(flag_value(&call, "--gateway-id"), Some(GATEWAY));
+    assert!(call.contains(&"--enable-automatic-upgrade".to_owned()));
+    assert!(!call.contains(&"--private-link-scope".to_owned()));
+    let tags = flag_value(&call, "--tags").unwrap();
+    assert!(
+        tags.split(',')
+            .any(|t| t == "ArcSQLServerExtensionDeployment=PAYG"),
+        "{tags}"
+    );
+}
+
+#[test]
+fn a_private_link_scope_reaches_azcmagent_connect_and_the_sql_tag_defaults_to_disabled() {
+    let (_, sandbox) = connect_with_config(
+        &format!("private_link_scope = \"{SCOPE}\""),
+        "location = \"westeurope\"",
+        "eu-west-1",
+    );
+    let call = sandbox.connect_call();
+    assert_eq!(flag_value(&call, "--private-link-scope"), Some(SCOPE));
+    assert!(!call.contains(&"--gateway-id".to_owned()));
+    assert!(!call.contains(&"--enable-automatic-upgrade".to_owned()));
+    let tags = flag_value(&call, "--tags").unwrap();
+    assert!(
+        tags.split(',')
+            .any(|t| t == "ArcSQLServerExtensionDeployment=Disabled"),
+        "{tags}"
+    );
+}
+
+#[test]
+fn location_auto_gives_the_script_the_mapped_location_and_an_override_wins() {
+    let auto = "location = \"auto\"\nresource_group_location = \"eastus\"";
+    let overridden = format!("{auto}\n[azure.locations]\n\"eu-west-1\" = \"northeurope\"");
+    for (azure, region, expected) in [
+        (auto.to_owned(), "us-east-1", "eastus"),
+        (auto.to_owned(), "eu-west-1", "westeurope"),
+        (auto.to_owned(), "ap-northeast-1", "southeastasia"),
+        (overridden.clone(), "eu-west-1", "northeurope"),
+        (overridden, "us-east-1", "eastus"),
+    ] {
+        let (_, sandbox) = connect_with_config("", &azure, region);
+        let call = sandbox.connect_call();
+        assert_eq!(flag_value(&call, "--location"), Some(expected), "{region}");
+    }
 }
 
 /// SHA-256 of some bytes, as lowercase hex, computed by coreutils (what the instance uses too).

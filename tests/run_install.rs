@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 
-use common::{fleet_with, row, World, STUB_SECRET};
+use common::{fleet_with, row, script_of, World, STUB_SECRET};
 use serde_json::{json, Value};
 
 const TWO_REGIONS: &str = "[aws]\nregions = [\"us-east-1\", \"eu-west-1\"]\n";
@@ -61,20 +61,7 @@ fn run(w: &World, config: &str, extra: &[&str]) -> (i32, Value, String) {
 }
 
 fn commands(w: &World) -> Vec<Value> {
-    w.aws.control("GET", "/_emulator/commands", None)["commands"]
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-fn script_of(command: &Value) -> String {
-    command["parameters"]["commands"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c.as_str().unwrap())
-        .collect::<Vec<_>>()
-        .join("\n")
+    w.aws.sent_commands()
 }
 
 #[test]

@@ -22,7 +22,7 @@ const TOKEN: &str = "eyJ0eXAiOiJKV1Qi.fake-arm-token.sig";
 const SHA256: &str = "0123456789abcdef0123456789ABCDEF0123456789abcdef0123456789abcdef";
 
 /// The parameter variables, in the order the assignment block sets them.
-const NAMES: [&str; 15] = [
+const NAMES: [&str; 18] = [
     "ARC_SUBSCRIPTION_ID",
     "ARC_RESOURCE_GROUP",
     "ARC_LOCATION",
@@ -35,6 +35,9 @@ const NAMES: [&str; 15] = [
     "ARC_INSTALLER_URL",
     "ARC_INSTALLER_SHA256",
     "ARC_DOWNLOAD_PROTOCOLS",
+    "ARC_GATEWAY_ID",
+    "ARC_PRIVATE_LINK_SCOPE",
+    "ARC_AUTOMATIC_UPGRADE",
     "ARC_MSI_URL",
     "ARC_MSI_SHA256",
     "ARC_MSI_DOWNLOAD_PROTOCOLS",
@@ -155,8 +158,13 @@ fn realistic<'a>(
         installer_sha256: Some(SHA256),
         msi_url: "https://gbl.his.arc.azure.com/azcmagent/latest/AzureConnectedMachineAgent.msi",
         msi_sha256: Some(SHA256),
+        gateway_id: Some(GATEWAY),
+        private_link_scope: None,
+        automatic_upgrade: true,
     }
 }
+
+const GATEWAY: &str = "/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/net/providers/Microsoft.HybridCompute/gateways/gw1";
 
 /// Values that would break out of a badly quoted PowerShell string, start a here-string or a comment, or
 /// run a command. NUL is left out: `ps_quote` drops it (no PowerShell string can carry it).
@@ -222,11 +230,14 @@ fn every_parameter<'a>(v: &'a str, tags: &'a BTreeMap<String, String>) -> Instal
         installer_sha256: Some(v),
         msi_url: v,
         msi_sha256: Some(v),
+        gateway_id: Some(v),
+        private_link_scope: Some(v),
+        automatic_upgrade: true,
     }
 }
 
 /// The values the script must receive, by variable name.
-fn expected_values(p: &InstallParams) -> [String; 15] {
+fn expected_values(p: &InstallParams) -> [String; 18] {
     [
         p.subscription_id.to_owned(),
         p.resource_group.to_owned(),
@@ -240,13 +251,16 @@ fn expected_values(p: &InstallParams) -> [String; 15] {
         p.installer_url.to_owned(),
         p.installer_sha256.unwrap_or_default().to_owned(),
         download_protocols(p.installer_url).to_owned(),
+        p.gateway_id.unwrap_or_default().to_owned(),
+        p.private_link_scope.unwrap_or_default().to_owned(),
+        if p.automatic_upgrade { "true" } else { "" }.to_owned(),
         p.msi_url.to_owned(),
         p.msi_sha256.unwrap_or_default().to_owned(),
         download_protocols(p.msi_url).to_owned(),
     ]
 }
 
-/// Parses the rendered script and checks its top-level assignments: first the 15 parameters, in order,
+/// Parses the rendered script and checks its top-level assignments: first the 18 parameters, in order,
 /// each one single-quoted string literal whose content is the value verbatim; then the template's own
 /// (`template_assignments` of them; `None` to learn the number), none of which sets a parameter.
 fn assert_parses_with_values(p: &InstallParams, template_assignments: Option<usize>) -> usize {
@@ -313,6 +327,11 @@ fn realistic_scripts_parse() {
     let mut loopback = realistic(&empty, None, "http://127.0.0.1:8080/azcmagent-windows");
     loopback.installer_sha256 = None;
     loopback.correlation_id = "";
+    loopback.gateway_id = None;
+    loopback.private_link_scope = Some(
+        "/subscriptions/00000000-1111-2222-3333-444444444444/resourceGroups/net/providers/Microsoft.HybridCompute/privateLinkScopes/pls1",
+    );
+    loopback.automatic_upgrade = false;
     assert_parses_with_values(&loopback, Some(n));
     assert!(render_windows(&loopback).contains("\n$ARC_DOWNLOAD_PROTOCOLS = '=http,https'\n"));
 }
@@ -352,6 +371,9 @@ fn hostile_values_in_every_parameter_stay_string_literals() {
             installer_sha256: Some(v(10)),
             msi_url: v(12),
             msi_sha256: Some(v(13)),
+            gateway_id: Some(v(12)),
+            private_link_scope: Some(v(13)),
+            automatic_upgrade: rotation % 2 == 1,
         };
         assert_parses_with_values(&p, Some(n));
     }
@@ -415,6 +437,14 @@ fn template_keeps_the_token_off_command_lines_and_uses_the_exit_codes() {
     );
     assert!(!script.contains("--access-token"));
     assert!(script.contains("'--config'"));
+    // The connect half of issue 19: each flag only when its parameter is set.
+    for line in [
+        "if ($ARC_GATEWAY_ID) { $connect += @('--gateway-id', $ARC_GATEWAY_ID) }",
+        "if ($ARC_PRIVATE_LINK_SCOPE) { $connect += @('--private-link-scope', $ARC_PRIVATE_LINK_SCOPE) }",
+        "if ($ARC_AUTOMATIC_UPGRADE -eq 'true') { $connect += @('--enable-automatic-upgrade') }",
+    ] {
+        assert!(script.contains(line), "{line}");
+    }
     assert!(!script.contains("Set-PSDebug"));
     for (name, code) in [
         ("ExitImds", EXIT_IMDS),

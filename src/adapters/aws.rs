@@ -399,6 +399,9 @@ impl SdkEc2 {
                             .iam_instance_profile()
                             .and_then(|p| p.arn())
                             .map(str::to_string),
+                        sql_server_included: crate::model::sql_server_included(
+                            i.platform_details(),
+                        ),
                     });
                 }
             }

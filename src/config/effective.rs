@@ -2,7 +2,7 @@
 
 use toml::{Table, Value};
 
-use super::{Config, Connectivity, CredentialConfig, RegionSelection};
+use super::{Config, Connectivity, CredentialConfig, Location, RegionSelection};
 use crate::config::duration::format_duration;
 
 impl Config {
@@ -109,6 +109,22 @@ impl Config {
                 t.insert(key.into(), Value::String(pin.clone()));
             }
         }
+        for (key, id) in [
+            ("gateway_id", &ob.gateway_id),
+            ("private_link_scope", &ob.private_link_scope),
+        ] {
+            if let Some(id) = id {
+                t.insert(key.into(), Value::String(id.clone()));
+            }
+        }
+        t.insert(
+            "sql_server_license".into(),
+            Value::String(ob.sql_server_license.as_str().into()),
+        );
+        t.insert(
+            "automatic_upgrade".into(),
+            Value::Boolean(ob.automatic_upgrade),
+        );
         root.insert("onboarding".into(), Value::Table(t));
 
         if let Some(az) = &self.azure {
@@ -118,7 +134,23 @@ impl Config {
                 "subscription_id".into(),
                 Value::String(az.subscription_id.clone()),
             );
-            t.insert("location".into(), Value::String(az.location.clone()));
+            let location = match &az.location {
+                Location::Fixed(l) => l.clone(),
+                Location::Auto => "auto".into(),
+            };
+            t.insert("location".into(), Value::String(location));
+            t.insert(
+                "resource_group_location".into(),
+                Value::String(az.resource_group_location.clone()),
+            );
+            if !az.locations.is_empty() {
+                let map = az
+                    .locations
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect();
+                t.insert("locations".into(), Value::Table(map));
+            }
             t.insert(
                 "resource_group".into(),
                 Value::String(az.resource_group.clone()),
@@ -220,5 +252,25 @@ mod tests {
         assert!(text.contains("# credential: client-secret"));
         let again = parse(&text).unwrap();
         assert_eq!(again, c);
+    }
+
+    #[test]
+    fn the_connect_and_placement_keys_round_trip() {
+        let text = FULL.replace("location = \"eastus\"", "location = \"auto\"\nresource_group_location = \"eastus\"")
+            .replace("proxy_url = \"http://10.0.0.5:3128\"\n", "proxy_url = \"http://10.0.0.5:3128\"\ngateway_id = \"/subscriptions/00000000-0000-0000-0000-000000000002/resourceGroups/net/providers/Microsoft.HybridCompute/gateways/gw1\"\nsql_server_license = \"payg\"\nautomatic_upgrade = true\n")
+            + "[azure.locations]\n\"eu-west-1\" = \"northeurope\"\n";
+        let c = parse(&text).unwrap();
+        let effective = c.to_effective_toml("x");
+        for line in [
+            "location = \"auto\"",
+            "resource_group_location = \"eastus\"",
+            "eu-west-1 = \"northeurope\"",
+            "sql_server_license = \"payg\"",
+            "automatic_upgrade = true",
+            "gateway_id = \"/subscriptions/",
+        ] {
+            assert!(effective.contains(line), "{line}:\n{effective}");
+        }
+        assert_eq!(parse(&effective).unwrap(), c);
     }
 }

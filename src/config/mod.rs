@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod duration;
 mod effective;
 pub mod events;
+pub mod locations;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -173,6 +174,68 @@ pub struct OnboardingConfig {
     pub installer_msi_url_windows: Url,
     /// The MSI's pinned SHA-256 (lowercase hex), checked on the instance before it is installed.
     pub installer_sha256_windows_msi: Option<String>,
+    /// `gateway_id`: the ARM id of the Arc gateway the agents connect through (`--gateway-id`).
+    pub gateway_id: Option<String>,
+    /// `private_link_scope`: the ARM id of the Arc private link scope (`--private-link-scope`).
+    pub private_link_scope: Option<String>,
+    /// `sql_server_license`: the `ArcSQLServerExtensionDeployment` tag every machine gets at connect.
+    pub sql_server_license: SqlServerLicense,
+    /// `automatic_upgrade`: connect with `--enable-automatic-upgrade` (public cloud only).
+    pub automatic_upgrade: bool,
+}
+
+/// `[onboarding] sql_server_license`: what the Arc SQL Server extension may do on the machine, as the
+/// `ArcSQLServerExtensionDeployment` tag says it at connect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlServerLicense {
+    /// `Disabled`: the extension is not deployed automatically (the default: see the README).
+    Disabled,
+    /// `Paid`: deployed, the SQL Server license is a paid one (Software Assurance or subscription).
+    Paid,
+    /// `PAYG`: deployed, SQL Server is billed pay-as-you-go through Azure.
+    Payg,
+    /// `LicenseOnly`: deployed, the license is a perpetual one without Software Assurance.
+    LicenseOnly,
+}
+
+impl SqlServerLicense {
+    /// The tag `ArcSQLServerExtensionDeployment` the license is set with.
+    pub const TAG: &'static str = "ArcSQLServerExtensionDeployment";
+
+    /// Every value in the config file's spelling.
+    pub const NAMES: [&'static str; 4] = ["disabled", "paid", "payg", "license-only"];
+
+    /// The config file's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SqlServerLicense::Disabled => "disabled",
+            SqlServerLicense::Paid => "paid",
+            SqlServerLicense::Payg => "payg",
+            SqlServerLicense::LicenseOnly => "license-only",
+        }
+    }
+
+    /// The value of the `ArcSQLServerExtensionDeployment` tag.
+    pub fn tag_value(self) -> &'static str {
+        match self {
+            SqlServerLicense::Disabled => "Disabled",
+            SqlServerLicense::Paid => "Paid",
+            SqlServerLicense::Payg => "PAYG",
+            SqlServerLicense::LicenseOnly => "LicenseOnly",
+        }
+    }
+
+    /// Parses the config file's spelling.
+    pub fn parse(s: &str) -> Option<SqlServerLicense> {
+        [
+            SqlServerLicense::Disabled,
+            SqlServerLicense::Paid,
+            SqlServerLicense::Payg,
+            SqlServerLicense::LicenseOnly,
+        ]
+        .into_iter()
+        .find(|l| l.as_str() == s)
+    }
 }
 
 /// Azure clouds and their default endpoints.
@@ -251,8 +314,12 @@ pub struct AzureConfig {
     pub tenant_id: String,
     /// Subscription the machines go to (GUID).
     pub subscription_id: String,
-    /// Azure region of the Arc resources, e.g. `eastus`.
-    pub location: String,
+    /// Azure location of the Arc machines: one for all, or `auto` (by AWS region).
+    pub location: Location,
+    /// `[azure.locations]`: AWS region -> Azure location; wins over `location`.
+    pub locations: BTreeMap<String, String>,
+    /// The location of resource groups arc-onboard creates (`resource_group_location`, else `location`).
+    pub resource_group_location: String,
     /// Resource group name; may contain `{account_id}`.
     pub resource_group: String,
     /// Which Azure cloud.
@@ -286,6 +353,15 @@ pub struct OnboardingIdentity {
     pub client_id: Option<String>,
     /// How its tokens are obtained (never `azure-cli`: a person's token is what this identity replaces).
     pub credential: CredentialConfig,
+}
+
+/// `[azure] location`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// Every machine in this Azure location (short form, e.g. `eastus`).
+    Fixed(String),
+    /// `auto`: each machine in the location [`locations::TABLE`] maps its AWS region to.
+    Auto,
 }
 
 /// `[azure] credential` and the key that goes with it.
@@ -331,6 +407,18 @@ impl CredentialConfig {
 }
 
 impl AzureConfig {
+    /// The Azure location of machines in an AWS region: `[azure.locations]`, else the fixed `location`,
+    /// else (`auto`) the region's row of [`locations::TABLE`]; `None` for an unknown region with `auto`.
+    pub fn location_for(&self, aws_region: &str) -> Option<String> {
+        if let Some(l) = self.locations.get(aws_region) {
+            return Some(l.clone());
+        }
+        match &self.location {
+            Location::Fixed(l) => Some(l.clone()),
+            Location::Auto => locations::auto_location(aws_region).map(str::to_string),
+        }
+    }
+
     /// The resource group for one AWS account.
     pub fn resource_group_for(&self, account_id: &str) -> String {
         self.resource_group.replace(ACCOUNT_PLACEHOLDER, account_id)

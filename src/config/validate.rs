@@ -8,15 +8,16 @@ use toml::{Table, Value};
 use url::Url;
 
 use super::{
-    events, AccountsConfig, AwsConfig, AzureCloud, AzureConfig, Config, ConfigIssue, Connectivity,
-    CredentialConfig, EventsConfig, IamConfig, OnboardingConfig, OnboardingIdentity,
-    RegionSelection, ACCOUNT_PLACEHOLDER, CLIENT_SECRET_ENV, ONBOARDING_CLIENT_SECRET_ENV,
+    events, locations, AccountsConfig, AwsConfig, AzureCloud, AzureConfig, Config, ConfigIssue,
+    Connectivity, CredentialConfig, EventsConfig, IamConfig, Location, OnboardingConfig,
+    OnboardingIdentity, RegionSelection, SqlServerLicense, ACCOUNT_PLACEHOLDER, CLIENT_SECRET_ENV,
+    ONBOARDING_CLIENT_SECRET_ENV,
 };
 use crate::config::duration::parse_duration;
 use crate::model::TagSelector;
 
 /// Tag keys the tool sets on Arc resources itself.
-const RESERVED_AZURE_TAGS: [&str; 2] = ["AwsAccountId", "AwsRegion"];
+const RESERVED_AZURE_TAGS: [&str; 3] = ["AwsAccountId", "AwsRegion", SqlServerLicense::TAG];
 
 /// The `credential` values, in the order the README lists them.
 const CREDENTIAL_KINDS: [&str; 6] = [
@@ -172,6 +173,9 @@ impl Validator<'_> {
             Some(t) => self.events(t),
             None => None,
         };
+        if let (Some(aws), Some(azure)) = (&aws, &azure) {
+            self.every_region_placed(aws, azure);
+        }
         Some(Config {
             aws: aws?,
             iam,
@@ -413,6 +417,10 @@ impl Validator<'_> {
                 "installer_sha256_windows",
                 "installer_msi_url_windows",
                 "installer_sha256_windows_msi",
+                "gateway_id",
+                "private_link_scope",
+                "sql_server_license",
+                "automatic_upgrade",
             ],
         );
         let periodic_sync = self.bool(t, "onboarding", "periodic_sync", true);
@@ -471,6 +479,30 @@ impl Validator<'_> {
             cloud,
         );
         let installer_sha256_windows_msi = self.sha256(t, "installer_sha256_windows_msi");
+        let (gateway_id, private_link_scope) = self.network_paths(t, cloud);
+        let sql_server_license = match self.string(t, "onboarding", "sql_server_license") {
+            None => SqlServerLicense::Disabled,
+            Some(s) => SqlServerLicense::parse(s).unwrap_or_else(|| {
+                self.issue(
+                    "onboarding.sql_server_license",
+                    format!(
+                        "must be one of {}, found {s:?}",
+                        SqlServerLicense::NAMES.join(", ")
+                    ),
+                );
+                SqlServerLicense::Disabled
+            }),
+        };
+        let automatic_upgrade = self.bool(t, "onboarding", "automatic_upgrade", false);
+        if automatic_upgrade && cloud != AzureCloud::AzureCloud {
+            self.issue(
+                "onboarding.automatic_upgrade",
+                format!(
+                    "automatic agent upgrade is available only in the Azure public cloud (cloud = \"AzureCloud\"), not {:?}",
+                    cloud.as_str()
+                ),
+            );
+        }
         Some(OnboardingConfig {
             periodic_sync,
             sync_interval,
@@ -481,7 +513,107 @@ impl Validator<'_> {
             installer_sha256_windows,
             installer_msi_url_windows: installer_msi_url_windows?,
             installer_sha256_windows_msi,
+            gateway_id,
+            private_link_scope,
+            sql_server_license,
+            automatic_upgrade,
         })
+    }
+
+    /// `gateway_id` and `private_link_scope`: ARM ids of their resource type. An Arc gateway serves the
+    /// public cloud's public endpoint (directly or through `proxy_url`), so it combines with neither
+    /// another cloud nor Private Link.
+    pub(super) fn network_paths(
+        &mut self,
+        t: &Table,
+        cloud: AzureCloud,
+    ) -> (Option<String>, Option<String>) {
+        let gateway = self.arm_id(t, "gateway_id", "gateways");
+        let scope = self.arm_id(t, "private_link_scope", "privateLinkScopes");
+        if gateway.is_some() && cloud != AzureCloud::AzureCloud {
+            self.issue(
+                "onboarding.gateway_id",
+                format!(
+                    "an Arc gateway is available only in the Azure public cloud (cloud = \"AzureCloud\"), not {:?}",
+                    cloud.as_str()
+                ),
+            );
+        }
+        if gateway.is_some() && scope.is_some() {
+            self.issue(
+                "onboarding.gateway_id",
+                "cannot be combined with private_link_scope: an Arc gateway carries traffic to Azure's public endpoints, Private Link carries it over private endpoints; choose one",
+            );
+        }
+        (gateway, scope)
+    }
+
+    /// An optional key holding the ARM id of a `Microsoft.HybridCompute/{kind}/{name}` resource.
+    pub(super) fn arm_id(&mut self, t: &Table, key: &str, kind: &str) -> Option<String> {
+        let s = self.string(t, "onboarding", key)?;
+        match check_hybrid_compute_id(s, kind) {
+            Ok(()) => Some(s.to_string()),
+            Err(problem) => {
+                self.issue(join("onboarding", key), problem);
+                None
+            }
+        }
+    }
+
+    /// `[azure.locations]` keys are AWS regions arc-onboard knows, or regions `aws.regions` lists (a region
+    /// newer than the table); with explicit regions, each must have an Azure location: `[azure.locations]`,
+    /// a fixed `location`, or (with `auto`) a row of the table. With `all_regions`, a region the table does
+    /// not know is caught by the planner.
+    pub(super) fn every_region_placed(&mut self, aws: &AwsConfig, azure: &AzureConfig) {
+        let listed: &[String] = match &aws.regions {
+            RegionSelection::List(regions) => regions,
+            RegionSelection::AllEnabled => &[],
+        };
+        for region in azure.locations.keys() {
+            if !locations::is_known_aws_region(region) && !listed.contains(region) {
+                self.issue(
+                    format!("azure.locations.{region}"),
+                    format!("{region:?} is neither an AWS region arc-onboard knows (the README lists them) nor one aws.regions lists; check the spelling"),
+                );
+            }
+        }
+        for region in listed {
+            if azure.location_for(region).is_none() {
+                self.issue(
+                    "azure.locations",
+                    format!(
+                        "has no entry for {region:?} (in aws.regions), and location = \"auto\" does not know that AWS region; add \"{region}\" = \"<azure location>\""
+                    ),
+                );
+            }
+        }
+    }
+
+    /// `[azure.locations]`: AWS region names to Azure location names (whether a region is known is checked
+    /// against `aws.regions` in [`Validator::every_region_placed`]).
+    pub(super) fn azure_locations(&mut self, t: &Table) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (region, v) in t {
+            let key = format!("azure.locations.{region}");
+            if !is_region_name(region) {
+                self.issue(
+                    key,
+                    format!("{region:?} is not an AWS region name (e.g. \"eu-west-1\")"),
+                );
+                continue;
+            }
+            match v {
+                Value::String(l) if locations::is_location_name(l) => {
+                    out.insert(region.clone(), l.clone());
+                }
+                Value::String(l) => self.issue(
+                    key,
+                    format!("{l:?} is not an Azure location name (use the short form, e.g. \"northeurope\")"),
+                ),
+                other => self.issue(key, format!("must be a string, found {}", describe(other))),
+            }
+        }
+        out
     }
 
     /// An installer URL: `https://`, or `http://` on a loopback host; its default follows the cloud.
@@ -730,6 +862,8 @@ impl Validator<'_> {
                 "resource_manager",
                 "tags",
                 "onboarding",
+                "locations",
+                "resource_group_location",
             ],
         );
         let credential = self.credential(t, "azure");
@@ -751,24 +885,61 @@ impl Validator<'_> {
         };
         let location = match self.string(t, "azure", "location") {
             None => {
-                self.issue("azure.location", "is required in [azure] (e.g. \"eastus\")");
-                None
-            }
-            Some(l)
-                if !l.is_empty()
-                    && l.len() <= 40
-                    && l.chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) =>
-            {
-                Some(l.to_string())
-            }
-            Some(l) => {
                 self.issue(
                     "azure.location",
-                    format!("{l:?} is not an Azure region name (use the short form, e.g. \"eastus\", \"westeurope\")"),
+                    "is required in [azure] (e.g. \"eastus\", or \"auto\")",
                 );
                 None
             }
+            Some("auto") => Some(Location::Auto),
+            Some(l) if locations::is_location_name(l) => Some(Location::Fixed(l.to_string())),
+            Some(l) => {
+                self.issue(
+                    "azure.location",
+                    format!("{l:?} is not an Azure region name (use the short form, e.g. \"eastus\", \"westeurope\", or \"auto\")"),
+                );
+                None
+            }
+        };
+        let locations = match t.get("locations") {
+            None => BTreeMap::new(),
+            Some(Value::Table(l)) => self.azure_locations(l),
+            Some(other) => {
+                self.issue(
+                    "azure.locations",
+                    format!(
+                        "must be a table ([azure.locations]) of AWS region = Azure location, found {}",
+                        describe(other)
+                    ),
+                );
+                BTreeMap::new()
+            }
+        };
+        let resource_group_location = match (
+            self.string(t, "azure", "resource_group_location"),
+            &location,
+        ) {
+            (Some(l), _) if locations::is_location_name(l) => Some(l.to_string()),
+            (Some(l), _) => {
+                self.issue(
+                    "azure.resource_group_location",
+                    format!(
+                        "{l:?} is not an Azure region name (use the short form, e.g. \"eastus\")"
+                    ),
+                );
+                None
+            }
+            (None, Some(Location::Fixed(l))) => Some(l.clone()),
+            (None, Some(Location::Auto)) => {
+                if !t.contains_key("resource_group_location") {
+                    self.issue(
+                        "azure.resource_group_location",
+                        "is required with location = \"auto\": the resource group holds machines of several locations, so name the one it is created in (e.g. \"eastus\")",
+                    );
+                }
+                None
+            }
+            (None, None) => None,
         };
         let resource_group = self
             .string(t, "azure", "resource_group")
@@ -813,6 +984,8 @@ impl Validator<'_> {
             tenant_id: tenant_id?,
             subscription_id: subscription_id?,
             location: location?,
+            locations,
+            resource_group_location: resource_group_location?,
             resource_group,
             cloud,
             client_id: client_id?,
@@ -1005,6 +1178,50 @@ fn check_resource_group(template: &str) -> Result<(), String> {
     }
     if name.ends_with('.') {
         return Err(format!("{template:?} must not end with a period"));
+    }
+    Ok(())
+}
+
+/// `/subscriptions/{guid}/resourceGroups/{group}/providers/Microsoft.HybridCompute/{kind}/{name}`, segment
+/// names compared case-insensitively as ARM does; the group and name in Azure's characters.
+fn check_hybrid_compute_id(s: &str, kind: &str) -> Result<(), String> {
+    let expected = format!(
+        "an ARM id like /subscriptions/<guid>/resourceGroups/<group>/providers/Microsoft.HybridCompute/{kind}/<name>"
+    );
+    let parts: Vec<&str> = s.split('/').collect();
+    let shape = parts.len() == 9
+        && parts[0].is_empty()
+        && parts[1].eq_ignore_ascii_case("subscriptions")
+        && parts[3].eq_ignore_ascii_case("resourceGroups")
+        && parts[5].eq_ignore_ascii_case("providers")
+        && parts[6].eq_ignore_ascii_case("Microsoft.HybridCompute")
+        && parts[7].eq_ignore_ascii_case(kind);
+    if !shape {
+        return Err(format!(
+            "{:?} is not {expected}",
+            s.chars().take(300).collect::<String>()
+        ));
+    }
+    if !is_guid(parts[2]) {
+        return Err(format!("{:?}: the subscription is not a GUID", parts[2]));
+    }
+    if check_resource_group(parts[4]).is_err() || parts[4].contains('{') {
+        return Err(format!(
+            "{:?}: not a resource group name (letters, digits and _ - . ( ), up to 90)",
+            parts[4]
+        ));
+    }
+    let name = parts[8];
+    let name_ok = !name.is_empty()
+        && name.len() <= 90
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !name.ends_with('.');
+    if !name_ok {
+        return Err(format!(
+            "{name:?}: not a resource name (letters, digits and - _ ., up to 90)"
+        ));
     }
     Ok(())
 }
@@ -1340,5 +1557,148 @@ auto_assignment_interval = "soon"
         let err = Config::parse_with_env(&other, Path::new("t.toml"), &env).unwrap_err();
         let keys: Vec<&str> = err.issues().iter().map(|i| i.key.as_str()).collect();
         assert_eq!(keys, ["azure.tenant_id", "azure.client_id"]);
+    }
+
+    const GW: &str = "/subscriptions/00000000-0000-0000-0000-000000000002/resourceGroups/net/providers/Microsoft.HybridCompute/gateways/gw1";
+    const PLS: &str = "/subscriptions/00000000-0000-0000-0000-000000000002/resourceGroups/net/providers/Microsoft.HybridCompute/privateLinkScopes/pls1";
+
+    #[test]
+    fn arm_ids_must_name_a_resource_of_their_type() {
+        assert!(check_hybrid_compute_id(GW, "gateways").is_ok());
+        assert!(check_hybrid_compute_id(PLS, "privateLinkScopes").is_ok());
+        // ARM compares segment names case-insensitively.
+        assert!(check_hybrid_compute_id(&GW.to_lowercase(), "gateways").is_ok());
+        for bad in [
+            "gw1",
+            PLS,
+            "/subscriptions/not-a-guid/resourceGroups/net/providers/Microsoft.HybridCompute/gateways/gw1",
+            "/subscriptions/00000000-0000-0000-0000-000000000002/resourceGroups/net/providers/Microsoft.Network/gateways/gw1",
+            "/subscriptions/00000000-0000-0000-0000-000000000002/resourceGroups/bad name/providers/Microsoft.HybridCompute/gateways/gw1",
+            "/subscriptions/00000000-0000-0000-0000-000000000002/resourceGroups/net/providers/Microsoft.HybridCompute/gateways/gw1/extra",
+            "/subscriptions/00000000-0000-0000-0000-000000000002/resourceGroups/net/providers/Microsoft.HybridCompute/gateways/g'w",
+            "/subscriptions/00000000-0000-0000-0000-000000000002/resourceGroups/net/providers/Microsoft.HybridCompute/gateways/$(id)",
+            "/subscriptions/00000000-0000-0000-0000-000000000002/resourceGroups/net/providers/Microsoft.HybridCompute/gateways/",
+            "",
+        ] {
+            assert!(check_hybrid_compute_id(bad, "gateways").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_connect_options_take_their_defaults_and_their_constraints() {
+        let c = parse(FULL).unwrap();
+        assert_eq!(c.onboarding.gateway_id, None);
+        assert_eq!(c.onboarding.private_link_scope, None);
+        assert_eq!(c.onboarding.sql_server_license, SqlServerLicense::Disabled);
+        assert!(!c.onboarding.automatic_upgrade);
+        let with = |lines: &str, cloud: &str| {
+            parse(
+                &FULL
+                    .replace("[azure]", &format!("{lines}\n[azure]"))
+                    .replace("cloud = \"AzureCloud\"", &format!("cloud = \"{cloud}\"")),
+            )
+        };
+        let ok = with(
+            &format!("gateway_id = \"{GW}\"\nautomatic_upgrade = true\nsql_server_license = \"license-only\""),
+            "AzureCloud",
+        )
+        .unwrap();
+        assert_eq!(ok.onboarding.gateway_id.as_deref(), Some(GW));
+        assert!(ok.onboarding.automatic_upgrade);
+        assert_eq!(ok.onboarding.sql_server_license.tag_value(), "LicenseOnly");
+        // Private Link works with any cloud and with a proxy.
+        let pls = with(
+            &format!("private_link_scope = \"{PLS}\""),
+            "AzureUSGovernment",
+        )
+        .unwrap();
+        assert_eq!(pls.onboarding.private_link_scope.as_deref(), Some(PLS));
+        let keys = |r: Result<Config, crate::config::ConfigError>| -> Vec<String> {
+            r.unwrap_err()
+                .issues()
+                .iter()
+                .map(|i| i.key.clone())
+                .collect()
+        };
+        assert_eq!(
+            keys(with(&format!("gateway_id = \"{GW}\""), "AzureUSGovernment")),
+            ["onboarding.gateway_id"]
+        );
+        assert_eq!(
+            keys(with("automatic_upgrade = true", "AzureUSGovernment")),
+            ["onboarding.automatic_upgrade"]
+        );
+        assert_eq!(
+            keys(with(
+                &format!("gateway_id = \"{GW}\"\nprivate_link_scope = \"{PLS}\""),
+                "AzureCloud"
+            )),
+            ["onboarding.gateway_id"]
+        );
+        assert_eq!(
+            keys(with("sql_server_license = \"Disabled\"", "AzureCloud")),
+            ["onboarding.sql_server_license"]
+        );
+        // The SQL Server tag is the tool's own.
+        let tagged = FULL.replace(
+            "tags = { CostCenter = \"42\" }",
+            "tags = { ArcSQLServerExtensionDeployment = \"PAYG\" }",
+        );
+        assert_eq!(
+            keys(parse(&tagged)),
+            ["azure.tags.ArcSQLServerExtensionDeployment"]
+        );
+    }
+
+    #[test]
+    fn locations_come_from_the_override_then_the_fixed_location_then_the_table() {
+        let fixed = parse(&format!(
+            "{FULL}[azure.locations]\n\"eu-west-1\" = \"northeurope\"\n"
+        ))
+        .unwrap()
+        .azure
+        .unwrap();
+        assert_eq!(
+            fixed.location_for("eu-west-1").as_deref(),
+            Some("northeurope")
+        );
+        assert_eq!(fixed.location_for("us-east-1").as_deref(), Some("eastus"));
+        assert_eq!(fixed.location_for("ap-south-1").as_deref(), Some("eastus"));
+        assert_eq!(fixed.resource_group_location, "eastus");
+
+        let auto_text = FULL.replace(
+            "location = \"eastus\"",
+            "location = \"auto\"\nresource_group_location = \"westeurope\"",
+        );
+        let auto = parse(&format!(
+            "{auto_text}[azure.locations]\n\"eu-west-1\" = \"northeurope\"\n"
+        ))
+        .unwrap()
+        .azure
+        .unwrap();
+        assert_eq!(auto.location, Location::Auto);
+        assert_eq!(
+            auto.location_for("eu-west-1").as_deref(),
+            Some("northeurope")
+        );
+        assert_eq!(auto.location_for("us-east-1").as_deref(), Some("eastus"));
+        assert_eq!(
+            auto.location_for("ap-south-1").as_deref(),
+            Some("southeastasia")
+        );
+        assert_eq!(auto.location_for("xx-east-1"), None);
+        assert_eq!(auto.resource_group_location, "westeurope");
+
+        let err = parse(&FULL.replace("location = \"eastus\"", "location = \"auto\"")).unwrap_err();
+        assert_eq!(err.issues()[0].key, "azure.resource_group_location");
+        let err = parse(&format!(
+            "{auto_text}[azure.locations]\n\"eu-west-9\" = \"northeurope\"\n\"us-east-1\" = \"East US\"\n"
+        ))
+        .unwrap_err();
+        let keys: Vec<&str> = err.issues().iter().map(|i| i.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["azure.locations.us-east-1", "azure.locations.eu-west-9"]
+        );
     }
 }

@@ -23,8 +23,9 @@
 //!    (`-AltDownload`), with the installer's `TEMP` in the private directory; every wait is bounded. Then
 //!    sets `proxy.url` (proxy mode) and records that it did; in public mode clears it only when it is the
 //!    recorded one, and names one someone else set in the result message.
-//! 5. `azcmagent connect ... --resource-name <instance id> --config <0600 file holding the token>`; the
-//!    file is deleted right after. Exit 67 (already connected) is checked with `azcmagent show` as in 3.
+//! 5. `azcmagent connect ... --resource-name <instance id> --config <0600 file holding the token>` (plus
+//!    `--gateway-id`, `--private-link-scope`, `--enable-automatic-upgrade` when set); the file is deleted
+//!    right after. Exit 67 (already connected) is checked with `azcmagent show` as in 3.
 //! 6. Prints a few log lines and the [`RESULT_MARKER`] line last (well under the 2,500 characters
 //!    `ListCommandInvocations` returns); the installer's and agent's full logs stay on the instance.
 //!
@@ -109,6 +110,12 @@ pub struct InstallParams<'a> {
     pub msi_url: &'a str,
     /// Windows only: the MSI's pinned SHA-256 (64 hex digits), checked before anything runs it.
     pub msi_sha256: Option<&'a str>,
+    /// ARM id of the Arc gateway to connect through (`--gateway-id`), if any.
+    pub gateway_id: Option<&'a str>,
+    /// ARM id of the Arc private link scope (`--private-link-scope`), if any.
+    pub private_link_scope: Option<&'a str>,
+    /// Connect with `--enable-automatic-upgrade`.
+    pub automatic_upgrade: bool,
 }
 
 impl std::fmt::Debug for InstallParams<'_> {
@@ -127,6 +134,9 @@ impl std::fmt::Debug for InstallParams<'_> {
             .field("installer_sha256", &self.installer_sha256)
             .field("msi_url", &self.msi_url)
             .field("msi_sha256", &self.msi_sha256)
+            .field("gateway_id", &self.gateway_id)
+            .field("private_link_scope", &self.private_link_scope)
+            .field("automatic_upgrade", &self.automatic_upgrade)
             .finish()
     }
 }
@@ -209,7 +219,7 @@ pub fn download_protocols(installer_url: &str) -> &'static str {
 }
 
 /// The parameters in assignment order: variable name and value.
-fn parameters(p: &InstallParams) -> [(&'static str, String); 12] {
+fn parameters(p: &InstallParams) -> [(&'static str, String); 15] {
     [
         ("ARC_SUBSCRIPTION_ID", p.subscription_id.to_owned()),
         ("ARC_RESOURCE_GROUP", p.resource_group.to_owned()),
@@ -228,6 +238,18 @@ fn parameters(p: &InstallParams) -> [(&'static str, String); 12] {
         (
             "ARC_DOWNLOAD_PROTOCOLS",
             download_protocols(p.installer_url).to_owned(),
+        ),
+        (
+            "ARC_GATEWAY_ID",
+            p.gateway_id.unwrap_or_default().to_owned(),
+        ),
+        (
+            "ARC_PRIVATE_LINK_SCOPE",
+            p.private_link_scope.unwrap_or_default().to_owned(),
+        ),
+        (
+            "ARC_AUTOMATIC_UPGRADE",
+            if p.automatic_upgrade { "true" } else { "" }.to_owned(),
         ),
     ]
 }
@@ -440,6 +462,9 @@ mod tests {
             msi_url:
                 "https://gbl.his.arc.azure.com/azcmagent/latest/AzureConnectedMachineAgent.msi",
             msi_sha256: None,
+            gateway_id: None,
+            private_link_scope: None,
+            automatic_upgrade: false,
         }
     }
 
@@ -505,11 +530,14 @@ mod tests {
                 installer_sha256: Some(v(10)),
                 msi_url: v(11),
                 msi_sha256: Some(v(12)),
+                gateway_id: Some(v(11)),
+                private_link_scope: Some(v(12)),
+                automatic_upgrade: rotation % 2 == 0,
             };
             script.push_str(&linux_assignments(&p));
             script.push_str(&print);
             expected.extend(parameters(&p).into_iter().map(|(_, value)| value));
-            assert_eq!(expected[expected.len() - 6], tags_arg(&tags));
+            assert_eq!(expected[expected.len() - 9], tags_arg(&tags));
         }
 
         let mut child = Command::new("/bin/bash")
@@ -827,7 +855,7 @@ mod tests {
         let names: Vec<&str> = linux
             .lines()
             .skip(first_assignment)
-            .take(12)
+            .take(15)
             .map(|l| l.split('=').next().unwrap())
             .collect();
         assert_eq!(
@@ -844,7 +872,10 @@ mod tests {
                 "ARC_PROXY_URL",
                 "ARC_INSTALLER_URL",
                 "ARC_INSTALLER_SHA256",
-                "ARC_DOWNLOAD_PROTOCOLS"
+                "ARC_DOWNLOAD_PROTOCOLS",
+                "ARC_GATEWAY_ID",
+                "ARC_PRIVATE_LINK_SCOPE",
+                "ARC_AUTOMATIC_UPGRADE"
             ]
         );
         assert!(linux
@@ -931,6 +962,9 @@ mod tests {
             installer_sha256: Some(&values[14]),
             msi_url: &values[15],
             msi_sha256: None,
+            gateway_id: Some(&values[15]),
+            private_link_scope: Some(&values[11]),
+            automatic_upgrade: true,
         };
         shellcheck(&render_linux(&p), "warning");
     }

@@ -665,6 +665,9 @@ function Invoke-Onboarding {
         '--cloud', $ARC_CLOUD)
     if ($ARC_CORRELATION_ID) { $connect += @('--correlation-id', $ARC_CORRELATION_ID) }
     if ($ARC_TAGS) { $connect += @('--tags', $ARC_TAGS) }
+    if ($ARC_GATEWAY_ID) { $connect += @('--gateway-id', $ARC_GATEWAY_ID) }
+    if ($ARC_PRIVATE_LINK_SCOPE) { $connect += @('--private-link-scope', $ARC_PRIVATE_LINK_SCOPE) }
+    if ($ARC_AUTOMATIC_UPGRADE -eq 'true') { $connect += @('--enable-automatic-upgrade') }
     $configPath = Join-Path $workDir 'connect.json'
     try {
         # Created empty and locked down before the token is written into it.

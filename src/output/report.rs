@@ -214,7 +214,7 @@ impl Report {
     /// A table for people.
     pub fn to_table(&self) -> String {
         let headers = [
-            "ACCOUNT", "REGION", "INSTANCE", "NAME", "PLATFORM", "STATE", "SSM", "AGENT",
+            "ACCOUNT", "REGION", "LOCATION", "INSTANCE", "NAME", "PLATFORM", "STATE", "SSM", "AGENT",
             "ACTIONS", "STATUS", "DETAIL",
         ];
         let rows: Vec<Vec<String>> = self
@@ -224,6 +224,7 @@ impl Report {
                 vec![
                     i.account_id.clone(),
                     i.region.clone(),
+                    i.azure_location.clone().unwrap_or_else(|| "-".into()),
                     i.instance_id.clone(),
                     i.name.clone().unwrap_or_else(|| "-".into()),
                     i.platform.as_str().into(),

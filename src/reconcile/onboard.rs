@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::adapters::azure::{Arm, Secret};
-use crate::config::{AzureConfig, Connectivity, OnboardingConfig};
+use crate::config::{AzureConfig, Connectivity, OnboardingConfig, SqlServerLicense};
 use crate::install::{self, InstallParams, ScriptOutcome, ScriptResult};
 use crate::model::{ArcStatus, CommandStatus, Platform};
 use crate::ports::{
@@ -260,11 +260,11 @@ pub async fn install_agents(
         })
         .collect();
     if !ready.is_empty() {
-        let mut groups: BTreeMap<(String, Platform), Vec<usize>> = BTreeMap::new();
+        let mut groups: Groups = BTreeMap::new();
         for n in ready {
             let row = &plan.instances[*n];
             groups
-                .entry((row.region.clone(), row.platform))
+                .entry((row.region.clone(), row.platform, row.azure_location.clone()))
                 .or_default()
                 .push(*n);
         }
@@ -283,6 +283,9 @@ pub async fn install_agents(
     verify(plan, out, &succeeded, arm, &resource_group, opts).await;
 }
 
+/// Ready rows by (region, platform, the Azure location the plan gave them).
+type Groups = BTreeMap<(String, Platform, Option<String>), Vec<usize>>;
+
 /// What every script of one call shares.
 struct Scripts<'a> {
     azure: &'a AzureConfig,
@@ -290,7 +293,8 @@ struct Scripts<'a> {
     resource_group: &'a str,
 }
 
-/// Sends one script per (region, platform) group in batches of at most [`BATCH`]; returns the commands sent.
+/// Sends one script per (region, platform, location) group in batches of at most [`BATCH`]; returns the
+/// commands sent.
 /// Every batch carries a token that outlives its delivery and execution timeouts (a cached token is reused
 /// only while it does). A batch SSM refuses, or for which no token can be had, fails its rows.
 #[allow(clippy::too_many_arguments)]
@@ -298,7 +302,7 @@ async fn send(
     token: &MutationToken,
     plan: &AccountPlan,
     out: &mut AccountOutcome,
-    groups: BTreeMap<(String, Platform), Vec<usize>>,
+    groups: Groups,
     ssm: &impl Ssm,
     arm: &impl Arm,
     scripts: &Scripts<'_>,
@@ -308,7 +312,18 @@ async fn send(
     let mut sent = Vec::new();
     let need = opts.script_token_validity();
     let mut warned = false;
-    for ((region, platform), rows) in groups {
+    for ((region, platform, location), rows) in groups {
+        let Some(location) = location else {
+            // The planner gives every install row its location; a row without one is not sent anywhere.
+            for n in &rows {
+                out.instances[*n].fail(Failure::new(
+                    FailureStep::Connect,
+                    "no-azure-location",
+                    "the plan gives this instance no Azure location",
+                ));
+            }
+            continue;
+        };
         for chunk in rows.chunks(BATCH) {
             let access_token = match arm.script_token(need).await {
                 Ok((access_token, valid_for)) => {
@@ -348,8 +363,7 @@ async fn send(
                     .collect(),
                 script: render(
                     scripts,
-                    &plan.account_id,
-                    &region,
+                    (&plan.account_id, &region, &location),
                     platform,
                     &access_token,
                     opts,
@@ -393,8 +407,7 @@ async fn send(
 
 fn render(
     scripts: &Scripts<'_>,
-    account_id: &str,
-    region: &str,
+    (account_id, region, location): (&str, &str, &str),
     platform: Platform,
     access_token: &Secret,
     opts: &InstallOptions,
@@ -407,6 +420,10 @@ fn render(
     let mut tags = azure.tags.clone();
     tags.insert("AwsAccountId".into(), account_id.into());
     tags.insert("AwsRegion".into(), region.into());
+    tags.insert(
+        SqlServerLicense::TAG.into(),
+        onboarding.sql_server_license.tag_value().into(),
+    );
     let proxy = match &onboarding.connectivity {
         Connectivity::Public => None,
         Connectivity::Proxy(url) => Some(url.as_str().trim_end_matches('/')),
@@ -425,7 +442,7 @@ fn render(
     let params = InstallParams {
         subscription_id: &azure.subscription_id,
         resource_group,
-        location: &azure.location,
+        location,
         tenant_id: &azure.tenant_id,
         cloud: azure.cloud.as_str(),
         correlation_id: &opts.correlation_id,
@@ -436,6 +453,9 @@ fn render(
         installer_sha256: sha256,
         msi_url: onboarding.installer_msi_url_windows.as_str(),
         msi_sha256: onboarding.installer_sha256_windows_msi.as_deref(),
+        gateway_id: onboarding.gateway_id.as_deref(),
+        private_link_scope: onboarding.private_link_scope.as_deref(),
+        automatic_upgrade: onboarding.automatic_upgrade,
     };
     if platform == Platform::Windows {
         install::render_windows(&params)

@@ -505,12 +505,15 @@ async fn create_resource_group(
         ("CreatedBy".to_string(), "arc-onboard".to_string()),
     ]);
     match arm
-        .create_resource_group(token, &rg, &azure.location, &tags)
+        .create_resource_group(token, &rg, &azure.resource_group_location, &tags)
         .await
     {
         Ok(()) => {
             info!(resource_group = %rg, "resource group created");
-            format!("create-resource-group done: {rg} in {}", azure.location)
+            format!(
+                "create-resource-group done: {rg} in {}",
+                azure.resource_group_location
+            )
         }
         Err(e) => {
             warn!(resource_group = %rg, error = %e, "create-resource-group failed");

@@ -14,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Config, SSM_POLICY_ARN};
+use crate::config::{Config, SqlServerLicense, SSM_POLICY_ARN};
 use crate::model::{ArcStatus, AwsError, InstanceState, PingStatus, Platform};
 use crate::reconcile::observe::{
     profile_name_from_arn, AccountObservation, ArcObservation, Lookup, ObservedInstance,
@@ -265,6 +265,11 @@ pub struct InstancePlan {
     /// (`properties.agentVersion`), when there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
+    /// Rows that install the agent: the Azure location the machine is connected in (`[azure.locations]`,
+    /// else `[azure] location`, else with `auto` the AWS region's row of the table). The planner decides
+    /// it; the executor renders each batch's script with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure_location: Option<String>,
     /// In a `run` report: the plan's status and detail, beside the outcome in `status` and `detail`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub planned: Option<Planned>,
@@ -528,6 +533,25 @@ pub fn plan_account(obs: &AccountObservation, config: &Config, memory: &Memory) 
         region_errors,
         instances,
     }
+}
+
+/// The note on a license-included SQL Server instance: AWS already bills its SQL Server license, so the
+/// `ArcSQLServerExtensionDeployment` tag it gets matters.
+fn sql_server_note(details: &str, config: &Config) -> String {
+    let license = config.onboarding.sql_server_license;
+    let consequence = match license {
+        SqlServerLicense::Disabled => "the Arc SQL Server extension is not deployed",
+        SqlServerLicense::Payg => "Azure would bill SQL Server pay-as-you-go on top of AWS",
+        SqlServerLicense::Paid | SqlServerLicense::LicenseOnly => {
+            "it declares a license AWS already provides"
+        }
+    };
+    format!(
+        "; {details}: AWS bills its SQL Server license; sql_server_license = {:?} ({} = {}): {consequence}",
+        license.as_str(),
+        SqlServerLicense::TAG,
+        license.tag_value()
+    )
 }
 
 fn has_ssm_policy(policies: &[String]) -> bool {
@@ -794,6 +818,7 @@ impl Planner<'_> {
             failure: None,
             arc_resource_id: None,
             agent_version: None,
+            azure_location: None,
             resume: false,
         };
         if plan.platform == Platform::Unknown {
@@ -915,6 +940,26 @@ impl Planner<'_> {
         }
         plan.detail.push_str(&arc_note);
         plan.actions = iam_actions;
+        if let Some(azure) = &self.config.azure {
+            match azure.location_for(&plan.region) {
+                Some(location) => plan.azure_location = Some(location),
+                None => {
+                    // Only `location = "auto"` with a region the table does not know (all_regions).
+                    plan.fail(Failure::new(
+                        FailureStep::Connect,
+                        "no-azure-location",
+                        format!(
+                            "location = \"auto\" does not know AWS region {}; map it in [azure.locations]",
+                            plan.region
+                        ),
+                    ));
+                    return (plan, steps);
+                }
+            }
+        }
+        if let Some(details) = &inst.ec2.sql_server_included {
+            plan.detail.push_str(&sql_server_note(details, self.config));
+        }
         plan.actions.push(InstanceAction::InstallAgent);
         (plan, steps)
     }
@@ -1030,6 +1075,9 @@ mod tests {
                     state,
                     profile_arn: profile
                         .map(|p| format!("arn:aws:iam::{ACCOUNT}:instance-profile/{p}")),
+                    sql_server_included: id
+                        .contains("sql")
+                        .then(|| "Windows with SQL Server Standard".to_string()),
                 },
                 ssm: ping.map(|ping| SsmInstance {
                     instance_id: id.into(),
@@ -1573,5 +1621,105 @@ mod tests {
         // Even where the config forbids associations, DHMC needs none.
         let manual = world.plan(&config("auto_assignment = false"));
         assert_eq!(row(&manual, "i-bare-online").status, Status::Planned);
+    }
+
+    #[test]
+    fn install_rows_carry_the_planned_azure_location_and_an_unknown_region_fails_with_a_pointer() {
+        let text = "[aws]\nall_regions = true\n[azure]\ntenant_id = \"00000000-0000-0000-0000-000000000001\"\nsubscription_id = \"00000000-0000-0000-0000-000000000002\"\nclient_id = \"00000000-0000-0000-0000-000000000003\"\nlocation = \"auto\"\nresource_group_location = \"eastus\"\n[azure.locations]\n\"eu-central-1\" = \"germanywestcentral\"\n";
+        let cfg = Config::parse(text, Path::new("t.toml")).unwrap();
+        let mut w = World::new()
+            .instance(
+                "i-0000000000000001",
+                Some("AppProfile"),
+                InstanceState::Running,
+                Some(PingStatus::Online),
+            )
+            .instance("i-mac0000000000002", None, InstanceState::Running, None);
+        for region in ["eu-west-1", "eu-central-1", "xx-east-1"] {
+            let mut other = w.obs.regions[0].clone();
+            other.region = region.into();
+            w.obs.regions.push(other);
+        }
+        let plan = w.plan(&cfg);
+        let rows: Vec<(&str, &str, Option<&str>, Status)> = plan
+            .instances
+            .iter()
+            .map(|r| {
+                (
+                    r.region.as_str(),
+                    r.instance_id.as_str(),
+                    r.azure_location.as_deref(),
+                    r.status,
+                )
+            })
+            .collect();
+        let linux = "i-0000000000000001";
+        let mac = "i-mac0000000000002";
+        assert_eq!(
+            rows,
+            [
+                ("us-east-1", linux, Some("eastus"), Status::Planned),
+                ("us-east-1", mac, None, Status::Unsupported),
+                ("eu-west-1", linux, Some("westeurope"), Status::Planned),
+                ("eu-west-1", mac, None, Status::Unsupported),
+                (
+                    "eu-central-1",
+                    linux,
+                    Some("germanywestcentral"),
+                    Status::Planned
+                ),
+                ("eu-central-1", mac, None, Status::Unsupported),
+                ("xx-east-1", linux, None, Status::Failed),
+                ("xx-east-1", mac, None, Status::Unsupported),
+            ]
+        );
+        let unknown = &plan.instances[6];
+        assert!(unknown.actions.is_empty(), "{unknown:?}");
+        let failure = unknown.failure.as_ref().unwrap();
+        assert_eq!(failure.code, "no-azure-location");
+        assert!(failure.reason.contains("[azure.locations]"), "{failure}");
+        // The report shows the location; a row without one leaves the field out.
+        let json = serde_json::to_value(&plan.instances[0]).unwrap();
+        assert_eq!(json["azure_location"], "eastus");
+        assert!(serde_json::to_value(&plan.instances[1])
+            .unwrap()
+            .get("azure_location")
+            .is_none());
+    }
+
+    #[test]
+    fn a_license_included_sql_server_instance_says_what_its_tag_means() {
+        let w = World::new().instance(
+            "i-winsql00000000001",
+            Some("AppProfile"),
+            InstanceState::Running,
+            Some(PingStatus::Online),
+        );
+        let plan = w.plan(&config(""));
+        let detail = &plan.instances[0].detail;
+        assert!(
+            detail.contains("Windows with SQL Server Standard: AWS bills its SQL Server license")
+                && detail.contains("ArcSQLServerExtensionDeployment = Disabled")
+                && detail.contains("not deployed"),
+            "{detail}"
+        );
+        let payg = Config::parse(
+            "[aws]\nregions = [\"us-east-1\"]\n[onboarding]\nsql_server_license = \"payg\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let detail = &w.plan(&payg).instances[0].detail;
+        assert!(
+            detail.contains("PAYG") && detail.contains("on top of AWS"),
+            "{detail}"
+        );
+        // Other instances carry no note.
+        let plain = World::new().instance(
+            "i-win000000000000001",
+            Some("AppProfile"),
+            InstanceState::Running,
+            Some(PingStatus::Online),
+        );
+        assert!(!plain.plan(&config("")).instances[0].detail.contains("SQL"));
     }
 }

@@ -83,6 +83,14 @@ impl Emulator {
         ids
     }
 
+    /// The SSM commands sent so far, as the emulator records them.
+    pub fn sent_commands(&self) -> Vec<Value> {
+        self.control("GET", "/_emulator/commands", None)["commands"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
     /// Every AWS call so far.
     pub fn calls(&self) -> Vec<Value> {
         self.control("GET", "/_emulator/calls", None)["calls"]
@@ -620,4 +628,15 @@ pub fn fake_az(dir: &Path, stdout: &str, code: i32) -> String {
         dir.display(),
         std::env::var("PATH").unwrap_or_default()
     )
+}
+
+/// The script text of a sent command (its `commands` lines joined).
+pub fn script_of(command: &Value) -> String {
+    command["parameters"]["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -150,6 +150,9 @@ pub struct Metrics {
     queue_failing: Gauge,
     /// `arc_onboard_event_instances_watched`: instances the event path waits on to come Online in SSM.
     watched: Gauge,
+    /// `arc_onboard_arc_machines_deleted_total`: Arc machines of gone instances deleted (passes and
+    /// events).
+    deleted: Counter,
     /// Why the event queue cannot be read, while it cannot (`/healthz` says so).
     queue_problem: Mutex<Option<String>>,
 }
@@ -237,6 +240,12 @@ impl Metrics {
                 result: result.to_string(),
             });
         }
+        let deleted = Counter::default();
+        registry.register(
+            "arc_onboard_arc_machines_deleted",
+            "Arc machines of gone (terminated) instances deleted, by the passes and the event path",
+            deleted.clone(),
+        );
         let queue_failing = Gauge::default();
         registry.register(
             "arc_onboard_event_queue_failing",
@@ -263,6 +272,7 @@ impl Metrics {
         );
         let metrics = Metrics {
             events,
+            deleted,
             queue_failing,
             watched,
             queue_problem: Mutex::new(None),
@@ -389,6 +399,8 @@ impl Metrics {
                 })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+        self.deleted
+            .inc_by(statuses.get("offboarded").copied().unwrap_or(0));
         for (operation, count) in api_calls {
             self.api_calls
                 .get_or_create(&OperationLabels {
@@ -404,6 +416,19 @@ impl Metrics {
         self.healthy.set(i64::from(
             self.failing_kind_in(&kinds).is_none() && self.queue_problem().is_none(),
         ));
+    }
+
+    /// Counts what the event path did to the Arc machine of a gone instance (only `offboarded` counts:
+    /// a failed deletion is retried and shows in the logs and the next pass's report).
+    pub fn record_deletion(&self, status: crate::reconcile::plan::Status) {
+        if status == crate::reconcile::plan::Status::Offboarded {
+            self.deleted.inc();
+        }
+    }
+
+    /// The Arc machines deleted so far.
+    pub fn deleted(&self) -> u64 {
+        self.deleted.get()
     }
 
     /// Counts one queue message by its result (see [`crate::daemon::event_message::result`]).

@@ -532,7 +532,10 @@ function Invoke-Onboarding {
         '--tenant-id', $ARC_TENANT_ID,
         '--cloud', $ARC_CLOUD)
     if ($ARC_CORRELATION_ID) { $connect += @('--correlation-id', $ARC_CORRELATION_ID) }
-    if ($ARC_TAGS) { $connect += @('--tags', $ARC_TAGS) }
+    # The tags end with the per-instance ownership tag: one script serves a batch, so it is added here.
+    $tags = 'AwsInstanceId=' + $instanceId
+    if ($ARC_TAGS) { $tags = $ARC_TAGS + ',' + $tags }
+    $connect += @('--tags', $tags)
     $configPath = Join-Path $workDir 'connect.json'
     try {
         # Created empty and locked down before the token is written into it.

@@ -13,6 +13,7 @@ use crate::model::{
     AwsError, Ec2Instance, InstanceProfile, InstanceState, Role, SsmInstance, TagSelector,
 };
 use crate::ports::{Ec2, Iam, Ssm};
+use crate::reconcile::lifecycle::observe_gone;
 
 /// Every install command's `Comment` starts with this, so in-flight installs of earlier runs can be found.
 pub const COMMENT_PREFIX: &str = "arc-onboard";
@@ -68,6 +69,9 @@ pub struct AccountObservation {
     pub ssm_role: Lookup<Role>,
     /// What Azure says about the account's Arc machines.
     pub arc: ArcObservation,
+    /// Our Arc machines whose instance is gone, in the regions observed (see
+    /// [`crate::reconcile::lifecycle`]).
+    pub gone: crate::reconcile::lifecycle::GoneObservation,
 }
 
 /// What Azure said about one account's resource group and Arc machines.
@@ -171,8 +175,10 @@ pub async fn observe_account(
         .await;
     let regions: Vec<RegionObservation> =
         regions.iter().filter_map(|r| by_region.remove(r)).collect();
-
-    with_iam(account_id, regions, config, iam, arc).await
+    let gone = observe_gone(account_id, &regions, &arc, ec2, None).await;
+    let mut obs = with_iam(account_id, regions, config, iam, arc).await;
+    obs.gone = gone;
+    obs
 }
 
 /// Observes just these instances of one region (the event path): `DescribeInstances` by id with the tag
@@ -213,7 +219,10 @@ pub async fn observe_instances(
     .instrument(span)
     .await;
     let regions = vec![observed];
-    with_iam(account_id, regions, config, iam, arc).await
+    let gone = observe_gone(account_id, &regions, &arc, ec2, Some(instance_ids)).await;
+    let mut obs = with_iam(account_id, regions, config, iam, arc).await;
+    obs.gone = gone;
+    obs
 }
 
 /// The account's observation from its regions': adds the IAM lookups those regions' instances need.
@@ -232,6 +241,7 @@ async fn with_iam(
         role_policies,
         ssm_role,
         arc,
+        gone: Default::default(),
     }
 }
 

@@ -321,6 +321,8 @@ impl Params {
 
     /// The argv `azcmagent connect` must get, up to the `--config` file's path (random, checked apart).
     fn expected_connect(&self) -> Vec<String> {
+        // The script appends the per-instance ownership tag to the batch's tags.
+        let tags = format!("{},AwsInstanceId={INSTANCE_ID}", tags_arg(&self.tags));
         [
             "connect",
             "--subscription-id",
@@ -336,7 +338,7 @@ impl Params {
             "--correlation-id",
             &self.correlation_id,
             "--tags",
-            &tags_arg(&self.tags),
+            &tags,
             "--resource-name",
             INSTANCE_ID,
             "--config",
@@ -1060,7 +1062,7 @@ fn tags_with_spaces_quotes_and_equals_reach_the_agent_as_azcmagent_documents() {
     let tags = &call[call.iter().position(|a| a == "--tags").unwrap() + 1];
     assert_eq!(
         tags,
-        "AwsAccountId=123456789012,AwsRegion=eu-west-1,'Cost Center'=42,Env=prod,Note='say \"hi\" a=b',Owner='Shared Infrastructure Services'"
+        &format!("AwsAccountId=123456789012,AwsRegion=eu-west-1,'Cost Center'=42,Env=prod,Note='say \"hi\" a=b',Owner='Shared Infrastructure Services',AwsInstanceId={INSTANCE_ID}")
     );
 }
 

@@ -191,6 +191,15 @@ impl RestArm {
         )
     }
 
+    /// One machine's URL, with its `api-version`.
+    fn machine_url(&self, rg: &str, name: &str) -> String {
+        format!(
+            "{}/{}?api-version={MACHINES_API}",
+            self.machines_url(rg),
+            urlencode(name)
+        )
+    }
+
     async fn send(
         &self,
         operation: &'static str,
@@ -337,11 +346,7 @@ impl Arm for RestArm {
         name: &str,
     ) -> Result<(), AzureError> {
         let op = "arm:DeleteMachine";
-        let url = format!(
-            "{}/{}?api-version={MACHINES_API}",
-            self.machines_url(rg),
-            urlencode(name)
-        );
+        let url = self.machine_url(rg, name);
         let req = self.authed(reqwest::Method::DELETE, &url).await?;
         let resp = self.send(op, req, &url).await?;
         match resp.status().as_u16() {
@@ -353,11 +358,7 @@ impl Arm for RestArm {
 
     async fn get_machine(&self, rg: &str, name: &str) -> Result<Option<ArcMachine>, AzureError> {
         let op = "arm:GetMachine";
-        let url = format!(
-            "{}/{}?api-version={MACHINES_API}",
-            self.machines_url(rg),
-            urlencode(name)
-        );
+        let url = self.machine_url(rg, name);
         let req = self.authed(reqwest::Method::GET, &url).await?;
         let resp = self.send(op, req, &url).await?;
         match resp.status().as_u16() {

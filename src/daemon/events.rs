@@ -635,21 +635,29 @@ where
         }
     }
 
+    /// Enters the account (once; a member's role is assumed), or says why its events cannot be handled.
+    async fn enter(
+        &self,
+        account: &str,
+    ) -> Result<std::sync::Arc<crate::reconcile::accounts::Entered<X>>, Unhandled> {
+        self.accounts.enter(account).await.map_err(|e| {
+            if is_unreachable(&e) {
+                Unhandled::Unreachable(e)
+            } else {
+                Unhandled::NotNow(format!(
+                    "cannot enter the account: {} {}: {}",
+                    e.operation, e.code, e.message
+                ))
+            }
+        })
+    }
+
     /// Observes the instances, gives them their IAM where `[iam]` allows, records them in the state file
     /// and hands those that need the agent to the watcher or the installer. Returns the instances that
     /// are in scope (the others were filtered out by the tag filter, or are terminated or unknown).
     async fn prepare(&self, key: &Key, ids: &[String]) -> Result<BTreeSet<String>, Unhandled> {
         let (account, region) = key;
-        let clients = match self.accounts.enter(account).await {
-            Ok(c) => c,
-            Err(e) if is_unreachable(&e) => return Err(Unhandled::Unreachable(e)),
-            Err(e) => {
-                return Err(Unhandled::NotNow(format!(
-                    "cannot enter the account: {} {}: {}",
-                    e.operation, e.code, e.message
-                )))
-            }
-        };
+        let clients = self.enter(account).await?;
         let aws = &clients.ports();
         let arc = self.arc(account).await;
         let window = self.opts.pass.install.in_flight_window();
@@ -738,16 +746,7 @@ where
     /// instances that have an Arc machine of ours.
     async fn offboard(&self, key: &Key, ids: &[String]) -> Result<BTreeSet<String>, Unhandled> {
         let (account, region) = key;
-        let clients = match self.accounts.enter(account).await {
-            Ok(c) => c,
-            Err(e) if is_unreachable(&e) => return Err(Unhandled::Unreachable(e)),
-            Err(e) => {
-                return Err(Unhandled::NotNow(format!(
-                    "cannot enter the account: {} {}: {}",
-                    e.operation, e.code, e.message
-                )))
-            }
-        };
+        let clients = self.enter(account).await?;
         let aws = &clients.ports();
         let arc = self.arc(account).await;
         if let ArcObservation::Unavailable(why) = &arc {

@@ -986,6 +986,7 @@ mod tests {
                 "arc_onboard_api_calls_total counter",
                 "arc_onboard_errors_total counter",
                 "arc_onboard_events_total counter",
+                "arc_onboard_arc_machines_deleted_total counter",
                 "arc_onboard_event_queue_failing gauge",
                 "arc_onboard_event_instances_watched gauge",
             ]
@@ -1291,6 +1292,23 @@ mod tests {
         assert!(metrics.healthy());
         let samples = parse_exposition(&metrics.render());
         assert_eq!(value(&samples, "arc_onboard_healthy", &[]), Some(1.0));
+    }
+
+    #[test]
+    fn deletions_are_counted_from_passes_and_events() {
+        let metrics = Metrics::new(3);
+        let none = BTreeMap::new();
+        let statuses = map(&[("offboarded", 2), ("terminated", 1), ("onboarded", 4)]);
+        metrics.record_pass("onboarding", true, Duration::ZERO, &statuses, &none, &none);
+        metrics.record_deletion(crate::reconcile::plan::Status::Offboarded);
+        metrics.record_deletion(crate::reconcile::plan::Status::Failed);
+        metrics.record_deletion(crate::reconcile::plan::Status::Terminated);
+        assert_eq!(metrics.deleted(), 3);
+        let samples = parse_exposition(&metrics.render());
+        assert_eq!(
+            value(&samples, "arc_onboard_arc_machines_deleted_total", &[]),
+            Some(3.0)
+        );
     }
 
     #[test]

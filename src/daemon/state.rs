@@ -728,6 +728,94 @@ mod tests {
         assert_eq!(all[1].status, "onboarded");
     }
 
+    fn deletion(account: &str, region: &str, id: &str, delete_at: i64) -> DeletionRecord {
+        DeletionRecord {
+            account_id: account.into(),
+            region: region.into(),
+            instance_id: id.into(),
+            resource_group: "aws_x".into(),
+            machine: id.into(),
+            first_seen_at: delete_at - 3_600,
+            delete_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn pending_deletions_survive_reopening_and_are_wiped_per_region_or_settled_per_instance()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (a, b) = ("111111111111", "222222222222");
+        {
+            let db = StateDb::open(&path).await.unwrap();
+            db.record_deletions(
+                a,
+                Vec::new(),
+                Vec::new(),
+                vec![
+                    deletion(a, "us-east-1", "i-1", 300),
+                    deletion(a, "us-east-1", "i-2", 100),
+                    deletion(a, "eu-west-1", "i-3", 200),
+                ],
+            )
+            .await
+            .unwrap();
+            db.record_deletions(
+                b,
+                Vec::new(),
+                Vec::new(),
+                vec![deletion(b, "us-east-1", "i-9", 50)],
+            )
+            .await
+            .unwrap();
+            db.close().await.unwrap();
+        }
+        let db = StateDb::open(&path).await.unwrap();
+        let ids = |d: Vec<DeletionRecord>| -> Vec<String> {
+            d.into_iter().map(|d| d.instance_id).collect()
+        };
+        assert_eq!(
+            ids(db.deletions().await.unwrap()),
+            ["i-9", "i-2", "i-3", "i-1"],
+            "earliest due first"
+        );
+        // A full pass of a's us-east-1 saw only i-1 pending; an event settled i-3.
+        db.record_deletions(
+            a,
+            vec!["us-east-1".into()],
+            vec![("eu-west-1".into(), "i-3".into())],
+            vec![deletion(a, "us-east-1", "i-1", 300)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(ids(db.deletions_of_account(a).await.unwrap()), ["i-1"]);
+        assert_eq!(
+            ids(db.deletions_of_account(b).await.unwrap()),
+            ["i-9"],
+            "other accounts stay"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_version_1_file_is_migrated_with_its_records_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let raw = Connection::open(&path).unwrap();
+        raw.execute_batch(MIGRATIONS[0]).unwrap();
+        raw.pragma_update(None, "user_version", 1).unwrap();
+        raw.execute(
+            "INSERT INTO instances (account_id, region, instance_id, status, last_seen_at)
+             VALUES ('111111111111', 'us-east-1', 'i-old', 'onboarded', 1)",
+            [],
+        )
+        .unwrap();
+        drop(raw);
+        let db = StateDb::open(&path).await.unwrap();
+        assert_eq!(db.schema_version().await.unwrap(), 2);
+        assert_eq!(db.all().await.unwrap()[0].instance_id, "i-old");
+        assert!(db.deletions().await.unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn an_accounts_records_are_read_without_the_others() {
         let dir = tempfile::tempdir().unwrap();
@@ -805,7 +893,7 @@ mod tests {
                 e,
                 StateError::TooOld {
                     found: 0,
-                    known: 1,
+                    known: 2,
                     ..
                 }
             ),

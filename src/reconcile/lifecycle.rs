@@ -268,3 +268,261 @@ pub async fn delete_gone(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::path::Path;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+    use crate::model::{ArcStatus, Ec2Instance};
+    use crate::reconcile::observe::{AccountObservation, Lookup, ObservedInstance};
+
+    const ACCOUNT: &str = "123456789012";
+    const RG: &str = "aws_123456789012";
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn config(lifecycle: &str) -> Config {
+        let text = format!("[aws]\nregions = [\"us-east-1\"]\n[lifecycle]\n{lifecycle}\n");
+        Config::parse(&text, Path::new("t.toml")).unwrap()
+    }
+
+    fn tagged(name: &str, tags: &[(&str, &str)], changed: Option<u64>) -> ArcMachine {
+        ArcMachine {
+            name: name.into(),
+            status: ArcStatus::Disconnected,
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            last_status_change: changed.map(at),
+            ..ArcMachine::default()
+        }
+    }
+
+    fn ours(id: &str, region: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("ManagedBy", "arc-onboard".into()),
+            ("AwsAccountId", ACCOUNT.into()),
+            ("AwsRegion", region.into()),
+            ("AwsInstanceId", id.into()),
+        ]
+    }
+
+    fn machine(name: &str, tags: Vec<(&'static str, String)>, changed: Option<u64>) -> ArcMachine {
+        let tags: Vec<(&str, &str)> = tags.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        tagged(name, &tags, changed)
+    }
+
+    fn region(name: &str, live: &[&str], error: bool) -> RegionObservation {
+        RegionObservation {
+            region: name.into(),
+            instances: live
+                .iter()
+                .map(|id| ObservedInstance {
+                    ec2: Ec2Instance {
+                        instance_id: id.to_string(),
+                        name: None,
+                        platform: Platform::Linux,
+                        state: InstanceState::Running,
+                        profile_arn: None,
+                    },
+                    ssm: None,
+                })
+                .collect(),
+            error: error.then(|| AwsError::from_code("ec2:DescribeInstances", "Throttling", "x")),
+            ssm_error: None,
+            in_flight: HashMap::new(),
+        }
+    }
+
+    fn arc(machines: Vec<ArcMachine>) -> ArcObservation {
+        ArcObservation::Checked {
+            resource_group: RG.into(),
+            group_exists: true,
+            machines: machines.into_iter().map(|m| (m.name.clone(), m)).collect(),
+        }
+    }
+
+    /// Observation of gone machines through the fake EC2.
+    #[tokio::test]
+    async fn only_our_tagged_machines_of_gone_instances_in_observed_regions_are_candidates() {
+        let aws = crate::fake::FakeAws::new(&["us-east-1", "eu-west-1"]);
+        for (id, state) in [
+            ("i-terminated", InstanceState::Terminated),
+            ("i-stopping", InstanceState::ShuttingDown),
+            ("i-untagged-live", InstanceState::Running),
+        ] {
+            aws.add_instance("us-east-1", id, Platform::Linux, state, None, &[]);
+        }
+        let regions = vec![
+            region("us-east-1", &["i-live"], false),
+            region("eu-west-1", &[], true),
+        ];
+        let arc = arc(vec![
+            machine("i-live", ours("i-live", "us-east-1"), None),
+            machine("i-terminated", ours("i-terminated", "us-east-1"), None),
+            machine("i-stopping", ours("i-stopping", "us-east-1"), None),
+            machine("i-forgotten", ours("i-forgotten", "us-east-1"), None),
+            // Outside the tag filter but running: not gone.
+            machine(
+                "i-untagged-live",
+                ours("i-untagged-live", "us-east-1"),
+                None,
+            ),
+            // No ownership tags, another account, a region that failed.
+            tagged("i-foreign", &[("Owner", "me")], None),
+            machine(
+                "i-other-account",
+                {
+                    let mut t = ours("i-other-account", "us-east-1");
+                    t[1].1 = "999999999999".into();
+                    t
+                },
+                None,
+            ),
+            machine("i-west", ours("i-west", "eu-west-1"), None),
+        ]);
+        let gone = observe_gone(ACCOUNT, &regions, &arc, &aws, None).await;
+        let found: Vec<(&str, Option<InstanceState>)> = gone
+            .machines
+            .iter()
+            .map(|g| (g.instance_id.as_str(), g.state))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("i-forgotten", None),
+                ("i-stopping", Some(InstanceState::ShuttingDown)),
+                ("i-terminated", Some(InstanceState::Terminated)),
+            ]
+        );
+        assert_eq!(
+            aws.calls.count("ec2:DescribeInstances"),
+            1,
+            "one lookup for the region"
+        );
+        // The event path looks only at the instances it names.
+        let only = ["i-terminated".to_string()];
+        let gone = observe_gone(ACCOUNT, &regions, &arc, &aws, Some(&only)).await;
+        assert_eq!(gone.machines.len(), 1);
+        // A failed lookup makes no candidate and is reported.
+        aws.fail(
+            "ec2:DescribeInstances",
+            "us-east-1",
+            "UnauthorizedOperation",
+        );
+        let gone = observe_gone(ACCOUNT, &regions, &arc, &aws, None).await;
+        assert!(gone.machines.is_empty());
+        assert_eq!(gone.errors.len(), 1);
+    }
+
+    fn observation(gone: Vec<GoneMachine>) -> AccountObservation {
+        AccountObservation {
+            account_id: ACCOUNT.into(),
+            regions: vec![region("us-east-1", &[], false)],
+            profiles: BTreeMap::new(),
+            role_policies: BTreeMap::new(),
+            ssm_role: Lookup::Missing,
+            arc: ArcObservation::NotConfigured,
+            gone: GoneObservation {
+                machines: gone,
+                errors: Vec::new(),
+            },
+        }
+    }
+
+    fn gone(id: &str, changed_at: Option<u64>, last_status_change: Option<u64>) -> GoneMachine {
+        GoneMachine {
+            region: "us-east-1".into(),
+            instance_id: id.into(),
+            resource_group: RG.into(),
+            machine: machine(id, ours(id, "us-east-1"), last_status_change),
+            state: changed_at.map(|_| InstanceState::Terminated),
+            changed_at: changed_at.map(at),
+        }
+    }
+
+    #[test]
+    fn the_grace_counts_from_the_first_sighting_and_deletion_can_be_turned_off() {
+        let now = 10_000;
+        let obs = observation(vec![
+            gone("i-old", Some(now - 3_600), None),
+            gone("i-recent", Some(now - 60), None),
+            gone("i-unknown-old", None, Some(now - 7_200)),
+            gone("i-remembered", Some(now - 10), None),
+            gone("i-no-time", None, None),
+        ]);
+        let memory = Memory {
+            instances: HashMap::new(),
+            now: at(now),
+            terminations: HashMap::from([(
+                ("us-east-1".to_string(), "i-remembered".to_string()),
+                at(now - 4_000),
+            )]),
+        };
+        let plan = |cfg: &Config| -> Vec<(String, Vec<&'static str>)> {
+            plan_gone(&obs, &obs.regions[0], cfg, &memory)
+                .iter()
+                .map(|r| {
+                    assert_eq!(r.status, Status::Terminated);
+                    (
+                        r.instance_id.clone(),
+                        r.actions.iter().map(InstanceAction::as_str).collect(),
+                    )
+                })
+                .collect()
+        };
+        let due = vec!["delete-arc-machine"];
+        let none: Vec<&str> = Vec::new();
+        assert_eq!(
+            plan(&config("")),
+            [
+                ("i-old".to_string(), due.clone()),
+                ("i-recent".to_string(), none.clone()),
+                ("i-unknown-old".to_string(), due.clone()),
+                ("i-remembered".to_string(), due.clone()),
+                ("i-no-time".to_string(), none.clone()),
+            ]
+        );
+        let rows = plan_gone(&obs, &obs.regions[0], &config(""), &memory);
+        assert!(rows[1].detail.contains("not before"), "{}", rows[1].detail);
+        let t = rows[1].termination.as_ref().unwrap();
+        assert_eq!(t.delete_at_unix - t.first_seen_unix, 3_600);
+        assert!(plan(&config("delete_after = \"0s\""))
+            .iter()
+            .all(|(_, a)| *a == due));
+        let off = plan_gone(
+            &obs,
+            &obs.regions[0],
+            &config("delete_terminated = false\ndelete_after = \"0s\""),
+            &memory,
+        );
+        assert!(off
+            .iter()
+            .all(|r| r.actions.is_empty() && r.detail.contains("delete_terminated = false")));
+    }
+
+    #[test]
+    fn a_scoped_pass_without_installs_leaves_deletions_to_the_onboarding_pass() {
+        let obs = observation(vec![gone("i-old", Some(0), None)]);
+        let memory = Memory {
+            now: at(100_000),
+            ..Memory::none()
+        };
+        let plan = crate::reconcile::plan::plan_account(&obs, &config(""), &memory);
+        assert_eq!(plan.instances[0].actions.len(), 1);
+        let iam_only = plan.scoped(crate::reconcile::plan::Scope {
+            iam: true,
+            install: false,
+        });
+        assert!(iam_only.instances[0].actions.is_empty());
+        assert!(iam_only.instances[0]
+            .detail
+            .ends_with("the onboarding pass deletes it"));
+    }
+}

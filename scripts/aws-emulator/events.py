@@ -204,7 +204,7 @@ def state_changed(sink: EventSink, result: dict[str, Any]) -> int:
                for state in _TRANSITIONS.get(result["state"], ()))
 
 
-
+def set_tags(sink: EventSink, instance_id: str, body: Any) -> dict[str, Any]:
     """``{"tags": {K: V}}`` sets these tags on the instance (``{"remove": [K]}`` removes tags) and
     delivers the Tag Change event."""
     if not isinstance(body, dict) or not isinstance(body.get("tags", {}), dict) \

@@ -6,8 +6,8 @@ use std::sync::Mutex;
 
 use crate::config::SSM_POLICY_ARN;
 use crate::model::{
-    AwsError, CommandStatus, Ec2Instance, InstanceProfile, InstanceState, PingStatus, Platform,
-    ProfileAssociation, Role, SsmInstance, TagSelector,
+    AwsError, CommandStatus, Ec2Instance, InstanceFate, InstanceProfile, InstanceState, PingStatus,
+    Platform, ProfileAssociation, Role, SsmInstance, TagSelector,
 };
 use std::sync::Arc;
 
@@ -366,6 +366,26 @@ impl Ec2 for FakeAws {
         Ok(all
             .into_iter()
             .filter(|i| instance_ids.contains(&i.instance_id))
+            .collect())
+    }
+
+    async fn instance_fates(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> Result<Vec<InstanceFate>, AwsError> {
+        self.check("ec2:DescribeInstances", &[region])?;
+        let s = self.lock();
+        Ok(s.instances
+            .get(region)
+            .into_iter()
+            .flatten()
+            .filter(|i| instance_ids.contains(&i.ec2.instance_id))
+            .map(|i| InstanceFate {
+                instance_id: i.ec2.instance_id.clone(),
+                state: i.ec2.state,
+                changed_at: None,
+            })
             .collect())
     }
 

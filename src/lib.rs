@@ -23,6 +23,8 @@
 //!   - [`reconcile::plan`]: the pure planner: observation + config + the daemon's memory -> per-instance
 //!     actions, statuses and reasons.
 //!   - [`reconcile::apply`]: executes the IAM part of a plan (requires a mutation token).
+//!   - [`reconcile::lifecycle`]: our Arc machines whose instance is gone: found (ownership tags, observed
+//!     regions), planned as `terminated` rows with `delete-arc-machine` after `delete_after`, deleted.
 //!   - [`reconcile::onboard`]: the agent install through SSM Run Command, tracking, verification in Azure.
 //!   - [`reconcile::pass`]: one observe -> plan -> apply pass, shared by every command.
 //!   - [`reconcile::accounts`]: the accounts in scope, entering each, one pass per account (bounded
@@ -47,7 +49,7 @@
 //!   - [`output::table`]: the one table renderer (display-width aware).
 //!   - [`output::progress`]: progress of long waits on stderr.
 //! - [`template`]: `arc-onboard template NAME`: the member-account role and event set-up as
-//!   CloudFormation, the orchestrator's IAM policy, built from the configuration.
+//!   CloudFormation, the orchestrator's IAM policy and its Azure custom role, built from the configuration.
 //! - [`error`]: how errors are shown: the message and every cause, once each.
 //! - `bench`: in-process benchmarks on the fakes under simulated AWS throttling (`scripts/bench-org`;
 //!   feature `fakes` only).

@@ -351,6 +351,32 @@ pub fn sql_server_included(platform_details: Option<&str>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// An instance as `DescribeInstances` reports it whatever its state, terminated included: what deciding
+/// the fate of its Arc machine needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceFate {
+    /// `i-...`.
+    pub instance_id: String,
+    /// Lifecycle state.
+    pub state: InstanceState,
+    /// When it entered that state, read from `StateTransitionReason` (`User initiated (2026-12-06
+    /// 04:45:03 GMT)`) when it holds a time.
+    pub changed_at: Option<std::time::SystemTime>,
+}
+
+/// The time in an EC2 `StateTransitionReason` (`... (YYYY-MM-DD HH:MM:SS GMT)`, moto says `UTC`).
+pub fn transition_time(reason: &str) -> Option<std::time::SystemTime> {
+    let open = reason.rfind('(')?;
+    let inner = reason[open + 1..].trim_end().strip_suffix(')')?;
+    let stamp = inner
+        .trim()
+        .trim_end_matches("GMT")
+        .trim_end_matches("UTC")
+        .trim();
+    let (date, time) = stamp.split_once(' ')?;
+    humantime::parse_rfc3339(&format!("{date}T{time}Z")).ok()
+}
+
 /// An instance profile association (`DescribeIamInstanceProfileAssociations`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProfileAssociation {
@@ -579,7 +605,7 @@ impl AzureError {
 }
 
 /// An Arc machine resource as far as the tool cares.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ArcMachine {
     /// Resource name (the instance id).
     pub name: String,
@@ -589,6 +615,10 @@ pub struct ArcMachine {
     pub errors: Vec<String>,
     /// `properties.agentVersion`, when Azure reports one.
     pub agent_version: Option<String>,
+    /// The resource's tags (ownership is read from them: [`ownership`]).
+    pub tags: BTreeMap<String, String>,
+    /// `properties.lastStatusChange`: when the status last changed, when Azure says.
+    pub last_status_change: Option<std::time::SystemTime>,
 }
 
 /// An Arc machine Azure Resource Graph found for one of our instances, anywhere the identity can read.
@@ -606,6 +636,73 @@ pub struct GraphMachine {
     pub instance_id_tag: Option<String>,
     /// `properties.status`, when present.
     pub status: Option<String>,
+}
+
+impl ArcMachine {
+    /// The EC2 instance this machine belongs to when it carries arc-onboard's ownership tags (see
+    /// [`ownership`]); `None` for any machine arc-onboard did not connect, whatever its name.
+    pub fn owner(&self) -> Option<ownership::Owner> {
+        ownership::owner_of(&self.tags)
+    }
+}
+
+impl Default for ArcStatus {
+    fn default() -> Self {
+        ArcStatus::Other("Unknown".into())
+    }
+}
+
+/// The ownership tags every machine arc-onboard connects carries, and how they are read back. A machine
+/// without all of them is never deleted or changed by arc-onboard.
+///
+/// `ManagedBy`, `AwsAccountId` and `AwsRegion` are rendered into the install script (one text per
+/// account, region and platform); `AwsInstanceId` is added by the script on the instance itself, from the
+/// instance id it reads through IMDSv2.
+pub mod ownership {
+    use std::collections::BTreeMap;
+
+    /// Says arc-onboard connected the machine; its value is [`MANAGED_BY_VALUE`].
+    pub const MANAGED_BY: &str = "ManagedBy";
+    /// The value of [`MANAGED_BY`].
+    pub const MANAGED_BY_VALUE: &str = "arc-onboard";
+    /// The AWS account id of the instance.
+    pub const ACCOUNT: &str = "AwsAccountId";
+    /// The AWS region of the instance.
+    pub const REGION: &str = "AwsRegion";
+    /// The EC2 instance id (set on the instance by the install script).
+    pub const INSTANCE: &str = "AwsInstanceId";
+    /// Every ownership tag key; the configuration may not set them (`azure.tags`).
+    pub const KEYS: [&str; 4] = [MANAGED_BY, ACCOUNT, REGION, INSTANCE];
+
+    /// The instance an owned machine belongs to.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Owner {
+        /// 12-digit account id.
+        pub account_id: String,
+        /// Region.
+        pub region: String,
+        /// `i-...`.
+        pub instance_id: String,
+    }
+
+    /// Reads the ownership tags (keys case-insensitively, as Azure treats tag names); `None` unless all
+    /// four are present and `ManagedBy` is `arc-onboard`.
+    pub fn owner_of(tags: &BTreeMap<String, String>) -> Option<Owner> {
+        let get = |key: &str| {
+            tags.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v.trim())
+                .filter(|v| !v.is_empty())
+        };
+        if !get(MANAGED_BY)?.eq_ignore_ascii_case(MANAGED_BY_VALUE) {
+            return None;
+        }
+        Some(Owner {
+            account_id: get(ACCOUNT)?.to_string(),
+            region: get(REGION)?.to_string(),
+            instance_id: get(INSTANCE)?.to_string(),
+        })
+    }
 }
 
 /// Counts of API calls by `service:Operation`, as the report shows them.
@@ -760,5 +857,56 @@ mod tests {
             ArcStatus::parse("AwaitingConnection").as_str(),
             "AwaitingConnection"
         );
+    }
+
+    #[test]
+    fn transition_times_are_read_from_ec2s_reason() {
+        let t = transition_time("User initiated (2026-12-06 04:45:03 GMT)").unwrap();
+        assert_eq!(
+            humantime::format_rfc3339_seconds(t).to_string(),
+            "2026-12-06T04:45:03Z"
+        );
+        assert!(transition_time("User initiated (2026-12-06 04:45:03 UTC)").is_some());
+        assert_eq!(transition_time(""), None);
+        assert_eq!(transition_time("Server.SpotInstanceTermination"), None);
+    }
+
+    #[test]
+    fn a_machine_is_ours_only_with_every_ownership_tag() {
+        let tags = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let full = [
+            ("ManagedBy", "arc-onboard"),
+            ("AwsAccountId", "123456789012"),
+            ("AwsRegion", "us-east-1"),
+            ("AwsInstanceId", "i-0abc"),
+        ];
+        assert_eq!(
+            ownership::owner_of(&tags(&full)),
+            Some(ownership::Owner {
+                account_id: "123456789012".into(),
+                region: "us-east-1".into(),
+                instance_id: "i-0abc".into(),
+            })
+        );
+        // Azure tag names are case-insensitive.
+        let lower: Vec<(String, &str)> = full
+            .iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), *v))
+            .collect();
+        let lower: Vec<(&str, &str)> = lower.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert!(ownership::owner_of(&tags(&lower)).is_some());
+        for missing in 0..full.len() {
+            let mut partial = full.to_vec();
+            partial.remove(missing);
+            assert_eq!(ownership::owner_of(&tags(&partial)), None, "{partial:?}");
+        }
+        let mut other = full.to_vec();
+        other[0] = ("ManagedBy", "defender");
+        assert_eq!(ownership::owner_of(&tags(&other)), None);
     }
 }

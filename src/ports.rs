@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::model::{
     ApiCounts, ArcMachine, AwsError, AzureError, CommandStatus, Ec2Instance, GraphMachine,
-    InstanceProfile, ProfileAssociation, Role, Secret, SsmInstance, TagSelector,
+    InstanceFate, InstanceProfile, ProfileAssociation, Role, Secret, SsmInstance, TagSelector,
 };
 
 /// Proof that the caller may change AWS or Azure.
@@ -54,6 +54,15 @@ pub trait Ec2: Send + Sync {
         instance_ids: &[String],
         tag: Option<&TagSelector>,
     ) -> impl Future<Output = Result<Vec<Ec2Instance>, AwsError>> + Send;
+
+    /// `ec2:DescribeInstances` of just these instances in any state, terminated included, without the tag
+    /// filter (an `instance-id` filter: an id EC2 no longer knows is simply absent): whether the instance
+    /// of an Arc machine is gone.
+    fn instance_fates(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<InstanceFate>, AwsError>> + Send;
 
     /// `ec2:DescribeIamInstanceProfileAssociations`, all pages, only live associations; limited to
     /// `instance_ids` unless empty.
@@ -337,6 +346,15 @@ pub trait Arm: Send + Sync {
         &self,
         rg: &str,
     ) -> impl Future<Output = Result<Vec<ArcMachine>, AzureError>> + Send;
+
+    /// Deletes an Arc machine (`DELETE .../machines/{name}`); a machine that is already gone counts as
+    /// deleted.
+    fn delete_machine(
+        &self,
+        token: &MutationToken,
+        rg: &str,
+        name: &str,
+    ) -> impl Future<Output = Result<(), AzureError>> + Send;
 
     /// One Arc machine, `None` when absent.
     fn get_machine(

@@ -300,7 +300,9 @@ fn a_terminated_instance_leaves_the_state_file_and_the_log_says_so() {
     let w = World::start();
     let stays = seed_one(&w, true);
     let gone = seed_one(&w, true);
-    let d = w.daemon(&config("1 day", "1s"), &[], None);
+    // Its Arc machine (ours) is deleted at once; once it is, the instance is no longer reported.
+    let lifecycle = "[lifecycle]\ndelete_after = \"0s\"\n";
+    let d = w.daemon(&format!("{}{lifecycle}", config("1 day", "1s")), &[], None);
     let done = |id: &str, s: &Value| {
         status_of(s, id)
             .is_some_and(|i| i["status"] == "onboarded" || i["status"] == "already-onboarded")

@@ -370,8 +370,6 @@ impl Params {
             &self.cloud,
             "--correlation-id",
             &self.correlation_id,
-            "--tags",
-            &tags_arg(&self.tags),
         ]
         .map(String::from)
         .to_vec();
@@ -384,6 +382,9 @@ impl Params {
         if self.automatic_upgrade {
             argv.push("--enable-automatic-upgrade".to_owned());
         }
+        // The script appends the per-instance ownership tag to the batch's tags.
+        let tags = format!("{},AwsInstanceId={INSTANCE_ID}", tags_arg(&self.tags));
+        argv.extend(["--tags".to_owned(), tags]);
         argv.extend(["--resource-name", INSTANCE_ID, "--config"].map(String::from));
         argv
     }
@@ -1216,7 +1217,7 @@ fn tags_with_spaces_quotes_and_equals_reach_the_agent_as_azcmagent_documents() {
     let tags = &call[call.iter().position(|a| a == "--tags").unwrap() + 1];
     assert_eq!(
         tags,
-        "AwsAccountId=123456789012,AwsRegion=eu-west-1,'Cost Center'=42,Env=prod,Note='say \"hi\" a=b',Owner='Shared Infrastructure Services'"
+        &format!("AwsAccountId=123456789012,AwsRegion=eu-west-1,'Cost Center'=42,Env=prod,Note='say \"hi\" a=b',Owner='Shared Infrastructure Services',AwsInstanceId={INSTANCE_ID}")
     );
 }
 

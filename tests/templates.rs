@@ -743,3 +743,84 @@ fn web_identity_tokens_are_allowed_only_for_our_audiences_algorithm_and_lifetime
         }
     }
 }
+
+/// The ARM action of one request the Azure stub served (`kind: arm`), as Azure RBAC names it; a
+/// simulated `azcmagent connect` (`kind: connect`) with the scripts' token creates the machine.
+fn arm_action(request: &Value) -> Option<String> {
+    let path = request["path"].as_str()?.to_ascii_lowercase();
+    let method = request["method"].as_str()?;
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let action = match (request["kind"].as_str()?, method, segments.as_slice()) {
+        ("connect", _, _) if request["status"] == 200 => "Microsoft.HybridCompute/machines/write",
+        ("arm", "GET" | "HEAD", ["subscriptions", _, "resourcegroups", _]) => {
+            "Microsoft.Resources/subscriptions/resourceGroups/read"
+        }
+        ("arm", "PUT", ["subscriptions", _, "resourcegroups", _]) => {
+            "Microsoft.Resources/subscriptions/resourceGroups/write"
+        }
+        ("arm", "GET", [.., "microsoft.hybridcompute", "machines"])
+        | ("arm", "GET", [.., "microsoft.hybridcompute", "machines", _]) => {
+            "Microsoft.HybridCompute/machines/read"
+        }
+        ("arm", "DELETE", [.., "microsoft.hybridcompute", "machines", _]) => {
+            "Microsoft.HybridCompute/machines/delete"
+        }
+        ("arm", _, _) => panic!("an ARM request this test cannot map: {request}"),
+        _ => return None,
+    };
+    Some(action.to_string())
+}
+
+#[test]
+fn the_azure_role_holds_exactly_the_arm_actions_a_run_and_a_deletion_use() {
+    let w = World::start();
+    let ids: Vec<String> = w
+        .aws
+        .seed(&fleet_with(json!([
+            {"region": "us-east-1", "tags": {"Name": "gone"}, "instance_profile": "AppProfile"},
+            {"region": "us-east-1", "tags": {"Name": "stays"}, "instance_profile": "AppProfile"}
+        ])))
+        .iter()
+        .map(|i| i["instance_id"].as_str().unwrap().to_string())
+        .collect();
+    let config = w.config("[aws]\nregions = [\"us-east-1\"]\n[lifecycle]\ndelete_after = \"0s\"\n");
+    let run = |args: &[&str]| {
+        let out = w.run(args, &config);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        out.json()
+    };
+    run(&["plan", "--output", "json"]);
+    let first = run(&["run", "--wait-for-ssm", "20s", "--output", "json"]);
+    assert_eq!(first["summary"]["by_status"]["onboarded"], 2, "{first:#}");
+    w.aws.control(
+        "POST",
+        &format!("/_emulator/instances/{}/state", ids[0]),
+        Some(&json!({"state": "terminated"})),
+    );
+    let second = run(&["run", "--output", "json"]);
+    assert_eq!(
+        second["summary"]["by_status"]["offboarded"], 1,
+        "{second:#}"
+    );
+
+    let used: BTreeSet<String> = w.azure.requests().iter().filter_map(arm_action).collect();
+    let role = template(&["azure-role"], Some(&config)).json();
+    let allowed: BTreeSet<String> = role["Actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(allowed, used, "the role's actions are exactly those used");
+    assert_eq!(
+        role["AssignableScopes"],
+        json!(["/subscriptions/00000000-0000-0000-0000-000000000002"])
+    );
+    assert_eq!(role["NotActions"], json!([]));
+    assert!(role["Name"].as_str().is_some_and(|n| !n.is_empty()));
+    assert!(role["Description"].as_str().is_some_and(|d| !d.is_empty()));
+    // Without [azure] there is no subscription to scope it to.
+    let bare = template(&["azure-role"], Some(BASIC));
+    assert_eq!(bare.code, 2, "{}", bare.stderr);
+    assert!(bare.stderr.contains("azure"), "{}", bare.stderr);
+}

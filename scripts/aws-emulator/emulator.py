@@ -431,6 +431,7 @@ class Emulator:
             raise ControlError('body must be {"state": "running" | "stopped" | "terminated"}')
         result = fleet.set_state(instance_id, body.get("state", ""))
         self.ssm.refresh()
+        result["events"] = events.state_changed(self.events, result)
         return result
 
 

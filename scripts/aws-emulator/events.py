@@ -188,6 +188,22 @@ def launch(sink: EventSink, body: Any) -> dict[str, Any]:
     return {"instances": created, "events": delivered}
 
 
+# The state-change events EC2 emits on the way to each state the control API sets.
+_TRANSITIONS = {"running": ("pending", "running"), "stopped": ("stopping", "stopped"),
+                "terminated": ("shutting-down", "terminated")}
+
+
+def state_changed(sink: EventSink, result: dict[str, Any]) -> int:
+    """Delivers the events of an instance moved to ``result["state"]`` by the control API (as EC2
+    does: ``shutting-down`` then ``terminated`` for a termination), when a queue is configured;
+    returns how many were delivered."""
+    found = fleet.locate(result["instance_id"])
+    account = found[0] if found else None
+    return sum(int(sink.deliver(state_change_event(result["region"], result["instance_id"], state,
+                                                   account)))
+               for state in _TRANSITIONS.get(result["state"], ()))
+
+
 def set_tags(sink: EventSink, instance_id: str, body: Any) -> dict[str, Any]:
     """``{"tags": {K: V}}`` sets these tags on the instance (``{"remove": [K]}`` removes tags) and
     delivers the Tag Change event."""

@@ -568,6 +568,28 @@ def test_launch_and_tag_changes_put_eventbridge_events_on_the_queue(emu, aws):
     emu.events(queue_url=None)
 
 
+def test_terminating_an_instance_puts_its_state_change_events_on_the_queue(emu, aws):
+    sqs = aws("sqs", "af-south-1")
+    url = emu.events(create_queue="arc-state-events", region="af-south-1")["queue_url"]
+    launched = emu.launch(region="af-south-1", tags={"arc": "onboard"}, events=[])
+    assert launched["events"] == 0
+    iid = launched["instances"][0]["instance_id"]
+    result = emu.set_state(iid, "terminated")
+    assert result["state"] == "terminated" and result["events"] == 2
+    got = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)["Messages"]
+    events = [json.loads(m["Body"]) for m in got]
+    assert sorted(e["detail"]["state"] for e in events) == ["shutting-down", "terminated"]
+    assert {e["detail"]["instance-id"] for e in events} == {iid}
+    assert {e["detail-type"] for e in events} == {"EC2 Instance State-change Notification"}
+    # EC2 keeps the terminated instance (with the time in StateTransitionReason) for a while.
+    [instance] = [i for r in aws("ec2", "af-south-1").describe_instances(InstanceIds=[iid])[
+        "Reservations"] for i in r["Instances"]]
+    assert instance["State"]["Name"] == "terminated"
+    assert instance["StateTransitionReason"].startswith("User initiated (")
+    emu.events(queue_url=None)
+    assert emu.set_state(launched["instances"][0]["instance_id"], "terminated")["events"] == 0
+
+
 def test_a_launch_in_a_member_account_puts_its_event_with_that_account(emu, aws):
     sqs = aws("sqs", "af-south-1")
     url = emu.events(create_queue="arc-member-events", region="af-south-1")["queue_url"]

@@ -62,6 +62,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "arc_token_dir": None,
     "graph_page_size": 1000,
     "graph_denied": False,
+    "fail_delete": None,
 }
 MACHINE_STATUSES = ("Connected", "Disconnected", "Error", "AwaitingConnection")
 AGENT_VERSION = "1.50"
@@ -82,6 +83,9 @@ _API_VERSION = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
 _RG_NAME = re.compile(r"^[\w\-.()]{1,90}$")  # \w: Unicode letters, digits and _ (like Azure)
 _MACHINE_NAME = re.compile(r"^[a-zA-Z0-9\-_.]{1,54}$")
 _TAG_NAME_FORBIDDEN = set("<>%&\\?/")
+# The install scripts' line that appends the per-instance ownership tag (Linux, then Windows).
+_INSTANCE_TAG_LINE = re.compile(
+    r'AwsInstanceId=\$INSTANCE_ID"|\$tags = \'AwsInstanceId=\' \+ \$instanceId')
 _SENSITIVE_KEY = re.compile(r"token|secret|assertion|password|signature|sig$|code$", re.IGNORECASE)
 
 # The install script's assignment block (see parse_assignments).
@@ -317,6 +321,12 @@ def _validate_config(body: Any) -> dict[str, Any]:
         elif key == "connect_delay_seconds":
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ControlError("connect_delay_seconds must be a non-negative number")
+        elif key == "fail_delete":
+            if value is not None and not (
+                    isinstance(value, dict) and set(value) <= {"status", "code", "message"}
+                    and isinstance(value.get("status"), int) and 400 <= value["status"] <= 599):
+                raise ControlError('fail_delete must be null or {"status": 4xx|5xx, "code", '
+                                   '"message"}')
         elif key == "machine_status":
             if not isinstance(value, dict):
                 raise ControlError("machine_status must be an object keyed by instance id")
@@ -702,6 +712,8 @@ class AzureStub:
             return _arm_json(exc.status, body, exc.headers, head=request.method == "HEAD")
         if request.method == "HEAD":
             return Response(status=204)
+        if status == 204:
+            return _arm_json(204, None, head=True)
         return _arm_json(status, payload)
 
     def _authenticate(self, request: Request) -> None:
@@ -760,6 +772,8 @@ class AzureStub:
                     raise _method_not_allowed(method, request.path)
                 if (len(segments) in (7, 8) and lower[4] == "providers"
                         and lower[5] == "microsoft.hybridcompute" and lower[6] == "machines"):
+                    if method == "DELETE" and len(segments) == 8:
+                        return self._delete_machine(rg, segments[7])
                     if method != "GET":
                         raise _method_not_allowed(method, request.path)
                     group = self._group(rg)
@@ -780,6 +794,18 @@ class AzureStub:
                 return self._resource_graph(request), 200
             raise ArmError(404, "NotFound",
                            f"azure-stub does not serve {method} {request.path}")
+
+    def _delete_machine(self, rg: str, name: str) -> tuple[Any, int]:
+        """As ARM answers ``DELETE .../machines/{name}``: 200 once deleted, 204 when there was no such
+        machine, 404 ``ResourceGroupNotFound`` without the group; ``fail_delete`` injects a failure."""
+        group = self._group(rg)
+        failure = self.config["fail_delete"]
+        if failure is not None:
+            raise ArmError(failure["status"], failure.get("code", "InternalServerError"),
+                           failure.get("message", "azure-stub fail_delete"))
+        if self.machines.pop((group["key"], name.lower()), None) is None:
+            return None, 204
+        return None, 200
 
     def _check_subscription(self, subscription: str) -> None:
         if subscription.lower() != self.config["subscription_id"].lower():
@@ -1009,8 +1035,11 @@ class AzureStub:
                 tags = parse_tags(values.get("ARC_TAGS", ""))
             except ValueError as exc:
                 raise ArmError(400, "InvalidTags", f"ARC_TAGS: {exc}") from exc
-            check_tags(tags)
             name = attempt["instance_id"]
+            if _INSTANCE_TAG_LINE.search(script):
+                # The script appends the per-instance ownership tag to --tags on the instance.
+                tags["AwsInstanceId"] = name
+            check_tags(tags)
             if not _MACHINE_NAME.match(name):
                 raise ArmError(400, "InvalidResourceName",
                                f"Resource name {name} is invalid.")
@@ -1108,7 +1137,7 @@ class AzureStub:
         if not isinstance(body, dict):
             raise ControlError("body must be a JSON object")
         unknown = set(body) - {"resource_group", "name", "location", "status", "tags",
-                               "os_name", "error_details"}
+                               "os_name", "error_details", "last_status_change"}
         if unknown:
             raise ControlError(f"unknown machine fields: {', '.join(sorted(unknown))}")
         for key in ("resource_group", "name", "location"):
@@ -1135,8 +1164,13 @@ class AzureStub:
             check_rg_name(body["resource_group"])
             self._upsert_group(body["resource_group"], location, {})
             group = self.groups[body["resource_group"].lower()]
+        changed = body.get("last_status_change")
+        if changed is not None and not (isinstance(changed, str) and changed.endswith("Z")):
+            raise ControlError("last_status_change must be an RFC 3339 UTC time ending in Z")
         machine = self._upsert_machine(group["key"], body["name"], location, tags, status,
                                        details, os_name)
+        if changed is not None:
+            machine["last_status_change"] = changed
         return self._machine_control_view(machine)
 
     def _seed_elsewhere(self, body: Any) -> dict[str, Any]:

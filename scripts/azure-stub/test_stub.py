@@ -152,6 +152,8 @@ def test_health_and_config_hides_secret(stub):
                       "fail_token": False, "connect_delay_seconds": 0, "machine_status": {},
                       "mi_system_assigned": True, "mi_client_ids": [], "arc_token_dir": None,
                       "graph_page_size": 1000, "graph_denied": False}
+                      "mi_system_assigned": True, "mi_client_ids": [], "arc_token_dir": None,
+                      "fail_delete": None}
     updated = stub.control("POST", "config", {"client_secret": "new-secret",
                                               "token_lifetime_seconds": 60})
     assert updated["client_secret"] == "<set>" and updated["token_lifetime_seconds"] == 60
@@ -403,7 +405,11 @@ def test_connect_with_the_real_install_templates(stub, template, quote, os_name)
     assert result["ok"] is True, result
     [attempt] = stub.control("GET", "connects")["connects"]
     assert attempt["variables"] == {**values, "ARC_ACCESS_TOKEN": "<redacted>", "token_valid": True}
-    assert stub.machine("arc-rg", f"i-0{os_name}", token)[2]["properties"]["osName"] == os_name
+    machine = stub.machine("arc-rg", f"i-0{os_name}", token)[2]
+    assert machine["properties"]["osName"] == os_name
+    # The real scripts append the per-instance ownership tag to --tags on the instance.
+    assert machine["tags"]["AwsInstanceId"] == f"i-0{os_name}"
+    assert machine["tags"]["env"] == "prod"
 
 
 def test_connect_with_bogus_token_fails(stub):
@@ -739,3 +745,60 @@ def test_out_of_band_tokens_work_on_arm(stub):
     minted = stub.control("POST", "tokens", {"lifetime_seconds": 120})
     assert minted["expires_on"] - time.time() > 100
     assert stub.arm("GET", f"/subscriptions/{SUB}/resourcegroups/none", minted["access_token"])[0] == 404
+
+
+def test_machine_delete_behaves_as_arm(stub):
+    """DELETE: 200 once deleted, 204 when there is no such machine, 404 without the group."""
+    token = stub.token()
+    path = f"/subscriptions/{SUB}/resourceGroups/gone-rg/providers/Microsoft.HybridCompute/machines/i-0del"
+    status, _, body = stub.arm("DELETE", path, token, HC_API)
+    assert status == 404 and body["error"]["code"] == "ResourceGroupNotFound"
+    stub.control("POST", "machines", {"resource_group": "gone-rg", "name": "i-0del",
+                                      "location": "eastus", "tags": {"ManagedBy": "arc-onboard"}})
+    stub.control("POST", "machines", {"resource_group": "other-rg", "name": "i-0del",
+                                      "location": "eastus"})
+    status, _, body = stub.arm("DELETE", path, token, HC_API)
+    assert (status, body) == (200, None)
+    assert stub.machine("gone-rg", "i-0del", token)[0] == 404
+    assert stub.machine("other-rg", "i-0del", token)[0] == 200, "only that group's machine goes"
+    status, _, body = stub.arm("DELETE", path, token, HC_API)
+    assert (status, body) == (204, None)
+    deletes = [r for r in stub.control("GET", "requests")["requests"] if r["method"] == "DELETE"]
+    assert [r["status"] for r in deletes] == [404, 200, 204]
+
+
+def test_machine_delete_needs_a_token_and_fail_delete_injects_failures(stub):
+    token = stub.token()
+    stub.control("POST", "machines", {"resource_group": "rg", "name": "i-0keep",
+                                      "location": "eastus"})
+    path = f"/subscriptions/{SUB}/resourceGroups/rg/providers/Microsoft.HybridCompute/machines/i-0keep"
+    status, _, _ = http("DELETE", f"{stub.url}{path}?{HC_API}")
+    assert status == 401
+    stub.control("POST", "config", {"fail_delete": {"status": 409, "code": "Conflict",
+                                                    "message": "busy"}})
+    status, _, body = stub.arm("DELETE", path, token, HC_API)
+    assert status == 409 and body["error"] == {"code": "Conflict", "message": "busy"}
+    assert stub.machine("rg", "i-0keep", token)[0] == 200
+    status, _, body = http("POST", f"{stub.url}/_stub/config", {"fail_delete": {"status": 200}})
+    assert status == 400
+    stub.control("POST", "config", {"fail_delete": None})
+    assert stub.arm("DELETE", path, token, HC_API)[0] == 200
+
+
+def test_seeded_machines_carry_tags_and_last_status_change(stub):
+    token = stub.token()
+    made = stub.control("POST", "machines", {
+        "resource_group": "rg", "name": "i-0old", "location": "eastus", "status": "Disconnected",
+        "tags": {"ManagedBy": "arc-onboard", "AwsInstanceId": "i-0old"},
+        "last_status_change": "2026-01-02T03:04:05.000Z"})
+    assert made["properties"]["lastStatusChange"] == "2026-01-02T03:04:05.000Z"
+    status, _, listing = stub.arm("GET", f"/subscriptions/{SUB}/resourceGroups/rg/providers/"
+                                         "Microsoft.HybridCompute/machines", token, HC_API)
+    assert status == 200
+    [machine] = listing["value"]
+    assert machine["tags"] == {"ManagedBy": "arc-onboard", "AwsInstanceId": "i-0old"}
+    assert machine["properties"]["status"] == "Disconnected"
+    status, _, body = http("POST", f"{stub.url}/_stub/machines", {
+        "resource_group": "rg", "name": "i-0bad", "location": "eastus",
+        "last_status_change": "yesterday"})
+    assert status == 400

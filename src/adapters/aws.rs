@@ -19,8 +19,9 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::model::{
-    AwsError, AwsErrorKind, CommandStatus, Ec2Instance, InstanceProfile, InstanceState, PingStatus,
-    Platform, ProfileAssociation, Role, SsmInstance, TagSelector,
+    transition_time, AwsError, AwsErrorKind, CommandStatus, Ec2Instance, InstanceFate,
+    InstanceProfile, InstanceState, PingStatus, Platform, ProfileAssociation, Role, SsmInstance,
+    TagSelector,
 };
 use crate::ports::{
     ApiCounter, CommandRequest, CommandSummary, Ec2, Iam, Invocation, MutationToken, Ssm, Sts,
@@ -447,6 +448,47 @@ impl Ec2 for SdkEc2 {
         // EC2 takes at most 200 values per filter.
         for chunk in instance_ids.chunks(200) {
             out.extend(self.describe(region, tag, Some(chunk)).await?);
+        }
+        Ok(out)
+    }
+
+    async fn instance_fates(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> Result<Vec<InstanceFate>, AwsError> {
+        use aws_sdk_ec2::types::Filter;
+        let mut out = Vec::new();
+        // EC2 takes at most 200 values per filter; a filter (not `InstanceIds`) makes unknown ids absent
+        // instead of failing the call.
+        for chunk in instance_ids.chunks(200) {
+            let mut pages = self
+                .clients
+                .get(region)
+                .describe_instances()
+                .filters(
+                    Filter::builder()
+                        .name("instance-id")
+                        .set_values(Some(chunk.to_vec()))
+                        .build(),
+                )
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| aws_error("ec2:DescribeInstances", e))?;
+                for i in page.reservations().iter().flat_map(|r| r.instances()) {
+                    let Some(id) = i.instance_id() else { continue };
+                    out.push(InstanceFate {
+                        instance_id: id.to_string(),
+                        state: InstanceState::parse(
+                            i.state()
+                                .and_then(|s| s.name())
+                                .map_or("pending", |n| n.as_str()),
+                        ),
+                        changed_at: i.state_transition_reason().and_then(transition_time),
+                    });
+                }
+            }
         }
         Ok(out)
     }

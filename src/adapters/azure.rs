@@ -95,6 +95,8 @@ struct MachineBody {
     name: String,
     #[serde(default)]
     properties: MachineProperties,
+    #[serde(default)]
+    tags: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -106,6 +108,8 @@ struct MachineProperties {
     error_details: Vec<ArmErrorDetail>,
     #[serde(default)]
     agent_version: Option<String>,
+    #[serde(default)]
+    last_status_change: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -128,6 +132,12 @@ impl From<MachineBody> for ArcMachine {
                 .map(|e| format!("{}: {}", e.code, e.message))
                 .collect(),
             agent_version: m.properties.agent_version.filter(|v| !v.is_empty()),
+            tags: m.tags.unwrap_or_default(),
+            last_status_change: m
+                .properties
+                .last_status_change
+                .as_deref()
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok()),
         }
     }
 }
@@ -232,6 +242,15 @@ impl RestArm {
                 self.subscription_id,
                 urlencode(rg)
             ),
+        )
+    }
+
+    /// One machine's URL, with its `api-version`.
+    fn machine_url(&self, rg: &str, name: &str) -> String {
+        format!(
+            "{}/{}?api-version={MACHINES_API}",
+            self.machines_url(rg),
+            urlencode(name)
         )
     }
 
@@ -389,13 +408,26 @@ impl Arm for RestArm {
         }
     }
 
+    async fn delete_machine(
+        &self,
+        _token: &MutationToken,
+        rg: &str,
+        name: &str,
+    ) -> Result<(), AzureError> {
+        let op = "arm:DeleteMachine";
+        let url = self.machine_url(rg, name);
+        let req = self.authed(reqwest::Method::DELETE, &url).await?;
+        let resp = self.send(op, req, &url).await?;
+        match resp.status().as_u16() {
+            // 200 deleted, 204 there was nothing to delete, 404 (the group or the machine) likewise.
+            200..=299 | 404 => Ok(()),
+            _ => Err(Self::arm_error(op, resp).await),
+        }
+    }
+
     async fn get_machine(&self, rg: &str, name: &str) -> Result<Option<ArcMachine>, AzureError> {
         let op = "arm:GetMachine";
-        let url = format!(
-            "{}/{}?api-version={MACHINES_API}",
-            self.machines_url(rg),
-            urlencode(name)
-        );
+        let url = self.machine_url(rg, name);
         let req = self.authed(reqwest::Method::GET, &url).await?;
         let resp = self.send(op, req, &url).await?;
         match resp.status().as_u16() {
@@ -434,6 +466,7 @@ struct FakeArmState {
     /// Machines Resource Graph finds (anywhere), and whether it refuses.
     graph: Vec<GraphMachine>,
     graph_denied: bool,
+    delete_error: Option<AzureError>,
 }
 
 #[cfg(any(test, feature = "fakes"))]
@@ -460,6 +493,7 @@ impl FakeArm {
                 status: ArcStatus::parse(status),
                 errors: vec![],
                 agent_version: None,
+                ..ArcMachine::default()
             },
         );
     }
@@ -483,6 +517,38 @@ impl FakeArm {
     /// Makes Resource Graph refuse with 403 `AuthorizationFailed`.
     pub fn deny_graph(&self) {
         self.lock().graph_denied = true;
+    }
+
+    /// Adds or replaces a machine with these tags and `lastStatusChange` (and its group).
+    pub fn put_tagged_machine(
+        &self,
+        rg: &str,
+        name: &str,
+        status: &str,
+        tags: BTreeMap<String, String>,
+        last_status_change: Option<std::time::SystemTime>,
+    ) {
+        self.put_machine(rg, name, status);
+        if let Some(m) = self
+            .lock()
+            .machines
+            .get_mut(&(rg.to_ascii_lowercase(), name.to_string()))
+        {
+            m.tags = tags;
+            m.last_status_change = last_status_change;
+        }
+    }
+
+    /// Makes deleting machines fail with this error.
+    pub fn fail_delete(&self, e: AzureError) {
+        self.lock().delete_error = Some(e);
+    }
+
+    /// Whether a machine exists.
+    pub fn has_machine(&self, rg: &str, name: &str) -> bool {
+        self.lock()
+            .machines
+            .contains_key(&(rg.to_ascii_lowercase(), name.to_string()))
     }
 
     /// Whether a group exists.
@@ -540,6 +606,22 @@ impl Arm for FakeArm {
             .filter(|((g, _), _)| *g == rg)
             .map(|(_, m)| m.clone())
             .collect())
+    }
+
+    async fn delete_machine(
+        &self,
+        _token: &MutationToken,
+        rg: &str,
+        name: &str,
+    ) -> Result<(), AzureError> {
+        self.calls.record("arm:DeleteMachine");
+        let mut s = self.lock();
+        if let Some(e) = &s.delete_error {
+            return Err(e.clone());
+        }
+        s.machines
+            .remove(&(rg.to_ascii_lowercase(), name.to_string()));
+        Ok(())
     }
 
     async fn get_machine(&self, rg: &str, name: &str) -> Result<Option<ArcMachine>, AzureError> {

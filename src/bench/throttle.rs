@@ -12,7 +12,8 @@ use tokio::time::Instant;
 use crate::adapters::azure::FakeArm;
 use crate::fake::FakeAws;
 use crate::model::{
-    AwsError, Ec2Instance, InstanceProfile, ProfileAssociation, Role, SsmInstance, TagSelector,
+    AwsError, Ec2Instance, InstanceFate, InstanceProfile, ProfileAssociation, Role, SsmInstance,
+    TagSelector,
 };
 use crate::ports::{
     ApiCounter, CommandRequest, CommandSummary, Ec2, Iam, Invocation, MutationToken, Ssm, Sts,
@@ -265,6 +266,16 @@ impl Ec2 for ThrottledAws {
         self.inner
             .describe_instances_by_id(region, instance_ids, tag)
             .await
+    }
+
+    async fn instance_fates(
+        &self,
+        region: &str,
+        instance_ids: &[String],
+    ) -> Result<Vec<InstanceFate>, AwsError> {
+        let op = "ec2:DescribeInstances";
+        self.request(Class::Ec2Describe, region, op).await?;
+        self.inner.instance_fates(region, instance_ids).await
     }
 
     async fn profile_associations(

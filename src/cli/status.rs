@@ -17,6 +17,7 @@ pub(super) async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, C
     let db = crate::daemon::state::StateDb::open_read_only(&args.state_file).await?;
     let records = db.all().await?;
     let passes = db.last_passes().await?;
+    let deletions = db.deletions().await?;
     let mut by_status: std::collections::BTreeMap<&str, usize> = Default::default();
     for r in &records {
         *by_status.entry(r.status.as_str()).or_default() += 1;
@@ -42,6 +43,11 @@ pub(super) async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, C
                     "last_error": r.last_error.as_deref().map(recorded_failure_text),
                     "failure": r.last_error.as_deref().and_then(|e| serde_json::from_str::<crate::reconcile::plan::Failure>(e).ok()),
                     "next_attempt_at": r.next_attempt_at.map(stamp), "last_seen_at": stamp(r.last_seen_at),
+                })).collect::<Vec<_>>(),
+                "pending_deletions": deletions.iter().map(|d| serde_json::json!({
+                    "account_id": d.account_id, "region": d.region, "instance_id": d.instance_id,
+                    "resource_group": d.resource_group, "machine": d.machine,
+                    "first_seen_at": stamp(d.first_seen_at), "delete_at": stamp(d.delete_at),
                 })).collect::<Vec<_>>(),
             });
             println!(
@@ -87,6 +93,31 @@ pub(super) async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, C
             print!("{}", crate::output::table::render(&headers, &rows));
             let counts: Vec<String> = by_status.iter().map(|(s, n)| format!("{s}={n}")).collect();
             println!("\n{} instances: {}", records.len(), counts.join(" "));
+            if !deletions.is_empty() {
+                let rows: Vec<Vec<String>> = deletions
+                    .iter()
+                    .map(|d| {
+                        vec![
+                            d.account_id.clone(),
+                            d.region.clone(),
+                            d.instance_id.clone(),
+                            format!("{}/{}", d.resource_group, d.machine),
+                            stamp(d.first_seen_at),
+                            stamp(d.delete_at),
+                        ]
+                    })
+                    .collect();
+                let headers = [
+                    "ACCOUNT",
+                    "REGION",
+                    "GONE INSTANCE",
+                    "ARC MACHINE",
+                    "FIRST SEEN",
+                    "DELETE AT",
+                ];
+                println!("\npending deletions of gone instances' Arc machines:");
+                print!("{}", crate::output::table::render(&headers, &rows));
+            }
         }
     }
     Ok(exit::OK)

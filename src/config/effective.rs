@@ -69,6 +69,18 @@ impl Config {
         );
         root.insert("iam".into(), Value::Table(t));
 
+        let lifecycle = &self.lifecycle;
+        let mut t = Table::new();
+        t.insert(
+            "delete_terminated".into(),
+            Value::Boolean(lifecycle.delete_terminated),
+        );
+        t.insert(
+            "delete_after".into(),
+            Value::String(format_duration(lifecycle.delete_after)),
+        );
+        root.insert("lifecycle".into(), Value::Table(t));
+
         let ob = &self.onboarding;
         let mut t = Table::new();
         t.insert("periodic_sync".into(), Value::Boolean(ob.periodic_sync));

@@ -102,8 +102,29 @@ pub struct Config {
     pub azure: Option<AzureConfig>,
     /// Event-driven onboarding (`[events]`, daemon only).
     pub events: Option<EventsConfig>,
+    /// What happens to machines after onboarding (`[lifecycle]`).
+    pub lifecycle: LifecycleConfig,
     /// Settings that are valid but have no effect (e.g. a proxy with public connectivity).
     pub warnings: Vec<ConfigIssue>,
+}
+
+/// The `[lifecycle]` section: what becomes of our Arc machines once their instance is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LifecycleConfig {
+    /// Delete our Arc machine (ownership tags, our resource group) when its instance is terminated or no
+    /// longer exists.
+    pub delete_terminated: bool,
+    /// Grace after the termination was first seen; `0s` deletes at once.
+    pub delete_after: Duration,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            delete_terminated: true,
+            delete_after: Duration::from_secs(3_600),
+        }
+    }
 }
 
 /// Which regions to scan.

@@ -9,15 +9,18 @@ use url::Url;
 
 use super::{
     events, locations, AccountsConfig, AwsConfig, AzureCloud, AzureConfig, Config, ConfigIssue,
-    Connectivity, CredentialConfig, EventsConfig, IamConfig, Location, OnboardingConfig,
-    OnboardingIdentity, RegionSelection, SqlServerLicense, ACCOUNT_PLACEHOLDER, CLIENT_SECRET_ENV,
-    ONBOARDING_CLIENT_SECRET_ENV,
+    Connectivity, CredentialConfig, EventsConfig, IamConfig, LifecycleConfig, Location,
+    OnboardingConfig, OnboardingIdentity, RegionSelection, SqlServerLicense, ACCOUNT_PLACEHOLDER,
+    CLIENT_SECRET_ENV, ONBOARDING_CLIENT_SECRET_ENV,
 };
 use crate::config::duration::parse_duration;
 use crate::model::TagSelector;
 
-/// Tag keys the tool sets on Arc resources itself.
-const RESERVED_AZURE_TAGS: [&str; 3] = ["AwsAccountId", "AwsRegion", SqlServerLicense::TAG];
+/// Tag keys the tool sets on Arc resources itself: the ownership tags and the SQL Server licence tag.
+const RESERVED_AZURE_TAGS: [&str; 5] = {
+    let k = crate::model::ownership::KEYS;
+    [k[0], k[1], k[2], k[3], SqlServerLicense::TAG]
+};
 
 /// The `credential` values, in the order the README lists them.
 const CREDENTIAL_KINDS: [&str; 6] = [
@@ -149,7 +152,11 @@ impl Validator<'_> {
     }
 
     pub(super) fn config(&mut self, root: &Table) -> Option<Config> {
-        self.unknown_keys(root, "", &["aws", "iam", "onboarding", "azure", "events"]);
+        self.unknown_keys(
+            root,
+            "",
+            &["aws", "iam", "onboarding", "lifecycle", "azure", "events"],
+        );
         let empty = Table::new();
         let aws = match self.section(root, "aws") {
             Some(t) => self.aws(t),
@@ -176,14 +183,44 @@ impl Validator<'_> {
         if let (Some(aws), Some(azure)) = (&aws, &azure) {
             self.every_region_placed(aws, azure);
         }
+        let lifecycle_table = self.section(root, "lifecycle").unwrap_or(&empty);
+        let lifecycle = self.lifecycle(lifecycle_table);
         Some(Config {
             aws: aws?,
             iam,
             onboarding: onboarding?,
             azure,
             events,
+            lifecycle,
             warnings: std::mem::take(&mut self.warnings),
         })
+    }
+
+    /// `[lifecycle]`: `delete_terminated` (default true) and `delete_after` (a duration, `0s` allowed,
+    /// default `1h`).
+    pub(super) fn lifecycle(&mut self, t: &Table) -> LifecycleConfig {
+        self.unknown_keys(t, "lifecycle", &["delete_terminated", "delete_after"]);
+        let defaults = LifecycleConfig::default();
+        let delete_terminated = self.bool(
+            t,
+            "lifecycle",
+            "delete_terminated",
+            defaults.delete_terminated,
+        );
+        let delete_after = match self.string(t, "lifecycle", "delete_after") {
+            None => defaults.delete_after,
+            Some(s) => match parse_duration(s) {
+                Ok(d) => d,
+                Err(e) => {
+                    self.issue("lifecycle.delete_after", e.to_string());
+                    defaults.delete_after
+                }
+            },
+        };
+        LifecycleConfig {
+            delete_terminated,
+            delete_after,
+        }
     }
 
     /// `[events]`: `queue_url` is required and must have an SQS queue URL's shape.

@@ -19,6 +19,9 @@ pub enum EventKind {
     Running,
     /// Its tags changed.
     TagChange,
+    /// It is `shutting-down` or `terminated`: its Arc machine, if ours, is deleted once
+    /// `[lifecycle] delete_after` allows.
+    Terminated,
 }
 
 /// An event about one EC2 instance.
@@ -115,10 +118,16 @@ pub fn parse(body: &str) -> Parsed {
                     "{detail_type}: no detail.instance-id or detail.state"
                 ));
             };
-            if state != "running" {
-                return Parsed::Ignored(format!("{id} is {state}, not running"));
-            }
-            (id.to_string(), EventKind::Running)
+            let kind = match state {
+                "running" => EventKind::Running,
+                "shutting-down" | "terminated" => EventKind::Terminated,
+                _ => {
+                    return Parsed::Ignored(format!(
+                        "{id} is {state}, not running, shutting-down or terminated"
+                    ))
+                }
+            };
+            (id.to_string(), kind)
         }
         TAG_CHANGE => {
             if detail_text("service") != Some("ec2")
@@ -219,6 +228,19 @@ mod tests {
                 kind: EventKind::TagChange,
             })
         );
+    }
+
+    #[test]
+    fn terminating_and_terminated_events_name_their_instance() {
+        for s in ["shutting-down", "terminated"] {
+            let Parsed::Instance(ev) = parse(&state(s)) else {
+                panic!("{s} is not read as an instance event")
+            };
+            assert_eq!(
+                (ev.instance_id.as_str(), ev.kind),
+                ("i-0abc1234", EventKind::Terminated)
+            );
+        }
     }
 
     #[test]

@@ -59,7 +59,7 @@ use crate::adapters::azure::Arm;
 use crate::config::Config;
 use crate::config::Shard;
 use crate::daemon::event_accounts::{is_unreachable, EventAccounts, Judgement, ScopeTimes};
-use crate::daemon::event_message::{in_scope, parse, result, Parsed};
+use crate::daemon::event_message::{in_scope, parse, result, EventKind, Parsed};
 use crate::daemon::metrics::Metrics;
 use crate::daemon::state::{unix, InstanceRecord};
 use crate::model::PingStatus;
@@ -77,6 +77,8 @@ const IDS_PER_CALL: usize = 50;
 const INTAKE_MAX: usize = 100;
 /// How many (account, region) groups of one intake are prepared at once.
 const INTAKE_CONCURRENCY: usize = 4;
+/// The longest the deletion timer sleeps: pending deletions that could not be handled are retried then.
+const DELETION_RECHECK: Duration = Duration::from_secs(60);
 
 /// Pacing and bounds of the event path.
 #[derive(Debug, Clone)]
@@ -319,6 +321,8 @@ struct EventLoop<'a, X: Accounts, A, Q> {
     install_wake: Notify,
     /// API calls already added to the metrics.
     flushed: Mutex<BTreeMap<String, u64>>,
+    /// Wakes the deletion timer when a deletion was recorded.
+    deletion_wake: Notify,
 }
 
 /// Runs the event path until `shutdown` resolves; event installs in progress then get
@@ -361,11 +365,13 @@ pub async fn run<X, A, Q>(
             watch_wake: Notify::new(),
             install_wake: Notify::new(),
             flushed: Mutex::new(BTreeMap::new()),
+            deletion_wake: Notify::new(),
         };
         tokio::join!(
             event_loop.receive_loop(stop_rx.clone()),
             event_loop.watch_loop(stop_rx.clone()),
             event_loop.install_loop(stop_rx.clone()),
+            event_loop.deletion_loop(stop_rx.clone()),
         );
         event_loop.flush_calls();
     };
@@ -482,6 +488,7 @@ where
         let regions = &self.ctx.config.aws.regions;
         let mut delete: Vec<String> = Vec::new();
         let mut groups: BTreeMap<Key, Vec<(String, QueueMessage)>> = BTreeMap::new();
+        let mut gone: BTreeMap<Key, Vec<(String, QueueMessage)>> = BTreeMap::new();
         let parsed: Vec<(QueueMessage, Parsed)> = messages
             .into_iter()
             .map(|m| {
@@ -536,6 +543,10 @@ where
                         continue;
                     }
                     let key = (ev.account.clone(), ev.region.clone());
+                    if ev.kind == EventKind::Terminated {
+                        gone.entry(key).or_default().push((ev.instance_id, m));
+                        continue;
+                    }
                     if self.tracker().in_hand(&key, &ev.instance_id) {
                         info!(message.id = %id, instance.id = %ev.instance_id, region = %ev.region, "event for an instance already being onboarded; deleted");
                         self.ctx.metrics.record_event(result::ACCEPTED);
@@ -546,16 +557,27 @@ where
                 }
             }
         }
+        let groups = groups
+            .into_iter()
+            .map(|(key, items)| (key, items, false))
+            .chain(gone.into_iter().map(|(key, items)| (key, items, true)));
         let prepared: Vec<_> = futures::stream::iter(groups)
-            .map(|(key, items)| async move {
+            .map(|(key, items, gone)| async move {
                 let ids: Vec<String> = items
                     .iter()
                     .map(|(id, _)| id.clone())
                     .collect::<BTreeSet<_>>()
                     .into_iter()
                     .collect();
-                let span = info_span!("event_intake", account = %key.0, region = %key.1, instances = ids.len());
-                let outcome = self.prepare(&key, &ids).instrument(span).await;
+                let span = info_span!("event_intake", account = %key.0, region = %key.1, instances = ids.len(), gone);
+                let outcome = if gone {
+                    let outcome = self.offboard(&key, &ids).instrument(span).await;
+                    // A deletion left for later is due sooner than the timer may think.
+                    self.deletion_wake.notify_one();
+                    outcome
+                } else {
+                    self.prepare(&key, &ids).instrument(span).await
+                };
                 (key, items, outcome)
             })
             .buffer_unordered(INTAKE_CONCURRENCY)
@@ -568,7 +590,7 @@ where
                         if present.contains(&id) {
                             self.ctx.metrics.record_event(result::ACCEPTED);
                         } else {
-                            info!(message.id = %m.message_id, instance.id = %id, region = %key.1, "event names an instance out of scope (tag filter, terminated or unknown); deleted");
+                            info!(message.id = %m.message_id, instance.id = %id, region = %key.1, "event names an instance out of scope (tag filter, terminated or unknown, or gone without an Arc machine of ours); deleted");
                             self.ctx.metrics.record_event(result::OUT_OF_SCOPE);
                         }
                         delete.push(m.receipt_handle);
@@ -623,21 +645,29 @@ where
         }
     }
 
+    /// Enters the account (once; a member's role is assumed), or says why its events cannot be handled.
+    async fn enter(
+        &self,
+        account: &str,
+    ) -> Result<std::sync::Arc<crate::reconcile::accounts::Entered<X>>, Unhandled> {
+        self.accounts.enter(account).await.map_err(|e| {
+            if is_unreachable(&e) {
+                Unhandled::Unreachable(e)
+            } else {
+                Unhandled::NotNow(format!(
+                    "cannot enter the account: {} {}: {}",
+                    e.operation, e.code, e.message
+                ))
+            }
+        })
+    }
+
     /// Observes the instances, gives them their IAM where `[iam]` allows, records them in the state file
     /// and hands those that need the agent to the watcher or the installer. Returns the instances that
     /// are in scope (the others were filtered out by the tag filter, or are terminated or unknown).
     async fn prepare(&self, key: &Key, ids: &[String]) -> Result<BTreeSet<String>, Unhandled> {
         let (account, region) = key;
-        let clients = match self.accounts.enter(account).await {
-            Ok(c) => c,
-            Err(e) if is_unreachable(&e) => return Err(Unhandled::Unreachable(e)),
-            Err(e) => {
-                return Err(Unhandled::NotNow(format!(
-                    "cannot enter the account: {} {}: {}",
-                    e.operation, e.code, e.message
-                )))
-            }
-        };
+        let clients = self.enter(account).await?;
         let aws = &clients.ports();
         let arc = self.arc(account).await;
         let window = self.opts.pass.install.in_flight_window();
@@ -717,6 +747,136 @@ where
             self.install_wake.notify_one();
         }
         Ok(present)
+    }
+
+    // ----- deletions of gone instances' machines -------------------------------------------------------
+
+    /// Handles instances that are gone (a `shutting-down` or `terminated` event, or a pending deletion
+    /// that came due): observes them by id (and which of our Arc machines they leave), plans, deletes the
+    /// machines whose `delete_after` has passed and remembers the others in the state file. Returns the
+    /// instances that have an Arc machine of ours.
+    async fn offboard(&self, key: &Key, ids: &[String]) -> Result<BTreeSet<String>, Unhandled> {
+        let (account, region) = key;
+        let clients = self.enter(account).await?;
+        let aws = &clients.ports();
+        let arc = self.arc(account).await;
+        if let ArcObservation::Unavailable(why) = &arc {
+            return Err(Unhandled::NotNow(format!("Azure: {why}")));
+        }
+        let obs = observe_instances(
+            account,
+            region,
+            ids,
+            self.ctx.config,
+            (aws.ec2, aws.iam, aws.ssm),
+            self.opts.pass.install.in_flight_window(),
+            arc,
+        )
+        .await;
+        if let Some(e) = obs.regions.first().and_then(|r| r.error.as_ref()) {
+            return Err(Unhandled::NotNow(e.to_string()));
+        }
+        if let Some((_, e)) = obs.gone.errors.first() {
+            return Err(Unhandled::NotNow(e.to_string()));
+        }
+        let mut opts = self.opts.pass.clone();
+        opts.scope = Scope {
+            iam: false,
+            install: true,
+        };
+        let now = SystemTime::now();
+        let plan = execute_observed(
+            self.ctx.config,
+            &obs,
+            aws,
+            self.ports.arm,
+            self.ctx.token,
+            &opts,
+            self.ctx.durable,
+            now,
+            |row| row.termination.is_some() && ids.contains(&row.instance_id),
+        )
+        .await;
+        for row in &plan.instances {
+            info!(instance.id = %row.instance_id, status = %row.status, detail = %row.detail, "event: instance gone");
+            self.ctx.metrics.record_deletion(row.status);
+        }
+        record(self.ctx.durable, &plan, now).await.map_err(|e| {
+            Unhandled::NotNow(format!(
+                "cannot record in the state file: {}",
+                crate::error::chain(&e)
+            ))
+        })?;
+        let ours: BTreeSet<String> = plan
+            .instances
+            .iter()
+            .map(|r| r.instance_id.clone())
+            .collect();
+        // Pending deletions of these instances that no longer have a machine of ours to delete.
+        let settled: Vec<(String, String)> = ids
+            .iter()
+            .filter(|id| !ours.contains(*id))
+            .map(|id| (region.clone(), id.clone()))
+            .collect();
+        if !settled.is_empty() {
+            if let Err(e) = self
+                .ctx
+                .durable
+                .db
+                .record_deletions(account, Vec::new(), settled, Vec::new())
+                .await
+            {
+                warn!(error = %crate::error::chain(&e), "cannot forget settled deletions in the state file");
+            }
+        }
+        Ok(ours)
+    }
+
+    /// Deletes the machines of gone instances as their `delete_after` comes due: the pending deletions
+    /// are the state file's (recorded by events and by the scheduled passes), so they survive restarts.
+    async fn deletion_loop(&self, stop: watch::Receiver<bool>) {
+        loop {
+            let now = SystemTime::now();
+            let pending = match self.ctx.durable.db.deletions().await {
+                Ok(p) => p,
+                Err(e) => {
+                    warn!(error = %crate::error::chain(&e), "cannot read the pending deletions");
+                    Vec::new()
+                }
+            };
+            let (due, later): (Vec<_>, Vec<_>) =
+                pending.into_iter().partition(|d| d.delete_at <= unix(now));
+            let mut by_key: BTreeMap<Key, Vec<String>> = BTreeMap::new();
+            for d in due {
+                by_key
+                    .entry((d.account_id, d.region))
+                    .or_default()
+                    .push(d.instance_id);
+            }
+            for (key, ids) in by_key {
+                let span = info_span!("deletion_due", account = %key.0, region = %key.1, instances = ids.len());
+                if let Err(
+                    Unhandled::NotNow(why)
+                    | Unhandled::Unreachable(crate::model::AwsError { message: why, .. }),
+                ) = self.offboard(&key, &ids).instrument(span).await
+                {
+                    warn!(account = %key.0, region = %key.1, %why, "pending deletions not handled now; retried later");
+                }
+            }
+            self.flush_calls();
+            let next = later
+                .iter()
+                .map(|d| d.delete_at - unix(SystemTime::now()))
+                .min()
+                .map_or(DELETION_RECHECK, |secs| {
+                    Duration::from_secs(secs.max(1) as u64).min(DELETION_RECHECK)
+                });
+            tokio::select! {
+                () = tokio::time::sleep(next) => {}
+                () = self.deletion_wake.notified() => {}
+                () = stopped(stop.clone()) => return,
+            }
+        }
     }
 
     // ----- watcher -----------------------------------------------------------------------------------

@@ -150,6 +150,9 @@ pub struct Metrics {
     queue_failing: Gauge,
     /// `arc_onboard_event_instances_watched`: instances the event path waits on to come Online in SSM.
     watched: Gauge,
+    /// `arc_onboard_arc_machines_deleted_total`: Arc machines of gone instances deleted (passes and
+    /// events).
+    deleted: Counter,
     /// Why the event queue cannot be read, while it cannot (`/healthz` says so).
     queue_problem: Mutex<Option<String>>,
 }
@@ -237,6 +240,12 @@ impl Metrics {
                 result: result.to_string(),
             });
         }
+        let deleted = Counter::default();
+        registry.register(
+            "arc_onboard_arc_machines_deleted",
+            "Arc machines of gone (terminated) instances deleted, by the passes and the event path",
+            deleted.clone(),
+        );
         let queue_failing = Gauge::default();
         registry.register(
             "arc_onboard_event_queue_failing",
@@ -263,6 +272,7 @@ impl Metrics {
         );
         let metrics = Metrics {
             events,
+            deleted,
             queue_failing,
             watched,
             queue_problem: Mutex::new(None),
@@ -389,6 +399,8 @@ impl Metrics {
                 })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+        self.deleted
+            .inc_by(statuses.get("offboarded").copied().unwrap_or(0));
         for (operation, count) in api_calls {
             self.api_calls
                 .get_or_create(&OperationLabels {
@@ -404,6 +416,19 @@ impl Metrics {
         self.healthy.set(i64::from(
             self.failing_kind_in(&kinds).is_none() && self.queue_problem().is_none(),
         ));
+    }
+
+    /// Counts what the event path did to the Arc machine of a gone instance (only `offboarded` counts:
+    /// a failed deletion is retried and shows in the logs and the next pass's report).
+    pub fn record_deletion(&self, status: crate::reconcile::plan::Status) {
+        if status == crate::reconcile::plan::Status::Offboarded {
+            self.deleted.inc();
+        }
+    }
+
+    /// The Arc machines deleted so far.
+    pub fn deleted(&self) -> u64 {
+        self.deleted.get()
     }
 
     /// Counts one queue message by its result (see [`crate::daemon::event_message::result`]).
@@ -961,6 +986,7 @@ mod tests {
                 "arc_onboard_api_calls_total counter",
                 "arc_onboard_errors_total counter",
                 "arc_onboard_events_total counter",
+                "arc_onboard_arc_machines_deleted_total counter",
                 "arc_onboard_event_queue_failing gauge",
                 "arc_onboard_event_instances_watched gauge",
             ]
@@ -1266,6 +1292,23 @@ mod tests {
         assert!(metrics.healthy());
         let samples = parse_exposition(&metrics.render());
         assert_eq!(value(&samples, "arc_onboard_healthy", &[]), Some(1.0));
+    }
+
+    #[test]
+    fn deletions_are_counted_from_passes_and_events() {
+        let metrics = Metrics::new(3);
+        let none = BTreeMap::new();
+        let statuses = map(&[("offboarded", 2), ("terminated", 1), ("onboarded", 4)]);
+        metrics.record_pass("onboarding", true, Duration::ZERO, &statuses, &none, &none);
+        metrics.record_deletion(crate::reconcile::plan::Status::Offboarded);
+        metrics.record_deletion(crate::reconcile::plan::Status::Failed);
+        metrics.record_deletion(crate::reconcile::plan::Status::Terminated);
+        assert_eq!(metrics.deleted(), 3);
+        let samples = parse_exposition(&metrics.render());
+        assert_eq!(
+            value(&samples, "arc_onboard_arc_machines_deleted_total", &[]),
+            Some(3.0)
+        );
     }
 
     #[test]

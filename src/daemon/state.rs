@@ -51,6 +51,17 @@ const MIGRATIONS: &[&str] = &[
         ok          INTEGER NOT NULL,
         summary     TEXT NOT NULL
      );",
+    // 2: deletions of our Arc machines whose instance is gone, pending their grace (`delete_after`).
+    "CREATE TABLE deletions (
+        account_id     TEXT NOT NULL,
+        region         TEXT NOT NULL,
+        instance_id    TEXT NOT NULL,
+        resource_group TEXT NOT NULL,
+        machine        TEXT NOT NULL,
+        first_seen_at  INTEGER NOT NULL,
+        delete_at      INTEGER NOT NULL,
+        PRIMARY KEY (account_id, region, instance_id)
+     );",
 ];
 
 /// Why the state file could not be used.
@@ -161,6 +172,26 @@ impl InstanceRecord {
             last_seen_at: now,
         }
     }
+}
+
+/// A deletion the daemon remembers: an instance of ours is gone, and its Arc machine is deleted once
+/// `delete_at` has come (or was found gone, and the deletion failed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeletionRecord {
+    /// Account.
+    pub account_id: String,
+    /// Region.
+    pub region: String,
+    /// The gone instance.
+    pub instance_id: String,
+    /// The machine's resource group.
+    pub resource_group: String,
+    /// The machine's name.
+    pub machine: String,
+    /// When the termination was first seen (Unix seconds): the grace counts from then.
+    pub first_seen_at: i64,
+    /// When the machine may be deleted (Unix seconds).
+    pub delete_at: i64,
 }
 
 /// One pass in the log.
@@ -490,6 +521,90 @@ impl StateDb {
         .await
     }
 
+    /// Records the pending deletions of one account: in each region of `wipe` every record is dropped
+    /// first (a full pass saw the whole region), then the records of `done` are dropped and `pending` are
+    /// inserted or replaced; in one transaction.
+    pub async fn record_deletions(
+        &self,
+        account_id: &str,
+        wipe: Vec<String>,
+        done: Vec<(String, String)>,
+        pending: Vec<DeletionRecord>,
+    ) -> Result<(), StateError> {
+        let account_id = account_id.to_string();
+        self.call(move |conn| {
+            let tx = conn.unchecked_transaction()?;
+            for region in &wipe {
+                tx.execute(
+                    "DELETE FROM deletions WHERE account_id = ?1 AND region = ?2",
+                    params![account_id, region],
+                )?;
+            }
+            for (region, id) in &done {
+                tx.execute(
+                    "DELETE FROM deletions WHERE account_id = ?1 AND region = ?2 AND instance_id = ?3",
+                    params![account_id, region, id],
+                )?;
+            }
+            for d in &pending {
+                tx.execute(
+                    "INSERT OR REPLACE INTO deletions (account_id, region, instance_id, resource_group, machine,
+                        first_seen_at, delete_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        d.account_id,
+                        d.region,
+                        d.instance_id,
+                        d.resource_group,
+                        d.machine,
+                        d.first_seen_at,
+                        d.delete_at
+                    ],
+                )?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// Every pending deletion (all accounts), earliest due first.
+    pub async fn deletions(&self) -> Result<Vec<DeletionRecord>, StateError> {
+        self.deletions_where(None).await
+    }
+
+    /// The pending deletions of one account.
+    pub async fn deletions_of_account(
+        &self,
+        account_id: &str,
+    ) -> Result<Vec<DeletionRecord>, StateError> {
+        self.deletions_where(Some(account_id.to_string())).await
+    }
+
+    async fn deletions_where(
+        &self,
+        account_id: Option<String>,
+    ) -> Result<Vec<DeletionRecord>, StateError> {
+        self.call(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT account_id, region, instance_id, resource_group, machine, first_seen_at, delete_at
+                 FROM deletions WHERE ?1 IS NULL OR account_id = ?1
+                 ORDER BY delete_at, account_id, region, instance_id",
+            )?;
+            let rows = stmt.query_map([&account_id], |r| {
+                Ok(DeletionRecord {
+                    account_id: r.get(0)?,
+                    region: r.get(1)?,
+                    instance_id: r.get(2)?,
+                    resource_group: r.get(3)?,
+                    machine: r.get(4)?,
+                    first_seen_at: r.get(5)?,
+                    delete_at: r.get(6)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
     /// Appends a pass to the log.
     pub async fn record_pass(&self, pass: PassRecord) -> Result<(), StateError> {
         self.call(move |conn| {
@@ -613,6 +728,94 @@ mod tests {
         assert_eq!(all[1].status, "onboarded");
     }
 
+    fn deletion(account: &str, region: &str, id: &str, delete_at: i64) -> DeletionRecord {
+        DeletionRecord {
+            account_id: account.into(),
+            region: region.into(),
+            instance_id: id.into(),
+            resource_group: "aws_x".into(),
+            machine: id.into(),
+            first_seen_at: delete_at - 3_600,
+            delete_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn pending_deletions_survive_reopening_and_are_wiped_per_region_or_settled_per_instance()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let (a, b) = ("111111111111", "222222222222");
+        {
+            let db = StateDb::open(&path).await.unwrap();
+            db.record_deletions(
+                a,
+                Vec::new(),
+                Vec::new(),
+                vec![
+                    deletion(a, "us-east-1", "i-1", 300),
+                    deletion(a, "us-east-1", "i-2", 100),
+                    deletion(a, "eu-west-1", "i-3", 200),
+                ],
+            )
+            .await
+            .unwrap();
+            db.record_deletions(
+                b,
+                Vec::new(),
+                Vec::new(),
+                vec![deletion(b, "us-east-1", "i-9", 50)],
+            )
+            .await
+            .unwrap();
+            db.close().await.unwrap();
+        }
+        let db = StateDb::open(&path).await.unwrap();
+        let ids = |d: Vec<DeletionRecord>| -> Vec<String> {
+            d.into_iter().map(|d| d.instance_id).collect()
+        };
+        assert_eq!(
+            ids(db.deletions().await.unwrap()),
+            ["i-9", "i-2", "i-3", "i-1"],
+            "earliest due first"
+        );
+        // A full pass of a's us-east-1 saw only i-1 pending; an event settled i-3.
+        db.record_deletions(
+            a,
+            vec!["us-east-1".into()],
+            vec![("eu-west-1".into(), "i-3".into())],
+            vec![deletion(a, "us-east-1", "i-1", 300)],
+        )
+        .await
+        .unwrap();
+        assert_eq!(ids(db.deletions_of_account(a).await.unwrap()), ["i-1"]);
+        assert_eq!(
+            ids(db.deletions_of_account(b).await.unwrap()),
+            ["i-9"],
+            "other accounts stay"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_version_1_file_is_migrated_with_its_records_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let raw = Connection::open(&path).unwrap();
+        raw.execute_batch(MIGRATIONS[0]).unwrap();
+        raw.pragma_update(None, "user_version", 1).unwrap();
+        raw.execute(
+            "INSERT INTO instances (account_id, region, instance_id, status, last_seen_at)
+             VALUES ('111111111111', 'us-east-1', 'i-old', 'onboarded', 1)",
+            [],
+        )
+        .unwrap();
+        drop(raw);
+        let db = StateDb::open(&path).await.unwrap();
+        assert_eq!(db.schema_version().await.unwrap(), 2);
+        assert_eq!(db.all().await.unwrap()[0].instance_id, "i-old");
+        assert!(db.deletions().await.unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn an_accounts_records_are_read_without_the_others() {
         let dir = tempfile::tempdir().unwrap();
@@ -690,7 +893,7 @@ mod tests {
                 e,
                 StateError::TooOld {
                     found: 0,
-                    known: 1,
+                    known: 2,
                     ..
                 }
             ),

@@ -386,10 +386,11 @@ CONNECT_ARGS=(connect
     --tenant-id "$ARC_TENANT_ID"
     --cloud "$ARC_CLOUD")
 if [ -n "$ARC_CORRELATION_ID" ]; then CONNECT_ARGS+=(--correlation-id "$ARC_CORRELATION_ID"); fi
-if [ -n "$ARC_TAGS" ]; then CONNECT_ARGS+=(--tags "$ARC_TAGS"); fi
 if [ -n "$ARC_GATEWAY_ID" ]; then CONNECT_ARGS+=(--gateway-id "$ARC_GATEWAY_ID"); fi
 if [ -n "$ARC_PRIVATE_LINK_SCOPE" ]; then CONNECT_ARGS+=(--private-link-scope "$ARC_PRIVATE_LINK_SCOPE"); fi
 if [ "$ARC_AUTOMATIC_UPGRADE" = true ]; then CONNECT_ARGS+=(--enable-automatic-upgrade); fi
+# The tags end with the per-instance ownership tag: one script serves a batch, so it is added here.
+CONNECT_ARGS+=(--tags "${ARC_TAGS:+$ARC_TAGS,}AwsInstanceId=$INSTANCE_ID")
 CONNECT_CONFIG="$WORK_DIR/connect.json"
 if ! (umask 077 && printf '{"access-token": "%s"}\n' "$(json_escape "$ARC_ACCESS_TOKEN")" >"$CONNECT_CONFIG"); then
     finish failed "$EXIT_INSTALL" connect connect-config 'cannot write the private connect configuration file'

@@ -26,6 +26,10 @@
 //! 5. `azcmagent connect ... --resource-name <instance id> --config <0600 file holding the token>` (plus
 //!    `--gateway-id`, `--private-link-scope`, `--enable-automatic-upgrade` when set); the file is deleted
 //!    right after. Exit 67 (already connected) is checked with `azcmagent show` as in 3.
+//!    `-Proxy` when set), then sets `proxy.url` (proxy mode) or clears a stale one (public mode).
+//! 5. `azcmagent connect ... --resource-name <instance id> --tags <tags>,AwsInstanceId=<instance id>
+//!    --config <0600 file holding the token>` (the last tag is the per-instance ownership tag, see
+//!    [`crate::model::ownership`]); the file is deleted right after. Exit 67 (already connected) is checked with `azcmagent show` as in 3.
 //! 6. Prints a few log lines and the [`RESULT_MARKER`] line last (well under the 2,500 characters
 //!    `ListCommandInvocations` returns); the installer's and agent's full logs stay on the instance.
 //!
@@ -93,8 +97,9 @@ pub struct InstallParams<'a> {
     pub cloud: &'a str,
     /// Correlation id passed to `azcmagent connect` (left out when empty).
     pub correlation_id: &'a str,
-    /// Tags of the Arc machines; already includes `AwsAccountId` and `AwsRegion`. Keys and values must not
-    /// contain `,` or `'`, which `--tags` cannot carry (see [`tags_arg`]).
+    /// Tags of the Arc machines; already includes the batch's ownership tags (`ManagedBy`, `AwsAccountId`,
+    /// `AwsRegion`); the script appends `AwsInstanceId=<instance id>` on the instance. Keys and values must
+    /// not contain `,` or `'`, which `--tags` cannot carry (see [`tags_arg`]).
     pub tags: &'a BTreeMap<String, String>,
     /// Short-lived ARM access token; NEVER the client secret.
     pub access_token: &'a str,

@@ -664,10 +664,13 @@ function Invoke-Onboarding {
         '--tenant-id', $ARC_TENANT_ID,
         '--cloud', $ARC_CLOUD)
     if ($ARC_CORRELATION_ID) { $connect += @('--correlation-id', $ARC_CORRELATION_ID) }
-    if ($ARC_TAGS) { $connect += @('--tags', $ARC_TAGS) }
     if ($ARC_GATEWAY_ID) { $connect += @('--gateway-id', $ARC_GATEWAY_ID) }
     if ($ARC_PRIVATE_LINK_SCOPE) { $connect += @('--private-link-scope', $ARC_PRIVATE_LINK_SCOPE) }
     if ($ARC_AUTOMATIC_UPGRADE -eq 'true') { $connect += @('--enable-automatic-upgrade') }
+    # The tags end with the per-instance ownership tag: one script serves a batch, so it is added here.
+    $tags = 'AwsInstanceId=' + $instanceId
+    if ($ARC_TAGS) { $tags = $ARC_TAGS + ',' + $tags }
+    $connect += @('--tags', $tags)
     $configPath = Join-Path $workDir 'connect.json'
     try {
         # Created empty and locked down before the token is written into it.

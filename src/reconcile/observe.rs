@@ -15,6 +15,7 @@ use crate::model::{
 };
 use crate::ports::GRAPH_BATCH;
 use crate::ports::{Ec2, Iam, Ssm};
+use crate::reconcile::lifecycle::observe_gone;
 
 /// Every install command's `Comment` starts with this, so in-flight installs of earlier runs can be found.
 pub const COMMENT_PREFIX: &str = "arc-onboard";
@@ -73,6 +74,9 @@ pub struct AccountObservation {
     /// Arc machines Azure Resource Graph shows for these instances outside our resource group, by
     /// instance id (see [`observe_elsewhere`]); empty when not asked or not permitted.
     pub elsewhere: HashMap<String, GraphMachine>,
+    /// Our Arc machines whose instance is gone, in the regions observed (see
+    /// [`crate::reconcile::lifecycle`]).
+    pub gone: crate::reconcile::lifecycle::GoneObservation,
 }
 
 /// What Azure said about one account's resource group and Arc machines.
@@ -243,8 +247,10 @@ pub async fn observe_account(
         .await;
     let regions: Vec<RegionObservation> =
         regions.iter().filter_map(|r| by_region.remove(r)).collect();
-
-    with_iam(account_id, regions, config, iam, arc).await
+    let gone = observe_gone(account_id, &regions, &arc, ec2, None).await;
+    let mut obs = with_iam(account_id, regions, config, iam, arc).await;
+    obs.gone = gone;
+    obs
 }
 
 /// Observes just these instances of one region (the event path): `DescribeInstances` by id with the tag
@@ -286,7 +292,10 @@ pub async fn observe_instances(
     .instrument(span)
     .await;
     let regions = vec![observed];
-    with_iam(account_id, regions, config, iam, arc).await
+    let gone = observe_gone(account_id, &regions, &arc, ec2, Some(instance_ids)).await;
+    let mut obs = with_iam(account_id, regions, config, iam, arc).await;
+    obs.gone = gone;
+    obs
 }
 
 /// The account's observation from its regions': adds the IAM lookups those regions' instances need.
@@ -306,6 +315,7 @@ async fn with_iam(
         ssm_role,
         arc,
         elsewhere: HashMap::new(),
+        gone: Default::default(),
     }
 }
 

@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::adapters::azure::{Arm, Secret};
 use crate::config::{AzureConfig, Connectivity, OnboardingConfig, SqlServerLicense};
 use crate::install::{self, InstallParams, ScriptOutcome, ScriptResult};
-use crate::model::{ArcStatus, CommandStatus, Platform};
+use crate::model::{ownership, ArcStatus, CommandStatus, Platform};
 use crate::ports::{
     CommandRequest, CommandSummary, Invocation, MutationToken, Ssm, LINUX_DOCUMENT,
     WINDOWS_DOCUMENT,
@@ -417,6 +417,7 @@ fn render(
         onboarding,
         resource_group,
     } = *scripts;
+    // The ownership tags of the batch; the script adds the instance's own (`AwsInstanceId`).
     let mut tags = azure.tags.clone();
     tags.insert("AwsAccountId".into(), account_id.into());
     tags.insert("AwsRegion".into(), region.into());
@@ -424,6 +425,12 @@ fn render(
         SqlServerLicense::TAG.into(),
         onboarding.sql_server_license.tag_value().into(),
     );
+    tags.insert(
+        ownership::MANAGED_BY.into(),
+        ownership::MANAGED_BY_VALUE.into(),
+    );
+    tags.insert(ownership::ACCOUNT.into(), account_id.into());
+    tags.insert(ownership::REGION.into(), region.into());
     let proxy = match &onboarding.connectivity {
         Connectivity::Public => None,
         Connectivity::Proxy(url) => Some(url.as_str().trim_end_matches('/')),

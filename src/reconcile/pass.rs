@@ -109,6 +109,10 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     ports: &AwsPorts<'_, T, E, I, S>,
 ) -> AccountOutcome {
     let mut out = AccountOutcome::start(plan);
+    crate::reconcile::lifecycle::delete_gone(ctx.token, plan, &mut out, ctx.arm).await;
+    if let Some(d) = ctx.durable {
+        record_deletions(d, plan, &out, ctx.regions).await;
+    }
     if plan.create_resource_group {
         let note = create_resource_group(ctx.token, plan, &mut out, ctx.arm, ctx.azure).await;
         out.notes.push(note);
@@ -242,6 +246,74 @@ async fn forget_unseen(d: &Durable<'_>, plan: &AccountPlan, regions: &[String]) 
     }
 }
 
+/// Remembers in the state file when each gone instance's termination was first seen (its grace counts from
+/// then, across restarts) and forgets the deletions done. `regions`: the regions this pass saw whole (those
+/// observed without error lose their other records); empty for the event path, which sees a few instances.
+async fn record_deletions(
+    d: &Durable<'_>,
+    plan: &AccountPlan,
+    out: &AccountOutcome,
+    regions: &[String],
+) {
+    let failed: HashSet<&str> = plan
+        .region_errors
+        .iter()
+        .map(|e| e.region.as_str())
+        .collect();
+    let wipe: Vec<String> = regions
+        .iter()
+        .filter(|r| !failed.contains(r.as_str()))
+        .cloned()
+        .collect();
+    let mut done = Vec::new();
+    let mut pending = Vec::new();
+    for (row, o) in plan.instances.iter().zip(&out.instances) {
+        let Some(t) = &row.termination else { continue };
+        if o.status == Status::Offboarded {
+            done.push((row.region.clone(), row.instance_id.clone()));
+        } else {
+            pending.push(crate::daemon::state::DeletionRecord {
+                account_id: plan.account_id.clone(),
+                region: row.region.clone(),
+                instance_id: row.instance_id.clone(),
+                resource_group: t.resource_group.clone(),
+                machine: t.machine.clone(),
+                first_seen_at: t.first_seen_unix,
+                delete_at: t.delete_at_unix,
+            });
+        }
+    }
+    if wipe.is_empty() && done.is_empty() && pending.is_empty() {
+        return;
+    }
+    if let Err(e) =
+        d.db.record_deletions(&plan.account_id, wipe, done, pending)
+            .await
+    {
+        warn!(error = %crate::error::chain(&e), "cannot record the pending deletions in the state file");
+    }
+}
+
+/// When each gone instance's termination was first seen, as the state file remembers it.
+async fn load_terminations(
+    d: &Durable<'_>,
+    account_id: &str,
+) -> HashMap<(String, String), SystemTime> {
+    match d.db.deletions_of_account(account_id).await {
+        Ok(records) => records
+            .into_iter()
+            .map(|r| {
+                let at = UNIX_EPOCH + Duration::from_secs(r.first_seen_at.max(0) as u64);
+                ((r.region, r.instance_id), at)
+            })
+            .collect(),
+        Err(e) => {
+            warn!(error = %crate::error::chain(&e), "cannot read the pending deletions from the state file");
+            HashMap::new()
+        }
+    }
+}
+
 /// The state file's records of one account, by (region, instance id); none when it cannot be read.
 async fn load_records(
     d: &Durable<'_>,
@@ -275,7 +347,11 @@ fn memory_of(records: &HashMap<(String, String), InstanceRecord>, now: SystemTim
             (key.clone(), remembered)
         })
         .collect();
-    Memory { instances, now }
+    Memory {
+        instances,
+        now,
+        terminations: HashMap::new(),
+    }
 }
 
 /// The failure a state record keeps (as JSON; older state files kept prose, read as an install failure).
@@ -407,11 +483,16 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
         }
         let no_region_reachable =
             !obs.regions.is_empty() && obs.regions.iter().all(|r| r.error.is_some());
-        let records = match durable {
-            Some(d) => load_records(d, &account).await,
-            None => HashMap::new(),
+        let (records, terminations) = match durable {
+            Some(d) => (
+                load_records(d, &account).await,
+                load_terminations(d, &account).await,
+            ),
+            None => (HashMap::new(), HashMap::new()),
         };
-        let plan = plan_account(&obs, config, &memory_of(&records, now));
+        let mut memory = memory_of(&records, now);
+        memory.terminations = terminations;
+        let plan = plan_account(&obs, config, &memory);
         let plan = if token.is_some() {
             plan.scoped(opts.scope)
         } else {
@@ -468,7 +549,9 @@ pub async fn execute_observed<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     keep: impl Fn(&crate::reconcile::plan::InstancePlan) -> bool,
 ) -> AccountPlan {
     let records = load_records(durable, &obs.account_id).await;
-    let mut plan = plan_account(obs, config, &memory_of(&records, now)).scoped(opts.scope);
+    let mut memory = memory_of(&records, now);
+    memory.terminations = load_terminations(durable, &obs.account_id).await;
+    let mut plan = plan_account(obs, config, &memory).scoped(opts.scope);
     plan.instances.retain(|row| keep(row));
     if let Some(azure) = &config.azure {
         let ctx = Exec {

@@ -45,6 +45,11 @@ pub enum Status {
     Failed,
     /// The agent is connected to another Arc resource (another subscription, group or name); left alone.
     ConnectedElsewhere,
+    /// The instance is gone (terminated, terminating, or unknown to EC2) and its Arc machine is ours;
+    /// `delete-arc-machine` when due.
+    Terminated,
+    /// Run: the gone instance's Arc machine was deleted.
+    Offboarded,
 }
 
 impl Status {
@@ -61,6 +66,8 @@ impl Status {
             Status::InProgress => "in-progress",
             Status::Failed => "failed",
             Status::ConnectedElsewhere => "connected-elsewhere",
+            Status::Terminated => "terminated",
+            Status::Offboarded => "offboarded",
         }
     }
 }
@@ -89,6 +96,8 @@ pub enum FailureStep {
     Connect,
     /// Checking in Azure that the machine shows `Connected`.
     Verify,
+    /// Deleting the Arc machine of an instance that is gone.
+    Offboard,
 }
 
 impl FailureStep {
@@ -102,6 +111,7 @@ impl FailureStep {
             FailureStep::ProxyConfig => "proxy-config",
             FailureStep::Connect => "connect",
             FailureStep::Verify => "verify",
+            FailureStep::Offboard => "offboard",
         }
     }
 }
@@ -191,6 +201,13 @@ pub enum InstanceAction {
     },
     /// Install and connect the Azure Connected Machine agent through SSM.
     InstallAgent,
+    /// Delete the Arc machine of an instance that is gone (the machine carries our ownership tags).
+    DeleteArcMachine {
+        /// The machine's resource group.
+        resource_group: String,
+        /// The machine's resource name.
+        machine: String,
+    },
 }
 
 impl InstanceAction {
@@ -201,12 +218,18 @@ impl InstanceAction {
             InstanceAction::AddRoleToInstanceProfile { .. } => "add-role-to-instance-profile",
             InstanceAction::AttachRolePolicy { .. } => "attach-role-policy",
             InstanceAction::InstallAgent => "install-agent",
+            InstanceAction::DeleteArcMachine { .. } => "delete-arc-machine",
         }
     }
 
-    /// Whether the action changes IAM or EC2 (as opposed to installing the agent).
+    /// Whether the action changes IAM or EC2 (as opposed to installing the agent or changing Azure).
     pub fn is_iam(&self) -> bool {
-        !matches!(self, InstanceAction::InstallAgent)
+        matches!(
+            self,
+            InstanceAction::AssociateInstanceProfile { .. }
+                | InstanceAction::AddRoleToInstanceProfile { .. }
+                | InstanceAction::AttachRolePolicy { .. }
+        )
     }
 }
 
@@ -273,6 +296,9 @@ pub struct InstancePlan {
     /// In a `run` report: the plan's status and detail, beside the outcome in `status` and `detail`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub planned: Option<Planned>,
+    /// `terminated` and `offboarded`: the Arc machine of the gone instance, and when it may be deleted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub termination: Option<crate::reconcile::lifecycle::Termination>,
     /// Whether the instance's actions depend on the account-level `create-ssm-role`.
     #[serde(skip)]
     pub needs_ssm_role: bool,
@@ -404,6 +430,14 @@ impl AccountPlan {
         if !scope.install {
             self.create_resource_group = false;
             for row in &mut self.instances {
+                let before = row.actions.len();
+                row.actions
+                    .retain(|a| !matches!(a, InstanceAction::DeleteArcMachine { .. }));
+                if row.actions.len() < before {
+                    row.detail = format!("{}; the onboarding pass deletes it", row.detail);
+                }
+            }
+            for row in &mut self.instances {
                 if row.actions.contains(&InstanceAction::InstallAgent) {
                     row.actions.retain(|a| *a != InstanceAction::InstallAgent);
                     if row.status == Status::Planned && row.actions.is_empty() {
@@ -460,6 +494,9 @@ pub struct Memory {
     pub instances: HashMap<(String, String), Remembered>,
     /// Now, as the pass sees it (backoff holds end at `next_attempt_at`).
     pub now: SystemTime,
+    /// When the termination of an instance whose Arc machine is ours was first seen, by (region,
+    /// instance id): the grace of `delete_after` counts from then.
+    pub terminations: HashMap<(String, String), SystemTime>,
 }
 
 impl Memory {
@@ -468,6 +505,7 @@ impl Memory {
         Memory {
             instances: HashMap::new(),
             now: UNIX_EPOCH,
+            terminations: HashMap::new(),
         }
     }
 
@@ -505,6 +543,12 @@ pub fn plan_account(obs: &AccountObservation, config: &Config, memory: &Memory) 
             }
             instances.push(plan);
         }
+        instances.extend(crate::reconcile::lifecycle::plan_gone(
+            obs, region, config, memory,
+        ));
+    }
+    for (region, e) in &obs.gone.errors {
+        region_errors.push(RegionError::new(&obs.account_id, region, e));
     }
     let installs = instances
         .iter()
@@ -820,6 +864,7 @@ impl Planner<'_> {
             agent_version: None,
             azure_location: None,
             resume: false,
+            termination: None,
         };
         if plan.platform == Platform::Unknown {
             plan.status = Status::Unsupported;
@@ -1040,6 +1085,7 @@ mod tests {
                     }),
                     arc: ArcObservation::NotConfigured,
                     elsewhere: HashMap::new(),
+                    gone: Default::default(),
                 },
             }
         }
@@ -1103,6 +1149,7 @@ mod tests {
             let memory = Memory {
                 instances: HashMap::from([(("us-east-1".to_string(), id.to_string()), remembered)]),
                 now,
+                terminations: HashMap::new(),
             };
             plan_account(&self.obs, cfg, &memory)
         }
@@ -1519,6 +1566,7 @@ mod tests {
                             status: status.clone(),
                             errors: vec![],
                             agent_version: version.map(str::to_string),
+                            ..Default::default()
                         },
                     )
                 })

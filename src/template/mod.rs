@@ -1,4 +1,5 @@
-//! `arc-onboard template NAME`: deployable CloudFormation and IAM documents built from the configuration.
+//! `arc-onboard template NAME`: deployable CloudFormation, IAM and Azure role documents built from the
+//! configuration.
 //!
 //! Every document is built as a `serde_json::Value` and serialized once, so no configured name, queue URL
 //! or command-line value can break out of the JSON it sits in. CloudFormation reads JSON templates as
@@ -8,6 +9,7 @@
 //! is the same set as a static example, and `tests/templates.rs` checks both against the calls the binary
 //! makes against the emulator.
 
+pub mod azure_role;
 pub mod events;
 pub mod member_role;
 pub mod orchestrator_policy;
@@ -25,6 +27,8 @@ pub enum TemplateName {
     OrchestratorPolicy,
     /// CloudFormation for the EventBridge rules and the SQS queue of event-driven onboarding.
     Events,
+    /// The Azure custom role definition of the orchestrator (JSON), with exactly the ARM actions it uses.
+    AzureRole,
 }
 
 /// AWS partitions, for ARNs outside CloudFormation (where `AWS::Partition` is not available).
@@ -117,6 +121,7 @@ pub fn render(
         TemplateName::MemberRole => member_role::template(config, args),
         TemplateName::OrchestratorPolicy => orchestrator_policy::policy(config, args)?,
         TemplateName::Events => events::template(config, args)?,
+        TemplateName::AzureRole => azure_role::role(config)?,
     };
     let mut text = serde_json::to_string_pretty(&doc).expect("a JSON value serializes");
     text.push('\n');

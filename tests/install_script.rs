@@ -398,9 +398,9 @@ impl Sandbox {
 
     /// Runs a batch's two commands as arc-onboard sends them: the key exchange, then (when it printed a
     /// key) the install with `params.access_token` sealed to that key. Returns the run arc-onboard reads
-    /// the result of: the install's, or the exchange's when the exchange settled the instance. The fakes'
-    /// recordings of the exchange are moved aside (`exchange-agent-calls`), so those left are the
-    /// install's. Checks, besides what [`Sandbox::run_script`] checks, that the install leaves no private
+    /// the result of: the install's, or the exchange's when the exchange settled the instance. When the
+    /// install runs, the fakes' recordings of the exchange are moved aside (`exchange-agent-calls`), so
+    /// those left are the install's. Checks, besides what [`Sandbox::run_script`] checks, that the install leaves no private
     /// key behind.
     fn run(&self, params: &Params, imds: &str, env: &[(&str, &str)]) -> Run {
         let exchange = self.exchange(params, imds, env);
@@ -421,8 +421,8 @@ impl Sandbox {
         run
     }
 
-    /// Runs the key exchange; with the key it printed, seals the token to it. The fakes' recordings of
-    /// the exchange are moved aside.
+    /// Runs the key exchange; with the key it printed, seals the token to it and moves the fakes'
+    /// recordings of the exchange aside (an exchange that settled the instance keeps them).
     fn exchange(
         &self,
         params: &Params,
@@ -431,15 +431,16 @@ impl Sandbox {
     ) -> (Run, Option<SealedToken>) {
         let script = render_linux(&params.install(Delivery::KeyExchange { key_id: KEY_ID }));
         let run = self.run_script(&script, params, imds, env);
+        if run.result.is_some() {
+            // Settled by the exchange: its recordings are the ones arc-onboard's outcome rests on.
+            return (run, None);
+        }
         for entry in fs::read_dir(self.path("state")).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();
             if name.starts_with("agent-") {
                 fs::rename(&path, self.path("state").join(format!("exchange-{name}"))).unwrap();
             }
-        }
-        if run.result.is_some() {
-            return (run, None);
         }
         assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
         let key = seal::parse_key(&run.stdout, INSTANCE_ID, KEY_ID)

@@ -275,7 +275,8 @@ fn sighup_runs_a_pass_now_and_metrics_show_the_passes() {
         "{body}"
     );
     assert!(
-        body.contains("arc_onboard_api_calls_total{operation=\"ssm:SendCommand\"} 1"),
+        // One batch: the key exchange, then the install.
+        body.contains("arc_onboard_api_calls_total{operation=\"ssm:SendCommand\"} 2"),
         "{body}"
     );
     assert_eq!(fetch("/healthz").0, 200);

@@ -259,6 +259,11 @@ fn base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
+/// Lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
 /// The Linux assignment block: `NAME='value'` lines.
 fn linux_assignments(p: &InstallParams) -> String {
     parameters(p, base64)
@@ -269,7 +274,7 @@ fn linux_assignments(p: &InstallParams) -> String {
 
 /// The Windows assignment block: `$NAME = 'value'` lines.
 fn windows_assignments(p: &InstallParams) -> String {
-    parameters(p, |b| hex::encode(b))
+    parameters(p, hex)
         .iter()
         .map(|(name, value)| format!("${name} = {}\n", ps_quote(value)))
         .collect()

@@ -59,10 +59,89 @@ pub struct FakeCommand {
     pub request: CommandRequest,
 }
 
-/// A command's status as `ListCommands` reports it: a scripted `InProgress` outcome keeps it running for
-/// ever, any other scripted outcome but `Success` fails it, and it succeeds otherwise.
+impl FakeCommand {
+    /// Whether this is a batch's key exchange (the first of its two commands).
+    pub fn is_key_exchange(&self) -> bool {
+        script_value(&self.request.script, "ARC_MODE").as_deref() == Some("key-exchange")
+    }
+}
+
+/// The value a rendered script assigns to `name` (`NAME='v'` or `$NAME = 'v'`; the values the fake reads
+/// hold no quote).
+fn script_value(script: &str, name: &str) -> Option<String> {
+    script.lines().find_map(|l| {
+        let rest = l
+            .strip_prefix(name)
+            .or_else(|| l.strip_prefix('$')?.strip_prefix(name))?;
+        let rest = rest.trim_start().strip_prefix('=')?.trim_start();
+        Some(rest.strip_prefix('\'')?.strip_suffix('\'')?.to_owned())
+    })
+}
+
+/// The one key pair every fake instance answers a key exchange with (making one per instance would slow
+/// the benchmarks down for nothing a fake can show).
+fn fake_public_key() -> &'static str {
+    static KEY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::signature::KeyPair as _;
+        use base64::Engine;
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+            .expect("an RSA key pair");
+        let der = pair.public_key().as_der().expect("its public key");
+        base64::engine::general_purpose::STANDARD.encode(der.as_ref())
+    })
+}
+
+/// What an instance answers a command: a key exchange prints its key line; an install (`ARC_MODE='install'`)
+/// whose sealed token has no key for the instance fails as the script would; otherwise the scripted
+/// outcome, or success.
+fn invocation(s: &State, c: &FakeCommand, id: &str) -> Invocation {
+    let ok = |output: String| Invocation {
+        instance_id: id.to_owned(),
+        status: CommandStatus::Success,
+        status_details: "Success".into(),
+        response_code: 0,
+        output,
+    };
+    if c.is_key_exchange() {
+        let key_id = script_value(&c.request.script, "ARC_KEY_ID").unwrap_or_default();
+        return ok(format!(
+            "{} {{\"instance_id\":\"{id}\",\"key_id\":\"{key_id}\",\"public_key\":\"{}\"}}",
+            crate::install::seal::KEY_MARKER,
+            fake_public_key()
+        ));
+    }
+    let install = script_value(&c.request.script, "ARC_MODE").as_deref() == Some("install");
+    let sealed_for = script_value(&c.request.script, "ARC_SEALED_KEYS").unwrap_or_default();
+    if install
+        && !sealed_for
+            .split(' ')
+            .any(|e| e.split(':').next() == Some(id))
+    {
+        return Invocation {
+            status: CommandStatus::Failed,
+            status_details: "Failed".into(),
+            response_code: 5,
+            ..ok(r#"ARC_ONBOARD_RESULT {"outcome":"failed","exit_code":5,"step":"connect","code":"sealed-token","message":"this command carries no sealed token for this instance"}"#.into())
+        };
+    }
+    s.outcomes.get(id).cloned().unwrap_or_else(|| {
+        ok(r#"ARC_ONBOARD_RESULT {"outcome":"connected","exit_code":0,"step":"connect","message":"connected"}"#.into())
+    })
+}
+
+/// A command's status as `ListCommands` reports it: a key exchange succeeds; for an install, a scripted
+/// `InProgress` outcome keeps it running for ever, any other scripted outcome but `Success` fails it, and
+/// it succeeds otherwise.
 fn summary(s: &State, c: &FakeCommand) -> CommandSummary {
-    let outcome = |id: &String| s.outcomes.get(id).map(|o| &o.status);
+    let outcome = |id: &String| {
+        if c.is_key_exchange() {
+            None
+        } else {
+            s.outcomes.get(id).map(|o| &o.status)
+        }
+    };
     let ids = &c.request.instance_ids;
     let status = if ids
         .iter()
@@ -146,9 +225,24 @@ impl FakeAws {
         self.lock().hidden_invocation_lists = n;
     }
 
-    /// Every command accepted so far.
+    /// Every install command accepted so far (the second command of each batch).
     pub fn commands(&self) -> Vec<FakeCommand> {
-        self.lock().commands.clone()
+        let s = self.lock();
+        s.commands
+            .iter()
+            .filter(|c| !c.is_key_exchange())
+            .cloned()
+            .collect()
+    }
+
+    /// Every key exchange accepted so far (the first command of each batch).
+    pub fn key_exchanges(&self) -> Vec<FakeCommand> {
+        let s = self.lock();
+        s.commands
+            .iter()
+            .filter(|c| c.is_key_exchange())
+            .cloned()
+            .collect()
     }
 
     /// Adds a role with these attached policies, optionally wrapped in a profile of the given name.
@@ -629,12 +723,14 @@ impl Ssm for FakeAws {
             }
         }
         let command_id = format!("cmd-{}", s.commands.len() + 1);
-        s.commands.push(FakeCommand {
+        let command = FakeCommand {
             region: region.into(),
             command_id: command_id.clone(),
             request: request.clone(),
-        });
-        if let Some((arm, rg)) = s.arm.clone() {
+        };
+        let install = !command.is_key_exchange();
+        s.commands.push(command);
+        if let (true, Some((arm, rg))) = (install, s.arm.clone()) {
             for id in &request.instance_ids {
                 // The agent connects only when the script did (not when it found another resource).
                 let ok = s.outcomes.get(id).is_none_or(|o| {
@@ -700,15 +796,7 @@ impl Ssm for FakeAws {
         Ok(c.request
             .instance_ids
             .iter()
-            .map(|id| {
-                s.outcomes.get(id).cloned().unwrap_or_else(|| Invocation {
-                    instance_id: id.clone(),
-                    status: CommandStatus::Success,
-                    status_details: "Success".into(),
-                    response_code: 0,
-                    output: r#"ARC_ONBOARD_RESULT {"outcome":"connected","exit_code":0,"step":"connect","message":"connected"}"#.into(),
-                })
-            })
+            .map(|id| invocation(&s, c, id))
             .collect())
     }
 

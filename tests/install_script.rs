@@ -1,6 +1,8 @@
 //! Runs the rendered Linux install script with bash against fakes on 127.0.0.1: an HTTP server that serves
 //! IMDSv2 and a fake agent installer, a forward proxy, and the fake `azcmagent` that installer writes, which
-//! records every invocation's argv. No root and no network beyond 127.0.0.1.
+//! records every invocation's argv. No root and no network beyond 127.0.0.1. Every run is a batch's two
+//! commands: the key exchange (the real `openssl` makes the key pair), then the install carrying the token
+//! sealed to the key it printed.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -12,14 +14,16 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use arc_onboard::install::seal::{self, SealedToken};
 use arc_onboard::install::{
-    parse_result, render_linux, tags_arg, InstallParams, ScriptOutcome, ScriptResult,
+    parse_result, render_linux, tags_arg, Delivery, InstallParams, ScriptOutcome, ScriptResult,
     EXIT_AGENT_STATE, EXIT_DOWNLOAD, EXIT_IMDS, EXIT_INSTALL, EXIT_REBOOT_CODE, EXIT_UNSUPPORTED,
 };
 
 const INSTANCE_ID: &str = "i-0123456789abcdef0";
 const IMDS_TOKEN: &str = "imds-session-token-42";
 const ACCESS_TOKEN: &str = "arm.access.token-DO-NOT-PRINT";
+const KEY_ID: &str = "5d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 
 /// The fake `azcmagent`: records argv as `argc NUL arg NUL ...` and its environment (`env -0`, one file per
 /// call), keeps `proxy.url` in `$FAKE_STATE/proxy.url`, answers `show -j` from `$FAKE_AGENT_STATUS`,
@@ -333,7 +337,7 @@ impl Params {
         }
     }
 
-    fn install(&self) -> InstallParams<'_> {
+    fn install<'a>(&'a self, delivery: Delivery<'a>) -> InstallParams<'a> {
         InstallParams {
             subscription_id: &self.subscription_id,
             resource_group: &self.resource_group,
@@ -342,7 +346,7 @@ impl Params {
             cloud: &self.cloud,
             correlation_id: &self.correlation_id,
             tags: &self.tags,
-            access_token: &self.access_token,
+            delivery,
             proxy_url: self.proxy_url.as_deref(),
             installer_url: &self.installer_url,
             installer_sha256: self.installer_sha256.as_deref(),
@@ -414,7 +418,7 @@ struct Run {
 impl Sandbox {
     fn new() -> Sandbox {
         let dir = tempfile::tempdir().unwrap();
-        for sub in ["bin", "state", "tmp", "systemd", "installer-tmp-root"] {
+        for sub in ["bin", "state", "tmp", "systemd", "installer-tmp-root", "keys"] {
             fs::create_dir(dir.path().join(sub)).unwrap();
         }
         Sandbox { dir }
@@ -436,12 +440,66 @@ impl Sandbox {
         assert!(status.success());
     }
 
-    /// Renders the script for `params` and runs it with bash (umask 022, as SSM's agent has); `imds` is
-    /// the IMDS endpoint. Checks what every run must leave: no token anywhere it could be read, no
-    /// script file, no temporary directory, the result line last.
+    /// Runs a batch's two commands as arc-onboard sends them: the key exchange, then (when it printed a
+    /// key) the install with `params.access_token` sealed to that key. Returns the run arc-onboard reads
+    /// the result of: the install's, or the exchange's when the exchange settled the instance. When the
+    /// install runs, the fakes' recordings of the exchange are moved aside (`exchange-agent-calls`), so
+    /// those left are the install's. Checks, besides what [`Sandbox::run_script`] checks, that the install leaves no private
+    /// key behind.
     fn run(&self, params: &Params, imds: &str, env: &[(&str, &str)]) -> Run {
+        let exchange = self.exchange(params, imds, env);
+        let Some(sealed) = exchange.1 else {
+            return exchange.0;
+        };
+        let text = render_linux(&params.install(Delivery::Sealed(&sealed)));
+        assert!(
+            !text.contains(&params.access_token),
+            "the install command carries the token in plain text"
+        );
+        let run = self.run_script(&text, params, imds, env);
+        let keys: Vec<_> = fs::read_dir(self.path("keys"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(keys.is_empty(), "the install left keys behind: {keys:?}");
+        run
+    }
+
+    /// Runs the key exchange; with the key it printed, seals the token to it and moves the fakes'
+    /// recordings of the exchange aside (an exchange that settled the instance keeps them).
+    fn exchange(
+        &self,
+        params: &Params,
+        imds: &str,
+        env: &[(&str, &str)],
+    ) -> (Run, Option<SealedToken>) {
+        let script = render_linux(&params.install(Delivery::KeyExchange { key_id: KEY_ID }));
+        let run = self.run_script(&script, params, imds, env);
+        if run.result.is_some() {
+            // Settled by the exchange: its recordings are the ones arc-onboard's outcome rests on.
+            return (run, None);
+        }
+        for entry in fs::read_dir(self.path("state")).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with("agent-") {
+                fs::rename(&path, self.path("state").join(format!("exchange-{name}"))).unwrap();
+            }
+        }
+        assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+        let key = seal::parse_key(&run.stdout, INSTANCE_ID, KEY_ID)
+            .unwrap_or_else(|e| panic!("{e}:\n{}\n{}", run.stdout, run.stderr));
+        let config = seal::connect_config(&params.access_token);
+        let sealed = seal::seal(config.as_bytes(), KEY_ID, &[key]).unwrap();
+        (run, Some(sealed))
+    }
+
+    /// Runs one rendered script with bash (umask 022, as SSM's agent has); `imds` is the IMDS endpoint.
+    /// Checks what every run must leave: no token anywhere it could be read, no script file, no
+    /// temporary directory, the result line (or the exchange's key line) last.
+    fn run_script(&self, text: &str, params: &Params, imds: &str, env: &[(&str, &str)]) -> Run {
         let script = self.path("_script.sh");
-        fs::write(&script, render_linux(&params.install())).unwrap();
+        fs::write(&script, text).unwrap();
         let path = format!(
             "{}:{}",
             self.path("bin").display(),
@@ -466,6 +524,7 @@ impl Sandbox {
                 self.path("installer-tmp-root"),
             )
             .env("FAKE_INSTALLER_TMP_ROOT", self.path("installer-tmp-root"))
+            .env("ARC_ONBOARD_KEY_DIR", self.path("keys"))
             .stdin(Stdio::null())
             .stdout(File::create(&out_path).unwrap())
             .stderr(File::create(&err_path).unwrap());
@@ -508,8 +567,9 @@ impl Sandbox {
             !stdout.contains(&params.access_token) && !stderr.contains(&params.access_token),
             "the access token was printed:\n{stdout}\n{stderr}"
         );
-        // Every recording of the installer and the agent (argv, environment) and every kept log: no token.
-        for dir in [self.path("state"), self.path("logs")] {
+        // Every recording of the installer and the agent (argv, environment), every kept log and key file:
+        // no token.
+        for dir in [self.path("state"), self.path("logs"), self.path("keys")] {
             let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
             };
@@ -528,7 +588,7 @@ impl Sandbox {
         }
         assert!(
             !script.exists(),
-            "the script (which holds the token) was left in SSM's directory"
+            "the script (which holds the sealed token) was left in SSM's directory"
         );
         assert!(
             fs::read_dir(self.path("tmp")).unwrap().next().is_none(),
@@ -541,7 +601,7 @@ impl Sandbox {
         );
         let last = stdout.lines().last().unwrap_or_default();
         assert!(
-            last.starts_with("ARC_ONBOARD_RESULT {"),
+            last.starts_with("ARC_ONBOARD_RESULT {") || last.starts_with("ARC_ONBOARD_KEY {"),
             "the result line is not last:\n{stdout}\n{stderr}"
         );
         Run {
@@ -682,7 +742,14 @@ fn public_mode_installs_and_connects_with_the_token_in_a_private_file() {
     assert_eq!(sandbox.state("connect-config-mode").unwrap().trim(), "600");
     assert_eq!(
         server.targets(),
-        [IMDS_ONLY[0], IMDS_ONLY[1], "GET /azcmagent-linux"]
+        // The key exchange reads the instance id, then the install does.
+        [
+            IMDS_ONLY[0],
+            IMDS_ONLY[1],
+            IMDS_ONLY[0],
+            IMDS_ONLY[1],
+            "GET /azcmagent-linux"
+        ]
     );
     // The installer and package manager run with the caller's umask, not a private one.
     assert_eq!(sandbox.state("installer-umask").unwrap().trim(), "0022");
@@ -1442,4 +1509,153 @@ fn exit_code_194_never_reaches_ssm() {
             "SSM would reboot and rerun on 194"
         );
     }
+}
+
+/// The mode bits of a path.
+fn mode(path: &Path) -> u32 {
+    std::os::unix::fs::PermissionsExt::mode(&fs::metadata(path).unwrap().permissions()) & 0o777
+}
+
+#[test]
+fn the_key_exchange_prints_only_the_public_key_and_keeps_the_private_key_root_only() {
+    let server = Server::start(Some(fake_installer()));
+    let sandbox = Sandbox::new();
+    let params = Params::new(&server);
+    let (run, sealed) = sandbox.exchange(&params, &server.url(""), &[]);
+
+    assert!(sealed.is_some(), "{}", run.stdout);
+    assert_eq!(run.code, 0);
+    assert!(!run.stdout.contains("PRIVATE"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("ARC_ONBOARD_KEY {"),
+        "{}",
+        run.stdout
+    );
+    // Nothing downloaded, installed or connected before a token exists.
+    assert_eq!(server.targets(), IMDS_ONLY);
+    assert_eq!(sandbox.installer_argv(), None);
+    let key = sandbox.path("keys").join(format!("{KEY_ID}.pem"));
+    assert_eq!(mode(&key), 0o600);
+    assert_eq!(mode(&sandbox.path("keys")), 0o700);
+    assert!(fs::read_to_string(&key).unwrap().contains("PRIVATE KEY"));
+}
+
+#[test]
+fn the_install_opens_the_sealed_token_with_openssl_and_leaves_no_key_token_or_blob() {
+    let server = Server::start(Some(fake_installer()));
+    let sandbox = Sandbox::new();
+    let params = Params::new(&server);
+    let run = sandbox.run(&params, &server.url(""), &[]);
+
+    assert_result(&run, ScriptOutcome::Connected, 0, "connect", "connected");
+    let config: serde_json::Value =
+        serde_json::from_str(&sandbox.state("connect-config").unwrap()).unwrap();
+    assert_eq!(config, serde_json::json!({ "access-token": ACCESS_TOKEN }));
+    // The config file, the wrapped key, the sealed text and the passphrase lived in the private temp
+    // dir, which is gone (checked by run, with the key directory's emptiness).
+    assert!(fs::read_dir(sandbox.path("tmp")).unwrap().next().is_none());
+}
+
+#[test]
+fn an_install_whose_private_key_is_gone_fails_without_connecting() {
+    let server = Server::start(Some(fake_installer()));
+    let sandbox = Sandbox::new();
+    let params = Params::new(&server);
+    let (_, sealed) = sandbox.exchange(&params, &server.url(""), &[]);
+    fs::remove_file(sandbox.path("keys").join(format!("{KEY_ID}.pem"))).unwrap();
+    let text = render_linux(&params.install(Delivery::Sealed(&sealed.unwrap())));
+    let run = sandbox.run_script(&text, &params, &server.url(""), &[]);
+
+    assert_result(
+        &run,
+        ScriptOutcome::Failed,
+        EXIT_INSTALL,
+        "connect",
+        "sealed-token",
+    );
+    assert!(
+        run.result.unwrap().message.contains("private key"),
+        "{}",
+        run.stdout
+    );
+    assert!(sandbox.agent_calls().iter().all(|c| c[0] != "connect"));
+}
+
+#[test]
+fn a_sealed_token_for_another_instance_or_a_changed_one_is_refused() {
+    let server = Server::start(Some(fake_installer()));
+    let params = Params::new(&server);
+    // Sealed for another instance id: this instance finds no blob of its own.
+    let sandbox = Sandbox::new();
+    let (_, sealed) = sandbox.exchange(&params, &server.url(""), &[]);
+    let mut other = sealed.unwrap();
+    let blob = other.wrapped.remove(INSTANCE_ID).unwrap();
+    other.wrapped.insert("i-0fedcba9876543210".into(), blob);
+    let run = sandbox.run_script(
+        &render_linux(&params.install(Delivery::Sealed(&other))),
+        &params,
+        &server.url(""),
+        &[],
+    );
+    assert_result(
+        &run,
+        ScriptOutcome::Failed,
+        EXIT_INSTALL,
+        "connect",
+        "sealed-token",
+    );
+    assert!(sandbox.agent_calls().iter().all(|c| c[0] != "connect"));
+    assert!(
+        fs::read_dir(sandbox.path("keys")).unwrap().next().is_none(),
+        "the key is deleted however the install ends"
+    );
+
+    // A changed sealed text: its digest no longer matches the one inside the wrapped key.
+    let sandbox = Sandbox::new();
+    let (_, sealed) = sandbox.exchange(&params, &server.url(""), &[]);
+    let mut changed = sealed.unwrap();
+    let last = changed.ciphertext.len() - 1;
+    changed.ciphertext[last] ^= 1;
+    let run = sandbox.run_script(
+        &render_linux(&params.install(Delivery::Sealed(&changed))),
+        &params,
+        &server.url(""),
+        &[],
+    );
+    assert_result(
+        &run,
+        ScriptOutcome::Failed,
+        EXIT_INSTALL,
+        "connect",
+        "sealed-token",
+    );
+    assert!(sandbox.agent_calls().iter().all(|c| c[0] != "connect"));
+}
+
+#[test]
+fn an_agent_already_connected_to_ours_is_settled_by_the_key_exchange_without_a_key() {
+    let server = Server::start(Some(fake_installer()));
+    let sandbox = Sandbox::new();
+    sandbox.preinstall_agent();
+    let params = Params::new(&server);
+    let env = [
+        ("FAKE_AGENT_STATUS", "Connected"),
+        ("FAKE_AGENT_SUBSCRIPTION", params.subscription_id.as_str()),
+        ("FAKE_AGENT_RESOURCE_GROUP", params.resource_group.as_str()),
+        ("FAKE_AGENT_RESOURCE_NAME", INSTANCE_ID),
+    ];
+    let (run, sealed) = sandbox.exchange(&params, &server.url(""), &env);
+    assert!(sealed.is_none(), "no token is minted for it");
+    assert_result(
+        &run,
+        ScriptOutcome::AlreadyConnected,
+        0,
+        "check",
+        "already-connected",
+    );
+    assert!(fs::read_dir(sandbox.path("keys")).unwrap().next().is_none());
 }

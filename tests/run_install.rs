@@ -60,8 +60,32 @@ fn run(w: &World, config: &str, extra: &[&str]) -> (i32, Value, String) {
     (out.code, out.json(), out.stderr)
 }
 
-fn commands(w: &World) -> Vec<Value> {
+/// Every command sent, key exchanges and installs.
+fn all_commands(w: &World) -> Vec<Value> {
     w.aws.sent_commands()
+}
+
+/// Whether a command is a batch's key exchange (its first command).
+fn is_key_exchange(command: &Value) -> bool {
+    let script = script_of(command);
+    script.contains("\nARC_MODE='key-exchange'\n")
+        || script.contains("\n$ARC_MODE = 'key-exchange'\n")
+}
+
+/// The install commands sent (the second command of each batch).
+fn commands(w: &World) -> Vec<Value> {
+    all_commands(w)
+        .into_iter()
+        .filter(|c| !is_key_exchange(c))
+        .collect()
+}
+
+/// The key exchanges sent.
+fn exchanges(w: &World) -> Vec<Value> {
+    all_commands(w)
+        .into_iter()
+        .filter(is_key_exchange)
+        .collect()
 }
 
 #[test]
@@ -124,6 +148,26 @@ fn a_mixed_fleet_goes_from_nothing_to_onboarded_and_a_second_run_sends_nothing()
         vec![id[4].clone()]
     );
     assert_eq!(sent.len(), 4);
+    // Each install went out after a key exchange to the same instances, in the same document.
+    let keyed: Vec<(Value, Value, Value)> = exchanges(&w)
+        .iter()
+        .map(|x| {
+            (
+                x["region"].clone(),
+                x["document_name"].clone(),
+                x["instance_ids"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(keyed.len(), 4);
+    for c in &sent {
+        let key = (
+            c["region"].clone(),
+            c["document_name"].clone(),
+            c["instance_ids"].clone(),
+        );
+        assert!(keyed.contains(&key), "{c}");
+    }
 
     // Azure: the group was created, machines are named after the instances and tagged.
     let machines = w.azure.machines();
@@ -146,7 +190,7 @@ fn a_mixed_fleet_goes_from_nothing_to_onboarded_and_a_second_run_sends_nothing()
     for (n, i) in id.iter().enumerate().take(5) {
         assert_eq!(row(&report, i)["status"], "already-onboarded", "#{n}");
     }
-    assert_eq!(commands(&w).len(), 4, "no new command");
+    assert_eq!(all_commands(&w).len(), 8, "no new command");
     assert!(
         w.aws.mutating_calls().is_empty(),
         "{:#?}",
@@ -373,7 +417,8 @@ fn one_hundred_thirty_online_instances_take_three_send_commands() {
     let id = ids(&w, &ready_fleet(130));
     let (code, report, _) = run(&w, ONE_REGION, &[]);
     assert_eq!(code, 0);
-    assert_eq!(w.aws.counts()["ssm:SendCommand"], 3);
+    // Three batches, two commands each: the key exchange, then the install.
+    assert_eq!(w.aws.counts()["ssm:SendCommand"], 6);
     let mut sizes: Vec<usize> = commands(&w)
         .iter()
         .map(|c| c["instance_ids"].as_array().unwrap().len())
@@ -382,7 +427,8 @@ fn one_hundred_thirty_online_instances_take_three_send_commands() {
     assert_eq!(sizes, [30, 50, 50]);
     assert_eq!(report["summary"]["by_status"]["onboarded"], 130);
     assert_eq!(id.len(), 130);
-    // Tracking is command-level: a handful of ListCommands, one ListCommandInvocations page per command.
+    // Tracking is command-level: a handful of ListCommands, one ListCommandInvocations page per command
+    // (three key exchanges, three installs).
     let counts = w.aws.counts();
     let ssm: Vec<String> = counts
         .iter()
@@ -390,14 +436,15 @@ fn one_hundred_thirty_online_instances_take_three_send_commands() {
         .map(|(op, n)| format!("{op}={n}"))
         .collect();
     eprintln!("130 installs, SSM calls by operation: {}", ssm.join(" "));
-    assert_eq!(counts["ssm:ListCommandInvocations"], 3);
+    assert_eq!(counts["ssm:ListCommandInvocations"], 6);
     assert!(
         counts.get("ssm:GetCommandInvocation").is_none(),
         "{counts:?}"
     );
-    // One ListCommands while observing, then one per poll for the whole region, not one per command.
+    // One ListCommands while observing, then one per poll for the whole region (key exchanges, then
+    // installs), not one per command.
     let list_commands = counts["ssm:ListCommands"].as_u64().unwrap();
-    assert!(list_commands <= 4, "{counts:?}");
+    assert!(list_commands <= 6, "{counts:?}");
 }
 
 #[test]
@@ -424,8 +471,9 @@ fn the_client_secret_appears_in_no_command_log_or_report() {
         let text = c.to_string();
         assert!(!text.contains(STUB_SECRET), "secret sent to an instance");
         assert!(
-            script_of(&c).contains("ARC_ACCESS_TOKEN"),
-            "a token travels instead"
+            script_of(&c).contains("ARC_SEALED_CONFIG = '")
+                || script_of(&c).contains("ARC_SEALED_CONFIG='"),
+            "a sealed token travels instead"
         );
     }
     let calls = w
@@ -565,4 +613,54 @@ fn an_install_in_flight_is_never_sent_again() {
     for i in &id {
         assert_eq!(row(&first_report, i)["status"], "onboarded");
     }
+}
+
+#[test]
+fn no_issued_token_appears_in_any_command_parameter_or_output() {
+    let w = World::start();
+    let id = ids(&w, &mixed_fleet());
+    let (code, report, stderr) = run(&w, TWO_REGIONS, &[]);
+    assert_eq!(code, 0, "{report:#}");
+    for i in id.iter().take(5) {
+        assert_eq!(row(&report, i)["status"], "onboarded", "{report:#}");
+    }
+    // Every machine was connected with a token its instance opened from the sealed configuration, and
+    // the stub checked each token as connect would.
+    let connects = w.azure.connects();
+    assert_eq!(connects.len(), 5);
+    for c in &connects {
+        assert_eq!(c["ok"], true, "{c}");
+        assert_eq!(c["sealed"], true, "{c}");
+    }
+    let issued = w.azure.control("GET", "/_stub/tokens/issued", None)["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap().to_owned())
+        .collect::<Vec<_>>();
+    assert!(!issued.is_empty());
+    // Every command (parameters and invocation outputs, as SSM's history keeps them), the emulator's
+    // request log, the report and the logs: no issued token anywhere.
+    let everything = [
+        serde_json::to_string(&all_commands(&w)).unwrap(),
+        w.aws
+            .calls()
+            .iter()
+            .map(|c| c.to_string())
+            .collect::<String>(),
+        report.to_string(),
+        stderr,
+    ];
+    for token in &issued {
+        for (n, text) in everything.iter().enumerate() {
+            assert!(
+                !text.contains(token.as_str()),
+                "an issued token is in text #{n}"
+            );
+        }
+    }
+    // The outputs were there to look at: the key exchanges' public keys and the installs' result lines.
+    let outputs = everything[0].as_str();
+    assert!(outputs.contains("ARC_ONBOARD_KEY"), "{outputs}");
+    assert!(outputs.contains("ARC_ONBOARD_RESULT"), "{outputs}");
 }

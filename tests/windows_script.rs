@@ -13,16 +13,26 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use arc_onboard::install::{
-    download_protocols, render_windows, tags_arg, InstallParams, EXIT_AGENT_STATE, EXIT_DOWNLOAD,
-    EXIT_IMDS, EXIT_INSTALL, EXIT_UNSUPPORTED,
+    download_protocols, render_windows, tags_arg, Delivery, InstallParams, SealedToken,
+    EXIT_AGENT_STATE, EXIT_DOWNLOAD, EXIT_IMDS, EXIT_INSTALL, EXIT_UNSUPPORTED,
 };
 use serde::Deserialize;
 
 const TOKEN: &str = "eyJ0eXAiOiJKV1Qi.fake-arm-token.sig";
+
+/// A sealed token as the install command carries it (its bytes do not matter to the parse).
+static SEALED: std::sync::LazyLock<SealedToken> = std::sync::LazyLock::new(|| SealedToken {
+    key_id: "0f0e0d0c-0b0a-4908-8706-050403020100".into(),
+    ciphertext: b"Salted__\x01\x02\x03\x04\x05\x06\x07\x08sealed bytes, 32 of them....".to_vec(),
+    wrapped: BTreeMap::from([
+        ("i-0123456789abcdef0".to_owned(), vec![0xab; 256]),
+        ("i-0fedcba9876543210".to_owned(), vec![0x01; 256]),
+    ]),
+});
 const SHA256: &str = "0123456789abcdef0123456789ABCDEF0123456789abcdef0123456789abcdef";
 
 /// The parameter variables, in the order the assignment block sets them.
-const NAMES: [&str; 18] = [
+const NAMES: [&str; 21] = [
     "ARC_SUBSCRIPTION_ID",
     "ARC_RESOURCE_GROUP",
     "ARC_LOCATION",
@@ -30,7 +40,10 @@ const NAMES: [&str; 18] = [
     "ARC_CLOUD",
     "ARC_CORRELATION_ID",
     "ARC_TAGS",
-    "ARC_ACCESS_TOKEN",
+    "ARC_MODE",
+    "ARC_KEY_ID",
+    "ARC_SEALED_CONFIG",
+    "ARC_SEALED_KEYS",
     "ARC_PROXY_URL",
     "ARC_INSTALLER_URL",
     "ARC_INSTALLER_SHA256",
@@ -152,7 +165,7 @@ fn realistic<'a>(
         cloud: "AzureCloud",
         correlation_id: "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
         tags,
-        access_token: TOKEN,
+        delivery: Delivery::Sealed(&SEALED),
         proxy_url: proxy,
         installer_url,
         installer_sha256: Some(SHA256),
@@ -224,7 +237,7 @@ fn every_parameter<'a>(v: &'a str, tags: &'a BTreeMap<String, String>) -> Instal
         cloud: v,
         correlation_id: v,
         tags,
-        access_token: v,
+        delivery: Delivery::KeyExchange { key_id: v },
         proxy_url: Some(v),
         installer_url: v,
         installer_sha256: Some(v),
@@ -237,7 +250,21 @@ fn every_parameter<'a>(v: &'a str, tags: &'a BTreeMap<String, String>) -> Instal
 }
 
 /// The values the script must receive, by variable name.
-fn expected_values(p: &InstallParams) -> [String; 18] {
+fn expected_values(p: &InstallParams) -> [String; 21] {
+    let (mode, key_id, config, keys) = match p.delivery {
+        Delivery::KeyExchange { key_id } => ("key-exchange", key_id, String::new(), String::new()),
+        Delivery::Sealed(sealed) => (
+            "install",
+            sealed.key_id.as_str(),
+            hex::encode(&sealed.ciphertext),
+            sealed
+                .wrapped
+                .iter()
+                .map(|(id, k)| format!("{id}:{}", hex::encode(k)))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+    };
     [
         p.subscription_id.to_owned(),
         p.resource_group.to_owned(),
@@ -246,7 +273,10 @@ fn expected_values(p: &InstallParams) -> [String; 18] {
         p.cloud.to_owned(),
         p.correlation_id.to_owned(),
         tags_arg(p.tags),
-        p.access_token.to_owned(),
+        mode.to_owned(),
+        key_id.to_owned(),
+        config,
+        keys,
         p.proxy_url.unwrap_or_default().to_owned(),
         p.installer_url.to_owned(),
         p.installer_sha256.unwrap_or_default().to_owned(),
@@ -260,7 +290,7 @@ fn expected_values(p: &InstallParams) -> [String; 18] {
     ]
 }
 
-/// Parses the rendered script and checks its top-level assignments: first the 18 parameters, in order,
+/// Parses the rendered script and checks its top-level assignments: first the 21 parameters, in order,
 /// each one single-quoted string literal whose content is the value verbatim; then the template's own
 /// (`template_assignments` of them; `None` to learn the number), none of which sets a parameter.
 fn assert_parses_with_values(p: &InstallParams, template_assignments: Option<usize>) -> usize {
@@ -365,7 +395,7 @@ fn hostile_values_in_every_parameter_stay_string_literals() {
             cloud: v(4),
             correlation_id: v(5),
             tags: &tags,
-            access_token: v(7),
+            delivery: Delivery::KeyExchange { key_id: v(7) },
             proxy_url: Some(v(8)),
             installer_url: v(9),
             installer_sha256: Some(v(10)),
@@ -430,11 +460,12 @@ fn template_keeps_the_token_off_command_lines_and_uses_the_exit_codes() {
         Some("http://proxy.internal:3128"),
         "https://aka.ms/azcmagent-windows",
     ));
-    assert_eq!(
-        script.matches(TOKEN).count(),
-        1,
-        "the token appears outside its assignment"
-    );
+    assert!(!script.contains(TOKEN), "a plain token in the script");
+    assert!(!script.contains("ARC_ACCESS_TOKEN"));
+    assert!(script.contains(&format!(
+        "\n$ARC_SEALED_CONFIG = '{}'\n",
+        hex::encode(&SEALED.ciphertext)
+    )));
     assert!(!script.contains("--access-token"));
     assert!(script.contains("'--config'"));
     // The connect half of issue 19: each flag only when its parameter is set.

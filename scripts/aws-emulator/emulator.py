@@ -60,6 +60,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "registration_delay_seconds": 0,
     "profile_propagation_seconds": 0,
     "command_duration_seconds": 1.0,
+    "key_exchange_duration_seconds": 0,
     "invocation_visibility_delay_seconds": 0,
     "on_success_webhook": None,
 }

@@ -13,10 +13,17 @@ Commands: ``SendCommand`` creates one invocation per target instance. Each invoc
 instance through the control API, otherwise Success / exit 0 / DEFAULT_SUCCESS_STDOUT). States are derived
 lazily from timestamps; only the success webhook runs on a timer thread.
 
+arc-onboard's two commands per batch (``ARC_MODE`` in the script's assignment block): a key exchange
+makes an RSA key pair per instance, keeps the private key and answers with the public key as the real
+script prints it (``key_exchange_duration_seconds``; scripted outcomes do not apply to it); an install
+opens the instance's sealed token with that key (as the script does, and the key is then gone) and
+hands the token to the success webhook. An install the instance cannot open fails as the script would.
+
 All public methods expect the caller to hold the emulator's state lock.
 """
 
 import base64
+import hashlib
 import json
 import re
 import sys
@@ -29,6 +36,9 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 import fleet
+from cryptography.hazmat.primitives import hashes, padding as sym_padding, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 AGENT_VERSION = "3.3.0.0"
 # What arc-onboard's install script prints when it connects the agent (its last line is machine-readable).
@@ -132,6 +142,8 @@ class Invocation:
     outcome: Outcome
     cancelled_at: float | None = None
     timer: threading.Timer | None = None
+    # The access token this instance opened from its sealed configuration (never shown).
+    token: str | None = field(default=None, repr=False)
 
     def view(self, started: float, now: float) -> dict[str, Any]:
         """Status, details, exit code, output and end time as of ``now``."""
@@ -145,6 +157,57 @@ class Invocation:
         o = self.outcome
         return {"status": o.status, "details": o.status_details, "code": o.exit_code,
                 "stdout": o.stdout, "stderr": o.stderr, "end": finish}
+
+
+_ASSIGNMENT = re.compile(r"^\$?(ARC_[A-Z0-9_]+)[ \t]*=[ \t]*'([^'\n]*)'[ \t]*\r?$", re.MULTILINE)
+
+
+def script_values(script: str) -> dict[str, str]:
+    """The quote-free ``ARC_*`` assignments of a rendered script (``NAME='v'`` or ``$NAME = 'v'``)."""
+    return {m.group(1): m.group(2) for m in _ASSIGNMENT.finditer(script)}
+
+
+def key_line(instance_id: str, key_id: str, key: rsa.RSAPrivateKey, platform: str) -> str:
+    """The ARC_ONBOARD_KEY line the real script prints: SubjectPublicKeyInfo (DER, base64) on Linux,
+    modulus and exponent (hex) on Windows."""
+    line: dict[str, str] = {"instance_id": instance_id, "key_id": key_id}
+    public = key.public_key()
+    if platform == "windows":
+        numbers = public.public_numbers()
+        line["modulus"] = numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big").hex().upper()
+        line["exponent"] = numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big").hex().upper()
+    else:
+        der = public.public_bytes(serialization.Encoding.DER,
+                                  serialization.PublicFormat.SubjectPublicKeyInfo)
+        line["public_key"] = base64.b64encode(der).decode()
+    return "arc-onboard: key pair made\nARC_ONBOARD_KEY " + json.dumps(line, separators=(",", ":"))
+
+
+def open_sealed(key: rsa.RSAPrivateKey, wrapped: bytes, sealed: bytes) -> bytes:
+    """What the scripts do: RSA-OAEP (SHA-1) opens the passphrase and the sealed text's digest; the
+    digest must match; ``openssl enc -d -aes-256-cbc -md sha256`` opens the text. Raises ValueError."""
+    payload = key.decrypt(wrapped, padding.OAEP(mgf=padding.MGF1(hashes.SHA1()),
+                                                algorithm=hashes.SHA1(), label=None))
+    passphrase, digest = payload[:64], payload[64:]
+    if len(payload) != 128 or hashlib.sha256(sealed).hexdigest().encode() != digest:
+        raise ValueError("the sealed token does not match its digest")
+    if sealed[:8] != b"Salted__" or len(sealed) < 32:
+        raise ValueError("the sealed token is malformed")
+    salt = sealed[8:16]
+    aes_key = hashlib.sha256(passphrase + salt).digest()
+    iv = hashlib.sha256(aes_key + passphrase + salt).digest()[:16]
+    decryptor = Cipher(algorithms.AES(aes_key), modes.CBC(iv)).decryptor()
+    padded = decryptor.update(sealed[16:]) + decryptor.finalize()
+    unpadder = sym_padding.PKCS7(128).unpadder()
+    return unpadder.update(padded) + unpadder.finalize()
+
+
+def _sealed_failure(message: str) -> dict[str, Any]:
+    """The scripted outcome of an install the instance cannot open (the script's own result line)."""
+    line = {"outcome": "failed", "exit_code": 5, "step": "connect", "code": "sealed-token",
+            "message": message, "resource_id": ""}
+    return {"status": "Failed", "exit_code": 5,
+            "stdout": "ARC_ONBOARD_RESULT " + json.dumps(line, separators=(",", ":"))}
 
 
 @dataclass
@@ -167,12 +230,18 @@ class Command:
         return DOCUMENT_PLUGINS[self.document_name][0]
 
     def control_view(self) -> dict[str, Any]:
-        """The record shown by ``GET /_emulator/commands``."""
+        """The record shown by ``GET /_emulator/commands``, with each invocation's output as of now
+        (what SSM's history keeps)."""
+        now = time.time()
+        outputs = {iid: {k: v for k, v in inv.view(self.requested_at, now).items()
+                         if k in ("status", "stdout", "stderr")}
+                   for iid, inv in self.invocations.items()}
         return {"command_id": self.command_id, "account_id": self.account, "region": self.region,
                 "document_name": self.document_name, "instance_ids": list(self.invocations),
                 "parameters": self.parameters, "comment": self.comment,
                 "timeout_seconds": self.timeout_seconds, "max_errors": self.max_errors,
-                "max_concurrency": self.max_concurrency, "requested_at": self.requested_at}
+                "max_concurrency": self.max_concurrency, "requested_at": self.requested_at,
+                "outputs": outputs}
 
     def aggregate(self, now: float) -> dict[str, Any]:
         """Command-level Status and counters from its invocations' states."""
@@ -261,6 +330,8 @@ class SsmSimulator:
         self.tracking: dict[tuple[str, str, str], Tracking] = {}
         self.commands: dict[str, Command] = {}
         self.outcomes: dict[str, dict[str, Any]] = {}
+        # Private keys of key exchanges, per (account, region, instance id, key id), until the install.
+        self.keys: dict[tuple[str, str, str, str], rsa.RSAPrivateKey] = {}
         self.settings: dict[tuple[str, str, str], tuple[str, float]] = {}
         # The account of the request being served (set by handle(); the caller holds the lock).
         self.account: str = fleet.ACCOUNT_ID
@@ -460,12 +531,29 @@ class SsmSimulator:
             max_concurrency=str(opts["max_concurrency"]), requested_at=now,
             visible_at=now + self.config["invocation_visibility_delay_seconds"])
         default = {"stdout": DEFAULT_SUCCESS_STDOUT}
+        values = script_values("\n".join(opts["parameters"].get("commands", [])))
+        mode = values.get("ARC_MODE")
         for iid in ids:
             found = fleet.find_instance(iid, self.account)
             name = found[1].private_dns_name if found else iid
-            outcome = Outcome.from_script(self.outcomes.get(iid, default),
-                                          self.config["command_duration_seconds"])
-            invocation = Invocation(iid, name, outcome)
+            if mode == "key-exchange":
+                key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+                key_id = values.get("ARC_KEY_ID", "")
+                self.keys[(self.account, region, iid, key_id)] = key
+                stdout = key_line(iid, key_id, key, platforms[iid] or "linux")
+                outcome = Outcome("Success", "Success", 0, stdout, "",
+                                  self.config["key_exchange_duration_seconds"])
+                command.invocations[iid] = Invocation(iid, name, outcome)
+                continue
+            script = self.outcomes.get(iid, default)
+            token = None
+            if mode == "install" and OUTCOME_KINDS[script.get("status", "Success")][0] in (
+                    "Success", "Failed"):
+                token, problem = self._open_token(region, iid, values, platforms[iid] or "linux")
+                if token is None:
+                    script = _sealed_failure(problem)
+            outcome = Outcome.from_script(script, self.config["command_duration_seconds"])
+            invocation = Invocation(iid, name, outcome, token=token)
             # The agent connects (and the webhook tells the Azure stub) only when the script did; a
             # script that found the agent connected to another resource leaves it alone.
             if outcome.status == "Success" and CONNECTED_ELSEWHERE not in outcome.stdout:
@@ -478,16 +566,44 @@ class SsmSimulator:
         return {"Command": {**command.api_view(now), "Status": "Pending",
                             "StatusDetails": "Pending"}}
 
+    def _open_token(self, region: str, instance_id: str, values: dict[str, str],
+                    platform: str) -> tuple[str | None, str]:
+        """The access token an install's sealed configuration holds for ``instance_id``, opened with the
+        key of its exchange (which is then gone, as the script deletes it); or None and why not."""
+        key_id = values.get("ARC_KEY_ID", "")
+        wrapped = None
+        for entry in values.get("ARC_SEALED_KEYS", "").split():
+            owner, _, blob = entry.partition(":")
+            if owner == instance_id:
+                wrapped = blob
+        if wrapped is None:
+            return None, f"this command carries no sealed token for {instance_id}"
+        key = self.keys.pop((self.account, region, instance_id, key_id), None)
+        if key is None:
+            return None, f"the private key of key exchange {key_id} is gone"
+        decode = bytes.fromhex if platform == "windows" else base64.b64decode
+        try:
+            config = open_sealed(key, decode(wrapped), decode(values.get("ARC_SEALED_CONFIG", "")))
+            token = json.loads(config)["access-token"]
+        except (ValueError, KeyError, TypeError):
+            return None, "the sealed token does not open with this instance's key"
+        if not isinstance(token, str):
+            return None, "the sealed configuration holds no access token"
+        return token, ""
+
     def _notify_success(self, command_id: str, instance_id: str) -> None:
         """Timer callback: POST the success webhook for one finished invocation."""
         with self.lock:
             command = self.commands[command_id]
             url = self.config.get("on_success_webhook")
-            if not url or command.invocations[instance_id].cancelled_at is not None:
+            invocation = command.invocations[instance_id]
+            if not url or invocation.cancelled_at is not None:
                 return
             payload = {"instance_id": instance_id, "region": command.region,
                        "account_id": command.account, "command_id": command_id,
                        "commands": command.parameters.get("commands", [])}
+            if invocation.token is not None:
+                payload["access_token"] = invocation.token
         request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
                                          headers={"Content-Type": "application/json"})
         try:

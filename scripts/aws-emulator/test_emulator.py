@@ -32,7 +32,7 @@ BASE_SEED = {
 }
 DEFAULT_CONFIG = {"registration_delay_seconds": 0, "profile_propagation_seconds": 0,
                   "command_duration_seconds": 1.0, "invocation_visibility_delay_seconds": 0,
-                  "on_success_webhook": None}
+                  "key_exchange_duration_seconds": 0, "on_success_webhook": None}
 
 
 @pytest.fixture(scope="module")
@@ -437,6 +437,98 @@ def test_webhook_fires_once_per_invocation_that_connected(emu, aws):
         assert _Recorder.received == [{"instance_id": good, "region": region,
                                        "account_id": "123456789012", "command_id": command_id,
                                        "commands": ["install", "connect"]}]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _seal(config: bytes, keys: dict, encode) -> tuple[str, str]:
+    """Seals ``config`` as arc-onboard does (see src/install/seal.rs): ARC_SEALED_CONFIG and
+    ARC_SEALED_KEYS for instance id -> public key."""
+    import hashlib
+    import os
+
+    from cryptography.hazmat.primitives import hashes, padding as sym_padding
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    passphrase, salt = os.urandom(32).hex().encode(), os.urandom(8)
+    key = hashlib.sha256(passphrase + salt).digest()
+    iv = hashlib.sha256(key + passphrase + salt).digest()[:16]
+    padder = sym_padding.PKCS7(128).padder()
+    encryptor = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+    body = encryptor.update(padder.update(config) + padder.finalize()) + encryptor.finalize()
+    sealed = b"Salted__" + salt + body
+    payload = passphrase + hashlib.sha256(sealed).hexdigest().encode()
+    oaep = padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None)
+    wrapped = " ".join(f"{iid}:{encode(k.encrypt(payload, oaep))}" for iid, k in keys.items())
+    return encode(sealed), wrapped
+
+
+def _public_key(stdout: str):
+    """The public key of an ARC_ONBOARD_KEY line (SPKI on Linux, modulus/exponent on Windows)."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    line = json.loads(stdout.rsplit("ARC_ONBOARD_KEY ", 1)[1])
+    if "public_key" in line:
+        return line, serialization.load_der_public_key(base64.b64decode(line["public_key"]))
+    numbers = rsa.RSAPublicNumbers(int(line["exponent"], 16), int(line["modulus"], 16))
+    return line, numbers.public_key()
+
+
+@pytest.mark.parametrize("platform,document,form,encode", [
+    ("linux", "AWS-RunShellScript", "{}='{}'", lambda b: __import__("base64").b64encode(b).decode()),
+    ("windows", "AWS-RunPowerShellScript", "${} = '{}'", bytes.hex),
+])
+def test_key_exchange_then_sealed_install_hands_the_opened_token_to_the_webhook(
+        emu, aws, platform, document, form, encode):
+    region = "ap-south-1"
+    extra = {"platform": "windows"} if platform == "windows" else {}
+    a, b = seed_instances(emu, region, count=2, instance_profile="AppProfile", **extra)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Recorder.received = []
+    try:
+        emu.config(on_success_webhook=f"http://127.0.0.1:{server.server_port}/done",
+                   command_duration_seconds=0.2)
+        ssm = aws("ssm", region)
+        key_id = "11111111-2222-4333-8444-555555555555"
+        exchange = [form.format("ARC_MODE", "key-exchange"), form.format("ARC_KEY_ID", key_id)]
+        xid = ssm.send_command(DocumentName=document, InstanceIds=[a, b],
+                               Parameters={"commands": exchange})["Command"]["CommandId"]
+        keys = {}
+        for iid in (a, b):
+            out = ssm.get_command_invocation(CommandId=xid, InstanceId=iid)
+            assert out["Status"] == "Success"
+            line, keys[iid] = _public_key(out["StandardOutputContent"])
+            assert (line["instance_id"], line["key_id"]) == (iid, key_id)
+            assert ("modulus" in line) == (platform == "windows")
+        token = "arm-token-" + platform
+        sealed, wrapped = _seal(json.dumps({"access-token": token}).encode(), {a: keys[a]}, encode)
+        install = [form.format("ARC_MODE", "install"), form.format("ARC_KEY_ID", key_id),
+                   form.format("ARC_SEALED_CONFIG", sealed), form.format("ARC_SEALED_KEYS", wrapped)]
+        iid_cmd = ssm.send_command(DocumentName=document, InstanceIds=[a, b],
+                                   Parameters={"commands": install})["Command"]["CommandId"]
+        wait_until(lambda: _Recorder.received)
+        time.sleep(0.3)
+        # Only the instance the token was sealed for connects; the other fails as the script would.
+        assert [(r["instance_id"], r["access_token"]) for r in _Recorder.received] == [(a, token)]
+        wait_until(lambda: ssm.get_command_invocation(CommandId=iid_cmd, InstanceId=b)["Status"]
+                   == "Failed")
+        failed = ssm.get_command_invocation(CommandId=iid_cmd, InstanceId=b)
+        assert '"code":"sealed-token"' in failed["StandardOutputContent"]
+        # The key is gone after the install: the same install again cannot open the token.
+        _Recorder.received = []
+        again = ssm.send_command(DocumentName=document, InstanceIds=[a],
+                                 Parameters={"commands": install})["Command"]["CommandId"]
+        wait_until(lambda: ssm.get_command_invocation(CommandId=again, InstanceId=a)["Status"]
+                   == "Failed")
+        assert "private key" in ssm.get_command_invocation(
+            CommandId=again, InstanceId=a)["StandardOutputContent"]
+        assert _Recorder.received == []
+        # No command parameter holds the token.
+        assert token not in json.dumps(emu.commands())
     finally:
         server.shutdown()
         server.server_close()

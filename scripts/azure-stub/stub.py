@@ -379,6 +379,9 @@ class AzureStub:
             ("POST", "federated-credentials"): self._add_federated,
             ("POST", "oidc/token"): self._mint_oidc_token,
             ("POST", "tokens"): self._mint_access_token,
+            # Every access token issued so far, in the clear: for tests that look for them where they
+            # must not be (command parameters, outputs, files left on instances).
+            ("GET", "tokens/issued"): lambda _: {"tokens": list(self.tokens)},
         }
 
     def _reset_state(self) -> None:
@@ -970,8 +973,12 @@ class AzureStub:
             commands = body["commands"]
             script = commands if isinstance(commands, str) else "\n".join(map(str, commands))
             script = script.removeprefix("\ufeff")  # a byte order mark, if the text kept one
+            # The token the instance opened from its sealed configuration (the SSM emulator does what
+            # the script does); scripts from before sealing carried it as ARC_ACCESS_TOKEN.
+            token = body.get("access_token")
             with self.lock:
-                self._attempt_connect(attempt, script)
+                self._attempt_connect(attempt, script,
+                                      token if isinstance(token, str) else None)
         else:
             attempt["error"] = "InvalidWebhookPayload"
             attempt["message"] = ('body must be {"instance_id", "region", "account_id", '
@@ -988,8 +995,10 @@ class AzureStub:
                      {"ok": attempt["ok"], "error": attempt["error"],
                       "message": attempt["message"]})
 
-    def _attempt_connect(self, attempt: dict[str, Any], script: str) -> None:
-        """What ``azcmagent connect`` would do; fills attempt (caller holds the lock)."""
+    def _attempt_connect(self, attempt: dict[str, Any], script: str,
+                         token: str | None = None) -> None:
+        """What ``azcmagent connect`` would do with the script's values and ``token`` (the opened
+        sealed token; None: the script's own ARC_ACCESS_TOKEN); fills attempt (caller holds the lock)."""
         def fail(code: str, message: str) -> None:
             attempt["error"], attempt["message"] = code, message
 
@@ -999,6 +1008,9 @@ class AzureStub:
             variables: dict[str, Any] = {"token_valid": False}
             attempt["variables"] = variables
             return fail("ScriptParseError", str(exc))
+        attempt["sealed"] = token is not None
+        if token is not None:
+            values["ARC_ACCESS_TOKEN"] = token
         attempt["script_form"] = form
         attempt["os_name"] = os_name = "windows" if form == "powershell" else "linux"
         state = self._token_state(values.get("ARC_ACCESS_TOKEN"))

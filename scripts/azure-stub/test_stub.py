@@ -412,6 +412,31 @@ def test_connect_with_the_real_install_templates(stub, template, quote, os_name)
     assert machine["tags"]["env"] == "prod"
 
 
+def test_connect_with_the_token_the_instance_opened_from_its_sealed_configuration(stub):
+    """Sealed install scripts carry no ARC_ACCESS_TOKEN: the SSM emulator opens the instance's sealed
+    token and passes it beside the script; the stub checks it as connect would."""
+    token = stub.token()
+    stub.put_rg("arc-rg", token)
+    values = {k: v for k, v in arc_values(token).items() if k != "ARC_ACCESS_TOKEN"}
+    values.update(ARC_MODE="install", ARC_SEALED_CONFIG="U2FsdGVkX18=", ARC_SEALED_KEYS="i-0s:AA==")
+    payload = {"instance_id": "i-0s", "region": "us-east-1", "account_id": "123456789012",
+               "command_id": "cmd-9", "commands": bash_script(values).split("\n"),
+               "access_token": token}
+    status, _, result = http("POST", f"{stub.url}/_stub/agent/connect", payload)
+    assert status == 200 and result["ok"] is True, result
+    [attempt] = stub.control("GET", "connects")["connects"]
+    assert attempt["sealed"] is True and attempt["variables"]["token_valid"] is True
+    assert attempt["variables"]["ARC_ACCESS_TOKEN"] == "<redacted>"
+    assert token not in json.dumps(stub.control("GET", "connects"))
+    assert stub.machine("arc-rg", "i-0s", token)[0] == 200
+    # A wrong opened token is refused like a wrong plain one.
+    payload.update(instance_id="i-0t", access_token="not-a-stub-token")
+    _, _, result = http("POST", f"{stub.url}/_stub/agent/connect", payload)
+    assert result["error"] == "InvalidAuthenticationToken"
+    # Tests read the tokens the stub issued, to look for them where they must not be.
+    assert token in stub.control("GET", "tokens/issued")["tokens"]
+
+
 def test_connect_with_bogus_token_fails(stub):
     token = stub.token()
     stub.put_rg("arc-rg", token)

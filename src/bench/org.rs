@@ -257,15 +257,17 @@ pub fn bounds(mode: Mode, spec: &FleetSpec, fleet: &[AccountLoad], limits: &Limi
                     r.bare.div_ceil(limits.ssm_page),
                 );
                 // One command text serves up to 50 instances (a tool could hold the ready ones back
-                // until the others are Online, so both share batches).
-                let commands = (r.ready + r.bare).div_ceil(50);
-                add("ssm:SendCommand", commands);
-                add("ssm:ListCommandInvocations", commands);
-                if commands > 0 {
-                    add("ssm:ListCommands", 1);
+                // until the others are Online, so both share batches); each batch is two commands, a
+                // key exchange and then the install with the token sealed to its keys.
+                let batches = (r.ready + r.bare).div_ceil(50);
+                add("ssm:SendCommand", 2 * batches);
+                add("ssm:ListCommandInvocations", 2 * batches);
+                if batches > 0 {
+                    add("ssm:ListCommands", 2);
                 }
-                // Associate, see it Online, send, its status, its invocations.
-                region_chain += 5;
+                // Associate, see it Online, send the key exchange, its status, its invocations, send
+                // the install, its status, its invocations.
+                region_chain += 8;
                 let over = (r.bare as f64 - limits.associate.burst).max(0.0);
                 throttle = throttle.max(Duration::from_secs_f64(over / limits.associate.rate));
             }

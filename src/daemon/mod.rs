@@ -607,6 +607,10 @@ mod tests {
             "and the agent at the onboarding pass after it"
         );
         assert_eq!(aws.calls.count("ec2:AssociateIamInstanceProfile"), 2);
-        assert_eq!(aws.calls.count("ssm:SendCommand"), 2);
+        assert_eq!(
+            aws.calls.count("ssm:SendCommand"),
+            4,
+            "two batches: a key exchange and an install each"
+        );
     }
 }

@@ -1,7 +1,10 @@
 #!/bin/bash
 # arc-onboard: installs the Azure Connected Machine agent and connects this machine to Azure Arc.
-# Sent through SSM Run Command (AWS-RunShellScript). One text serves a whole batch of instances, so nothing
-# per-instance is below: the instance id is read from IMDSv2. The parameters are filled in by arc-onboard.
+# Sent through SSM Run Command (AWS-RunShellScript), twice per batch: first as the key exchange
+# (ARC_MODE=key-exchange: checks, then an ephemeral RSA key pair whose public half is printed), then as the
+# install (ARC_MODE=install), which carries the access token sealed to each instance's key. One text serves a
+# whole batch of instances: the instance id is read from IMDSv2 and picks this instance's sealed key.
+# The parameters are filled in by arc-onboard.
 #@ARC_ONBOARD_PARAMETERS@
 # End of parameters.
 
@@ -12,8 +15,8 @@ if [ -z "${BASH_VERSION:-}" ]; then
     exit 6
 fi
 
-# This text holds the access token: remove the copy SSM saved in its orchestration directory. bash keeps
-# reading the open (now unlinked) file, so the rest of the script still runs.
+# Remove the copy SSM saved in its orchestration directory (the text holds only a sealed token, but nothing
+# of it needs to stay). bash keeps reading the open (now unlinked) file, so the rest of the script still runs.
 if [ -f "$0" ] && head -n 2 -- "$0" 2>/dev/null | grep -q '^# arc-onboard: installs the Azure Connected Machine agent'; then
     rm -f -- "$0"
 fi
@@ -26,6 +29,7 @@ LOG_DIR="${ARC_ONBOARD_LOG_DIR:-/var/log/arc-onboard}"
 STATE_DIR="${ARC_ONBOARD_STATE_DIR:-/var/lib/arc-onboard}"
 # Where Microsoft's installer makes its own `mktemp -d /tmp/azcmagent.XXXXXXXXXX` directory.
 INSTALLER_TMP_ROOT="${ARC_ONBOARD_INSTALLER_TMP_ROOT:-/tmp}"
+KEY_DIR="${ARC_ONBOARD_KEY_DIR:-/var/lib/arc-onboard/keys}"
 
 # The script's own exit codes. Numbers collide with the agent's (1 to 6, AZCM codes) and the installer's
 # (1, 127 to 255), so arc-onboard reads every code together with the step of the result line.
@@ -39,9 +43,12 @@ EXIT_REBOOT_CODE=9
 WORK_DIR=''
 AGENT=''
 CONNECT_CONFIG=''
+# The private key of this batch's key exchange; the install deletes it however it ends.
+KEY_FILE="$KEY_DIR/$ARC_KEY_ID.pem"
+DROP_KEY=''
 
 # Removes the temporary directory (installer, token file) however the script ends.
-trap 'if [ -n "$CONNECT_CONFIG" ]; then rm -f -- "$CONNECT_CONFIG"; fi; if [ -n "$WORK_DIR" ]; then rm -rf -- "$WORK_DIR"; fi' EXIT
+trap 'if [ -n "$CONNECT_CONFIG" ]; then rm -f -- "$CONNECT_CONFIG"; fi; if [ -n "$WORK_DIR" ]; then rm -rf -- "$WORK_DIR"; fi; if [ -n "$DROP_KEY" ]; then rm -f -- "$DROP_KEY"; fi' EXIT
 
 log() {
     printf 'arc-onboard: %s\n' "$1"
@@ -59,11 +66,10 @@ json_escape() {
     printf '%s' "$s"
 }
 
-# Replaces the access token with a marker in text about to be printed or kept.
+# Text about to be printed or kept. The token is never in a variable of this script (it is decrypted straight
+# into the private --config file), so there is nothing to take out; everything shown still passes here.
 redact() {
-    local s="$1"
-    if [ -n "$ARC_ACCESS_TOKEN" ]; then s="${s//"$ARC_ACCESS_TOKEN"/[redacted]}"; fi
-    printf '%s' "$s"
+    printf '%s' "$1"
 }
 
 lower() {
@@ -248,6 +254,61 @@ imds() {
     curl -fsS --noproxy '*' --connect-timeout 2 --max-time 10 --retry 3 --retry-delay 1 "$@"
 }
 
+# The key exchange: an ephemeral RSA key pair for this batch, the private key in a root-only file, only
+# the public key printed (the ARC_ONBOARD_KEY line). Keys of exchanges older than a day, whose install never
+# came, are removed. Exits.
+exchange_key() {
+    local public
+    if ! (umask 077 && mkdir -p -- "$KEY_DIR") || ! chmod 700 -- "$KEY_DIR"; then
+        finish failed "$EXIT_INSTALL" key-exchange key-dir "cannot create the private key directory $KEY_DIR"
+    fi
+    find "$KEY_DIR" -maxdepth 1 -type f -name '*.pem' -mmin +1440 -delete 2>/dev/null
+    if ! (umask 077 && openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$KEY_FILE") >/dev/null 2>&1 ||
+        ! public="$(openssl pkey -in "$KEY_FILE" -pubout -outform DER | openssl base64 -A)" || [ -z "$public" ]; then
+        rm -f -- "$KEY_FILE"
+        finish failed "$EXIT_INSTALL" key-exchange key-generation 'openssl cannot make an RSA key pair'
+    fi
+    log 'key pair made; the install command brings the token sealed to it'
+    printf 'ARC_ONBOARD_KEY {"instance_id":"%s","key_id":"%s","public_key":"%s"}\n' "$INSTANCE_ID" "$ARC_KEY_ID" "$public"
+    exit 0
+}
+
+# Opens the sealed connect configuration with this instance's private key, straight into the private
+# --config file $CONNECT_CONFIG: the token is never in a variable, an argument or the output. The wrapped
+# passphrase carries the SHA-256 of the sealed text, so a changed text is refused before it is opened.
+# Sets SEAL_ERROR and returns 1 on failure.
+open_sealed_config() {
+    local entry blob='' payload digest
+    for entry in $ARC_SEALED_KEYS; do
+        if [ "${entry%%:*}" = "$INSTANCE_ID" ]; then blob="${entry#*:}"; fi
+    done
+    if [ -z "$blob" ]; then
+        SEAL_ERROR="this command carries no sealed token for $INSTANCE_ID"
+        return 1
+    fi
+    if [ ! -f "$KEY_FILE" ]; then
+        SEAL_ERROR="the private key of key exchange $ARC_KEY_ID is gone"
+        return 1
+    fi
+    printf '%s' "$blob" | openssl base64 -d -A >"$WORK_DIR/wrapped" 2>/dev/null
+    printf '%s' "$ARC_SEALED_CONFIG" | openssl base64 -d -A >"$WORK_DIR/sealed" 2>/dev/null
+    payload="$(openssl pkeyutl -decrypt -inkey "$KEY_FILE" -pkeyopt rsa_padding_mode:oaep -in "$WORK_DIR/wrapped" 2>/dev/null)"
+    digest="$(openssl dgst -sha256 -r <"$WORK_DIR/sealed" 2>/dev/null | cut -d ' ' -f 1)"
+    rm -f -- "$WORK_DIR/wrapped"
+    if [ "${#payload}" -ne 128 ] || [ "${payload:64}" != "$digest" ]; then
+        rm -f -- "$WORK_DIR/sealed"
+        SEAL_ERROR='the sealed token does not open with this instance'"'"'s key'
+        return 1
+    fi
+    if ! (umask 077 && printf '%s' "${payload:0:64}" >"$WORK_DIR/passphrase" &&
+        openssl enc -d -aes-256-cbc -md sha256 -pass "file:$WORK_DIR/passphrase" -in "$WORK_DIR/sealed" -out "$CONNECT_CONFIG") 2>/dev/null; then
+        rm -f -- "$WORK_DIR/passphrase" "$WORK_DIR/sealed" "$CONNECT_CONFIG"
+        SEAL_ERROR='the sealed token cannot be decrypted'
+        return 1
+    fi
+    rm -f -- "$WORK_DIR/passphrase" "$WORK_DIR/sealed"
+}
+
 # Platform prerequisites of the agent.
 case "$(uname -m)" in
     x86_64 | aarch64) ;;
@@ -259,6 +320,13 @@ fi
 if ! command -v curl >/dev/null 2>&1; then
     finish failed "$EXIT_UNSUPPORTED" platform unsupported-platform 'curl is not installed'
 fi
+if ! command -v openssl >/dev/null 2>&1; then
+    finish failed "$EXIT_UNSUPPORTED" platform unsupported-platform 'openssl is not installed (it receives the sealed access token)'
+fi
+if ! [[ "$ARC_KEY_ID" =~ ^[0-9a-f-]{36}$ ]]; then
+    finish failed "$EXIT_INSTALL" key-exchange key-id 'the key exchange id is malformed'
+fi
+if [ "$ARC_MODE" = install ]; then DROP_KEY="$KEY_FILE"; fi
 
 # 1. The instance id (the Arc resource name), from IMDSv2, never through the proxy.
 log 'reading the instance id from IMDSv2'
@@ -279,6 +347,11 @@ find_agent
 if [ -n "$AGENT" ]; then
     read_agent_state
     check_existing_connection
+fi
+
+# The first command of the batch ends here, with the public key.
+if [ "$ARC_MODE" = key-exchange ]; then
+    exchange_key
 fi
 
 # 3. Download the installer (checked against its pin) and run it.
@@ -378,7 +451,8 @@ else
     fi
 fi
 
-# 4. Connect. The token goes through a private --config file, never on the command line.
+# 4. Connect. The token goes through a private --config file, never on the command line: the sealed
+# configuration is opened into it right before connect and the file is deleted right after.
 CONNECT_ARGS=(connect
     --subscription-id "$ARC_SUBSCRIPTION_ID"
     --resource-group "$ARC_RESOURCE_GROUP"
@@ -392,15 +466,16 @@ if [ "$ARC_AUTOMATIC_UPGRADE" = true ]; then CONNECT_ARGS+=(--enable-automatic-u
 # The tags end with the per-instance ownership tag: one script serves a batch, so it is added here.
 CONNECT_ARGS+=(--tags "${ARC_TAGS:+$ARC_TAGS,}AwsInstanceId=$INSTANCE_ID")
 CONNECT_CONFIG="$WORK_DIR/connect.json"
-if ! (umask 077 && printf '{"access-token": "%s"}\n' "$(json_escape "$ARC_ACCESS_TOKEN")" >"$CONNECT_CONFIG"); then
-    finish failed "$EXIT_INSTALL" connect connect-config 'cannot write the private connect configuration file'
+SEAL_ERROR=''
+if ! open_sealed_config; then
+    finish failed "$EXIT_INSTALL" connect sealed-token "$SEAL_ERROR"
 fi
 CONNECT_ARGS+=(--resource-name "$INSTANCE_ID" --config "$CONNECT_CONFIG")
 
 log "connecting to Azure Arc as $INSTANCE_ID"
 "$AGENT" "${CONNECT_ARGS[@]}" >"$WORK_DIR/connect.log" 2>&1
 rc=$?
-rm -f -- "$CONNECT_CONFIG"
+rm -f -- "$CONNECT_CONFIG" "$KEY_FILE"
 CONNECT_CONFIG=''
 keep_log "$WORK_DIR/connect.log"
 

@@ -6,14 +6,34 @@
 //! text serves a whole batch of instances of one account, region and platform: nothing in it is
 //! per-instance; the scripts read the instance id from IMDSv2 and use it as the Arc resource name.
 //!
+//! # Two commands per batch: the token is sealed
+//! No access token appears in plain text in any command parameter (so none is in SSM's command history,
+//! CloudTrail, the SSM agent's log or PowerShell's script block log). Each batch gets two commands built
+//! from the same template ([`Delivery`]):
+//! - the **key exchange** ([`Delivery::KeyExchange`], `ARC_MODE=key-exchange`) runs steps 1 to 3 below as a
+//!   preflight, then makes an ephemeral RSA-2048 key pair (`openssl genpkey`; .NET's RSA provider on
+//!   Windows), keeps the private key in a root-only file (`/var/lib/arc-onboard/keys/<key id>.pem`,
+//!   `%ProgramData%\arc-onboard\keys\<key id>.xml` for SYSTEM and Administrators only) and prints only
+//!   the public key on a [`seal::KEY_MARKER`] line. An instance the preflight settles (already connected,
+//!   connected elsewhere, unsupported) prints its result line instead and gets no token;
+//! - only then is the token minted, and the **install** ([`Delivery::Sealed`], `ARC_MODE=install`) carries
+//!   the connect configuration sealed to those keys ([`seal`]): each instance picks its own wrapped key by
+//!   the instance id it reads from IMDSv2, opens the configuration straight into the private `--config`
+//!   file right before `connect`, deletes that file right after, and deletes the private key however the
+//!   script ends.
+//!
 //! What a script does, on both platforms:
-//! 1. Deletes its own file from SSM's orchestration directory (the text holds the access token).
+//! 1. Deletes its own file from SSM's orchestration directory.
 //! 2. Reads the instance id through IMDSv2, never through the proxy.
 //! 3. If an agent is installed, compares the resource `azcmagent show -j` names with ours, reading only the
 //!    top-level members of its JSON on both platforms (Linux: an awk reader; Windows: `ConvertFrom-Json`):
 //!    ours and `Connected` is outcome `already-connected`; another resource is `connected-elsewhere` (left
 //!    alone); `Disconnected` or `Expired` is a failure of step `check` (the owner must reconnect or
 //!    disconnect it).
+//! 3. If an agent is installed, compares the resource `azcmagent show -j` names with ours: ours and
+//!    `Connected` is outcome `already-connected`; another resource is `connected-elsewhere` (left alone);
+//!    `Disconnected` or `Expired` is a failure of step `check` (the owner must reconnect or disconnect it).
+//!    The key exchange ends here with the public key.
 //! 4. Downloads the installer (https only, redirects too, except on loopback hosts for tests) into a
 //!    private temporary directory that is removed on exit, checks its pinned SHA-256, runs it (`--proxy` /
 //!    `-Proxy` when set) with `--output` / `-OutFile`, whose `AZCM0xxx` code becomes the failure's code
@@ -30,6 +50,8 @@
 //! 5. `azcmagent connect ... --resource-name <instance id> --tags <tags>,AwsInstanceId=<instance id>
 //!    --config <0600 file holding the token>` (the last tag is the per-instance ownership tag, see
 //!    [`crate::model::ownership`]); the file is deleted right after. Exit 67 (already connected) is checked with `azcmagent show` as in 3.
+//! 5. `azcmagent connect ... --resource-name <instance id> --config <0600 file holding the token>`, the
+//!    file opened from the sealed token right before; it and the private key are deleted right after. Exit 67 (already connected) is checked with `azcmagent show` as in 3.
 //! 6. Prints a few log lines and the [`RESULT_MARKER`] line last (well under the 2,500 characters
 //!    `ListCommandInvocations` returns); the installer's and agent's full logs stay on the instance.
 //!
@@ -45,10 +67,20 @@
 //! `proxy.url` it set) from `ARC_ONBOARD_STATE_DIR` and the directory the installer makes its own
 //! temporary directory in from `ARC_ONBOARD_INSTALLER_TMP_ROOT`; the Windows script reads
 //! `ARC_ONBOARD_IMDS` and `ARC_ONBOARD_LOG_DIR`.
+//! Linux installer's (1, and 127 to 255). The access token is a short-lived ARM token (never the client
+//! secret); the scripts never hold it outside the private `--config` file and never print it. Test hooks
+//! (never set by SSM): the Linux script reads the IMDS endpoint from `ARC_ONBOARD_IMDS`, the systemd
+//! runtime directory it checks from `ARC_ONBOARD_SYSTEMD_DIR`, its log directory from
+//! `ARC_ONBOARD_LOG_DIR` and its key directory from `ARC_ONBOARD_KEY_DIR`; the Windows script reads
+//! `ARC_ONBOARD_IMDS`, `ARC_ONBOARD_LOG_DIR` and `ARC_ONBOARD_KEY_DIR`.
+
+pub mod seal;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+pub use seal::SealedToken;
 
 /// The Linux template (bash).
 const LINUX_TEMPLATE: &str = include_str!("linux.sh");
@@ -80,10 +112,39 @@ pub const EXIT_REBOOT_CODE: i32 = 9;
 /// and 1641 from a PowerShell script. No script exits with them.
 pub const SSM_REBOOT_CODES: [i32; 3] = [194, 3010, 1641];
 
+/// Which of a batch's two commands a script is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery<'a> {
+    /// The first command: each instance makes its key pair for exchange `key_id` and prints the public key.
+    KeyExchange {
+        /// Names the private key file on the instances (a UUID).
+        key_id: &'a str,
+    },
+    /// The install: the connect configuration sealed to the keys of exchange `SealedToken::key_id`.
+    Sealed(&'a SealedToken),
+}
+
+impl Delivery<'_> {
+    /// `ARC_MODE`.
+    fn mode(&self) -> &'static str {
+        match self {
+            Delivery::KeyExchange { .. } => "key-exchange",
+            Delivery::Sealed(_) => "install",
+        }
+    }
+
+    fn key_id(&self) -> &str {
+        match self {
+            Delivery::KeyExchange { key_id } => key_id,
+            Delivery::Sealed(sealed) => &sealed.key_id,
+        }
+    }
+}
+
 /// Everything a script needs; one script text serves a batch of up to 50 instances of one account, region
-/// and platform, so nothing per-instance is in it (the instance id is read on the instance via IMDSv2).
-/// Its `Debug` output hides the access token.
-#[derive(Clone, PartialEq)]
+/// and platform (the instance id is read on the instance via IMDSv2; the only per-instance values are the
+/// wrapped keys of a sealed token, each of which opens only with that instance's private key).
+#[derive(Debug, Clone, PartialEq)]
 pub struct InstallParams<'a> {
     /// Azure subscription id.
     pub subscription_id: &'a str,
@@ -101,8 +162,8 @@ pub struct InstallParams<'a> {
     /// `AwsRegion`); the script appends `AwsInstanceId=<instance id>` on the instance. Keys and values must
     /// not contain `,` or `'`, which `--tags` cannot carry (see [`tags_arg`]).
     pub tags: &'a BTreeMap<String, String>,
-    /// Short-lived ARM access token; NEVER the client secret.
-    pub access_token: &'a str,
+    /// Which command: the key exchange, or the install with the sealed token.
+    pub delivery: Delivery<'a>,
     /// HTTP proxy for the download and the agent, if any.
     pub proxy_url: Option<&'a str>,
     /// Where to download the agent installer from (`https://`, or `http://` on a loopback host).
@@ -121,29 +182,6 @@ pub struct InstallParams<'a> {
     pub private_link_scope: Option<&'a str>,
     /// Connect with `--enable-automatic-upgrade`.
     pub automatic_upgrade: bool,
-}
-
-impl std::fmt::Debug for InstallParams<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InstallParams")
-            .field("subscription_id", &self.subscription_id)
-            .field("resource_group", &self.resource_group)
-            .field("location", &self.location)
-            .field("tenant_id", &self.tenant_id)
-            .field("cloud", &self.cloud)
-            .field("correlation_id", &self.correlation_id)
-            .field("tags", &self.tags)
-            .field("access_token", &"[redacted]")
-            .field("proxy_url", &self.proxy_url)
-            .field("installer_url", &self.installer_url)
-            .field("installer_sha256", &self.installer_sha256)
-            .field("msi_url", &self.msi_url)
-            .field("msi_sha256", &self.msi_sha256)
-            .field("gateway_id", &self.gateway_id)
-            .field("private_link_scope", &self.private_link_scope)
-            .field("automatic_upgrade", &self.automatic_upgrade)
-            .finish()
-    }
 }
 
 /// What a script reported.
@@ -223,8 +261,21 @@ pub fn download_protocols(installer_url: &str) -> &'static str {
     }
 }
 
-/// The parameters in assignment order: variable name and value.
-fn parameters(p: &InstallParams) -> [(&'static str, String); 15] {
+/// The parameters in assignment order: variable name and value. Sealed bytes are base64 for bash (openssl
+/// decodes it) and hex for PowerShell (decoding base64 there takes a word PowerShell's log flags).
+fn parameters(p: &InstallParams, encode: fn(&[u8]) -> String) -> [(&'static str, String); 18] {
+    let (sealed_config, sealed_keys) = match p.delivery {
+        Delivery::KeyExchange { .. } => (String::new(), String::new()),
+        Delivery::Sealed(sealed) => (
+            encode(&sealed.ciphertext),
+            sealed
+                .wrapped
+                .iter()
+                .map(|(id, key)| format!("{id}:{}", encode(key)))
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+    };
     [
         ("ARC_SUBSCRIPTION_ID", p.subscription_id.to_owned()),
         ("ARC_RESOURCE_GROUP", p.resource_group.to_owned()),
@@ -233,7 +284,10 @@ fn parameters(p: &InstallParams) -> [(&'static str, String); 15] {
         ("ARC_CLOUD", p.cloud.to_owned()),
         ("ARC_CORRELATION_ID", p.correlation_id.to_owned()),
         ("ARC_TAGS", tags_arg(p.tags)),
-        ("ARC_ACCESS_TOKEN", p.access_token.to_owned()),
+        ("ARC_MODE", p.delivery.mode().to_owned()),
+        ("ARC_KEY_ID", p.delivery.key_id().to_owned()),
+        ("ARC_SEALED_CONFIG", sealed_config),
+        ("ARC_SEALED_KEYS", sealed_keys),
         ("ARC_PROXY_URL", p.proxy_url.unwrap_or_default().to_owned()),
         ("ARC_INSTALLER_URL", p.installer_url.to_owned()),
         (
@@ -259,9 +313,20 @@ fn parameters(p: &InstallParams) -> [(&'static str, String); 15] {
     ]
 }
 
+/// Standard base64.
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Lower-case hex.
+fn hex(bytes: &[u8]) -> String {
+    hex::encode(bytes)
+}
+
 /// The Linux assignment block: `NAME='value'` lines.
 fn linux_assignments(p: &InstallParams) -> String {
-    parameters(p)
+    parameters(p, base64)
         .iter()
         .map(|(name, value)| format!("{name}={}\n", sh_quote(value)))
         .collect()
@@ -284,7 +349,7 @@ fn windows_parameters(p: &InstallParams) -> [(&'static str, String); 3] {
 
 /// The Windows assignment block: `$NAME = 'value'` lines.
 fn windows_assignments(p: &InstallParams) -> String {
-    parameters(p)
+    parameters(p, hex)
         .iter()
         .chain(windows_parameters(p).iter())
         .map(|(name, value)| format!("${name} = {}\n", ps_quote(value)))
@@ -439,6 +504,23 @@ mod tests {
     use std::process::{Command, Stdio};
 
     const TOKEN: &str = "eyJ0eXAiOiJKV1Qi.fake-arm-token.sig";
+    const KEY_ID: &str = "0f0e0d0c-0b0a-4908-8706-050403020100";
+
+    /// A token sealed to a fresh key of instance `i-0123456789abcdef0`.
+    fn sealed_token() -> SealedToken {
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::signature::KeyPair as _;
+        use base64::Engine;
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let line = format!(
+            "{} {{\"instance_id\":\"i-0123456789abcdef0\",\"key_id\":\"{KEY_ID}\",\"public_key\":\"{}\"}}",
+            seal::KEY_MARKER,
+            base64::engine::general_purpose::STANDARD
+                .encode(pair.public_key().as_der().unwrap().as_ref())
+        );
+        let key = seal::parse_key(&line, "i-0123456789abcdef0", KEY_ID).unwrap();
+        seal::seal(seal::connect_config(TOKEN).as_bytes(), KEY_ID, &[key]).unwrap()
+    }
 
     fn realistic_tags() -> BTreeMap<String, String> {
         BTreeMap::from([
@@ -460,7 +542,7 @@ mod tests {
             cloud: "AzureCloud",
             correlation_id: "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee",
             tags,
-            access_token: TOKEN,
+            delivery: Delivery::KeyExchange { key_id: KEY_ID },
             proxy_url: proxy,
             installer_url: "https://gbl.his.arc.azure.com/azcmagent-linux",
             installer_sha256: None,
@@ -503,7 +585,7 @@ mod tests {
     fn hostile_values_reach_bash_verbatim() {
         let dir = tempfile::tempdir().unwrap();
         let values = hostile_values(dir.path());
-        let names: Vec<&str> = parameters(&realistic(&BTreeMap::new(), None))
+        let names: Vec<&str> = parameters(&realistic(&BTreeMap::new(), None), base64)
             .iter()
             .map(|(name, _)| *name)
             .collect();
@@ -529,7 +611,7 @@ mod tests {
                 cloud: v(4),
                 correlation_id: v(5),
                 tags: &tags,
-                access_token: v(7),
+                delivery: Delivery::KeyExchange { key_id: v(7) },
                 proxy_url: Some(v(8)).filter(|s| !s.is_empty()),
                 installer_url: v(9),
                 installer_sha256: Some(v(10)),
@@ -541,7 +623,9 @@ mod tests {
             };
             script.push_str(&linux_assignments(&p));
             script.push_str(&print);
-            expected.extend(parameters(&p).into_iter().map(|(_, value)| value));
+            expected.extend(parameters(&p, base64).into_iter().map(|(_, value)| value));
+            assert_eq!(expected[expected.len() - 9], tags_arg(&tags));
+            expected.extend(parameters(&p, base64).into_iter().map(|(_, value)| value));
             assert_eq!(expected[expected.len() - 9], tags_arg(&tags));
         }
 
@@ -835,8 +919,10 @@ mod tests {
         let windows = render_windows(&p);
         for script in [&linux, &windows] {
             assert!(!script.contains("@ARC_ONBOARD_"), "placeholder left");
-            // The token is only assigned, never echoed or logged.
-            assert_eq!(script.matches(TOKEN).count(), 1);
+            assert!(
+                !script.contains("ARC_ACCESS_TOKEN"),
+                "a plain token variable is back"
+            );
         }
         assert!(linux.starts_with("#!/bin/bash\n"));
         assert!(!linux.contains("set -x"));
@@ -849,7 +935,9 @@ mod tests {
         assert!(linux.contains("\nARC_PROXY_URL='http://proxy.internal:3128'\n"));
         assert!(windows.contains("\n$ARC_RESOURCE_GROUP = 'aws_123456789012'\n"));
         assert!(windows.contains("\n$ARC_PROXY_URL = 'http://proxy.internal:3128'\n"));
-        assert!(windows.contains(&format!("\n$ARC_ACCESS_TOKEN = '{TOKEN}'\n")));
+        assert!(windows.contains("\n$ARC_MODE = 'key-exchange'\n"));
+        assert!(linux.contains(&format!("\nARC_KEY_ID='{KEY_ID}'\n")));
+        assert!(linux.contains("\nARC_SEALED_CONFIG=''\n"));
 
         let no_proxy = render_linux(&realistic(&tags, None));
         assert!(no_proxy.contains("\nARC_PROXY_URL=''\n"));
@@ -873,7 +961,10 @@ mod tests {
                 "ARC_CLOUD",
                 "ARC_CORRELATION_ID",
                 "ARC_TAGS",
-                "ARC_ACCESS_TOKEN",
+                "ARC_MODE",
+                "ARC_KEY_ID",
+                "ARC_SEALED_CONFIG",
+                "ARC_SEALED_KEYS",
                 "ARC_PROXY_URL",
                 "ARC_INSTALLER_URL",
                 "ARC_INSTALLER_SHA256",
@@ -890,14 +981,39 @@ mod tests {
     }
 
     #[test]
-    fn debug_hides_the_access_token() {
+    fn install_scripts_carry_the_token_sealed_only() {
         let tags = realistic_tags();
-        let shown = format!("{:?}", realistic(&tags, None));
-        assert!(
-            !shown.contains(TOKEN) && shown.contains("[redacted]"),
-            "{shown}"
-        );
-        assert!(shown.contains("aws_123456789012"));
+        let sealed = sealed_token();
+        let p = InstallParams {
+            delivery: Delivery::Sealed(&sealed),
+            ..realistic(&tags, None)
+        };
+        let (linux, windows) = (render_linux(&p), render_windows(&p));
+        let wrapped = &sealed.wrapped["i-0123456789abcdef0"];
+        assert!(linux.contains("\nARC_MODE='install'\n"));
+        assert!(linux.contains(&format!(
+            "\nARC_SEALED_CONFIG='{}'\n",
+            base64(&sealed.ciphertext)
+        )));
+        assert!(linux.contains(&format!(
+            "\nARC_SEALED_KEYS='i-0123456789abcdef0:{}'\n",
+            base64(wrapped)
+        )));
+        assert!(windows.contains(&format!(
+            "\n$ARC_SEALED_CONFIG = '{}'\n",
+            hex::encode(&sealed.ciphertext)
+        )));
+        assert!(windows.contains(&format!(
+            "\n$ARC_SEALED_KEYS = 'i-0123456789abcdef0:{}'\n",
+            hex::encode(wrapped)
+        )));
+        for shown in [linux, windows, format!("{p:?}")] {
+            assert!(!shown.contains(TOKEN), "the token is in plain text");
+            assert!(
+                !shown.contains("fake-arm-token"),
+                "a piece of the token is in plain text"
+            );
+        }
     }
 
     #[test]
@@ -961,7 +1077,7 @@ mod tests {
             cloud: &values[7],
             correlation_id: &values[12],
             tags: &hostile_tags,
-            access_token: &values[5],
+            delivery: Delivery::KeyExchange { key_id: &values[5] },
             proxy_url: Some(&values[17]),
             installer_url: &values[13],
             installer_sha256: Some(&values[14]),

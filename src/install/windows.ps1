@@ -1,12 +1,16 @@
 # arc-onboard: installs the Azure Connected Machine agent and connects this machine to Azure Arc.
-# Sent through SSM Run Command (AWS-RunPowerShellScript, which saves it as UTF-8 with a byte order mark).
-# One text serves a whole batch of instances, so nothing per-instance is below: the instance id is read
-# from IMDSv2. Runs on Windows PowerShell 5.1 and PowerShell 7. The parameters are filled in by arc-onboard.
+# Sent through SSM Run Command (AWS-RunPowerShellScript, which saves it as UTF-8 with a byte order mark),
+# twice per batch: first as the key exchange ($ARC_MODE = 'key-exchange': checks, then an ephemeral RSA key
+# pair whose public half is printed), then as the install ($ARC_MODE = 'install'), which carries the access
+# token sealed to each instance's key. One text serves a whole batch of instances: the instance id is read
+# from IMDSv2 and picks this instance's sealed key. Runs on Windows PowerShell 4.0 to 5.1 (.NET Framework
+# 4.5 or later) and PowerShell 7. The parameters are filled in by arc-onboard.
 #@ARC_ONBOARD_PARAMETERS@
 # End of parameters.
 
-# This text holds the access token: remove the copy SSM saved as _script.ps1 in its orchestration
-# directory. PowerShell parsed the whole file before running it, so the rest of the script still runs.
+# Remove the copy SSM saved as _script.ps1 in its orchestration directory (the text holds only a sealed
+# token, but nothing of it needs to stay). PowerShell parsed the whole file before running it, so the rest
+# of the script still runs.
 if ($PSCommandPath -and (Test-Path -LiteralPath $PSCommandPath -PathType Leaf)) {
     $header = @(Get-Content -LiteralPath $PSCommandPath -TotalCount 2 -ErrorAction SilentlyContinue)
     if (@($header -match '^# arc-onboard: installs the Azure Connected Machine agent').Count -gt 0) {
@@ -27,6 +31,22 @@ $LogDir = if ($env:ARC_ONBOARD_LOG_DIR) {
 } else {
     Join-Path ([Environment]::GetFolderPath('CommonApplicationData')) 'arc-onboard'
 }
+
+$KeyDir = if ($env:ARC_ONBOARD_KEY_DIR) {
+    $env:ARC_ONBOARD_KEY_DIR
+} elseif ($env:ProgramData) {
+    Join-Path $env:ProgramData 'arc-onboard\keys'
+} else {
+    Join-Path ([Environment]::GetFolderPath('CommonApplicationData')) 'arc-onboard\keys'
+}
+# The private key of this batch's key exchange; the install deletes it however it ends.
+$KeyPath = Join-Path $KeyDir ($ARC_KEY_ID + '.xml')
+
+# .NET's crypto classes by name, put together at run time: PowerShell's script block logging flags any
+# script whose text holds one of a list of words (CompiledScriptBlock.cs), among them the crypto namespace's
+# name and the decryptor's methods, and this script has no reason to be flagged.
+$CryptoTypes = 'System.Security.' + 'Crypto' + 'graphy.'
+$RsaType = $CryptoTypes + 'RSACrypto' + 'ServiceProvider'
 
 $ProgramFiles64 = if ($env:ProgramW6432) { $env:ProgramW6432 } else { $env:ProgramFiles }
 $AgentPath = Join-Path $ProgramFiles64 'AzureConnectedMachineAgent\azcmagent.exe'
@@ -65,10 +85,98 @@ function Write-Log([string]$Text) {
     [Console]::Out.WriteLine('arc-onboard: ' + $Text)
 }
 
-# Replaces the access token with a marker in text about to be printed or kept.
+# Text about to be printed or kept. The token is never in a variable of this script (it is decrypted straight
+# into the private --config file), so there is nothing to take out; everything shown still passes here.
 function Hide-Token([string]$Text) {
-    if ($ARC_ACCESS_TOKEN -and $Text) { return $Text.Replace($ARC_ACCESS_TOKEN, '[redacted]') }
     return $Text
+}
+
+function ConvertTo-Hex([byte[]]$Bytes) {
+    return ([BitConverter]::ToString($Bytes)).Replace('-', '')
+}
+
+function ConvertFrom-Hex([string]$Text) {
+    $bytes = New-Object byte[] ([int]($Text.Length / 2))
+    for ($i = 0; $i -lt $bytes.Length; $i++) { $bytes[$i] = [Convert]::ToByte($Text.Substring(2 * $i, 2), 16) }
+    return , $bytes
+}
+
+# The key exchange: an ephemeral RSA key pair for this batch, the private key in a file only SYSTEM and the
+# Administrators group can read, only the public key printed (the ARC_ONBOARD_KEY line). Keys of exchanges
+# older than a day, whose install never came, are removed.
+function New-ExchangeKey([string]$InstanceId) {
+    $rsa = $null
+    try {
+        if (-not (Test-Path -LiteralPath $KeyDir)) { New-Item -ItemType Directory -Path $KeyDir -Force -ErrorAction Stop | Out-Null }
+        if (-not (Set-PrivateAccess $KeyDir -Container)) { throw 'cannot make the key directory private' }
+        $stale = [DateTime]::UtcNow.AddDays(-1)
+        Get-ChildItem -LiteralPath $KeyDir -Filter '*.xml' -ErrorAction SilentlyContinue |
+            Where-Object { $_.LastWriteTimeUtc -lt $stale } | Remove-Item -Force -ErrorAction SilentlyContinue
+        $rsa = New-Object $RsaType -ArgumentList 2048
+        $rsa.PersistKeyInCsp = $false
+        # Created empty and locked down before the private key is written into it.
+        [System.IO.File]::WriteAllText($KeyPath, '', $Utf8NoBom)
+        if (-not (Set-PrivateAccess $KeyPath)) { throw 'cannot make the key file private' }
+        [System.IO.File]::WriteAllText($KeyPath, $rsa.ToXmlString($true), $Utf8NoBom)
+        $public = $rsa.ExportParameters($false)
+    } catch {
+        Remove-Item -LiteralPath $KeyPath -Force -ErrorAction SilentlyContinue
+        return (New-Result 'failed' $ExitInstall 'key-exchange' 'key-generation' ('cannot make an RSA key pair: ' + $_.Exception.Message) '')
+    } finally {
+        if ($rsa) { $rsa.Clear() }
+    }
+    Write-Log 'key pair made; the install command brings the token sealed to it'
+    $line = [ordered]@{
+        instance_id = $InstanceId
+        key_id      = $ARC_KEY_ID
+        modulus     = (ConvertTo-Hex $public.Modulus)
+        exponent    = (ConvertTo-Hex $public.Exponent)
+    }
+    [Console]::Out.WriteLine('ARC_ONBOARD_KEY ' + ($line | ConvertTo-Json -Compress))
+    return (New-Result 'key-ready' 0 'key-exchange' 'key-ready' '' '')
+}
+
+# Opens the sealed connect configuration into $Path with this instance's private key: the token is never in
+# a variable, an argument or the output. The wrapped passphrase carries the SHA-256 of the sealed text, so a
+# changed text is refused before it is opened. Throws on failure.
+function Open-SealedConfig([string]$InstanceId, [string]$Path) {
+    $wrapped = $null
+    foreach ($entry in $ARC_SEALED_KEYS.Split(' ')) {
+        $parts = $entry.Split(':')
+        if ($parts.Count -eq 2 -and $parts[0] -ceq $InstanceId) { $wrapped = ConvertFrom-Hex $parts[1] }
+    }
+    if ($null -eq $wrapped) { throw ('this command carries no sealed token for ' + $InstanceId) }
+    if (-not (Test-Path -LiteralPath $KeyPath -PathType Leaf)) { throw ('the private key of key exchange ' + $ARC_KEY_ID + ' is gone') }
+    $rsa = New-Object $RsaType
+    $rsa.PersistKeyInCsp = $false
+    try {
+        $rsa.FromXmlString([System.IO.File]::ReadAllText($KeyPath))
+        # OAEP with SHA-1: the padding .NET Framework 4.5 offers.
+        $payload = [System.Text.Encoding]::ASCII.GetString($rsa.Decrypt($wrapped, $true))
+    } finally {
+        $rsa.Clear()
+    }
+    $sealed = ConvertFrom-Hex $ARC_SEALED_CONFIG
+    $sha = New-Object ($CryptoTypes + 'SHA256Managed')
+    $digest = (ConvertTo-Hex $sha.ComputeHash($sealed)).ToLowerInvariant()
+    if ($payload.Length -ne 128 -or $payload.Substring(64) -cne $digest) { throw 'the sealed token does not match its digest' }
+    if ($sealed.Length -lt 32 -or [System.Text.Encoding]::ASCII.GetString($sealed, 0, 8) -cne 'Salted__') { throw 'the sealed token is malformed' }
+    # openssl enc -aes-256-cbc -md sha256: key = SHA-256(passphrase, salt), IV = SHA-256(key, passphrase, salt).
+    $passphrase = [System.Text.Encoding]::ASCII.GetBytes($payload.Substring(0, 64))
+    $salt = [byte[]]$sealed[8..15]
+    $key = $sha.ComputeHash([byte[]]($passphrase + $salt))
+    $iv = [byte[]]($sha.ComputeHash([byte[]]($key + $passphrase + $salt))[0..15])
+    $aes = New-Object ($CryptoTypes + 'AesManaged')
+    try {
+        $aes.Key = $key
+        $aes.IV = $iv
+        $makeDecryptor = 'Create' + 'Decryptor'
+        $decrypt = 'Transform' + 'FinalBlock'
+        $plain = $aes.$makeDecryptor().$decrypt($sealed, 16, $sealed.Length - 16)
+    } finally {
+        $aes.Clear()
+    }
+    [System.IO.File]::WriteAllBytes($Path, $plain)
 }
 
 # Cuts a string to at most $Width characters.
@@ -519,6 +627,9 @@ function Invoke-Onboarding {
     if (-not [Environment]::Is64BitProcess) {
         return (New-Result 'failed' $ExitUnsupported 'platform' 'unsupported-platform' 'not running in 64-bit PowerShell (the agent requires it)' '')
     }
+    if ($ARC_KEY_ID -cnotmatch '^[0-9a-f-]{36}$') {
+        return (New-Result 'failed' $ExitInstall 'key-exchange' 'key-id' 'the key exchange id is malformed' '')
+    }
 
     # 1. The instance id (the Arc resource name), from IMDSv2, never through the proxy.
     Write-Log 'reading the instance id from IMDSv2'
@@ -548,6 +659,10 @@ function Invoke-Onboarding {
 
     # 3. Download the installer and the MSI (each checked against its pin, the MSI also against its
     # signature) into a private directory, and run the installer on the checked MSI.
+    # The first command of the batch ends here, with the public key.
+    if ($ARC_MODE -eq 'key-exchange') { return (New-ExchangeKey $instanceId) }
+
+    # 3. Download the installer (checked against its pin) into a private directory, and run it.
     try {
         [Net.ServicePointManager]::SecurityProtocol = [Net.ServicePointManager]::SecurityProtocol -bor [Net.SecurityProtocolType]::Tls12
     } catch {
@@ -656,7 +771,8 @@ function Invoke-Onboarding {
         }
     }
 
-    # 4. Connect. The token goes through a private --config file, never on the command line.
+    # 4. Connect. The token goes through a private --config file, never on the command line: the sealed
+    # configuration is opened into it right before connect and the file is deleted right after.
     $connect = @('connect',
         '--subscription-id', $ARC_SUBSCRIPTION_ID,
         '--resource-group', $ARC_RESOURCE_GROUP,
@@ -677,10 +793,13 @@ function Invoke-Onboarding {
         [System.IO.File]::WriteAllText($configPath, '', $Utf8NoBom)
         $script:ConnectConfig = $configPath
         if (-not (Set-PrivateAccess $configPath)) { throw 'icacls failed' }
-        $configJson = [ordered]@{ 'access-token' = $ARC_ACCESS_TOKEN } | ConvertTo-Json -Compress
-        [System.IO.File]::WriteAllText($configPath, $configJson, $Utf8NoBom)
     } catch {
         return (New-Result 'failed' $ExitInstall 'connect' 'connect-config' 'cannot write the private connect configuration file' '')
+    }
+    try {
+        Open-SealedConfig $instanceId $configPath
+    } catch {
+        return (New-Result 'failed' $ExitInstall 'connect' 'sealed-token' ('cannot open the sealed access token: ' + $_.Exception.Message) '')
     }
     $connect += @('--resource-name', $instanceId, '--config', $configPath)
 
@@ -689,6 +808,7 @@ function Invoke-Onboarding {
         $run = Invoke-Agent $connect
     } finally {
         Remove-Item -LiteralPath $configPath -Force -ErrorAction SilentlyContinue
+        Remove-Item -LiteralPath $KeyPath -Force -ErrorAction SilentlyContinue
         $script:ConnectConfig = $null
     }
     Save-Log 'connect.log' $run.Log
@@ -724,6 +844,13 @@ try {
 } finally {
     if ($script:ConnectConfig) { Remove-Item -LiteralPath $script:ConnectConfig -Force -ErrorAction SilentlyContinue }
     if ($script:WorkDir) { Remove-Item -LiteralPath $script:WorkDir -Recurse -Force -ErrorAction SilentlyContinue }
+    if ($ARC_MODE -ne 'key-exchange') { Remove-Item -LiteralPath $KeyPath -Force -ErrorAction SilentlyContinue }
+}
+
+# The key exchange's success is its ARC_ONBOARD_KEY line, printed already.
+if ($result.Outcome -eq 'key-ready') {
+    [Console]::Out.Flush()
+    exit 0
 }
 
 # 6. The result line, last. Characters outside ASCII are escaped, so the line survives any console code page.

@@ -1,12 +1,18 @@
 //! The agent install: renders one script per account, region and platform, sends it through SSM Run
-//! Command in batches of at most 50 instances, tracks the commands with as few calls as possible, and
+//! Command in batches of at most 50 instances, two commands per batch (a key exchange, then the install
+//! with the token sealed to the keys it returned), tracks the commands with as few calls as possible, and
 //! verifies every reported success in Azure.
 //!
 //! # Guarantees
-//! - An instance is in at most one command per pass, and an instance with an arc-onboard command still in
-//!   flight (from any run) is never sent another one (the planner marks it `in-progress`).
-//! - The service principal secret never leaves this process: scripts carry a short-lived Resource Manager
-//!   access token instead.
+//! - An instance is in at most one install command per pass, and an instance with an arc-onboard command
+//!   still in flight (from any run) is never sent another one (the planner marks it `in-progress`).
+//! - The service principal secret never leaves this process. The short-lived Resource Manager token the
+//!   install needs is minted only after the batch's key exchange, and leaves this process only sealed to
+//!   the instances' ephemeral keys ([`crate::install::seal`]): no command parameter holds it in plain text.
+//! - Key exchanges are not journaled: a process that stops between a batch's two commands leaves only
+//!   unused private keys behind (removed by a later exchange after a day), and the next pass exchanges
+//!   keys anew. The install command is journaled as before and resumed as before: it carries everything
+//!   it needs.
 //! - Every instance handed in ends `onboarded`, `already-onboarded` or `failed` with a reason.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -16,9 +22,9 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::adapters::azure::{Arm, Secret};
+use crate::adapters::azure::Arm;
 use crate::config::{AzureConfig, Connectivity, OnboardingConfig, SqlServerLicense};
-use crate::install::{self, InstallParams, ScriptOutcome, ScriptResult};
+use crate::install::{self, seal, Delivery, InstallParams, ScriptOutcome, ScriptResult};
 use crate::model::{ownership, ArcStatus, CommandStatus, Platform};
 use crate::ports::{
     CommandRequest, CommandSummary, Invocation, MutationToken, Ssm, LINUX_DOCUMENT,
@@ -29,6 +35,9 @@ use crate::reconcile::plan::{AccountPlan, Failure, FailureStep, Status};
 
 /// SendCommand accepts at most 50 instance ids.
 pub const BATCH: usize = 50;
+
+/// The key exchange's `executionTimeout`: checks and one RSA key pair take seconds.
+pub const KEY_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Bounds and identity of the install step.
 #[derive(Debug, Clone)]
@@ -259,6 +268,7 @@ pub async fn install_agents(
             }
         })
         .collect();
+    let mut settled = Vec::new();
     if !ready.is_empty() {
         let mut groups: Groups = BTreeMap::new();
         for n in ready {
@@ -273,13 +283,17 @@ pub async fn install_agents(
             onboarding,
             resource_group: &resource_group,
         };
-        let sent_now = send(token, plan, out, groups, ssm, arm, &scripts, journal, opts).await;
+        let (sent_now, settled_now) =
+            send(token, plan, out, groups, ssm, arm, &scripts, journal, opts).await;
         sent.extend(sent_now);
+        settled = settled_now;
     }
-    if sent.is_empty() {
-        return;
-    }
-    let succeeded = track(token, plan, out, sent, ssm, opts, since).await;
+    let mut succeeded = if sent.is_empty() {
+        Vec::new()
+    } else {
+        track(token, plan, out, sent, ssm, opts, since).await
+    };
+    succeeded.extend(settled);
     verify(plan, out, &succeeded, arm, &resource_group, opts).await;
 }
 
@@ -293,10 +307,32 @@ struct Scripts<'a> {
     resource_group: &'a str,
 }
 
-/// Sends one script per (region, platform, location) group in batches of at most [`BATCH`]; returns the
-/// commands sent.
-/// Every batch carries a token that outlives its delivery and execution timeouts (a cached token is reused
-/// only while it does). A batch SSM refuses, or for which no token can be had, fails its rows.
+/// A batch's first command: the key exchange, and the plan rows it targets.
+struct Exchange {
+    region: String,
+    platform: Platform,
+    /// The Azure location the plan gave these rows.
+    location: String,
+    key_id: String,
+    command_id: String,
+    rows: Vec<usize>,
+}
+
+/// The document for a platform.
+fn document(platform: Platform) -> &'static str {
+    if platform == Platform::Windows {
+        WINDOWS_DOCUMENT
+    } else {
+        LINUX_DOCUMENT
+    }
+}
+
+/// Sends each (region, platform, location) group in batches of at most [`BATCH`], two commands per batch: the key
+/// exchange (every batch's at once, then waited for together), then the install carrying the token sealed
+/// to the keys that came back. Returns the install commands sent, and the rows the key exchange already
+/// settled as connected (to verify). Every batch's token is minted after its key exchange and outlives its
+/// delivery and execution timeouts (a cached token is reused only while it does). A batch SSM refuses, or
+/// for which no token can be had, fails its rows.
 #[allow(clippy::too_many_arguments)]
 async fn send(
     token: &MutationToken,
@@ -308,10 +344,8 @@ async fn send(
     scripts: &Scripts<'_>,
     journal: Option<Journal<'_>>,
     opts: &InstallOptions,
-) -> Vec<Sent> {
-    let mut sent = Vec::new();
-    let need = opts.script_token_validity();
-    let mut warned = false;
+) -> (Vec<Sent>, Vec<(usize, bool)>) {
+    let mut exchanges = Vec::new();
     for ((region, platform, location), rows) in groups {
         let Some(location) = location else {
             // The planner gives every install row its location; a row without one is not sent anywhere.
@@ -325,38 +359,9 @@ async fn send(
             continue;
         };
         for chunk in rows.chunks(BATCH) {
-            let access_token = match arm.script_token(need).await {
-                Ok((access_token, valid_for)) => {
-                    if valid_for < need && !warned {
-                        warned = true;
-                        warn!(
-                            valid_for = %crate::config::duration::format_duration(valid_for),
-                            needed = %crate::config::duration::format_duration(need),
-                            "Entra issues tokens shorter than the delivery timeout plus --command-timeout; \
-                             an install that reaches `azcmagent connect` after the token expires fails with \
-                             AZCM0012 and is retried by a later pass"
-                        );
-                    }
-                    access_token
-                }
-                Err(e) => {
-                    warn!(%region, error = %e, "no Azure token for the install command");
-                    for n in chunk {
-                        out.instances[*n].fail(Failure::new(
-                            FailureStep::Connect,
-                            "azure-token",
-                            format!("cannot get an Azure access token for the install: {e}"),
-                        ));
-                    }
-                    continue;
-                }
-            };
+            let key_id = uuid::Uuid::new_v4().to_string();
             let request = CommandRequest {
-                document: if platform == Platform::Windows {
-                    WINDOWS_DOCUMENT
-                } else {
-                    LINUX_DOCUMENT
-                },
+                document: document(platform),
                 instance_ids: chunk
                     .iter()
                     .map(|n| plan.instances[*n].instance_id.clone())
@@ -365,51 +370,308 @@ async fn send(
                     scripts,
                     (&plan.account_id, &region, &location),
                     platform,
-                    &access_token,
+                    Delivery::KeyExchange { key_id: &key_id },
                     opts,
                 ),
-                execution_timeout: opts.command_timeout,
+                execution_timeout: KEY_EXCHANGE_TIMEOUT,
                 delivery_timeout: opts.delivery_timeout,
                 comment: opts.comment(),
             };
             match ssm.send_command(token, &region, &request).await {
                 Ok(command_id) => {
-                    info!(%region, %command_id, instances = chunk.len(), "install command sent");
-                    if let Some(journal) = journal {
-                        journal(&region, &command_id, &request.instance_ids).await;
-                    }
-                    for n in chunk {
-                        let o = &mut out.instances[*n];
-                        o.detail = format!("install command {command_id} sent");
-                        o.command_id = Some(command_id.clone());
-                    }
-                    sent.push(Sent {
+                    info!(%region, %command_id, instances = chunk.len(), "key exchange sent");
+                    exchanges.push(Exchange {
                         region: region.clone(),
+                        platform,
+                        location: location.clone(),
+                        key_id,
                         command_id,
                         rows: chunk.to_vec(),
                     });
                 }
                 Err(e) => {
-                    warn!(%region, error = %e, "install command not sent");
+                    warn!(%region, error = %e, "key exchange not sent");
                     for n in chunk {
                         out.instances[*n].fail(Failure::new(
                             FailureStep::Ssm,
                             e.code.clone(),
-                            format!("install command not sent: {}", e.message),
+                            format!("key exchange command not sent: {}", e.message),
                         ));
                     }
                 }
             }
         }
     }
-    sent
+    let mut settled = Vec::new();
+    let keyed = exchange_keys(token, plan, out, exchanges, ssm, opts, &mut settled).await;
+    let mut sent = Vec::new();
+    let need = opts.script_token_validity();
+    let mut warned = false;
+    for (exchange, keys) in keyed {
+        let Exchange {
+            region,
+            platform,
+            location,
+            key_id,
+            ..
+        } = exchange;
+        let rows: Vec<usize> = keys.iter().map(|(n, _)| *n).collect();
+        let keys: Vec<seal::InstanceKey> = keys.into_iter().map(|(_, k)| k).collect();
+        let sealed = match arm.script_token(need).await {
+            Ok((access_token, valid_for)) => {
+                if valid_for < need && !warned {
+                    warned = true;
+                    warn!(
+                        valid_for = %crate::config::duration::format_duration(valid_for),
+                        needed = %crate::config::duration::format_duration(need),
+                        "Entra issues tokens shorter than the delivery timeout plus --command-timeout; \
+                         an install that reaches `azcmagent connect` after the token expires fails with \
+                         AZCM0012 and is retried by a later pass"
+                    );
+                }
+                let config = seal::connect_config(access_token.expose());
+                seal::seal(config.as_bytes(), &key_id, &keys)
+                    .map_err(|e| format!("cannot seal the access token: {e}"))
+            }
+            Err(e) => Err(format!(
+                "cannot get an Azure access token for the install: {e}"
+            )),
+        };
+        let sealed = match sealed {
+            Ok(sealed) => sealed,
+            Err(reason) => {
+                warn!(%region, error = %reason, "no token for the install command");
+                for n in &rows {
+                    out.instances[*n].fail(Failure::new(
+                        FailureStep::Connect,
+                        "azure-token",
+                        reason.clone(),
+                    ));
+                }
+                continue;
+            }
+        };
+        let request = CommandRequest {
+            document: document(platform),
+            instance_ids: rows
+                .iter()
+                .map(|n| plan.instances[*n].instance_id.clone())
+                .collect(),
+            script: render(
+                scripts,
+                (&plan.account_id, &region, &location),
+                platform,
+                Delivery::Sealed(&sealed),
+                opts,
+            ),
+            execution_timeout: opts.command_timeout,
+            delivery_timeout: opts.delivery_timeout,
+            comment: opts.comment(),
+        };
+        match ssm.send_command(token, &region, &request).await {
+            Ok(command_id) => {
+                info!(%region, %command_id, instances = rows.len(), "install command sent");
+                if let Some(journal) = journal {
+                    journal(&region, &command_id, &request.instance_ids).await;
+                }
+                for n in &rows {
+                    let o = &mut out.instances[*n];
+                    o.detail = format!("install command {command_id} sent");
+                    o.command_id = Some(command_id.clone());
+                }
+                sent.push(Sent {
+                    region,
+                    command_id,
+                    rows,
+                });
+            }
+            Err(e) => {
+                warn!(%region, error = %e, "install command not sent");
+                for n in &rows {
+                    out.instances[*n].fail(Failure::new(
+                        FailureStep::Ssm,
+                        e.code.clone(),
+                        format!("install command not sent: {}", e.message),
+                    ));
+                }
+            }
+        }
+    }
+    (sent, settled)
+}
+
+/// Waits (bounded) for the key exchanges to end and reads each row's public key. A row the exchange
+/// settled (its result line: already connected, connected elsewhere, a failed check) is resolved as an
+/// install's result would be; a row without a usable key fails. Returns, per exchange, the rows ready for
+/// a token with their keys.
+async fn exchange_keys(
+    token: &MutationToken,
+    plan: &AccountPlan,
+    out: &mut AccountOutcome,
+    mut pending: Vec<Exchange>,
+    ssm: &impl Ssm,
+    opts: &InstallOptions,
+    settled: &mut Vec<(usize, bool)>,
+) -> Vec<(Exchange, Vec<(usize, seal::InstanceKey)>)> {
+    let mut poll = Poll::new(
+        opts.delivery_timeout + KEY_EXCHANGE_TIMEOUT + Duration::from_secs(60),
+        opts.max_poll,
+        1.5,
+    );
+    let since = std::time::SystemTime::now() - Duration::from_secs(60);
+    let mut done = Vec::new();
+    while !pending.is_empty() {
+        // One ListCommands per region (this run's comment) for every exchange in it; one call each
+        // only for what that list misses.
+        let mut listed: HashMap<String, CommandSummary> = HashMap::new();
+        let regions: BTreeSet<&str> = pending.iter().map(|x| x.region.as_str()).collect();
+        for region in regions {
+            match ssm.recent_commands(region, since, &opts.comment()).await {
+                Ok(list) => listed.extend(list.into_iter().map(|c| (c.command_id.clone(), c))),
+                Err(e) => {
+                    warn!(%region, error = %e, "cannot list this run's commands; asking one by one")
+                }
+            }
+        }
+        let mut still = Vec::new();
+        for x in pending {
+            let status = match listed.remove(&x.command_id) {
+                Some(c) => Ok(Some(c)),
+                None => ssm.command_status(&x.region, &x.command_id).await,
+            };
+            let finished = match status {
+                Ok(Some(c)) if c.is_done() => {
+                    match ssm.command_invocations(&x.region, &x.command_id).await {
+                        Ok(list) if !list.is_empty() => Some(list),
+                        Ok(_) => None,
+                        Err(e) => {
+                            warn!(command_id = %x.command_id, error = %e, "cannot list the key exchange's invocations; asking per instance");
+                            Some(Vec::new())
+                        }
+                    }
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    warn!(command_id = %x.command_id, error = %e, "cannot read the key exchange's status; will ask again");
+                    None
+                }
+            };
+            match finished {
+                Some(list) => {
+                    let keys = read_keys(plan, out, &x, list, ssm, opts, settled).await;
+                    done.push((x, keys));
+                }
+                None => still.push(x),
+            }
+        }
+        pending = still;
+        if pending.is_empty() || !poll.wait().await {
+            break;
+        }
+    }
+    for x in pending {
+        if let Err(e) = ssm.cancel_command(token, &x.region, &x.command_id).await {
+            warn!(command_id = %x.command_id, error = %e, "cannot cancel the key exchange");
+        }
+        for n in &x.rows {
+            out.instances[*n].fail(Failure::new(
+                FailureStep::Ssm,
+                "key-exchange-timeout",
+                format!(
+                    "key exchange {} did not finish in time; it was cancelled and no token was sent",
+                    x.command_id
+                ),
+            ));
+        }
+    }
+    done.retain(|(_, keys)| !keys.is_empty());
+    done
+}
+
+/// Reads the public keys of one finished key exchange; settles or fails the rows that have none.
+async fn read_keys(
+    plan: &AccountPlan,
+    out: &mut AccountOutcome,
+    x: &Exchange,
+    listed: Vec<Invocation>,
+    ssm: &impl Ssm,
+    opts: &InstallOptions,
+    settled: &mut Vec<(usize, bool)>,
+) -> Vec<(usize, seal::InstanceKey)> {
+    let by_id: HashMap<&str, &Invocation> =
+        listed.iter().map(|i| (i.instance_id.as_str(), i)).collect();
+    let mut keys = Vec::new();
+    for n in &x.rows {
+        let id = plan.instances[*n].instance_id.clone();
+        let mut inv = by_id.get(id.as_str()).map(|i| (*i).clone());
+        // The list's output is capped at 2,500 characters; the key line is the last one.
+        if inv.as_ref().is_none_or(|i| {
+            !i.output.contains(seal::KEY_MARKER) && install::parse_result(&i.output).is_none()
+        }) {
+            match ssm.invocation_detail(&x.region, &x.command_id, &id).await {
+                Ok(Some(detail)) => inv = Some(detail),
+                Ok(None) => {}
+                Err(e) => warn!(instance.id = %id, error = %e, "cannot read the key exchange"),
+            }
+        }
+        let row = &mut out.instances[*n];
+        let Some(inv) = inv else {
+            row.fail(Failure::new(
+                FailureStep::Ssm,
+                "no-invocation",
+                format!(
+                    "SSM reports no invocation of key exchange {} for this instance",
+                    x.command_id
+                ),
+            ));
+            continue;
+        };
+        if inv.status == CommandStatus::Success {
+            match seal::parse_key(&inv.output, &id, &x.key_id) {
+                Ok(key) => {
+                    keys.push((*n, key));
+                    continue;
+                }
+                Err(seal::SealError::NoKey) => {}
+                Err(e) => {
+                    row.fail(Failure::new(
+                        FailureStep::Install,
+                        "key-exchange",
+                        format!("key exchange {}: {e}; no token was sent", x.command_id),
+                    ));
+                    continue;
+                }
+            }
+        }
+        if install::parse_result(&inv.output).is_some() {
+            settle(row, &id, &inv, &x.command_id, opts, *n, settled);
+        } else if inv.status == CommandStatus::Success {
+            fail_with_output(
+                row,
+                Failure::new(
+                    FailureStep::Install,
+                    "key-exchange",
+                    format!(
+                        "key exchange {} printed no public key; no token was sent",
+                        x.command_id
+                    ),
+                ),
+                &inv.output,
+            );
+        } else {
+            let failure = invocation_failure(&inv, opts);
+            warn!(instance.id = %id, step = failure.step.as_str(), code = %failure.code, "key exchange failed");
+            fail_with_output(row, failure, &inv.output);
+        }
+    }
+    keys
 }
 
 fn render(
     scripts: &Scripts<'_>,
     (account_id, region, location): (&str, &str, &str),
     platform: Platform,
-    access_token: &Secret,
+    delivery: Delivery<'_>,
     opts: &InstallOptions,
 ) -> String {
     let Scripts {
@@ -454,7 +716,7 @@ fn render(
         cloud: azure.cloud.as_str(),
         correlation_id: &opts.correlation_id,
         tags: &tags,
-        access_token: access_token.expose(),
+        delivery,
         proxy_url: proxy,
         installer_url: installer,
         installer_sha256: sha256,
@@ -635,32 +897,47 @@ async fn resolve(
             ));
             continue;
         };
-        let result = install::parse_result(&inv.output);
-        match (&inv.status, result) {
-            (CommandStatus::Success, Some(r)) if r.outcome == ScriptOutcome::ConnectedElsewhere => {
-                row.status = Status::ConnectedElsewhere;
-                row.arc_resource_id = Some(r.resource_id).filter(|id| !id.is_empty());
-                row.detail = format!("{}; never disconnected by arc-onboard", r.message);
-                info!(instance.id = %id, arc_resource_id = ?row.arc_resource_id, "agent connected elsewhere; left alone");
-            }
-            (CommandStatus::Success, r) if r.as_ref().is_none_or(ScriptResult::succeeded) => {
-                let already = r
-                    .as_ref()
-                    .is_some_and(|r| r.outcome == ScriptOutcome::AlreadyConnected);
-                row.arc_resource_id = r
-                    .map(|r| r.resource_id)
-                    .filter(|id| already && !id.is_empty());
-                row.detail = format!("install command {} succeeded", s.command_id);
-                succeeded.push((*n, already));
-            }
-            _ => {
-                let failure = invocation_failure(&inv, opts);
-                warn!(instance.id = %id, region = %s.region, step = failure.step.as_str(), code = %failure.code, reason = %failure.reason, "install failed");
-                fail_with_output(row, failure, &inv.output);
-            }
-        }
+        settle(row, &id, &inv, &s.command_id, opts, *n, succeeded);
     }
     true
+}
+
+/// Resolves one row from its invocation of `command_id` (an install, or a key exchange that printed a
+/// result line): connected elsewhere, succeeded (pushed to `succeeded` with whether the agent was already
+/// connected), or failed.
+fn settle(
+    row: &mut InstanceOutcome,
+    id: &str,
+    inv: &Invocation,
+    command_id: &str,
+    opts: &InstallOptions,
+    n: usize,
+    succeeded: &mut Vec<(usize, bool)>,
+) {
+    let result = install::parse_result(&inv.output);
+    match (&inv.status, result) {
+        (CommandStatus::Success, Some(r)) if r.outcome == ScriptOutcome::ConnectedElsewhere => {
+            row.status = Status::ConnectedElsewhere;
+            row.arc_resource_id = Some(r.resource_id).filter(|id| !id.is_empty());
+            row.detail = format!("{}; never disconnected by arc-onboard", r.message);
+            info!(instance.id = %id, arc_resource_id = ?row.arc_resource_id, "agent connected elsewhere; left alone");
+        }
+        (CommandStatus::Success, r) if r.as_ref().is_none_or(ScriptResult::succeeded) => {
+            let already = r
+                .as_ref()
+                .is_some_and(|r| r.outcome == ScriptOutcome::AlreadyConnected);
+            row.arc_resource_id = r
+                .map(|r| r.resource_id)
+                .filter(|id| already && !id.is_empty());
+            row.detail = format!("command {command_id} succeeded");
+            succeeded.push((n, already));
+        }
+        _ => {
+            let failure = invocation_failure(inv, opts);
+            warn!(instance.id = %id, step = failure.step.as_str(), code = %failure.code, reason = %failure.reason, "install failed");
+            fail_with_output(row, failure, &inv.output);
+        }
+    }
 }
 
 /// Waits (bounded) for Azure to show each succeeded instance `Connected`, listing the group once a round.

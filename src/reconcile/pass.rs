@@ -884,8 +884,8 @@ mod tests {
         }
         assert_eq!(
             aws.calls.count("ssm:SendCommand"),
-            3,
-            "one per region and platform"
+            6,
+            "one batch per region and platform: a key exchange, then the install"
         );
         assert!(
             !first.instances.iter().any(|i| i.status == Status::Planned),

@@ -179,6 +179,10 @@ impl SsmRoleSteps {
     }
 }
 
+/// How `install-agent` is carried out, as the plan says it: the batch's two commands.
+pub const TWO_STEP: &str =
+    "(a key exchange first, then the install command with the access token sealed to the instance's key)";
+
 /// One per-instance action, with its target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InstanceAction {
@@ -967,15 +971,18 @@ impl Planner<'_> {
                 return (plan, None);
             }
             Some(Err((_, why))) => {
-                plan.detail =
-                    format!("{why}; registered with SSM anyway, so the agent will be installed");
+                plan.detail = format!(
+                    "{why}; registered with SSM anyway, so the agent will be installed {TWO_STEP}"
+                );
             }
             Some(Ok(why)) => {
                 plan.detail =
                     format!("{why}; the agent is installed once the instance is Online in SSM");
             }
             None if online => {
-                plan.detail = "IAM in place and Online in SSM; the agent will be installed".into()
+                plan.detail = format!(
+                    "IAM in place and Online in SSM; the agent will be installed {TWO_STEP}"
+                )
             }
             None => {
                 let ping = plan.ssm_ping.map_or("not registered", PingStatus::as_str);

@@ -124,7 +124,11 @@ async fn an_event_onboards_its_instance_and_its_message_goes_once_it_is_recorded
     let records = f.db.all().await.unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].status, "onboarded", "{records:?}");
-    assert_eq!(f.aws.calls.count("ssm:SendCommand"), 1);
+    assert_eq!(
+        f.aws.calls.count("ssm:SendCommand"),
+        2,
+        "a key exchange, then the install"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -180,7 +184,11 @@ async fn instances_without_a_profile_get_it_at_once_and_a_burst_shares_its_comma
         "{records:?}"
     );
     // 60 instances Online together: the batch minimum is 2 commands (50 + 10).
-    assert_eq!(f.aws.calls.count("ssm:SendCommand"), 2);
+    assert_eq!(
+        f.aws.calls.count("ssm:SendCommand"),
+        4,
+        "two batches, two commands each"
+    );
     // The watcher asks about them together, not one by one.
     let polls = f.aws.calls.count("ssm:DescribeInstanceInformation");
     assert!(polls <= 30, "{polls} SSM polls for 60 instances");
@@ -203,7 +211,11 @@ async fn a_duplicate_event_while_the_instance_is_handled_sends_no_second_install
     let metrics = run_for(&f, 60).await;
     assert!(f.queue.is_empty());
     assert_eq!(count(&metrics, "accepted"), 3);
-    assert_eq!(f.aws.calls.count("ssm:SendCommand"), 1);
+    assert_eq!(
+        f.aws.calls.count("ssm:SendCommand"),
+        2,
+        "one batch: a key exchange, then the install"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -318,7 +330,11 @@ async fn member_events_are_handled_in_their_account_and_the_rest_as_documented()
     // The member's instance: onboarded in the member's account, its message deleted.
     assert_eq!(count(&metrics, "accepted"), 1);
     let member = f.org.account(MEMBER);
-    assert_eq!(member.calls.count("ssm:SendCommand"), 1);
+    assert_eq!(
+        member.calls.count("ssm:SendCommand"),
+        2,
+        "a key exchange, then the install"
+    );
     let records = f.db.all().await.unwrap();
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(

@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod duration;
 mod effective;
 pub mod events;
+pub mod lifecycle;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use url::Url;
 
 pub use crate::config::accounts::{AccountSource, AccountsConfig, Shard};
 pub use crate::config::events::EventsConfig;
+pub use crate::config::lifecycle::LifecycleConfig;
 use crate::config::validate::Validator;
 pub use crate::config::validate::{is_guid, is_loopback_host, is_region_name};
 use crate::model::TagSelector;
@@ -98,6 +100,8 @@ pub struct Config {
     pub azure: Option<AzureConfig>,
     /// Event-driven onboarding (`[events]`, daemon only).
     pub events: Option<EventsConfig>,
+    /// `[lifecycle]`: deletion of terminated instances' machines, repair of broken agents.
+    pub lifecycle: LifecycleConfig,
     /// Settings that are valid but have no effect (e.g. a proxy with public connectivity).
     pub warnings: Vec<ConfigIssue>,
 }

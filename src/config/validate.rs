@@ -143,7 +143,11 @@ impl Validator<'_> {
     }
 
     pub(super) fn config(&mut self, root: &Table) -> Option<Config> {
-        self.unknown_keys(root, "", &["aws", "iam", "onboarding", "azure", "events"]);
+        self.unknown_keys(
+            root,
+            "",
+            &["aws", "iam", "onboarding", "azure", "events", "lifecycle"],
+        );
         let empty = Table::new();
         let aws = match self.section(root, "aws") {
             Some(t) => self.aws(t),
@@ -167,12 +171,15 @@ impl Validator<'_> {
             Some(t) => self.events(t),
             None => None,
         };
+        let lifecycle_table = self.section(root, "lifecycle").unwrap_or(&empty);
+        let lifecycle = self.lifecycle(lifecycle_table);
         Some(Config {
             aws: aws?,
             iam,
             onboarding: onboarding?,
             azure,
             events,
+            lifecycle,
             warnings: std::mem::take(&mut self.warnings),
         })
     }

@@ -504,6 +504,11 @@ pub struct ArcMachine {
     pub status: ArcStatus,
     /// `code: message` of each error detail.
     pub errors: Vec<String>,
+    /// `properties.lastStatusChange`: since when the machine has had its status.
+    pub last_status_change: Option<std::time::SystemTime>,
+    /// `properties.detectedProperties["AWS-instanceId"]`: the EC2 instance whose agent reports as this
+    /// machine. Another instance's id than the machine's name means that instance is a clone.
+    pub detected_instance_id: Option<String>,
 }
 
 /// Counts of API calls by `service:Operation`, as the report shows them.

@@ -56,7 +56,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "mi_client_ids": [],
     "arc_token_dir": None,
 }
-MACHINE_STATUSES = ("Connected", "Disconnected", "Error", "AwaitingConnection")
+MACHINE_STATUSES = ("Connected", "Disconnected", "Error", "AwaitingConnection", "Expired")
 AGENT_VERSION = "1.50"
 CLOUDS = ("AzureCloud", "AzureUSGovernment", "AzureChinaCloud")
 ARC_VARIABLES = ("ARC_SUBSCRIPTION_ID", "ARC_RESOURCE_GROUP", "ARC_LOCATION", "ARC_TENANT_ID",
@@ -797,6 +797,10 @@ class AzureStub:
         if machine["status"] == "Error":
             properties["errorDetails"] = [dict(d) for d in machine["error_details"]]
         properties.update({"vmId": machine["vm_id"], "osName": machine["os_name"]})
+        if machine.get("detected_instance_id"):
+            # As the agent reports it on EC2: the instance whose agent heartbeats as this machine.
+            properties["detectedProperties"] = {"cloudprovider": "AWS",
+                                                "AWS-instanceId": machine["detected_instance_id"]}
         return {"id": f"/subscriptions/{self.config['subscription_id']}/resourceGroups/"
                       f"{group['name']}/providers/Microsoft.HybridCompute/machines/"
                       f"{machine['name']}",
@@ -806,7 +810,8 @@ class AzureStub:
 
     def _upsert_machine(self, rg_key: str, name: str, location: str, tags: dict[str, str],
                         status: str, error_details: list[dict[str, str]] | None,
-                        os_name: str) -> dict[str, Any]:
+                        os_name: str, detected_instance_id: str | None = None,
+                        last_status_change: str | None = None) -> dict[str, Any]:
         key = (rg_key, name.lower())
         machine = self.machines.get(key)
         if machine is None:
@@ -814,7 +819,8 @@ class AzureStub:
             self.machines[key] = machine
         machine.update({"location": location, "tags": tags, "status": status,
                         "error_details": error_details or [], "os_name": os_name,
-                        "last_status_change": _iso_now()})
+                        "detected_instance_id": detected_instance_id,
+                        "last_status_change": last_status_change or _iso_now()})
         return machine
 
     # ----- simulated azcmagent connect -----------------------------------------------------
@@ -920,7 +926,8 @@ class AzureStub:
         attempt["ok"] = True
 
         def apply() -> None:
-            self._upsert_machine(group["key"], name, location, tags, status, details, os_name)
+            self._upsert_machine(group["key"], name, location, tags, status, details, os_name,
+                                 detected_instance_id=name)
             attempt["applied"] = True
 
         delay = self.config["connect_delay_seconds"]
@@ -1000,7 +1007,8 @@ class AzureStub:
         if not isinstance(body, dict):
             raise ControlError("body must be a JSON object")
         unknown = set(body) - {"resource_group", "name", "location", "status", "tags",
-                               "os_name", "error_details"}
+                               "os_name", "error_details", "detected_instance_id",
+                               "last_status_change"}
         if unknown:
             raise ControlError(f"unknown machine fields: {', '.join(sorted(unknown))}")
         for key in ("resource_group", "name", "location"):
@@ -1027,8 +1035,17 @@ class AzureStub:
             check_rg_name(body["resource_group"])
             self._upsert_group(body["resource_group"], location, {})
             group = self.groups[body["resource_group"].lower()]
+        for key in ("detected_instance_id", "last_status_change"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                raise ControlError(f"{key} must be a string")
+        if body.get("last_status_change"):
+            try:
+                datetime.fromisoformat(body["last_status_change"].replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise ControlError("last_status_change must be an ISO 8601 time") from exc
         machine = self._upsert_machine(group["key"], body["name"], location, tags, status,
-                                       details, os_name)
+                                       details, os_name, body.get("detected_instance_id"),
+                                       body.get("last_status_change"))
         return self._machine_control_view(machine)
 
 

@@ -22,7 +22,7 @@ const TOKEN: &str = "eyJ0eXAiOiJKV1Qi.fake-arm-token.sig";
 const SHA256: &str = "0123456789abcdef0123456789ABCDEF0123456789abcdef0123456789abcdef";
 
 /// The parameter variables, in the order the assignment block sets them.
-const NAMES: [&str; 12] = [
+const NAMES: [&str; 13] = [
     "ARC_SUBSCRIPTION_ID",
     "ARC_RESOURCE_GROUP",
     "ARC_LOCATION",
@@ -35,6 +35,7 @@ const NAMES: [&str; 12] = [
     "ARC_INSTALLER_URL",
     "ARC_INSTALLER_SHA256",
     "ARC_DOWNLOAD_PROTOCOLS",
+    "ARC_RECONNECT",
 ];
 
 /// One top-level assignment statement as `check-powershell.py --assignments` describes it.
@@ -150,6 +151,7 @@ fn realistic<'a>(
         proxy_url: proxy,
         installer_url,
         installer_sha256: Some(SHA256),
+        reconnect: false,
     }
 }
 
@@ -202,7 +204,7 @@ fn hostile_values() -> Vec<String> {
 }
 
 /// The values the script must receive, by variable name.
-fn expected_values(p: &InstallParams) -> [String; 12] {
+fn expected_values(p: &InstallParams) -> [String; 13] {
     [
         p.subscription_id.to_owned(),
         p.resource_group.to_owned(),
@@ -216,10 +218,11 @@ fn expected_values(p: &InstallParams) -> [String; 12] {
         p.installer_url.to_owned(),
         p.installer_sha256.unwrap_or_default().to_owned(),
         download_protocols(p.installer_url).to_owned(),
+        if p.reconnect { "1" } else { "" }.to_owned(),
     ]
 }
 
-/// Parses the rendered script and checks its top-level assignments: first the 12 parameters, in order,
+/// Parses the rendered script and checks its top-level assignments: first the 13 parameters, in order,
 /// each one single-quoted string literal whose content is the value verbatim; then the template's own
 /// (`template_assignments` of them; `None` to learn the number), none of which sets a parameter.
 fn assert_parses_with_values(p: &InstallParams, template_assignments: Option<usize>) -> usize {
@@ -315,6 +318,7 @@ fn hostile_values_in_every_parameter_stay_string_literals() {
             proxy_url: Some(v),
             installer_url: v,
             installer_sha256: Some(v),
+            reconnect: true,
         };
         assert_parses_with_values(&p, Some(n));
     }
@@ -335,6 +339,7 @@ fn hostile_values_in_every_parameter_stay_string_literals() {
             proxy_url: Some(v(8)),
             installer_url: v(9),
             installer_sha256: Some(v(10)),
+            reconnect: rotation % 2 == 0,
         };
         assert_parses_with_values(&p, Some(n));
     }

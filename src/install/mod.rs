@@ -83,6 +83,11 @@ pub struct InstallParams<'a> {
     pub installer_url: &'a str,
     /// The installer's pinned SHA-256 (64 hex digits), checked on the instance before it runs.
     pub installer_sha256: Option<&'a str>,
+    /// `reconnect-agent` (`ARC_RECONNECT=1`): an agent of our subscription and resource group that is
+    /// `Expired`, `Disconnected`, or `Connected` under another instance's name (a clone) is disconnected
+    /// locally (`azcmagent disconnect --force-local-only`) and connected anew under this instance's id.
+    /// Never an agent of another subscription or resource group.
+    pub reconnect: bool,
 }
 
 impl std::fmt::Debug for InstallParams<'_> {
@@ -99,6 +104,7 @@ impl std::fmt::Debug for InstallParams<'_> {
             .field("proxy_url", &self.proxy_url)
             .field("installer_url", &self.installer_url)
             .field("installer_sha256", &self.installer_sha256)
+            .field("reconnect", &self.reconnect)
             .finish()
     }
 }
@@ -181,7 +187,7 @@ pub fn download_protocols(installer_url: &str) -> &'static str {
 }
 
 /// The parameters in assignment order: variable name and value.
-fn parameters(p: &InstallParams) -> [(&'static str, String); 12] {
+fn parameters(p: &InstallParams) -> [(&'static str, String); 13] {
     [
         ("ARC_SUBSCRIPTION_ID", p.subscription_id.to_owned()),
         ("ARC_RESOURCE_GROUP", p.resource_group.to_owned()),
@@ -200,6 +206,10 @@ fn parameters(p: &InstallParams) -> [(&'static str, String); 12] {
         (
             "ARC_DOWNLOAD_PROTOCOLS",
             download_protocols(p.installer_url).to_owned(),
+        ),
+        (
+            "ARC_RECONNECT",
+            if p.reconnect { "1" } else { "" }.to_owned(),
         ),
     ]
 }
@@ -361,6 +371,7 @@ mod tests {
             proxy_url: proxy,
             installer_url: "https://gbl.his.arc.azure.com/azcmagent-linux",
             installer_sha256: None,
+            reconnect: false,
         }
     }
 
@@ -424,11 +435,12 @@ mod tests {
                 proxy_url: Some(v(8)).filter(|s| !s.is_empty()),
                 installer_url: v(9),
                 installer_sha256: Some(v(10)),
+                reconnect: rotation % 2 == 1,
             };
             script.push_str(&linux_assignments(&p));
             script.push_str(&print);
             expected.extend(parameters(&p).into_iter().map(|(_, value)| value));
-            assert_eq!(expected[expected.len() - 6], tags_arg(&tags));
+            assert_eq!(expected[expected.len() - 7], tags_arg(&tags));
         }
 
         let mut child = Command::new("/bin/bash")
@@ -848,6 +860,7 @@ mod tests {
             proxy_url: Some(&values[17]),
             installer_url: &values[13],
             installer_sha256: Some(&values[14]),
+            reconnect: true,
         };
         shellcheck(&render_linux(&p), "warning");
     }

@@ -25,7 +25,7 @@ use crate::ports::{
     WINDOWS_DOCUMENT,
 };
 use crate::reconcile::outcome::{AccountOutcome, InstanceOutcome};
-use crate::reconcile::plan::{AccountPlan, Failure, FailureStep, Status};
+use crate::reconcile::plan::{AccountPlan, Failure, FailureStep, InstanceAction, Status};
 
 /// SendCommand accepts at most 50 instance ids.
 pub const BATCH: usize = 50;
@@ -256,11 +256,12 @@ pub async fn install_agents(
         })
         .collect();
     if !ready.is_empty() {
-        let mut groups: BTreeMap<(String, Platform), Vec<usize>> = BTreeMap::new();
+        let mut groups: BTreeMap<(String, Platform, bool), Vec<usize>> = BTreeMap::new();
         for n in ready {
             let row = &plan.instances[*n];
+            let reconnect = row.actions.contains(&InstanceAction::ReconnectAgent);
             groups
-                .entry((row.region.clone(), row.platform))
+                .entry((row.region.clone(), row.platform, reconnect))
                 .or_default()
                 .push(*n);
         }
@@ -286,7 +287,8 @@ struct Scripts<'a> {
     resource_group: &'a str,
 }
 
-/// Sends one script per (region, platform) group in batches of at most [`BATCH`]; returns the commands sent.
+/// Sends one script per (region, platform, reconnect) group in batches of at most [`BATCH`] (repairs go in
+/// their own batches, whose script may disconnect a broken agent); returns the commands sent.
 /// Every batch carries a token that outlives its delivery and execution timeouts (a cached token is reused
 /// only while it does). A batch SSM refuses, or for which no token can be had, fails its rows.
 #[allow(clippy::too_many_arguments)]
@@ -294,7 +296,7 @@ async fn send(
     token: &MutationToken,
     plan: &AccountPlan,
     out: &mut AccountOutcome,
-    groups: BTreeMap<(String, Platform), Vec<usize>>,
+    groups: BTreeMap<(String, Platform, bool), Vec<usize>>,
     ssm: &impl Ssm,
     arm: &impl Arm,
     scripts: &Scripts<'_>,
@@ -304,7 +306,7 @@ async fn send(
     let mut sent = Vec::new();
     let need = opts.script_token_validity();
     let mut warned = false;
-    for ((region, platform), rows) in groups {
+    for ((region, platform, reconnect), rows) in groups {
         for chunk in rows.chunks(BATCH) {
             let access_token = match arm.script_token(need).await {
                 Ok((access_token, valid_for)) => {
@@ -345,8 +347,7 @@ async fn send(
                 script: render(
                     scripts,
                     &plan.account_id,
-                    &region,
-                    platform,
+                    (&region, platform, reconnect),
                     &access_token,
                     opts,
                 ),
@@ -390,8 +391,7 @@ async fn send(
 fn render(
     scripts: &Scripts<'_>,
     account_id: &str,
-    region: &str,
-    platform: Platform,
+    (region, platform, reconnect): (&str, Platform, bool),
     access_token: &Secret,
     opts: &InstallOptions,
 ) -> String {
@@ -430,6 +430,7 @@ fn render(
         proxy_url: proxy,
         installer_url: installer,
         installer_sha256: sha256,
+        reconnect,
     };
     if platform == Platform::Windows {
         install::render_windows(&params)
@@ -671,8 +672,13 @@ async fn verify(
                             } else {
                                 Status::Onboarded
                             };
+                            let reconnected = plan.instances[n]
+                                .actions
+                                .contains(&InstanceAction::ReconnectAgent);
                             let how = if already.contains(&n) {
                                 "agent was already connected"
+                            } else if reconnected {
+                                "agent reconnected (disconnected locally, connected anew)"
                             } else {
                                 "agent installed and connected"
                             };

@@ -42,6 +42,7 @@
 //!   - [`daemon::event_message`]: EventBridge events as the queue delivers them, and the scope check.
 //!   - [`daemon::event_accounts`]: the event path's accounts in scope (refreshed on a clock, `--shard`)
 //!     and the entered accounts' clients.
+//!   - [`daemon::iam_cache`]: the event path's IAM answers, reused for a short TTL.
 //!   - [`daemon::state`]: the daemon's durable state (SQLite, versioned schema).
 //!   - [`daemon::metrics`]: Prometheus metrics and the `/metrics` + `/healthz` endpoint.
 //! - [`output`]: what people read.

@@ -619,6 +619,9 @@ pub struct ArcMachine {
     pub tags: BTreeMap<String, String>,
     /// `properties.lastStatusChange`: when the status last changed, when Azure says.
     pub last_status_change: Option<std::time::SystemTime>,
+    /// `properties.detectedProperties["AWS-instanceId"]`: the EC2 instance whose agent reports as this
+    /// machine. Another instance's id than the machine's name means that instance is a clone.
+    pub detected_instance_id: Option<String>,
 }
 
 /// An Arc machine Azure Resource Graph found for one of our instances, anywhere the identity can read.

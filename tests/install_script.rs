@@ -311,6 +311,7 @@ struct Params {
     gateway_id: Option<String>,
     private_link_scope: Option<String>,
     automatic_upgrade: bool,
+    reconnect: bool,
 }
 
 impl Params {
@@ -334,6 +335,7 @@ impl Params {
             gateway_id: None,
             private_link_scope: None,
             automatic_upgrade: false,
+            reconnect: false,
         }
     }
 
@@ -355,6 +357,7 @@ impl Params {
             gateway_id: self.gateway_id.as_deref(),
             private_link_scope: self.private_link_scope.as_deref(),
             automatic_upgrade: self.automatic_upgrade,
+            reconnect: self.reconnect,
         }
     }
 
@@ -418,7 +421,14 @@ struct Run {
 impl Sandbox {
     fn new() -> Sandbox {
         let dir = tempfile::tempdir().unwrap();
-        for sub in ["bin", "state", "tmp", "systemd", "installer-tmp-root", "keys"] {
+        for sub in [
+            "bin",
+            "state",
+            "tmp",
+            "systemd",
+            "installer-tmp-root",
+            "keys",
+        ] {
             fs::create_dir(dir.path().join(sub)).unwrap();
         }
         Sandbox { dir }
@@ -1019,6 +1029,134 @@ fn disconnected_or_expired_agent_fails_with_a_reason_and_is_not_touched() {
         assert!(result.message.contains(status) && result.message.contains("azcmagent reconnect"));
         assert_eq!(result.resource_id, params.resource_id());
         assert_eq!(sandbox.agent_calls(), vec![strings(&["show", "-j"])]);
+    }
+}
+
+/// The fake agent's `show -j` answer: status, subscription, resource group, resource name.
+fn agent_env<'a>(
+    status: &'a str,
+    sub: &'a str,
+    rg: &'a str,
+    name: &'a str,
+) -> [(&'a str, &'a str); 4] {
+    [
+        ("FAKE_AGENT_STATUS", status),
+        ("FAKE_AGENT_SUBSCRIPTION", sub),
+        ("FAKE_AGENT_RESOURCE_GROUP", rg),
+        ("FAKE_AGENT_RESOURCE_NAME", name),
+    ]
+}
+
+/// The agent calls of a reconnect: `show -j`, then `disconnect --force-local-only`, then (after the
+/// installer ran again) `connect` under the instance's own name.
+fn assert_reconnected(sandbox: &Sandbox, params: &Params) {
+    let calls = sandbox.agent_calls();
+    assert_eq!(calls[0], strings(&["show", "-j"]));
+    assert_eq!(calls[1], strings(&["disconnect", "--force-local-only"]));
+    let connect = calls
+        .iter()
+        .position(|c| c[0] == "connect")
+        .expect("connect after the disconnect");
+    assert!(connect > 1, "{calls:?}");
+    assert_eq!(
+        calls.iter().filter(|c| c[0] == "disconnect").count(),
+        1,
+        "{calls:?}"
+    );
+    assert_eq!(sandbox.connect_call(), params.expected_connect());
+    assert!(
+        sandbox.installer_argv().is_some(),
+        "installed as a fresh install"
+    );
+}
+
+#[test]
+fn with_the_reconnect_switch_an_expired_disconnected_or_cloned_agent_of_our_group_is_reconnected() {
+    let server = Server::start(Some(fake_installer()));
+    let mut params = Params::new(&server);
+    params.reconnect = true;
+    let clone_of = "i-0fedcba9876543210";
+    for (status, name) in [
+        ("Expired", INSTANCE_ID),
+        ("Disconnected", INSTANCE_ID),
+        ("Connected", clone_of),
+    ] {
+        let sandbox = Sandbox::new();
+        sandbox.preinstall_agent();
+        // Azure spells the group as it likes; the comparison ignores case.
+        let group = params.resource_group.to_uppercase();
+        let env = agent_env(status, &params.subscription_id, &group, name);
+        let run = sandbox.run(&params, &server.url(""), &env);
+
+        assert_result(&run, ScriptOutcome::Connected, 0, "connect", "reconnected");
+        let result = run.result.as_ref().unwrap();
+        assert!(
+            result
+                .message
+                .contains(&format!("reconnected as {INSTANCE_ID}"))
+                && result.message.contains(name),
+            "{status}: {}",
+            result.message
+        );
+        assert_reconnected(&sandbox, &params);
+    }
+}
+
+#[test]
+fn the_reconnect_switch_never_touches_an_agent_of_another_group_or_subscription() {
+    let server = Server::start(Some(fake_installer()));
+    let mut params = Params::new(&server);
+    params.reconnect = true;
+    let other_sub = "99999999-1111-2222-3333-444444444444";
+    let cases = [
+        // (status, subscription, group, name, outcome, exit, code)
+        (
+            "Connected",
+            params.subscription_id.as_str(),
+            "other-rg",
+            INSTANCE_ID,
+            ScriptOutcome::ConnectedElsewhere,
+            0,
+            "connected-elsewhere",
+        ),
+        (
+            "Connected",
+            other_sub,
+            params.resource_group.as_str(),
+            "i-0fedcba9876543210",
+            ScriptOutcome::ConnectedElsewhere,
+            0,
+            "connected-elsewhere",
+        ),
+        (
+            "Expired",
+            other_sub,
+            params.resource_group.as_str(),
+            INSTANCE_ID,
+            ScriptOutcome::Failed,
+            EXIT_AGENT_STATE,
+            "agent-expired",
+        ),
+        (
+            "Disconnected",
+            params.subscription_id.as_str(),
+            "other-rg",
+            INSTANCE_ID,
+            ScriptOutcome::Failed,
+            EXIT_AGENT_STATE,
+            "agent-disconnected",
+        ),
+    ];
+    for (status, sub, rg, name, outcome, exit, code) in cases {
+        let sandbox = Sandbox::new();
+        sandbox.preinstall_agent();
+        let run = sandbox.run(&params, &server.url(""), &agent_env(status, sub, rg, name));
+        assert_result(&run, outcome, exit, "check", code);
+        assert_eq!(
+            sandbox.agent_calls(),
+            vec![strings(&["show", "-j"])],
+            "{status} in {sub}/{rg}: never disconnected"
+        );
     }
 }
 

@@ -32,7 +32,7 @@ static SEALED: std::sync::LazyLock<SealedToken> = std::sync::LazyLock::new(|| Se
 const SHA256: &str = "0123456789abcdef0123456789ABCDEF0123456789abcdef0123456789abcdef";
 
 /// The parameter variables, in the order the assignment block sets them.
-const NAMES: [&str; 21] = [
+const NAMES: [&str; 22] = [
     "ARC_SUBSCRIPTION_ID",
     "ARC_RESOURCE_GROUP",
     "ARC_LOCATION",
@@ -51,6 +51,7 @@ const NAMES: [&str; 21] = [
     "ARC_GATEWAY_ID",
     "ARC_PRIVATE_LINK_SCOPE",
     "ARC_AUTOMATIC_UPGRADE",
+    "ARC_RECONNECT",
     "ARC_MSI_URL",
     "ARC_MSI_SHA256",
     "ARC_MSI_DOWNLOAD_PROTOCOLS",
@@ -174,6 +175,7 @@ fn realistic<'a>(
         gateway_id: Some(GATEWAY),
         private_link_scope: None,
         automatic_upgrade: true,
+        reconnect: false,
     }
 }
 
@@ -246,11 +248,12 @@ fn every_parameter<'a>(v: &'a str, tags: &'a BTreeMap<String, String>) -> Instal
         gateway_id: Some(v),
         private_link_scope: Some(v),
         automatic_upgrade: true,
+        reconnect: true,
     }
 }
 
 /// The values the script must receive, by variable name.
-fn expected_values(p: &InstallParams) -> [String; 21] {
+fn expected_values(p: &InstallParams) -> [String; 22] {
     let (mode, key_id, config, keys) = match p.delivery {
         Delivery::KeyExchange { key_id } => ("key-exchange", key_id, String::new(), String::new()),
         Delivery::Sealed(sealed) => (
@@ -284,13 +287,14 @@ fn expected_values(p: &InstallParams) -> [String; 21] {
         p.gateway_id.unwrap_or_default().to_owned(),
         p.private_link_scope.unwrap_or_default().to_owned(),
         if p.automatic_upgrade { "true" } else { "" }.to_owned(),
+        if p.reconnect { "1" } else { "" }.to_owned(),
         p.msi_url.to_owned(),
         p.msi_sha256.unwrap_or_default().to_owned(),
         download_protocols(p.msi_url).to_owned(),
     ]
 }
 
-/// Parses the rendered script and checks its top-level assignments: first the 21 parameters, in order,
+/// Parses the rendered script and checks its top-level assignments: first the 22 parameters, in order,
 /// each one single-quoted string literal whose content is the value verbatim; then the template's own
 /// (`template_assignments` of them; `None` to learn the number), none of which sets a parameter.
 fn assert_parses_with_values(p: &InstallParams, template_assignments: Option<usize>) -> usize {
@@ -404,6 +408,7 @@ fn hostile_values_in_every_parameter_stay_string_literals() {
             gateway_id: Some(v(12)),
             private_link_scope: Some(v(13)),
             automatic_upgrade: rotation % 2 == 1,
+            reconnect: rotation % 2 == 0,
         };
         assert_parses_with_values(&p, Some(n));
     }

@@ -64,7 +64,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "graph_denied": False,
     "fail_delete": None,
 }
-MACHINE_STATUSES = ("Connected", "Disconnected", "Error", "AwaitingConnection")
+MACHINE_STATUSES = ("Connected", "Disconnected", "Error", "AwaitingConnection", "Expired")
 AGENT_VERSION = "1.50"
 CLOUDS = ("AzureCloud", "AzureUSGovernment", "AzureChinaCloud")
 ARC_VARIABLES = ("ARC_SUBSCRIPTION_ID", "ARC_RESOURCE_GROUP", "ARC_LOCATION", "ARC_TENANT_ID",
@@ -868,6 +868,10 @@ class AzureStub:
         if machine["status"] == "Error":
             properties["errorDetails"] = [dict(d) for d in machine["error_details"]]
         properties.update({"vmId": machine["vm_id"], "osName": machine["os_name"]})
+        if machine.get("detected_instance_id"):
+            # As the agent reports it on EC2: the instance whose agent heartbeats as this machine.
+            properties["detectedProperties"] = {"cloudprovider": "AWS",
+                                                "AWS-instanceId": machine["detected_instance_id"]}
         return {"id": f"/subscriptions/{self.config['subscription_id']}/resourceGroups/"
                       f"{group['name']}/providers/Microsoft.HybridCompute/machines/"
                       f"{machine['name']}",
@@ -877,7 +881,8 @@ class AzureStub:
 
     def _upsert_machine(self, rg_key: str, name: str, location: str, tags: dict[str, str],
                         status: str, error_details: list[dict[str, str]] | None,
-                        os_name: str) -> dict[str, Any]:
+                        os_name: str, detected_instance_id: str | None = None,
+                        last_status_change: str | None = None) -> dict[str, Any]:
         key = (rg_key, name.lower())
         machine = self.machines.get(key)
         if machine is None:
@@ -885,7 +890,8 @@ class AzureStub:
             self.machines[key] = machine
         machine.update({"location": location, "tags": tags, "status": status,
                         "error_details": error_details or [], "os_name": os_name,
-                        "last_status_change": _iso_now()})
+                        "detected_instance_id": detected_instance_id,
+                        "last_status_change": last_status_change or _iso_now()})
         return machine
 
     # ----- Azure Resource Graph ------------------------------------------------------------
@@ -1069,7 +1075,8 @@ class AzureStub:
         attempt["ok"] = True
 
         def apply() -> None:
-            self._upsert_machine(group["key"], name, location, tags, status, details, os_name)
+            self._upsert_machine(group["key"], name, location, tags, status, details, os_name,
+                                 detected_instance_id=name)
             attempt["applied"] = True
 
         delay = self.config["connect_delay_seconds"]
@@ -1149,7 +1156,8 @@ class AzureStub:
         if not isinstance(body, dict):
             raise ControlError("body must be a JSON object")
         unknown = set(body) - {"resource_group", "name", "location", "status", "tags",
-                               "os_name", "error_details", "last_status_change"}
+                               "os_name", "error_details", "detected_instance_id",
+                               "last_status_change"}
         if unknown:
             raise ControlError(f"unknown machine fields: {', '.join(sorted(unknown))}")
         for key in ("resource_group", "name", "location"):
@@ -1176,13 +1184,17 @@ class AzureStub:
             check_rg_name(body["resource_group"])
             self._upsert_group(body["resource_group"], location, {})
             group = self.groups[body["resource_group"].lower()]
-        changed = body.get("last_status_change")
-        if changed is not None and not (isinstance(changed, str) and changed.endswith("Z")):
-            raise ControlError("last_status_change must be an RFC 3339 UTC time ending in Z")
+        for key in ("detected_instance_id", "last_status_change"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                raise ControlError(f"{key} must be a string")
+        if body.get("last_status_change"):
+            try:
+                datetime.fromisoformat(body["last_status_change"].replace("Z", "+00:00"))
+            except ValueError as exc:
+                raise ControlError("last_status_change must be an ISO 8601 time") from exc
         machine = self._upsert_machine(group["key"], body["name"], location, tags, status,
-                                       details, os_name)
-        if changed is not None:
-            machine["last_status_change"] = changed
+                                       details, os_name, body.get("detected_instance_id"),
+                                       body.get("last_status_change"))
         return self._machine_control_view(machine)
 
     def _seed_elsewhere(self, body: Any) -> dict[str, Any]:

@@ -526,6 +526,30 @@ def test_precreate_machine_and_group(stub):
     assert status == 400
 
 
+def test_seeded_expired_and_cloned_machines_report_what_the_agent_would(stub):
+    token = stub.token()
+    stub.control("POST", "machines", {"resource_group": "rg", "name": "i-0old", "location": "eastus",
+                                      "status": "Expired",
+                                      "last_status_change": "2026-01-02T03:04:05.123Z"})
+    stub.control("POST", "machines", {"resource_group": "rg", "name": "i-0origin",
+                                      "location": "eastus", "detected_instance_id": "i-0clone"})
+    _, _, old = stub.machine("rg", "i-0old", token)
+    assert old["properties"]["status"] == "Expired"
+    assert old["properties"]["lastStatusChange"] == "2026-01-02T03:04:05.123Z"
+    assert "detectedProperties" not in old["properties"]
+    _, _, origin = stub.machine("rg", "i-0origin", token)
+    assert origin["properties"]["detectedProperties"]["AWS-instanceId"] == "i-0clone"
+    for bad in ({"last_status_change": "yesterday"}, {"detected_instance_id": 7}):
+        status, _, _ = http("POST", f"{stub.url}/_stub/machines",
+                            {"resource_group": "rg", "name": "i-0x", "location": "eastus", **bad})
+        assert status == 400
+    # A connect makes the connecting instance the one the machine reports.
+    stub.put_rg("arc-rg", token)
+    stub.connect("i-0aaa", bash_script(arc_values(token, rg="arc-rg")))
+    _, _, body = stub.machine("arc-rg", "i-0aaa", token)
+    assert body["properties"]["detectedProperties"]["AWS-instanceId"] == "i-0aaa"
+
+
 def test_request_log_never_holds_secrets_or_tokens(stub):
     token = stub.token()
     stub.token_request(client_secret="wrong-secret-value")

@@ -110,6 +110,16 @@ struct MachineProperties {
     agent_version: Option<String>,
     #[serde(default)]
     last_status_change: Option<String>,
+    #[serde(default)]
+    detected_properties: std::collections::HashMap<String, serde_json::Value>,
+}
+
+/// ARM's timestamps: RFC 3339 with up to 7 fractional digits, `Z` or `+00:00`.
+fn arm_time(s: &str) -> Option<std::time::SystemTime> {
+    let utc = s
+        .strip_suffix("+00:00")
+        .map_or_else(|| s.to_string(), |t| format!("{t}Z"));
+    humantime::parse_rfc3339_weak(utc.trim_end_matches('Z')).ok()
 }
 
 #[derive(Deserialize)]
@@ -137,7 +147,14 @@ impl From<MachineBody> for ArcMachine {
                 .properties
                 .last_status_change
                 .as_deref()
-                .and_then(|t| humantime::parse_rfc3339_weak(t).ok()),
+                .and_then(arm_time),
+            detected_instance_id: m
+                .properties
+                .detected_properties
+                .get("AWS-instanceId")
+                .and_then(|v| v.as_str())
+                .filter(|id| !id.is_empty())
+                .map(str::to_string),
         }
     }
 }
@@ -676,5 +693,36 @@ mod tests {
             "http://127.0.0.1:9/arm/subscriptions/x"
         );
         assert_eq!(urlencode("rg (prod)"), "rg%20%28prod%29");
+    }
+
+    #[test]
+    fn a_machine_carries_its_last_status_change_and_the_instance_its_agent_reports() {
+        let body: MachineBody = serde_json::from_value(serde_json::json!({
+            "name": "i-0origin",
+            "properties": {
+                "status": "Expired",
+                "lastStatusChange": "2026-01-02T03:04:05.1234567Z",
+                "detectedProperties": {"cloudprovider": "AWS", "AWS-instanceId": "i-0clone"}
+            }
+        }))
+        .unwrap();
+        let m = ArcMachine::from(body);
+        assert_eq!(m.status, ArcStatus::Expired);
+        assert_eq!(m.detected_instance_id.as_deref(), Some("i-0clone"));
+        let at = humantime::format_rfc3339_seconds(m.last_status_change.unwrap()).to_string();
+        assert_eq!(at, "2026-01-02T03:04:05Z");
+        assert_eq!(
+            arm_time("2026-01-02T03:04:05+00:00"),
+            arm_time("2026-01-02T03:04:05Z")
+        );
+        assert!(arm_time("2026-01-02T03:04:05Z").is_some());
+        assert_eq!(arm_time("yesterday"), None);
+        let bare: MachineBody =
+            serde_json::from_value(serde_json::json!({"name": "i-1", "properties": {}})).unwrap();
+        let bare = ArcMachine::from(bare);
+        assert_eq!(
+            (bare.last_status_change, bare.detected_instance_id),
+            (None, None)
+        );
     }
 }

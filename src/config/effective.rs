@@ -212,6 +212,22 @@ impl Config {
             t.insert("queue_url".into(), Value::String(events.queue_url.clone()));
             root.insert("events".into(), Value::Table(t));
         }
+        let lc = &self.lifecycle;
+        let mut t = Table::new();
+        t.insert(
+            "delete_terminated".into(),
+            Value::Boolean(lc.delete_terminated),
+        );
+        t.insert(
+            "delete_after".into(),
+            Value::String(format_duration(lc.delete_after)),
+        );
+        t.insert("repair".into(), Value::Boolean(lc.repair));
+        t.insert(
+            "repair_after".into(),
+            Value::String(format_duration(lc.repair_after)),
+        );
+        root.insert("lifecycle".into(), Value::Table(t));
         let body = toml::to_string_pretty(&root).unwrap_or_default();
         let mut notes: String = self
             .warnings

@@ -7,6 +7,7 @@ pub mod accounts;
 pub mod duration;
 mod effective;
 pub mod events;
+pub mod lifecycle;
 pub mod locations;
 mod validate;
 
@@ -20,6 +21,7 @@ use url::Url;
 
 pub use crate::config::accounts::{AccountSource, AccountsConfig, Shard};
 pub use crate::config::events::EventsConfig;
+pub use crate::config::lifecycle::LifecycleConfig;
 use crate::config::validate::Validator;
 pub use crate::config::validate::{is_guid, is_loopback_host, is_region_name};
 use crate::model::TagSelector;
@@ -102,29 +104,10 @@ pub struct Config {
     pub azure: Option<AzureConfig>,
     /// Event-driven onboarding (`[events]`, daemon only).
     pub events: Option<EventsConfig>,
-    /// What happens to machines after onboarding (`[lifecycle]`).
+    /// `[lifecycle]`: deletion of terminated instances' machines, repair of broken agents.
     pub lifecycle: LifecycleConfig,
     /// Settings that are valid but have no effect (e.g. a proxy with public connectivity).
     pub warnings: Vec<ConfigIssue>,
-}
-
-/// The `[lifecycle]` section: what becomes of our Arc machines once their instance is gone.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LifecycleConfig {
-    /// Delete our Arc machine (ownership tags, our resource group) when its instance is terminated or no
-    /// longer exists.
-    pub delete_terminated: bool,
-    /// Grace after the termination was first seen; `0s` deletes at once.
-    pub delete_after: Duration,
-}
-
-impl Default for LifecycleConfig {
-    fn default() -> Self {
-        LifecycleConfig {
-            delete_terminated: true,
-            delete_after: Duration::from_secs(3_600),
-        }
-    }
 }
 
 /// Which regions to scan.

@@ -9,9 +9,9 @@ use url::Url;
 
 use super::{
     events, locations, AccountsConfig, AwsConfig, AzureCloud, AzureConfig, Config, ConfigIssue,
-    Connectivity, CredentialConfig, EventsConfig, IamConfig, LifecycleConfig, Location,
-    OnboardingConfig, OnboardingIdentity, RegionSelection, SqlServerLicense, ACCOUNT_PLACEHOLDER,
-    CLIENT_SECRET_ENV, ONBOARDING_CLIENT_SECRET_ENV,
+    Connectivity, CredentialConfig, EventsConfig, IamConfig, Location, OnboardingConfig,
+    OnboardingIdentity, RegionSelection, SqlServerLicense, ACCOUNT_PLACEHOLDER, CLIENT_SECRET_ENV,
+    ONBOARDING_CLIENT_SECRET_ENV,
 };
 use crate::config::duration::parse_duration;
 use crate::model::TagSelector;
@@ -194,33 +194,6 @@ impl Validator<'_> {
             lifecycle,
             warnings: std::mem::take(&mut self.warnings),
         })
-    }
-
-    /// `[lifecycle]`: `delete_terminated` (default true) and `delete_after` (a duration, `0s` allowed,
-    /// default `1h`).
-    pub(super) fn lifecycle(&mut self, t: &Table) -> LifecycleConfig {
-        self.unknown_keys(t, "lifecycle", &["delete_terminated", "delete_after"]);
-        let defaults = LifecycleConfig::default();
-        let delete_terminated = self.bool(
-            t,
-            "lifecycle",
-            "delete_terminated",
-            defaults.delete_terminated,
-        );
-        let delete_after = match self.string(t, "lifecycle", "delete_after") {
-            None => defaults.delete_after,
-            Some(s) => match parse_duration(s) {
-                Ok(d) => d,
-                Err(e) => {
-                    self.issue("lifecycle.delete_after", e.to_string());
-                    defaults.delete_after
-                }
-            },
-        };
-        LifecycleConfig {
-            delete_terminated,
-            delete_after,
-        }
     }
 
     /// `[events]`: `queue_url` is required and must have an SQS queue URL's shape.

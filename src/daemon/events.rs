@@ -5,7 +5,9 @@
 //! - **intake**: `ReceiveMessage` (20 s long polls, 10 messages; after a full answer, up to 100 messages
 //!   are taken at once, and their regions prepared in parallel); each instance named by an in-scope event
 //!   is observed by id (the tag filter still decides), planned by the same pure planner, given its IAM at
-//!   once where `[iam]` allows, and recorded in the state file; only then is its message deleted.
+//!   once where `[iam]` allows, and recorded in the state file; only then is its message deleted. The
+//!   intake and the installer read IAM through [`IamCache`]: an account's profiles, roles and their
+//!   policies are reused for [`EVENT_IAM_TTL`], so a burst costs a few IAM chains, not one per batch.
 //! - **watcher**: instances not Online in SSM yet are polled together per account and region with
 //!   `DescribeInstanceInformation` filtered by their ids, every [`poll_interval`] (2 s at first, backing off
 //!   to 30 s), for at most [`EventOptions::watch_bound`] (15 minutes by default); after that the periodic
@@ -47,7 +49,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -60,16 +62,17 @@ use crate::config::Config;
 use crate::config::Shard;
 use crate::daemon::event_accounts::{is_unreachable, EventAccounts, Judgement, ScopeTimes};
 use crate::daemon::event_message::{in_scope, parse, result, EventKind, Parsed};
+use crate::daemon::iam_cache::{CachedIam, IamCache, EVENT_IAM_TTL};
 use crate::daemon::metrics::Metrics;
 use crate::daemon::state::{unix, InstanceRecord};
 use crate::model::PingStatus;
 use crate::ports::{MutationToken, Queue, QueueMessage, Ssm};
-use crate::reconcile::accounts::{Accounts, Caller};
+use crate::reconcile::accounts::{AccountClients, Accounts, Caller, KnownAccount};
 use crate::reconcile::observe::{
     observe_arc, observe_elsewhere, observe_instances, AccountObservation, ArcObservation,
 };
-use crate::reconcile::pass::{execute_observed, Durable, PassOptions, Scope};
-use crate::reconcile::plan::{AccountPlan, InstanceAction, Status};
+use crate::reconcile::pass::{execute_observed, AwsPorts, Durable, PassOptions, Scope};
+use crate::reconcile::plan::{AccountPlan, Status};
 
 /// The most ids one `DescribeInstanceInformation` call (and one `SendCommand`) carries here.
 const IDS_PER_CALL: usize = 50;
@@ -323,6 +326,8 @@ struct EventLoop<'a, X: Accounts, A, Q> {
     flushed: Mutex<BTreeMap<String, u64>>,
     /// Wakes the deletion timer when a deletion was recorded.
     deletion_wake: Notify,
+    /// Each account's IAM answers, reused for [`EVENT_IAM_TTL`] by the intake and the installer.
+    iam: Mutex<HashMap<String, Arc<IamCache>>>,
 }
 
 /// Runs the event path until `shutdown` resolves; event installs in progress then get
@@ -366,6 +371,7 @@ pub async fn run<X, A, Q>(
             install_wake: Notify::new(),
             flushed: Mutex::new(BTreeMap::new()),
             deletion_wake: Notify::new(),
+            iam: Mutex::new(HashMap::new()),
         };
         tokio::join!(
             event_loop.receive_loop(stop_rx.clone()),
@@ -376,6 +382,21 @@ pub async fn run<X, A, Q>(
         event_loop.flush_calls();
     };
     tokio::join!(signal, body);
+}
+
+/// An entered account's ports with `iam` (its IAM port behind the event path's cache) in place of its
+/// own IAM port.
+fn cached_ports<'a, E, I, S>(
+    clients: &'a AccountClients<E, I, S>,
+    iam: &'a CachedIam<'a, I>,
+) -> AwsPorts<'a, KnownAccount, E, CachedIam<'a, I>, S> {
+    AwsPorts {
+        sts: &clients.sts,
+        ec2: &clients.ec2,
+        iam,
+        ssm: &clients.ssm,
+        counter: &clients.counter,
+    }
 }
 
 /// Resolves once `stop` says so.
@@ -637,6 +658,16 @@ where
         }
     }
 
+    /// The account's IAM answers of the last [`EVENT_IAM_TTL`].
+    fn iam_cache(&self, account: &str) -> Arc<IamCache> {
+        self.iam
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(account.to_string())
+            .or_insert_with(|| Arc::new(IamCache::new(EVENT_IAM_TTL)))
+            .clone()
+    }
+
     /// What Azure says about the account's Arc machines (two calls).
     async fn arc(&self, account: &str) -> ArcObservation {
         match &self.ctx.config.azure {
@@ -668,7 +699,9 @@ where
     async fn prepare(&self, key: &Key, ids: &[String]) -> Result<BTreeSet<String>, Unhandled> {
         let (account, region) = key;
         let clients = self.enter(account).await?;
-        let aws = &clients.ports();
+        let cache = self.iam_cache(account);
+        let iam = CachedIam::new(&clients.iam, &cache);
+        let aws = &cached_ports(&clients, &iam);
         let arc = self.arc(account).await;
         let window = self.opts.pass.install.in_flight_window();
         let mut obs = observe_instances(
@@ -1013,7 +1046,9 @@ where
                         return;
                     }
                 };
-                let aws = &clients.ports();
+                let cache = self.iam_cache(&key.0);
+                let iam = CachedIam::new(&clients.iam, &cache);
+                let aws = &cached_ports(&clients, &iam);
                 let arc = self.arc(&key.0).await;
                 let window = self.opts.pass.install.in_flight_window();
                 let mut obs = observe_instances(
@@ -1045,7 +1080,7 @@ where
                     SystemTime::now(),
                     |row| {
                         row.status == Status::Planned
-                            && row.actions.contains(&InstanceAction::InstallAgent)
+                            && row.runs_agent_script()
                     },
                 )
                 .await;

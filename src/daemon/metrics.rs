@@ -44,6 +44,19 @@ const PASS_DURATION_BUCKETS: [f64; 12] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 900.0, 1800.0, 3600.0, 7200.0,
 ];
 
+/// The results of `arc_onboard_repairs_total`, exported at 0 from the start.
+const REPAIR_RESULTS: [&str; 3] = ["reconnected", "failed", "pending"];
+
+/// The `result` label of a `reconnect-agent` row that ended the pass with `status`.
+pub fn repair_result(status: crate::reconcile::plan::Status) -> &'static str {
+    use crate::reconcile::plan::Status;
+    match status {
+        Status::Onboarded | Status::AlreadyOnboarded => "reconnected",
+        Status::Failed | Status::ConnectedElsewhere => "failed",
+        _ => "pending",
+    }
+}
+
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -146,6 +159,8 @@ pub struct Metrics {
     kinds: Mutex<BTreeMap<String, KindState>>,
     /// `arc_onboard_events_total{result}`: queue messages by what became of them.
     events: Family<ResultLabels, Counter>,
+    /// `arc_onboard_repairs_total{result}`: `reconnect-agent` rows by result ([`repair_result`]).
+    repairs: Family<ResultLabels, Counter>,
     /// `arc_onboard_event_queue_failing`: 1 while the event queue cannot be read.
     queue_failing: Gauge,
     /// `arc_onboard_event_instances_watched`: instances the event path waits on to come Online in SSM.
@@ -246,6 +261,17 @@ impl Metrics {
             "Arc machines of gone (terminated) instances deleted, by the passes and the event path",
             deleted.clone(),
         );
+        let repairs: Family<ResultLabels, Counter> = Family::default();
+        registry.register(
+            "arc_onboard_repairs",
+            "Agent repairs (reconnect-agent: Expired, long-Disconnected or cloned agents) by result: reconnected, failed, pending (not finished in the pass)",
+            repairs.clone(),
+        );
+        for result in REPAIR_RESULTS {
+            let _ = repairs.get_or_create(&ResultLabels {
+                result: result.to_string(),
+            });
+        }
         let queue_failing = Gauge::default();
         registry.register(
             "arc_onboard_event_queue_failing",
@@ -273,6 +299,7 @@ impl Metrics {
         let metrics = Metrics {
             events,
             deleted,
+            repairs,
             queue_failing,
             watched,
             queue_problem: Mutex::new(None),
@@ -438,6 +465,17 @@ impl Metrics {
                 result: result.to_string(),
             })
             .inc();
+    }
+
+    /// Adds a pass's `reconnect-agent` rows, by result, to `arc_onboard_repairs_total`.
+    pub fn record_repairs(&self, by_result: &BTreeMap<String, u64>) {
+        for (result, n) in by_result {
+            self.repairs
+                .get_or_create(&ResultLabels {
+                    result: result.clone(),
+                })
+                .inc_by(*n);
+        }
     }
 
     /// Sets (or with `None` clears) why the event queue cannot be read; `/healthz` reports it.
@@ -987,6 +1025,7 @@ mod tests {
                 "arc_onboard_errors_total counter",
                 "arc_onboard_events_total counter",
                 "arc_onboard_arc_machines_deleted_total counter",
+                "arc_onboard_repairs_total counter",
                 "arc_onboard_event_queue_failing gauge",
                 "arc_onboard_event_instances_watched gauge",
             ]
@@ -1200,6 +1239,34 @@ mod tests {
             );
         }
         assert!(!rendered.contains("arc_onboard_last_pass_timestamp_seconds{"));
+    }
+
+    #[test]
+    fn repairs_are_counted_by_result_from_zero() {
+        use crate::reconcile::plan::Status;
+        let metrics = Metrics::new(1);
+        let v = |m: &Metrics, result: &str| {
+            value(
+                &parse_exposition(&m.render()),
+                "arc_onboard_repairs_total",
+                &[("result", result)],
+            )
+        };
+        for result in REPAIR_RESULTS {
+            assert_eq!(v(&metrics, result), Some(0.0), "{result}");
+        }
+        let pass: BTreeMap<String, u64> = [Status::Onboarded, Status::Onboarded, Status::Failed]
+            .into_iter()
+            .fold(BTreeMap::new(), |mut m, s| {
+                *m.entry(repair_result(s).to_string()).or_default() += 1;
+                m
+            });
+        metrics.record_repairs(&pass);
+        metrics.record_repairs(&pass);
+        assert_eq!(v(&metrics, "reconnected"), Some(4.0));
+        assert_eq!(v(&metrics, "failed"), Some(2.0));
+        assert_eq!(v(&metrics, "pending"), Some(0.0));
+        assert_eq!(repair_result(Status::InProgress), "pending");
     }
 
     #[test]

@@ -16,6 +16,7 @@
 pub mod event_accounts;
 pub mod event_message;
 pub mod events;
+pub mod iam_cache;
 pub mod metrics;
 pub mod state;
 
@@ -214,6 +215,8 @@ pub struct PassSummary {
     pub errors: BTreeMap<String, u64>,
     /// Per AWS account: instances by status and error codes (metrics label `account`).
     pub accounts: BTreeMap<String, crate::daemon::metrics::AccountCounts>,
+    /// `reconnect-agent` rows by result (see [`crate::daemon::metrics::repair_result`]).
+    pub repairs: BTreeMap<String, u64>,
 }
 
 impl PassSummary {
@@ -254,6 +257,14 @@ impl PassSummary {
                 .map_or_else(|| "instance-failed".to_string(), |f| f.code.clone());
             *errors.entry(code).or_default() += 1;
         }
+        let mut repairs: BTreeMap<String, u64> = BTreeMap::new();
+        for i in r.instances.iter().filter(|i| {
+            i.actions
+                .contains(&crate::reconcile::plan::InstanceAction::ReconnectAgent)
+        }) {
+            let result = crate::daemon::metrics::repair_result(i.status);
+            *repairs.entry(result.to_string()).or_default() += 1;
+        }
         PassSummary {
             ok: !outcome.no_region_reachable,
             statuses: r
@@ -265,6 +276,7 @@ impl PassSummary {
             api_calls: r.summary.api_calls.clone(),
             errors,
             accounts,
+            repairs,
         }
     }
 }
@@ -288,6 +300,7 @@ pub async fn observed_pass<Fut>(
         let took = clock.elapsed();
         metrics.record_pass(kind.as_str(), summary.ok, took, &summary.statuses, &summary.api_calls, &summary.errors);
         metrics.record_accounts(kind.as_str(), &summary.accounts);
+        metrics.record_repairs(&summary.repairs);
         let record = crate::daemon::state::PassRecord {
             kind: kind.as_str().into(),
             started_at: crate::daemon::state::unix(started),

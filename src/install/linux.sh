@@ -46,6 +46,7 @@ CONNECT_CONFIG=''
 # The private key of this batch's key exchange; the install deletes it however it ends.
 KEY_FILE="$KEY_DIR/$ARC_KEY_ID.pem"
 DROP_KEY=''
+RECONNECTED_FROM=''
 
 # Removes the temporary directory (installer, token file) however the script ends.
 trap 'if [ -n "$CONNECT_CONFIG" ]; then rm -f -- "$CONNECT_CONFIG"; fi; if [ -n "$WORK_DIR" ]; then rm -rf -- "$WORK_DIR"; fi; if [ -n "$DROP_KEY" ]; then rm -f -- "$DROP_KEY"; fi' EXIT
@@ -182,11 +183,43 @@ agent_resource_id() {
         "$AGENT_SUBSCRIPTION" "$AGENT_RESOURCE_GROUP" "$AGENT_RESOURCE_NAME"
 }
 
-# Whether the agent's resource is the one this run onboards (Azure compares these names case-insensitively).
-agent_is_ours() {
+# Whether the agent's resource is in our subscription and resource group (Azure compares case-insensitively).
+agent_in_our_group() {
     [ "$(lower "$AGENT_SUBSCRIPTION")" = "$(lower "$ARC_SUBSCRIPTION_ID")" ] &&
-        [ "$(lower "$AGENT_RESOURCE_GROUP")" = "$(lower "$ARC_RESOURCE_GROUP")" ] &&
-        [ "$(lower "$AGENT_RESOURCE_NAME")" = "$(lower "$INSTANCE_ID")" ]
+        [ "$(lower "$AGENT_RESOURCE_GROUP")" = "$(lower "$ARC_RESOURCE_GROUP")" ]
+}
+
+# Whether the agent's resource is the one this run onboards.
+agent_is_ours() {
+    agent_in_our_group && [ "$(lower "$AGENT_RESOURCE_NAME")" = "$(lower "$INSTANCE_ID")" ]
+}
+
+# reconnect-agent (ARC_RECONNECT=1): whether the agent may be disconnected locally and connected anew:
+# only in our subscription and resource group, and only Expired, Disconnected, or Connected under another
+# instance's name (a clone). Never an agent connected elsewhere.
+agent_needs_reconnect() {
+    if [ "$ARC_RECONNECT" != 1 ] || ! agent_in_our_group; then
+        return 1
+    fi
+    case "$AGENT_STATUS" in
+        Expired | Disconnected) [ -n "$AGENT_RESOURCE_NAME" ] ;;
+        Connected) [ -n "$AGENT_RESOURCE_NAME" ] && ! agent_is_ours ;;
+        *) return 1 ;;
+    esac
+}
+
+# Disconnects the agent locally only (its Arc resource stays: it may belong to the instance this one was
+# cloned from); the script then connects as a fresh install would.
+disconnect_locally() {
+    local out rc
+    log "reconnect: the agent is $AGENT_STATUS as $(agent_resource_id); disconnecting it locally"
+    out="$("$AGENT" disconnect --force-local-only 2>&1)"
+    rc=$?
+    if [ "$rc" -ne 0 ]; then
+        redact "$out" | tail -n 5 | cut -c 1-200 | sed 's/^/    /'
+        finish failed "$rc" connect disconnect-failed "azcmagent disconnect --force-local-only exited with $rc" "$(agent_resource_id)"
+    fi
+    RECONNECTED_FROM="$(agent_resource_id)"
 }
 
 # Ends the script when the agent already belongs to a resource: ours and Connected (nothing to do),
@@ -194,6 +227,11 @@ agent_is_ours() {
 # Returns when the agent was never connected.
 check_existing_connection() {
     if [ -z "$AGENT_RESOURCE_NAME$AGENT_RESOURCE_GROUP" ] && [ "$AGENT_STATUS" != Connected ]; then
+        return 0
+    fi
+    if [ -z "$RECONNECTED_FROM" ] && agent_needs_reconnect; then
+        # The key exchange only checks: the install, which carries the token, disconnects.
+        if [ "$ARC_MODE" = install ]; then disconnect_locally; fi
         return 0
     fi
     case "$AGENT_STATUS" in
@@ -481,7 +519,12 @@ keep_log "$WORK_DIR/connect.log"
 
 # 5. The result line, last.
 case "$rc" in
-    0) finish connected 0 connect connected "connected as $INSTANCE_ID$PROXY_NOTE" ;;
+    0)
+        if [ -n "$RECONNECTED_FROM" ]; then
+            finish connected 0 connect reconnected "reconnected as $INSTANCE_ID (the agent was disconnected locally from $RECONNECTED_FROM)"
+        fi
+        finish connected 0 connect connected "connected as $INSTANCE_ID$PROXY_NOTE"
+        ;;
     67)
         # "Already connected": to which resource, and in what state?
         read_agent_state

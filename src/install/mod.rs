@@ -182,6 +182,11 @@ pub struct InstallParams<'a> {
     pub private_link_scope: Option<&'a str>,
     /// Connect with `--enable-automatic-upgrade`.
     pub automatic_upgrade: bool,
+    /// `reconnect-agent` (`ARC_RECONNECT=1`): an agent of our subscription and resource group that is
+    /// `Expired`, `Disconnected`, or `Connected` under another instance's name (a clone) is disconnected
+    /// locally (`azcmagent disconnect --force-local-only`) and connected anew under this instance's id.
+    /// Never an agent of another subscription or resource group.
+    pub reconnect: bool,
 }
 
 /// What a script reported.
@@ -263,7 +268,7 @@ pub fn download_protocols(installer_url: &str) -> &'static str {
 
 /// The parameters in assignment order: variable name and value. Sealed bytes are base64 for bash (openssl
 /// decodes it) and hex for PowerShell (decoding base64 there takes a word PowerShell's log flags).
-fn parameters(p: &InstallParams, encode: fn(&[u8]) -> String) -> [(&'static str, String); 18] {
+fn parameters(p: &InstallParams, encode: fn(&[u8]) -> String) -> [(&'static str, String); 19] {
     let (sealed_config, sealed_keys) = match p.delivery {
         Delivery::KeyExchange { .. } => (String::new(), String::new()),
         Delivery::Sealed(sealed) => (
@@ -309,6 +314,10 @@ fn parameters(p: &InstallParams, encode: fn(&[u8]) -> String) -> [(&'static str,
         (
             "ARC_AUTOMATIC_UPGRADE",
             if p.automatic_upgrade { "true" } else { "" }.to_owned(),
+        ),
+        (
+            "ARC_RECONNECT",
+            if p.reconnect { "1" } else { "" }.to_owned(),
         ),
     ]
 }
@@ -552,6 +561,7 @@ mod tests {
             gateway_id: None,
             private_link_scope: None,
             automatic_upgrade: false,
+            reconnect: false,
         }
     }
 
@@ -620,13 +630,12 @@ mod tests {
                 gateway_id: Some(v(11)),
                 private_link_scope: Some(v(12)),
                 automatic_upgrade: rotation % 2 == 0,
+                reconnect: rotation % 2 == 1,
             };
             script.push_str(&linux_assignments(&p));
             script.push_str(&print);
             expected.extend(parameters(&p, base64).into_iter().map(|(_, value)| value));
-            assert_eq!(expected[expected.len() - 9], tags_arg(&tags));
-            expected.extend(parameters(&p, base64).into_iter().map(|(_, value)| value));
-            assert_eq!(expected[expected.len() - 9], tags_arg(&tags));
+            assert_eq!(expected[expected.len() - 13], tags_arg(&tags));
         }
 
         let mut child = Command::new("/bin/bash")
@@ -1086,6 +1095,7 @@ mod tests {
             gateway_id: Some(&values[15]),
             private_link_scope: Some(&values[11]),
             automatic_upgrade: true,
+            reconnect: true,
         };
         shellcheck(&render_linux(&p), "warning");
     }

@@ -391,6 +391,16 @@ function Get-ExistingConnectionResult($State, [string]$InstanceId) {
     return (New-Result 'failed' $ExitAgentState 'check' 'agent-state' $message $resourceId)
 }
 
+# reconnect-agent: whether the agent may be disconnected locally and connected anew (see step 2).
+function Test-NeedsReconnect($State, [string]$InstanceId) {
+    if ($ARC_RECONNECT -ne '1' -or -not (Test-SameName $State.SubscriptionId $ARC_SUBSCRIPTION_ID) -or
+        -not (Test-SameName $State.ResourceGroup $ARC_RESOURCE_GROUP)) {
+        return $false
+    }
+    if ($State.Status -eq 'Expired' -or $State.Status -eq 'Disconnected') { return [bool]$State.ResourceName }
+    return ($State.Status -eq 'Connected' -and $State.ResourceName -and -not (Test-SameName $State.ResourceName $InstanceId))
+}
+
 # One IMDSv2 request, never through a proxy.
 function Invoke-Imds([string]$Method, [string]$Path, [hashtable]$Headers) {
     $lastError = $null
@@ -651,10 +661,28 @@ function Invoke-Onboarding {
     }
     Write-Log ('instance id: ' + $instanceId)
 
-    # 2. Already connected? Only to our resource counts; another one is left alone.
+    # 2. Already connected? Only to our resource counts; another one is left alone. reconnect-agent
+    # ($ARC_RECONNECT = '1'): an agent of our subscription and resource group that is Expired,
+    # Disconnected, or Connected under another instance's name (a clone) is disconnected locally only
+    # (its Arc resource stays), then connected below as a fresh install would.
+    $reconnectedFrom = ''
     if (Test-Path -LiteralPath $AgentPath -PathType Leaf) {
-        $existing = Get-ExistingConnectionResult (Read-AgentState) $instanceId
-        if ($existing) { return $existing }
+        $state = Read-AgentState
+        if (Test-NeedsReconnect $state $instanceId) {
+            # The key exchange only checks: the install, which carries the token, disconnects.
+            if ($ARC_MODE -eq 'key-exchange') { return (New-ExchangeKey $instanceId) }
+            $reconnectedFrom = Get-AgentResourceId $state
+            Write-Log ('reconnect: the agent is ' + $state.Status + ' as ' + $reconnectedFrom + '; disconnecting it locally')
+            $off = Invoke-Agent @('disconnect', '--force-local-only')
+            Save-Log 'disconnect.log' $off.Log
+            if ($off.ExitCode -ne 0) {
+                Show-Tail $off.Log
+                return (New-Result 'failed' $off.ExitCode 'connect' 'disconnect-failed' ('azcmagent disconnect --force-local-only exited with ' + $off.ExitCode) $reconnectedFrom)
+            }
+        } else {
+            $existing = Get-ExistingConnectionResult $state $instanceId
+            if ($existing) { return $existing }
+        }
     }
 
     # 3. Download the installer and the MSI (each checked against its pin, the MSI also against its
@@ -815,6 +843,9 @@ function Invoke-Onboarding {
 
     # 5. The result.
     if ($run.ExitCode -eq 0) {
+        if ($reconnectedFrom) {
+            return (New-Result 'connected' 0 'connect' 'reconnected' ('reconnected as ' + $instanceId + ' (the agent was disconnected locally from ' + $reconnectedFrom + ')') '')
+        }
         return (New-Result 'connected' 0 'connect' 'connected' ('connected as ' + $instanceId + $script:ProxyNote) '')
     }
     if ($run.ExitCode -eq 67) {

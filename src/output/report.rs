@@ -214,8 +214,8 @@ impl Report {
     /// A table for people.
     pub fn to_table(&self) -> String {
         let headers = [
-            "ACCOUNT", "REGION", "LOCATION", "INSTANCE", "NAME", "PLATFORM", "STATE", "SSM", "AGENT",
-            "ACTIONS", "STATUS", "DETAIL",
+            "ACCOUNT", "REGION", "LOCATION", "INSTANCE", "NAME", "PLATFORM", "STATE", "SSM",
+            "AGENT", "ACTIONS", "STATUS", "DETAIL",
         ];
         let rows: Vec<Vec<String>> = self
             .instances

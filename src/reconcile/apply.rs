@@ -384,7 +384,7 @@ pub async fn settle_after_iam(
         .filter(|(n, r)| {
             out.instances[*n].pending()
                 && r.state == InstanceState::Running
-                && r.actions.contains(&InstanceAction::InstallAgent)
+                && r.runs_agent_script()
         })
         .map(|(n, _)| n)
         .collect();

@@ -31,7 +31,7 @@ use crate::ports::{
     WINDOWS_DOCUMENT,
 };
 use crate::reconcile::outcome::{AccountOutcome, InstanceOutcome};
-use crate::reconcile::plan::{AccountPlan, Failure, FailureStep, Status};
+use crate::reconcile::plan::{AccountPlan, Failure, FailureStep, InstanceAction, Status};
 
 /// SendCommand accepts at most 50 instance ids.
 pub const BATCH: usize = 50;
@@ -273,8 +273,14 @@ pub async fn install_agents(
         let mut groups: Groups = BTreeMap::new();
         for n in ready {
             let row = &plan.instances[*n];
+            let reconnect = row.actions.contains(&InstanceAction::ReconnectAgent);
             groups
-                .entry((row.region.clone(), row.platform, row.azure_location.clone()))
+                .entry((
+                    row.region.clone(),
+                    row.platform,
+                    row.azure_location.clone(),
+                    reconnect,
+                ))
                 .or_default()
                 .push(*n);
         }
@@ -297,8 +303,9 @@ pub async fn install_agents(
     verify(plan, out, &succeeded, arm, &resource_group, opts).await;
 }
 
-/// Ready rows by (region, platform, the Azure location the plan gave them).
-type Groups = BTreeMap<(String, Platform, Option<String>), Vec<usize>>;
+/// Ready rows by (region, platform, the Azure location the plan gave them)
+/// and whether they are repairs (`reconnect-agent`: their own batches, with the script's reconnect switch).
+type Groups = BTreeMap<(String, Platform, Option<String>, bool), Vec<usize>>;
 
 /// What every script of one call shares.
 struct Scripts<'a> {
@@ -313,6 +320,8 @@ struct Exchange {
     platform: Platform,
     /// The Azure location the plan gave these rows.
     location: String,
+    /// Repairs: the install may disconnect a broken agent of ours locally first.
+    reconnect: bool,
     key_id: String,
     command_id: String,
     rows: Vec<usize>,
@@ -327,7 +336,7 @@ fn document(platform: Platform) -> &'static str {
     }
 }
 
-/// Sends each (region, platform, location) group in batches of at most [`BATCH`], two commands per batch: the key
+/// Sends each (region, platform, location, repair) group in batches of at most [`BATCH`], two commands per batch: the key
 /// exchange (every batch's at once, then waited for together), then the install carrying the token sealed
 /// to the keys that came back. Returns the install commands sent, and the rows the key exchange already
 /// settled as connected (to verify). Every batch's token is minted after its key exchange and outlives its
@@ -346,7 +355,7 @@ async fn send(
     opts: &InstallOptions,
 ) -> (Vec<Sent>, Vec<(usize, bool)>) {
     let mut exchanges = Vec::new();
-    for ((region, platform, location), rows) in groups {
+    for ((region, platform, location, reconnect), rows) in groups {
         let Some(location) = location else {
             // The planner gives every install row its location; a row without one is not sent anywhere.
             for n in &rows {
@@ -369,7 +378,7 @@ async fn send(
                 script: render(
                     scripts,
                     (&plan.account_id, &region, &location),
-                    platform,
+                    (platform, reconnect),
                     Delivery::KeyExchange { key_id: &key_id },
                     opts,
                 ),
@@ -384,6 +393,7 @@ async fn send(
                         region: region.clone(),
                         platform,
                         location: location.clone(),
+                        reconnect,
                         key_id,
                         command_id,
                         rows: chunk.to_vec(),
@@ -412,6 +422,7 @@ async fn send(
             region,
             platform,
             location,
+            reconnect,
             key_id,
             ..
         } = exchange;
@@ -460,7 +471,7 @@ async fn send(
             script: render(
                 scripts,
                 (&plan.account_id, &region, &location),
-                platform,
+                (platform, reconnect),
                 Delivery::Sealed(&sealed),
                 opts,
             ),
@@ -670,7 +681,7 @@ async fn read_keys(
 fn render(
     scripts: &Scripts<'_>,
     (account_id, region, location): (&str, &str, &str),
-    platform: Platform,
+    (platform, reconnect): (Platform, bool),
     delivery: Delivery<'_>,
     opts: &InstallOptions,
 ) -> String {
@@ -725,6 +736,7 @@ fn render(
         gateway_id: onboarding.gateway_id.as_deref(),
         private_link_scope: onboarding.private_link_scope.as_deref(),
         automatic_upgrade: onboarding.automatic_upgrade,
+        reconnect,
     };
     if platform == Platform::Windows {
         install::render_windows(&params)
@@ -981,8 +993,13 @@ async fn verify(
                             } else {
                                 Status::Onboarded
                             };
+                            let reconnected = plan.instances[n]
+                                .actions
+                                .contains(&InstanceAction::ReconnectAgent);
                             let how = if already.contains(&n) {
                                 "agent was already connected"
+                            } else if reconnected {
+                                "agent reconnected (disconnected locally, connected anew)"
                             } else {
                                 "agent installed and connected"
                             };

@@ -19,7 +19,7 @@ use crate::reconcile::observe::{
 use crate::reconcile::onboard::{install_agents, InstallOptions, InstallWork, Journal};
 use crate::reconcile::outcome::AccountOutcome;
 use crate::reconcile::plan::{
-    plan_account, AccountPlan, Failure, FailureStep, InstanceAction, Memory, Remembered, Status,
+    plan_account, AccountPlan, Failure, FailureStep, Memory, Remembered, Status,
 };
 
 /// A failure before any instance could be handled.
@@ -601,7 +601,7 @@ async fn create_resource_group(
         Err(e) => {
             warn!(resource_group = %rg, error = %e, "create-resource-group failed");
             for (row, o) in plan.instances.iter().zip(&mut out.instances) {
-                if row.actions.contains(&InstanceAction::InstallAgent) && o.pending() {
+                if row.runs_agent_script() && o.pending() {
                     o.fail(Failure::new(
                         FailureStep::Connect,
                         e.code(),

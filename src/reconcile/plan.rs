@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, SqlServerLicense, SSM_POLICY_ARN};
-use crate::model::{ArcStatus, AwsError, InstanceState, PingStatus, Platform};
+use crate::model::{ArcMachine, ArcStatus, AwsError, InstanceState, PingStatus, Platform};
 use crate::reconcile::observe::{
     profile_name_from_arn, AccountObservation, ArcObservation, Lookup, ObservedInstance,
     RegionObservation,
@@ -212,6 +212,10 @@ pub enum InstanceAction {
         /// The machine's resource name.
         machine: String,
     },
+    /// Repair (`[lifecycle] repair`): disconnect the instance's Expired, long-Disconnected or cloned agent
+    /// locally (`azcmagent disconnect --force-local-only`), then connect it as a fresh install would,
+    /// under the instance's own name. Sent in its own batches, with the script's reconnect switch on.
+    ReconnectAgent,
 }
 
 impl InstanceAction {
@@ -223,6 +227,7 @@ impl InstanceAction {
             InstanceAction::AttachRolePolicy { .. } => "attach-role-policy",
             InstanceAction::InstallAgent => "install-agent",
             InstanceAction::DeleteArcMachine { .. } => "delete-arc-machine",
+            InstanceAction::ReconnectAgent => "reconnect-agent",
         }
     }
 
@@ -233,6 +238,14 @@ impl InstanceAction {
             InstanceAction::AssociateInstanceProfile { .. }
                 | InstanceAction::AddRoleToInstanceProfile { .. }
                 | InstanceAction::AttachRolePolicy { .. }
+        )
+    }
+
+    /// Whether the action runs the install script on the instance (`install-agent`, `reconnect-agent`).
+    pub fn is_agent(&self) -> bool {
+        matches!(
+            self,
+            InstanceAction::InstallAgent | InstanceAction::ReconnectAgent
         )
     }
 }
@@ -312,6 +325,11 @@ pub struct InstancePlan {
 }
 
 impl InstancePlan {
+    /// Whether the plan runs the install script on the instance (`install-agent` or `reconnect-agent`).
+    pub fn runs_agent_script(&self) -> bool {
+        self.actions.iter().any(InstanceAction::is_agent)
+    }
+
     /// Marks the instance failed; the detail is rendered from the failure.
     pub fn fail(&mut self, failure: Failure) {
         self.status = Status::Failed;
@@ -442,8 +460,8 @@ impl AccountPlan {
                 }
             }
             for row in &mut self.instances {
-                if row.actions.contains(&InstanceAction::InstallAgent) {
-                    row.actions.retain(|a| *a != InstanceAction::InstallAgent);
+                if row.runs_agent_script() {
+                    row.actions.retain(|a| !a.is_agent());
                     if row.status == Status::Planned && row.actions.is_empty() {
                         row.status = Status::WaitingForSsm;
                         row.detail = "IAM in place; the onboarding pass installs the agent".into();
@@ -554,9 +572,7 @@ pub fn plan_account(obs: &AccountObservation, config: &Config, memory: &Memory) 
     for (region, e) in &obs.gone.errors {
         region_errors.push(RegionError::new(&obs.account_id, region, e));
     }
-    let installs = instances
-        .iter()
-        .any(|i| i.actions.contains(&InstanceAction::InstallAgent));
+    let installs = instances.iter().any(InstancePlan::runs_agent_script);
     let (resource_group, create_resource_group) = match &obs.arc {
         ArcObservation::Checked {
             resource_group,
@@ -790,7 +806,7 @@ impl Planner<'_> {
         let trackable = plan.state == InstanceState::Running
             && matches!(plan.status, Status::Planned | Status::InProgress);
         if let (true, Some(command)) = (trackable, &memory.command_id) {
-            plan.actions.retain(|a| *a != InstanceAction::InstallAgent);
+            plan.actions.retain(|a| !a.is_agent());
             plan.status = Status::InProgress;
             plan.resume = true;
             plan.detail = format!(
@@ -799,9 +815,9 @@ impl Planner<'_> {
             plan.command_id = Some(command.clone());
             return;
         }
-        let held = memory.next_attempt_at.filter(|due| {
-            *due > self.memory.now && plan.actions.contains(&InstanceAction::InstallAgent)
-        });
+        let held = memory
+            .next_attempt_at
+            .filter(|due| *due > self.memory.now && plan.runs_agent_script());
         if let Some(due) = held {
             let next = crate::output::report::timestamp(due);
             let mut failure = memory.last_failure.clone().unwrap_or_else(|| {
@@ -811,7 +827,7 @@ impl Planner<'_> {
                 "{} (failed {} time(s); next attempt not before {next})",
                 failure.reason, memory.attempts
             );
-            plan.actions.retain(|a| *a != InstanceAction::InstallAgent);
+            plan.actions.retain(|a| !a.is_agent());
             plan.fail(failure);
             plan.next_attempt_at = Some(next);
         }
@@ -886,6 +902,7 @@ impl Planner<'_> {
             return (plan, None);
         }
         let mut arc_note = String::new();
+        let mut broken = None;
         match &self.obs.arc {
             ArcObservation::Checked {
                 resource_group,
@@ -898,21 +915,22 @@ impl Planner<'_> {
                     plan.detail = format!("Arc machine {resource_group}/{} is Connected", m.name);
                     return (plan, None);
                 }
-                Some(m) => {
-                    plan.agent_version = m.agent_version.clone();
+                own => {
+                    if let Some(m) = own {
+                        plan.agent_version = m.agent_version.clone();
+                    }
                     if self.elsewhere(&mut plan) {
                         return (plan, None);
                     }
-                    arc_note = format!(
-                        "; Arc machine {resource_group}/{} is {}",
-                        m.name,
-                        m.status.as_str()
-                    )
-                }
-                None => {
-                    if self.elsewhere(&mut plan) {
-                        return (plan, None);
+                    if let Some(m) = own {
+                        arc_note = format!(
+                            "; Arc machine {resource_group}/{} is {}",
+                            m.name,
+                            m.status.as_str()
+                        );
                     }
+                    broken =
+                        self.broken_agent(resource_group, machines, &inst.ec2.instance_id, own);
                 }
             },
             ArcObservation::Unavailable(why) => arc_note = format!("; Azure not checked: {why}"),
@@ -1012,9 +1030,102 @@ impl Planner<'_> {
         if let Some(details) = &inst.ec2.sql_server_included {
             plan.detail.push_str(&sql_server_note(details, self.config));
         }
-        plan.actions.push(InstanceAction::InstallAgent);
+        match broken {
+            Some(Broken::Repair(why)) if !self.config.lifecycle.repair => {
+                plan.actions.clear();
+                plan.fail(Failure::new(
+                    FailureStep::Connect,
+                    "agent-needs-repair",
+                    format!(
+                        "{why}; [lifecycle] repair = false, so it is left as it is (set repair = true \
+                         to reconnect it)"
+                    ),
+                ));
+            }
+            Some(Broken::Repair(why)) => {
+                let when = if online {
+                    ""
+                } else {
+                    " once the instance is Online in SSM"
+                };
+                plan.detail = format!(
+                    "{iam_sentence}{why}; the agent will be disconnected locally and connected anew as {}{when}",
+                    inst.ec2.instance_id
+                );
+                plan.actions.push(InstanceAction::ReconnectAgent);
+            }
+            Some(Broken::NotYet(why)) => {
+                plan.detail.push_str(&format!("; {why}"));
+                plan.actions.push(InstanceAction::InstallAgent);
+            }
+            None => plan.actions.push(InstanceAction::InstallAgent),
+        }
         (plan, steps)
     }
+
+    /// What is wrong with the agent of `instance_id` as Azure shows it, when it needs a repair: its own
+    /// machine (`own`) is `Expired`, or `Disconnected` longer than `repair_after` (ARM's
+    /// `lastStatusChange`), or another machine of our resource group reports this instance's id
+    /// (`detectedProperties["AWS-instanceId"]`): the instance carries that machine's identity (a clone).
+    /// Machines in other resource groups or subscriptions are not observed here: such an agent's
+    /// install finds it `connected-elsewhere` and leaves it alone.
+    fn broken_agent(
+        &self,
+        resource_group: &str,
+        machines: &HashMap<String, ArcMachine>,
+        instance_id: &str,
+        own: Option<&ArcMachine>,
+    ) -> Option<Broken> {
+        let lifecycle = &self.config.lifecycle;
+        let repair = |why: String| Some(Broken::Repair(why));
+        if let Some(m) = own {
+            match m.status {
+                ArcStatus::Expired => {
+                    return repair(format!(
+                        "Arc machine {resource_group}/{} is Expired",
+                        m.name
+                    ))
+                }
+                ArcStatus::Disconnected => {
+                    let since = m.last_status_change;
+                    let age = since.and_then(|t| self.memory.now.duration_since(t).ok());
+                    let at = since.map_or_else(
+                        || "an unknown time".to_string(),
+                        crate::output::report::timestamp,
+                    );
+                    let after = crate::config::duration::format_duration(lifecycle.repair_after);
+                    return match age {
+                        Some(age) if age >= lifecycle.repair_after => repair(format!(
+                            "Arc machine {resource_group}/{} is Disconnected since {at}, longer than repair_after = {after}",
+                            m.name
+                        )),
+                        _ => Some(Broken::NotYet(format!(
+                            "Disconnected since {at}, for less than repair_after = {after}; no repair yet"
+                        ))),
+                    };
+                }
+                _ => {}
+            }
+        }
+        let clone_of = machines.values().find(|m| {
+            !m.name.eq_ignore_ascii_case(instance_id)
+                && m.detected_instance_id
+                    .as_deref()
+                    .is_some_and(|d| d.eq_ignore_ascii_case(instance_id))
+        })?;
+        repair(format!(
+            "the agent reports as Arc machine {resource_group}/{} (a clone of that instance); that machine is left to its instance",
+            clone_of.name
+        ))
+    }
+}
+
+/// An agent Azure shows broken (see [`Planner::broken_agent`]).
+enum Broken {
+    /// Due for `reconnect-agent` (or `failed` without `[lifecycle] repair`); the reason.
+    Repair(String),
+    /// Disconnected, but not for `repair_after` yet; the reason.
+    NotYet(String),
 }
 
 #[cfg(test)]
@@ -1776,5 +1887,162 @@ mod tests {
             Some(PingStatus::Online),
         );
         assert!(!plain.plan(&config("")).instances[0].detail.contains("SQL"));
+    }
+
+    fn machine(name: &str, status: &str, since: SystemTime, reports: Option<&str>) -> ArcMachine {
+        ArcMachine {
+            name: name.into(),
+            status: ArcStatus::parse(status),
+            errors: vec![],
+            last_status_change: Some(since),
+            detected_instance_id: reports.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn table_of_repairs() {
+        const DAY: u64 = 86_400;
+        let now = at(100 * DAY);
+        let mut world = World::new();
+        for id in [
+            "i-expired",
+            "i-disc-long",
+            "i-disc-short",
+            "i-clone",
+            "i-origin",
+            "i-elsewhere",
+            "i-expired-offline",
+        ] {
+            let ping = (id != "i-expired-offline").then_some(Online);
+            world = world.instance(id, Some("AppProfile"), Running, ping);
+        }
+        world = world.instance("i-expired-stopped", Some("AppProfile"), Stopped, None);
+        let machines = [
+            machine("i-expired", "Expired", at(10 * DAY), Some("i-expired")),
+            machine("i-disc-long", "Disconnected", at(98 * DAY), None),
+            machine("i-disc-short", "Disconnected", at(100 * DAY - 3_600), None),
+            // The machine named after i-origin is reported by i-clone's agent: i-clone is a clone.
+            machine("i-origin", "Connected", at(DAY), Some("i-clone")),
+            machine("i-expired-offline", "Expired", at(DAY), None),
+            machine("i-expired-stopped", "Expired", at(DAY), None),
+        ];
+        world.obs.arc = ArcObservation::Checked {
+            resource_group: "aws_123456789012".into(),
+            group_exists: true,
+            machines: machines.into_iter().map(|m| (m.name.clone(), m)).collect(),
+        };
+        let memory = Memory {
+            instances: HashMap::new(),
+            now,
+            terminations: HashMap::new(),
+        };
+        let off = config("");
+        let on = config("[lifecycle]\nrepair = true");
+        let on_6h = config("[lifecycle]\nrepair = true\nrepair_after = \"6 hours\"");
+        let on_3d = config("[lifecycle]\nrepair = true\nrepair_after = \"3 days\"");
+        // (config, instance, actions, status, words the detail must hold)
+        type Case<'a> = (&'a Config, &'a str, &'a [&'a str], Status, &'a str);
+        let cases: &[Case] = &[
+            (
+                &on,
+                "i-expired",
+                &["reconnect-agent"],
+                Status::Planned,
+                "is Expired",
+            ),
+            (&off, "i-expired", &[], Status::Failed, "repair = false"),
+            (
+                &on,
+                "i-disc-long",
+                &["reconnect-agent"],
+                Status::Planned,
+                "longer than repair_after = 1 day",
+            ),
+            (
+                &off,
+                "i-disc-long",
+                &[],
+                Status::Failed,
+                "set repair = true",
+            ),
+            (
+                &on_3d,
+                "i-disc-long",
+                &["install-agent"],
+                Status::Planned,
+                "less than repair_after = 3 days",
+            ),
+            (
+                &on,
+                "i-disc-short",
+                &["install-agent"],
+                Status::Planned,
+                "less than repair_after = 1 day",
+            ),
+            (
+                &on_6h,
+                "i-disc-short",
+                &["install-agent"],
+                Status::Planned,
+                "less than repair_after",
+            ),
+            (
+                &on,
+                "i-clone",
+                &["reconnect-agent"],
+                Status::Planned,
+                "reports as Arc machine aws_123456789012/i-origin",
+            ),
+            (&off, "i-clone", &[], Status::Failed, "a clone"),
+            (
+                &on,
+                "i-origin",
+                &[],
+                Status::AlreadyOnboarded,
+                "is Connected",
+            ),
+            // An agent connected to another group or subscription is not in our group's machines: a
+            // plain install, whose script reports it connected-elsewhere and leaves it alone.
+            (
+                &on,
+                "i-elsewhere",
+                &["install-agent"],
+                Status::Planned,
+                "Online in SSM",
+            ),
+            (
+                &on,
+                "i-expired-offline",
+                &["reconnect-agent"],
+                Status::Planned,
+                "once the instance is Online",
+            ),
+            (&on, "i-expired-stopped", &[], Status::NotRunning, "stopped"),
+        ];
+        for (cfg, id, actions, status, words) in cases {
+            let plan = plan_account(&world.obs, cfg, &memory);
+            let r = row(&plan, id);
+            assert_eq!(names(r), *actions, "{id} actions; detail: {}", r.detail);
+            assert_eq!(r.status, *status, "{id} status; detail: {}", r.detail);
+            assert!(
+                r.detail.contains(words),
+                "{id}: {:?} lacks {words:?}",
+                r.detail
+            );
+            if *status == Status::Failed {
+                assert_eq!(r.failure.as_ref().unwrap().code, "agent-needs-repair");
+            }
+        }
+        // A repair makes the resource group's creation no concern (the group exists) and is no IAM.
+        let plan = plan_account(&world.obs, &on, &memory);
+        assert!(!plan.create_resource_group);
+        assert!(!InstanceAction::ReconnectAgent.is_iam());
+        // The IAM-only scope of the event intake drops it like an install.
+        let iam_only = plan.scoped(Scope {
+            iam: true,
+            install: false,
+        });
+        assert!(names(row(&iam_only, "i-expired")).is_empty());
     }
 }

@@ -957,7 +957,7 @@ mod tests {
         let names: Vec<&str> = linux
             .lines()
             .skip(first_assignment)
-            .take(15)
+            .take(19)
             .map(|l| l.split('=').next().unwrap())
             .collect();
         assert_eq!(
@@ -980,7 +980,8 @@ mod tests {
                 "ARC_DOWNLOAD_PROTOCOLS",
                 "ARC_GATEWAY_ID",
                 "ARC_PRIVATE_LINK_SCOPE",
-                "ARC_AUTOMATIC_UPGRADE"
+                "ARC_AUTOMATIC_UPGRADE",
+                "ARC_RECONNECT",
             ]
         );
         assert!(linux

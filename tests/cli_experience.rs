@@ -434,7 +434,7 @@ fn a_missing_config_file_says_how_to_give_one() {
 
 fn azure_config(extra: &str) -> String {
     format!(
-        "{ONE_REGION}[azure]\ntenant_id = \"00000000-0000-0000-0000-000000000001\"\nsubscription_id = \"00000000-0000-0000-0000-000000000002\"\nclient_id = \"00000000-0000-0000-0000-000000000003\"\n{extra}"
+        "{ONE_REGION}[azure]\ntenant_id = \"00000000-0000-0000-0000-000000000001\"\nsubscription_id = \"00000000-0000-0000-0000-000000000002\"\nclient_id = \"00000000-0000-0000-0000-000000000003\"\nlocation = \"eastus\"\n{extra}"
     )
 }
 
@@ -598,7 +598,7 @@ fn ctrl_c_during_run_stops_and_prints_what_was_done() {
             .aws
             .calls()
             .iter()
-            .filter(|c| c["operation"] == "DescribeInstanceInformation")
+            .filter(|c| c["operation"] == "ssm:DescribeInstanceInformation")
             .count();
         if polls >= 2 {
             break;
@@ -610,6 +610,13 @@ fn ctrl_c_during_run_stops_and_prints_what_was_done() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    assert!(
+        w.aws
+            .calls()
+            .iter()
+            .any(|c| c["operation"] == "ec2:AssociateIamInstanceProfile"),
+        "the association was made before the wait"
+    );
     let interrupted_at = Instant::now();
     let ok = Command::new("sh")
         .args(["-c", &format!("kill -INT {}", child.id())])
@@ -640,7 +647,7 @@ fn ctrl_c_during_run_stops_and_prints_what_was_done() {
         w.aws
             .calls()
             .iter()
-            .all(|c| c["operation"] != "SendCommand"),
+            .all(|c| c["operation"] != "ssm:SendCommand"),
         "no install was started after the interrupt"
     );
 }
@@ -670,7 +677,10 @@ fn the_quiet_live_line_never_wraps_and_shows_time() {
     assert!(drawn.code == 0 || drawn.code == 1, "{}", drawn.screen);
     let raw = drawn.screen;
     assert!(raw.contains("\x1b[2K"), "a live line was drawn: {raw:?}");
-    assert!(raw.contains("of at most"), "elapsed and bound: {raw:?}");
+    assert!(
+        raw.contains("s/30s] waiting for SSM registration"),
+        "elapsed and bound first: {raw:?}"
+    );
     // Every redraw of the live line fits the 40 columns (the table below may be narrow too).
     for piece in raw.split(['\n']).flat_map(|l| l.split("\x1b[2K")) {
         assert!(width(piece) <= 40, "{} columns: {piece:?}", width(piece));

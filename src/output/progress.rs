@@ -123,16 +123,17 @@ impl Progress {
         self
     }
 
-    /// `label: message (1m05s of at most 15m)`, the time part as the wait's clock says.
+    /// `[1m05s/15m00s] label: message`: the time first (elapsed, and the bound when there is one), so that
+    /// a line cut to a narrow terminal keeps it.
     fn line(&self, message: &str, elapsed: Duration) -> String {
         let elapsed = short_duration(elapsed);
         match self.bound {
             Some(bound) => format!(
-                "{}: {message} ({elapsed} of at most {})",
-                self.label,
-                short_duration(bound)
+                "[{elapsed}/{}] {}: {message}",
+                short_duration(bound),
+                self.label
             ),
-            None => format!("{}: {message} ({elapsed})", self.label),
+            None => format!("[{elapsed}] {}: {message}", self.label),
         }
     }
 
@@ -228,12 +229,12 @@ mod tests {
         let p = Progress::new("waiting for SSM registration").bounded(Duration::from_secs(900));
         assert_eq!(
             p.line("2 of 5 instances Online in SSM", Duration::from_secs(65)),
-            "waiting for SSM registration: 2 of 5 instances Online in SSM (1m05s of at most 15m00s)"
+            "[1m05s/15m00s] waiting for SSM registration: 2 of 5 instances Online in SSM"
         );
         let p = Progress::new("install commands");
         assert_eq!(
             p.line("0 of 1 commands finished", Duration::from_secs(3)),
-            "install commands: 0 of 1 commands finished (3s)"
+            "[3s] install commands: 0 of 1 commands finished"
         );
         assert_eq!(short_duration(Duration::from_secs(3 * 3600 + 120)), "3h02m");
         assert_eq!(

@@ -10,7 +10,9 @@
 //! output people read.
 //! - [`cli`]: command-line parsing and the commands; the only place mutation tokens are minted (`cli/mod.rs`:
 //!   clap types, dispatch, exit codes; `commands`: `plan`, `run`, `template`; `daemon`: the daemon, its signals
-//!   and event path; `status`: the state file rendered; `wire`: building the real adapters).
+//!   and event path; `status`: the state file rendered; `wire`: building the real adapters; `usage`: flags
+//!   a command would ignore refused, completions, the man page, `--help` examples; `interrupt`: Ctrl-C
+//!   during `run`). `build.rs` puts the git commit and the target triple in `--version`.
 //! - [`config`]: the TOML configuration, validated once into typed values before any AWS call (`mod.rs`:
 //!   the types and `Config::load`; `validate`: the validator and its checks; `effective`: the effective
 //!   configuration `validate` prints; [`config::duration`]: the human durations the interface accepts;
@@ -27,6 +29,7 @@
 //!     regions), planned as `terminated` rows with `delete-arc-machine` after `delete_after`, deleted.
 //!   - [`reconcile::onboard`]: the agent install through SSM Run Command, tracking, verification in Azure.
 //!   - [`reconcile::pass`]: one observe -> plan -> apply pass, shared by every command.
+//!   - [`reconcile::interrupt`]: interrupting a pass (Ctrl-C during `run`): no new change, waits end.
 //!   - [`reconcile::accounts`]: the accounts in scope, entering each, one pass per account (bounded
 //!     concurrency) and one merged report; the [`reconcile::accounts::Accounts`] port.
 //! - [`adapters`]: the real systems behind the ports.
@@ -47,8 +50,10 @@
 //!   - [`daemon::metrics`]: Prometheus metrics and the `/metrics` + `/healthz` endpoint.
 //! - [`output`]: what people read.
 //!   - [`output::report`]: the report rendered as JSON or a table.
-//!   - [`output::table`]: the one table renderer (display-width aware).
-//!   - [`output::progress`]: progress of long waits on stderr.
+//!   - [`output::table`]: the one table renderer (display-width aware; fitted to a terminal, painted).
+//!   - [`output::progress`]: progress of long waits on stderr (elapsed time and bound).
+//!   - [`output::stdout`]: results on stdout; a closed stdout ends the program as SIGPIPE would.
+//!   - `output` itself: [`output::TableStyle`], the shape of the table on a terminal or off it.
 //! - [`template`]: `arc-onboard template NAME`: the member-account role and event set-up as
 //!   CloudFormation, the orchestrator's IAM policy and its Azure custom role, built from the configuration.
 //! - [`error`]: how errors are shown: the message and every cause, once each.

@@ -51,22 +51,23 @@ fn plan_reports_every_instance_and_changes_nothing() {
         "create_role": true, "attach_policy": true, "create_profile": true, "add_role_to_profile": true}}])
     );
 
+    // No [azure] section: what would get the agent is `unverified` (Azure was not asked).
     let expect: [(usize, &[&str], &str); 7] = [
-        (0, &["install-agent"], "planned"),
+        (0, &["install-agent"], "unverified"),
         (
             1,
             &["associate-instance-profile", "install-agent"],
-            "planned",
+            "unverified",
         ),
-        (2, &["attach-role-policy", "install-agent"], "planned"),
+        (2, &["attach-role-policy", "install-agent"], "unverified"),
         (
             3,
             &["add-role-to-instance-profile", "install-agent"],
-            "planned",
+            "unverified",
         ),
         (4, &["associate-instance-profile"], "not-running"),
-        (7, &["install-agent"], "planned"),
-        (8, &["attach-role-policy", "install-agent"], "planned"),
+        (7, &["install-agent"], "unverified"),
+        (8, &["attach-role-policy", "install-agent"], "unverified"),
     ];
     let rows = report["instances"].as_array().unwrap();
     assert_eq!(
@@ -134,7 +135,7 @@ fn plan_reports_every_instance_and_changes_nothing() {
     assert_eq!(report["summary"]["instances"], 7);
     assert_eq!(
         report["summary"]["by_status"],
-        json!({"planned": 6, "not-running": 1})
+        json!({"unverified": 6, "not-running": 1})
     );
 }
 

@@ -9,10 +9,13 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;
+use aws_smithy_runtime_api::client::interceptors::context::{
+    BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextRef,
+};
 use aws_smithy_runtime_api::client::interceptors::Intercept;
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::client::retries::RequestAttempts;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_types::config_bag::ConfigBag;
 use aws_smithy_types::error::display::DisplayErrorContext;
@@ -54,6 +57,51 @@ impl Intercept for ApiCounter {
         }
         Ok(())
     }
+
+    /// An attempt that got no answer (connection refused, DNS, timeout) is logged, so that the SDK's
+    /// retries are visible instead of a silence.
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let Some(Err(e)) = context.output_or_error() else {
+            return Ok(());
+        };
+        if !(e.is_connector_error() || e.is_timeout_error()) {
+            return Ok(());
+        }
+        let operation = cfg.load::<Metadata>().map_or_else(
+            || "aws".to_string(),
+            |m| format!("{}:{}", m.service().to_ascii_lowercase(), m.name()),
+        );
+        let attempt = cfg.load::<RequestAttempts>().map_or(1, |a| a.attempts());
+        let endpoint = context
+            .request()
+            .map(|r| r.uri().to_string())
+            .unwrap_or_default();
+        tracing::warn!(
+            %operation,
+            attempt,
+            %endpoint,
+            "no answer from AWS: {}",
+            root_cause(e)
+        );
+        Ok(())
+    }
+}
+
+/// The innermost cause of an error (e.g. `Connection refused (os error 111)`): what a person can act on,
+/// without the layers of the HTTP stack.
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e.to_string();
+    let mut next = e.source();
+    while let Some(inner) = next {
+        cause = inner.to_string();
+        next = inner.source();
+    }
+    cause
 }
 
 /// Loads the shared SDK configuration from the standard chain (env, profiles, SSO, web identity, IMDS).
@@ -101,11 +149,19 @@ where
             )
         }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            let what = match &err {
+                SdkError::DispatchFailure(d) if d.is_timeout() => "timed out",
+                SdkError::DispatchFailure(d) if d.is_io() => "no connection",
+                SdkError::DispatchFailure(_) => "not sent",
+                SdkError::TimeoutError(_) => "timed out",
+                _ => "unreadable answer",
+            };
             AwsError {
                 operation: operation.to_string(),
                 kind: AwsErrorKind::Transport,
                 code: "Transport".to_string(),
-                message: DisplayErrorContext(&err).to_string(),
+                // One line a person can act on, not the HTTP stack's debug output.
+                message: format!("{what}: {}", root_cause(&err)),
             }
         }
         _ => {

@@ -8,6 +8,7 @@ use super::wire::{
 use super::{exit, Cli, CliError, Output, TemplateCommand, DEFAULT_CONFIG};
 use crate::adapters::aws;
 use crate::config::{Config, Shard};
+use crate::output::TableStyle;
 use crate::ports::MutationToken;
 use crate::reconcile::accounts::run_accounts;
 use crate::reconcile::apply::ApplyOptions;
@@ -40,6 +41,7 @@ pub(super) async fn plan_command(
     config: &Config,
     db: Option<&crate::daemon::state::StateDb>,
     shard: Option<Shard>,
+    wide: bool,
 ) -> Result<u8, CliError> {
     let durable = db.map(|db| crate::reconcile::pass::Durable {
         db,
@@ -47,7 +49,7 @@ pub(super) async fn plan_command(
         retry_max: Duration::from_secs(24 * 3600),
     });
     let opts = PassOptions::default();
-    pass_and_report(cli, config, None, opts, durable.as_ref(), shard).await
+    pass_and_report(cli, config, None, opts, durable.as_ref(), (shard, wide)).await
 }
 
 pub(super) async fn one_pass(
@@ -56,8 +58,9 @@ pub(super) async fn one_pass(
     token: Option<&MutationToken>,
     opts: PassOptions,
     shard: Option<Shard>,
+    wide: bool,
 ) -> Result<u8, CliError> {
-    pass_and_report(cli, config, token, opts, None, shard).await
+    pass_and_report(cli, config, token, opts, None, (shard, wide)).await
 }
 
 /// One pass, its report on stdout, and the exit code.
@@ -67,9 +70,16 @@ async fn pass_and_report(
     token: Option<&MutationToken>,
     opts: PassOptions,
     durable: Option<&crate::reconcile::pass::Durable<'_>>,
-    shard: Option<Shard>,
+    (shard, wide): (Option<Shard>, bool),
 ) -> Result<u8, CliError> {
-    let arm = azure_adapter(config, load_credential(config)?, token.is_some())?;
+    let credential = load_credential(config)?;
+    // Why Azure will not be asked at all (plan only: run refuses to start without it).
+    let azure_not_asked = match (&config.azure, &credential) {
+        (None, _) => Some("no [azure] section in the configuration".to_string()),
+        (Some(_), None) => Some(format!("{} is not set", crate::config::CLIENT_SECRET_ENV)),
+        _ => None,
+    };
+    let arm = azure_adapter(config, credential, token.is_some())?;
     let sdk = aws::load_sdk_config().await;
     let home = home_region(&sdk, config);
     attach_web_identity(arm.as_ref(), &sdk, &home);
@@ -86,20 +96,73 @@ async fn pass_and_report(
         shard,
         std::time::SystemTime::now(),
     )
-    .await?;
+    .await
+    .map_err(|e| unreachable_aws(e, &sdk, &home, &adapters.counter))?;
     let report = outcome.report;
-    match cli.output {
-        Output::Json => println!("{}", report.to_json()),
-        Output::Table => print!("{}", report.to_table()),
-    }
+    let text = match cli.output {
+        Output::Json => format!("{}\n", report.to_json()),
+        Output::Table => {
+            let banner = banner(&report, azure_not_asked.as_deref());
+            report.to_table_styled(&TableStyle::for_stdout(wide), &banner)
+        }
+    };
+    crate::output::stdout::print(&text).map_err(CliError::Stdout)?;
     Ok(if outcome.no_region_reachable {
-        eprintln!("error: nothing could be handled: no account in scope could be entered or observed in any configured region (see errors[] in the report)");
+        crate::output::stdout::eprint_line("error: nothing could be handled: no account in scope could be entered or observed in any configured region (see errors[] in the report)");
         exit::FATAL
     } else if report.has_failures() {
         exit::FAILURES
     } else {
         exit::OK
     })
+}
+
+/// What the table says before its rows: that Azure was not asked, or could not be read, so some machines
+/// are `unverified`.
+fn banner(report: &crate::output::report::Report, azure_not_asked: Option<&str>) -> Vec<String> {
+    let unverified = report
+        .instances
+        .iter()
+        .filter(|i| i.status == crate::reconcile::plan::Status::Unverified)
+        .count();
+    let consequence = format!(
+        "{unverified} machine(s) that would get the agent are `unverified`: run installs the agent on each unless Azure shows it Connected"
+    );
+    match azure_not_asked {
+        Some(why) => vec![format!(
+            "NOTE: Azure was not asked ({why}), so no machine was checked in Azure; {consequence}."
+        )],
+        None if unverified > 0 => vec![format!(
+            "NOTE: Azure could not be read for some accounts (see DETAIL); {consequence}."
+        )],
+        None => Vec::new(),
+    }
+}
+
+/// A failure to reach AWS at all (connection refused, DNS, timeout) said in one line: the service, the
+/// endpoint and where it came from, and how many attempts were made; other failures as they are.
+fn unreachable_aws(
+    e: crate::reconcile::pass::PassError,
+    sdk: &aws_config::SdkConfig,
+    home: &str,
+    counter: &crate::ports::ApiCounter,
+) -> CliError {
+    use crate::model::AwsErrorKind;
+    use crate::reconcile::pass::PassError;
+    let aws = match &e {
+        PassError::Account(aws) | PassError::Regions(aws) => aws,
+        _ => return e.into(),
+    };
+    if aws.kind != AwsErrorKind::Transport {
+        return e.into();
+    }
+    let service = aws.operation.split(':').next().unwrap_or("sts");
+    let (endpoint, source) = super::wire::endpoint_of(sdk, service, home);
+    let attempts = counter.count(&aws.operation);
+    CliError::Unreachable(format!(
+        "cannot reach AWS {} at {endpoint} ({source}) after {attempts} attempt(s): {}",
+        aws.operation, aws.message
+    ))
 }
 
 /// `template NAME`: the configuration file is optional (the default path may be missing; an explicitly
@@ -109,15 +172,13 @@ pub(super) fn template_command(cli: &Cli, t: &TemplateCommand) -> Result<u8, Cli
         tracing::debug!("no configuration file; the template uses defaults and parameters");
         None
     } else {
-        let config = Config::load(&cli.config)?;
+        let config = super::load_config(&cli.config)?;
         for w in &config.warnings {
             tracing::warn!(key = %w.key, "configuration: {}", w.problem);
         }
         Some(config)
     };
-    print!(
-        "{}",
-        crate::template::render(t.name, config.as_ref(), &t.args)?
-    );
+    let text = crate::template::render(t.name, config.as_ref(), &t.args)?;
+    crate::output::stdout::print(&text).map_err(CliError::Stdout)?;
     Ok(exit::OK)
 }

@@ -82,7 +82,11 @@ pub(super) async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result
         retry_max: args.retry_max,
     };
     let base = pass_options(args.wait_for_ssm, args.command_timeout, args.verify_timeout);
-    tracing::info!(state_file = %args.state_file.display(), ?schedule, "daemon started");
+    tracing::info!(
+        state_file = %args.state_file.display(),
+        "{}",
+        start_line(&schedule, args, config.events.is_some())
+    );
     // Scheduled passes hold it for writing, event installs for reading: they never plan the same
     // instance at once.
     let gate = tokio::sync::RwLock::new(());
@@ -222,4 +226,27 @@ async fn daemon_events(
         let _ = stopped.wait_for(|s| *s).await;
     })
     .await;
+}
+
+/// The daemon's start line in words: what runs when, where it keeps its state, and how to drive it.
+fn start_line(schedule: &crate::daemon::Schedule, args: &DaemonArgs, events: bool) -> String {
+    use crate::config::duration::format_duration;
+    let iam = match schedule.iam {
+        None => "no IAM pass (auto_assignment = false)".to_string(),
+        Some(None) => "the IAM pass once now".to_string(),
+        Some(Some(every)) => format!("the IAM pass every {}", format_duration(every)),
+    };
+    let onboarding = match schedule.onboarding {
+        None => "the onboarding pass once now".to_string(),
+        Some(every) => format!("the onboarding pass every {}", format_duration(every)),
+    };
+    let events = if events {
+        "event-driven onboarding on"
+    } else {
+        "no event queue"
+    };
+    format!(
+        "daemon started: {iam}, {onboarding}, {events}; state file {}; SIGHUP runs the passes now, SIGINT/SIGTERM stop",
+        args.state_file.display()
+    )
 }

@@ -3,14 +3,16 @@
 //!
 //! Here: the clap types, `main`, logging, dispatch, exit codes and [`CliError`]. The commands live beside it:
 //! `commands` (`plan`, `run`, `template`), `daemon` (the daemon, its signals and event path), `status`
-//! (the state file rendered), and `wire` (building the real adapters a command runs on).
+//! (the state file rendered), `wire` (building the real adapters a command runs on), `usage` (flags that
+//! a command would ignore, refused; completions, the man page, `--version`), and `interrupt` (Ctrl-C during
+//! `run`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
 use crate::adapters::credential::{process_env, Credential, CredentialError};
@@ -21,7 +23,9 @@ use crate::reconcile::pass::PassError;
 
 mod commands;
 mod daemon;
+mod interrupt;
 mod status;
+mod usage;
 mod wire;
 
 use commands::{one_pass, pass_options, plan_command, template_command};
@@ -46,9 +50,19 @@ pub enum LogFormat {
     Json,
 }
 
+/// `--version`: the package version, the git commit it was built from and the target triple.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ARC_ONBOARD_GIT_COMMIT"),
+    ", ",
+    env!("ARC_ONBOARD_TARGET"),
+    ")"
+);
+
 /// Onboards AWS EC2 instances to Azure Arc through SSM Run Command.
 #[derive(Debug, Parser)]
-#[command(name = "arc-onboard", version, about, long_about = None)]
+#[command(name = "arc-onboard", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// Configuration file.
     #[arg(
@@ -79,17 +93,30 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Dry run: observe and print what `run` would do to each machine. Changes nothing.
+    #[command(after_help = usage::PLAN_EXAMPLES)]
     Plan(PlanArgs),
     /// One-shot onboarding: apply the plan, wait within bounds, print the report.
+    #[command(after_help = usage::RUN_EXAMPLES)]
     Run(RunArgs),
-    /// Check the configuration file and print the effective configuration (no AWS call).
+    /// Check the configuration file and print the effective configuration (no AWS call). Exits 2 when
+    /// `run` would refuse the Azure credential.
     Validate,
     /// Scheduled onboarding: the IAM pass and the onboarding pass at their intervals until SIGINT/SIGTERM.
+    #[command(after_help = usage::DAEMON_EXAMPLES)]
     Daemon(DaemonArgs),
     /// Print the fleet's state from the daemon's state file (no AWS call).
     Status(StatusArgs),
     /// Print a deployable template (CloudFormation or IAM policy JSON) on stdout (no AWS call).
+    #[command(after_help = usage::TEMPLATE_EXAMPLES)]
     Template(TemplateCommand),
+    /// Print shell completions on stdout (e.g. `arc-onboard completions bash > /etc/bash_completion.d/arc-onboard`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) on stdout (e.g. `arc-onboard manpage | man -l -`).
+    Manpage,
 }
 
 /// `template NAME` and its options.
@@ -153,6 +180,9 @@ pub struct PlanArgs {
     /// Only the accounts whose 12-digit id, read as an integer, modulo COUNT equals INDEX (e.g. `2/8`).
     #[arg(long, value_name = "INDEX/COUNT")]
     pub shard: Option<Shard>,
+    /// On a terminal: every column and whole cells (the table then may be wider than the terminal).
+    #[arg(long)]
+    pub wide: bool,
 }
 
 /// Options of `status`.
@@ -165,6 +195,9 @@ pub struct StatusArgs {
         default_value = "./arc-onboard.db"
     )]
     pub state_file: PathBuf,
+    /// On a terminal: every column and whole cells (the table then may be wider than the terminal).
+    #[arg(long)]
+    pub wide: bool,
 }
 
 /// Options of `run`.
@@ -185,6 +218,9 @@ pub struct RunArgs {
     /// Only the accounts whose 12-digit id, read as an integer, modulo COUNT equals INDEX (e.g. `2/8`).
     #[arg(long, value_name = "INDEX/COUNT")]
     pub shard: Option<Shard>,
+    /// On a terminal: every column and whole cells (the table then may be wider than the terminal).
+    #[arg(long)]
+    pub wide: bool,
 }
 
 fn parse_cli_duration(s: &str) -> Result<Duration, String> {
@@ -228,6 +264,21 @@ pub enum CliError {
     /// `[azure.onboarding]`).
     #[error("install scripts would carry the signed-in user's Azure token (credential = \"azure-cli\"), which anyone who can read SSM command history or is root on a target could reuse; nothing was changed. Add an onboarding identity: an app registration with only the \"Azure Connected Machine Onboarding\" role on the resource group, configured as [azure.onboarding] client_id = \"...\" with its secret in ARC_ONBOARD_ONBOARDING_CLIENT_SECRET (README: Credentials on instances)")]
     PersonalTokenForScripts,
+    /// No configuration file where `--config` (or its default) points.
+    #[error("no configuration file at {}: pass --config PATH (or set ARC_ONBOARD_CONFIG); a minimal one is\n\n    [aws]\n    regions = [\"us-east-1\"]\n\n  (`arc-onboard validate --config PATH` checks it; README: Configuration reference)", .0.display())]
+    NoConfig(PathBuf),
+    /// `validate`: the configuration is valid but `run` would refuse its Azure credential.
+    #[error("run would refuse the Azure credential: {0}")]
+    CredentialMissing(String),
+    /// AWS could not be reached at all (connection refused, DNS, timeout), said in one line.
+    #[error("{0}")]
+    Unreachable(String),
+    /// stdout could not be written (other than closed: that ends the program as SIGPIPE would).
+    #[error("cannot write to stdout")]
+    Stdout(#[source] std::io::Error),
+    /// `ARC_ONBOARD_LOG` is not a valid filter.
+    #[error("ARC_ONBOARD_LOG is not a valid log filter ({0}); e.g. ARC_ONBOARD_LOG=arc_onboard=debug,aws_smithy_runtime=info")]
+    LogFilter(String),
 }
 
 /// Exit codes of the interface.
@@ -238,9 +289,19 @@ pub mod exit {
     pub const FAILURES: u8 = 1;
     /// Usage or configuration error, or nothing could be handled.
     pub const FATAL: u8 = 2;
+    /// A Rust panic (an internal error: a bug); set by the Rust runtime, listed for the README.
+    pub const PANIC: u8 = 101;
+    /// `run` was interrupted (SIGINT, Ctrl-C) and printed the partial report: 128 + SIGINT.
+    pub const INTERRUPTED: u8 = 130;
 }
 
-fn init_logging(cli: &Cli) {
+/// The log filter: `ARC_ONBOARD_LOG` when set (an invalid one is an error), else from `-v`/`-q`.
+fn log_filter(cli: &Cli, env: Option<String>) -> Result<EnvFilter, CliError> {
+    if let Some(text) = env.filter(|t| !t.trim().is_empty()) {
+        return EnvFilter::builder()
+            .parse(&text)
+            .map_err(|e| CliError::LogFilter(e.to_string()));
+    }
     let default = match (cli.verbose, cli.quiet) {
         (0, 0) => "info",
         (1, _) => "debug",
@@ -248,8 +309,11 @@ fn init_logging(cli: &Cli) {
         (_, 1) => "warn",
         _ => "error",
     };
-    let filter = EnvFilter::try_from_env("ARC_ONBOARD_LOG")
-        .unwrap_or_else(|_| EnvFilter::new(format!("warn,arc_onboard={default}")));
+    Ok(EnvFilter::new(format!("warn,arc_onboard={default}")))
+}
+
+fn init_logging(cli: &Cli) -> Result<(), CliError> {
+    let filter = log_filter(cli, std::env::var("ARC_ONBOARD_LOG").ok())?;
     crate::output::progress::set_mode(crate::output::progress::choose(
         std::io::stderr().is_terminal(),
         cli.log_format == LogFormat::Text,
@@ -258,21 +322,29 @@ fn init_logging(cli: &Cli) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(crate::output::progress::log_writer);
+    let ansi =
+        std::io::stderr().is_terminal() && crate::output::colour_allowed(|k| std::env::var_os(k));
     match cli.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => builder.with_ansi(ansi).init(),
     }
+    Ok(())
 }
 
 /// Prints an error and its chain of causes.
 fn report_error(e: &dyn std::error::Error) {
-    eprintln!("error: {}", crate::error::chain(e));
+    crate::output::stdout::eprint_line(&format!("error: {}", crate::error::chain(e)));
 }
 
 /// Entry point of the binary.
 pub async fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging(&cli);
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    usage::refuse_ignored_flags(&matches, &cli);
+    if let Err(e) = init_logging(&cli) {
+        report_error(&e);
+        return ExitCode::from(exit::FATAL);
+    }
     match dispatch(&cli).await {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
@@ -283,41 +355,19 @@ pub async fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
-    if let Command::Status(args) = &cli.command {
-        return status_command(cli, args).await;
+    match &cli.command {
+        Command::Status(args) => return status_command(cli, args).await,
+        Command::Template(t) => return template_command(cli, t),
+        Command::Completions { shell } => return usage::completions(*shell),
+        Command::Manpage => return usage::manpage(),
+        _ => {}
     }
-    if let Command::Template(t) = &cli.command {
-        return template_command(cli, t);
-    }
-    let config = Config::load(&cli.config)?;
+    let config = load_config(&cli.config)?;
     for w in &config.warnings {
         tracing::warn!(key = %w.key, "configuration: {}", w.problem);
     }
     match &cli.command {
-        Command::Validate => {
-            let description = match &config.azure {
-                None => "none ([azure] is not configured)".to_string(),
-                Some(azure) => {
-                    match Credential::load(azure, &process_env).map_err(CliError::Credential)? {
-                        Some(c) => c.describe(),
-                        None => format!(
-                            "client-secret: {} is not set",
-                            crate::config::CLIENT_SECRET_ENV
-                        ),
-                    }
-                }
-            };
-            print!("{}", config.to_effective_toml(&description));
-            let Some(azure) = &config.azure else {
-                return Ok(exit::OK);
-            };
-            if let Some(onboarding) = &azure.onboarding {
-                let c = Credential::load_onboarding(onboarding, &process_env)
-                    .map_err(CliError::Credential)?;
-                tracing::info!(credential = %c.describe(), "onboarding identity");
-            }
-            wire::check_script_identity(azure).map(|()| exit::OK)
-        }
+        Command::Validate => validate_command(cli, &config),
         Command::Plan(args) => {
             let memory = match &args.state_file {
                 Some(path) => {
@@ -328,22 +378,91 @@ async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                 }
                 None => None,
             };
-            plan_command(cli, &config, memory.as_ref(), args.shard).await
+            plan_command(cli, &config, memory.as_ref(), args.shard, args.wide).await
         }
         Command::Daemon(args) => daemon_command(&config, args).await,
-        Command::Status(_) | Command::Template(_) => {
+        Command::Status(_)
+        | Command::Template(_)
+        | Command::Completions { .. }
+        | Command::Manpage => {
             unreachable!("handled before the configuration is read")
         }
         Command::Run(args) => {
             let opts = pass_options(args.wait_for_ssm, args.command_timeout, args.verify_timeout);
             if args.dry_run {
-                one_pass(cli, &config, None, opts, args.shard).await
+                one_pass(cli, &config, None, opts, args.shard, args.wide).await
             } else {
                 let token = MutationToken::mint();
-                one_pass(cli, &config, Some(&token), opts, args.shard).await
+                interrupt::interruptible_run(|| {
+                    one_pass(cli, &config, Some(&token), opts, args.shard, args.wide)
+                })
+                .await
             }
         }
     }
+}
+
+/// Reads and validates the configuration file; a missing file's error says how to give one.
+pub(super) fn load_config(path: &std::path::Path) -> Result<Config, CliError> {
+    Config::load(path).map_err(|e| match e {
+        ConfigError::Read { path, source } if source.kind() == std::io::ErrorKind::NotFound => {
+            CliError::NoConfig(path)
+        }
+        e => CliError::Config(e),
+    })
+}
+
+/// `validate`: the effective configuration (TOML, or JSON with `--output json`) on stdout; exit 2 when
+/// `run` would refuse the Azure credential (the same local checks `run` makes before any call).
+fn validate_command(cli: &Cli, config: &Config) -> Result<u8, CliError> {
+    let mut refused = None;
+    let description = match &config.azure {
+        None => "none ([azure] is not configured)".to_string(),
+        Some(azure) => match Credential::load(azure, &process_env).map_err(CliError::Credential)? {
+            Some(c) => c.describe(),
+            None => {
+                let text = format!(
+                    "client-secret: {} is not set",
+                    crate::config::CLIENT_SECRET_ENV
+                );
+                refused = Some(text.clone());
+                text
+            }
+        },
+    };
+    let text = match cli.output {
+        Output::Table => config.to_effective_toml(&description),
+        Output::Json => {
+            let value = serde_json::json!({
+                "config_file": cli.config,
+                "credential": description,
+                "notes": config.effective_notes(),
+                "effective": config.effective_table(),
+            });
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&value).expect("serializes")
+            )
+        }
+    };
+    crate::output::stdout::print(&text).map_err(CliError::Stdout)?;
+    if config.azure.is_none() {
+        tracing::warn!(
+            "no [azure] section: plan and template work; run and daemon refuse to start"
+        );
+    }
+    if let Some(why) = refused {
+        return Err(CliError::CredentialMissing(why));
+    }
+    let Some(azure) = &config.azure else {
+        return Ok(exit::OK);
+    };
+    if let Some(onboarding) = &azure.onboarding {
+        let c =
+            Credential::load_onboarding(onboarding, &process_env).map_err(CliError::Credential)?;
+        tracing::info!(credential = %c.describe(), "onboarding identity");
+    }
+    wire::check_script_identity(azure).map(|()| exit::OK)
 }
 
 /// The default of `--config`; `template` goes on without a file only when this one is missing.

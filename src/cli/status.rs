@@ -1,6 +1,10 @@
 //! `status`: what the daemon's state file says, rendered as a table or JSON, without any AWS call.
 
+use std::fmt::Write as _;
 use std::time::Duration;
+
+use crate::output::table::wrap;
+use crate::output::TableStyle;
 
 use super::{exit, Cli, CliError, Output, StatusArgs};
 
@@ -27,7 +31,7 @@ pub(super) async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, C
             std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64),
         )
     };
-    match cli.output {
+    let text = match cli.output {
         Output::Json => {
             let value = serde_json::json!({
                 "state_file": args.state_file,
@@ -50,27 +54,49 @@ pub(super) async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, C
                     "first_seen_at": stamp(d.first_seen_at), "delete_at": stamp(d.delete_at),
                 })).collect::<Vec<_>>(),
             });
-            println!(
-                "{}",
+            format!(
+                "{}\n",
                 serde_json::to_string_pretty(&value).expect("serializes")
-            );
+            )
         }
         Output::Table => {
-            println!("state file {}", args.state_file.display());
+            let style = TableStyle::for_stdout(args.wide);
+            let fits = |line: &str| wrap(line, style.width, 2);
+            let mut out = String::new();
+            let _ = writeln!(
+                out,
+                "{}",
+                fits(&format!("state file {}", args.state_file.display()))
+            );
             for p in &passes {
-                println!(
+                let line = format!(
                     "last {} pass: {} .. {} {}",
                     p.kind,
                     stamp(p.started_at),
                     stamp(p.finished_at),
                     if p.ok { "ok" } else { "FAILED" }
                 );
+                let _ = writeln!(out, "{}", fits(&line));
             }
-            println!();
+            out.push('\n');
+            // (header, shown in the narrow layout)
+            let columns = [
+                ("ACCOUNT", true),
+                ("REGION", true),
+                ("INSTANCE", true),
+                ("STATUS", true),
+                ("ATTEMPTS", false),
+                ("NEXT ATTEMPT", true),
+                ("DETAIL", true),
+            ];
+            let keep: Vec<usize> = (0..columns.len())
+                .filter(|n| !style.narrow || columns[*n].1)
+                .collect();
+            let headers: Vec<&str> = keep.iter().map(|n| columns[*n].0).collect();
             let rows: Vec<Vec<String>> = records
                 .iter()
                 .map(|r| {
-                    vec![
+                    let all = [
                         r.account_id.clone(),
                         r.region.clone(),
                         r.instance_id.clone(),
@@ -78,21 +104,21 @@ pub(super) async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, C
                         r.attempts.to_string(),
                         r.next_attempt_at.map(stamp).unwrap_or_else(|| "-".into()),
                         r.detail.clone(),
-                    ]
+                    ];
+                    keep.iter().map(|n| all[*n].clone()).collect()
                 })
                 .collect();
-            let headers = [
-                "ACCOUNT",
-                "REGION",
-                "INSTANCE",
-                "STATUS",
-                "ATTEMPTS",
-                "NEXT ATTEMPT",
-                "DETAIL",
+            let order = [
+                ("DETAIL", 16),
+                ("NEXT ATTEMPT", 10),
+                ("REGION", 9),
+                ("ACCOUNT", 6),
+                ("INSTANCE", 10),
             ];
-            print!("{}", crate::output::table::render(&headers, &rows));
+            out.push_str(&style.render(&headers, &rows, &order));
             let counts: Vec<String> = by_status.iter().map(|(s, n)| format!("{s}={n}")).collect();
-            println!("\n{} instances: {}", records.len(), counts.join(" "));
+            let line = format!("{} instances: {}", records.len(), counts.join(" "));
+            let _ = writeln!(out, "\n{}", fits(&line));
             if !deletions.is_empty() {
                 let rows: Vec<Vec<String>> = deletions
                     .iter()
@@ -115,10 +141,12 @@ pub(super) async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, C
                     "FIRST SEEN",
                     "DELETE AT",
                 ];
-                println!("\npending deletions of gone instances' Arc machines:");
-                print!("{}", crate::output::table::render(&headers, &rows));
+                let _ = writeln!(out, "\npending deletions of gone instances' Arc machines:");
+                out.push_str(&crate::output::table::render(&headers, &rows));
             }
+            out
         }
-    }
+    };
+    crate::output::stdout::print(&text).map_err(CliError::Stdout)?;
     Ok(exit::OK)
 }

@@ -119,3 +119,90 @@ pub(super) fn home_region(sdk: &aws_config::SdkConfig, config: &Config) -> Strin
     };
     aws::home_region(sdk, first)
 }
+
+/// The endpoint the SDK calls for `service` (`sts`, `ec2`, ...) in `region`, and where it came from:
+/// `AWS_ENDPOINT_URL_<SERVICE>`, `AWS_ENDPOINT_URL`, the profile's `endpoint_url`, or the SDK's default.
+pub(super) fn endpoint_of(
+    sdk: &aws_config::SdkConfig,
+    service: &str,
+    region: &str,
+) -> (String, String) {
+    endpoint_from(
+        &|k| std::env::var(k).ok().filter(|v| !v.is_empty()),
+        sdk.endpoint_url(),
+        service,
+        region,
+    )
+}
+
+fn endpoint_from(
+    env: &dyn Fn(&str) -> Option<String>,
+    configured: Option<&str>,
+    service: &str,
+    region: &str,
+) -> (String, String) {
+    let specific = format!("AWS_ENDPOINT_URL_{}", service.to_ascii_uppercase());
+    for var in [specific.as_str(), "AWS_ENDPOINT_URL"] {
+        if let Some(url) = env(var) {
+            return (url, format!("from env {var}"));
+        }
+    }
+    if let Some(url) = configured {
+        let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
+        return (
+            url.to_string(),
+            format!("from endpoint_url of AWS profile {profile}"),
+        );
+    }
+    let host = match service {
+        "iam" | "organizations" => format!("https://{service}.amazonaws.com"),
+        _ => format!("https://{service}.{region}.amazonaws.com"),
+    };
+    (host, format!("the SDK's default for region {region}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::endpoint_from;
+
+    #[test]
+    fn the_endpoint_says_where_it_came_from() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let e = env(&[("AWS_ENDPOINT_URL", "http://127.0.0.1:9")]);
+        assert_eq!(
+            endpoint_from(&e, Some("http://127.0.0.1:9"), "sts", "us-east-1"),
+            (
+                "http://127.0.0.1:9".into(),
+                "from env AWS_ENDPOINT_URL".into()
+            )
+        );
+        let e = env(&[
+            ("AWS_ENDPOINT_URL", "http://a"),
+            ("AWS_ENDPOINT_URL_STS", "http://b"),
+        ]);
+        assert_eq!(
+            endpoint_from(&e, None, "sts", "x").1,
+            "from env AWS_ENDPOINT_URL_STS"
+        );
+        let e = env(&[("AWS_PROFILE", "lab")]);
+        assert_eq!(
+            endpoint_from(&e, Some("http://p"), "sts", "x").1,
+            "from endpoint_url of AWS profile lab"
+        );
+        let e = env(&[]);
+        assert_eq!(
+            endpoint_from(&e, None, "sts", "eu-west-1"),
+            (
+                "https://sts.eu-west-1.amazonaws.com".into(),
+                "the SDK's default for region eu-west-1".into()
+            )
+        );
+    }
+}

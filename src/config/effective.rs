@@ -10,6 +10,30 @@ impl Config {
     /// comment that says which credential is in use and where it comes from (see
     /// [`crate::adapters::credential::Credential::describe`]).
     pub fn to_effective_toml(&self, credential: &str) -> String {
+        let body = toml::to_string_pretty(&self.effective_table()).unwrap_or_default();
+        let notes: String = self
+            .effective_notes()
+            .iter()
+            .map(|n| format!("# note: {n}\n"))
+            .collect();
+        format!("# effective configuration\n# credential: {credential}\n{notes}{body}")
+    }
+
+    /// The notes printed above the effective configuration: the validator's warnings and the keys that
+    /// come from the environment.
+    pub fn effective_notes(&self) -> Vec<String> {
+        let mut notes: Vec<String> = self.warnings.iter().map(|w| w.to_string()).collect();
+        if let Some(az) = &self.azure {
+            for (key, var) in &az.from_env {
+                notes.push(format!("{key} comes from {var}"));
+            }
+        }
+        notes
+    }
+
+    /// The effective configuration as a TOML table, defaults filled in, no secret (`validate --output
+    /// json` prints it as JSON).
+    pub fn effective_table(&self) -> Table {
         let mut root = Table::new();
         let mut aws = Table::new();
         match &self.aws.regions {
@@ -228,18 +252,7 @@ impl Config {
             Value::String(format_duration(lc.repair_after)),
         );
         root.insert("lifecycle".into(), Value::Table(t));
-        let body = toml::to_string_pretty(&root).unwrap_or_default();
-        let mut notes: String = self
-            .warnings
-            .iter()
-            .map(|w| format!("# note: {w}\n"))
-            .collect();
-        if let Some(az) = &self.azure {
-            for (key, var) in &az.from_env {
-                notes.push_str(&format!("# note: {key} comes from {var}\n"));
-            }
-        }
-        format!("# effective configuration\n# credential: {credential}\n{notes}{body}")
+        root
     }
 }
 

@@ -32,6 +32,23 @@ const CREDENTIAL_KINDS: [&str; 6] = [
     "azure-cli",
 ];
 
+/// The known key closest to a misspelt `key`, when one is close enough to be what was meant: a few edits
+/// away for its length, or the same words in another order or case.
+pub(super) fn closest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
+    let norm = |k: &str| k.to_ascii_lowercase().replace('-', "_");
+    let key_n = norm(key);
+    known
+        .iter()
+        .map(|k| {
+            let distance = strsim::damerau_levenshtein(&key_n, &norm(k));
+            let allowed = (k.len().max(key.len()) / 3).clamp(1, 4);
+            (distance, allowed, *k)
+        })
+        .filter(|(d, allowed, _)| d <= allowed)
+        .min_by_key(|(d, _, _)| *d)
+        .map(|(_, _, k)| k)
+}
+
 /// Collects issues while building the typed config.
 #[derive(Default)]
 pub(super) struct Validator<'e> {
@@ -67,9 +84,15 @@ impl Validator<'_> {
                     format!("secrets are never read from the config file; set {var} in the environment instead"),
                 );
             } else {
+                let hint = closest(key, allowed)
+                    .map(|k| format!("did you mean `{k}`? "))
+                    .unwrap_or_default();
                 self.issue(
                     full,
-                    format!("unknown key (expected one of: {})", allowed.join(", ")),
+                    format!(
+                        "unknown key; {hint}(expected one of: {})",
+                        allowed.join(", ")
+                    ),
                 );
             }
         }
@@ -1381,6 +1404,34 @@ mod tests {
             ],
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_misspelt_key_gets_the_closest_known_one() {
+        let text =
+            "[aws]\nregion = [\"us-east-1\"]\n[iam]\nrole_nmae = \"R\"\n[onboarding]\nzzz = 1\n";
+        let err = parse(text).unwrap_err();
+        let problem = |key: &str| {
+            err.issues()
+                .iter()
+                .find(|i| i.key == key)
+                .map(|i| i.problem.clone())
+                .unwrap_or_else(|| panic!("{key} not reported: {err}"))
+        };
+        assert!(
+            problem("aws.region").contains("did you mean `regions`?"),
+            "{err}"
+        );
+        assert!(
+            problem("iam.role_nmae").contains("did you mean `role_name`?"),
+            "{err}"
+        );
+        assert!(!problem("onboarding.zzz").contains("did you mean"), "{err}");
+        assert_eq!(
+            closest("Tag-Filter", &["tag_filter", "regions"]),
+            Some("tag_filter")
+        );
+        assert_eq!(closest("colour", &["regions", "all_regions"]), None);
     }
 
     #[test]

@@ -99,6 +99,10 @@ pub struct Progress {
     label: &'static str,
     live: bool,
     last_log: Mutex<Option<Instant>>,
+    /// When the wait began, for the elapsed time.
+    started: Instant,
+    /// How long the wait may last at most, when bounded.
+    bound: Option<Duration>,
 }
 
 impl Progress {
@@ -108,16 +112,43 @@ impl Progress {
             label,
             live: LIVE.load(Ordering::Relaxed) && std::io::stderr().is_terminal(),
             last_log: Mutex::new(None),
+            started: Instant::now(),
+            bound: None,
+        }
+    }
+
+    /// The wait ends after `bound` at the latest: every update says how much of it has passed.
+    pub fn bounded(mut self, bound: Duration) -> Progress {
+        self.bound = Some(bound);
+        self
+    }
+
+    /// `[1m05s/15m00s] label: message`: the time first (elapsed, and the bound when there is one), so that
+    /// a line cut to a narrow terminal keeps it.
+    fn line(&self, message: &str, elapsed: Duration) -> String {
+        let elapsed = short_duration(elapsed);
+        match self.bound {
+            Some(bound) => format!(
+                "[{elapsed}/{}] {}: {message}",
+                short_duration(bound),
+                self.label
+            ),
+            None => format!("[{elapsed}] {}: {message}", self.label),
         }
     }
 
     /// Shows the current state of the wait.
     pub fn update(&self, message: &str) {
+        let line = self.line(message, self.started.elapsed());
         if self.live {
+            // One terminal line, never wrapped: a wrapped line could not be erased by the next redraw.
+            let width = terminal_size::terminal_size_of(std::io::stderr())
+                .map_or(80, |(w, _)| usize::from(w.0));
+            let line = crate::output::table::truncate(&line, width.saturating_sub(1));
             let mut shown = LINE_SHOWN.lock().unwrap_or_else(PoisonError::into_inner);
             let mut err = std::io::stderr().lock();
             let _ = err.write_all(CLEAR_LINE);
-            let _ = write!(err, "{}: {message}", self.label);
+            let _ = write!(err, "{line}");
             let _ = err.flush();
             *shown = true;
             return;
@@ -125,8 +156,28 @@ impl Progress {
         let mut last = self.last_log.lock().unwrap_or_else(PoisonError::into_inner);
         if last.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
             *last = Some(Instant::now());
-            info!(wait = self.label, "{message}");
+            let elapsed_s = self.started.elapsed().as_secs();
+            match self.bound {
+                Some(bound) => info!(
+                    wait = self.label,
+                    elapsed_s,
+                    bound_s = bound.as_secs(),
+                    "{line}"
+                ),
+                None => info!(wait = self.label, elapsed_s, "{line}"),
+            }
         }
+    }
+}
+
+/// A duration as a wait shows it: `45s`, `3m05s`, `1h02m`, `2d03h`.
+pub fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
     }
 }
 
@@ -171,6 +222,25 @@ mod tests {
                 "terminal={terminal} text={text} level={level:?}"
             );
         }
+    }
+
+    #[test]
+    fn updates_say_the_elapsed_time_and_the_bound() {
+        let p = Progress::new("waiting for SSM registration").bounded(Duration::from_secs(900));
+        assert_eq!(
+            p.line("2 of 5 instances Online in SSM", Duration::from_secs(65)),
+            "[1m05s/15m00s] waiting for SSM registration: 2 of 5 instances Online in SSM"
+        );
+        let p = Progress::new("install commands");
+        assert_eq!(
+            p.line("0 of 1 commands finished", Duration::from_secs(3)),
+            "[3s] install commands: 0 of 1 commands finished"
+        );
+        assert_eq!(short_duration(Duration::from_secs(3 * 3600 + 120)), "3h02m");
+        assert_eq!(
+            short_duration(Duration::from_secs(2 * 86400 + 3600)),
+            "2d01h"
+        );
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::model::ApiCounts;
+use crate::output::table::wrap;
+use crate::output::TableStyle;
 use crate::reconcile::outcome::AccountOutcome;
 use crate::reconcile::plan::{AccountPlan, InstancePlan, RegionError, SsmRoleSteps, Status};
 
@@ -211,17 +213,42 @@ impl Report {
         serde_json::to_string_pretty(self).expect("the report serializes")
     }
 
-    /// A table for people.
+    /// A table for people, every column and every cell whole (the output scripts read).
     pub fn to_table(&self) -> String {
-        let headers = [
-            "ACCOUNT", "REGION", "LOCATION", "INSTANCE", "NAME", "PLATFORM", "STATE", "SSM",
-            "AGENT", "ACTIONS", "STATUS", "DETAIL",
+        self.to_table_styled(&TableStyle::plain(), &[])
+    }
+
+    /// A table for people shaped by `style` (see [`TableStyle`]), with `banner` lines above it (what
+    /// matters before the rows, e.g. that Azure was not asked).
+    pub fn to_table_styled(&self, style: &TableStyle, banner: &[String]) -> String {
+        let multi_account = self
+            .instances
+            .iter()
+            .any(|i| i.account_id != self.instances[0].account_id);
+        // (header, shown in the narrow layout)
+        let columns: [(&str, bool); 12] = [
+            ("ACCOUNT", multi_account),
+            ("REGION", true),
+            ("LOCATION", false),
+            ("INSTANCE", true),
+            ("NAME", true),
+            ("PLATFORM", false),
+            ("STATE", false),
+            ("SSM", false),
+            ("AGENT", false),
+            ("ACTIONS", true),
+            ("STATUS", true),
+            ("DETAIL", true),
         ];
+        let keep: Vec<usize> = (0..columns.len())
+            .filter(|n| !style.narrow || columns[*n].1)
+            .collect();
+        let headers: Vec<&str> = keep.iter().map(|n| columns[*n].0).collect();
         let rows: Vec<Vec<String>> = self
             .instances
             .iter()
             .map(|i| {
-                vec![
+                let all = [
                     i.account_id.clone(),
                     i.region.clone(),
                     i.azure_location.clone().unwrap_or_else(|| "-".into()),
@@ -242,38 +269,65 @@ impl Report {
                     },
                     i.status.as_str().into(),
                     i.detail.clone(),
-                ]
+                ];
+                keep.iter().map(|n| all[*n].clone()).collect()
             })
             .collect();
+        // DETAIL gives way first, then NAME and ACTIONS, then DETAIL again, then the ids.
+        let order = [
+            ("DETAIL", 24),
+            ("NAME", 12),
+            ("ACTIONS", 20),
+            ("DETAIL", 10),
+            ("NAME", 6),
+            ("ACTIONS", 8),
+            ("REGION", 9),
+            ("ACCOUNT", 6),
+            ("INSTANCE", 10),
+        ];
+        let fits = |text: &str, indent: usize| wrap(text, style.width, indent);
         let mut out = String::new();
+        for line in banner {
+            let line = fits(line, 2);
+            match style.colour {
+                true => {
+                    let _ = writeln!(out, "\x1b[33m{line}{}", crate::output::table::RESET);
+                }
+                false => {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+        }
+        if !banner.is_empty() {
+            out.push('\n');
+        }
         let mode = match self.mode {
             Mode::Plan => "plan (dry run: nothing was changed)",
             Mode::Run => "run",
         };
-        let _ = writeln!(
-            out,
+        let title = format!(
             "arc-onboard {mode}, {} .. {}",
             self.started_at, self.finished_at
         );
+        let _ = writeln!(out, "{}", fits(&title, 2));
         for a in &self.accounts {
             let actions = if a.actions.is_empty() {
                 "none".to_string()
             } else {
                 a.actions.join(", ")
             };
-            let _ = write!(out, "account {}: account actions: {actions}", a.account_id);
+            let mut line = format!("account {}: account actions: {actions}", a.account_id);
             if let Some(d) = &a.detail {
-                let _ = write!(out, " ({d})");
+                let _ = write!(line, " ({d})");
             }
-            out.push('\n');
+            let _ = writeln!(out, "{}", fits(&line, 2));
         }
         out.push('\n');
-        out.push_str(&crate::output::table::render(&headers, &rows));
+        out.push_str(&style.render(&headers, &rows, &order));
         if !self.errors.is_empty() {
             out.push_str("\nnot observed or entered:\n");
             for e in &self.errors {
-                let _ = writeln!(
-                    out,
+                let line = format!(
                     "  {} {}: {} {}: {}",
                     e.account_id,
                     e.region.as_deref().unwrap_or("(account)"),
@@ -281,6 +335,7 @@ impl Report {
                     e.code,
                     e.message
                 );
+                let _ = writeln!(out, "{}", fits(&line, 4));
             }
         }
         let statuses: Vec<String> = self
@@ -289,12 +344,12 @@ impl Report {
             .iter()
             .map(|(s, n)| format!("{s}={n}"))
             .collect();
-        let _ = writeln!(
-            out,
-            "\n{} instances: {}",
+        let line = format!(
+            "{} instances: {}",
             self.summary.instances,
             statuses.join(" ")
         );
+        let _ = writeln!(out, "\n{}", fits(&line, 2));
         let mut failures: BTreeMap<String, usize> = BTreeMap::new();
         for f in self.instances.iter().filter_map(|i| i.failure.as_ref()) {
             *failures
@@ -303,7 +358,8 @@ impl Report {
         }
         if !failures.is_empty() {
             let counts: Vec<String> = failures.iter().map(|(k, n)| format!("{k}={n}")).collect();
-            let _ = writeln!(out, "failures: {}", counts.join(" "));
+            let line = format!("failures: {}", counts.join(" "));
+            let _ = writeln!(out, "{}", fits(&line, 2));
         }
         let calls: Vec<String> = self
             .summary
@@ -311,8 +367,7 @@ impl Report {
             .iter()
             .map(|(op, n)| format!("{op}={n}"))
             .collect();
-        let _ = writeln!(
-            out,
+        let line = format!(
             "API calls: {}",
             if calls.is_empty() {
                 "none".into()
@@ -320,6 +375,7 @@ impl Report {
                 calls.join(" ")
             }
         );
+        let _ = writeln!(out, "{}", fits(&line, 2));
         out
     }
 }

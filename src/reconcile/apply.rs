@@ -398,7 +398,8 @@ pub async fn settle_after_iam(
         .map(|r| (r.region.clone(), r.instance_id.clone()))
         .collect();
     if !targets.is_empty() {
-        let progress = crate::output::progress::Progress::new("waiting for SSM registration");
+        let progress = crate::output::progress::Progress::new("waiting for SSM registration")
+            .bounded(opts.wait_for_ssm);
         let latest: std::sync::Mutex<HashMap<String, PingStatus>> =
             std::sync::Mutex::new(HashMap::new());
         let poll = || async {
@@ -423,7 +424,8 @@ pub async fn settle_after_iam(
             .without_max_times();
         let _ = poll
             .retry(backoff)
-            .sleep(tokio::time::sleep)
+            .sleep(crate::reconcile::interrupt::sleep)
+            .when(|_| !crate::reconcile::interrupt::requested())
             .notify(|online, wait| {
                 progress.update(&format!(
                     "{online} of {} instances Online in SSM; asking again in {}s",

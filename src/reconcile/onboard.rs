@@ -763,7 +763,8 @@ async fn track(
     );
     let mut succeeded = Vec::new();
     let total = pending.len();
-    let progress = crate::output::progress::Progress::new("install commands");
+    let progress = crate::output::progress::Progress::new("install commands")
+        .bounded(opts.script_token_validity() + Duration::from_secs(60));
     while !pending.is_empty() {
         progress.update(&format!(
             "{} of {total} commands finished",
@@ -806,6 +807,21 @@ async fn track(
             break;
         }
         if !poll.wait().await {
+            if crate::reconcile::interrupt::requested() {
+                // Interrupted: the commands go on running on the instances; a later run sees them in SSM.
+                for s in &pending {
+                    for n in &s.rows {
+                        let row = &mut out.instances[*n];
+                        row.status = Status::InProgress;
+                        row.command_id = Some(s.command_id.clone());
+                        row.detail = format!(
+                            "install command {} was still running when the run was interrupted; not cancelled, a later run tracks it",
+                            s.command_id
+                        );
+                    }
+                }
+                break;
+            }
             for s in &pending {
                 if let Err(e) = ssm.cancel_command(token, &s.region, &s.command_id).await {
                     warn!(command_id = %s.command_id, error = %e, "cannot cancel the command");
@@ -849,15 +865,16 @@ impl Poll {
         }
     }
 
-    /// Waits before the next round; `false`, at once, when the deadline has passed.
+    /// Waits before the next round; `false`, at once, when the deadline has passed or the pass was
+    /// interrupted (see [`crate::reconcile::interrupt`]).
     async fn wait(&mut self) -> bool {
         let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if left.is_zero() || crate::reconcile::interrupt::requested() {
             return false;
         }
         let pause = self.pauses.next().unwrap_or(self.max_pause);
-        tokio::time::sleep(pause.min(left)).await;
-        true
+        crate::reconcile::interrupt::sleep(pause.min(left)).await;
+        !crate::reconcile::interrupt::requested()
     }
 }
 
@@ -972,7 +989,8 @@ async fn verify(
         .map(|(n, _)| *n)
         .collect();
     let mut last_seen: HashMap<usize, (String, String)> = HashMap::new();
-    let progress = crate::output::progress::Progress::new("verifying in Azure");
+    let progress =
+        crate::output::progress::Progress::new("verifying in Azure").bounded(opts.verify_timeout);
     loop {
         progress.update(&format!(
             "{} of {} machines Connected",
@@ -1039,6 +1057,14 @@ async fn verify(
         if waiting.is_empty() || !poll.wait().await {
             break;
         }
+    }
+    if crate::reconcile::interrupt::requested() {
+        for n in waiting {
+            let row = &mut out.instances[n];
+            row.status = Status::InProgress;
+            row.detail = "the install script succeeded; the run was interrupted before Azure showed the machine Connected".into();
+        }
+        return;
     }
     for n in waiting {
         let (code, seen) = last_seen

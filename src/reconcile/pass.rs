@@ -109,24 +109,42 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     ports: &AwsPorts<'_, T, E, I, S>,
 ) -> AccountOutcome {
     let mut out = AccountOutcome::start(plan);
-    crate::reconcile::lifecycle::delete_gone(ctx.token, plan, &mut out, ctx.arm).await;
+    execute_until_interrupted(ctx, plan, ports, &mut out).await;
+    if crate::reconcile::interrupt::requested() {
+        for o in out.instances.iter_mut().filter(|o| o.pending()) {
+            o.detail = format!(
+                "not done: the run was interrupted before this instance was handled (planned: {})",
+                o.detail
+            );
+        }
+    }
+    out
+}
+
+/// The steps of [`execute`]; none starts once the pass is interrupted (see
+/// [`crate::reconcile::interrupt`]).
+async fn execute_until_interrupted<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
+    ctx: &Exec<'_, A>,
+    plan: &AccountPlan,
+    ports: &AwsPorts<'_, T, E, I, S>,
+    out: &mut AccountOutcome,
+) {
+    use crate::reconcile::interrupt::requested;
+    if requested() {
+        return;
+    }
+    crate::reconcile::lifecycle::delete_gone(ctx.token, plan, out, ctx.arm).await;
     if let Some(d) = ctx.durable {
-        record_deletions(d, plan, &out, ctx.regions).await;
+        record_deletions(d, plan, out, ctx.regions).await;
     }
     if plan.create_resource_group {
-        let note = create_resource_group(ctx.token, plan, &mut out, ctx.arm, ctx.azure).await;
+        let note = create_resource_group(ctx.token, plan, out, ctx.arm, ctx.azure).await;
         out.notes.push(note);
     }
-    if let Some(d) = apply_iam(
-        ctx.token,
-        plan,
-        &mut out,
-        ports.ec2,
-        ports.iam,
-        &ctx.opts.apply,
-    )
-    .await
-    {
+    if requested() {
+        return;
+    }
+    if let Some(d) = apply_iam(ctx.token, plan, out, ports.ec2, ports.iam, &ctx.opts.apply).await {
         out.notes.push(d);
     }
     if !ctx.opts.scope.install {
@@ -134,9 +152,12 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
             o.status = Status::WaitingForSsm;
             o.detail = "IAM pass done; the onboarding pass installs the agent".into();
         }
-        return out;
+        return;
     }
-    let mut ready = settle_after_iam(plan, &mut out, ports.ssm, &ctx.opts.apply).await;
+    let mut ready = settle_after_iam(plan, out, ports.ssm, &ctx.opts.apply).await;
+    if requested() {
+        return;
+    }
     let now = ctx.now;
     let records = ctx.records;
     // Commands this daemon sent before it stopped (the planner marked them): track them, never send again.
@@ -194,7 +215,7 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     let cfgs = (ctx.azure, &ctx.config.onboarding);
     install_agents(
         ctx.token,
-        (plan, &mut out),
+        (plan, &mut *out),
         work,
         ports.ssm,
         ctx.arm,
@@ -203,10 +224,9 @@ async fn execute<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     )
     .await;
     if let Some(d) = ctx.durable {
-        record_outcomes(d, plan, &mut out, records, &attempted, now).await;
+        record_outcomes(d, plan, out, records, &attempted, now).await;
         forget_unseen(d, plan, ctx.regions).await;
     }
-    out
 }
 
 /// Removes from the state file the instances of this account that the pass no longer sees (terminated,
@@ -496,7 +516,7 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
         let plan = if token.is_some() {
             plan.scoped(opts.scope)
         } else {
-            plan
+            plan.unverified_unless_checked(&obs.arc)
         };
         info!(instances = plan.instances.len(), "planned");
         let (mode, outcome) = match (token, arm, &config.azure) {

@@ -50,6 +50,9 @@ pub enum Status {
     Terminated,
     /// Run: the gone instance's Arc machine was deleted.
     Offboarded,
+    /// Plan only: the agent would be installed, but Azure was not asked (no `[azure]`, no credential) or
+    /// could not be read, so whether the machine is already connected is unknown.
+    Unverified,
 }
 
 impl Status {
@@ -68,6 +71,7 @@ impl Status {
             Status::ConnectedElsewhere => "connected-elsewhere",
             Status::Terminated => "terminated",
             Status::Offboarded => "offboarded",
+            Status::Unverified => "unverified",
         }
     }
 }
@@ -429,6 +433,22 @@ impl Default for Scope {
 }
 
 impl AccountPlan {
+    /// The plan as a dry run shows it when Azure was not checked (`arc` not `Checked`): a row that would
+    /// get the agent is `unverified` rather than `planned` (its actions kept: what `run` does unless Azure
+    /// shows the machine Connected). Pure, like the planner.
+    pub fn unverified_unless_checked(mut self, arc: &ArcObservation) -> AccountPlan {
+        if matches!(arc, ArcObservation::Checked { .. }) {
+            return self;
+        }
+        for row in &mut self.instances {
+            if row.status == Status::Planned && row.actions.contains(&InstanceAction::InstallAgent)
+            {
+                row.status = Status::Unverified;
+            }
+        }
+        self
+    }
+
     /// The plan of a pass that does only part of the work: without `iam`, no IAM action (they are left to
     /// the IAM pass); without `install`, no resource group and no agent install. Pure, like the planner.
     pub fn scoped(mut self, scope: Scope) -> AccountPlan {

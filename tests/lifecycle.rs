@@ -117,9 +117,16 @@ fn a_terminated_instances_machine_is_deleted_and_only_ours() {
     let now = config("\"us-east-1\"", "delete_after = \"0s\"");
     onboard(&w, &now);
     // Every machine the binary connected carries the ownership tags, the instance's own included.
+    // (Beside them, the SQL Server licence tag every connect sets: `sql_server_license`, default disabled.)
     for m in w.azure.machines() {
         let id = m["name"].as_str().unwrap();
-        assert_eq!(m["tags"], ownership_tags("us-east-1", id), "{m:#}");
+        let mut tags = m["tags"].clone();
+        let sql = tags
+            .as_object_mut()
+            .unwrap()
+            .remove("ArcSQLServerExtensionDeployment");
+        assert_eq!(sql, Some(json!("Disabled")), "{m:#}");
+        assert_eq!(tags, ownership_tags("us-east-1", id), "{m:#}");
     }
     // Not ours: the same name in another resource group (even with our tags), and a machine in our group
     // without the tags (its name is an instance id EC2 does not know).

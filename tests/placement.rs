@@ -88,7 +88,13 @@ fn each_batch_gets_the_location_its_region_maps_to_and_the_connect_options() {
     );
     assert_eq!(out.code, 0, "{}", out.stderr);
     let report = out.json();
-    let commands = w.aws.sent_commands();
+    // Each batch sends its key exchange, then its install: the installs carry the connect options.
+    let commands: Vec<_> = w
+        .aws
+        .sent_commands()
+        .into_iter()
+        .filter(|c| script_of(c).contains("\nARC_MODE='install'\n"))
+        .collect();
     assert_eq!(commands.len(), 3, "{commands:#?}");
     for (id, (region, location)) in ids.iter().zip(expected) {
         assert_eq!(row(&report, id)["status"], "onboarded", "{report:#}");

@@ -765,6 +765,9 @@ fn arm_action(request: &Value) -> Option<String> {
         ("arm", "DELETE", [.., "microsoft.hybridcompute", "machines", _]) => {
             "Microsoft.HybridCompute/machines/delete"
         }
+        ("arm", "POST", ["providers", "microsoft.resourcegraph", "resources"]) => {
+            "Microsoft.ResourceGraph/resources/read"
+        }
         ("arm", _, _) => panic!("an ARM request this test cannot map: {request}"),
         _ => return None,
     };
@@ -819,6 +822,23 @@ fn the_azure_role_holds_exactly_the_arm_actions_a_run_and_a_deletion_use() {
     assert_eq!(role["NotActions"], json!([]));
     assert!(role["Name"].as_str().is_some_and(|n| !n.is_empty()));
     assert!(role["Description"].as_str().is_some_and(|d| !d.is_empty()));
+    // With an onboarding identity the scripts' token is that identity's: the orchestrator creates no machine.
+    let split = template(
+        &["azure-role"],
+        Some(&format!(
+            "{config}\n[azure.onboarding]\nclient_id = \"00000000-0000-0000-0000-000000000004\"\n"
+        )),
+    )
+    .json();
+    let split: BTreeSet<String> = split["Actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let mut without_connect = used.clone();
+    without_connect.remove("Microsoft.HybridCompute/machines/write");
+    assert_eq!(split, without_connect);
     // Without [azure] there is no subscription to scope it to.
     let bare = template(&["azure-role"], Some(BASIC));
     assert_eq!(bare.code, 2, "{}", bare.stderr);

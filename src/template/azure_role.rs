@@ -7,6 +7,9 @@
 //! - `PUT .../resourcegroups/{rg}` (`create-resource-group`): `.../resourceGroups/write`;
 //! - `GET .../machines`, `GET .../machines/{name}`: `Microsoft.HybridCompute/machines/read`;
 //! - `DELETE .../machines/{name}` (`delete-arc-machine`): `Microsoft.HybridCompute/machines/delete`;
+//! - `POST /providers/Microsoft.ResourceGraph/resources` (duplicates found in Azure):
+//!   `Microsoft.ResourceGraph/resources/read` (it also needs read on the machines it may find elsewhere:
+//!   grant Reader where Defender's or other tools' machines live, or accept the warning);
 //! - the install scripts connect with a token of this identity, and `azcmagent connect` creates the
 //!   machine with it: `Microsoft.HybridCompute/machines/write`. An onboarding identity that holds only
 //!   the built-in "Azure Connected Machine Onboarding" role takes that part over where one is configured.
@@ -17,7 +20,8 @@ use super::TemplateError;
 use crate::config::Config;
 
 /// The Resource Manager actions of the orchestrator's own calls.
-pub const ORCHESTRATOR_ACTIONS: [&str; 4] = [
+pub const ORCHESTRATOR_ACTIONS: [&str; 5] = [
+    "Microsoft.ResourceGraph/resources/read",
     "Microsoft.Resources/subscriptions/resourceGroups/read",
     "Microsoft.Resources/subscriptions/resourceGroups/write",
     "Microsoft.HybridCompute/machines/read",
@@ -39,8 +43,11 @@ pub fn role(config: Option<&Config>) -> Result<Value, TemplateError> {
         });
     };
     let mut actions: Vec<&str> = ORCHESTRATOR_ACTIONS.to_vec();
-    // The install scripts carry this identity's token (no separate onboarding identity here).
-    actions.push(CONNECT_ACTION);
+    // Without `[azure.onboarding]` the install scripts carry this identity's token, which creates the
+    // machines; with it, the onboarding identity (Azure Connected Machine Onboarding) does that.
+    if azure.onboarding.is_none() {
+        actions.push(CONNECT_ACTION);
+    }
     actions.sort_unstable();
     Ok(json!({
         "Name": "arc-onboard orchestrator",

@@ -10,7 +10,8 @@
 //! output people read.
 //! - [`cli`]: command-line parsing and the commands; the only place mutation tokens are minted (`cli/mod.rs`:
 //!   clap types, dispatch, exit codes; `commands`: `plan`, `run`, `template`; `daemon`: the daemon, its signals
-//!   and event path; `status`: the state file rendered; `wire`: building the real adapters).
+//!   and event path; `status`: the state file rendered; `wire`: building the real adapters; `saved_plan`:
+//!   the file of `plan --out` / `run --plan` and the checks that refuse it).
 //! - [`config`]: the TOML configuration, validated once into typed values before any AWS call (`mod.rs`:
 //!   the types and `Config::load`; `validate`: the validator and its checks; `effective`: the effective
 //!   configuration `validate` prints; [`config::duration`]: the human durations the interface accepts;
@@ -24,6 +25,8 @@
 //!   - [`reconcile::apply`]: executes the IAM part of a plan (requires a mutation token).
 //!   - [`reconcile::onboard`]: the agent install through SSM Run Command, tracking, verification in Azure.
 //!   - [`reconcile::pass`]: one observe -> plan -> apply pass, shared by every command.
+//!   - [`reconcile::saved`]: saved plans: the rows and the facts they rest on, and the pure restriction
+//!     of a plan made anew to a saved one (`run --plan`).
 //!   - [`reconcile::accounts`]: the accounts in scope, entering each, one pass per account (bounded
 //!     concurrency) and one merged report; the [`reconcile::accounts::Accounts`] port.
 //! - [`adapters`]: the real systems behind the ports.

@@ -3,7 +3,8 @@
 //!
 //! Here: the clap types, `main`, logging, dispatch, exit codes and [`CliError`]. The commands live beside it:
 //! `commands` (`plan`, `run`, `template`), `daemon` (the daemon, its signals and event path), `status`
-//! (the state file rendered), and `wire` (building the real adapters a command runs on).
+//! (the state file rendered), `wire` (building the real adapters a command runs on), and `saved_plan`
+//! (the file of `plan --out` and `run --plan`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -21,6 +22,7 @@ use crate::reconcile::pass::PassError;
 
 mod commands;
 mod daemon;
+mod saved_plan;
 mod status;
 mod wire;
 
@@ -153,6 +155,12 @@ pub struct PlanArgs {
     /// Only the accounts whose 12-digit id, read as an integer, modulo COUNT equals INDEX (e.g. `2/8`).
     #[arg(long, value_name = "INDEX/COUNT")]
     pub shard: Option<Shard>,
+    /// Also write the plan, with the facts it rests on, to FILE (JSON) for `run --plan FILE`.
+    #[arg(long, value_name = "FILE", conflicts_with = "state_file")]
+    pub out: Option<PathBuf>,
+    /// Exit 3 when changes are pending (0 when there is nothing to do; 1 and 2 as always, and first).
+    #[arg(long)]
+    pub detailed_exitcode: bool,
 }
 
 /// Options of `status`.
@@ -183,8 +191,15 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_cli_duration, default_value = "5m")]
     pub verify_timeout: Duration,
     /// Only the accounts whose 12-digit id, read as an integer, modulo COUNT equals INDEX (e.g. `2/8`).
-    #[arg(long, value_name = "INDEX/COUNT")]
+    #[arg(long, value_name = "INDEX/COUNT", conflicts_with = "plan")]
     pub shard: Option<Shard>,
+    /// Apply exactly the plan `plan --out FILE` saved: instances it does not hold are left alone, rows whose
+    /// world changed since are skipped with the reason. Its shard is used.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+    /// The oldest saved plan `--plan` accepts (counted from when its observation began).
+    #[arg(long, value_parser = parse_cli_duration, default_value = "1h", requires = "plan")]
+    pub plan_max_age: Duration,
 }
 
 fn parse_cli_duration(s: &str) -> Result<Duration, String> {
@@ -224,6 +239,9 @@ pub enum CliError {
     /// The Azure credential's proof is unusable (certificate, token file, `az`, endpoint).
     #[error("the Azure credential cannot be used; nothing was changed")]
     Credential(#[source] CredentialError),
+    /// `plan --out` / `run --plan`: the saved plan cannot be written, read or used.
+    #[error(transparent)]
+    SavedPlan(#[from] saved_plan::SavedPlanError),
 }
 
 /// Exit codes of the interface.
@@ -234,6 +252,10 @@ pub mod exit {
     pub const FAILURES: u8 = 1;
     /// Usage or configuration error, or nothing could be handled.
     pub const FATAL: u8 = 2;
+    /// `plan --detailed-exitcode`: completed, nothing failed, and changes are pending.
+    pub const CHANGES_PENDING: u8 = 3;
+    /// `run`: completed, nothing failed, nothing was onboarded, and instances still wait for SSM.
+    pub const STILL_WAITING: u8 = 4;
 }
 
 fn init_logging(cli: &Cli) {
@@ -316,19 +338,26 @@ async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                 }
                 None => None,
             };
-            plan_command(cli, &config, memory.as_ref(), args.shard).await
+            plan_command(cli, &config, memory.as_ref(), args).await
         }
         Command::Daemon(args) => daemon_command(&config, args).await,
         Command::Status(_) | Command::Template(_) => {
             unreachable!("handled before the configuration is read")
         }
         Command::Run(args) => {
-            let opts = pass_options(args.wait_for_ssm, args.command_timeout, args.verify_timeout);
+            let mut opts =
+                pass_options(args.wait_for_ssm, args.command_timeout, args.verify_timeout);
+            let mut shard = args.shard;
+            if let Some(path) = &args.plan {
+                let saved = saved_plan::load(path, &config, args.plan_max_age)?;
+                shard = saved_plan::shard_of(path, &saved)?;
+                opts.saved = Some(std::sync::Arc::new(saved));
+            }
             if args.dry_run {
-                one_pass(cli, &config, None, opts, args.shard).await
+                one_pass(cli, &config, None, opts, shard).await
             } else {
                 let token = MutationToken::mint();
-                one_pass(cli, &config, Some(&token), opts, args.shard).await
+                one_pass(cli, &config, Some(&token), opts, shard).await
             }
         }
     }

@@ -45,6 +45,8 @@ pub enum Status {
     Failed,
     /// The agent is connected to another Arc resource (another subscription, group or name); left alone.
     ConnectedElsewhere,
+    /// `run --plan`: not applied, because the saved plan does not hold it or its world changed since.
+    Skipped,
 }
 
 impl Status {
@@ -61,6 +63,7 @@ impl Status {
             Status::InProgress => "in-progress",
             Status::Failed => "failed",
             Status::ConnectedElsewhere => "connected-elsewhere",
+            Status::Skipped => "skipped",
         }
     }
 }
@@ -144,7 +147,7 @@ impl fmt::Display for Failure {
 }
 
 /// What `create-ssm-role` has to do in one account. Each step is needed only when its object is missing.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SsmRoleSteps {
     /// `iam:CreateRole` (trust `ec2.amazonaws.com`, tagged as ours).
     pub create_role: bool,
@@ -270,6 +273,9 @@ pub struct InstancePlan {
     /// `in-progress` with a command this daemon sent (from its memory): the pass tracks it to its end.
     #[serde(skip)]
     pub resume: bool,
+    /// What Azure showed of the instance's Arc machine: part of the basis a saved plan keeps.
+    #[serde(skip)]
+    pub arc: crate::reconcile::saved::ArcSeen,
 }
 
 impl InstancePlan {
@@ -763,6 +769,7 @@ impl Planner<'_> {
             failure: None,
             arc_resource_id: None,
             resume: false,
+            arc: crate::reconcile::saved::ArcSeen::of(&self.obs.arc, &inst.ec2.instance_id),
         };
         if plan.platform == Platform::Unknown {
             plan.status = Status::Unsupported;

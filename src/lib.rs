@@ -12,7 +12,8 @@
 //!   clap types, dispatch, exit codes; `commands`: `plan`, `run`, `template`; `daemon`: the daemon, its signals
 //!   and event path; `status`: the state file rendered; `wire`: building the real adapters; `usage`: flags
 //!   a command would ignore refused, completions, the man page, `--help` examples; `interrupt`: Ctrl-C
-//!   during `run`). `build.rs` puts the git commit and the target triple in `--version`.
+//!   during `run`; `saved_plan`: the file of `plan --out` / `run --plan` and the checks that refuse it).
+//!   `build.rs` puts the git commit and the target triple in `--version`.
 //! - [`config`]: the TOML configuration, validated once into typed values before any AWS call (`mod.rs`:
 //!   the types and `Config::load`; `validate`: the validator and its checks; `effective`: the effective
 //!   configuration `validate` prints; [`config::duration`]: the human durations the interface accepts;
@@ -30,6 +31,8 @@
 //!   - [`reconcile::onboard`]: the agent install through SSM Run Command, tracking, verification in Azure.
 //!   - [`reconcile::pass`]: one observe -> plan -> apply pass, shared by every command.
 //!   - [`reconcile::interrupt`]: interrupting a pass (Ctrl-C during `run`): no new change, waits end.
+//!   - [`reconcile::saved`]: saved plans: the rows and the facts they rest on, and the pure restriction
+//!     of a plan made anew to a saved one (`run --plan`).
 //!   - [`reconcile::accounts`]: the accounts in scope, entering each, one pass per account (bounded
 //!     concurrency) and one merged report; the [`reconcile::accounts::Accounts`] port.
 //! - [`adapters`]: the real systems behind the ports.

@@ -844,3 +844,49 @@ fn the_azure_role_holds_exactly_the_arm_actions_a_run_and_a_deletion_use() {
     assert_eq!(bare.code, 2, "{}", bare.stderr);
     assert!(bare.stderr.contains("azure"), "{}", bare.stderr);
 }
+#[test]
+fn events_with_an_organization_id_and_no_configuration_lets_the_organization_forward() {
+    // Without a file, as a member account's operator or a first set-up would run it.
+    let t = template(&["events", "--organization-id", "o-abcdef12345"], None).json();
+    let bus = &t["Resources"]["OrganizationPutsEvents"];
+    assert_eq!(bus["Type"], "AWS::Events::EventBusPolicy");
+    assert_eq!(
+        bus["Properties"]["Statement"]["Condition"]["StringEquals"]["aws:PrincipalOrgID"],
+        json!({"Ref": "OrganizationId"})
+    );
+    assert_eq!(
+        t["Parameters"]["OrganizationId"]["Default"],
+        "o-abcdef12345"
+    );
+    // Without it, nobody else may put events on the bus.
+    let t = template(&["events"], None).json();
+    assert!(t["Resources"].get("OrganizationPutsEvents").is_none());
+    assert!(t["Parameters"].get("OrganizationId").is_none());
+    // With a list of accounts as well, both policies, under distinct statement ids.
+    let t = template(
+        &["events", "--organization-id", "o-abcdef12345"],
+        Some(LIST),
+    )
+    .json();
+    let ids: Vec<&Value> = ["OrganizationPutsEvents", "MemberAccountsPutEvents"]
+        .iter()
+        .map(|r| &t["Resources"][r]["Properties"]["StatementId"])
+        .collect();
+    assert!(
+        ids[0].is_string() && ids[1].is_string() && ids[0] != ids[1],
+        "{ids:?}"
+    );
+}
+
+#[test]
+fn the_event_queues_state_their_deletion_and_replacement_policies() {
+    for config in [None, Some(EVENTS)] {
+        let t = template(&["events"], config).json();
+        for queue in ["EventQueue", "DeadLetterQueue"] {
+            let q = &t["Resources"][queue];
+            assert_eq!(q["Type"], "AWS::SQS::Queue");
+            assert_eq!(q["DeletionPolicy"], "Delete", "{queue}");
+            assert_eq!(q["UpdateReplacePolicy"], "Delete", "{queue}");
+        }
+    }
+}

@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::wire::{
     attach_web_identity, azure_adapter, home_region, load_credential, session_name, Adapters,
 };
-use super::{exit, Cli, CliError, Output, TemplateCommand, DEFAULT_CONFIG};
+use super::{exit, Cli, CliError, Output, PlanArgs, TemplateCommand, DEFAULT_CONFIG};
 use crate::adapters::aws;
 use crate::config::{Config, Shard};
 use crate::output::TableStyle;
@@ -14,6 +14,7 @@ use crate::reconcile::accounts::run_accounts;
 use crate::reconcile::apply::ApplyOptions;
 use crate::reconcile::onboard::InstallOptions;
 use crate::reconcile::pass::{PassOptions, Scope};
+use crate::reconcile::plan::Status;
 
 /// Pass bounds from the command line.
 pub(super) fn pass_options(
@@ -32,7 +33,17 @@ pub(super) fn pass_options(
             ..InstallOptions::default()
         },
         scope: Scope::default(),
+        saved: None,
     }
+}
+
+/// What `plan` does with its report besides printing it.
+#[derive(Debug, Clone, Copy, Default)]
+struct PlanOutputs<'a> {
+    /// `--out FILE`.
+    out: Option<&'a std::path::Path>,
+    /// `--detailed-exitcode`.
+    detailed_exitcode: bool,
 }
 
 /// `plan`, with the daemon's memory when a state file is given.
@@ -40,7 +51,7 @@ pub(super) async fn plan_command(
     cli: &Cli,
     config: &Config,
     db: Option<&crate::daemon::state::StateDb>,
-    shard: Option<Shard>,
+    args: &PlanArgs,
     wide: bool,
 ) -> Result<u8, CliError> {
     let durable = db.map(|db| crate::reconcile::pass::Durable {
@@ -49,7 +60,12 @@ pub(super) async fn plan_command(
         retry_max: Duration::from_secs(24 * 3600),
     });
     let opts = PassOptions::default();
-    pass_and_report(cli, config, None, opts, durable.as_ref(), (shard, wide)).await
+    let outputs = PlanOutputs {
+        out: args.out.as_deref(),
+        detailed_exitcode: args.detailed_exitcode,
+    };
+    let pass = (None, opts, durable.as_ref(), args.shard, wide);
+    pass_and_report(cli, config, pass, outputs).await
 }
 
 pub(super) async fn one_pass(
@@ -60,17 +76,25 @@ pub(super) async fn one_pass(
     shard: Option<Shard>,
     wide: bool,
 ) -> Result<u8, CliError> {
-    pass_and_report(cli, config, token, opts, None, (shard, wide)).await
+    let pass = (token, opts, None, shard, wide);
+    pass_and_report(cli, config, pass, PlanOutputs::default()).await
 }
 
-/// One pass, its report on stdout, and the exit code.
+/// What a pass runs with: its token, bounds, the daemon's memory, the shard, and `--wide`.
+type PassInputs<'a> = (
+    Option<&'a MutationToken>,
+    PassOptions,
+    Option<&'a crate::reconcile::pass::Durable<'a>>,
+    Option<Shard>,
+    bool,
+);
+
+/// One pass, its report on stdout (and, for `plan --out`, in the saved plan file), and the exit code.
 async fn pass_and_report(
     cli: &Cli,
     config: &Config,
-    token: Option<&MutationToken>,
-    opts: PassOptions,
-    durable: Option<&crate::reconcile::pass::Durable<'_>>,
-    (shard, wide): (Option<Shard>, bool),
+    (token, opts, durable, shard, wide): PassInputs<'_>,
+    outputs: PlanOutputs<'_>,
 ) -> Result<u8, CliError> {
     let credential = load_credential(config)?;
     // Why Azure will not be asked at all (plan only: run refuses to start without it).
@@ -99,6 +123,17 @@ async fn pass_and_report(
     .await
     .map_err(|e| unreachable_aws(e, &sdk, &home, &adapters.counter))?;
     let report = outcome.report;
+    if let Some(path) = outputs.out.filter(|_| !outcome.no_region_reachable) {
+        let saved = super::saved_plan::write(path, &report, config, shard)?;
+        if saved
+            .instances
+            .iter()
+            .any(|r| r.basis.arc_machine == crate::reconcile::saved::ArcSeen::NotChecked)
+        {
+            tracing::warn!(file = %path.display(), "the saved plan was made without Azure's view of the machines; `run --plan` skips every row whose Arc machine it then sees");
+        }
+        tracing::info!(file = %path.display(), instances = saved.instances.len(), "plan saved; apply it with `arc-onboard run --plan FILE`");
+    }
     let text = match cli.output {
         Output::Json => format!("{}\n", report.to_json()),
         Output::Table => {
@@ -112,6 +147,16 @@ async fn pass_and_report(
         exit::FATAL
     } else if report.has_failures() {
         exit::FAILURES
+    } else if outputs.detailed_exitcode && report.has_changes() {
+        exit::CHANGES_PENDING
+    } else if token.is_some() && report.still_waiting() {
+        let waiting = report.summary.by_status.get(&Status::WaitingForSsm);
+        eprintln!(
+            "note: nothing was onboarded; {} instance(s) still wait for SSM (exit {}): run again once they are Online",
+            waiting.copied().unwrap_or(0),
+            exit::STILL_WAITING
+        );
+        exit::STILL_WAITING
     } else {
         exit::OK
     })

@@ -4,8 +4,8 @@
 //! Here: the clap types, `main`, logging, dispatch, exit codes and [`CliError`]. The commands live beside it:
 //! `commands` (`plan`, `run`, `template`), `daemon` (the daemon, its signals and event path), `status`
 //! (the state file rendered), `wire` (building the real adapters a command runs on), `usage` (flags that
-//! a command would ignore, refused; completions, the man page, `--version`), and `interrupt` (Ctrl-C during
-//! `run`).
+//! a command would ignore, refused; completions, the man page, `--version`), `interrupt` (Ctrl-C during
+//! `run`), and `saved_plan` (the file of `plan --out` and `run --plan`).
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -24,6 +24,7 @@ use crate::reconcile::pass::PassError;
 mod commands;
 mod daemon;
 mod interrupt;
+mod saved_plan;
 mod status;
 mod usage;
 mod wire;
@@ -183,6 +184,12 @@ pub struct PlanArgs {
     /// On a terminal: every column and whole cells (the table then may be wider than the terminal).
     #[arg(long)]
     pub wide: bool,
+    /// Also write the plan, with the facts it rests on, to FILE (JSON) for `run --plan FILE`.
+    #[arg(long, value_name = "FILE", conflicts_with = "state_file")]
+    pub out: Option<PathBuf>,
+    /// Exit 3 when changes are pending (0 when there is nothing to do; 1 and 2 as always, and first).
+    #[arg(long)]
+    pub detailed_exitcode: bool,
 }
 
 /// Options of `status`.
@@ -216,11 +223,18 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_cli_duration, default_value = "5m")]
     pub verify_timeout: Duration,
     /// Only the accounts whose 12-digit id, read as an integer, modulo COUNT equals INDEX (e.g. `2/8`).
-    #[arg(long, value_name = "INDEX/COUNT")]
+    #[arg(long, value_name = "INDEX/COUNT", conflicts_with = "plan")]
     pub shard: Option<Shard>,
     /// On a terminal: every column and whole cells (the table then may be wider than the terminal).
     #[arg(long)]
     pub wide: bool,
+    /// Apply exactly the plan `plan --out FILE` saved: instances it does not hold are left alone, rows whose
+    /// world changed since are skipped with the reason. Its shard is used.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+    /// The oldest saved plan `--plan` accepts (counted from when its observation began).
+    #[arg(long, value_parser = parse_cli_duration, default_value = "1h", requires = "plan")]
+    pub plan_max_age: Duration,
 }
 
 fn parse_cli_duration(s: &str) -> Result<Duration, String> {
@@ -279,6 +293,9 @@ pub enum CliError {
     /// `ARC_ONBOARD_LOG` is not a valid filter.
     #[error("ARC_ONBOARD_LOG is not a valid log filter ({0}); e.g. ARC_ONBOARD_LOG=arc_onboard=debug,aws_smithy_runtime=info")]
     LogFilter(String),
+    /// `plan --out` / `run --plan`: the saved plan cannot be written, read or used.
+    #[error(transparent)]
+    SavedPlan(#[from] saved_plan::SavedPlanError),
 }
 
 /// Exit codes of the interface.
@@ -289,6 +306,10 @@ pub mod exit {
     pub const FAILURES: u8 = 1;
     /// Usage or configuration error, or nothing could be handled.
     pub const FATAL: u8 = 2;
+    /// `plan --detailed-exitcode`: completed, nothing failed, and changes are pending.
+    pub const CHANGES_PENDING: u8 = 3;
+    /// `run`: completed, nothing failed, nothing was onboarded, and instances still wait for SSM.
+    pub const STILL_WAITING: u8 = 4;
     /// A Rust panic (an internal error: a bug); set by the Rust runtime, listed for the README.
     pub const PANIC: u8 = 101;
     /// `run` was interrupted (SIGINT, Ctrl-C) and printed the partial report: 128 + SIGINT.
@@ -378,7 +399,7 @@ async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
                 }
                 None => None,
             };
-            plan_command(cli, &config, memory.as_ref(), args.shard, args.wide).await
+            plan_command(cli, &config, memory.as_ref(), args, args.wide).await
         }
         Command::Daemon(args) => daemon_command(&config, args).await,
         Command::Status(_)
@@ -388,13 +409,20 @@ async fn dispatch(cli: &Cli) -> Result<u8, CliError> {
             unreachable!("handled before the configuration is read")
         }
         Command::Run(args) => {
-            let opts = pass_options(args.wait_for_ssm, args.command_timeout, args.verify_timeout);
+            let mut opts =
+                pass_options(args.wait_for_ssm, args.command_timeout, args.verify_timeout);
+            let mut shard = args.shard;
+            if let Some(path) = &args.plan {
+                let saved = saved_plan::load(path, &config, args.plan_max_age)?;
+                shard = saved_plan::shard_of(path, &saved)?;
+                opts.saved = Some(std::sync::Arc::new(saved));
+            }
             if args.dry_run {
-                one_pass(cli, &config, None, opts, args.shard, args.wide).await
+                one_pass(cli, &config, None, opts, shard, args.wide).await
             } else {
                 let token = MutationToken::mint();
                 interrupt::interruptible_run(|| {
-                    one_pass(cli, &config, Some(&token), opts, args.shard, args.wide)
+                    one_pass(cli, &config, Some(&token), opts, shard, args.wide)
                 })
                 .await
             }

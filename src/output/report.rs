@@ -208,6 +208,18 @@ impl Report {
         !self.errors.is_empty() || self.instances.iter().any(|i| i.status == Status::Failed)
     }
 
+    /// Whether any instance or account has an action to take (`plan --detailed-exitcode`).
+    pub fn has_changes(&self) -> bool {
+        self.instances.iter().any(|i| !i.actions.is_empty())
+            || self.accounts.iter().any(|a| !a.actions.is_empty())
+    }
+
+    /// Whether nothing was onboarded while some instance still waits for SSM (`run`'s exit code 4).
+    pub fn still_waiting(&self) -> bool {
+        let count = |s: Status| self.summary.by_status.get(&s).copied().unwrap_or(0);
+        count(Status::Onboarded) == 0 && count(Status::WaitingForSsm) > 0
+    }
+
     /// JSON, pretty-printed.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("the report serializes")
@@ -377,5 +389,87 @@ impl Report {
         );
         let _ = writeln!(out, "{}", fits(&line, 2));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::reconcile::plan::{Failure, FailureStep, Planned};
+    use crate::reconcile::saved::tests::{fleet, plan_of};
+
+    /// Every object key in `v`, except the keys of maps whose keys are data (statuses, operations).
+    fn keys(v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::Object(map) => {
+                for (k, child) in map {
+                    out.insert(k.clone());
+                    if k != "by_status" && k != "api_calls" {
+                        keys(child, out);
+                    }
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|i| keys(i, out)),
+            _ => {}
+        }
+    }
+
+    #[tokio::test]
+    async fn every_field_of_the_json_report_is_documented_in_the_readme() {
+        let plan = plan_of(&fleet()).await;
+        let mut report = Report::new(
+            Mode::Run,
+            SystemTime::now(),
+            vec![(plan, None)],
+            ApiCounts::new(),
+        );
+        // Every optional field set, on one row and one account.
+        let row = &mut report.instances[0];
+        row.command_id = Some("c-1".into());
+        row.next_attempt_at = Some("2026-01-01T00:00:00Z".into());
+        row.arc_resource_id =
+            Some("/subscriptions/s/resourceGroups/g/providers/x/machines/m".into());
+        row.failure = Some(Failure {
+            exit_code: Some(41),
+            ..Failure::new(FailureStep::Connect, "AZCM0041", "rejected")
+        });
+        row.planned = Some(Planned {
+            status: Status::Planned,
+            detail: "planned".into(),
+        });
+        let account = &mut report.accounts[0];
+        account.detail = Some("done".into());
+        assert!(
+            account.ssm_role_steps.is_some(),
+            "the fixture plans create-ssm-role"
+        );
+        report.errors.push(ReportError {
+            account_id: "1".into(),
+            region: None,
+            operation: "sts:AssumeRole".into(),
+            code: "AccessDenied".into(),
+            message: "no".into(),
+        });
+        let mut found = BTreeSet::new();
+        keys(&serde_json::to_value(&report).unwrap(), &mut found);
+
+        let readme = include_str!("../../README.md");
+        let start = readme.find("\n## Report\n").expect("a Report section");
+        let section = &readme[start + 1..];
+        let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+        let undocumented: Vec<&String> = found
+            .iter()
+            .filter(|k| {
+                !section.contains(&format!("`{k}`")) && !section.contains(&format!("\"{k}\""))
+            })
+            .collect();
+        assert!(
+            undocumented.is_empty(),
+            "not in the README's Report section: {undocumented:?}"
+        );
     }
 }

@@ -221,6 +221,10 @@ pub fn plan_gone(
                 planned: None,
                 needs_ssm_role: false,
                 resume: false,
+                arc: crate::reconcile::saved::ArcSeen::Present {
+                    name: g.machine.name.clone(),
+                    status: g.machine.status.as_str().to_string(),
+                },
                 termination: Some(Termination {
                     resource_group: g.resource_group.clone(),
                     machine: g.machine.name.clone(),

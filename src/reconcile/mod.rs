@@ -9,3 +9,4 @@ pub mod onboard;
 pub mod outcome;
 pub mod pass;
 pub mod plan;
+pub mod saved;

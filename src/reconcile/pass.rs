@@ -62,6 +62,8 @@ pub struct PassOptions {
     pub install: InstallOptions,
     /// What a mutating pass does.
     pub scope: Scope,
+    /// `run --plan`: the saved plan the pass's plan is restricted to (nothing beyond it is executed).
+    pub saved: Option<std::sync::Arc<crate::reconcile::saved::SavedPlan>>,
 }
 
 pub use crate::reconcile::plan::Scope;
@@ -518,6 +520,10 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
         } else {
             plan.unverified_unless_checked(&obs.arc)
         };
+        let plan = match &opts.saved {
+            Some(saved) => saved.restrict(plan),
+            None => plan,
+        };
         info!(instances = plan.instances.len(), "planned");
         let (mode, outcome) = match (token, arm, &config.azure) {
             (Some(token), Some(arm), Some(azure)) => {
@@ -754,6 +760,7 @@ mod tests {
                 ..InstallOptions::default()
             },
             scope: Scope::default(),
+            saved: None,
         };
         run_pass(config, &ports, Some(arm), token, &opts, durable, now)
             .await

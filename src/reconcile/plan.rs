@@ -53,6 +53,8 @@ pub enum Status {
     /// Plan only: the agent would be installed, but Azure was not asked (no `[azure]`, no credential) or
     /// could not be read, so whether the machine is already connected is unknown.
     Unverified,
+    /// `run --plan`: not applied, because the saved plan does not hold it or its world changed since.
+    Skipped,
 }
 
 impl Status {
@@ -72,6 +74,7 @@ impl Status {
             Status::Terminated => "terminated",
             Status::Offboarded => "offboarded",
             Status::Unverified => "unverified",
+            Status::Skipped => "skipped",
         }
     }
 }
@@ -158,7 +161,7 @@ impl fmt::Display for Failure {
 }
 
 /// What `create-ssm-role` has to do in one account. Each step is needed only when its object is missing.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SsmRoleSteps {
     /// `iam:CreateRole` (trust `ec2.amazonaws.com`, tagged as ours).
     pub create_role: bool,
@@ -326,6 +329,9 @@ pub struct InstancePlan {
     /// `in-progress` with a command this daemon sent (from its memory): the pass tracks it to its end.
     #[serde(skip)]
     pub resume: bool,
+    /// What Azure showed of the instance's Arc machine: part of the basis a saved plan keeps.
+    #[serde(skip)]
+    pub arc: crate::reconcile::saved::ArcSeen,
 }
 
 impl InstancePlan {
@@ -905,6 +911,7 @@ impl Planner<'_> {
             azure_location: None,
             resume: false,
             termination: None,
+            arc: crate::reconcile::saved::ArcSeen::of(&self.obs.arc, &inst.ec2.instance_id),
         };
         if plan.platform == Platform::Unknown {
             plan.status = Status::Unsupported;

@@ -6,7 +6,9 @@
 //!   change on an EC2 instance) that target it, and the queue policy letting exactly those rules send. The
 //!   rules name no account, so with `[aws.accounts]` (source `list` or `organization`) they also match the
 //!   events member accounts forward, and the stack adds the bus policy that lets those accounts
-//!   `events:PutEvents` (`aws:PrincipalOrgID` for an organization, the listed accounts for `list`).
+//!   `events:PutEvents` (`aws:PrincipalOrgID` for an organization, the listed accounts for `list`);
+//!   `--organization-id` adds the organization's policy without a configuration too. Both queues state
+//!   their `DeletionPolicy` and `UpdateReplacePolicy` (`Delete`: they go with the stack).
 //! - the forwarder (`--forwarder`), deployed as a StackSet in the member accounts and regions, and as a
 //!   stack in the orchestrator account's other regions: the same two rules, targeting the orchestrator's
 //!   default event bus through a role EventBridge assumes.
@@ -73,6 +75,11 @@ fn rule(description: &str, pattern: Value, target: Value) -> Value {
     })
 }
 
+/// `DeletionPolicy` and `UpdateReplacePolicy` of both queues, stated rather than left to CloudFormation's
+/// default: they go with the stack. They hold only transient events (the schedules are the safety net), and
+/// a retained queue would block redeploying the stack under the same `QueueName`.
+const QUEUE_RETENTION: &str = "Delete";
+
 const RUNNING_DESCRIPTION: &str = "arc-onboard: an EC2 instance entered the running state";
 const TAG_DESCRIPTION: &str = "arc-onboard: the tags of an EC2 instance changed";
 
@@ -95,6 +102,8 @@ fn orchestrator(config: Option<&Config>, queue: Option<&QueueRef>, args: &Templa
         "DeadLetterQueue".into(),
         json!({
             "Type": "AWS::SQS::Queue",
+            "DeletionPolicy": QUEUE_RETENTION,
+            "UpdateReplacePolicy": QUEUE_RETENTION,
             "Properties": {
                 "QueueName": {"Fn::Join": ["", [{"Ref": "QueueName"}, "-dlq"]]},
                 "MessageRetentionPeriod": 1_209_600,
@@ -106,6 +115,8 @@ fn orchestrator(config: Option<&Config>, queue: Option<&QueueRef>, args: &Templa
         "EventQueue".into(),
         json!({
             "Type": "AWS::SQS::Queue",
+            "DeletionPolicy": QUEUE_RETENTION,
+            "UpdateReplacePolicy": QUEUE_RETENTION,
             "Properties": {
                 "QueueName": {"Ref": "QueueName"},
                 "MessageRetentionPeriod": 345_600,
@@ -155,41 +166,50 @@ fn orchestrator(config: Option<&Config>, queue: Option<&QueueRef>, args: &Templa
         "arn:", {"Ref": "AWS::Partition"}, ":events:", {"Ref": "AWS::Region"}, ":",
         {"Ref": "AWS::AccountId"}, ":event-bus/default"
     ]]});
-    match accounts.map(|a| (&a.source, &a.ids)) {
-        Some((AccountSource::Organization, _)) => {
-            let mut p = json!({
-                "Type": "String",
-                "Description": "The AWS Organizations id whose accounts may forward instance events here",
-                "AllowedPattern": "^o-[a-z0-9]{10,32}$"
-            });
-            if let Some(org) = &args.organization_id {
-                p["Default"] = json!(org);
-            }
-            parameters.insert("OrganizationId".into(), p);
-            resources.insert(
-                "OrganizationPutsEvents".into(),
-                bus_policy(
-                    json!("*"),
-                    bus_arn,
-                    Some(
-                        json!({"StringEquals": {"aws:PrincipalOrgID": {"Ref": "OrganizationId"}}}),
-                    ),
-                ),
-            );
+    // `--organization-id` alone (a member account's events, no configuration at hand) is as good as
+    // `source = "organization"`: the organization's accounts may forward.
+    let organization = args.organization_id.is_some()
+        || accounts.is_some_and(|a| a.source == AccountSource::Organization);
+    if organization {
+        let mut p = json!({
+            "Type": "String",
+            "Description": "The AWS Organizations id whose accounts may forward instance events here",
+            "AllowedPattern": "^o-[a-z0-9]{10,32}$"
+        });
+        if let Some(org) = &args.organization_id {
+            p["Default"] = json!(org);
         }
-        Some((AccountSource::List, ids)) if !ids.is_empty() => {
-            let principals: Vec<Value> = ids
-                .iter()
-                .map(|id| {
-                    json!({"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":iam::", id, ":root"]]})
-                })
-                .collect();
-            resources.insert(
-                "MemberAccountsPutEvents".into(),
-                bus_policy(json!({"AWS": principals}), bus_arn, None),
-            );
-        }
-        _ => {}
+        parameters.insert("OrganizationId".into(), p);
+        resources.insert(
+            "OrganizationPutsEvents".into(),
+            bus_policy(
+                "ArcOnboardOrganizationForwardsInstanceEvents",
+                json!("*"),
+                bus_arn.clone(),
+                Some(json!({"StringEquals": {"aws:PrincipalOrgID": {"Ref": "OrganizationId"}}})),
+            ),
+        );
+    }
+    if let Some(ids) = accounts
+        .filter(|a| a.source == AccountSource::List)
+        .map(|a| &a.ids)
+        .filter(|ids| !ids.is_empty())
+    {
+        let principals: Vec<Value> = ids
+            .iter()
+            .map(|id| {
+                json!({"Fn::Join": ["", ["arn:", {"Ref": "AWS::Partition"}, ":iam::", id, ":root"]]})
+            })
+            .collect();
+        resources.insert(
+            "MemberAccountsPutEvents".into(),
+            bus_policy(
+                "ArcOnboardMembersForwardInstanceEvents",
+                json!({"AWS": principals}),
+                bus_arn,
+                None,
+            ),
+        );
     }
 
     json!({
@@ -215,9 +235,9 @@ fn orchestrator(config: Option<&Config>, queue: Option<&QueueRef>, args: &Templa
     })
 }
 
-fn bus_policy(principal: Value, bus_arn: Value, condition: Option<Value>) -> Value {
+fn bus_policy(id: &str, principal: Value, bus_arn: Value, condition: Option<Value>) -> Value {
     let mut statement = json!({
-        "Sid": "ArcOnboardMembersForwardInstanceEvents",
+        "Sid": id,
         "Effect": "Allow",
         "Principal": principal,
         "Action": "events:PutEvents",
@@ -230,7 +250,7 @@ fn bus_policy(principal: Value, bus_arn: Value, condition: Option<Value>) -> Val
         "Type": "AWS::Events::EventBusPolicy",
         "Properties": {
             "EventBusName": "default",
-            "StatementId": "ArcOnboardMembersForwardInstanceEvents",
+            "StatementId": id,
             "Statement": statement
         }
     })

@@ -13,6 +13,9 @@ use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 /// Columns between two cells.
 const GAP: usize = 2;
 
+/// Which ANSI style, if any, a cell's text is painted with.
+pub type Painter = fn(&str) -> Option<&'static str>;
+
 /// How a table is fitted and painted.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Layout<'a> {
@@ -23,7 +26,7 @@ pub struct Layout<'a> {
     pub shrink: &'a [(usize, usize)],
     /// `(column, paint)`: the cells of that column (not its header) are wrapped in the ANSI style
     /// `paint` returns for their text.
-    pub paint: Option<(usize, fn(&str) -> Option<&'static str>)>,
+    pub paint: Option<(usize, Painter)>,
 }
 
 /// Renders a header line and the rows, two spaces between columns, one line each, every cell whole.

@@ -151,9 +151,7 @@ def test_health_and_config_hides_secret(stub):
                       "onboarding_client_secret": "<set>", "token_lifetime_seconds": 3600, "token_lifetime_sequence": [],
                       "fail_token": False, "connect_delay_seconds": 0, "machine_status": {},
                       "mi_system_assigned": True, "mi_client_ids": [], "arc_token_dir": None,
-                      "graph_page_size": 1000, "graph_denied": False}
-                      "mi_system_assigned": True, "mi_client_ids": [], "arc_token_dir": None,
-                      "fail_delete": None}
+                      "graph_page_size": 1000, "graph_denied": False, "fail_delete": None}
     updated = stub.control("POST", "config", {"client_secret": "new-secret",
                                               "token_lifetime_seconds": 60})
     assert updated["client_secret"] == "<set>" and updated["token_lifetime_seconds"] == 60

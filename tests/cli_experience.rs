@@ -181,8 +181,8 @@ fn off_a_terminal_the_table_is_whole_and_plain() {
     assert_eq!(
         header.split_whitespace().collect::<Vec<_>>(),
         [
-            "ACCOUNT", "REGION", "INSTANCE", "NAME", "PLATFORM", "STATE", "SSM", "ACTIONS",
-            "STATUS", "DETAIL"
+            "ACCOUNT", "REGION", "LOCATION", "INSTANCE", "NAME", "PLATFORM", "STATE", "SSM",
+            "AGENT", "ACTIONS", "STATUS", "DETAIL"
         ]
     );
     assert!(out.stdout.lines().any(|l| l.len() > 150), "whole details");
@@ -668,8 +668,19 @@ fn the_quiet_live_line_never_wraps_and_shows_time() {
             "--verify-timeout",
             "20s",
         ],
-        &w.config(ONE_REGION),
-        &[("ARC_ONBOARD_CLIENT_SECRET", STUB_SECRET)],
+        // With an onboarding identity: no start-up warning about the scripts' token (a log line, not the
+        // live line this test is about).
+        &format!(
+            "{}\n[azure.onboarding]\nclient_id = \"00000000-0000-0000-0000-000000000004\"\n",
+            w.config(ONE_REGION)
+        ),
+        &[
+            ("ARC_ONBOARD_CLIENT_SECRET", STUB_SECRET),
+            (
+                "ARC_ONBOARD_ONBOARDING_CLIENT_SECRET",
+                "stub-onboarding-secret",
+            ),
+        ],
         true,
     );
     assert!(drawn.code == 0 || drawn.code == 1, "{}", drawn.screen);

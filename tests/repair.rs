@@ -108,11 +108,11 @@ fn run_reconnects_in_its_own_batch_and_leaves_the_clones_origin_machine() {
     }
     assert_eq!(row(&report, &id[2])["status"], "onboarded");
 
-    // Two commands: the repair batch (#0, #1) with the script's switch on, the install (#2) without.
-    let mut batches: Vec<Vec<String>> = w.aws.control("GET", "/_emulator/commands", None)
-        ["commands"]
-        .as_array()
-        .unwrap()
+    // Two install commands (each after its batch's key exchange): the repair batch (#0, #1) with the
+    // script's switch on, the install (#2) without.
+    let mut batches: Vec<Vec<String>> = w
+        .aws
+        .install_commands()
         .iter()
         .map(|c| {
             let mut ids: Vec<String> = serde_json::from_value(c["instance_ids"].clone()).unwrap();

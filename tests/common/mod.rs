@@ -91,6 +91,18 @@ impl Emulator {
             .clone()
     }
 
+    /// The install commands sent: each batch's second command (its first is the key exchange).
+    pub fn install_commands(&self) -> Vec<Value> {
+        self.sent_commands()
+            .into_iter()
+            .filter(|c| {
+                let script = script_of(c);
+                script.contains("\nARC_MODE='install'\n")
+                    || script.contains("\n$ARC_MODE = 'install'\n")
+            })
+            .collect()
+    }
+
     /// Every AWS call so far.
     pub fn calls(&self) -> Vec<Value> {
         self.control("GET", "/_emulator/calls", None)["calls"]

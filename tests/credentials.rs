@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fake_az, fleet_with, row, Outcome, World};
+use common::{fake_az, fleet_with, row, signed_in_az, Outcome, World};
 use serde_json::{json, Value};
 
 const ONE_REGION: &str = "[aws]\nregions = [\"us-east-1\"]\n";
@@ -665,21 +665,8 @@ const AZURE_CLI_WITH_ONBOARDING: &str = "credential = \"azure-cli\"\n\n[azure.on
 fn azure_cli_uses_the_signed_in_users_token_for_the_tenant() {
     let w = World::start();
     let id = one_ready_instance(&w);
-    let minted = w.azure.control(
-        "POST",
-        "/_stub/tokens",
-        Some(&json!({"lifetime_seconds": 3600})),
-    );
     let dir = tempfile::tempdir().unwrap();
-    let az_json = json!({
-        "accessToken": minted["access_token"],
-        "expiresOn": "2099-01-01 00:00:00.000000",
-        "expires_on": minted["expires_on"],
-        "subscription": "00000000-0000-0000-0000-000000000002",
-        "tenant": TENANT,
-        "tokenType": "Bearer",
-    });
-    let path = fake_az(dir.path(), &az_json.to_string(), 0);
+    let (path, _) = signed_in_az(&w.azure, dir.path());
     // A person's token never goes to instances: run needs an onboarding identity for the scripts
     // (tests/onboarding_identity.rs checks the refusal without one).
     w.azure.control(

@@ -1698,16 +1698,16 @@ fn the_install_opens_the_sealed_token_with_openssl_and_leaves_no_key_token_or_bl
     assert!(fs::read_dir(sandbox.path("tmp")).unwrap().next().is_none());
 }
 
-#[test]
-fn an_install_whose_private_key_is_gone_fails_without_connecting() {
-    let server = Server::start(Some(fake_installer()));
-    let sandbox = Sandbox::new();
-    let params = Params::new(&server);
-    let (_, sealed) = sandbox.exchange(&params, &server.url(""), &[]);
-    fs::remove_file(sandbox.path("keys").join(format!("{KEY_ID}.pem"))).unwrap();
-    let text = render_linux(&params.install(Delivery::Sealed(&sealed.unwrap())));
-    let run = sandbox.run_script(&text, &params, &server.url(""), &[]);
-
+/// Runs the install with `sealed` in `sandbox` and asserts it failed opening the sealed token (step
+/// `connect`, code `sealed-token`) without ever running `azcmagent connect`; returns the run.
+fn assert_sealed_token_refused(
+    sandbox: &Sandbox,
+    params: &Params,
+    server: &Server,
+    sealed: &SealedToken,
+) -> Run {
+    let text = render_linux(&params.install(Delivery::Sealed(sealed)));
+    let run = sandbox.run_script(&text, params, &server.url(""), &[]);
     assert_result(
         &run,
         ScriptOutcome::Failed,
@@ -1715,12 +1715,23 @@ fn an_install_whose_private_key_is_gone_fails_without_connecting() {
         "connect",
         "sealed-token",
     );
+    assert!(sandbox.agent_calls().iter().all(|c| c[0] != "connect"));
+    run
+}
+
+#[test]
+fn an_install_whose_private_key_is_gone_fails_without_connecting() {
+    let server = Server::start(Some(fake_installer()));
+    let sandbox = Sandbox::new();
+    let params = Params::new(&server);
+    let (_, sealed) = sandbox.exchange(&params, &server.url(""), &[]);
+    fs::remove_file(sandbox.path("keys").join(format!("{KEY_ID}.pem"))).unwrap();
+    let run = assert_sealed_token_refused(&sandbox, &params, &server, &sealed.unwrap());
     assert!(
         run.result.unwrap().message.contains("private key"),
         "{}",
         run.stdout
     );
-    assert!(sandbox.agent_calls().iter().all(|c| c[0] != "connect"));
 }
 
 #[test]
@@ -1733,20 +1744,7 @@ fn a_sealed_token_for_another_instance_or_a_changed_one_is_refused() {
     let mut other = sealed.unwrap();
     let blob = other.wrapped.remove(INSTANCE_ID).unwrap();
     other.wrapped.insert("i-0fedcba9876543210".into(), blob);
-    let run = sandbox.run_script(
-        &render_linux(&params.install(Delivery::Sealed(&other))),
-        &params,
-        &server.url(""),
-        &[],
-    );
-    assert_result(
-        &run,
-        ScriptOutcome::Failed,
-        EXIT_INSTALL,
-        "connect",
-        "sealed-token",
-    );
-    assert!(sandbox.agent_calls().iter().all(|c| c[0] != "connect"));
+    assert_sealed_token_refused(&sandbox, &params, &server, &other);
     assert!(
         fs::read_dir(sandbox.path("keys")).unwrap().next().is_none(),
         "the key is deleted however the install ends"
@@ -1758,20 +1756,7 @@ fn a_sealed_token_for_another_instance_or_a_changed_one_is_refused() {
     let mut changed = sealed.unwrap();
     let last = changed.ciphertext.len() - 1;
     changed.ciphertext[last] ^= 1;
-    let run = sandbox.run_script(
-        &render_linux(&params.install(Delivery::Sealed(&changed))),
-        &params,
-        &server.url(""),
-        &[],
-    );
-    assert_result(
-        &run,
-        ScriptOutcome::Failed,
-        EXIT_INSTALL,
-        "connect",
-        "sealed-token",
-    );
-    assert!(sandbox.agent_calls().iter().all(|c| c[0] != "connect"));
+    assert_sealed_token_refused(&sandbox, &params, &server, &changed);
 }
 
 #[test]

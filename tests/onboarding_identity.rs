@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{fake_az, fleet_with, row, World, STUB_SECRET};
+use common::{fleet_with, row, signed_in_az, World, STUB_SECRET};
 use serde_json::{json, Value};
 
 const ONE_REGION: &str = "[aws]\nregions = [\"us-east-1\"]\n";
@@ -194,20 +194,8 @@ fn without_an_onboarding_identity_run_warns_once_and_still_onboards() {
 #[test]
 fn a_persons_token_is_never_sent_run_refuses_azure_cli_without_an_onboarding_identity() {
     let (w, ids) = world(1);
-    let minted = w.azure.control(
-        "POST",
-        "/_stub/tokens",
-        Some(&json!({"lifetime_seconds": 3600})),
-    );
     let dir = tempfile::tempdir().unwrap();
-    let az_json = json!({
-        "accessToken": minted["access_token"],
-        "expiresOn": "2099-01-01 00:00:00.000000",
-        "expires_on": minted["expires_on"],
-        "tenant": "00000000-0000-0000-0000-000000000001",
-        "tokenType": "Bearer",
-    });
-    let path = fake_az(dir.path(), &az_json.to_string(), 0);
+    let (path, person) = signed_in_az(&w.azure, dir.path());
     let azure_cli = w.azure_section_with("credential = \"azure-cli\"\n", false);
     let env = [("PATH", path.as_str())];
 
@@ -241,14 +229,13 @@ fn a_persons_token_is_never_sent_run_refuses_azure_cli_without_an_onboarding_ide
     let out = w.run_without_secret(&run_args(), &config, &env);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(row(&out.json(), &ids[0])["status"], "onboarded");
-    let person = minted["access_token"].as_str().unwrap();
     let sent = commands(&w)
         .iter()
         .map(Value::to_string)
         .collect::<String>();
     assert!(!sent.is_empty());
     assert!(
-        !sent.contains(person),
+        !sent.contains(&person),
         "the person's token was sent to an instance"
     );
     for c in w.azure.connects() {

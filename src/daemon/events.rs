@@ -753,12 +753,7 @@ where
             }
             info!(instance.id = %row.instance_id, status = %row.status, detail = %row.detail, "event: instance observed");
         }
-        record(self.ctx.durable, &plan, now).await.map_err(|e| {
-            Unhandled::NotNow(format!(
-                "cannot record in the state file: {}",
-                crate::error::chain(&e)
-            ))
-        })?;
+        record_or_redeliver(self.ctx.durable, &plan, now).await?;
         let present: BTreeSet<String> = plan
             .instances
             .iter()
@@ -834,12 +829,7 @@ where
             info!(instance.id = %row.instance_id, status = %row.status, detail = %row.detail, "event: instance gone");
             self.ctx.metrics.record_deletion(row.status);
         }
-        record(self.ctx.durable, &plan, now).await.map_err(|e| {
-            Unhandled::NotNow(format!(
-                "cannot record in the state file: {}",
-                crate::error::chain(&e)
-            ))
-        })?;
+        record_or_redeliver(self.ctx.durable, &plan, now).await?;
         let ours: BTreeSet<String> = plan
             .instances
             .iter()
@@ -1122,6 +1112,20 @@ fn log_installs(plan: &AccountPlan, ids: &[String]) {
             }
         }
     }
+}
+
+/// [`record`], or the event is left on the queue for redelivery when the state file cannot be written.
+async fn record_or_redeliver(
+    durable: &Durable<'_>,
+    plan: &AccountPlan,
+    now: SystemTime,
+) -> Result<(), Unhandled> {
+    record(durable, plan, now).await.map_err(|e| {
+        Unhandled::NotNow(format!(
+            "cannot record in the state file: {}",
+            crate::error::chain(&e)
+        ))
+    })
 }
 
 /// Records the event path's rows in the state file, keeping what the file remembers (attempts, the

@@ -534,22 +534,11 @@ async fn exchange_keys(
     while !pending.is_empty() {
         // One ListCommands per region (this run's comment) for every exchange in it; one call each
         // only for what that list misses.
-        let mut listed: HashMap<String, CommandSummary> = HashMap::new();
-        let regions: BTreeSet<&str> = pending.iter().map(|x| x.region.as_str()).collect();
-        for region in regions {
-            match ssm.recent_commands(region, since, &opts.comment()).await {
-                Ok(list) => listed.extend(list.into_iter().map(|c| (c.command_id.clone(), c))),
-                Err(e) => {
-                    warn!(%region, error = %e, "cannot list this run's commands; asking one by one")
-                }
-            }
-        }
+        let mut listed =
+            list_run_commands(ssm, pending.iter().map(|x| x.region.as_str()), since, opts).await;
         let mut still = Vec::new();
         for x in pending {
-            let status = match listed.remove(&x.command_id) {
-                Some(c) => Ok(Some(c)),
-                None => ssm.command_status(&x.region, &x.command_id).await,
-            };
+            let status = command_status(ssm, &mut listed, &x.region, &x.command_id).await;
             let finished = match status {
                 Ok(Some(c)) if c.is_done() => {
                     match ssm.command_invocations(&x.region, &x.command_id).await {
@@ -597,6 +586,41 @@ async fn exchange_keys(
     }
     done.retain(|(_, keys)| !keys.is_empty());
     done
+}
+
+/// This run's commands in `regions`, by id: one ListCommands per region, filtered by this run's comment,
+/// whatever the number of commands. A region that cannot be listed is warned; its commands are then asked
+/// one by one ([`command_status`]).
+async fn list_run_commands<'a>(
+    ssm: &impl Ssm,
+    regions: impl Iterator<Item = &'a str>,
+    since: std::time::SystemTime,
+    opts: &InstallOptions,
+) -> HashMap<String, CommandSummary> {
+    let mut listed = HashMap::new();
+    for region in regions.collect::<BTreeSet<_>>() {
+        match ssm.recent_commands(region, since, &opts.comment()).await {
+            Ok(list) => listed.extend(list.into_iter().map(|c| (c.command_id.clone(), c))),
+            Err(e) => {
+                warn!(%region, error = %e, "cannot list this run's commands; asking one by one")
+            }
+        }
+    }
+    listed
+}
+
+/// A command's status: from `listed` when the listing holds it (taken out), else one GetCommand-style
+/// call (commands of earlier runs, resumed).
+async fn command_status(
+    ssm: &impl Ssm,
+    listed: &mut HashMap<String, CommandSummary>,
+    region: &str,
+    command_id: &str,
+) -> Result<Option<CommandSummary>, crate::model::AwsError> {
+    match listed.remove(command_id) {
+        Some(c) => Ok(Some(c)),
+        None => ssm.command_status(region, command_id).await,
+    }
 }
 
 /// Reads the public keys of one finished key exchange; settles or fails the rows that have none.
@@ -772,22 +796,11 @@ async fn track(
         ));
         // Command-level status first. This run's commands: one ListCommands per region (filtered by
         // this run's comment), whatever the number of commands; others (resumed): one call each.
-        let mut listed: HashMap<String, CommandSummary> = HashMap::new();
-        let regions: BTreeSet<&str> = pending.iter().map(|s| s.region.as_str()).collect();
-        for region in regions {
-            match ssm.recent_commands(region, since, &opts.comment()).await {
-                Ok(list) => listed.extend(list.into_iter().map(|c| (c.command_id.clone(), c))),
-                Err(e) => {
-                    warn!(%region, error = %e, "cannot list this run's commands; asking one by one")
-                }
-            }
-        }
+        let mut listed =
+            list_run_commands(ssm, pending.iter().map(|s| s.region.as_str()), since, opts).await;
         let mut still = Vec::new();
         for s in pending {
-            let status = match listed.remove(&s.command_id) {
-                Some(c) => Ok(Some(c)),
-                None => ssm.command_status(&s.region, &s.command_id).await,
-            };
+            let status = command_status(ssm, &mut listed, &s.region, &s.command_id).await;
             match status {
                 Ok(Some(c)) if c.is_done() => {
                     // Right after a command ends SSM may not list its invocations yet: ask again later.

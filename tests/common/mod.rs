@@ -622,6 +622,26 @@ pub fn status_of<'a>(status: &'a Value, instance_id: &str) -> Option<&'a Value> 
         .find(|i| i["instance_id"] == instance_id)
 }
 
+/// A fake `az` in `dir` signed in to the stub's tenant: its `account get-access-token` prints a token the
+/// stub minted for the orchestrator's app. Returns the PATH that finds it first, and the token.
+pub fn signed_in_az(azure: &AzureStub, dir: &Path) -> (String, String) {
+    let minted = azure.control(
+        "POST",
+        "/_stub/tokens",
+        Some(&json!({"lifetime_seconds": 3600})),
+    );
+    let az_json = json!({
+        "accessToken": minted["access_token"],
+        "expiresOn": "2099-01-01 00:00:00.000000",
+        "expires_on": minted["expires_on"],
+        "subscription": "00000000-0000-0000-0000-000000000002",
+        "tenant": "00000000-0000-0000-0000-000000000001",
+        "tokenType": "Bearer",
+    });
+    let token = minted["access_token"].as_str().unwrap().to_string();
+    (fake_az(dir, &az_json.to_string(), 0), token)
+}
+
 /// A fake `az` in a directory of its own: records its arguments, prints `stdout`, exits `code`.
 pub fn fake_az(dir: &Path, stdout: &str, code: i32) -> String {
     let script = format!(

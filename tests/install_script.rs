@@ -25,90 +25,20 @@ const IMDS_TOKEN: &str = "imds-session-token-42";
 const ACCESS_TOKEN: &str = "arm.access.token-DO-NOT-PRINT";
 const KEY_ID: &str = "5d1c2b3a-4e5f-4a6b-8c7d-9e0f1a2b3c4d";
 
-/// The fake `azcmagent`: records argv as `argc NUL arg NUL ...` and its environment (`env -0`, one file per
-/// call), keeps `proxy.url` in `$FAKE_STATE/proxy.url`, answers `show -j` from `$FAKE_AGENT_STATUS`,
-/// `$FAKE_AGENT_SUBSCRIPTION`, `$FAKE_AGENT_RESOURCE_GROUP` and `$FAKE_AGENT_RESOURCE_NAME` (after a
-/// `connect` that exited 67, from the `..._AFTER` variants; `$FAKE_SHOW_PREFIX` is printed before the JSON
-/// and `$FAKE_SHOW_NESTED` holds more members after its `status`, as the real agent's `services`), and from
-/// `connect` records the `--config` file's content and mode, then exits with `$FAKE_CONNECT_EXIT`.
-const FAKE_AGENT: &str = r#"#!/bin/bash
-printf '%s\0' "$#" "$@" >>"$FAKE_STATE/agent-calls"
-n=$(ls "$FAKE_STATE" | grep -c '^agent-env-')
-env -0 >"$FAKE_STATE/agent-env-$n"
-case "$1" in
-    show)
-        if [ -e "$FAKE_STATE/connected-67" ]; then
-            status="${FAKE_AGENT_STATUS_AFTER:-}" sub="${FAKE_AGENT_SUBSCRIPTION_AFTER:-}"
-            rg="${FAKE_AGENT_RESOURCE_GROUP_AFTER:-}" name="${FAKE_AGENT_RESOURCE_NAME_AFTER:-}"
-        else
-            status="${FAKE_AGENT_STATUS:-Disconnected}" sub="${FAKE_AGENT_SUBSCRIPTION:-}"
-            rg="${FAKE_AGENT_RESOURCE_GROUP:-}" name="${FAKE_AGENT_RESOURCE_NAME:-}"
-        fi
-        printf '%s{\n  "resourceName": "%s",\n  "resourceGroup": "%s",\n  "subscriptionId": "%s",\n  "status": "%s",%s\n  "agentVersion": "1.50.0"\n}\n' "${FAKE_SHOW_PREFIX:-}" "$name" "$rg" "$sub" "$status" "${FAKE_SHOW_NESTED:-}"
-        ;;
-    config)
-        case "$2" in
-            set) printf '%s' "$4" >"$FAKE_STATE/proxy.url" ;;
-            get) if [ -f "$FAKE_STATE/proxy.url" ]; then printf 'proxy.url: %s\n' "$(cat "$FAKE_STATE/proxy.url")"; fi ;;
-            clear) rm -f "$FAKE_STATE/proxy.url" ;;
-        esac
-        exit "${FAKE_CONFIG_EXIT:-0}"
-        ;;
-    connect)
-        while [ $# -gt 0 ]; do
-            if [ "$1" = --config ]; then
-                cat -- "$2" >"$FAKE_STATE/connect-config"
-                stat -c '%a' -- "$2" >"$FAKE_STATE/connect-config-mode"
-            fi
-            shift
-        done
-        code="${FAKE_CONNECT_EXIT:-0}"
-        echo "INFO connecting"
-        if [ "$code" = 41 ]; then echo "FATAL AZCM0041: The credentials supplied are invalid"; fi
-        if [ "$code" = 194 ]; then echo "FATAL AZCM0194: not a real code"; fi
-        if [ "$code" = 67 ]; then : >"$FAKE_STATE/connected-67"; fi
-        exit "$code"
-        ;;
-esac
-exit 0
-"#;
+/// The fake `azcmagent` (shared with the AWS emulator's `execute_scripts` mode; its header says what it
+/// records and how the `FAKE_*` variables drive it): records argv and environment, answers `show -j` from
+/// `$FAKE_AGENT_*`, and from `connect` records the `--config` file's content (`FAKE_RECORD_CONNECT_CONFIG`,
+/// set by [`Sandbox::run_script`]) and mode, then exits with `$FAKE_CONNECT_EXIT`.
+const FAKE_AGENT: &str = include_str!("../scripts/aws-emulator/fakes/azcmagent.sh");
 
-/// The fake installer served at /azcmagent-linux: like Microsoft's, makes its own
-/// `mktemp -d $FAKE_INSTALLER_TMP_ROOT/azcmagent.XXXXXXXXXX` before reading its arguments, downloads into
-/// `--tempdir`, and writes its result to `--output` (`AZCM$FAKE_INSTALLER_AZCM` on failure, with
-/// printf, unescaped). Records its argv (like the agent does), environment and umask, installs the fake
-/// agent into `$FAKE_BIN` and exits with `$FAKE_INSTALLER_EXIT`.
+/// The fake installer served at /azcmagent-linux (shared with the emulator): like Microsoft's, makes its
+/// own `mktemp -d $FAKE_INSTALLER_TMP_ROOT/azcmagent.XXXXXXXXXX` before reading its arguments, downloads
+/// into `--tempdir`, and writes its result to `--output`; installs the fake agent into `$FAKE_BIN` and
+/// exits with `$FAKE_INSTALLER_EXIT`.
 fn fake_installer() -> String {
-    FAKE_INSTALLER.replace("@FAKE_AGENT@\n", FAKE_AGENT)
+    include_str!("../scripts/aws-emulator/fakes/azcmagent-installer.sh")
+        .replace("@FAKE_AGENT@\n", FAKE_AGENT)
 }
-
-const FAKE_INSTALLER: &str = r#"#!/bin/bash
-tempdir=$(mktemp -d "$FAKE_INSTALLER_TMP_ROOT/azcmagent.XXXXXXXXXX")
-printf '%s\0' "$#" "$@" >"$FAKE_STATE/installer-argv"
-env -0 >"$FAKE_STATE/installer-env"
-umask >"$FAKE_STATE/installer-umask"
-outfile=''
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --output) outfile="$2"; shift 2 ;;
-        --tempdir) tempdir="$2"; shift 2 ;;
-        *) shift ;;
-    esac
-done
-echo 'repository package' >"$tempdir/packages-microsoft-prod.deb"
-cat >"$FAKE_BIN/azcmagent" <<'FAKE_AGENT_EOF'
-@FAKE_AGENT@
-FAKE_AGENT_EOF
-chmod +x "$FAKE_BIN/azcmagent"
-echo 'fake installer: done'
-if [ -n "$outfile" ] && [ -n "${FAKE_INSTALLER_AZCM:-}" ]; then
-    printf '{\n\t"status": "%s",\n\t"error": {\n\t\t"code": "AZCM%04d",\n\t\t"message": "%s"\n\t}\n}' \
-        failed "$FAKE_INSTALLER_AZCM" "$0: error installing \"azcmagent\" (exit code: 100). See 'apt' command logs for more information." >"$outfile"
-elif [ -n "$outfile" ] && [ "${FAKE_INSTALLER_EXIT:-0}" = 0 ]; then
-    printf '{\n\t"status": "%s",\n\t"message": "%s"\n}' success 'Latest version of azcmagent is installed.' >"$outfile"
-fi
-exit "${FAKE_INSTALLER_EXIT:-0}"
-"#;
 
 /// One HTTP request as received.
 #[derive(Debug, Clone)]
@@ -524,6 +454,7 @@ impl Sandbox {
             .env("PATH", path)
             .env("FAKE_BIN", self.path("bin"))
             .env("FAKE_STATE", self.path("state"))
+            .env("FAKE_RECORD_CONNECT_CONFIG", "1")
             .env("TMPDIR", self.path("tmp"))
             .env("ARC_ONBOARD_IMDS", imds)
             .env("ARC_ONBOARD_SYSTEMD_DIR", self.path("systemd"))

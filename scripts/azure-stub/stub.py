@@ -11,7 +11,9 @@ One threaded HTTP server serves, on a single port,
   the Resource Graph query of graph.py), behind bearer-token checks with ARM's error shapes,
 * ``POST /_stub/agent/connect``, the AWS emulator's ``on_success_webhook`` target: it parses the
   ``ARC_*`` assignment block of the install script that "ran" and does what ``azcmagent connect``
-  would (checks the access token, subscription and resource group, then creates the machine),
+  would (checks the access token, subscription and resource group, then creates the machine); with a
+  form body and a bearer token it is the fake agent's own connect (the emulator's ``execute_scripts``
+  mode, where the real script runs); each machine remembers whose token connected it,
 * a JSON control API under ``/_stub/`` (config, request log, connect attempts, seeding).
 
 Usage::
@@ -71,6 +73,12 @@ ARC_VARIABLES = ("ARC_SUBSCRIPTION_ID", "ARC_RESOURCE_GROUP", "ARC_LOCATION", "A
                  "ARC_CLOUD", "ARC_CORRELATION_ID", "ARC_TAGS", "ARC_ACCESS_TOKEN",
                  "ARC_PROXY_URL", "ARC_INSTALLER_URL", "ARC_GATEWAY_ID", "ARC_PRIVATE_LINK_SCOPE",
                  "ARC_AUTOMATIC_UPGRADE")
+# `azcmagent connect` flags -> the script variables the stub checks them as.
+AGENT_FLAGS = {"subscription-id": "ARC_SUBSCRIPTION_ID", "resource-group": "ARC_RESOURCE_GROUP",
+               "location": "ARC_LOCATION", "tenant-id": "ARC_TENANT_ID", "cloud": "ARC_CLOUD",
+               "tags": "ARC_TAGS", "correlation-id": "ARC_CORRELATION_ID",
+               "gateway-id": "ARC_GATEWAY_ID", "private-link-scope": "ARC_PRIVATE_LINK_SCOPE",
+               "enable-automatic-upgrade": "ARC_AUTOMATIC_UPGRADE"}
 REQUIRED_VARIABLES = ("ARC_SUBSCRIPTION_ID", "ARC_RESOURCE_GROUP", "ARC_LOCATION",
                       "ARC_TENANT_ID", "ARC_ACCESS_TOKEN")
 REDACTED = "<redacted>"
@@ -882,7 +890,8 @@ class AzureStub:
     def _upsert_machine(self, rg_key: str, name: str, location: str, tags: dict[str, str],
                         status: str, error_details: list[dict[str, str]] | None,
                         os_name: str, detected_instance_id: str | None = None,
-                        last_status_change: str | None = None) -> dict[str, Any]:
+                        last_status_change: str | None = None,
+                        connected_with_client_id: str | None = None) -> dict[str, Any]:
         key = (rg_key, name.lower())
         machine = self.machines.get(key)
         if machine is None:
@@ -891,7 +900,9 @@ class AzureStub:
         machine.update({"location": location, "tags": tags, "status": status,
                         "error_details": error_details or [], "os_name": os_name,
                         "detected_instance_id": detected_instance_id,
-                        "last_status_change": last_status_change or _iso_now()})
+                        "last_status_change": last_status_change or _iso_now(),
+                        # The app whose token connected it (None: seeded); control view only.
+                        "connected_with_client_id": connected_with_client_id})
         return machine
 
     # ----- Azure Resource Graph ------------------------------------------------------------
@@ -962,6 +973,8 @@ class AzureStub:
     # ----- simulated azcmagent connect -----------------------------------------------------
 
     def _connect(self, request: Request, extra: dict[str, Any]) -> Response:
+        if request.mimetype == "application/x-www-form-urlencoded":
+            return self._agent_connect(request, extra)
         try:
             body = json.loads(request.get_data(as_text=True) or "null")
         except ValueError:
@@ -1001,24 +1014,65 @@ class AzureStub:
                      {"ok": attempt["ok"], "error": attempt["error"],
                       "message": attempt["message"]})
 
+    def _agent_connect(self, request: Request, extra: dict[str, Any]) -> Response:
+        """A fake agent's real ``azcmagent connect`` (the AWS emulator's ``execute_scripts`` mode): the
+        access token in ``Authorization: Bearer``, the connect arguments as a form (``subscription-id``,
+        ``resource-group``, ``location``, ``tenant-id``, ``cloud``, ``tags``, ``resource-name``, ...,
+        ``instance-id``: the instance the agent runs on)."""
+        form = request.form
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        values = {variable: form[flag] for flag, variable in AGENT_FLAGS.items() if flag in form}
+        if scheme.lower() == "bearer" and token.strip():
+            values["ARC_ACCESS_TOKEN"] = token.strip()
+        instance_id = form.get("instance-id") or None
+        attempt: dict[str, Any] = {"time": time.time(),
+                                   "instance_id": form.get("resource-name") or instance_id,
+                                   "detected_instance_id": instance_id, "region": None,
+                                   "account_id": None, "command_id": None, "ok": False,
+                                   "error": None, "message": None, "script_form": "agent",
+                                   "os_name": None, "applied": False, "variables": {},
+                                   "sealed": False}
+        with self.lock:
+            if attempt["instance_id"]:
+                self._connect_values(attempt, values, "linux", tag_instance=False)
+            else:
+                attempt["error"], attempt["message"] = ("MissingParameter",
+                                                        "neither resource-name nor instance-id")
+            self.connects.append(attempt)
+        extra.update({"instance_id": attempt["instance_id"], "ok": attempt["ok"],
+                      "error": attempt["error"], "form": "agent"})
+        if self.verbose or not attempt["ok"]:
+            print(f"azure-stub: agent connect {attempt['instance_id']}: "
+                  f"{'ok' if attempt['ok'] else attempt['error'] + ' ' + str(attempt['message'])}",
+                  file=sys.stderr, flush=True)
+        return _json(200, {"ok": attempt["ok"], "error": attempt["error"],
+                           "message": attempt["message"]})
+
     def _attempt_connect(self, attempt: dict[str, Any], script: str,
                          token: str | None = None) -> None:
         """What ``azcmagent connect`` would do with the script's values and ``token`` (the opened
         sealed token; None: the script's own ARC_ACCESS_TOKEN); fills attempt (caller holds the lock)."""
-        def fail(code: str, message: str) -> None:
-            attempt["error"], attempt["message"] = code, message
-
         try:
             form, values = parse_assignments(script)
         except ScriptError as exc:
-            variables: dict[str, Any] = {"token_valid": False}
-            attempt["variables"] = variables
-            return fail("ScriptParseError", str(exc))
+            attempt["variables"] = {"token_valid": False}
+            attempt["error"], attempt["message"] = "ScriptParseError", str(exc)
+            return
         attempt["sealed"] = token is not None
         if token is not None:
             values["ARC_ACCESS_TOKEN"] = token
         attempt["script_form"] = form
-        attempt["os_name"] = os_name = "windows" if form == "powershell" else "linux"
+        self._connect_values(attempt, values, "windows" if form == "powershell" else "linux",
+                             tag_instance=bool(_INSTANCE_TAG_LINE.search(script)))
+
+    def _connect_values(self, attempt: dict[str, Any], values: dict[str, str], os_name: str,
+                        tag_instance: bool) -> None:
+        """``azcmagent connect`` with ``values`` (ARC_* names) on a machine named
+        ``attempt["instance_id"]``; ``tag_instance``: the script appends the ownership tag itself."""
+        def fail(code: str, message: str) -> None:
+            attempt["error"], attempt["message"] = code, message
+
+        attempt["os_name"] = os_name
         state = self._token_state(values.get("ARC_ACCESS_TOKEN"))
         variables = {k: (REDACTED if k == "ARC_ACCESS_TOKEN" else v) for k, v in values.items()}
         variables["token_valid"] = state == "live"
@@ -1054,7 +1108,7 @@ class AzureStub:
             except ValueError as exc:
                 raise ArmError(400, "InvalidTags", f"ARC_TAGS: {exc}") from exc
             name = attempt["instance_id"]
-            if _INSTANCE_TAG_LINE.search(script):
+            if tag_instance:
                 # The script appends the per-instance ownership tag to --tags on the instance.
                 tags["AwsInstanceId"] = name
             check_tags(tags)
@@ -1074,9 +1128,12 @@ class AzureStub:
                              "message"]}])
         attempt["ok"] = True
 
+        connected_with = token_info["client_id"] if token_info is not None else None
+
         def apply() -> None:
             self._upsert_machine(group["key"], name, location, tags, status, details, os_name,
-                                 detected_instance_id=name)
+                                 detected_instance_id=attempt.get("detected_instance_id") or name,
+                                 connected_with_client_id=connected_with)
             attempt["applied"] = True
 
         delay = self.config["connect_delay_seconds"]
@@ -1150,6 +1207,7 @@ class AzureStub:
 
     def _machine_control_view(self, machine: dict[str, Any]) -> dict[str, Any]:
         return {"resource_group": self.groups[machine["rg"]]["name"],
+                "connected_with_client_id": machine.get("connected_with_client_id"),
                 **self._machine_view(machine)}
 
     def _seed_machine(self, body: Any) -> dict[str, Any]:

@@ -189,6 +189,63 @@ def test_onboarding_identity_connects_machines_but_is_refused_by_resource_manage
     assert stub.arm("GET", path, minted["access_token"])[0] == 403
 
 
+def agent_connect(stub, token, resource_name="i-0aaa", **overrides):
+    """The fake agent's real connect: the token in Authorization, its arguments as a form."""
+    form = {"subscription-id": SUB, "resource-group": "arc-rg", "location": "East US",
+            "tenant-id": TENANT, "cloud": "AzureCloud", "tags": "env=prod,AwsInstanceId=i-0aaa",
+            "resource-name": resource_name, "instance-id": "i-0aaa", **overrides}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    status, _, body = http("POST", f"{stub.url}/_stub/agent/connect", headers=headers, form=form)
+    assert status == 200, body
+    return body
+
+
+def test_agent_connect_records_whose_token_connected_each_machine(stub):
+    stub.control("POST", "config", {"onboarding_client_secret": "onb-secret"})
+    onboarding = stub.token_request(client_id=ONBOARDING_CLIENT,
+                                    client_secret="onb-secret")[2]["access_token"]
+    orchestrator = stub.token()
+    stub.put_rg("arc-rg", orchestrator)
+    assert agent_connect(stub, onboarding) == {"ok": True, "error": None, "message": None}
+    assert agent_connect(stub, orchestrator, resource_name="i-0bbb")["ok"] is True
+    machines = {m["name"]: m for m in stub.control("GET", "machines")["machines"]}
+    assert machines["i-0aaa"]["connected_with_client_id"] == ONBOARDING_CLIENT
+    assert machines["i-0bbb"]["connected_with_client_id"] == CLIENT
+    assert machines["i-0aaa"]["properties"]["status"] == "Connected"
+    assert machines["i-0aaa"]["location"] == "eastus"
+    assert machines["i-0aaa"]["tags"] == {"env": "prod", "AwsInstanceId": "i-0aaa"}
+    # The agent reports the instance it runs on, whatever resource name it was given.
+    assert machines["i-0bbb"]["properties"]["detectedProperties"]["AWS-instanceId"] == "i-0aaa"
+    # ARM shows no such field, and the onboarding token still reads nothing there.
+    status, _, body = stub.machine("arc-rg", "i-0aaa", orchestrator)
+    assert status == 200 and "connected_with_client_id" not in json.dumps(body)
+    assert stub.machine("arc-rg", "i-0aaa", onboarding)[0] == 403
+    attempts = stub.control("GET", "connects")["connects"]
+    assert [a["script_form"] for a in attempts] == ["agent", "agent"]
+    assert [a["token_client_id"] for a in attempts] == [ONBOARDING_CLIENT, CLIENT]
+    assert onboarding not in json.dumps(attempts) and onboarding not in json.dumps(
+        stub.control("GET", "requests"))
+    # A seeded machine was connected by no token the stub saw.
+    seeded = stub.control("POST", "machines", {"resource_group": "arc-rg", "name": "i-0ccc",
+                                               "location": "eastus"})
+    assert seeded["connected_with_client_id"] is None
+
+
+@pytest.mark.parametrize("token, overrides, error", [
+    (None, {}, "MissingParameter"),
+    ("not-issued", {}, "InvalidAuthenticationToken"),
+    ("live", {"tenant-id": "00000000-0000-0000-0000-0000000000ff"}, "TenantMismatch"),
+    ("live", {"resource-group": "missing-rg"}, "ResourceGroupNotFound"),
+    ("live", {"resource-name": "bad name"}, "InvalidResourceName"),
+])
+def test_agent_connect_failures(stub, token, overrides, error):
+    live = stub.token()
+    stub.put_rg("arc-rg", live)
+    body = agent_connect(stub, live if token == "live" else token, **overrides)
+    assert body["ok"] is False and body["error"] == error, body
+    assert stub.control("GET", "machines")["machines"] == []
+
+
 def test_token_ok(stub):
     status, headers, body = stub.token_request()
     assert status == 200

@@ -74,6 +74,10 @@ class EmulatorClient:
         """Change config values, or (without arguments) read the config."""
         return self._call("POST", "config", values) if values else self._call("GET", "config")
 
+    def sandboxes(self) -> Any:
+        """execute_scripts: ``{"root", "instances": {instance id: sandbox directory}}``."""
+        return self._call("GET", "sandboxes")
+
     def faults(self, faults: list[dict[str, Any]] | None = None, seed: int = 0) -> Any:
         """Replace the fault list, or (without arguments) read it with fired counts."""
         if faults is None:

@@ -52,6 +52,7 @@ import events  # noqa: E402
 import federation  # noqa: E402
 import fleet  # noqa: E402
 import orgs  # noqa: E402
+import sandbox  # noqa: E402
 import ssm_sim  # noqa: E402
 import wire  # noqa: E402
 
@@ -63,6 +64,10 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "key_exchange_duration_seconds": 0,
     "invocation_visibility_delay_seconds": 0,
     "on_success_webhook": None,
+    # Linux instances really run their commands in a sandbox each (sandbox.py); off by default.
+    "execute_scripts": False,
+    # Where the sandboxes go (null: a temporary directory of the emulator's, removed when it stops).
+    "sandbox_root": None,
 }
 _PROFILE_OPERATIONS = ("ec2:AssociateIamInstanceProfile", "ec2:ReplaceIamInstanceProfileAssociation")
 _STATE_PATH = re.compile(r"^/_emulator/instances/([^/]+)/state$")
@@ -160,6 +165,12 @@ def _validate_config(body: Any) -> dict[str, Any]:
         if key == "on_success_webhook":
             if value is not None and not (isinstance(value, str) and value.startswith("http")):
                 raise ControlError("on_success_webhook must be an http(s) URL or null")
+        elif key == "execute_scripts":
+            if not isinstance(value, bool):
+                raise ControlError("execute_scripts must be true or false")
+        elif key == "sandbox_root":
+            if value is not None and not (isinstance(value, str) and os.path.isabs(value)):
+                raise ControlError("sandbox_root must be an absolute path or null")
         elif not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise ControlError(f"{key} must be a non-negative number")
     return body
@@ -194,6 +205,7 @@ class Emulator:
             ("POST", "outcomes"): self._set_outcomes,
             ("GET", "commands"): lambda _: {"commands": [
                 c.control_view() for c in self.ssm.commands.values()]},
+            ("GET", "sandboxes"): lambda _: self.ssm.sandboxes.view(),
             ("GET", "federation"): lambda _: {"enabled": self.federation.enabled,
                                               "issued": list(self.federation.issued)},
             ("POST", "federation"): self._set_federation,
@@ -216,6 +228,9 @@ class Emulator:
             status, headers, body = self._control(environ, path)
         elif path.startswith("/moto-api"):
             return self.moto(environ, start_response)
+        elif path.startswith(sandbox.IMDS_PREFIX) or path == sandbox.INSTALLER_PATH:
+            # The sandboxed instances' IMDSv2 and the fake installer: served without the lock.
+            status, headers, body = self.ssm.sandboxes.serve(environ, path)
         elif path == federation.OIDC_PREFIX or path.startswith(federation.OIDC_PREFIX + "/"):
             status, headers, body = self.federation.oidc(environ, path)
         else:
@@ -383,6 +398,8 @@ class Emulator:
     def _set_config(self, body: Any) -> dict[str, Any]:
         self.ssm.refresh()
         self.config.update(_validate_config(body))
+        if "sandbox_root" in body:
+            self.ssm.sandboxes.set_root(self.config["sandbox_root"])
         return dict(self.config)
 
     def _set_federation(self, body: Any) -> dict[str, Any]:
@@ -486,12 +503,15 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"LISTENING http://{args.host}:{server.socket.getsockname()[1]}", flush=True)
+    port = server.socket.getsockname()[1]
+    app.ssm.sandboxes.base_url = f"http://{args.host}:{port}"
+    print(f"LISTENING http://{args.host}:{port}", flush=True)
     try:
         server.serve_forever()
     finally:
         server.server_close()
         app.ssm.cancel_timers()
+        app.ssm.sandboxes.cleanup()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,11 @@ script prints it (``key_exchange_duration_seconds``; scripted outcomes do not ap
 opens the instance's sealed token with that key (as the script does, and the key is then gone) and
 hands the token to the success webhook. An install the instance cannot open fails as the script would.
 
+With ``execute_scripts`` on, Linux instances without a scripted outcome really run every
+``AWS-RunShellScript`` command with bash in their sandbox (sandbox.py): the invocation is InProgress
+until the script ends and then shows its exit code and output; the fake agent connects itself, so no
+webhook is sent for them. Windows instances stay simulated.
+
 All public methods expect the caller to hold the emulator's state lock.
 """
 
@@ -36,6 +41,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 import fleet
+import sandbox
 from cryptography.hazmat.primitives import hashes, padding as sym_padding, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -144,9 +150,17 @@ class Invocation:
     timer: threading.Timer | None = None
     # The access token this instance opened from its sealed configuration (never shown).
     token: str | None = field(default=None, repr=False)
+    # execute_scripts: the script is still running on the instance (its outcome is set when it ends).
+    running: bool = False
 
     def view(self, started: float, now: float) -> dict[str, Any]:
         """Status, details, exit code, output and end time as of ``now``."""
+        if self.running:
+            if self.cancelled_at is not None:
+                return {"status": "Cancelled", "details": "Cancelled", "code": -1, "stdout": "",
+                        "stderr": "", "end": self.cancelled_at}
+            return {"status": "InProgress", "details": "InProgress", "code": -1, "stdout": "",
+                    "stderr": "", "end": None}
         finish = started + self.outcome.duration_seconds
         if self.cancelled_at is not None and self.cancelled_at < finish:
             return {"status": "Cancelled", "details": "Cancelled", "code": -1, "stdout": "",
@@ -333,6 +347,8 @@ class SsmSimulator:
         # Private keys of key exchanges, per (account, region, instance id, key id), until the install.
         self.keys: dict[tuple[str, str, str, str], rsa.RSAPrivateKey] = {}
         self.settings: dict[tuple[str, str, str], tuple[str, float]] = {}
+        # execute_scripts: the Linux instances' sandboxes, their IMDSv2 and the fake installer.
+        self.sandboxes = sandbox.Sandboxes()
         # The account of the request being served (set by handle(); the caller holds the lock).
         self.account: str = fleet.ACCOUNT_ID
         self.started_at = time.time()
@@ -533,9 +549,17 @@ class SsmSimulator:
         default = {"stdout": DEFAULT_SUCCESS_STDOUT}
         values = script_values("\n".join(opts["parameters"].get("commands", [])))
         mode = values.get("ARC_MODE")
+        executed = []
         for iid in ids:
             found = fleet.find_instance(iid, self.account)
             name = found[1].private_dns_name if found else iid
+            if (self.config.get("execute_scripts") and platforms[iid] == "linux"
+                    and iid not in self.outcomes):
+                invocation = Invocation(iid, name, Outcome("InProgress", "InProgress", -1, "", "",
+                                                           0.0), running=True)
+                command.invocations[iid] = invocation
+                executed.append(invocation)
+                continue
             if mode == "key-exchange":
                 key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
                 key_id = values.get("ARC_KEY_ID", "")
@@ -563,8 +587,38 @@ class SsmSimulator:
                 invocation.timer.start()
             command.invocations[iid] = invocation
         self.commands[command.command_id] = command
+        for invocation in executed:
+            self._execute(command, invocation)
         return {"Command": {**command.api_view(now), "Status": "Pending",
                             "StatusDetails": "Pending"}}
+
+    def _execute(self, command: Command, invocation: Invocation) -> None:
+        """execute_scripts: runs the command on the instance's sandbox in a thread of its own."""
+        timeout = command.parameters.get("executionTimeout", ["3600"])[0]
+        working = (command.parameters.get("workingDirectory") or [""])[0] or None
+        connect_url = self.config.get("on_success_webhook")
+
+        def run() -> None:
+            try:
+                result = self.sandboxes.run(invocation.instance_id, command.command_id,
+                                            command.parameters["commands"], working,
+                                            float(timeout), connect_url)
+                if result.timed_out:
+                    outcome = ("TimedOut", "Execution Timed Out", -1)
+                elif result.exit_code == 0:
+                    outcome = ("Success", "Success", 0)
+                else:
+                    outcome = ("Failed", "Failed", result.exit_code)
+                stdout, stderr = result.stdout, result.stderr
+            except OSError as exc:
+                outcome, stdout, stderr = ("Failed", "Undeliverable", -1), "", str(exc)
+            with self.lock:
+                invocation.outcome = Outcome(*outcome, stdout, stderr,
+                                             time.time() - command.requested_at)
+                invocation.running = False
+
+        thread = threading.Thread(target=run, name=f"run-{invocation.instance_id}", daemon=True)
+        thread.start()
 
     def _open_token(self, region: str, instance_id: str, values: dict[str, str],
                     platform: str) -> tuple[str | None, str]:
@@ -754,6 +808,8 @@ class SsmSimulator:
                 invocation.cancelled_at = now
                 if invocation.timer is not None:
                     invocation.timer.cancel()
+                if invocation.running:
+                    self.sandboxes.cancel(iid, command.command_id)
         return {}
 
     def cancel_timers(self) -> None:

@@ -32,7 +32,8 @@ BASE_SEED = {
 }
 DEFAULT_CONFIG = {"registration_delay_seconds": 0, "profile_propagation_seconds": 0,
                   "command_duration_seconds": 1.0, "invocation_visibility_delay_seconds": 0,
-                  "key_exchange_duration_seconds": 0, "on_success_webhook": None}
+                  "key_exchange_duration_seconds": 0, "on_success_webhook": None,
+                  "execute_scripts": False, "sandbox_root": None}
 
 
 @pytest.fixture(scope="module")
@@ -440,6 +441,114 @@ def test_webhook_fires_once_per_invocation_that_connected(emu, aws):
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _AgentConnectRecorder(BaseHTTPRequestHandler):
+    """Plays the Azure stub's agent connect: records headers and form, answers ok."""
+    received: list = []
+
+    def do_POST(self):
+        length = int(self.headers["Content-Length"])
+        self.received.append({"authorization": self.headers.get("Authorization"),
+                              "content_type": self.headers.get("Content-Type"),
+                              "form": self.rfile.read(length).decode()})
+        body = b'{"ok": true, "error": null, "message": null}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def _finished(ssm, command_id, instance_id):
+    def done():
+        try:
+            answer = ssm.get_command_invocation(CommandId=command_id, InstanceId=instance_id)
+        except ClientError:
+            return None
+        return answer if answer["Status"] not in ("Pending", "InProgress") else None
+    return wait_until(done, timeout=30)
+
+
+def test_execute_scripts_runs_linux_commands_in_a_sandbox_that_persists(emu, aws, endpoint,
+                                                                         tmp_path):
+    region = "ap-south-1"
+    [linux] = seed_instances(emu, region, instance_profile="AppProfile")
+    [windows] = seed_instances(emu, region, platform="windows", instance_profile="AppProfile")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _AgentConnectRecorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    ssm = aws("ssm", region)
+    try:
+        emu.config(execute_scripts=True, sandbox_root=str(tmp_path),
+                   on_success_webhook=f"http://127.0.0.1:{server.server_port}/_stub/agent/connect")
+        # IMDSv2 answers this instance's id, only with its session token; the installer is served;
+        # the fake agent it installs connects with the --config file's token in a header.
+        first = "\n".join([
+            "#!/bin/bash",
+            "t=$(curl -sf -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' "
+            "\"$ARC_ONBOARD_IMDS/latest/api/token\")",
+            'echo "id=$(curl -sf -H "X-aws-ec2-metadata-token: $t" '
+            '"$ARC_ONBOARD_IMDS/latest/meta-data/instance-id")"',
+            "echo \"bad=$(curl -s -o /dev/null -w '%{http_code}' -H 'X-aws-ec2-metadata-token: x' "
+            "\"$ARC_ONBOARD_IMDS/latest/meta-data/instance-id\")\"",
+            f"curl -sf -o \"$TMPDIR/installer.sh\" {endpoint}/_agent/azcmagent-linux",
+            'mkdir -p "$TMPDIR/work" && bash "$TMPDIR/installer.sh" --tempdir "$TMPDIR/work" '
+            '&& rm -rf "$TMPDIR/work" "$TMPDIR/installer.sh"',
+            "echo before=$(azcmagent show -j | grep -o '\"status\": \"[A-Za-z]*\"')",
+            "printf '%s' '{\"access-token\": \"tok-123\"}' >\"$HOME/c.json\"",
+            "azcmagent connect --subscription-id s --resource-group 'r g' --location eastus "
+            "--tenant-id t --cloud AzureCloud --tags 'a=b' --resource-name n1 --config \"$HOME/c.json\"",
+            'echo "connect=$?"; rm -f "$HOME/c.json"',
+            "echo after=$(azcmagent show -j | grep -o '\"status\": \"[A-Za-z]*\"')",
+            "echo kept >\"$HOME/marker\"",
+        ])
+        command_id = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[linux],
+                                      Parameters={"commands": first.split("\n")}
+                                      )["Command"]["CommandId"]
+        answer = _finished(ssm, command_id, linux)
+        out = answer["StandardOutputContent"]
+        assert answer["Status"] == "Success", answer
+        assert f"id={linux}" in out and "bad=401" in out, out
+        assert 'before="status": "Disconnected"' in out and "connect=0" in out, out
+        assert 'after="status": "Connected"' in out, out
+        [call] = _AgentConnectRecorder.received
+        assert call["authorization"] == "Bearer tok-123"
+        assert call["content_type"] == "application/x-www-form-urlencoded"
+        assert "resource-group=r+g" in call["form"] and f"instance-id={linux}" in call["form"]
+        assert "tok-123" not in call["form"]
+        # The sandbox persists: the next command finds the file; a failing script is Failed.
+        command_id = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[linux],
+                                      Parameters={"commands": ['cat "$HOME/marker"', "exit 3"]}
+                                      )["Command"]["CommandId"]
+        answer = _finished(ssm, command_id, linux)
+        assert (answer["Status"], answer["ResponseCode"]) == ("Failed", 3), answer
+        assert answer["StandardOutputContent"] == "kept\n"
+        sandboxes = emu.sandboxes()
+        box = Path(sandboxes["instances"][linux])
+        assert box.parent == tmp_path and (box / "root/marker").read_text() == "kept\n"
+        kept = list(box.glob(f"var/lib/amazon/ssm/{linux}/document/orchestration/"
+                             f"{command_id}/awsrunShellScript/0.awsrunShellScript/stdout"))
+        assert [p.read_text() for p in kept] == ["kept\n"]
+        # Windows stays simulated.
+        command_id = ssm.send_command(DocumentName="AWS-RunPowerShellScript",
+                                      InstanceIds=[windows],
+                                      Parameters={"commands": ["exit 7"]})["Command"]["CommandId"]
+        answer = _finished(ssm, command_id, windows)
+        assert answer["Status"] == "Success" and "ARC_ONBOARD_RESULT" in answer[
+            "StandardOutputContent"]
+        assert windows not in sandboxes["instances"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_execute_scripts_config_is_checked(emu):
+    with pytest.raises(EmulatorError):
+        emu.config(execute_scripts="yes")
+    with pytest.raises(EmulatorError):
+        emu.config(sandbox_root="relative/dir")
 
 
 def _seal(config: bytes, keys: dict, encode) -> tuple[str, str]:

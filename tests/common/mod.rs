@@ -103,6 +103,19 @@ impl Emulator {
             .collect()
     }
 
+    /// `execute_scripts`: each instance's sandbox directory (its "disk"), by instance id.
+    pub fn sandboxes(&self) -> Vec<(String, PathBuf)> {
+        let view = self.control("GET", "/_emulator/sandboxes", None);
+        view["instances"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(id, dir)| (id.clone(), PathBuf::from(dir.as_str().unwrap())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Every AWS call so far.
     pub fn calls(&self) -> Vec<Value> {
         self.control("GET", "/_emulator/calls", None)["calls"]
@@ -210,6 +223,17 @@ pub struct AzureStub {
 /// The stub's service principal secret.
 pub const STUB_SECRET: &str = "stub-secret-Zq9";
 
+/// `run` with the JSON report, waiting up to 30 s for SSM and 20 s for Azure.
+pub const RUN_JSON: [&str; 7] = [
+    "run",
+    "--output",
+    "json",
+    "--wait-for-ssm",
+    "30s",
+    "--verify-timeout",
+    "20s",
+];
+
 impl AzureStub {
     /// Starts a fresh stub with a known secret.
     pub fn start() -> AzureStub {
@@ -248,6 +272,16 @@ impl AzureStub {
             .as_array()
             .unwrap()
             .clone()
+    }
+
+    /// Every access token the stub issued so far, in the clear (to look for where they must not be).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.control("GET", "/_stub/tokens/issued", None)["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect()
     }
 
     /// Connect attempts so far.
@@ -671,4 +705,41 @@ pub fn script_of(command: &Value) -> String {
         .map(|c| c.as_str().unwrap())
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// Which of `needles` occur in which files under `root` (walked without following symbolic links):
+/// `(path, index of the needle)` for each hit, so that a failure names the file and the needle's position
+/// in the list without printing a secret.
+pub fn files_containing(root: &Path, needles: &[String]) -> Vec<(PathBuf, usize)> {
+    let mut hits = Vec::new();
+    for rel in files_under(root) {
+        let path = root.join(rel);
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()).into_owned();
+        for (i, needle) in needles.iter().enumerate() {
+            if !needle.is_empty() && text.contains(needle.as_str()) {
+                hits.push((path.clone(), i));
+            }
+        }
+    }
+    hits
+}
+
+/// Every file under `root` (recursively, not following symbolic links), relative to it.
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            match std::fs::symlink_metadata(&path) {
+                Ok(meta) if meta.is_dir() => pending.push(path),
+                Ok(meta) if meta.is_file() => {
+                    files.push(path.strip_prefix(root).unwrap().to_path_buf());
+                }
+                _ => {}
+            }
+        }
+    }
+    files.sort();
+    files
 }

@@ -121,6 +121,15 @@ fn the_real_script_connects_every_machine_with_the_onboarding_identitys_token_an
         assert_eq!(c["ok"], true, "{c:#}");
     }
 
+    // Resource Manager refused nothing: no onboarding token was used there (it would answer 403).
+    let refused: Vec<_> = w
+        .azure
+        .requests()
+        .into_iter()
+        .filter(|r| r["kind"] == "arm" && r["status"] == 403)
+        .collect();
+    assert!(refused.is_empty(), "{refused:#?}");
+
     // The needles: every token the stub issued (the orchestrator's and the onboarding app's) and both
     // client secrets.
     let tokens = w.azure.issued_tokens();

@@ -47,11 +47,16 @@ fn executing_world(count: usize) -> (World, tempfile::TempDir, Vec<String>) {
     (w, root, ids)
 }
 
-/// The configuration: the stub's `[azure]`, `extra` (e.g. `[azure.onboarding]`), and the emulator's fake
-/// installer as the Linux installer.
+/// A tag value that bash, curl's form encoding and azcmagent's `--tags` syntax would each read differently
+/// if any step quoted it wrongly (`'` and `,` are refused by the configuration, as azcmagent cannot carry
+/// them).
+const HOSTILE_TAG: &str = r#"it is "quoted" $(touch pwned) `touch pwned2` ; a=b \ $HOME & x%41"#;
+
+/// The configuration: the stub's `[azure]` with a hostile tag, `extra` (e.g. `[azure.onboarding]`), and
+/// the emulator's fake installer as the Linux installer.
 fn config(w: &World, extra: &str) -> String {
     format!(
-        "{ONE_REGION}\n{}{extra}\n[onboarding]\ninstaller_url_linux = \"{}/_agent/azcmagent-linux\"\n",
+        "{ONE_REGION}\n{}tags = {{ Note = '{HOSTILE_TAG}' }}\n{extra}\n[onboarding]\ninstaller_url_linux = \"{}/_agent/azcmagent-linux\"\n",
         w.azure_section(),
         w.aws.endpoint
     )
@@ -109,6 +114,8 @@ fn the_real_script_connects_every_machine_with_the_onboarding_identitys_token_an
         let name = m["name"].as_str().unwrap();
         assert!(ids.iter().any(|id| id == name), "{name}");
         assert_eq!(m["tags"]["AwsInstanceId"], name, "{m:#}");
+        // The hostile tag went through the script, the agent's arguments and the form verbatim.
+        assert_eq!(m["tags"]["Note"], HOSTILE_TAG, "{m:#}");
     }
     let connects = w.azure.connects();
     assert_eq!(connects.len(), ids.len(), "{connects:#?}");
@@ -222,6 +229,10 @@ fn the_real_script_connects_every_machine_with_the_onboarding_identitys_token_an
                 .iter()
                 .any(|f| f.starts_with("var/lib/arc-onboard/keys")),
             "{id}: a private key was left: {files:?}"
+        );
+        assert!(
+            !files.iter().any(|f| f.to_string_lossy().contains("pwned")),
+            "{id}: the hostile tag was executed: {files:?}"
         );
         let hits = files_containing(dir, &needles);
         let named: Vec<_> = hits

@@ -12,6 +12,9 @@ use crate::model::{
 use std::sync::Arc;
 
 pub mod accounts;
+pub mod memory;
+
+pub use memory::FakeMemory;
 
 use crate::adapters::azure::FakeArm;
 use crate::ports::{

@@ -55,7 +55,7 @@ pub(super) async fn plan_command(
     wide: bool,
 ) -> Result<u8, CliError> {
     let durable = db.map(|db| crate::reconcile::pass::Durable {
-        db,
+        memory: db,
         retry_base: Duration::from_secs(15 * 60),
         retry_max: Duration::from_secs(24 * 3600),
     });

@@ -77,7 +77,7 @@ pub(super) async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result
     attach_web_identity(arm.as_ref(), &sdk, &home);
     let token = MutationToken::mint();
     let durable = Durable {
-        db: &db,
+        memory: &db,
         retry_base: args.retry_base,
         retry_max: args.retry_max,
     };

@@ -64,7 +64,7 @@ use crate::daemon::event_accounts::{is_unreachable, EventAccounts, Judgement, Sc
 use crate::daemon::event_message::{in_scope, parse, result, EventKind, Parsed};
 use crate::daemon::iam_cache::{CachedIam, IamCache, EVENT_IAM_TTL};
 use crate::daemon::metrics::Metrics;
-use crate::daemon::state::{unix, InstanceRecord};
+use crate::ports::memory::{unix, InstanceRecord};
 use crate::model::PingStatus;
 use crate::ports::{MutationToken, Queue, QueueMessage, Ssm};
 use crate::reconcile::accounts::{AccountClients, Accounts, Caller, KnownAccount};
@@ -845,7 +845,7 @@ where
             if let Err(e) = self
                 .ctx
                 .durable
-                .db
+                .memory
                 .record_deletions(account, Vec::new(), settled, Vec::new())
                 .await
             {
@@ -860,7 +860,7 @@ where
     async fn deletion_loop(&self, stop: watch::Receiver<bool>) {
         loop {
             let now = SystemTime::now();
-            let pending = match self.ctx.durable.db.deletions().await {
+            let pending = match self.ctx.durable.memory.deletions().await {
                 Ok(p) => p,
                 Err(e) => {
                     warn!(error = %crate::error::chain(&e), "cannot read the pending deletions");
@@ -1134,13 +1134,12 @@ async fn record(
     durable: &Durable<'_>,
     plan: &AccountPlan,
     now: SystemTime,
-) -> Result<(), crate::daemon::state::StateError> {
+) -> Result<(), crate::ports::memory::MemoryError> {
     let previous: HashMap<(String, String), InstanceRecord> = durable
-        .db
-        .all()
+        .memory
+        .of_account(&plan.account_id)
         .await?
         .into_iter()
-        .filter(|r| r.account_id == plan.account_id)
         .map(|r| ((r.region.clone(), r.instance_id.clone()), r))
         .collect();
     let now = unix(now);
@@ -1165,7 +1164,7 @@ async fn record(
     if records.is_empty() {
         return Ok(());
     }
-    durable.db.put(records).await
+    durable.memory.put(records).await
 }
 
 #[cfg(test)]

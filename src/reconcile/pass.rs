@@ -8,18 +8,19 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::adapters::azure::{Arm, AzureError};
 use crate::config::{AzureConfig, Config};
-use crate::daemon::state::{unix, InstanceRecord, StateDb};
 use crate::model::AwsError;
 use crate::output::report::{Mode, Report};
+use crate::ports::memory::{unix, DeletionRecord, InstanceRecord, Memory as Store, MemoryError};
 use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Ssm, Sts};
 use crate::reconcile::apply::{apply_iam, settle_after_iam, ApplyOptions};
 use crate::reconcile::observe::{
     observe_account, observe_arc, observe_elsewhere, resolve_regions, ArcObservation,
 };
 use crate::reconcile::onboard::{install_agents, InstallOptions, InstallWork, Journal};
+use futures::future::BoxFuture;
 use crate::reconcile::outcome::AccountOutcome;
 use crate::reconcile::plan::{
-    plan_account, AccountPlan, Failure, FailureStep, Memory, Remembered, Status,
+    plan_account, AccountPlan, Failure, FailureStep, Memory, Remembered, RetryPolicy, Status,
 };
 
 /// A failure before any instance could be handled.
@@ -68,10 +69,10 @@ pub struct PassOptions {
 
 pub use crate::reconcile::plan::Scope;
 
-/// The daemon's durable state and its retry policy.
+/// The daemon's durable memory and its retry policy.
 pub struct Durable<'a> {
-    /// The state file.
-    pub db: &'a StateDb,
+    /// The memory (the state file).
+    pub memory: &'a dyn Store,
     /// First retry delay after a failed install; doubles per failure.
     pub retry_base: Duration,
     /// Longest retry delay.
@@ -79,10 +80,12 @@ pub struct Durable<'a> {
 }
 
 impl Durable<'_> {
-    /// Delay before attempt `attempts + 1` after `attempts` failures.
-    pub fn backoff(&self, attempts: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(20));
-        self.retry_base.saturating_mul(factor).min(self.retry_max)
+    /// The backoff the planner gives failed installs.
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            base: self.retry_base,
+            max: self.retry_max,
+        }
     }
 }
 
@@ -175,44 +178,19 @@ async fn execute_until_interrupted<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     let resumed: HashSet<usize> = resume.values().flatten().copied().collect();
     ready.retain(|n| !resumed.contains(n));
     let attempted: HashSet<usize> = ready.iter().chain(resumed.iter()).copied().collect();
-    let account_id = plan.account_id.clone();
-    let journal = |region: &str, command_id: &str, ids: &[String]| {
-        let rows: Vec<InstanceRecord> = ids
-            .iter()
-            .map(|id| {
-                let prev = records.get(&(region.to_string(), id.clone()));
-                InstanceRecord {
-                    account_id: account_id.clone(),
-                    region: region.to_string(),
-                    instance_id: id.clone(),
-                    status: Status::InProgress.as_str().into(),
-                    detail: format!("install command {command_id} sent"),
-                    command_id: Some(command_id.to_string()),
-                    command_sent_at: Some(unix(now)),
-                    attempts: prev.map_or(0, |p| p.attempts),
-                    last_error: prev.and_then(|p| p.last_error.clone()),
-                    next_attempt_at: None,
-                    last_seen_at: unix(now),
-                }
-            })
-            .collect();
-        let command_id = command_id.to_string();
-        let durable = ctx.durable;
-        let write: futures::future::BoxFuture<'_, ()> = Box::pin(async move {
-            let Some(d) = durable else { return };
-            if let Err(e) = d.db.put(rows).await {
-                warn!(error = %crate::error::chain(&e), %command_id, "cannot record the sent command in the state file");
-            }
-        });
-        write
-    };
+    let journal = ctx.durable.map(|d| StateJournal {
+        memory: d.memory,
+        account_id: &plan.account_id,
+        records,
+        now,
+    });
     let work = InstallWork {
         ready: &ready,
         resume: resume
             .into_iter()
             .map(|((region, command), rows)| (region, command, rows))
             .collect(),
-        journal: ctx.durable.map(|_| &journal as Journal<'_>),
+        journal: journal.as_ref().map(|j| j as &dyn Journal),
     };
     let cfgs = (ctx.azure, &ctx.config.onboarding);
     install_agents(
@@ -249,7 +227,7 @@ async fn forget_unseen(d: &Durable<'_>, plan: &AccountPlan, regions: &[String]) 
             ids.insert(row.instance_id.clone());
         }
     }
-    match d.db.forget_unseen(&plan.account_id, seen).await {
+    match d.memory.forget_unseen(&plan.account_id, seen).await {
         Ok(removed) if removed.is_empty() => {}
         Ok(removed) => {
             let ids: Vec<String> = removed
@@ -294,7 +272,7 @@ async fn record_deletions(
         if o.status == Status::Offboarded {
             done.push((row.region.clone(), row.instance_id.clone()));
         } else {
-            pending.push(crate::daemon::state::DeletionRecord {
+            pending.push(DeletionRecord {
                 account_id: plan.account_id.clone(),
                 region: row.region.clone(),
                 instance_id: row.instance_id.clone(),
@@ -309,7 +287,7 @@ async fn record_deletions(
         return;
     }
     if let Err(e) =
-        d.db.record_deletions(&plan.account_id, wipe, done, pending)
+        d.memory.record_deletions(&plan.account_id, wipe, done, pending)
             .await
     {
         warn!(error = %crate::error::chain(&e), "cannot record the pending deletions in the state file");
@@ -321,7 +299,7 @@ async fn load_terminations(
     d: &Durable<'_>,
     account_id: &str,
 ) -> HashMap<(String, String), SystemTime> {
-    match d.db.deletions_of_account(account_id).await {
+    match d.memory.deletions_of_account(account_id).await {
         Ok(records) => records
             .into_iter()
             .map(|r| {
@@ -341,7 +319,7 @@ async fn load_records(
     d: &Durable<'_>,
     account_id: &str,
 ) -> HashMap<(String, String), InstanceRecord> {
-    match d.db.of_account(account_id).await {
+    match d.memory.of_account(account_id).await {
         Ok(records) => records
             .into_iter()
             .map(|r| ((r.region.clone(), r.instance_id.clone()), r))
@@ -353,12 +331,85 @@ async fn load_records(
     }
 }
 
-/// The planner's view of the records.
-fn memory_of(records: &HashMap<(String, String), InstanceRecord>, now: SystemTime) -> Memory {
+/// What the planner reads of the daemon's memory of one account, and the records behind it: the records
+/// (their intents resolved, [`resolve_intents`]), the pending deletions, the retry policy.
+async fn recall(
+    d: &Durable<'_>,
+    account_id: &str,
+    ssm: &impl Ssm,
+    now: SystemTime,
+) -> (HashMap<(String, String), InstanceRecord>, Memory) {
+    let mut records = load_records(d, account_id).await;
+    let unresolved = resolve_intents(ssm, &mut records).await;
+    let mut memory = memory_of(&records, &unresolved, now);
+    memory.terminations = load_terminations(d, account_id).await;
+    memory.retry = Some(d.retry());
+    (records, memory)
+}
+
+/// Resolves the recorded intents without a command id (a process stopped between recording an install
+/// and recording its command id): one `ListCommands` per (region, comment) since the intent was recorded.
+/// A command found for the instance is its command (the planner then tracks it, never sends again);
+/// none found means the send never happened, and the intent is dropped. Returns the intents SSM could
+/// not be asked about, with why: those instances are held this pass.
+async fn resolve_intents(
+    ssm: &impl Ssm,
+    records: &mut HashMap<(String, String), InstanceRecord>,
+) -> HashMap<(String, String), Failure> {
+    let mut asks: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for r in records.values() {
+        if let (None, Some(comment)) = (&r.command_id, &r.intent) {
+            let at = r.command_sent_at.unwrap_or(0);
+            let since = asks.entry((r.region.clone(), comment.clone())).or_insert(at);
+            *since = (*since).min(at);
+        }
+    }
+    let mut unresolved = HashMap::new();
+    for ((region, comment), at) in asks {
+        let since = UNIX_EPOCH + Duration::from_secs((at - 60).max(0) as u64);
+        let found = ssm.recent_commands(&region, since, &comment).await;
+        for r in records.values_mut().filter(|r| {
+            r.region == region && r.command_id.is_none() && r.intent.as_ref() == Some(&comment)
+        }) {
+            match &found {
+                Ok(list) => {
+                    let command = list.iter().find(|c| c.instance_ids.contains(&r.instance_id));
+                    match command {
+                        Some(c) => {
+                            info!(instance.id = %r.instance_id, %region, command_id = %c.command_id, "found the install command recorded only as an intent; tracking it");
+                            r.command_id = Some(c.command_id.clone());
+                        }
+                        None => {
+                            info!(instance.id = %r.instance_id, %region, "an install recorded as an intent was never sent");
+                            r.intent = None;
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(instance.id = %r.instance_id, %region, error = %e, "cannot look up an install recorded as an intent; not installing this pass");
+                    let failure = Failure::new(
+                        FailureStep::Ssm,
+                        "intent-unresolved",
+                        format!("an install command may have been sent by a process that stopped before recording its id, and SSM could not be asked for it ({}); not sent again until it can be", e.message),
+                    );
+                    unresolved.insert((r.region.clone(), r.instance_id.clone()), failure);
+                }
+            }
+        }
+    }
+    unresolved
+}
+
+/// The planner's view of the records; an instance in `held` is held this pass with that failure.
+fn memory_of(
+    records: &HashMap<(String, String), InstanceRecord>,
+    held: &HashMap<(String, String), Failure>,
+    now: SystemTime,
+) -> Memory {
     let instances = records
         .iter()
         .map(|(key, r)| {
-            let remembered = Remembered {
+            let mut remembered = Remembered {
                 attempts: r.attempts,
                 last_failure: r.last_error.as_deref().map(recorded_failure),
                 next_attempt_at: r
@@ -366,6 +417,10 @@ fn memory_of(records: &HashMap<(String, String), InstanceRecord>, now: SystemTim
                     .map(|t| UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)),
                 command_id: r.command_id.clone(),
             };
+            if let Some(failure) = held.get(key) {
+                remembered.last_failure = Some(failure.clone());
+                remembered.next_attempt_at = Some(now + Duration::from_secs(1));
+            }
             (key.clone(), remembered)
         })
         .collect();
@@ -373,6 +428,75 @@ fn memory_of(records: &HashMap<(String, String), InstanceRecord>, now: SystemTim
         instances,
         now,
         terminations: HashMap::new(),
+        retry: None,
+    }
+}
+
+/// The [`Journal`] over the daemon's memory: the rows of one account's install commands, keeping what the
+/// memory held of each instance before the pass.
+struct StateJournal<'a> {
+    memory: &'a dyn Store,
+    account_id: &'a str,
+    /// The records read before planning.
+    records: &'a HashMap<(String, String), InstanceRecord>,
+    now: SystemTime,
+}
+
+impl StateJournal<'_> {
+    /// The `in-progress` records of `ids`: the intent (`comment`), and the command id once sent.
+    fn rows(
+        &self,
+        region: &str,
+        ids: &[String],
+        comment: &str,
+        command_id: Option<&str>,
+    ) -> Vec<InstanceRecord> {
+        let detail = match command_id {
+            Some(id) => format!("install command {id} sent"),
+            None => format!("install command about to be sent (comment {comment})"),
+        };
+        ids.iter()
+            .map(|id| {
+                let prev = self.records.get(&(region.to_string(), id.clone()));
+                InstanceRecord {
+                    account_id: self.account_id.to_string(),
+                    region: region.to_string(),
+                    instance_id: id.clone(),
+                    status: Status::InProgress.as_str().into(),
+                    detail: detail.clone(),
+                    command_id: command_id.map(str::to_string),
+                    command_sent_at: Some(unix(self.now)),
+                    attempts: prev.map_or(0, |p| p.attempts),
+                    last_error: prev.and_then(|p| p.last_error.clone()),
+                    next_attempt_at: None,
+                    last_seen_at: unix(self.now),
+                    intent: Some(comment.to_string()),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Journal for StateJournal<'_> {
+    fn intend<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: &'a [String],
+        comment: &'a str,
+    ) -> BoxFuture<'a, Result<(), MemoryError>> {
+        self.memory
+            .put(self.rows(region, instance_ids, comment, None))
+    }
+
+    fn sent<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: &'a [String],
+        comment: &'a str,
+        command_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), MemoryError>> {
+        self.memory
+            .put(self.rows(region, instance_ids, comment, Some(command_id)))
     }
 }
 
@@ -382,7 +506,8 @@ fn recorded_failure(text: &str) -> Failure {
         .unwrap_or_else(|_| Failure::new(FailureStep::Install, "earlier-failure", text.to_string()))
 }
 
-/// Writes every row's outcome; failed installs get their next attempt pushed out.
+/// Writes every row's outcome; a failed install gets the attempt count and next attempt its plan gave it.
+/// An intent SSM could not be asked about is kept for the next pass ([`InstanceRecord::carried_over`]).
 async fn record_outcomes(
     d: &Durable<'_>,
     plan: &AccountPlan,
@@ -408,29 +533,33 @@ async fn record_outcomes(
                 rec.next_attempt_at = None;
             }
             Status::Failed if attempted.contains(&n) => {
-                rec.attempts += 1;
                 rec.last_error = row
                     .failure
                     .as_ref()
                     .and_then(|f| serde_json::to_string(f).ok())
                     .or_else(|| Some(row.detail.clone()));
-                let due = now + d.backoff(rec.attempts).as_secs() as i64;
-                rec.next_attempt_at = Some(due);
-                row.next_attempt_at = Some(crate::output::report::timestamp(
-                    UNIX_EPOCH + Duration::from_secs(due as u64),
-                ));
+                match planned.retry {
+                    Some(retry) => {
+                        rec.attempts = retry.attempts;
+                        rec.next_attempt_at = Some(unix(retry.next_attempt_at));
+                        row.next_attempt_at =
+                            Some(crate::output::report::timestamp(retry.next_attempt_at));
+                    }
+                    None => rec.attempts += 1,
+                }
             }
             Status::InProgress => {
                 rec.command_id = prev
                     .and_then(|p| p.command_id.clone())
                     .or_else(|| row.command_id.clone());
                 rec.command_sent_at = prev.and_then(|p| p.command_sent_at);
+                rec.intent = prev.and_then(|p| p.intent.clone());
             }
             _ => {}
         }
         records.push(rec);
     }
-    if let Err(e) = d.db.put(records).await {
+    if let Err(e) = d.memory.put(records).await {
         warn!(error = %crate::error::chain(&e), "cannot record the pass's outcomes in the state file");
     }
 }
@@ -505,15 +634,10 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
         }
         let no_region_reachable =
             !obs.regions.is_empty() && obs.regions.iter().all(|r| r.error.is_some());
-        let (records, terminations) = match durable {
-            Some(d) => (
-                load_records(d, &account).await,
-                load_terminations(d, &account).await,
-            ),
-            None => (HashMap::new(), HashMap::new()),
+        let (records, memory) = match durable {
+            Some(d) => recall(d, &account, ports.ssm, now).await,
+            None => (HashMap::new(), memory_of(&HashMap::new(), &HashMap::new(), now)),
         };
-        let mut memory = memory_of(&records, now);
-        memory.terminations = terminations;
         let plan = plan_account(&obs, config, &memory);
         let plan = if token.is_some() {
             plan.scoped(opts.scope)
@@ -574,9 +698,7 @@ pub async fn execute_observed<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     now: SystemTime,
     keep: impl Fn(&crate::reconcile::plan::InstancePlan) -> bool,
 ) -> AccountPlan {
-    let records = load_records(durable, &obs.account_id).await;
-    let mut memory = memory_of(&records, now);
-    memory.terminations = load_terminations(durable, &obs.account_id).await;
+    let (records, memory) = recall(durable, &obs.account_id, ports.ssm, now).await;
     let mut plan = plan_account(obs, config, &memory).scoped(opts.scope);
     plan.instances.retain(|row| keep(row));
     if let Some(azure) = &config.azure {
@@ -648,7 +770,7 @@ mod tests {
     use super::*;
     use crate::adapters::azure::FakeArm;
     use crate::config::SSM_POLICY_ARN;
-    use crate::fake::FakeAws;
+    use crate::fake::{FakeAws, FakeMemory};
     use crate::model::{InstanceState, Platform};
     use crate::reconcile::onboard::InstallOptions;
 
@@ -1302,19 +1424,13 @@ mod tests {
             .unwrap()
     }
 
-    /// A new state file in a temporary directory (kept alive by the returned guard).
-    async fn temp_state() -> (tempfile::TempDir, StateDb) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
-        (dir, db)
+    /// An empty memory (the port's fake; the SQLite adapter has its own tests).
+    async fn temp_state() -> ((), FakeMemory) {
+        ((), FakeMemory::new())
     }
 
-    async fn record(db: &StateDb, id: &str) -> Option<InstanceRecord> {
-        db.all()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|r| r.instance_id == id)
+    async fn record(db: &FakeMemory, id: &str) -> Option<InstanceRecord> {
+        db.records().into_iter().find(|r| r.instance_id == id)
     }
 
     fn row<'a>(r: &'a Report, id: &str) -> &'a crate::reconcile::plan::InstancePlan {
@@ -1331,7 +1447,7 @@ mod tests {
         let cfg = one_region_config();
         let (_dir, db) = temp_state().await;
         let durable = Durable {
-            db: &db,
+            memory: &db,
             retry_base: Duration::from_secs(900),
             retry_max: Duration::from_secs(3600),
         };
@@ -1392,7 +1508,7 @@ mod tests {
         let cfg = one_region_config();
         let (_dir, db) = temp_state().await;
         let durable = Durable {
-            db: &db,
+            memory: &db,
             retry_base: Duration::from_secs(900),
             retry_max: Duration::from_secs(3600),
         };
@@ -1421,6 +1537,7 @@ mod tests {
             last_error: None,
             next_attempt_at: None,
             last_seen_at: unix(now),
+            intent: None,
         }])
         .await
         .unwrap();
@@ -1451,7 +1568,7 @@ mod tests {
         let cfg = one_region_config();
         let (_dir, db) = temp_state().await;
         let durable = Durable {
-            db: &db,
+            memory: &db,
             retry_base: Duration::from_secs(900),
             retry_max: Duration::from_secs(3600),
         };
@@ -1502,8 +1619,7 @@ mod tests {
             Path::new("t"),
         )
         .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
+        let db = FakeMemory::new();
         // Records no pass of this config owns: another account, and a region it does not look at.
         let foreign = |account: &str, region: &str, id: &str| InstanceRecord {
             account_id: account.into(),
@@ -1517,6 +1633,7 @@ mod tests {
             last_error: None,
             next_attempt_at: None,
             last_seen_at: 1,
+            intent: None,
         };
         db.put(vec![
             foreign("999999999999", "us-east-1", "i-other-account"),
@@ -1525,7 +1642,7 @@ mod tests {
         .await
         .unwrap();
         let durable = Durable {
-            db: &db,
+            memory: &db,
             retry_base: Duration::from_secs(60),
             retry_max: Duration::from_secs(3600),
         };
@@ -1541,7 +1658,7 @@ mod tests {
             "{}",
             first.to_json()
         );
-        assert_eq!(db.all().await.unwrap().len(), 6);
+        assert_eq!(db.records().len(), 6);
 
         aws.set_state("i-terminated", InstanceState::Terminated);
         aws.set_tags("i-untagged", &[]);
@@ -1555,7 +1672,7 @@ mod tests {
         let second = durable_pass(&aws, &cfg, &durable).await;
         assert_eq!(second.errors.len(), 1, "{}", second.to_json());
         assert_eq!(
-            recorded(db.all().await.unwrap()),
+            recorded(db.records()),
             [
                 "123456789012/ap-south-1/i-other-region",
                 "123456789012/eu-west-1/i-eu",
@@ -1571,7 +1688,7 @@ mod tests {
             "UnauthorizedOperation",
         );
         durable_pass(&aws, &cfg, &durable).await;
-        assert_eq!(db.all().await.unwrap().len(), 4);
+        assert_eq!(db.records().len(), 4);
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -332,6 +332,37 @@ pub struct InstancePlan {
     /// What Azure showed of the instance's Arc machine: part of the basis a saved plan keeps.
     #[serde(skip)]
     pub arc: crate::reconcile::saved::ArcSeen,
+    /// With a retry policy (the daemon): rows that install or resume an install, which attempt this is
+    /// and when the next is due should it fail. The planner decides it; the executor records it.
+    #[serde(skip)]
+    pub retry: Option<Retry>,
+}
+
+/// The daemon's backoff after failed installs: the first retry after `base`, doubling per failure, at
+/// most `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// First retry delay after a failed install.
+    pub base: Duration,
+    /// Longest retry delay.
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// Delay before attempt `attempts + 1` after `attempts` failures.
+    pub fn delay(&self, attempts: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(20));
+        self.base.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// A planned install attempt: the failures in a row it makes if it fails, and when the next is due then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Failed attempts in a row, this one included, should it fail.
+    pub attempts: u32,
+    /// When the next attempt is due should it fail.
+    pub next_attempt_at: SystemTime,
 }
 
 impl InstancePlan {
@@ -545,6 +576,9 @@ pub struct Memory {
     /// When the termination of an instance whose Arc machine is ours was first seen, by (region,
     /// instance id): the grace of `delete_after` counts from then.
     pub terminations: HashMap<(String, String), SystemTime>,
+    /// The backoff after failed installs (the daemon's `--retry-base`, `--retry-max`); `None`: no retry
+    /// is planned (a one-shot run).
+    pub retry: Option<RetryPolicy>,
 }
 
 impl Memory {
@@ -554,6 +588,7 @@ impl Memory {
             instances: HashMap::new(),
             now: UNIX_EPOCH,
             terminations: HashMap::new(),
+            retry: None,
         }
     }
 
@@ -586,6 +621,7 @@ pub fn plan_account(obs: &AccountObservation, config: &Config, memory: &Memory) 
         for inst in &region.instances {
             let (mut plan, steps) = planner.instance(region, inst);
             planner.remember(&mut plan);
+            planner.retry(&mut plan);
             if let Some(steps) = steps {
                 account_steps.merge(&steps);
             }
@@ -859,6 +895,26 @@ impl Planner<'_> {
         }
     }
 
+    /// With a retry policy, an install attempt (a new one, or one in flight resumed) gets its backoff
+    /// should it fail: one more failure in a row, and the next attempt `delay(attempts)` from now.
+    fn retry(&self, plan: &mut InstancePlan) {
+        let Some(policy) = self.memory.retry else {
+            return;
+        };
+        if !(plan.runs_agent_script() || plan.resume) {
+            return;
+        }
+        let before = self
+            .memory
+            .get(&plan.region, &plan.instance_id)
+            .map_or(0, |m| m.attempts);
+        let attempts = before.saturating_add(1);
+        plan.retry = Some(Retry {
+            attempts,
+            next_attempt_at: self.memory.now + policy.delay(attempts),
+        });
+    }
+
     /// `connected-elsewhere` when Resource Graph shows an Arc machine for the instance outside our
     /// resource group: no action at all (the machine is someone else's to manage). Returns whether it was.
     fn elsewhere(&self, plan: &mut InstancePlan) -> bool {
@@ -912,6 +968,7 @@ impl Planner<'_> {
             resume: false,
             termination: None,
             arc: crate::reconcile::saved::ArcSeen::of(&self.obs.arc, &inst.ec2.instance_id),
+            retry: None,
         };
         if plan.platform == Platform::Unknown {
             plan.status = Status::Unsupported;
@@ -1295,6 +1352,7 @@ mod tests {
                 instances: HashMap::from([(("us-east-1".to_string(), id.to_string()), remembered)]),
                 now,
                 terminations: HashMap::new(),
+                retry: None,
             };
             plan_account(&self.obs, cfg, &memory)
         }
@@ -1963,6 +2021,7 @@ mod tests {
             instances: HashMap::new(),
             now,
             terminations: HashMap::new(),
+            retry: None,
         };
         let off = config("");
         let on = config("[lifecycle]\nrepair = true");

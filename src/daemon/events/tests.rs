@@ -61,7 +61,7 @@ async fn run_for(f: &Fixture, secs: u64) -> Arc<Metrics> {
     let metrics = Arc::new(Metrics::new(3));
     let token = MutationToken::mint();
     let durable = Durable {
-        db: &f.db,
+        memory: &f.db,
         retry_base: Duration::from_secs(900),
         retry_max: Duration::from_secs(86_400),
     };

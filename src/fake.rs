@@ -218,6 +218,17 @@ impl FakeAws {
         );
     }
 
+    /// This account as every AWS port of a pass.
+    pub fn ports(&self) -> crate::reconcile::pass::AwsPorts<'_, Self, Self, Self, Self> {
+        crate::reconcile::pass::AwsPorts {
+            sts: self,
+            ec2: self,
+            iam: self,
+            ssm: self,
+            counter: &self.calls,
+        }
+    }
+
     /// Makes successful installs connect the machine in `arm`, in resource group `rg`.
     pub fn link_arm(&self, arm: Arc<FakeArm>, rg: &str) {
         self.lock().arm = Some((arm, rg.into()));

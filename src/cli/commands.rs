@@ -34,6 +34,7 @@ pub(super) fn pass_options(
         },
         scope: Scope::default(),
         saved: None,
+        leases: None,
     }
 }
 

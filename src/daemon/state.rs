@@ -143,7 +143,6 @@ pub struct PassRecord {
     pub summary: String,
 }
 
-
 /// Reads a record from a row of `SELECT account_id, region, instance_id, status, detail, command_id,
 /// command_sent_at, attempts, last_error, next_attempt_at, last_seen_at, intent`.
 fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRecord> {
@@ -796,7 +795,10 @@ mod tests {
         let db = StateDb::open(&path).await.unwrap();
         assert_eq!(db.schema_version().await.unwrap(), 3);
         let old = &db.all().await.unwrap()[0];
-        assert_eq!((old.instance_id.as_str(), old.intent.as_deref()), ("i-old", None));
+        assert_eq!(
+            (old.instance_id.as_str(), old.intent.as_deref()),
+            ("i-old", None)
+        );
         assert!(db.deletions().await.unwrap().is_empty());
     }
 

@@ -20,6 +20,8 @@ struct State {
     deletions: BTreeMap<(String, String, String), DeletionRecord>,
     /// Writes that may still succeed; `None`: all.
     writes_left: Option<usize>,
+    /// Refuse the writes that record a command id (a process killed between sending and recording).
+    refuse_command_ids: bool,
     /// Writes refused so far.
     refused: usize,
 }
@@ -48,6 +50,12 @@ impl FakeMemory {
     /// The next `n` writes succeed, every later one fails.
     pub fn fail_writes_after(&self, n: usize) {
         self.lock().writes_left = Some(n);
+    }
+
+    /// Refuses (`true`) every write of a record that carries a command id, as if the process died after
+    /// `SendCommand` and before recording its id; other writes go on.
+    pub fn fail_command_id_writes(&self, fail: bool) {
+        self.lock().refuse_command_ids = fail;
     }
 
     /// How many writes were refused.
@@ -106,6 +114,10 @@ impl Memory for FakeMemory {
     }
 
     fn put(&self, records: Vec<InstanceRecord>) -> BoxFuture<'_, Result<(), MemoryError>> {
+        if self.lock().refuse_command_ids && records.iter().any(|r| r.command_id.is_some()) {
+            self.lock().refused += 1;
+            return Box::pin(async { Err(MemoryError(Box::new(WriteRefused))) });
+        }
         let result = self.write().map(|mut state| {
             for r in records {
                 let k = key(&r.account_id, &r.region, &r.instance_id);

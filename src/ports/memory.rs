@@ -141,7 +141,6 @@ pub struct DeletionRecord {
     pub delete_at: i64,
 }
 
-
 /// Unix seconds.
 pub fn unix(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)

@@ -31,11 +31,11 @@ use crate::adapters::azure::Arm;
 use crate::config::{AzureConfig, Connectivity, OnboardingConfig, SqlServerLicense};
 use crate::install::{self, seal, Delivery, InstallParams, ScriptOutcome, ScriptResult};
 use crate::model::{ownership, ArcStatus, CommandStatus, Platform};
+use crate::ports::memory::MemoryError;
 use crate::ports::{
     CommandRequest, CommandSummary, Invocation, MutationToken, Ssm, LINUX_DOCUMENT,
     WINDOWS_DOCUMENT,
 };
-use crate::ports::memory::MemoryError;
 use crate::reconcile::outcome::{AccountOutcome, InstanceOutcome};
 use crate::reconcile::plan::{AccountPlan, Failure, FailureStep, InstanceAction, Status};
 

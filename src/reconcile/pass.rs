@@ -17,11 +17,11 @@ use crate::reconcile::observe::{
     observe_account, observe_arc, observe_elsewhere, resolve_regions, ArcObservation,
 };
 use crate::reconcile::onboard::{install_agents, InstallOptions, InstallWork, Journal};
-use futures::future::BoxFuture;
 use crate::reconcile::outcome::AccountOutcome;
 use crate::reconcile::plan::{
     plan_account, AccountPlan, Failure, FailureStep, Memory, Remembered, RetryPolicy, Status,
 };
+use futures::future::BoxFuture;
 
 /// A failure before any instance could be handled.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +65,8 @@ pub struct PassOptions {
     pub scope: Scope,
     /// `run --plan`: the saved plan the pass's plan is restricted to (nothing beyond it is executed).
     pub saved: Option<std::sync::Arc<crate::reconcile::saved::SavedPlan>>,
+    /// The daemon's leases: the pass holds its account's regions exclusively from observing to its end.
+    pub leases: Option<std::sync::Arc<crate::reconcile::leases::Leases>>,
 }
 
 pub use crate::reconcile::plan::Scope;
@@ -286,9 +288,10 @@ async fn record_deletions(
     if wipe.is_empty() && done.is_empty() && pending.is_empty() {
         return;
     }
-    if let Err(e) =
-        d.memory.record_deletions(&plan.account_id, wipe, done, pending)
-            .await
+    if let Err(e) = d
+        .memory
+        .record_deletions(&plan.account_id, wipe, done, pending)
+        .await
     {
         warn!(error = %crate::error::chain(&e), "cannot record the pending deletions in the state file");
     }
@@ -360,7 +363,9 @@ async fn resolve_intents(
     for r in records.values() {
         if let (None, Some(comment)) = (&r.command_id, &r.intent) {
             let at = r.command_sent_at.unwrap_or(0);
-            let since = asks.entry((r.region.clone(), comment.clone())).or_insert(at);
+            let since = asks
+                .entry((r.region.clone(), comment.clone()))
+                .or_insert(at);
             *since = (*since).min(at);
         }
     }
@@ -373,7 +378,9 @@ async fn resolve_intents(
         }) {
             match &found {
                 Ok(list) => {
-                    let command = list.iter().find(|c| c.instance_ids.contains(&r.instance_id));
+                    let command = list
+                        .iter()
+                        .find(|c| c.instance_ids.contains(&r.instance_id));
                     match command {
                         Some(c) => {
                             info!(instance.id = %r.instance_id, %region, command_id = %c.command_id, "found the install command recorded only as an intent; tracking it");
@@ -609,6 +616,10 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     let span =
         info_span!("pass", account = %account, mode = if token.is_some() { "run" } else { "plan" });
     async {
+        let _lease = match &opts.leases {
+            Some(leases) => Some(leases.exclusive(&account, &regions).await),
+            None => None,
+        };
         info!(regions = regions.len(), "observing");
         let arc = match (&config.azure, arm) {
             (None, _) => ArcObservation::NotConfigured,
@@ -636,7 +647,10 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
             !obs.regions.is_empty() && obs.regions.iter().all(|r| r.error.is_some());
         let (records, memory) = match durable {
             Some(d) => recall(d, &account, ports.ssm, now).await,
-            None => (HashMap::new(), memory_of(&HashMap::new(), &HashMap::new(), now)),
+            None => (
+                HashMap::new(),
+                memory_of(&HashMap::new(), &HashMap::new(), now),
+            ),
         };
         let plan = plan_account(&obs, config, &memory);
         let plan = if token.is_some() {
@@ -868,13 +882,7 @@ mod tests {
         durable: Option<&Durable<'_>>,
         now: SystemTime,
     ) -> Result<Report, PassError> {
-        let ports = AwsPorts {
-            sts: aws,
-            ec2: aws,
-            iam: aws,
-            ssm: aws,
-            counter: &aws.calls,
-        };
+        let ports = aws.ports();
         let opts = PassOptions {
             apply: opts(),
             install: InstallOptions {
@@ -883,6 +891,7 @@ mod tests {
             },
             scope: Scope::default(),
             saved: None,
+            leases: None,
         };
         run_pass(config, &ports, Some(arm), token, &opts, durable, now)
             .await
@@ -1424,6 +1433,15 @@ mod tests {
             .unwrap()
     }
 
+    /// The daemon's memory with its default backoff (15 minutes, doubling, at most an hour here).
+    fn durable_of(memory: &FakeMemory) -> Durable<'_> {
+        Durable {
+            memory,
+            retry_base: Duration::from_secs(900),
+            retry_max: Duration::from_secs(3600),
+        }
+    }
+
     /// An empty memory (the port's fake; the SQLite adapter has its own tests).
     async fn temp_state() -> ((), FakeMemory) {
         ((), FakeMemory::new())
@@ -1431,6 +1449,13 @@ mod tests {
 
     async fn record(db: &FakeMemory, id: &str) -> Option<InstanceRecord> {
         db.records().into_iter().find(|r| r.instance_id == id)
+    }
+
+    /// `id` onboarded, by the one install command sent so far.
+    fn assert_installed_once(aws: &FakeAws, report: &Report, id: &str) {
+        let status = row(report, id).status;
+        assert_eq!(status, Status::Onboarded, "{}", report.to_json());
+        assert_eq!(aws.commands().len(), 1);
     }
 
     fn row<'a>(r: &'a Report, id: &str) -> &'a crate::reconcile::plan::InstancePlan {
@@ -1446,11 +1471,7 @@ mod tests {
         aws.script_outcome("i-1", "Failed", "Failed", 41, FAILED_41);
         let cfg = one_region_config();
         let (_dir, db) = temp_state().await;
-        let durable = Durable {
-            memory: &db,
-            retry_base: Duration::from_secs(900),
-            retry_max: Duration::from_secs(3600),
-        };
+        let durable = durable_of(&db);
         let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let token = MutationToken::mint();
 
@@ -1507,11 +1528,7 @@ mod tests {
         let arm = linked_arm(&aws);
         let cfg = one_region_config();
         let (_dir, db) = temp_state().await;
-        let durable = Durable {
-            memory: &db,
-            retry_base: Duration::from_secs(900),
-            retry_max: Duration::from_secs(3600),
-        };
+        let durable = durable_of(&db);
         let token = MutationToken::mint();
         // A daemon sent the install, journaled it, and was killed before it saw the end.
         aws.script_outcome("i-1", "InProgress", "InProgress", -1, "");
@@ -1567,11 +1584,7 @@ mod tests {
         aws.script_outcome("i-1", "InProgress", "InProgress", -1, "");
         let cfg = one_region_config();
         let (_dir, db) = temp_state().await;
-        let durable = Durable {
-            memory: &db,
-            retry_base: Duration::from_secs(900),
-            retry_max: Duration::from_secs(3600),
-        };
+        let durable = durable_of(&db);
         let token = MutationToken::mint();
         let pass = durable_pass_at(&aws, &arm, &cfg, &durable, Some(&token), SystemTime::now());
         let watch = async {
@@ -1591,6 +1604,132 @@ mod tests {
             }
             _ = pass => panic!("the pass ended before the journal was checked"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_install_whose_intent_cannot_be_recorded_is_not_sent_and_fails_in_the_report() {
+        use crate::reconcile::onboard::JOURNAL_FAILED;
+        let aws = ready_account(&["i-1".to_string(), "i-2".to_string()]);
+        let arm = linked_arm(&aws);
+        let cfg = one_region_config();
+        let memory = FakeMemory::new();
+        memory.fail_writes(true);
+        let durable = durable_of(&memory);
+        let token = MutationToken::mint();
+        let pass =
+            durable_pass_at(&aws, &arm, &cfg, &durable, Some(&token), SystemTime::now()).await;
+        assert!(aws.commands().is_empty(), "no install was sent");
+        assert!(memory.refused() > 0);
+        for id in ["i-1", "i-2"] {
+            let r = row(&pass, id);
+            assert_eq!(r.status, Status::Failed, "{}", pass.to_json());
+            let f = r.failure.as_ref().unwrap();
+            assert_eq!(
+                (f.step, f.code.as_str()),
+                (FailureStep::Ssm, JOURNAL_FAILED)
+            );
+            assert!(
+                r.detail.contains("cannot record it in the state file"),
+                "{}",
+                r.detail
+            );
+        }
+        let json = pass.to_json();
+        assert!(json.contains(JOURNAL_FAILED), "{json}");
+
+        // Once the memory takes writes again, the next pass sends the install, its intent recorded first.
+        memory.fail_writes(false);
+        let pass =
+            durable_pass_at(&aws, &arm, &cfg, &durable, Some(&token), SystemTime::now()).await;
+        assert_installed_once(&aws, &pass, "i-1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kill_between_send_and_record_never_installs_twice_and_the_command_is_tracked_to_its_end(
+    ) {
+        let aws = ready_account(&["i-1".to_string()]);
+        let arm = linked_arm(&aws);
+        let cfg = one_region_config();
+        let memory = FakeMemory::new();
+        let durable = durable_of(&memory);
+        let token = MutationToken::mint();
+        // The intent is recorded, the command is sent, and the process dies before its id is recorded.
+        aws.script_outcome("i-1", "InProgress", "InProgress", -1, "");
+        memory.fail_command_id_writes(true);
+        let t0 = SystemTime::now();
+        let first = durable_pass_at(&aws, &arm, &cfg, &durable, Some(&token), t0);
+        let sent = async {
+            while aws.commands().is_empty() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        };
+        tokio::select! {
+            () = sent => {}
+            _ = first => panic!("the pass ended while its command was running"),
+        }
+        let rec = record(&memory, "i-1").await.unwrap();
+        assert_eq!(rec.command_id, None, "the id was never recorded");
+        let intent = rec
+            .intent
+            .clone()
+            .expect("the intent was recorded before the send");
+        assert_eq!(aws.commands()[0].request.comment, intent);
+
+        // A fresh pass on the same memory, after the command failed on the instance: it finds the command
+        // by its comment, tracks it to its end, and sends nothing.
+        memory.fail_command_id_writes(false);
+        aws.script_outcome("i-1", "Failed", "Failed", 41, FAILED_41);
+        let t1 = t0 + Duration::from_secs(120);
+        let plan = durable_pass_at(&aws, &arm, &cfg, &durable, None, t1).await;
+        assert_eq!(
+            row(&plan, "i-1").status,
+            Status::InProgress,
+            "{}",
+            plan.to_json()
+        );
+        let second = durable_pass_at(&aws, &arm, &cfg, &durable, Some(&token), t1).await;
+        let r = row(&second, "i-1");
+        assert_eq!(aws.commands().len(), 1, "never installed twice");
+        assert_eq!(r.status, Status::Failed, "{}", second.to_json());
+        assert_eq!(r.failure.as_ref().unwrap().code, "AZCM0041");
+        assert_eq!(
+            r.command_id.as_deref(),
+            Some(aws.commands()[0].command_id.as_str())
+        );
+        let rec = record(&memory, "i-1").await.unwrap();
+        assert_eq!((rec.attempts, rec.command_id, rec.intent), (1, None, None));
+        assert_eq!(
+            rec.next_attempt_at,
+            Some(unix(t1) + 900),
+            "the planned backoff"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_intent_whose_command_was_never_sent_is_dropped_and_the_install_planned_anew() {
+        let aws = ready_account(&["i-1".to_string()]);
+        let arm = linked_arm(&aws);
+        let cfg = one_region_config();
+        let memory = FakeMemory::new();
+        let now = SystemTime::now();
+        memory
+            .put(vec![InstanceRecord {
+                intent: Some("arc-onboard run killed install 0".into()),
+                command_sent_at: Some(unix(now)),
+                ..InstanceRecord::carried_over(
+                    ("123456789012", "us-east-1", "i-1"),
+                    ("in-progress", ""),
+                    None,
+                    unix(now),
+                )
+            }])
+            .await
+            .unwrap();
+        let durable = durable_of(&memory);
+        let token = MutationToken::mint();
+        let pass = durable_pass_at(&aws, &arm, &cfg, &durable, Some(&token), now).await;
+        assert_installed_once(&aws, &pass, "i-1");
+        assert_eq!(record(&memory, "i-1").await.unwrap().intent, None);
     }
 
     #[tokio::test]
@@ -1641,11 +1780,7 @@ mod tests {
         ])
         .await
         .unwrap();
-        let durable = Durable {
-            memory: &db,
-            retry_base: Duration::from_secs(60),
-            retry_max: Duration::from_secs(3600),
-        };
+        let durable = durable_of(&db);
         let recorded = |all: Vec<InstanceRecord>| -> Vec<String> {
             all.into_iter()
                 .map(|r| format!("{}/{}/{}", r.account_id, r.region, r.instance_id))

@@ -2,8 +2,9 @@
 //! flight, attempts, the last error and when the next attempt is due; plus a log of passes.
 //!
 //! # Guarantees
-//! - The command id of an install is committed before the daemon waits for it, so a restart resumes
-//!   tracking it instead of sending another one.
+//! - The adapter of [`crate::ports::memory::Memory`]: the intent of an install (its instances and its
+//!   comment) is committed before it is sent, and its command id before the daemon waits for it, so a
+//!   restart resumes tracking it (or finds it by its comment) instead of sending another one.
 //! - Every write is one transaction with `synchronous = FULL` in WAL mode: a crash (even `kill -9`) loses
 //!   at most the write in progress, never a committed one.
 //! - SQLite runs on the blocking thread pool, never on the async workers: a write waiting for its fsync (or

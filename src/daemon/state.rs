@@ -700,6 +700,7 @@ mod tests {
             let db = StateDb::open(&path).await.unwrap();
             let mut r = record("i-1", "in-progress");
             r.command_id = Some("cmd-1".into());
+            r.intent = Some("arc-onboard run x install y".into());
             db.put(vec![r, record("i-2", "failed")]).await.unwrap();
             db.put(vec![record("i-2", "onboarded")]).await.unwrap();
         }
@@ -708,6 +709,10 @@ mod tests {
         let all = db.all().await.unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].command_id.as_deref(), Some("cmd-1"));
+        assert_eq!(
+            all[0].intent.as_deref(),
+            Some("arc-onboard run x install y")
+        );
         assert_eq!(all[1].status, "onboarded");
     }
 

@@ -1665,6 +1665,60 @@ mod tests {
     }
 
     #[test]
+    fn the_planner_gives_each_install_its_backoff_should_it_fail() {
+        let online = Some(PingStatus::Online);
+        let world = World::new()
+            .instance("i-new", Some("AppProfile"), Running, online)
+            .instance("i-due", Some("AppProfile"), Running, online)
+            .instance("i-held", Some("AppProfile"), Running, online)
+            .instance("i-sent", Some("AppProfile"), Running, online)
+            .instance("i-stopped", Some("AppProfile"), Stopped, None);
+        let key = |id: &str| ("us-east-1".to_string(), id.to_string());
+        let memory = Memory {
+            instances: HashMap::from([
+                (key("i-due"), failed_before(2_000, None)),
+                (key("i-held"), failed_before(9_000, None)),
+                (key("i-sent"), failed_before(2_000, Some("cmd-1"))),
+            ]),
+            now: at(5_000),
+            terminations: HashMap::new(),
+            retry: Some(RetryPolicy {
+                base: Duration::from_secs(100),
+                max: Duration::from_secs(300),
+            }),
+        };
+        let plan = plan_account(&world.obs, &config(""), &memory);
+        let retry = |id: &str| {
+            row(&plan, id)
+                .retry
+                .map(|r| (r.attempts, r.next_attempt_at))
+        };
+        assert_eq!(retry("i-new"), Some((1, at(5_100))), "first failure: base");
+        assert_eq!(
+            retry("i-due"),
+            Some((3, at(5_300))),
+            "third: 4 x base, capped at max"
+        );
+        assert_eq!(
+            retry("i-sent"),
+            Some((3, at(5_300))),
+            "the resumed command is the attempt"
+        );
+        assert_eq!(retry("i-held"), None, "held: no attempt");
+        assert_eq!(retry("i-stopped"), None, "no install");
+        // Without a retry policy (a one-shot run) nothing is planned for failures.
+        let once = plan_account(
+            &world.obs,
+            &config(""),
+            &Memory {
+                retry: None,
+                ..memory
+            },
+        );
+        assert!(once.instances.iter().all(|r| r.retry.is_none()));
+    }
+
+    #[test]
     fn a_command_the_daemon_sent_is_tracked_not_planned_again() {
         let world = World::new()
             .instance(

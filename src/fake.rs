@@ -12,6 +12,9 @@ use crate::model::{
 use std::sync::Arc;
 
 pub mod accounts;
+pub mod memory;
+
+pub use memory::FakeMemory;
 
 use crate::adapters::azure::FakeArm;
 use crate::ports::{
@@ -213,6 +216,17 @@ impl FakeAws {
                 output: output.into(),
             },
         );
+    }
+
+    /// This account as every AWS port of a pass.
+    pub fn ports(&self) -> crate::reconcile::pass::AwsPorts<'_, Self, Self, Self, Self> {
+        crate::reconcile::pass::AwsPorts {
+            sts: self,
+            ec2: self,
+            iam: self,
+            ssm: self,
+            counter: &self.calls,
+        }
     }
 
     /// Makes successful installs connect the machine in `arm`, in resource group `rg`.

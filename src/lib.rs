@@ -20,7 +20,9 @@
 //!   [`config::accounts`]: `[aws.accounts]` and `--shard`; [`config::events`]: `[events]`;
 //!   [`config::locations`]: the AWS region -> Azure location table of `location = "auto"`).
 //! - [`model`]: domain types shared by every layer; no SDK type crosses a port.
-//! - [`ports`]: one trait per AWS service, and the [`ports::MutationToken`] capability.
+//! - [`ports`]: one trait per AWS service, and the [`ports::MutationToken`] capability;
+//!   [`ports::memory`]: the daemon's durable memory (what the planner reads, what the executor journals),
+//!   whose adapter is [`daemon::state`].
 //! - [`reconcile`]: the core.
 //!   - [`reconcile::observe`]: gathers one account's state through the ports (or just some instances').
 //!   - [`reconcile::plan`]: the pure planner: observation + config + the daemon's memory -> per-instance
@@ -31,6 +33,8 @@
 //!   - [`reconcile::onboard`]: the agent install through SSM Run Command, tracking, verification in Azure.
 //!   - [`reconcile::pass`]: one observe -> plan -> apply pass, shared by every command.
 //!   - [`reconcile::interrupt`]: interrupting a pass (Ctrl-C during `run`): no new change, waits end.
+//!   - [`reconcile::leases`]: leases per (account, region): a daemon's passes hold theirs alone, event
+//!     installs share theirs.
 //!   - [`reconcile::saved`]: saved plans: the rows and the facts they rest on, and the pure restriction
 //!     of a plan made anew to a saved one (`run --plan`).
 //!   - [`reconcile::accounts`]: the accounts in scope, entering each, one pass per account (bounded
@@ -49,7 +53,8 @@
 //!   - [`daemon::event_accounts`]: the event path's accounts in scope (refreshed on a clock, `--shard`)
 //!     and the entered accounts' clients.
 //!   - [`daemon::iam_cache`]: the event path's IAM answers, reused for a short TTL.
-//!   - [`daemon::state`]: the daemon's durable state (SQLite, versioned schema).
+//!   - [`daemon::state`]: the daemon's durable state (SQLite, versioned schema): the adapter of
+//!     [`ports::memory::Memory`].
 //!   - [`daemon::metrics`]: Prometheus metrics and the `/metrics` + `/healthz` endpoint.
 //! - [`output`]: what people read.
 //!   - [`output::report`]: the report rendered as JSON or a table.
@@ -63,7 +68,8 @@
 //! - `bench`: in-process benchmarks on the fakes under simulated AWS throttling (`scripts/bench-org`;
 //!   feature `fakes` only).
 //! - `fake`: stateful in-memory fakes of the ports, for tests (compiled for `cargo test` or with the
-//!   `fakes` feature only; never in the release binary); `fake::accounts`: an organization of fakes.
+//!   `fakes` feature only; never in the release binary); `fake::accounts`: an organization of fakes;
+//!   `fake::memory`: the durable memory, whose writes can be made to fail.
 
 pub mod adapters;
 #[cfg(any(test, feature = "fakes"))]

@@ -1,6 +1,10 @@
 //! One port per external system (AWS services and Azure Resource Manager), speaking domain types. Real
 //! adapters live in [`crate::adapters`]; stateful fakes in `crate::fake` and `adapters::azure::FakeArm`.
-//! Every method that changes something takes a [`MutationToken`].
+//! Every method that changes something takes a [`MutationToken`]. [`memory`]: the daemon's durable memory.
+
+pub mod memory;
+
+pub use memory::Memory;
 
 use std::collections::BTreeMap;
 use std::future::Future;

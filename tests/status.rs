@@ -22,6 +22,7 @@ fn record(id: &str) -> InstanceRecord {
         last_error: None,
         next_attempt_at: None,
         last_seen_at: 1_700_000_000,
+        intent: None,
     }
 }
 
@@ -120,7 +121,7 @@ async fn status_reads_a_state_file_while_a_daemon_writes_it() {
     assert_eq!(instance_ids(&status(&file)), ["i-1"]);
     daemon.put(vec![record("i-2")]).await.unwrap();
     assert_eq!(instance_ids(&status(&file)), ["i-1", "i-2"]);
-    assert_eq!(daemon.schema_version().await.unwrap(), 2);
+    assert_eq!(daemon.schema_version().await.unwrap(), 3);
     daemon.put(vec![record("i-3")]).await.unwrap();
     daemon.close().await.unwrap();
 }

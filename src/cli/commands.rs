@@ -34,6 +34,7 @@ pub(super) fn pass_options(
         },
         scope: Scope::default(),
         saved: None,
+        leases: None,
     }
 }
 
@@ -55,7 +56,7 @@ pub(super) async fn plan_command(
     wide: bool,
 ) -> Result<u8, CliError> {
     let durable = db.map(|db| crate::reconcile::pass::Durable {
-        db,
+        memory: db,
         retry_base: Duration::from_secs(15 * 60),
         retry_max: Duration::from_secs(24 * 3600),
     });

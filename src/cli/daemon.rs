@@ -31,6 +31,8 @@ pub(super) async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result
         tracing::warn!("{w}; fine for tests and demos, heavy for a real fleet");
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Every task spawned here is joined before the daemon returns.
+    let mut server = None;
     if let Some(addr) = args.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -42,11 +44,11 @@ pub(super) async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result
         let shutdown = async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        tokio::spawn(crate::daemon::metrics::serve(
+        server = Some(tokio::spawn(crate::daemon::metrics::serve(
             listener,
             metrics.clone(),
             shutdown,
-        ));
+        )));
         tracing::info!(%addr, "serving /metrics and /healthz");
     }
     let signal_err = |source| CliError::Start {
@@ -60,7 +62,7 @@ pub(super) async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result
     // One stored permit at most: HUPs during a pass coalesce into one extra round.
     let trigger = Arc::new(tokio::sync::Notify::new());
     let hup_trigger = trigger.clone();
-    tokio::spawn(async move {
+    let hups = tokio::spawn(async move {
         while hup.recv().await.is_some() {
             hup_trigger.notify_one();
         }
@@ -77,7 +79,7 @@ pub(super) async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result
     attach_web_identity(arm.as_ref(), &sdk, &home);
     let token = MutationToken::mint();
     let durable = Durable {
-        db: &db,
+        memory: &db,
         retry_base: args.retry_base,
         retry_max: args.retry_max,
     };
@@ -87,9 +89,9 @@ pub(super) async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result
         "{}",
         start_line(&schedule, args, config.events.is_some())
     );
-    // Scheduled passes hold it for writing, event installs for reading: they never plan the same
-    // instance at once.
-    let gate = tokio::sync::RwLock::new(());
+    // A scheduled pass holds its account's regions alone, event installs share theirs: they never plan
+    // the same instance at once, and unrelated accounts never wait for each other.
+    let leases = Arc::new(crate::reconcile::leases::Leases::new());
     let session = session_name("daemon");
     let entered = SdkAccounts::new(
         &sdk,
@@ -104,9 +106,9 @@ pub(super) async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result
         let mut opts = base.clone();
         opts.install.correlation_id = uuid::Uuid::new_v4().to_string();
         opts.scope = kind.scope();
-        let (token, durable, db, metrics, gate) = (&token, &durable, &db, &metrics, &gate);
+        opts.leases = Some(leases.clone());
+        let (token, durable, db, metrics) = (&token, &durable, &db, &metrics);
         async move {
-            let _exclusive = gate.write().await;
             let pass = async {
                 match run_accounts(
                     config,
@@ -146,7 +148,7 @@ pub(super) async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result
         &sdk,
         &home,
         arm.as_ref(),
-        (&token, &durable, &metrics, &gate),
+        (&token, &durable, &metrics, &leases),
         &base,
         events_stopped,
     );
@@ -162,6 +164,11 @@ pub(super) async fn daemon_command(config: &Config, args: &DaemonArgs) -> Result
         events
     );
     let _ = stop_tx.send(true);
+    hups.abort();
+    let _ = hups.await;
+    if let Some(server) = server {
+        let _ = server.await;
+    }
     if let Err(e) = db.close().await {
         tracing::warn!(error = %crate::error::chain(&e), "cannot checkpoint and close the state file");
     }
@@ -177,11 +184,11 @@ async fn daemon_events(
     sdk: &aws_config::SdkConfig,
     home: &str,
     arm: Option<&RestArm>,
-    (token, durable, metrics, gate): (
+    (token, durable, metrics, leases): (
         &MutationToken,
         &crate::reconcile::pass::Durable<'_>,
         &crate::daemon::metrics::Metrics,
-        &tokio::sync::RwLock<()>,
+        &crate::reconcile::leases::Leases,
     ),
     base: &PassOptions,
     mut stopped: tokio::sync::watch::Receiver<bool>,
@@ -204,7 +211,7 @@ async fn daemon_events(
         token,
         durable,
         metrics,
-        gate,
+        leases,
     };
     let Some(arm) = adapters.arm.as_ref() else {
         return;

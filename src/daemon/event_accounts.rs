@@ -79,6 +79,8 @@ pub struct EventAccounts<'a, X: Accounts> {
     listed: tokio::sync::Mutex<Listed>,
     entered: Mutex<HashMap<String, Arc<Entered<X>>>>,
     unreachable: Mutex<HashMap<String, (Instant, AwsError)>>,
+    /// One lock per account being entered: concurrent callers wait for the one entry in progress.
+    entering: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl<'a, X: Accounts> EventAccounts<'a, X> {
@@ -99,6 +101,7 @@ impl<'a, X: Accounts> EventAccounts<'a, X> {
             listed: tokio::sync::Mutex::new(Listed::default()),
             entered: Mutex::new(HashMap::new()),
             unreachable: Mutex::new(HashMap::new()),
+            entering: Mutex::new(HashMap::new()),
         }
     }
 
@@ -167,8 +170,21 @@ impl<'a, X: Accounts> EventAccounts<'a, X> {
 
     /// The ports of `account`: kept from an earlier entry, or entered now (`sts:AssumeRole` for a member
     /// account). A role refused within the last `unreachable_retry` answers its error again without a
-    /// call.
+    /// call. Single-flight: callers that come while the account is being entered wait for that entry
+    /// and share its answer; the role is assumed once.
     pub async fn enter(&self, account: &str) -> Result<Arc<Entered<X>>, AwsError> {
+        if let Some(clients) = self.lock_entered().get(account) {
+            return Ok(clients.clone());
+        }
+        let flight = self
+            .entering
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(account.to_string())
+            .or_default()
+            .clone();
+        let _one = flight.lock().await;
+        // The entry this caller waited for (if any) has answered: reuse its clients, or its refusal.
         if let Some(clients) = self.lock_entered().get(account) {
             return Ok(clients.clone());
         }
@@ -336,5 +352,38 @@ mod tests {
         // The caller's own account needs no role.
         ev.enter(MGMT).await.unwrap();
         assert_eq!(assumed(), Some(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn concurrent_entries_of_one_account_assume_its_role_once() {
+        let org = org();
+        org.set_enter_delay(Duration::from_secs(2));
+        org.deny_assume_role(B);
+        let config = config("source = \"organization\"");
+        let ev = accounts(&org, &config, None).await;
+        let assumed = || {
+            org.calls
+                .snapshot()
+                .get("sts:AssumeRole")
+                .copied()
+                .unwrap_or(0)
+        };
+        let (one, two, three) = tokio::join!(ev.enter(A), ev.enter(A), ev.enter(A));
+        assert_eq!(assumed(), 1, "one entry, shared by the three callers");
+        let (one, two, three) = (one.unwrap(), two.unwrap(), three.unwrap());
+        assert!(Arc::ptr_eq(&one, &two) && Arc::ptr_eq(&two, &three));
+        // A refusal is shared the same way.
+        let (x, y) = tokio::join!(ev.enter(B), ev.enter(B));
+        assert!(x.is_err() && y.is_err());
+        assert_eq!(assumed(), 2);
+        // Different accounts are entered side by side.
+        org.set_enter_delay(Duration::from_secs(2));
+        let start = Instant::now();
+        let (m, c) = tokio::join!(ev.enter(MGMT), ev.enter(C));
+        assert!(m.is_ok() && c.is_err());
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "not one after the other"
+        );
     }
 }

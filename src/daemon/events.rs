@@ -23,16 +23,19 @@
 //!   scope are deleted, counted in `arc_onboard_events_total{result}` and logged; none is fatal.
 //! - Never a second install while one is in flight: an instance already being watched or installed here
 //!   is not taken again; the planner sees commands in flight in the state file (journalled before they
-//!   are waited for) and in SSM; and event installs hold the daemon's pass gate for reading from planning
-//!   to their end, while the scheduled passes hold it for writing, so a pass and an event install never
-//!   plan the same instance at once.
+//!   are sent) and in SSM; and an event install shares the lease of its account and region
+//!   ([`Leases`]) from planning to its end, while a scheduled pass holds its account's alone, so a pass
+//!   and an event install never plan the same instance at once.
+//! - At most [`EventOptions::max_installs`] event installs run at once; batches beyond it wait on the
+//!   tracker (and keep gathering instances) until one ends.
 //! - A queue that cannot be read (deleted, access denied) is reported by `/healthz` and retried with
 //!   backoff; the schedules keep running.
 //!
 //! # Caveats
-//! - An event install waits for a scheduled pass in progress to end (and a pass waits for the event
-//!   installs in progress), so during a long onboarding pass events are received and given their IAM
-//!   at once, but installed after the pass.
+//! - An event install waits for a scheduled pass of its own account in progress to end (and that pass
+//!   waits for the account's event installs in progress); other accounts' installs and passes do not
+//!   wait. During a long onboarding pass of an account, its events are received and given their IAM at
+//!   once, but installed after the pass.
 //!
 //! # Accounts
 //! Every account in scope (`[aws.accounts]`, `--shard`) is handled, each in its own account: the list
@@ -53,7 +56,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::{watch, Notify, RwLock};
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -64,10 +67,11 @@ use crate::daemon::event_accounts::{is_unreachable, EventAccounts, Judgement, Sc
 use crate::daemon::event_message::{in_scope, parse, result, EventKind, Parsed};
 use crate::daemon::iam_cache::{CachedIam, IamCache, EVENT_IAM_TTL};
 use crate::daemon::metrics::Metrics;
-use crate::daemon::state::{unix, InstanceRecord};
 use crate::model::PingStatus;
+use crate::ports::memory::{unix, InstanceRecord};
 use crate::ports::{MutationToken, Queue, QueueMessage, Ssm};
 use crate::reconcile::accounts::{AccountClients, Accounts, Caller, KnownAccount};
+use crate::reconcile::leases::Leases;
 use crate::reconcile::observe::{
     observe_arc, observe_elsewhere, observe_instances, AccountObservation, ArcObservation,
 };
@@ -108,7 +112,14 @@ pub struct EventOptions {
     pub shard: Option<Shard>,
     /// When the accounts in scope are listed again, and how long a refused role is remembered.
     pub scope: ScopeTimes,
+    /// The most event installs (one batch of up to 50 instances each) running at once
+    /// ([`EVENT_INSTALLS_MAX`] by default); more batches wait for one to end.
+    pub max_installs: usize,
 }
+
+/// How many event installs run at once by default: 32 batches, up to 1,600 instances tracked together,
+/// while each batch costs a few SSM calls per poll.
+pub const EVENT_INSTALLS_MAX: usize = 32;
 
 impl Default for EventOptions {
     fn default() -> Self {
@@ -123,6 +134,7 @@ impl Default for EventOptions {
             shutdown_grace: Duration::from_secs(120),
             shard: None,
             scope: ScopeTimes::default(),
+            max_installs: EVENT_INSTALLS_MAX,
         }
     }
 }
@@ -150,8 +162,8 @@ pub struct EventContext<'a> {
     pub durable: &'a Durable<'a>,
     /// Where results, API calls and the queue's health go.
     pub metrics: &'a Metrics,
-    /// Held for reading by event installs, for writing by the scheduled passes.
-    pub gate: &'a RwLock<()>,
+    /// Leases per (account, region): event installs share theirs, scheduled passes hold theirs alone.
+    pub leases: &'a Leases,
 }
 
 /// The ports of the event path: the accounts (and through them each account's AWS ports), Azure, and
@@ -268,15 +280,30 @@ impl Tracker {
     }
 
     /// Install batches that may close now, and when the next one may.
+    #[cfg(test)]
     fn closable(
         &mut self,
         now: Instant,
         opts: &EventOptions,
     ) -> (Vec<(Key, Vec<String>)>, Option<Instant>) {
+        self.closable_at_most(now, opts, usize::MAX)
+    }
+
+    /// At most `limit` install batches that may close now, and when the next one may (`None` when the
+    /// limit left some closable: the end of a running install wakes the installer).
+    fn closable_at_most(
+        &mut self,
+        now: Instant,
+        opts: &EventOptions,
+        limit: usize,
+    ) -> (Vec<(Key, Vec<String>)>, Option<Instant>) {
         let mut out = Vec::new();
         let mut next: Option<Instant> = None;
         let keys: Vec<Key> = self.ready.keys().cloned().collect();
         for key in keys {
+            if out.len() >= limit {
+                break;
+            }
             let batch = &self.ready[&key];
             let nothing_coming = self.watching.get(&key).is_none_or(BTreeMap::is_empty);
             let close_at = (batch.last + opts.batch_quiet).min(batch.first + opts.batch_max_wait);
@@ -845,7 +872,7 @@ where
             if let Err(e) = self
                 .ctx
                 .durable
-                .db
+                .memory
                 .record_deletions(account, Vec::new(), settled, Vec::new())
                 .await
             {
@@ -860,7 +887,7 @@ where
     async fn deletion_loop(&self, stop: watch::Receiver<bool>) {
         loop {
             let now = SystemTime::now();
-            let pending = match self.ctx.durable.db.deletions().await {
+            let pending = match self.ctx.durable.memory.deletions().await {
                 Ok(p) => p,
                 Err(e) => {
                     warn!(error = %crate::error::chain(&e), "cannot read the pending deletions");
@@ -991,7 +1018,13 @@ where
     async fn install_loop(&self, stop: watch::Receiver<bool>) {
         let mut running = FuturesUnordered::new();
         loop {
-            let (batches, next) = self.tracker().closable(Instant::now(), self.opts);
+            let free = self.opts.max_installs.saturating_sub(running.len());
+            let (batches, next) = if free == 0 {
+                (Vec::new(), None)
+            } else {
+                self.tracker()
+                    .closable_at_most(Instant::now(), self.opts, free)
+            };
             for (key, ids) in batches {
                 running.push(self.install(key, ids));
             }
@@ -1024,7 +1057,7 @@ where
             info_span!("event_install", account = %key.0, region = %key.1, instances = ids.len());
         async {
             {
-                let _shared = self.ctx.gate.read().await;
+                let _lease = self.ctx.leases.shared(&key.0, &key.1).await;
                 let clients = match self.accounts.enter(&key.0).await {
                     Ok(c) => c,
                     Err(e) => {
@@ -1134,13 +1167,12 @@ async fn record(
     durable: &Durable<'_>,
     plan: &AccountPlan,
     now: SystemTime,
-) -> Result<(), crate::daemon::state::StateError> {
+) -> Result<(), crate::ports::memory::MemoryError> {
     let previous: HashMap<(String, String), InstanceRecord> = durable
-        .db
-        .all()
+        .memory
+        .of_account(&plan.account_id)
         .await?
         .into_iter()
-        .filter(|r| r.account_id == plan.account_id)
         .map(|r| ((r.region.clone(), r.instance_id.clone()), r))
         .collect();
     let now = unix(now);
@@ -1165,7 +1197,7 @@ async fn record(
     if records.is_empty() {
         return Ok(());
     }
-    durable.db.put(records).await
+    durable.memory.put(records).await
 }
 
 #[cfg(test)]

@@ -2,8 +2,9 @@
 //! flight, attempts, the last error and when the next attempt is due; plus a log of passes.
 //!
 //! # Guarantees
-//! - The command id of an install is committed before the daemon waits for it, so a restart resumes
-//!   tracking it instead of sending another one.
+//! - The adapter of [`crate::ports::memory::Memory`]: the intent of an install (its instances and its
+//!   comment) is committed before it is sent, and its command id before the daemon waits for it, so a
+//!   restart resumes tracking it (or finds it by its comment) instead of sending another one.
 //! - Every write is one transaction with `synchronous = FULL` in WAL mode: a crash (even `kill -9`) loses
 //!   at most the write in progress, never a committed one.
 //! - SQLite runs on the blocking thread pool, never on the async workers: a write waiting for its fsync (or
@@ -21,10 +22,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags};
 use serde::Serialize;
+
+pub use crate::ports::memory::{unix, DeletionRecord, InstanceRecord};
+use crate::ports::memory::{Memory, MemoryError};
+use futures::future::BoxFuture;
 
 /// Schema migrations, in order; `user_version` counts how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -62,6 +67,8 @@ const MIGRATIONS: &[&str] = &[
         delete_at      INTEGER NOT NULL,
         PRIMARY KEY (account_id, region, instance_id)
      );",
+    // 3: the install about to be sent (its comment), recorded before `SendCommand`.
+    "ALTER TABLE instances ADD COLUMN intent TEXT;",
 ];
 
 /// Why the state file could not be used.
@@ -122,78 +129,6 @@ pub enum StateError {
     },
 }
 
-/// What the daemon knows of one instance.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InstanceRecord {
-    /// Account.
-    pub account_id: String,
-    /// Region.
-    pub region: String,
-    /// Instance.
-    pub instance_id: String,
-    /// Last report status.
-    pub status: String,
-    /// Last detail.
-    pub detail: String,
-    /// Install command in flight, if any.
-    pub command_id: Option<String>,
-    /// When it was sent (Unix seconds).
-    pub command_sent_at: Option<i64>,
-    /// Failed install attempts in a row.
-    pub attempts: u32,
-    /// Last failure.
-    pub last_error: Option<String>,
-    /// When the next install attempt is due (Unix seconds), after a failure.
-    pub next_attempt_at: Option<i64>,
-    /// Last pass that saw it (Unix seconds).
-    pub last_seen_at: i64,
-}
-
-impl InstanceRecord {
-    /// A pass's record of an instance that keeps what `prev` remembers of it (attempts, the last failure,
-    /// the next attempt); no command in flight.
-    pub fn carried_over(
-        (account_id, region, instance_id): (&str, &str, &str),
-        (status, detail): (&str, &str),
-        prev: Option<&InstanceRecord>,
-        now: i64,
-    ) -> InstanceRecord {
-        InstanceRecord {
-            account_id: account_id.into(),
-            region: region.into(),
-            instance_id: instance_id.into(),
-            status: status.into(),
-            detail: detail.into(),
-            command_id: None,
-            command_sent_at: None,
-            attempts: prev.map_or(0, |p| p.attempts),
-            last_error: prev.and_then(|p| p.last_error.clone()),
-            next_attempt_at: prev.and_then(|p| p.next_attempt_at),
-            last_seen_at: now,
-        }
-    }
-}
-
-/// A deletion the daemon remembers: an instance of ours is gone, and its Arc machine is deleted once
-/// `delete_at` has come (or was found gone, and the deletion failed).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeletionRecord {
-    /// Account.
-    pub account_id: String,
-    /// Region.
-    pub region: String,
-    /// The gone instance.
-    pub instance_id: String,
-    /// The machine's resource group.
-    pub resource_group: String,
-    /// The machine's name.
-    pub machine: String,
-    /// When the termination was first seen (Unix seconds): the grace counts from then.
-    pub first_seen_at: i64,
-    /// When the machine may be deleted (Unix seconds).
-    pub delete_at: i64,
-}
-
 /// One pass in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PassRecord {
@@ -209,14 +144,8 @@ pub struct PassRecord {
     pub summary: String,
 }
 
-/// Unix seconds.
-pub fn unix(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 /// Reads a record from a row of `SELECT account_id, region, instance_id, status, detail, command_id,
-/// command_sent_at, attempts, last_error, next_attempt_at, last_seen_at`.
+/// command_sent_at, attempts, last_error, next_attempt_at, last_seen_at, intent`.
 fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRecord> {
     Ok(InstanceRecord {
         account_id: r.get(0)?,
@@ -230,6 +159,7 @@ fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRecord> {
         last_error: r.get(8)?,
         next_attempt_at: r.get(9)?,
         last_seen_at: r.get(10)?,
+        intent: r.get(11)?,
     })
 }
 
@@ -431,8 +361,8 @@ impl StateDb {
             {
                 let mut stmt = tx.prepare_cached(
                     "INSERT OR REPLACE INTO instances (account_id, region, instance_id, status, detail, command_id,
-                        command_sent_at, attempts, last_error, next_attempt_at, last_seen_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                        command_sent_at, attempts, last_error, next_attempt_at, last_seen_at, intent)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )?;
                 for r in &records {
                     stmt.execute(params![
@@ -446,7 +376,8 @@ impl StateDb {
                         r.attempts,
                         r.last_error,
                         r.next_attempt_at,
-                        r.last_seen_at
+                        r.last_seen_at,
+                        r.intent
                     ])?;
                 }
             }
@@ -460,7 +391,7 @@ impl StateDb {
         self.call(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT account_id, region, instance_id, status, detail, command_id, command_sent_at, attempts,
-                        last_error, next_attempt_at, last_seen_at
+                        last_error, next_attempt_at, last_seen_at, intent
                  FROM instances ORDER BY account_id, region, instance_id",
             )?;
             let rows = stmt.query_map([], record_from_row)?;
@@ -476,7 +407,7 @@ impl StateDb {
         self.call(move |conn| {
             let mut stmt = conn.prepare(
                 "SELECT account_id, region, instance_id, status, detail, command_id, command_sent_at, attempts,
-                        last_error, next_attempt_at, last_seen_at
+                        last_error, next_attempt_at, last_seen_at, intent
                  FROM instances WHERE account_id = ?1 ORDER BY region, instance_id",
             )?;
             let rows = stmt.query_map([&account_id], record_from_row)?;
@@ -670,6 +601,57 @@ impl StateDb {
     }
 }
 
+/// The state file is the adapter of the [`Memory`] port.
+impl Memory for StateDb {
+    fn of_account<'a>(
+        &'a self,
+        account_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<InstanceRecord>, MemoryError>> {
+        Box::pin(async move { Ok(StateDb::of_account(self, account_id).await?) })
+    }
+
+    fn put(&self, records: Vec<InstanceRecord>) -> BoxFuture<'_, Result<(), MemoryError>> {
+        Box::pin(async move { Ok(StateDb::put(self, records).await?) })
+    }
+
+    fn forget_unseen<'a>(
+        &'a self,
+        account_id: &'a str,
+        seen: BTreeMap<String, BTreeSet<String>>,
+    ) -> BoxFuture<'a, Result<Vec<(String, String)>, MemoryError>> {
+        Box::pin(async move { Ok(StateDb::forget_unseen(self, account_id, seen).await?) })
+    }
+
+    fn record_deletions<'a>(
+        &'a self,
+        account_id: &'a str,
+        wipe: Vec<String>,
+        done: Vec<(String, String)>,
+        pending: Vec<DeletionRecord>,
+    ) -> BoxFuture<'a, Result<(), MemoryError>> {
+        Box::pin(async move {
+            Ok(StateDb::record_deletions(self, account_id, wipe, done, pending).await?)
+        })
+    }
+
+    fn deletions(&self) -> BoxFuture<'_, Result<Vec<DeletionRecord>, MemoryError>> {
+        Box::pin(async move { Ok(StateDb::deletions(self).await?) })
+    }
+
+    fn deletions_of_account<'a>(
+        &'a self,
+        account_id: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<DeletionRecord>, MemoryError>> {
+        Box::pin(async move { Ok(StateDb::deletions_of_account(self, account_id).await?) })
+    }
+}
+
+impl From<StateError> for MemoryError {
+    fn from(e: StateError) -> MemoryError {
+        MemoryError(Box::new(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -693,6 +675,7 @@ mod tests {
             last_error: None,
             next_attempt_at: None,
             last_seen_at: 1,
+            intent: None,
         }
     }
 
@@ -717,6 +700,7 @@ mod tests {
             let db = StateDb::open(&path).await.unwrap();
             let mut r = record("i-1", "in-progress");
             r.command_id = Some("cmd-1".into());
+            r.intent = Some("arc-onboard run x install y".into());
             db.put(vec![r, record("i-2", "failed")]).await.unwrap();
             db.put(vec![record("i-2", "onboarded")]).await.unwrap();
         }
@@ -725,6 +709,10 @@ mod tests {
         let all = db.all().await.unwrap();
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].command_id.as_deref(), Some("cmd-1"));
+        assert_eq!(
+            all[0].intent.as_deref(),
+            Some("arc-onboard run x install y")
+        );
         assert_eq!(all[1].status, "onboarded");
     }
 
@@ -811,8 +799,12 @@ mod tests {
         .unwrap();
         drop(raw);
         let db = StateDb::open(&path).await.unwrap();
-        assert_eq!(db.schema_version().await.unwrap(), 2);
-        assert_eq!(db.all().await.unwrap()[0].instance_id, "i-old");
+        assert_eq!(db.schema_version().await.unwrap(), 3);
+        let old = &db.all().await.unwrap()[0];
+        assert_eq!(
+            (old.instance_id.as_str(), old.intent.as_deref()),
+            ("i-old", None)
+        );
         assert!(db.deletions().await.unwrap().is_empty());
     }
 
@@ -893,7 +885,7 @@ mod tests {
                 e,
                 StateError::TooOld {
                     found: 0,
-                    known: 2,
+                    known: 3,
                     ..
                 }
             ),

@@ -147,7 +147,7 @@ pub async fn observe_gone(
 }
 
 fn unix(t: SystemTime) -> i64 {
-    crate::daemon::state::unix(t)
+    crate::ports::memory::unix(t)
 }
 
 /// The `terminated` rows of one region: one per gone machine. Pure.
@@ -221,6 +221,7 @@ pub fn plan_gone(
                 planned: None,
                 needs_ssm_role: false,
                 resume: false,
+                retry: None,
                 arc: crate::reconcile::saved::ArcSeen::Present {
                     name: g.machine.name.clone(),
                     status: g.machine.status.as_str().to_string(),
@@ -473,6 +474,7 @@ mod tests {
                 ("us-east-1".to_string(), "i-remembered".to_string()),
                 at(now - 4_000),
             )]),
+            retry: None,
         };
         let plan = |cfg: &Config| -> Vec<(String, Vec<&'static str>)> {
             plan_gone(&obs, &obs.regions[0], cfg, &memory)

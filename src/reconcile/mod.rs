@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod apply;
 pub mod interrupt;
+pub mod leases;
 pub mod lifecycle;
 pub mod observe;
 pub mod onboard;

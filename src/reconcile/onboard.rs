@@ -11,14 +11,19 @@
 //!   the instances' ephemeral keys ([`crate::install::seal`]): no command parameter holds it in plain text.
 //! - Key exchanges are not journaled: a process that stops between a batch's two commands leaves only
 //!   unused private keys behind (removed by a later exchange after a day), and the next pass exchanges
-//!   keys anew. The install command is journaled as before and resumed as before: it carries everything
-//!   it needs.
+//!   keys anew. The install command is journaled and resumed: it carries everything it needs.
+//! - Nothing is sent that a restart could not find again: with a [`Journal`], each install command's
+//!   intent (its instances and a comment with a fresh marker) is durable before `SendCommand`; a batch
+//!   whose intent cannot be recorded is not sent and its rows fail (`ssm`, [`JOURNAL_FAILED`]). The
+//!   command id is recorded after the send; a process stopped in between leaves the intent, by which the
+//!   next pass finds the command (`ListCommands`, its comment) and tracks it instead of sending again.
 //! - Every instance handed in ends `onboarded`, `already-onboarded` or `failed` with a reason.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::future::BoxFuture;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -26,6 +31,7 @@ use crate::adapters::azure::Arm;
 use crate::config::{AzureConfig, Connectivity, OnboardingConfig, SqlServerLicense};
 use crate::install::{self, seal, Delivery, InstallParams, ScriptOutcome, ScriptResult};
 use crate::model::{ownership, ArcStatus, CommandStatus, Platform};
+use crate::ports::memory::MemoryError;
 use crate::ports::{
     CommandRequest, CommandSummary, Invocation, MutationToken, Ssm, LINUX_DOCUMENT,
     WINDOWS_DOCUMENT,
@@ -66,6 +72,18 @@ impl InstallOptions {
         self.delivery_timeout + self.command_timeout
     }
 
+    /// The `Comment` of one install command: this run's [`InstallOptions::comment`] (a prefix of it) and a
+    /// fresh marker, so that a restart finds the command by it when its id was never recorded.
+    pub fn install_comment(&self) -> String {
+        let mut c = format!(
+            "{} install {}",
+            self.comment(),
+            uuid::Uuid::new_v4().simple()
+        );
+        c.truncate(100);
+        c
+    }
+
     /// The `Comment` of this run's commands.
     pub fn comment(&self) -> String {
         let mut c = format!(
@@ -93,10 +111,31 @@ impl Default for InstallOptions {
 /// Commands sent by an earlier process: (region, command id, plan rows it targets).
 pub type Resumed = (String, String, Vec<usize>);
 
-/// Records a sent command before it is waited for: (region, command id, instance ids). The returned future
-/// resolves once the record is durable.
-pub type Journal<'a> =
-    &'a (dyn Fn(&str, &str, &[String]) -> futures::future::BoxFuture<'a, ()> + Sync);
+/// Journals the install commands of a pass in the daemon's durable memory, around `SendCommand`.
+pub trait Journal: Sync {
+    /// Records that an install command with `comment` is about to be sent to `instance_ids` in `region`;
+    /// resolves once the record is durable. An error means the command must not be sent: a restart could
+    /// not find it again.
+    fn intend<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: &'a [String],
+        comment: &'a str,
+    ) -> BoxFuture<'a, Result<(), MemoryError>>;
+
+    /// Records the id of the command sent after [`Journal::intend`]; resolves once durable. An error leaves
+    /// the intent recorded, by which a restart finds the command.
+    fn sent<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: &'a [String],
+        comment: &'a str,
+        command_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), MemoryError>>;
+}
+
+/// The code of a row whose install was not sent because its intent could not be recorded.
+pub const JOURNAL_FAILED: &str = "state-write-failed";
 
 /// What to install: rows ready for a new command, commands to resume tracking, and where to note sends.
 pub struct InstallWork<'a> {
@@ -104,8 +143,8 @@ pub struct InstallWork<'a> {
     pub ready: &'a [usize],
     /// Commands sent before (by a process that stopped) to track instead of sending again.
     pub resume: Vec<Resumed>,
-    /// Called right after each successful `SendCommand`.
-    pub journal: Option<Journal<'a>>,
+    /// Told before each install `SendCommand` (which it can stop) and after it.
+    pub journal: Option<&'a dyn Journal>,
 }
 
 /// A command in flight and the plan rows it targets.
@@ -351,7 +390,7 @@ async fn send(
     ssm: &impl Ssm,
     arm: &impl Arm,
     scripts: &Scripts<'_>,
-    journal: Option<Journal<'_>>,
+    journal: Option<&dyn Journal>,
     opts: &InstallOptions,
 ) -> (Vec<Sent>, Vec<(usize, bool)>) {
     let mut exchanges = Vec::new();
@@ -477,13 +516,30 @@ async fn send(
             ),
             execution_timeout: opts.command_timeout,
             delivery_timeout: opts.delivery_timeout,
-            comment: opts.comment(),
+            comment: opts.install_comment(),
         };
+        let (ids, comment) = (&request.instance_ids, &request.comment);
+        if let Some(journal) = journal {
+            if let Err(e) = journal.intend(&region, ids, comment).await {
+                let error = crate::error::chain(&e);
+                warn!(%region, %error, instances = rows.len(), "install not sent: cannot record it in the state file first");
+                for n in &rows {
+                    out.instances[*n].fail(Failure::new(
+                        FailureStep::Ssm,
+                        JOURNAL_FAILED,
+                        format!("install command not sent: cannot record it in the state file first ({error})"),
+                    ));
+                }
+                continue;
+            }
+        }
         match ssm.send_command(token, &region, &request).await {
             Ok(command_id) => {
                 info!(%region, %command_id, instances = rows.len(), "install command sent");
                 if let Some(journal) = journal {
-                    journal(&region, &command_id, &request.instance_ids).await;
+                    if let Err(e) = journal.sent(&region, ids, comment, &command_id).await {
+                        warn!(%region, %command_id, error = %crate::error::chain(&e), "cannot record the sent command's id in the state file; its recorded intent lets a restart find it by its comment");
+                    }
                 }
                 for n in &rows {
                     let o = &mut out.instances[*n];

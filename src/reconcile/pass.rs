@@ -8,9 +8,9 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::adapters::azure::{Arm, AzureError};
 use crate::config::{AzureConfig, Config};
-use crate::daemon::state::{unix, InstanceRecord, StateDb};
 use crate::model::AwsError;
 use crate::output::report::{Mode, Report};
+use crate::ports::memory::{unix, DeletionRecord, InstanceRecord, Memory as Store, MemoryError};
 use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Ssm, Sts};
 use crate::reconcile::apply::{apply_iam, settle_after_iam, ApplyOptions};
 use crate::reconcile::observe::{
@@ -19,8 +19,9 @@ use crate::reconcile::observe::{
 use crate::reconcile::onboard::{install_agents, InstallOptions, InstallWork, Journal};
 use crate::reconcile::outcome::AccountOutcome;
 use crate::reconcile::plan::{
-    plan_account, AccountPlan, Failure, FailureStep, Memory, Remembered, Status,
+    plan_account, AccountPlan, Failure, FailureStep, Memory, Remembered, RetryPolicy, Status,
 };
+use futures::future::BoxFuture;
 
 /// A failure before any instance could be handled.
 #[derive(Debug, thiserror::Error)]
@@ -64,14 +65,16 @@ pub struct PassOptions {
     pub scope: Scope,
     /// `run --plan`: the saved plan the pass's plan is restricted to (nothing beyond it is executed).
     pub saved: Option<std::sync::Arc<crate::reconcile::saved::SavedPlan>>,
+    /// The daemon's leases: the pass holds its account's regions exclusively from observing to its end.
+    pub leases: Option<std::sync::Arc<crate::reconcile::leases::Leases>>,
 }
 
 pub use crate::reconcile::plan::Scope;
 
-/// The daemon's durable state and its retry policy.
+/// The daemon's durable memory and its retry policy.
 pub struct Durable<'a> {
-    /// The state file.
-    pub db: &'a StateDb,
+    /// The memory (the state file).
+    pub memory: &'a dyn Store,
     /// First retry delay after a failed install; doubles per failure.
     pub retry_base: Duration,
     /// Longest retry delay.
@@ -79,10 +82,12 @@ pub struct Durable<'a> {
 }
 
 impl Durable<'_> {
-    /// Delay before attempt `attempts + 1` after `attempts` failures.
-    pub fn backoff(&self, attempts: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(20));
-        self.retry_base.saturating_mul(factor).min(self.retry_max)
+    /// The backoff the planner gives failed installs.
+    pub fn retry(&self) -> RetryPolicy {
+        RetryPolicy {
+            base: self.retry_base,
+            max: self.retry_max,
+        }
     }
 }
 
@@ -175,44 +180,19 @@ async fn execute_until_interrupted<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     let resumed: HashSet<usize> = resume.values().flatten().copied().collect();
     ready.retain(|n| !resumed.contains(n));
     let attempted: HashSet<usize> = ready.iter().chain(resumed.iter()).copied().collect();
-    let account_id = plan.account_id.clone();
-    let journal = |region: &str, command_id: &str, ids: &[String]| {
-        let rows: Vec<InstanceRecord> = ids
-            .iter()
-            .map(|id| {
-                let prev = records.get(&(region.to_string(), id.clone()));
-                InstanceRecord {
-                    account_id: account_id.clone(),
-                    region: region.to_string(),
-                    instance_id: id.clone(),
-                    status: Status::InProgress.as_str().into(),
-                    detail: format!("install command {command_id} sent"),
-                    command_id: Some(command_id.to_string()),
-                    command_sent_at: Some(unix(now)),
-                    attempts: prev.map_or(0, |p| p.attempts),
-                    last_error: prev.and_then(|p| p.last_error.clone()),
-                    next_attempt_at: None,
-                    last_seen_at: unix(now),
-                }
-            })
-            .collect();
-        let command_id = command_id.to_string();
-        let durable = ctx.durable;
-        let write: futures::future::BoxFuture<'_, ()> = Box::pin(async move {
-            let Some(d) = durable else { return };
-            if let Err(e) = d.db.put(rows).await {
-                warn!(error = %crate::error::chain(&e), %command_id, "cannot record the sent command in the state file");
-            }
-        });
-        write
-    };
+    let journal = ctx.durable.map(|d| StateJournal {
+        memory: d.memory,
+        account_id: &plan.account_id,
+        records,
+        now,
+    });
     let work = InstallWork {
         ready: &ready,
         resume: resume
             .into_iter()
             .map(|((region, command), rows)| (region, command, rows))
             .collect(),
-        journal: ctx.durable.map(|_| &journal as Journal<'_>),
+        journal: journal.as_ref().map(|j| j as &dyn Journal),
     };
     let cfgs = (ctx.azure, &ctx.config.onboarding);
     install_agents(
@@ -249,7 +229,7 @@ async fn forget_unseen(d: &Durable<'_>, plan: &AccountPlan, regions: &[String]) 
             ids.insert(row.instance_id.clone());
         }
     }
-    match d.db.forget_unseen(&plan.account_id, seen).await {
+    match d.memory.forget_unseen(&plan.account_id, seen).await {
         Ok(removed) if removed.is_empty() => {}
         Ok(removed) => {
             let ids: Vec<String> = removed
@@ -294,7 +274,7 @@ async fn record_deletions(
         if o.status == Status::Offboarded {
             done.push((row.region.clone(), row.instance_id.clone()));
         } else {
-            pending.push(crate::daemon::state::DeletionRecord {
+            pending.push(DeletionRecord {
                 account_id: plan.account_id.clone(),
                 region: row.region.clone(),
                 instance_id: row.instance_id.clone(),
@@ -308,9 +288,10 @@ async fn record_deletions(
     if wipe.is_empty() && done.is_empty() && pending.is_empty() {
         return;
     }
-    if let Err(e) =
-        d.db.record_deletions(&plan.account_id, wipe, done, pending)
-            .await
+    if let Err(e) = d
+        .memory
+        .record_deletions(&plan.account_id, wipe, done, pending)
+        .await
     {
         warn!(error = %crate::error::chain(&e), "cannot record the pending deletions in the state file");
     }
@@ -321,7 +302,7 @@ async fn load_terminations(
     d: &Durable<'_>,
     account_id: &str,
 ) -> HashMap<(String, String), SystemTime> {
-    match d.db.deletions_of_account(account_id).await {
+    match d.memory.deletions_of_account(account_id).await {
         Ok(records) => records
             .into_iter()
             .map(|r| {
@@ -341,7 +322,7 @@ async fn load_records(
     d: &Durable<'_>,
     account_id: &str,
 ) -> HashMap<(String, String), InstanceRecord> {
-    match d.db.of_account(account_id).await {
+    match d.memory.of_account(account_id).await {
         Ok(records) => records
             .into_iter()
             .map(|r| ((r.region.clone(), r.instance_id.clone()), r))
@@ -353,12 +334,89 @@ async fn load_records(
     }
 }
 
-/// The planner's view of the records.
-fn memory_of(records: &HashMap<(String, String), InstanceRecord>, now: SystemTime) -> Memory {
+/// What the planner reads of the daemon's memory of one account, and the records behind it: the records
+/// (their intents resolved, [`resolve_intents`]), the pending deletions, the retry policy.
+async fn recall(
+    d: &Durable<'_>,
+    account_id: &str,
+    ssm: &impl Ssm,
+    now: SystemTime,
+) -> (HashMap<(String, String), InstanceRecord>, Memory) {
+    let mut records = load_records(d, account_id).await;
+    let unresolved = resolve_intents(ssm, &mut records).await;
+    let mut memory = memory_of(&records, &unresolved, now);
+    memory.terminations = load_terminations(d, account_id).await;
+    memory.retry = Some(d.retry());
+    (records, memory)
+}
+
+/// Resolves the recorded intents without a command id (a process stopped between recording an install
+/// and recording its command id): one `ListCommands` per (region, comment) since the intent was recorded.
+/// A command found for the instance is its command (the planner then tracks it, never sends again);
+/// none found means the send never happened, and the intent is dropped. Returns the intents SSM could
+/// not be asked about, with why: those instances are held this pass.
+async fn resolve_intents(
+    ssm: &impl Ssm,
+    records: &mut HashMap<(String, String), InstanceRecord>,
+) -> HashMap<(String, String), Failure> {
+    let mut asks: BTreeMap<(String, String), i64> = BTreeMap::new();
+    for r in records.values() {
+        if let (None, Some(comment)) = (&r.command_id, &r.intent) {
+            let at = r.command_sent_at.unwrap_or(0);
+            let since = asks
+                .entry((r.region.clone(), comment.clone()))
+                .or_insert(at);
+            *since = (*since).min(at);
+        }
+    }
+    let mut unresolved = HashMap::new();
+    for ((region, comment), at) in asks {
+        let since = UNIX_EPOCH + Duration::from_secs((at - 60).max(0) as u64);
+        let found = ssm.recent_commands(&region, since, &comment).await;
+        for r in records.values_mut().filter(|r| {
+            r.region == region && r.command_id.is_none() && r.intent.as_ref() == Some(&comment)
+        }) {
+            match &found {
+                Ok(list) => {
+                    let command = list
+                        .iter()
+                        .find(|c| c.instance_ids.contains(&r.instance_id));
+                    match command {
+                        Some(c) => {
+                            info!(instance.id = %r.instance_id, %region, command_id = %c.command_id, "found the install command recorded only as an intent; tracking it");
+                            r.command_id = Some(c.command_id.clone());
+                        }
+                        None => {
+                            info!(instance.id = %r.instance_id, %region, "an install recorded as an intent was never sent");
+                            r.intent = None;
+                        }
+                    }
+                }
+                Err(e) => {
+                    warn!(instance.id = %r.instance_id, %region, error = %e, "cannot look up an install recorded as an intent; not installing this pass");
+                    let failure = Failure::new(
+                        FailureStep::Ssm,
+                        "intent-unresolved",
+                        format!("an install command may have been sent by a process that stopped before recording its id, and SSM could not be asked for it ({}); not sent again until it can be", e.message),
+                    );
+                    unresolved.insert((r.region.clone(), r.instance_id.clone()), failure);
+                }
+            }
+        }
+    }
+    unresolved
+}
+
+/// The planner's view of the records; an instance in `held` is held this pass with that failure.
+fn memory_of(
+    records: &HashMap<(String, String), InstanceRecord>,
+    held: &HashMap<(String, String), Failure>,
+    now: SystemTime,
+) -> Memory {
     let instances = records
         .iter()
         .map(|(key, r)| {
-            let remembered = Remembered {
+            let mut remembered = Remembered {
                 attempts: r.attempts,
                 last_failure: r.last_error.as_deref().map(recorded_failure),
                 next_attempt_at: r
@@ -366,6 +424,10 @@ fn memory_of(records: &HashMap<(String, String), InstanceRecord>, now: SystemTim
                     .map(|t| UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)),
                 command_id: r.command_id.clone(),
             };
+            if let Some(failure) = held.get(key) {
+                remembered.last_failure = Some(failure.clone());
+                remembered.next_attempt_at = Some(now + Duration::from_secs(1));
+            }
             (key.clone(), remembered)
         })
         .collect();
@@ -373,6 +435,75 @@ fn memory_of(records: &HashMap<(String, String), InstanceRecord>, now: SystemTim
         instances,
         now,
         terminations: HashMap::new(),
+        retry: None,
+    }
+}
+
+/// The [`Journal`] over the daemon's memory: the rows of one account's install commands, keeping what the
+/// memory held of each instance before the pass.
+struct StateJournal<'a> {
+    memory: &'a dyn Store,
+    account_id: &'a str,
+    /// The records read before planning.
+    records: &'a HashMap<(String, String), InstanceRecord>,
+    now: SystemTime,
+}
+
+impl StateJournal<'_> {
+    /// The `in-progress` records of `ids`: the intent (`comment`), and the command id once sent.
+    fn rows(
+        &self,
+        region: &str,
+        ids: &[String],
+        comment: &str,
+        command_id: Option<&str>,
+    ) -> Vec<InstanceRecord> {
+        let detail = match command_id {
+            Some(id) => format!("install command {id} sent"),
+            None => format!("install command about to be sent (comment {comment})"),
+        };
+        ids.iter()
+            .map(|id| {
+                let prev = self.records.get(&(region.to_string(), id.clone()));
+                InstanceRecord {
+                    account_id: self.account_id.to_string(),
+                    region: region.to_string(),
+                    instance_id: id.clone(),
+                    status: Status::InProgress.as_str().into(),
+                    detail: detail.clone(),
+                    command_id: command_id.map(str::to_string),
+                    command_sent_at: Some(unix(self.now)),
+                    attempts: prev.map_or(0, |p| p.attempts),
+                    last_error: prev.and_then(|p| p.last_error.clone()),
+                    next_attempt_at: None,
+                    last_seen_at: unix(self.now),
+                    intent: Some(comment.to_string()),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Journal for StateJournal<'_> {
+    fn intend<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: &'a [String],
+        comment: &'a str,
+    ) -> BoxFuture<'a, Result<(), MemoryError>> {
+        self.memory
+            .put(self.rows(region, instance_ids, comment, None))
+    }
+
+    fn sent<'a>(
+        &'a self,
+        region: &'a str,
+        instance_ids: &'a [String],
+        comment: &'a str,
+        command_id: &'a str,
+    ) -> BoxFuture<'a, Result<(), MemoryError>> {
+        self.memory
+            .put(self.rows(region, instance_ids, comment, Some(command_id)))
     }
 }
 
@@ -382,7 +513,8 @@ fn recorded_failure(text: &str) -> Failure {
         .unwrap_or_else(|_| Failure::new(FailureStep::Install, "earlier-failure", text.to_string()))
 }
 
-/// Writes every row's outcome; failed installs get their next attempt pushed out.
+/// Writes every row's outcome; a failed install gets the attempt count and next attempt its plan gave it.
+/// An intent SSM could not be asked about is kept for the next pass ([`InstanceRecord::carried_over`]).
 async fn record_outcomes(
     d: &Durable<'_>,
     plan: &AccountPlan,
@@ -408,29 +540,33 @@ async fn record_outcomes(
                 rec.next_attempt_at = None;
             }
             Status::Failed if attempted.contains(&n) => {
-                rec.attempts += 1;
                 rec.last_error = row
                     .failure
                     .as_ref()
                     .and_then(|f| serde_json::to_string(f).ok())
                     .or_else(|| Some(row.detail.clone()));
-                let due = now + d.backoff(rec.attempts).as_secs() as i64;
-                rec.next_attempt_at = Some(due);
-                row.next_attempt_at = Some(crate::output::report::timestamp(
-                    UNIX_EPOCH + Duration::from_secs(due as u64),
-                ));
+                match planned.retry {
+                    Some(retry) => {
+                        rec.attempts = retry.attempts;
+                        rec.next_attempt_at = Some(unix(retry.next_attempt_at));
+                        row.next_attempt_at =
+                            Some(crate::output::report::timestamp(retry.next_attempt_at));
+                    }
+                    None => rec.attempts += 1,
+                }
             }
             Status::InProgress => {
                 rec.command_id = prev
                     .and_then(|p| p.command_id.clone())
                     .or_else(|| row.command_id.clone());
                 rec.command_sent_at = prev.and_then(|p| p.command_sent_at);
+                rec.intent = prev.and_then(|p| p.intent.clone());
             }
             _ => {}
         }
         records.push(rec);
     }
-    if let Err(e) = d.db.put(records).await {
+    if let Err(e) = d.memory.put(records).await {
         warn!(error = %crate::error::chain(&e), "cannot record the pass's outcomes in the state file");
     }
 }
@@ -480,6 +616,10 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     let span =
         info_span!("pass", account = %account, mode = if token.is_some() { "run" } else { "plan" });
     async {
+        let _lease = match &opts.leases {
+            Some(leases) => Some(leases.exclusive(&account, &regions).await),
+            None => None,
+        };
         info!(regions = regions.len(), "observing");
         let arc = match (&config.azure, arm) {
             (None, _) => ArcObservation::NotConfigured,
@@ -505,15 +645,13 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
         }
         let no_region_reachable =
             !obs.regions.is_empty() && obs.regions.iter().all(|r| r.error.is_some());
-        let (records, terminations) = match durable {
-            Some(d) => (
-                load_records(d, &account).await,
-                load_terminations(d, &account).await,
+        let (records, memory) = match durable {
+            Some(d) => recall(d, &account, ports.ssm, now).await,
+            None => (
+                HashMap::new(),
+                memory_of(&HashMap::new(), &HashMap::new(), now),
             ),
-            None => (HashMap::new(), HashMap::new()),
         };
-        let mut memory = memory_of(&records, now);
-        memory.terminations = terminations;
         let plan = plan_account(&obs, config, &memory);
         let plan = if token.is_some() {
             plan.scoped(opts.scope)
@@ -574,9 +712,7 @@ pub async fn execute_observed<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     now: SystemTime,
     keep: impl Fn(&crate::reconcile::plan::InstancePlan) -> bool,
 ) -> AccountPlan {
-    let records = load_records(durable, &obs.account_id).await;
-    let mut memory = memory_of(&records, now);
-    memory.terminations = load_terminations(durable, &obs.account_id).await;
+    let (records, memory) = recall(durable, &obs.account_id, ports.ssm, now).await;
     let mut plan = plan_account(obs, config, &memory).scoped(opts.scope);
     plan.instances.retain(|row| keep(row));
     if let Some(azure) = &config.azure {
@@ -648,7 +784,7 @@ mod tests {
     use super::*;
     use crate::adapters::azure::FakeArm;
     use crate::config::SSM_POLICY_ARN;
-    use crate::fake::FakeAws;
+    use crate::fake::{FakeAws, FakeMemory};
     use crate::model::{InstanceState, Platform};
     use crate::reconcile::onboard::InstallOptions;
 
@@ -746,13 +882,7 @@ mod tests {
         durable: Option<&Durable<'_>>,
         now: SystemTime,
     ) -> Result<Report, PassError> {
-        let ports = AwsPorts {
-            sts: aws,
-            ec2: aws,
-            iam: aws,
-            ssm: aws,
-            counter: &aws.calls,
-        };
+        let ports = aws.ports();
         let opts = PassOptions {
             apply: opts(),
             install: InstallOptions {
@@ -761,6 +891,7 @@ mod tests {
             },
             scope: Scope::default(),
             saved: None,
+            leases: None,
         };
         run_pass(config, &ports, Some(arm), token, &opts, durable, now)
             .await
@@ -1302,19 +1433,29 @@ mod tests {
             .unwrap()
     }
 
-    /// A new state file in a temporary directory (kept alive by the returned guard).
-    async fn temp_state() -> (tempfile::TempDir, StateDb) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
-        (dir, db)
+    /// The daemon's memory with its default backoff (15 minutes, doubling, at most an hour here).
+    fn durable_of(memory: &FakeMemory) -> Durable<'_> {
+        Durable {
+            memory,
+            retry_base: Duration::from_secs(900),
+            retry_max: Duration::from_secs(3600),
+        }
     }
 
-    async fn record(db: &StateDb, id: &str) -> Option<InstanceRecord> {
-        db.all()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|r| r.instance_id == id)
+    /// An empty memory (the port's fake; the SQLite adapter has its own tests).
+    async fn temp_state() -> ((), FakeMemory) {
+        ((), FakeMemory::new())
+    }
+
+    async fn record(db: &FakeMemory, id: &str) -> Option<InstanceRecord> {
+        db.records().into_iter().find(|r| r.instance_id == id)
+    }
+
+    /// `id` onboarded, by the one install command sent so far.
+    fn assert_installed_once(aws: &FakeAws, report: &Report, id: &str) {
+        let status = row(report, id).status;
+        assert_eq!(status, Status::Onboarded, "{}", report.to_json());
+        assert_eq!(aws.commands().len(), 1);
     }
 
     fn row<'a>(r: &'a Report, id: &str) -> &'a crate::reconcile::plan::InstancePlan {
@@ -1330,11 +1471,7 @@ mod tests {
         aws.script_outcome("i-1", "Failed", "Failed", 41, FAILED_41);
         let cfg = one_region_config();
         let (_dir, db) = temp_state().await;
-        let durable = Durable {
-            db: &db,
-            retry_base: Duration::from_secs(900),
-            retry_max: Duration::from_secs(3600),
-        };
+        let durable = durable_of(&db);
         let t0 = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         let token = MutationToken::mint();
 
@@ -1391,11 +1528,7 @@ mod tests {
         let arm = linked_arm(&aws);
         let cfg = one_region_config();
         let (_dir, db) = temp_state().await;
-        let durable = Durable {
-            db: &db,
-            retry_base: Duration::from_secs(900),
-            retry_max: Duration::from_secs(3600),
-        };
+        let durable = durable_of(&db);
         let token = MutationToken::mint();
         // A daemon sent the install, journaled it, and was killed before it saw the end.
         aws.script_outcome("i-1", "InProgress", "InProgress", -1, "");
@@ -1421,6 +1554,7 @@ mod tests {
             last_error: None,
             next_attempt_at: None,
             last_seen_at: unix(now),
+            intent: None,
         }])
         .await
         .unwrap();
@@ -1450,11 +1584,7 @@ mod tests {
         aws.script_outcome("i-1", "InProgress", "InProgress", -1, "");
         let cfg = one_region_config();
         let (_dir, db) = temp_state().await;
-        let durable = Durable {
-            db: &db,
-            retry_base: Duration::from_secs(900),
-            retry_max: Duration::from_secs(3600),
-        };
+        let durable = durable_of(&db);
         let token = MutationToken::mint();
         let pass = durable_pass_at(&aws, &arm, &cfg, &durable, Some(&token), SystemTime::now());
         let watch = async {
@@ -1474,6 +1604,132 @@ mod tests {
             }
             _ = pass => panic!("the pass ended before the journal was checked"),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_install_whose_intent_cannot_be_recorded_is_not_sent_and_fails_in_the_report() {
+        use crate::reconcile::onboard::JOURNAL_FAILED;
+        let aws = ready_account(&["i-1".to_string(), "i-2".to_string()]);
+        let arm = linked_arm(&aws);
+        let cfg = one_region_config();
+        let memory = FakeMemory::new();
+        memory.fail_writes(true);
+        let durable = durable_of(&memory);
+        let token = MutationToken::mint();
+        let pass =
+            durable_pass_at(&aws, &arm, &cfg, &durable, Some(&token), SystemTime::now()).await;
+        assert!(aws.commands().is_empty(), "no install was sent");
+        assert!(memory.refused() > 0);
+        for id in ["i-1", "i-2"] {
+            let r = row(&pass, id);
+            assert_eq!(r.status, Status::Failed, "{}", pass.to_json());
+            let f = r.failure.as_ref().unwrap();
+            assert_eq!(
+                (f.step, f.code.as_str()),
+                (FailureStep::Ssm, JOURNAL_FAILED)
+            );
+            assert!(
+                r.detail.contains("cannot record it in the state file"),
+                "{}",
+                r.detail
+            );
+        }
+        let json = pass.to_json();
+        assert!(json.contains(JOURNAL_FAILED), "{json}");
+
+        // Once the memory takes writes again, the next pass sends the install, its intent recorded first.
+        memory.fail_writes(false);
+        let pass =
+            durable_pass_at(&aws, &arm, &cfg, &durable, Some(&token), SystemTime::now()).await;
+        assert_installed_once(&aws, &pass, "i-1");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_kill_between_send_and_record_never_installs_twice_and_the_command_is_tracked_to_its_end(
+    ) {
+        let aws = ready_account(&["i-1".to_string()]);
+        let arm = linked_arm(&aws);
+        let cfg = one_region_config();
+        let memory = FakeMemory::new();
+        let durable = durable_of(&memory);
+        let token = MutationToken::mint();
+        // The intent is recorded, the command is sent, and the process dies before its id is recorded.
+        aws.script_outcome("i-1", "InProgress", "InProgress", -1, "");
+        memory.fail_command_id_writes(true);
+        let t0 = SystemTime::now();
+        let first = durable_pass_at(&aws, &arm, &cfg, &durable, Some(&token), t0);
+        let sent = async {
+            while aws.commands().is_empty() {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        };
+        tokio::select! {
+            () = sent => {}
+            _ = first => panic!("the pass ended while its command was running"),
+        }
+        let rec = record(&memory, "i-1").await.unwrap();
+        assert_eq!(rec.command_id, None, "the id was never recorded");
+        let intent = rec
+            .intent
+            .clone()
+            .expect("the intent was recorded before the send");
+        assert_eq!(aws.commands()[0].request.comment, intent);
+
+        // A fresh pass on the same memory, after the command failed on the instance: it finds the command
+        // by its comment, tracks it to its end, and sends nothing.
+        memory.fail_command_id_writes(false);
+        aws.script_outcome("i-1", "Failed", "Failed", 41, FAILED_41);
+        let t1 = t0 + Duration::from_secs(120);
+        let plan = durable_pass_at(&aws, &arm, &cfg, &durable, None, t1).await;
+        assert_eq!(
+            row(&plan, "i-1").status,
+            Status::InProgress,
+            "{}",
+            plan.to_json()
+        );
+        let second = durable_pass_at(&aws, &arm, &cfg, &durable, Some(&token), t1).await;
+        let r = row(&second, "i-1");
+        assert_eq!(aws.commands().len(), 1, "never installed twice");
+        assert_eq!(r.status, Status::Failed, "{}", second.to_json());
+        assert_eq!(r.failure.as_ref().unwrap().code, "AZCM0041");
+        assert_eq!(
+            r.command_id.as_deref(),
+            Some(aws.commands()[0].command_id.as_str())
+        );
+        let rec = record(&memory, "i-1").await.unwrap();
+        assert_eq!((rec.attempts, rec.command_id, rec.intent), (1, None, None));
+        assert_eq!(
+            rec.next_attempt_at,
+            Some(unix(t1) + 900),
+            "the planned backoff"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_intent_whose_command_was_never_sent_is_dropped_and_the_install_planned_anew() {
+        let aws = ready_account(&["i-1".to_string()]);
+        let arm = linked_arm(&aws);
+        let cfg = one_region_config();
+        let memory = FakeMemory::new();
+        let now = SystemTime::now();
+        memory
+            .put(vec![InstanceRecord {
+                intent: Some("arc-onboard run killed install 0".into()),
+                command_sent_at: Some(unix(now)),
+                ..InstanceRecord::carried_over(
+                    ("123456789012", "us-east-1", "i-1"),
+                    ("in-progress", ""),
+                    None,
+                    unix(now),
+                )
+            }])
+            .await
+            .unwrap();
+        let durable = durable_of(&memory);
+        let token = MutationToken::mint();
+        let pass = durable_pass_at(&aws, &arm, &cfg, &durable, Some(&token), now).await;
+        assert_installed_once(&aws, &pass, "i-1");
+        assert_eq!(record(&memory, "i-1").await.unwrap().intent, None);
     }
 
     #[tokio::test]
@@ -1502,8 +1758,7 @@ mod tests {
             Path::new("t"),
         )
         .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let db = StateDb::open(&dir.path().join("state.db")).await.unwrap();
+        let db = FakeMemory::new();
         // Records no pass of this config owns: another account, and a region it does not look at.
         let foreign = |account: &str, region: &str, id: &str| InstanceRecord {
             account_id: account.into(),
@@ -1517,6 +1772,7 @@ mod tests {
             last_error: None,
             next_attempt_at: None,
             last_seen_at: 1,
+            intent: None,
         };
         db.put(vec![
             foreign("999999999999", "us-east-1", "i-other-account"),
@@ -1524,11 +1780,7 @@ mod tests {
         ])
         .await
         .unwrap();
-        let durable = Durable {
-            db: &db,
-            retry_base: Duration::from_secs(60),
-            retry_max: Duration::from_secs(3600),
-        };
+        let durable = durable_of(&db);
         let recorded = |all: Vec<InstanceRecord>| -> Vec<String> {
             all.into_iter()
                 .map(|r| format!("{}/{}/{}", r.account_id, r.region, r.instance_id))
@@ -1541,7 +1793,7 @@ mod tests {
             "{}",
             first.to_json()
         );
-        assert_eq!(db.all().await.unwrap().len(), 6);
+        assert_eq!(db.records().len(), 6);
 
         aws.set_state("i-terminated", InstanceState::Terminated);
         aws.set_tags("i-untagged", &[]);
@@ -1555,7 +1807,7 @@ mod tests {
         let second = durable_pass(&aws, &cfg, &durable).await;
         assert_eq!(second.errors.len(), 1, "{}", second.to_json());
         assert_eq!(
-            recorded(db.all().await.unwrap()),
+            recorded(db.records()),
             [
                 "123456789012/ap-south-1/i-other-region",
                 "123456789012/eu-west-1/i-eu",
@@ -1571,7 +1823,7 @@ mod tests {
             "UnauthorizedOperation",
         );
         durable_pass(&aws, &cfg, &durable).await;
-        assert_eq!(db.all().await.unwrap().len(), 4);
+        assert_eq!(db.records().len(), 4);
     }
 
     #[tokio::test(start_paused = true)]

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -332,6 +332,37 @@ pub struct InstancePlan {
     /// What Azure showed of the instance's Arc machine: part of the basis a saved plan keeps.
     #[serde(skip)]
     pub arc: crate::reconcile::saved::ArcSeen,
+    /// With a retry policy (the daemon): rows that install or resume an install, which attempt this is
+    /// and when the next is due should it fail. The planner decides it; the executor records it.
+    #[serde(skip)]
+    pub retry: Option<Retry>,
+}
+
+/// The daemon's backoff after failed installs: the first retry after `base`, doubling per failure, at
+/// most `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// First retry delay after a failed install.
+    pub base: Duration,
+    /// Longest retry delay.
+    pub max: Duration,
+}
+
+impl RetryPolicy {
+    /// Delay before attempt `attempts + 1` after `attempts` failures.
+    pub fn delay(&self, attempts: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(20));
+        self.base.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// A planned install attempt: the failures in a row it makes if it fails, and when the next is due then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Failed attempts in a row, this one included, should it fail.
+    pub attempts: u32,
+    /// When the next attempt is due should it fail.
+    pub next_attempt_at: SystemTime,
 }
 
 impl InstancePlan {
@@ -545,6 +576,9 @@ pub struct Memory {
     /// When the termination of an instance whose Arc machine is ours was first seen, by (region,
     /// instance id): the grace of `delete_after` counts from then.
     pub terminations: HashMap<(String, String), SystemTime>,
+    /// The backoff after failed installs (the daemon's `--retry-base`, `--retry-max`); `None`: no retry
+    /// is planned (a one-shot run).
+    pub retry: Option<RetryPolicy>,
 }
 
 impl Memory {
@@ -554,6 +588,7 @@ impl Memory {
             instances: HashMap::new(),
             now: UNIX_EPOCH,
             terminations: HashMap::new(),
+            retry: None,
         }
     }
 
@@ -586,6 +621,7 @@ pub fn plan_account(obs: &AccountObservation, config: &Config, memory: &Memory) 
         for inst in &region.instances {
             let (mut plan, steps) = planner.instance(region, inst);
             planner.remember(&mut plan);
+            planner.retry(&mut plan);
             if let Some(steps) = steps {
                 account_steps.merge(&steps);
             }
@@ -859,6 +895,26 @@ impl Planner<'_> {
         }
     }
 
+    /// With a retry policy, an install attempt (a new one, or one in flight resumed) gets its backoff
+    /// should it fail: one more failure in a row, and the next attempt `delay(attempts)` from now.
+    fn retry(&self, plan: &mut InstancePlan) {
+        let Some(policy) = self.memory.retry else {
+            return;
+        };
+        if !(plan.runs_agent_script() || plan.resume) {
+            return;
+        }
+        let before = self
+            .memory
+            .get(&plan.region, &plan.instance_id)
+            .map_or(0, |m| m.attempts);
+        let attempts = before.saturating_add(1);
+        plan.retry = Some(Retry {
+            attempts,
+            next_attempt_at: self.memory.now + policy.delay(attempts),
+        });
+    }
+
     /// `connected-elsewhere` when Resource Graph shows an Arc machine for the instance outside our
     /// resource group: no action at all (the machine is someone else's to manage). Returns whether it was.
     fn elsewhere(&self, plan: &mut InstancePlan) -> bool {
@@ -912,6 +968,7 @@ impl Planner<'_> {
             resume: false,
             termination: None,
             arc: crate::reconcile::saved::ArcSeen::of(&self.obs.arc, &inst.ec2.instance_id),
+            retry: None,
         };
         if plan.platform == Platform::Unknown {
             plan.status = Status::Unsupported;
@@ -1295,6 +1352,7 @@ mod tests {
                 instances: HashMap::from([(("us-east-1".to_string(), id.to_string()), remembered)]),
                 now,
                 terminations: HashMap::new(),
+                retry: None,
             };
             plan_account(&self.obs, cfg, &memory)
         }
@@ -1604,6 +1662,60 @@ mod tests {
             assert_eq!(due.instances[0].actions, vec![InstanceAction::InstallAgent]);
             assert_eq!(due.instances[0].failure, None);
         }
+    }
+
+    #[test]
+    fn the_planner_gives_each_install_its_backoff_should_it_fail() {
+        let online = Some(PingStatus::Online);
+        let world = World::new()
+            .instance("i-new", Some("AppProfile"), Running, online)
+            .instance("i-due", Some("AppProfile"), Running, online)
+            .instance("i-held", Some("AppProfile"), Running, online)
+            .instance("i-sent", Some("AppProfile"), Running, online)
+            .instance("i-stopped", Some("AppProfile"), Stopped, None);
+        let key = |id: &str| ("us-east-1".to_string(), id.to_string());
+        let memory = Memory {
+            instances: HashMap::from([
+                (key("i-due"), failed_before(2_000, None)),
+                (key("i-held"), failed_before(9_000, None)),
+                (key("i-sent"), failed_before(2_000, Some("cmd-1"))),
+            ]),
+            now: at(5_000),
+            terminations: HashMap::new(),
+            retry: Some(RetryPolicy {
+                base: Duration::from_secs(100),
+                max: Duration::from_secs(300),
+            }),
+        };
+        let plan = plan_account(&world.obs, &config(""), &memory);
+        let retry = |id: &str| {
+            row(&plan, id)
+                .retry
+                .map(|r| (r.attempts, r.next_attempt_at))
+        };
+        assert_eq!(retry("i-new"), Some((1, at(5_100))), "first failure: base");
+        assert_eq!(
+            retry("i-due"),
+            Some((3, at(5_300))),
+            "third: 4 x base, capped at max"
+        );
+        assert_eq!(
+            retry("i-sent"),
+            Some((3, at(5_300))),
+            "the resumed command is the attempt"
+        );
+        assert_eq!(retry("i-held"), None, "held: no attempt");
+        assert_eq!(retry("i-stopped"), None, "no install");
+        // Without a retry policy (a one-shot run) nothing is planned for failures.
+        let once = plan_account(
+            &world.obs,
+            &config(""),
+            &Memory {
+                retry: None,
+                ..memory
+            },
+        );
+        assert!(once.instances.iter().all(|r| r.retry.is_none()));
     }
 
     #[test]
@@ -1963,6 +2075,7 @@ mod tests {
             instances: HashMap::new(),
             now,
             terminations: HashMap::new(),
+            retry: None,
         };
         let off = config("");
         let on = config("[lifecycle]\nrepair = true");

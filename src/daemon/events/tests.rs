@@ -56,39 +56,53 @@ async fn fixture() -> Fixture {
     }
 }
 
+impl Fixture {
+    /// A running instance of the caller's account with the SSM profile and the tag in scope.
+    fn tagged(&self, region: &str, id: &str) {
+        let (linux, running) = (Platform::Linux, InstanceState::Running);
+        let tag = [("arc", "onboard")];
+        self.aws
+            .add_instance(region, id, linux, running, Some("AppProfile"), &tag);
+    }
+}
+
 /// Runs the event path over the fixture for `secs` of (paused) time.
 async fn run_for(f: &Fixture, secs: u64) -> Arc<Metrics> {
+    let opts = EventOptions {
+        shard: f.shard,
+        ..EventOptions::default()
+    };
+    let shutdown = tokio::time::sleep(Duration::from_secs(secs));
+    run_events(f, &Leases::new(), &opts, shutdown).await
+}
+
+/// Runs the event path over the fixture (its state file, `leases`, `opts`) until `shutdown`.
+async fn run_events(
+    f: &Fixture,
+    leases: &Leases,
+    opts: &EventOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Arc<Metrics> {
     let metrics = Arc::new(Metrics::new(3));
     let token = MutationToken::mint();
     let durable = Durable {
-        db: &f.db,
+        memory: &f.db,
         retry_base: Duration::from_secs(900),
         retry_max: Duration::from_secs(86_400),
     };
-    let gate = RwLock::new(());
     let ctx = EventContext {
         config: &f.config,
         token: &token,
         durable: &durable,
         metrics: &metrics,
-        gate: &gate,
+        leases,
     };
     let ports = EventPorts {
         accounts: &f.org,
         arm: &*f.arm,
         queue: &f.queue,
     };
-    let opts = EventOptions {
-        shard: f.shard,
-        ..EventOptions::default()
-    };
-    run(
-        &ctx,
-        &ports,
-        &opts,
-        tokio::time::sleep(Duration::from_secs(secs)),
-    )
-    .await;
+    run(&ctx, &ports, opts, shutdown).await;
     metrics
 }
 
@@ -109,14 +123,7 @@ fn count(metrics: &Metrics, result: &str) -> u64 {
 #[tokio::test(start_paused = true)]
 async fn an_event_onboards_its_instance_and_its_message_goes_once_it_is_recorded() {
     let f = fixture().await;
-    f.aws.add_instance(
-        "us-east-1",
-        "i-1",
-        Platform::Linux,
-        InstanceState::Running,
-        Some("AppProfile"),
-        &[("arc", "onboard")],
-    );
+    f.tagged("us-east-1", "i-1");
     f.queue.send(&running("i-1"));
     let metrics = run_for(&f, 60).await;
     assert!(f.queue.is_empty(), "the message was deleted");
@@ -197,14 +204,7 @@ async fn instances_without_a_profile_get_it_at_once_and_a_burst_shares_its_comma
 #[tokio::test(start_paused = true)]
 async fn a_duplicate_event_while_the_instance_is_handled_sends_no_second_install() {
     let f = fixture().await;
-    f.aws.add_instance(
-        "us-east-1",
-        "i-1",
-        Platform::Linux,
-        InstanceState::Running,
-        Some("AppProfile"),
-        &[("arc", "onboard")],
-    );
+    f.tagged("us-east-1", "i-1");
     for _ in 0..3 {
         f.queue.send(&running("i-1"));
     }
@@ -272,6 +272,53 @@ fn full_commands_go_at_once_and_the_rest_waits_while_more_are_coming() {
     let mut tracker = Tracker::default();
     tracker.make_ready(&key, "i-lone", now);
     assert_eq!(tracker.closable(now, &opts).0.len(), 1);
+}
+
+#[test]
+fn at_most_the_free_install_slots_are_taken_and_the_rest_stays_ready() {
+    let opts = EventOptions::default();
+    let now = Instant::now();
+    let mut tracker = Tracker::default();
+    let keys: Vec<Key> = ["us-east-1", "eu-west-1", "ap-south-1"]
+        .iter()
+        .map(|r| (FAKE_ACCOUNT.to_string(), r.to_string()))
+        .collect();
+    for key in &keys {
+        tracker.make_ready(key, "i-1", now);
+    }
+    assert!(tracker.closable_at_most(now, &opts, 0).0.is_empty());
+    let (batches, _) = tracker.closable_at_most(now, &opts, 2);
+    assert_eq!(batches.len(), 2);
+    assert_eq!(tracker.ready.len(), 1, "the third waits for a free slot");
+    assert_eq!(tracker.closable_at_most(now, &opts, 5).0.len(), 1);
+    assert!(tracker.ready.is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn event_installs_beyond_the_bound_wait_for_a_running_one_to_end() {
+    let mut f = fixture().await;
+    f.config = Config::parse(
+        &CONFIG.replace("[\"us-east-1\"]", "[\"us-east-1\", \"eu-west-1\"]"),
+        std::path::Path::new("t"),
+    )
+    .unwrap();
+    for (region, id) in [("us-east-1", "i-0a"), ("eu-west-1", "i-0b")] {
+        f.tagged(region, id);
+        // Both installs run until the test ends.
+        f.aws.script_outcome(id, "InProgress", "InProgress", -1, "");
+        f.queue
+            .send(&running(id).replace("\"us-east-1\"", &format!("\"{region}\"")));
+    }
+    let opts = EventOptions {
+        max_installs: 1,
+        shutdown_grace: Duration::from_secs(1),
+        ..EventOptions::default()
+    };
+    let shutdown = tokio::time::sleep(Duration::from_secs(120));
+    run_events(&f, &Leases::new(), &opts, shutdown).await;
+    let records = f.db.all().await.unwrap();
+    assert_eq!(records.len(), 2, "both events taken: {records:?}");
+    assert_eq!(f.aws.commands().len(), 1, "one install at a time");
 }
 
 /// The caller's account (even: shard 0/2) and members: one plain, one whose role is refused, one
@@ -368,4 +415,144 @@ async fn with_the_organization_unlisted_member_events_are_left_for_redelivery() 
     assert_eq!(count(&metrics, "out-of-scope"), 0);
     assert_eq!(f.queue.len(), 2, "both left on the queue");
     assert!(f.org.account(MEMBER).calls.snapshot().is_empty());
+}
+
+/// One pass of the fixture's config over `aws` (an account of its own), in `scope`, holding `leases`.
+async fn pass_over(
+    f: &Fixture,
+    aws: &FakeAws,
+    scope: Scope,
+    leases: &Arc<Leases>,
+    durable: &Durable<'_>,
+) -> crate::reconcile::pass::PassOutcome {
+    let ports = aws.ports();
+    let mut opts = PassOptions::default();
+    opts.apply.wait_for_ssm = Duration::ZERO;
+    opts.scope = scope;
+    opts.leases = Some(leases.clone());
+    let token = MutationToken::mint();
+    crate::reconcile::pass::run_pass(
+        &f.config,
+        &ports,
+        Some(&*f.arm),
+        Some(&token),
+        &opts,
+        Some(durable),
+        SystemTime::now(),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_install_held_open_in_one_account_does_not_hold_up_an_iam_pass_of_another() {
+    const OTHER_ACCOUNT: &str = "210987654321";
+    let f = fixture().await;
+    let tag = [("arc", "onboard")];
+    // The caller's account: an event for i-1, whose install command runs until the test ends.
+    f.tagged("us-east-1", "i-1");
+    f.aws
+        .script_outcome("i-1", "InProgress", "InProgress", -1, "");
+    f.queue.send(&running("i-1"));
+    // Another account: an instance without a profile, for its IAM pass.
+    let member = FakeAws::new(&["us-east-1"]).with_account(OTHER_ACCOUNT);
+    member.add_instance(
+        "us-east-1",
+        "i-m",
+        Platform::Linux,
+        InstanceState::Running,
+        None,
+        &tag,
+    );
+    let leases = Arc::new(Leases::new());
+    let durable = Durable {
+        memory: &f.db,
+        retry_base: Duration::from_secs(900),
+        retry_max: Duration::from_secs(86_400),
+    };
+    let opts = EventOptions {
+        shutdown_grace: Duration::from_secs(1),
+        ..EventOptions::default()
+    };
+    let stop = Notify::new();
+    let events = run_events(&f, &leases, &opts, stop.notified());
+    let test = async {
+        while f.aws.commands().is_empty() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        // The install is sent and tracked; it holds its account's lease. The other account's IAM pass
+        // runs to its end meanwhile.
+        let iam = Scope {
+            iam: true,
+            install: false,
+        };
+        let pass = tokio::time::timeout(
+            Duration::from_secs(60),
+            pass_over(&f, &member, iam, &leases, &durable),
+        )
+        .await
+        .expect("the IAM pass of the other account completed");
+        let row = &pass.report.instances[0];
+        assert_eq!(row.instance_id, "i-m");
+        assert_eq!(
+            row.status,
+            Status::WaitingForSsm,
+            "{}",
+            pass.report.to_json()
+        );
+        assert_eq!(member.calls.count("ec2:AssociateIamInstanceProfile"), 1);
+        let held = f.db.all().await.unwrap();
+        let rec = held.iter().find(|r| r.instance_id == "i-1").unwrap();
+        assert_eq!(rec.status, "in-progress", "the install is still open");
+        // A pass of the install's own account waits for the install.
+        let own = pass_over(&f, &f.aws, iam, &leases, &durable);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), own)
+                .await
+                .is_err(),
+            "a pass of the account with an install in flight waits for it"
+        );
+        stop.notify_one();
+    };
+    tokio::join!(events, test);
+    assert_eq!(f.aws.commands().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_state_write_is_counted_in_the_metrics_and_nothing_is_sent() {
+    use crate::fake::FakeMemory;
+    use crate::reconcile::onboard::JOURNAL_FAILED;
+    let f = fixture().await;
+    for id in ["i-1", "i-2"] {
+        f.tagged("us-east-1", id);
+    }
+    let memory = FakeMemory::new();
+    memory.fail_writes(true);
+    let durable = Durable {
+        memory: &memory,
+        retry_base: Duration::from_secs(60),
+        retry_max: Duration::from_secs(600),
+    };
+    let leases = Arc::new(Leases::new());
+    let outcome = pass_over(&f, &f.aws, Scope::default(), &leases, &durable).await;
+    assert!(f.aws.commands().is_empty(), "no install sent");
+    let summary = crate::daemon::PassSummary::from_outcome(&outcome);
+    assert_eq!(
+        summary.errors.get(JOURNAL_FAILED),
+        Some(&2),
+        "{:?}",
+        summary.errors
+    );
+    let metrics = Metrics::new(3);
+    metrics.record_pass(
+        "onboarding",
+        summary.ok,
+        Duration::from_secs(1),
+        &summary.statuses,
+        &summary.api_calls,
+        &summary.errors,
+    );
+    let line = format!("arc_onboard_errors_total{{code=\"{JOURNAL_FAILED}\"}} 2");
+    let rendered = metrics.render();
+    assert!(rendered.lines().any(|l| l == line), "{rendered}");
 }

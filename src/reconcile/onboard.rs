@@ -348,43 +348,35 @@ async fn send(
     opts: &InstallOptions,
 ) -> (Vec<Sent>, Vec<(usize, bool)>) {
     let mut exchanges = Vec::new();
-    for (batch, chunk) in batches {
+    for (batch, rows) in batches {
         let region = &batch.region;
         let spec = &batch.spec;
-        {
-            let key_id = uuid::Uuid::new_v4().to_string();
-            let request = CommandRequest {
-                document: spec.document.as_str(),
-                instance_ids: chunk
-                    .iter()
-                    .map(|n| plan.instances[*n].instance_id.clone())
-                    .collect(),
-                script: render(spec, Delivery::KeyExchange { key_id: &key_id }, opts),
-                execution_timeout: KEY_EXCHANGE_TIMEOUT,
-                delivery_timeout: opts.delivery_timeout,
-                comment: opts.comment(),
-            };
-            match ssm.send_command(token, region, &request).await {
-                Ok(command_id) => {
-                    info!(%region, %command_id, instances = chunk.len(), "key exchange sent");
-                    exchanges.push(Exchange {
-                        region: region.clone(),
-                        spec,
-                        key_id,
-                        command_id,
-                        rows: chunk,
-                    });
-                }
-                Err(e) => {
-                    warn!(%region, error = %e, "key exchange not sent");
-                    for n in &chunk {
-                        out.instances[*n].fail(Failure::new(
-                            FailureStep::Ssm,
-                            e.code.clone(),
-                            format!("key exchange command not sent: {}", e.message),
-                        ));
-                    }
-                }
+        let key_id = uuid::Uuid::new_v4().to_string();
+        let request = CommandRequest {
+            document: spec.document.as_str(),
+            instance_ids: rows
+                .iter()
+                .map(|n| plan.instances[*n].instance_id.clone())
+                .collect(),
+            script: render(spec, Delivery::KeyExchange { key_id: &key_id }, opts),
+            execution_timeout: KEY_EXCHANGE_TIMEOUT,
+            delivery_timeout: opts.delivery_timeout,
+            comment: opts.comment(),
+        };
+        match ssm.send_command(token, region, &request).await {
+            Ok(command_id) => {
+                info!(%region, %command_id, instances = rows.len(), "key exchange sent");
+                exchanges.push(Exchange {
+                    region: region.clone(),
+                    spec,
+                    key_id,
+                    command_id,
+                    rows,
+                });
+            }
+            Err(e) => {
+                warn!(%region, error = %e, "key exchange not sent");
+                not_sent(out, &rows, &e, "key exchange command");
             }
         }
     }
@@ -466,17 +458,22 @@ async fn send(
             }
             Err(e) => {
                 warn!(%region, error = %e, "install command not sent");
-                for n in &rows {
-                    out.instances[*n].fail(Failure::new(
-                        FailureStep::Ssm,
-                        e.code.clone(),
-                        format!("install command not sent: {}", e.message),
-                    ));
-                }
+                not_sent(out, &rows, &e, "install command");
             }
         }
     }
     (sent, settled)
+}
+
+/// Fails the rows of a command SSM refused.
+fn not_sent(out: &mut AccountOutcome, rows: &[usize], e: &crate::model::AwsError, what: &str) {
+    for n in rows {
+        out.instances[*n].fail(Failure::new(
+            FailureStep::Ssm,
+            e.code.clone(),
+            format!("{what} not sent: {}", e.message),
+        ));
+    }
 }
 
 /// Waits (bounded) for the key exchanges to end and reads each row's public key. A row the exchange

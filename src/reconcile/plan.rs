@@ -1,6 +1,10 @@
 //! The planner: a pure function from an account's observed state, the configuration and the daemon's memory
 //! (the state file's records) to what a pass would do to each machine, and why. `plan` renders this plan;
-//! `run` and the daemon execute the same plan.
+//! `run` and the daemon execute the same plan. The plan is complete: its rows carry their actions with
+//! their targets, holds and resumes; its batches ([`crate::reconcile::batches`]) say which SSM commands
+//! carry the agent script where, and with what; a pass's scope and the event path's stages are steps of
+//! the planner too ([`AccountPlan::scoped`], [`AccountPlan::for_event`]), so the executor only realizes
+//! it (it may skip work after a failure or a race, and says so in the row's outcome).
 //!
 //! # The memory
 //! With a state file, an instance whose earlier install failed is held until its next attempt is due

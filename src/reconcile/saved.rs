@@ -21,7 +21,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::reconcile::batches::AgentBatch;
+use crate::reconcile::batches::{AgentBatch, AgentSpec};
 use crate::reconcile::observe::ArcObservation;
 use crate::reconcile::plan::{AccountPlan, InstanceAction, InstancePlan, SsmRoleSteps, Status};
 
@@ -366,15 +366,22 @@ impl SavedPlan {
     /// fields that differ); the plan's batches become the saved ones, less the rows no longer applied.
     fn restrict_batches(&self, plan: &mut AccountPlan, account: Option<&SavedAccount>) {
         let saved: &[AgentBatch] = account.map_or(&[], |a| a.batches.as_slice());
-        let find = |batches: &[AgentBatch], region: &str, id: &str| {
+        // Each instance's batch spec, by (region, instance id).
+        fn specs(batches: &[AgentBatch]) -> HashMap<(&str, &str), &AgentSpec> {
             batches
                 .iter()
-                .position(|b| b.region == region && b.instance_ids.iter().any(|i| i == id))
-        };
+                .flat_map(|b| {
+                    b.instance_ids
+                        .iter()
+                        .map(move |id| ((b.region.as_str(), id.as_str()), &b.spec))
+                })
+                .collect()
+        }
         let now = std::mem::take(&mut plan.batches);
+        let (saved_specs, now_specs) = (specs(saved), specs(&now));
         for row in plan.instances.iter_mut().filter(|r| r.runs_agent_script()) {
-            let was = find(saved, &row.region, &row.instance_id).map(|n| &saved[n].spec);
-            let is = find(&now, &row.region, &row.instance_id).map(|n| &now[n].spec);
+            let key = (row.region.as_str(), row.instance_id.as_str());
+            let (was, is) = (saved_specs.get(&key).copied(), now_specs.get(&key).copied());
             match (was, is) {
                 // Without `[azure]` no plan has batches (and no run starts).
                 (None, None) => {}

@@ -67,6 +67,11 @@ impl FakeCommand {
     pub fn is_key_exchange(&self) -> bool {
         script_value(&self.request.script, "ARC_MODE").as_deref() == Some("key-exchange")
     }
+
+    /// The value the command's script assigns to `name` (`ARC_INSTALLER_URL`, ...), when it holds no quote.
+    pub fn script_value(&self, name: &str) -> Option<String> {
+        script_value(&self.request.script, name)
+    }
 }
 
 /// The value a rendered script assigns to `name` (`NAME='v'` or `$NAME = 'v'`; the values the fake reads

@@ -27,6 +27,8 @@
 //!   - [`reconcile::observe`]: gathers one account's state through the ports (or just some instances').
 //!   - [`reconcile::plan`]: the pure planner: observation + config + the daemon's memory -> per-instance
 //!     actions, statuses and reasons.
+//!   - [`reconcile::batches`]: the planner's install step: the agent script's SSM batches (instances,
+//!     document, installer and checksum, resource group, location, tags) the executor sends as they are.
 //!   - [`reconcile::apply`]: executes the IAM part of a plan (requires a mutation token).
 //!   - [`reconcile::lifecycle`]: our Arc machines whose instance is gone: found (ownership tags, observed
 //!     regions), planned as `terminated` rows with `delete-arc-machine` after `delete_after`, deleted.

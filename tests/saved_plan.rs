@@ -93,7 +93,7 @@ fn run_plan_applies_the_saved_plan_and_leaves_an_instance_launched_since_untouch
 
     // What the file says the plan rests on.
     let saved = read(&file);
-    assert_eq!(saved["format"], 1);
+    assert_eq!(saved["format"], 2);
     assert_eq!(saved["tool_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(saved["created_at"], planned["started_at"]);
     assert!(saved["config_fingerprint"]
@@ -102,6 +102,21 @@ fn run_plan_applies_the_saved_plan_and_leaves_an_instance_launched_since_untouch
         .starts_with("sha256:"));
     assert_eq!(saved["regions"], json!(["us-east-1"]));
     assert_eq!(saved["accounts"][0]["account_id"], ACCOUNT);
+    // The install batches the report shows are the file's, with their document and instances.
+    let batches = &saved["accounts"][0]["batches"];
+    assert_eq!(batches, &planned["accounts"][0]["batches"]);
+    assert_eq!(batches[0]["document"], "AWS-RunShellScript");
+    let mut batched: Vec<&str> = batches[0]["instance_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i.as_str().unwrap())
+        .collect();
+    batched.sort_unstable();
+    let mut ids = vec![id[0].as_str(), id[1].as_str()];
+    ids.sort_unstable();
+    assert_eq!(batched, ids);
+    assert_eq!(batches[0]["resource_group"], format!("aws_{ACCOUNT}"));
     let bare = saved["instances"]
         .as_array()
         .unwrap()
@@ -243,6 +258,15 @@ fn a_saved_plan_too_old_from_another_configuration_or_version_is_refused_before_
     version["tool_version"] = json!("0.0.1");
     write(&version);
     refused(CONFIG, &[], "made by arc-onboard 0.0.1");
+    // A file of the earlier format (no install batches): refused for its format, not as unreadable.
+    let mut older = fresh.clone();
+    older["format"] = json!(1);
+    older["accounts"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("batches");
+    write(&older);
+    refused(CONFIG, &[], "format 1, expected 2");
     std::fs::write(&file, "{\"mode\": \"plan\"}").unwrap();
     refused(CONFIG, &[], "is not a saved plan");
 

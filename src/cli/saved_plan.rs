@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::config::{Config, RegionSelection, Shard};
 use crate::output::report::Report;
-use crate::reconcile::saved::{Provenance, SavedPlan, FORMAT};
+use crate::reconcile::saved::{Provenance, SavedAccount, SavedPlan, FORMAT};
 
 /// Why a saved plan cannot be written or used (exit 2, nothing changed).
 #[derive(Debug, thiserror::Error)]
@@ -93,13 +93,17 @@ pub(super) fn write(
         shard: shard.map(|s| s.to_string()),
         regions: regions(config),
     };
-    let accounts = report.accounts.iter().map(|a| {
-        (
-            a.account_id.as_str(),
-            a.actions.as_slice(),
-            a.ssm_role_steps.as_ref(),
-        )
-    });
+    let accounts = report
+        .accounts
+        .iter()
+        .map(|a| SavedAccount {
+            account_id: a.account_id.clone(),
+            actions: a.actions.iter().map(|x| x.to_string()).collect(),
+            ssm_role_steps: a.ssm_role_steps.clone(),
+            resource_group: a.resource_group.clone(),
+            batches: a.batches.clone(),
+        })
+        .collect();
     let saved = SavedPlan::new(from, accounts, &report.instances);
     let text = serde_json::to_string_pretty(&saved).expect("a saved plan serializes");
     let err = |source| SavedPlanError::Write {
@@ -130,14 +134,21 @@ pub(super) fn load(
         version: env!("CARGO_PKG_VERSION"),
         problem,
     };
-    let saved: SavedPlan =
+    // The format first: a file of another format is refused for that, whatever else it holds.
+    #[derive(serde::Deserialize)]
+    struct Head {
+        format: u32,
+    }
+    let head: Head =
         serde_json::from_str(&text).map_err(|e| invalid(format!("unreadable: {e}")))?;
-    if saved.format != FORMAT {
+    if head.format != FORMAT {
         return Err(invalid(format!(
-            "format {}, expected {FORMAT}",
-            saved.format
+            "format {}, expected {FORMAT}: an older file keeps no install batches",
+            head.format
         )));
     }
+    let saved: SavedPlan =
+        serde_json::from_str(&text).map_err(|e| invalid(format!("unreadable: {e}")))?;
     if saved.from.tool_version != env!("CARGO_PKG_VERSION") {
         return Err(invalid(format!(
             "made by arc-onboard {}",

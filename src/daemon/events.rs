@@ -76,7 +76,7 @@ use crate::reconcile::observe::{
     observe_arc, observe_elsewhere, observe_instances, AccountObservation, ArcObservation,
 };
 use crate::reconcile::pass::{execute_observed, AwsPorts, Durable, PassOptions, Scope};
-use crate::reconcile::plan::{AccountPlan, Status};
+use crate::reconcile::plan::{AccountPlan, EventStage, Status};
 
 /// The most ids one `DescribeInstanceInformation` call (and one `SendCommand`) carries here.
 const IDS_PER_CALL: usize = 50;
@@ -752,7 +752,7 @@ where
             install: false,
         };
         let now = SystemTime::now();
-        let mut plan = execute_observed(
+        let plan = execute_observed(
             self.ctx.config,
             &obs,
             aws,
@@ -761,21 +761,17 @@ where
             &opts,
             self.ctx.durable,
             now,
-            |_| true,
+            EventStage::Intake,
         )
         .await;
+        // The rows are the planner's: those left waiting for the agent already say that this path
+        // follows them (queued when Online in SSM, watched otherwise).
         let mut follow: Vec<(String, bool)> = Vec::new();
-        for row in &mut plan.instances {
+        for row in &plan.instances {
             if row.status == Status::WaitingForSsm
                 && row.state == crate::model::InstanceState::Running
             {
                 let online = row.ssm_ping == Some(PingStatus::Online);
-                row.detail = if online {
-                    "event: Online in SSM; the agent install is queued".into()
-                } else {
-                    "event: IAM in place; waiting for SSM registration, then the agent is installed"
-                        .into()
-                };
                 follow.push((row.instance_id.clone(), online));
             }
             info!(instance.id = %row.instance_id, status = %row.status, detail = %row.detail, "event: instance observed");
@@ -849,7 +845,7 @@ where
             &opts,
             self.ctx.durable,
             now,
-            |row| row.termination.is_some() && ids.contains(&row.instance_id),
+            EventStage::Offboard(ids),
         )
         .await;
         for row in &plan.instances {
@@ -1101,10 +1097,7 @@ where
                     &opts,
                     self.ctx.durable,
                     SystemTime::now(),
-                    |row| {
-                        row.status == Status::Planned
-                            && row.runs_agent_script()
-                    },
+                    EventStage::Install,
                 )
                 .await;
                 log_installs(&plan, &ids);

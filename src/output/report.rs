@@ -36,6 +36,12 @@ pub struct AccountReport {
     /// What happened to the account-level actions (run only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The account's Azure resource group, when Azure is configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_group: Option<String>,
+    /// The agent script's SSM commands as planned: region, instances, document and script parameters.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub batches: Vec<crate::reconcile::batches::AgentBatch>,
 }
 
 /// One entry of `errors[]`: an account, a region of an account, or the organization that could not be
@@ -127,7 +133,7 @@ impl Report {
         let mut account_reports = Vec::new();
         let mut instances = Vec::new();
         let mut errors = Vec::new();
-        for (plan, outcome) in accounts {
+        for (mut plan, outcome) in accounts {
             let (outcomes, detail) = match outcome {
                 Some(o) => {
                     let detail = o.note();
@@ -140,6 +146,8 @@ impl Report {
                 actions: plan.action_names(),
                 ssm_role_steps: plan.create_ssm_role.clone(),
                 detail,
+                resource_group: plan.resource_group.clone(),
+                batches: std::mem::take(&mut plan.batches),
             });
             instances.extend(
                 plan.instances

@@ -309,6 +309,8 @@ pub async fn run_accounts<X: Accounts, A: Arm>(
                         "not handled: {} {}: {}",
                         error.operation, error.code, error.message
                     )),
+                    resource_group: None,
+                    batches: Vec::new(),
                 });
                 errors.push(error);
             }

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod apply;
+pub mod batches;
 pub mod interrupt;
 pub mod leases;
 pub mod lifecycle;

@@ -1,7 +1,7 @@
-//! The agent install: renders one script per account, region and platform, sends it through SSM Run
-//! Command in batches of at most 50 instances, two commands per batch (a key exchange, then the install
-//! with the token sealed to the keys it returned), tracks the commands with as few calls as possible, and
-//! verifies every reported success in Azure.
+//! The agent install: sends the plan's batches ([`crate::reconcile::batches`]) through SSM Run Command,
+//! each rendered from its own spec, two commands per batch (a key exchange, then the install with the
+//! token sealed to the keys it returned), tracks the commands with as few calls as possible, and verifies
+//! every reported success in Azure.
 //!
 //! # Guarantees
 //! - An instance is in at most one install command per pass, and an instance with an arc-onboard command
@@ -18,8 +18,11 @@
 //!   command id is recorded after the send; a process stopped in between leaves the intent, by which the
 //!   next pass finds the command (`ListCommands`, its comment) and tracks it instead of sending again.
 //! - Every instance handed in ends `onboarded`, `already-onboarded` or `failed` with a reason.
+//! - Only the plan's batches are sent, each with its planned document and script parameters, to the
+//!   planned instances that are ready (a row not ready is left out, never one added); nothing here reads
+//!   the configuration.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -28,19 +31,15 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::adapters::azure::Arm;
-use crate::config::{AzureConfig, Connectivity, OnboardingConfig, SqlServerLicense};
 use crate::install::{self, seal, Delivery, InstallParams, ScriptOutcome, ScriptResult};
-use crate::model::{ownership, ArcStatus, CommandStatus, Platform};
+use crate::model::{ArcStatus, CommandStatus};
 use crate::ports::memory::MemoryError;
-use crate::ports::{
-    CommandRequest, CommandSummary, Invocation, MutationToken, Ssm, LINUX_DOCUMENT,
-    WINDOWS_DOCUMENT,
-};
+use crate::ports::{CommandRequest, CommandSummary, Invocation, MutationToken, Ssm};
+use crate::reconcile::batches::{AgentSpec, Document};
 use crate::reconcile::outcome::{AccountOutcome, InstanceOutcome};
 use crate::reconcile::plan::{AccountPlan, Failure, FailureStep, InstanceAction, Status};
 
-/// SendCommand accepts at most 50 instance ids.
-pub const BATCH: usize = 50;
+pub use crate::reconcile::batches::BATCH;
 
 /// The key exchange's `executionTimeout`: checks and one RSA key pair take seconds.
 pub const KEY_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -274,14 +273,14 @@ fn fail_with_output(row: &mut InstanceOutcome, failure: Failure, output: &str) {
     }
 }
 
-/// Installs the agent on `ready` rows (Online in SSM, not onboarded) and verifies them in Azure.
+/// Installs the agent on `ready` rows (Online in SSM, not onboarded), in the plan's batches, and verifies
+/// them in Azure.
 pub async fn install_agents(
     token: &MutationToken,
     (plan, out): (&AccountPlan, &mut AccountOutcome),
     work: InstallWork<'_>,
     ssm: &impl Ssm,
     arm: &impl Arm,
-    (azure, onboarding): (&AzureConfig, &OnboardingConfig),
     opts: &InstallOptions,
 ) {
     let InstallWork {
@@ -291,7 +290,6 @@ pub async fn install_agents(
     } = work;
     // Every command this call sends goes out after this (a minute's slack for clock skew).
     let since = std::time::SystemTime::now() - Duration::from_secs(60);
-    let resource_group = azure.resource_group_for(&plan.account_id);
     let mut sent: Vec<Sent> = resume
         .into_iter()
         .map(|(region, command_id, rows)| {
@@ -309,27 +307,9 @@ pub async fn install_agents(
         .collect();
     let mut settled = Vec::new();
     if !ready.is_empty() {
-        let mut groups: Groups = BTreeMap::new();
-        for n in ready {
-            let row = &plan.instances[*n];
-            let reconnect = row.actions.contains(&InstanceAction::ReconnectAgent);
-            groups
-                .entry((
-                    row.region.clone(),
-                    row.platform,
-                    row.azure_location.clone(),
-                    reconnect,
-                ))
-                .or_default()
-                .push(*n);
-        }
-        let scripts = Scripts {
-            azure,
-            onboarding,
-            resource_group: &resource_group,
-        };
+        let batches = ready_batches(plan, out, ready);
         let (sent_now, settled_now) =
-            send(token, plan, out, groups, ssm, arm, &scripts, journal, opts).await;
+            send(token, plan, out, batches, ssm, arm, journal, opts).await;
         sent.extend(sent_now);
         settled = settled_now;
     }
@@ -339,115 +319,103 @@ pub async fn install_agents(
         track(token, plan, out, sent, ssm, opts, since).await
     };
     succeeded.extend(settled);
-    verify(plan, out, &succeeded, arm, &resource_group, opts).await;
+    verify(plan, out, &succeeded, arm, opts).await;
 }
 
-/// Ready rows by (region, platform, the Azure location the plan gave them)
-/// and whether they are repairs (`reconnect-agent`: their own batches, with the script's reconnect switch).
-type Groups = BTreeMap<(String, Platform, Option<String>, bool), Vec<usize>>;
-
-/// What every script of one call shares.
-struct Scripts<'a> {
-    azure: &'a AzureConfig,
-    onboarding: &'a OnboardingConfig,
-    resource_group: &'a str,
+/// The plan's batches with their ready rows (by index), in the plan's order; a batch with no ready row
+/// is not sent. A ready row the plan put in no batch is not sent either: it fails, saying so.
+fn ready_batches<'p>(
+    plan: &'p AccountPlan,
+    out: &mut AccountOutcome,
+    ready: &[usize],
+) -> Vec<(&'p crate::reconcile::batches::AgentBatch, Vec<usize>)> {
+    let index: HashMap<(&str, &str), usize> = ready
+        .iter()
+        .map(|n| {
+            let row = &plan.instances[*n];
+            ((row.region.as_str(), row.instance_id.as_str()), *n)
+        })
+        .collect();
+    let mut batched = HashSet::new();
+    let mut batches = Vec::new();
+    for batch in &plan.batches {
+        let rows: Vec<usize> = batch
+            .instance_ids
+            .iter()
+            .filter_map(|id| index.get(&(batch.region.as_str(), id.as_str())).copied())
+            .collect();
+        batched.extend(rows.iter().copied());
+        if !rows.is_empty() {
+            batches.push((batch, rows));
+        }
+    }
+    for n in ready.iter().filter(|n| !batched.contains(*n)) {
+        out.instances[*n].fail(Failure::new(
+            FailureStep::Connect,
+            "not-batched",
+            "the plan puts this instance in no install batch (no Azure location or no [azure]); nothing was sent",
+        ));
+    }
+    batches
 }
 
 /// A batch's first command: the key exchange, and the plan rows it targets.
-struct Exchange {
+struct Exchange<'p> {
     region: String,
-    platform: Platform,
-    /// The Azure location the plan gave these rows.
-    location: String,
-    /// Repairs: the install may disconnect a broken agent of ours locally first.
-    reconnect: bool,
+    /// The planned spec the batch's scripts are rendered from.
+    spec: &'p AgentSpec,
     key_id: String,
     command_id: String,
     rows: Vec<usize>,
 }
 
-/// The document for a platform.
-fn document(platform: Platform) -> &'static str {
-    if platform == Platform::Windows {
-        WINDOWS_DOCUMENT
-    } else {
-        LINUX_DOCUMENT
-    }
-}
-
-/// Sends each (region, platform, location, repair) group in batches of at most [`BATCH`], two commands per batch: the key
-/// exchange (every batch's at once, then waited for together), then the install carrying the token sealed
-/// to the keys that came back. Returns the install commands sent, and the rows the key exchange already
-/// settled as connected (to verify). Every batch's token is minted after its key exchange and outlives its
-/// delivery and execution timeouts (a cached token is reused only while it does). A batch SSM refuses, or
-/// for which no token can be had, fails its rows.
+/// Sends each planned batch (its ready rows), two commands per batch: the key exchange (every batch's at
+/// once, then waited for together), then the install carrying the token sealed to the keys that came
+/// back. Returns the install commands sent, and the rows the key exchange already settled as connected
+/// (to verify). Every batch's token is minted after its key exchange and outlives its delivery and
+/// execution timeouts (a cached token is reused only while it does). A batch SSM refuses, or for which no
+/// token can be had, fails its rows.
 #[allow(clippy::too_many_arguments)]
 async fn send(
     token: &MutationToken,
     plan: &AccountPlan,
     out: &mut AccountOutcome,
-    groups: Groups,
+    batches: Vec<(&crate::reconcile::batches::AgentBatch, Vec<usize>)>,
     ssm: &impl Ssm,
     arm: &impl Arm,
-    scripts: &Scripts<'_>,
     journal: Option<&dyn Journal>,
     opts: &InstallOptions,
 ) -> (Vec<Sent>, Vec<(usize, bool)>) {
     let mut exchanges = Vec::new();
-    for ((region, platform, location, reconnect), rows) in groups {
-        let Some(location) = location else {
-            // The planner gives every install row its location; a row without one is not sent anywhere.
-            for n in &rows {
-                out.instances[*n].fail(Failure::new(
-                    FailureStep::Connect,
-                    "no-azure-location",
-                    "the plan gives this instance no Azure location",
-                ));
-            }
-            continue;
+    for (batch, rows) in batches {
+        let region = &batch.region;
+        let spec = &batch.spec;
+        let key_id = uuid::Uuid::new_v4().to_string();
+        let request = CommandRequest {
+            document: spec.document.as_str(),
+            instance_ids: rows
+                .iter()
+                .map(|n| plan.instances[*n].instance_id.clone())
+                .collect(),
+            script: render(spec, Delivery::KeyExchange { key_id: &key_id }, opts),
+            execution_timeout: KEY_EXCHANGE_TIMEOUT,
+            delivery_timeout: opts.delivery_timeout,
+            comment: opts.comment(),
         };
-        for chunk in rows.chunks(BATCH) {
-            let key_id = uuid::Uuid::new_v4().to_string();
-            let request = CommandRequest {
-                document: document(platform),
-                instance_ids: chunk
-                    .iter()
-                    .map(|n| plan.instances[*n].instance_id.clone())
-                    .collect(),
-                script: render(
-                    scripts,
-                    (&plan.account_id, &region, &location),
-                    (platform, reconnect),
-                    Delivery::KeyExchange { key_id: &key_id },
-                    opts,
-                ),
-                execution_timeout: KEY_EXCHANGE_TIMEOUT,
-                delivery_timeout: opts.delivery_timeout,
-                comment: opts.comment(),
-            };
-            match ssm.send_command(token, &region, &request).await {
-                Ok(command_id) => {
-                    info!(%region, %command_id, instances = chunk.len(), "key exchange sent");
-                    exchanges.push(Exchange {
-                        region: region.clone(),
-                        platform,
-                        location: location.clone(),
-                        reconnect,
-                        key_id,
-                        command_id,
-                        rows: chunk.to_vec(),
-                    });
-                }
-                Err(e) => {
-                    warn!(%region, error = %e, "key exchange not sent");
-                    for n in chunk {
-                        out.instances[*n].fail(Failure::new(
-                            FailureStep::Ssm,
-                            e.code.clone(),
-                            format!("key exchange command not sent: {}", e.message),
-                        ));
-                    }
-                }
+        match ssm.send_command(token, region, &request).await {
+            Ok(command_id) => {
+                info!(%region, %command_id, instances = rows.len(), "key exchange sent");
+                exchanges.push(Exchange {
+                    region: region.clone(),
+                    spec,
+                    key_id,
+                    command_id,
+                    rows,
+                });
+            }
+            Err(e) => {
+                warn!(%region, error = %e, "key exchange not sent");
+                not_sent(out, &rows, &e, "key exchange command");
             }
         }
     }
@@ -459,9 +427,7 @@ async fn send(
     for (exchange, keys) in keyed {
         let Exchange {
             region,
-            platform,
-            location,
-            reconnect,
+            spec,
             key_id,
             ..
         } = exchange;
@@ -502,18 +468,12 @@ async fn send(
             }
         };
         let request = CommandRequest {
-            document: document(platform),
+            document: spec.document.as_str(),
             instance_ids: rows
                 .iter()
                 .map(|n| plan.instances[*n].instance_id.clone())
                 .collect(),
-            script: render(
-                scripts,
-                (&plan.account_id, &region, &location),
-                (platform, reconnect),
-                Delivery::Sealed(&sealed),
-                opts,
-            ),
+            script: render(spec, Delivery::Sealed(&sealed), opts),
             execution_timeout: opts.command_timeout,
             delivery_timeout: opts.delivery_timeout,
             comment: opts.install_comment(),
@@ -554,32 +514,37 @@ async fn send(
             }
             Err(e) => {
                 warn!(%region, error = %e, "install command not sent");
-                for n in &rows {
-                    out.instances[*n].fail(Failure::new(
-                        FailureStep::Ssm,
-                        e.code.clone(),
-                        format!("install command not sent: {}", e.message),
-                    ));
-                }
+                not_sent(out, &rows, &e, "install command");
             }
         }
     }
     (sent, settled)
 }
 
+/// Fails the rows of a command SSM refused.
+fn not_sent(out: &mut AccountOutcome, rows: &[usize], e: &crate::model::AwsError, what: &str) {
+    for n in rows {
+        out.instances[*n].fail(Failure::new(
+            FailureStep::Ssm,
+            e.code.clone(),
+            format!("{what} not sent: {}", e.message),
+        ));
+    }
+}
+
 /// Waits (bounded) for the key exchanges to end and reads each row's public key. A row the exchange
 /// settled (its result line: already connected, connected elsewhere, a failed check) is resolved as an
 /// install's result would be; a row without a usable key fails. Returns, per exchange, the rows ready for
 /// a token with their keys.
-async fn exchange_keys(
+async fn exchange_keys<'p>(
     token: &MutationToken,
     plan: &AccountPlan,
     out: &mut AccountOutcome,
-    mut pending: Vec<Exchange>,
+    mut pending: Vec<Exchange<'p>>,
     ssm: &impl Ssm,
     opts: &InstallOptions,
     settled: &mut Vec<(usize, bool)>,
-) -> Vec<(Exchange, Vec<(usize, seal::InstanceKey)>)> {
+) -> Vec<(Exchange<'p>, Vec<(usize, seal::InstanceKey)>)> {
     let mut poll = Poll::new(
         opts.delivery_timeout + KEY_EXCHANGE_TIMEOUT + Duration::from_secs(60),
         opts.max_poll,
@@ -683,7 +648,7 @@ async fn command_status(
 async fn read_keys(
     plan: &AccountPlan,
     out: &mut AccountOutcome,
-    x: &Exchange,
+    x: &Exchange<'_>,
     listed: Vec<Invocation>,
     ssm: &impl Ssm,
     opts: &InstallOptions,
@@ -758,70 +723,30 @@ async fn read_keys(
     keys
 }
 
-fn render(
-    scripts: &Scripts<'_>,
-    (account_id, region, location): (&str, &str, &str),
-    (platform, reconnect): (Platform, bool),
-    delivery: Delivery<'_>,
-    opts: &InstallOptions,
-) -> String {
-    let Scripts {
-        azure,
-        onboarding,
-        resource_group,
-    } = *scripts;
-    // The ownership tags of the batch; the script adds the instance's own (`AwsInstanceId`).
-    let mut tags = azure.tags.clone();
-    tags.insert("AwsAccountId".into(), account_id.into());
-    tags.insert("AwsRegion".into(), region.into());
-    tags.insert(
-        SqlServerLicense::TAG.into(),
-        onboarding.sql_server_license.tag_value().into(),
-    );
-    tags.insert(
-        ownership::MANAGED_BY.into(),
-        ownership::MANAGED_BY_VALUE.into(),
-    );
-    tags.insert(ownership::ACCOUNT.into(), account_id.into());
-    tags.insert(ownership::REGION.into(), region.into());
-    let proxy = match &onboarding.connectivity {
-        Connectivity::Public => None,
-        Connectivity::Proxy(url) => Some(url.as_str().trim_end_matches('/')),
-    };
-    let (installer, sha256) = if platform == Platform::Windows {
-        (
-            onboarding.installer_url_windows.as_str(),
-            onboarding.installer_sha256_windows.as_deref(),
-        )
-    } else {
-        (
-            onboarding.installer_url_linux.as_str(),
-            onboarding.installer_sha256_linux.as_deref(),
-        )
-    };
+/// The script of one planned batch: its spec as planned, the delivery, and the run's correlation id.
+fn render(spec: &AgentSpec, delivery: Delivery<'_>, opts: &InstallOptions) -> String {
     let params = InstallParams {
-        subscription_id: &azure.subscription_id,
-        resource_group,
-        location,
-        tenant_id: &azure.tenant_id,
-        cloud: azure.cloud.as_str(),
+        subscription_id: &spec.subscription_id,
+        resource_group: &spec.resource_group,
+        location: &spec.azure_location,
+        tenant_id: &spec.tenant_id,
+        cloud: &spec.cloud,
         correlation_id: &opts.correlation_id,
-        tags: &tags,
+        tags: &spec.tags,
         delivery,
-        proxy_url: proxy,
-        installer_url: installer,
-        installer_sha256: sha256,
-        msi_url: onboarding.installer_msi_url_windows.as_str(),
-        msi_sha256: onboarding.installer_sha256_windows_msi.as_deref(),
-        gateway_id: onboarding.gateway_id.as_deref(),
-        private_link_scope: onboarding.private_link_scope.as_deref(),
-        automatic_upgrade: onboarding.automatic_upgrade,
-        reconnect,
+        proxy_url: spec.proxy_url.as_deref(),
+        installer_url: &spec.installer_url,
+        installer_sha256: spec.installer_sha256.as_deref(),
+        msi_url: spec.msi_url.as_deref().unwrap_or_default(),
+        msi_sha256: spec.msi_sha256.as_deref(),
+        gateway_id: spec.gateway_id.as_deref(),
+        private_link_scope: spec.private_link_scope.as_deref(),
+        automatic_upgrade: spec.automatic_upgrade,
+        reconnect: spec.reconnect,
     };
-    if platform == Platform::Windows {
-        install::render_windows(&params)
-    } else {
-        install::render_linux(&params)
+    match spec.document {
+        Document::PowerShell => install::render_windows(&params),
+        Document::Shell => install::render_linux(&params),
     }
 }
 
@@ -1044,12 +969,12 @@ async fn verify(
     out: &mut AccountOutcome,
     succeeded: &[(usize, bool)],
     arm: &impl Arm,
-    rg: &str,
     opts: &InstallOptions,
 ) {
-    if succeeded.is_empty() {
+    // Every batch of the account shares the plan's resource group.
+    let (false, Some(rg)) = (succeeded.is_empty(), plan.resource_group.as_deref()) else {
         return;
-    }
+    };
     let mut poll = Poll::new(opts.verify_timeout, opts.max_poll, 2.0);
     let mut waiting: HashSet<usize> = succeeded.iter().map(|(n, _)| *n).collect();
     let already: HashSet<usize> = succeeded

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::adapters::azure::{Arm, AzureError};
-use crate::config::{AzureConfig, Config};
+use crate::config::Config;
 use crate::model::AwsError;
 use crate::output::report::{Mode, Report};
 use crate::ports::memory::{unix, DeletionRecord, InstanceRecord, Memory as Store, MemoryError};
@@ -95,8 +95,6 @@ impl Durable<'_> {
 struct Exec<'a, A> {
     token: &'a MutationToken,
     arm: &'a A,
-    azure: &'a AzureConfig,
-    config: &'a Config,
     opts: &'a PassOptions,
     durable: Option<&'a Durable<'a>>,
     /// The regions this pass looked at (those that failed are in the plan's `region_errors`).
@@ -145,7 +143,7 @@ async fn execute_until_interrupted<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
         record_deletions(d, plan, out, ctx.regions).await;
     }
     if plan.create_resource_group {
-        let note = create_resource_group(ctx.token, plan, out, ctx.arm, ctx.azure).await;
+        let note = create_resource_group(ctx.token, plan, out, ctx.arm).await;
         out.notes.push(note);
     }
     if requested() {
@@ -155,10 +153,8 @@ async fn execute_until_interrupted<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
         out.notes.push(d);
     }
     if !ctx.opts.scope.install {
-        for o in out.instances.iter_mut().filter(|o| o.pending()) {
-            o.status = Status::WaitingForSsm;
-            o.detail = "IAM pass done; the onboarding pass installs the agent".into();
-        }
+        // The IAM pass: its plan holds no install and no resume, and gave every row the status it ends
+        // with once its IAM changes are made; it records nothing in the state file.
         return;
     }
     let mut ready = settle_after_iam(plan, out, ports.ssm, &ctx.opts.apply).await;
@@ -194,14 +190,12 @@ async fn execute_until_interrupted<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
             .collect(),
         journal: journal.as_ref().map(|j| j as &dyn Journal),
     };
-    let cfgs = (ctx.azure, &ctx.config.onboarding);
     install_agents(
         ctx.token,
         (plan, &mut *out),
         work,
         ports.ssm,
         ctx.arm,
-        cfgs,
         &ctx.opts.install,
     )
     .await;
@@ -664,12 +658,10 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
         };
         info!(instances = plan.instances.len(), "planned");
         let (mode, outcome) = match (token, arm, &config.azure) {
-            (Some(token), Some(arm), Some(azure)) => {
+            (Some(token), Some(arm), Some(_)) => {
                 let ctx = Exec {
                     token,
                     arm,
-                    azure,
-                    config,
                     opts,
                     durable,
                     regions: &regions,
@@ -696,10 +688,11 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
 }
 
 /// The event path's pass over a few instances: plans `obs` (instances observed by id, see
-/// [`crate::reconcile::observe::observe_instances`]) with the state file's memory, keeps the rows `keep`
-/// selects, and executes them in `opts.scope` exactly as a pass would; instances the observation does not
-/// hold are left alone in the state file (it is not the whole fleet). Without `[azure]` nothing is
-/// executed. Returns the plan's rows with what happened laid over them.
+/// [`crate::reconcile::observe::observe_instances`]) with the state file's memory, in `opts.scope` and
+/// for the event `stage` (the planner's [`AccountPlan::for_event`]: which rows, and what they say), and
+/// executes that plan exactly as a pass would; instances the observation does not hold are left alone in
+/// the state file (it is not the whole fleet). Without `[azure]` nothing is executed. Returns the plan's
+/// rows with what happened laid over them.
 #[allow(clippy::too_many_arguments)]
 pub async fn execute_observed<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     config: &Config,
@@ -710,17 +703,16 @@ pub async fn execute_observed<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     opts: &PassOptions,
     durable: &Durable<'_>,
     now: SystemTime,
-    keep: impl Fn(&crate::reconcile::plan::InstancePlan) -> bool,
+    stage: crate::reconcile::plan::EventStage<'_>,
 ) -> AccountPlan {
     let (records, memory) = recall(durable, &obs.account_id, ports.ssm, now).await;
-    let mut plan = plan_account(obs, config, &memory).scoped(opts.scope);
-    plan.instances.retain(|row| keep(row));
-    if let Some(azure) = &config.azure {
+    let plan = plan_account(obs, config, &memory)
+        .scoped(opts.scope)
+        .for_event(stage);
+    if config.azure.is_some() {
         let ctx = Exec {
             token,
             arm,
-            azure,
-            config,
             opts,
             durable: Some(durable),
             regions: &[],
@@ -736,29 +728,25 @@ pub async fn execute_observed<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
     plan
 }
 
-/// `create-resource-group`; on failure every instance waiting for the agent fails with the reason.
+/// `create-resource-group`, of the group and in the location the plan names; on failure every instance
+/// waiting for the agent fails with the reason.
 async fn create_resource_group(
     token: &MutationToken,
     plan: &AccountPlan,
     out: &mut AccountOutcome,
     arm: &impl Arm,
-    azure: &crate::config::AzureConfig,
 ) -> String {
-    let rg = azure.resource_group_for(&plan.account_id);
+    let (Some(rg), Some(location)) = (&plan.resource_group, &plan.resource_group_location) else {
+        return "create-resource-group not done: the plan names no resource group".into();
+    };
     let tags = BTreeMap::from([
         ("AwsAccountId".to_string(), plan.account_id.clone()),
         ("CreatedBy".to_string(), "arc-onboard".to_string()),
     ]);
-    match arm
-        .create_resource_group(token, &rg, &azure.resource_group_location, &tags)
-        .await
-    {
+    match arm.create_resource_group(token, rg, location, &tags).await {
         Ok(()) => {
             info!(resource_group = %rg, "resource group created");
-            format!(
-                "create-resource-group done: {rg} in {}",
-                azure.resource_group_location
-            )
+            format!("create-resource-group done: {rg} in {location}")
         }
         Err(e) => {
             warn!(resource_group = %rg, error = %e, "create-resource-group failed");
@@ -1863,9 +1851,8 @@ mod tests {
             verify_timeout: Duration::from_secs(2),
             ..InstallOptions::default()
         };
-        let cfgs = (cfg.azure.as_ref().unwrap(), &cfg.onboarding);
         let mut out = AccountOutcome::start(&plan);
-        install_agents(&token, (&plan, &mut out), work, &aws, &arm, cfgs, &install).await;
+        install_agents(&token, (&plan, &mut out), work, &aws, &arm, &install).await;
         let (resumed, new) = (&out.instances[0], &out.instances[1]);
         assert_eq!(new.status, Status::Failed);
         assert!(
@@ -1880,5 +1867,214 @@ mod tests {
             resumed.detail
         );
         assert_eq!(aws.commands().len(), 1, "nothing new was sent");
+    }
+
+    /// (region, document, instance ids) of commands.
+    fn sent(commands: &[crate::fake::FakeCommand]) -> Vec<(String, &'static str, Vec<String>)> {
+        commands
+            .iter()
+            .map(|c| {
+                (
+                    c.region.clone(),
+                    c.request.document,
+                    c.request.instance_ids.clone(),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_executor_sends_exactly_the_planned_batches_with_their_documents_and_parameters() {
+        let sha = "3333333333333333333333333333333333333333333333333333333333333333";
+        let ids: Vec<String> = (0..55).map(|n| format!("i-{n:03}")).collect();
+        let aws = ready_account(&ids);
+        for id in ["i-win1", "i-win2"] {
+            aws.add_instance(
+                "us-east-1",
+                id,
+                Platform::Windows,
+                InstanceState::Running,
+                Some("AppProfile"),
+                &[],
+            );
+        }
+        let cfg = Config::parse(
+            &format!(
+                "[aws]\nregions=[\"us-east-1\"]\n[onboarding]\nconnectivity = \"proxy\"\n\
+                 proxy_url = \"http://10.0.0.5:3128\"\ninstaller_sha256_linux = \"{sha}\"\n{AZURE}"
+            ),
+            Path::new("t"),
+        )
+        .unwrap();
+        let arm = std::sync::Arc::new(FakeArm::default());
+        aws.link_arm(arm.clone(), "aws_123456789012");
+        let planned = pass_with(&aws, &arm, &cfg, None).await.unwrap();
+        let batches = planned.accounts[0].batches.clone();
+        assert_eq!(batches.len(), 3, "50 + 5 Linux, 2 Windows");
+        let expected: Vec<(String, &'static str, Vec<String>)> = batches
+            .iter()
+            .map(|b| {
+                (
+                    b.region.clone(),
+                    b.spec.document.as_str(),
+                    b.instance_ids.clone(),
+                )
+            })
+            .collect();
+
+        let report = pass_with(&aws, &arm, &cfg, Some(&MutationToken::mint()))
+            .await
+            .unwrap();
+        assert_eq!(
+            report.accounts[0].batches, batches,
+            "run executes the plan shown"
+        );
+        // Each planned batch is one key exchange and one install, with the planned ids and document.
+        assert_eq!(sent(&aws.key_exchanges()), expected);
+        assert_eq!(sent(&aws.commands()), expected);
+        for (command, batch) in aws.commands().iter().zip(&batches) {
+            let value = |name: &str| command.script_value(name).unwrap_or_default();
+            let spec = &batch.spec;
+            assert_eq!(value("ARC_INSTALLER_URL"), spec.installer_url);
+            assert_eq!(
+                value("ARC_INSTALLER_SHA256"),
+                spec.installer_sha256.clone().unwrap_or_default()
+            );
+            assert_eq!(value("ARC_PROXY_URL"), "http://10.0.0.5:3128");
+            assert_eq!(value("ARC_LOCATION"), spec.azure_location);
+            assert_eq!(value("ARC_RESOURCE_GROUP"), spec.resource_group);
+            for (k, v) in &spec.tags {
+                assert!(
+                    value("ARC_TAGS").contains(&format!("{k}={v}")),
+                    "{k}={v} in {}",
+                    value("ARC_TAGS")
+                );
+            }
+        }
+        assert_eq!(
+            aws.commands()[0]
+                .script_value("ARC_INSTALLER_SHA256")
+                .as_deref(),
+            Some(sha)
+        );
+        assert!(report
+            .instances
+            .iter()
+            .all(|r| r.status == Status::Onboarded));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_planned_row_that_is_not_ready_is_left_out_of_its_batch_and_none_is_added() {
+        use crate::reconcile::onboard::{install_agents, InstallWork};
+        let ids: Vec<String> = (1..=3).map(|n| format!("i-{n}")).collect();
+        let aws = ready_account(&ids);
+        let arm = std::sync::Arc::new(FakeArm::default());
+        aws.link_arm(arm.clone(), "aws_123456789012");
+        let cfg = one_region_config();
+        let plan = observe_and_plan(&aws, &cfg, &["us-east-1".to_string()]).await;
+        assert_eq!(plan.batches.len(), 1);
+        assert_eq!(plan.batches[0].instance_ids, ids);
+        let token = MutationToken::mint();
+        let mut out = AccountOutcome::start(&plan);
+        // Rows 0 and 2 are ready; row 1 is not (it left SSM meanwhile, say).
+        let work = InstallWork {
+            ready: &[0, 2],
+            resume: Vec::new(),
+            journal: None,
+        };
+        let install = InstallOptions {
+            verify_timeout: Duration::from_secs(2),
+            ..InstallOptions::default()
+        };
+        install_agents(&token, (&plan, &mut out), work, &aws, &*arm, &install).await;
+        assert_eq!(
+            sent(&aws.commands()),
+            [(
+                "us-east-1".to_string(),
+                "AWS-RunShellScript",
+                vec!["i-1".to_string(), "i-3".to_string()]
+            )]
+        );
+        assert_eq!(out.instances[1].status, Status::Planned, "not touched");
+
+        // A ready row the plan put in no batch is not sent: it fails, saying so.
+        let mut unbatched = plan.clone();
+        unbatched.batches.clear();
+        let mut out = AccountOutcome::start(&unbatched);
+        let before = aws.commands().len();
+        let work = InstallWork {
+            ready: &[0],
+            resume: Vec::new(),
+            journal: None,
+        };
+        install_agents(&token, (&unbatched, &mut out), work, &aws, &*arm, &install).await;
+        assert_eq!(aws.commands().len(), before);
+        assert_eq!(
+            out.instances[0].failure.as_ref().unwrap().code,
+            "not-batched"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_iam_pass_ends_each_row_as_the_planner_said() {
+        let aws = fleet();
+        let cfg = config("");
+        let regions = ["us-east-1".to_string(), "eu-west-1".to_string()];
+        let plan = observe_and_plan(&aws, &cfg, &regions).await.scoped(Scope {
+            iam: true,
+            install: false,
+        });
+        assert!(plan.batches.is_empty());
+        let arm = std::sync::Arc::new(FakeArm::default());
+        let ports = AwsPorts {
+            sts: &aws,
+            ec2: &aws,
+            iam: &aws,
+            ssm: &aws,
+            counter: &aws.calls,
+        };
+        let opts = PassOptions {
+            apply: opts(),
+            scope: Scope {
+                iam: true,
+                install: false,
+            },
+            ..PassOptions::default()
+        };
+        let token = MutationToken::mint();
+        let ctx = Exec {
+            token: &token,
+            arm: &*arm,
+            opts: &opts,
+            durable: None,
+            regions: &regions,
+            records: &HashMap::new(),
+            now: SystemTime::now(),
+        };
+        let out = execute(&ctx, &plan, &ports).await;
+        let mut iam_rows = 0;
+        for (row, o) in plan.instances.iter().zip(&out.instances) {
+            assert!(!row.runs_agent_script(), "{}", row.instance_id);
+            if row.actions.iter().any(|a| a.is_iam()) && row.status != Status::NotRunning {
+                iam_rows += 1;
+                assert_eq!(row.status, Status::WaitingForSsm, "{}", row.instance_id);
+                assert!(
+                    row.detail.ends_with(
+                        "this pass makes the IAM changes, the onboarding pass installs the agent"
+                    ),
+                    "{}",
+                    row.detail
+                );
+            }
+            // What the row ends as is the planner's status and detail, not a rewrite.
+            assert_eq!(
+                (o.status, &o.detail),
+                (row.status, &row.detail),
+                "{}",
+                row.instance_id
+            );
+        }
+        assert!(iam_rows >= 3, "the fleet has rows with IAM changes");
+        assert_eq!(aws.commands().len() + aws.key_exchanges().len(), 0);
     }
 }

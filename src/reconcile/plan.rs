@@ -1,6 +1,10 @@
 //! The planner: a pure function from an account's observed state, the configuration and the daemon's memory
 //! (the state file's records) to what a pass would do to each machine, and why. `plan` renders this plan;
-//! `run` and the daemon execute the same plan.
+//! `run` and the daemon execute the same plan. The plan is complete: its rows carry their actions with
+//! their targets, holds and resumes; its batches ([`crate::reconcile::batches`]) say which SSM commands
+//! carry the agent script where, and with what; a pass's scope and the event path's stages are steps of
+//! the planner too ([`AccountPlan::scoped`], [`AccountPlan::for_event`]), so the executor only realizes
+//! it (it may skip work after a failure or a race, and says so in the row's outcome).
 //!
 //! # The memory
 //! With a state file, an instance whose earlier install failed is held until its next attempt is due
@@ -430,6 +434,11 @@ pub struct AccountPlan {
     pub resource_group: Option<String>,
     /// `create-resource-group`, when the group is missing and some instance will get the agent.
     pub create_resource_group: bool,
+    /// Where `create-resource-group` creates the group (`[azure] resource_group_location`).
+    pub resource_group_location: Option<String>,
+    /// The agent script's SSM commands, in sending order (see [`crate::reconcile::batches`]): the
+    /// executor sends these and no other.
+    pub batches: Vec<crate::reconcile::batches::AgentBatch>,
     /// Regions that could not be observed.
     pub region_errors: Vec<RegionError>,
     /// Per-instance plans, by region then instance id.
@@ -517,17 +526,68 @@ impl AccountPlan {
                 }
             }
             for row in &mut self.instances {
+                // Commands in flight are tracked by the onboarding pass, not by this one.
+                row.resume = false;
                 if row.runs_agent_script() {
                     row.actions.retain(|a| !a.is_agent());
                     if row.status == Status::Planned && row.actions.is_empty() {
                         row.status = Status::WaitingForSsm;
                         row.detail = "IAM in place; the onboarding pass installs the agent".into();
+                    } else if row.status == Status::Planned {
+                        // The IAM changes are this pass's; what the row ends as when they succeed is
+                        // said here, not by the executor.
+                        row.status = Status::WaitingForSsm;
+                        row.detail = format!(
+                            "{}; this pass makes the IAM changes, the onboarding pass installs the agent",
+                            row.detail
+                        );
                     }
                 }
             }
         }
+        self.prune_batches();
         self
     }
+
+    /// The event path's plan for one of its stages (pure, after [`AccountPlan::scoped`]): which rows it
+    /// holds, and what the rows it hands on to its watcher and installer say. The event path executes
+    /// and records exactly these rows, as they are.
+    pub fn for_event(mut self, stage: EventStage<'_>) -> AccountPlan {
+        match stage {
+            EventStage::Intake => {
+                for row in &mut self.instances {
+                    if row.status == Status::WaitingForSsm && row.state == InstanceState::Running {
+                        row.detail = if row.ssm_ping == Some(PingStatus::Online) {
+                            "event: Online in SSM; the agent install is queued".into()
+                        } else {
+                            "event: IAM in place; waiting for SSM registration, then the agent is installed"
+                                .into()
+                        };
+                    }
+                }
+            }
+            EventStage::Install => self
+                .instances
+                .retain(|row| row.status == Status::Planned && row.runs_agent_script()),
+            EventStage::Offboard(ids) => self
+                .instances
+                .retain(|row| row.termination.is_some() && ids.contains(&row.instance_id)),
+        }
+        self.prune_batches();
+        self
+    }
+}
+
+/// The stages of the event path (see [`AccountPlan::for_event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventStage<'a> {
+    /// Intake (IAM-only scope): every observed instance; those left waiting for the agent say that the
+    /// event path follows them (queued when Online in SSM, watched otherwise).
+    Intake,
+    /// Install (install-only scope): only the rows whose agent script runs now.
+    Install,
+    /// Deletions: only the gone instances named, whose Arc machine is ours.
+    Offboard(&'a [String]),
 }
 
 /// What an instance needs from IAM.
@@ -649,6 +709,8 @@ pub fn plan_account(obs: &AccountObservation, config: &Config, memory: &Memory) 
             false,
         ),
     };
+    let batches =
+        crate::reconcile::batches::plan_batches(&instances, resource_group.as_deref(), config);
     AccountPlan {
         account_id: obs.account_id.clone(),
         role_name: config.iam.role_name.clone(),
@@ -656,6 +718,11 @@ pub fn plan_account(obs: &AccountObservation, config: &Config, memory: &Memory) 
         create_ssm_role: account_steps.any().then_some(account_steps),
         resource_group,
         create_resource_group,
+        resource_group_location: config
+            .azure
+            .as_ref()
+            .map(|a| a.resource_group_location.clone()),
+        batches,
         region_errors,
         instances,
     }
@@ -1990,6 +2057,67 @@ mod tests {
             .unwrap()
             .get("azure_location")
             .is_none());
+    }
+
+    #[test]
+    fn the_event_stages_are_the_planners_rows_and_batches() {
+        let cfg = Config::parse(
+            "[aws]\nregions = [\"us-east-1\"]\n[azure]\ntenant_id = \"00000000-0000-0000-0000-000000000001\"\nsubscription_id = \"00000000-0000-0000-0000-000000000002\"\nclient_id = \"00000000-0000-0000-0000-000000000003\"\nlocation = \"eastus\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        let world = fleet();
+        let plan = world.plan(&cfg);
+        // Intake: IAM only; the rows left waiting for the agent say the event path follows them.
+        let intake = plan.clone().scoped(Scope {
+            iam: true,
+            install: false,
+        });
+        let intake = intake.for_event(EventStage::Intake);
+        assert!(intake.batches.is_empty());
+        assert_eq!(
+            row(&intake, "i-good").detail,
+            "event: Online in SSM; the agent install is queued"
+        );
+        let legacy = row(&intake, "i-legacy");
+        assert_eq!(names(legacy), ["attach-role-policy"]);
+        assert_eq!(legacy.status, Status::WaitingForSsm);
+        assert_eq!(
+            legacy.detail,
+            "event: IAM in place; waiting for SSM registration, then the agent is installed"
+        );
+        assert_eq!(row(&intake, "i-stopped").status, Status::NotRunning);
+        // Install: only the rows whose agent script runs, in the batches planned for them.
+        let install = plan
+            .clone()
+            .scoped(Scope {
+                iam: false,
+                install: true,
+            })
+            .for_event(EventStage::Install);
+        let ids: Vec<&str> = install
+            .instances
+            .iter()
+            .map(|r| r.instance_id.as_str())
+            .collect();
+        assert!(ids.contains(&"i-good") && ids.contains(&"i-win"), "{ids:?}");
+        assert!(install
+            .instances
+            .iter()
+            .all(|r| r.status == Status::Planned && r.runs_agent_script()));
+        let batched: Vec<&str> = install
+            .batches
+            .iter()
+            .flat_map(|b| b.instance_ids.iter().map(String::as_str))
+            .collect();
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        let mut batched_sorted = batched.clone();
+        batched_sorted.sort_unstable();
+        assert_eq!(batched_sorted, sorted);
+        // Offboard: only the gone instances named (none here).
+        let gone = plan.for_event(EventStage::Offboard(&["i-good".to_string()]));
+        assert!(gone.instances.is_empty() && gone.batches.is_empty());
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //!   differ is `skipped` with the difference in its detail; it is never applied on stale facts.
 //! - Account-level actions (`create-ssm-role` steps, `create-resource-group`) are kept only when the saved
 //!   plan had them and a row that is still applied needs them.
+//! - The agent script goes out in the saved plan's batches, with their saved document and script
+//!   parameters: a row whose batch spec (document, installer and checksum, resource group, location,
+//!   tags, ...) differs from the saved one is `skipped`, and the batches are the saved ones less the rows
+//!   no longer applied. A `delete-arc-machine` row keeps the resource group and machine it was saved with.
 //!
 //! The file's checks (format, tool version, configuration fingerprint, age) are the command's, in
 //! `cli::saved_plan`; this module is pure.
@@ -17,11 +21,14 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::reconcile::batches::{AgentBatch, AgentSpec};
 use crate::reconcile::observe::ArcObservation;
 use crate::reconcile::plan::{AccountPlan, InstanceAction, InstancePlan, SsmRoleSteps, Status};
 
-/// The format version of the saved plan file; a file with another is refused.
-pub const FORMAT: u32 = 1;
+/// The format version of the saved plan file; a file with another is refused. 2: the accounts keep
+/// their resource group and install batches, `delete-arc-machine` its resource group and machine (a
+/// format 1 file, which has neither, is refused and made anew).
+pub const FORMAT: u32 = 2;
 
 /// What Azure showed of an instance's Arc machine when it was planned.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,27 +139,43 @@ pub struct SavedAction {
     /// The role it names, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// `delete-arc-machine`: the machine's resource group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_group: Option<String>,
+    /// `delete-arc-machine`: the machine's resource name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
 }
 
 impl From<&InstanceAction> for SavedAction {
     fn from(a: &InstanceAction) -> SavedAction {
-        let (profile, role) = match a {
-            InstanceAction::AssociateInstanceProfile { profile } => (Some(profile.clone()), None),
-            InstanceAction::AddRoleToInstanceProfile { profile, role } => {
-                (Some(profile.clone()), Some(role.clone()))
-            }
-            InstanceAction::AttachRolePolicy { role } => (None, Some(role.clone())),
-            // The action's name says it all: the machine of a gone instance is named after it, in the
-            // account's resource group.
-            InstanceAction::InstallAgent
-            | InstanceAction::ReconnectAgent
-            | InstanceAction::DeleteArcMachine { .. } => (None, None),
-        };
-        SavedAction {
+        let mut saved = SavedAction {
             action: a.as_str().to_string(),
-            profile,
-            role,
+            profile: None,
+            role: None,
+            resource_group: None,
+            machine: None,
+        };
+        match a {
+            InstanceAction::AssociateInstanceProfile { profile } => {
+                saved.profile = Some(profile.clone())
+            }
+            InstanceAction::AddRoleToInstanceProfile { profile, role } => {
+                saved.profile = Some(profile.clone());
+                saved.role = Some(role.clone());
+            }
+            InstanceAction::AttachRolePolicy { role } => saved.role = Some(role.clone()),
+            InstanceAction::DeleteArcMachine {
+                resource_group,
+                machine,
+            } => {
+                saved.resource_group = Some(resource_group.clone());
+                saved.machine = Some(machine.clone());
+            }
+            // Their batch (the account's `batches`) says how.
+            InstanceAction::InstallAgent | InstanceAction::ReconnectAgent => {}
         }
+        saved
     }
 }
 
@@ -199,6 +222,12 @@ pub struct SavedAccount {
     /// The steps behind `create-ssm-role`, when planned.
     #[serde(default)]
     pub ssm_role_steps: Option<SsmRoleSteps>,
+    /// The account's Azure resource group, when Azure is configured.
+    #[serde(default)]
+    pub resource_group: Option<String>,
+    /// The agent script's batches, as planned.
+    #[serde(default)]
+    pub batches: Vec<AgentBatch>,
 }
 
 /// Where a saved plan came from: what `run --plan` checks before using it.
@@ -231,24 +260,12 @@ pub struct SavedPlan {
 }
 
 impl SavedPlan {
-    /// The saved form of a plan: `accounts` as (id, account-level action names, `create-ssm-role` steps),
-    /// and every row.
-    pub fn new<'a>(
-        from: Provenance,
-        accounts: impl IntoIterator<Item = (&'a str, &'a [&'static str], Option<&'a SsmRoleSteps>)>,
-        rows: &[InstancePlan],
-    ) -> SavedPlan {
+    /// The saved form of a plan: its accounts and every row.
+    pub fn new(from: Provenance, accounts: Vec<SavedAccount>, rows: &[InstancePlan]) -> SavedPlan {
         SavedPlan {
             format: FORMAT,
             from,
-            accounts: accounts
-                .into_iter()
-                .map(|(id, actions, steps)| SavedAccount {
-                    account_id: id.to_string(),
-                    actions: actions.iter().map(|a| a.to_string()).collect(),
-                    ssm_role_steps: steps.cloned(),
-                })
-                .collect(),
+            accounts,
             instances: rows
                 .iter()
                 .map(|r| SavedRow {
@@ -329,6 +346,7 @@ impl SavedPlan {
                 );
             }
         }
+        self.restrict_batches(&mut plan, account);
         let role_needed = plan.instances.iter().any(|r| r.needs_ssm_role);
         if !(role_allowed && role_needed) {
             plan.create_ssm_role = None;
@@ -339,6 +357,54 @@ impl SavedPlan {
             .any(|r| r.actions.contains(&InstanceAction::InstallAgent));
         plan.create_resource_group &= group_allowed && installs;
         plan
+    }
+}
+
+impl SavedPlan {
+    /// Lays the saved batches over the plan: a row that still runs the agent script goes out in its saved
+    /// batch, and only when the batch's spec is the one planned now (otherwise it is skipped, with the
+    /// fields that differ); the plan's batches become the saved ones, less the rows no longer applied.
+    fn restrict_batches(&self, plan: &mut AccountPlan, account: Option<&SavedAccount>) {
+        let saved: &[AgentBatch] = account.map_or(&[], |a| a.batches.as_slice());
+        // Each instance's batch spec, by (region, instance id).
+        fn specs(batches: &[AgentBatch]) -> HashMap<(&str, &str), &AgentSpec> {
+            batches
+                .iter()
+                .flat_map(|b| {
+                    b.instance_ids
+                        .iter()
+                        .map(move |id| ((b.region.as_str(), id.as_str()), &b.spec))
+                })
+                .collect()
+        }
+        let now = std::mem::take(&mut plan.batches);
+        let (saved_specs, now_specs) = (specs(saved), specs(&now));
+        for row in plan.instances.iter_mut().filter(|r| r.runs_agent_script()) {
+            let key = (row.region.as_str(), row.instance_id.as_str());
+            let (was, is) = (saved_specs.get(&key).copied(), now_specs.get(&key).copied());
+            match (was, is) {
+                // Without `[azure]` no plan has batches (and no run starts).
+                (None, None) => {}
+                (Some(was), Some(is)) if was == is => {}
+                (Some(was), Some(is)) => skip(
+                    row,
+                    format!(
+                        "its install changed since the plan was saved ({}); not applied: run plan again",
+                        was.differences(is).join(", ")
+                    ),
+                ),
+                (None, Some(_)) => skip(
+                    row,
+                    "the saved plan holds no install batch for it; not applied: run plan again".into(),
+                ),
+                (Some(_), None) => skip(
+                    row,
+                    "no install batch is planned for it now; not applied: run plan again".into(),
+                ),
+            }
+        }
+        plan.batches = saved.to_vec();
+        plan.prune_batches();
     }
 }
 
@@ -389,18 +455,22 @@ pub(crate) mod tests {
 
     /// One account's plan of `aws` (us-east-1, Azure not configured).
     pub(crate) async fn plan_of(aws: &FakeAws) -> AccountPlan {
-        let cfg = config();
+        plan_with(aws, &config()).await
+    }
+
+    /// One account's plan of `aws` (us-east-1) under `cfg`.
+    async fn plan_with(aws: &FakeAws, cfg: &Config) -> AccountPlan {
         let regions = ["us-east-1".to_string()];
         let obs = observe_account(
             "123456789012",
             &regions,
-            &cfg,
+            cfg,
             (aws, aws, aws),
             Duration::from_secs(60),
             ArcObservation::NotConfigured,
         )
         .await;
-        plan_account(&obs, &cfg, &Memory::none())
+        plan_account(&obs, cfg, &Memory::none())
     }
 
     fn saved(plan: &AccountPlan) -> SavedPlan {
@@ -411,13 +481,14 @@ pub(crate) mod tests {
             shard: None,
             regions: vec!["us-east-1".into()],
         };
-        let actions = plan.action_names();
-        let accounts = [(
-            plan.account_id.as_str(),
-            actions.as_slice(),
-            plan.create_ssm_role.as_ref(),
-        )];
-        SavedPlan::new(from, accounts, &plan.instances)
+        let account = SavedAccount {
+            account_id: plan.account_id.clone(),
+            actions: plan.action_names().iter().map(|a| a.to_string()).collect(),
+            ssm_role_steps: plan.create_ssm_role.clone(),
+            resource_group: plan.resource_group.clone(),
+            batches: plan.batches.clone(),
+        };
+        SavedPlan::new(from, vec![account], &plan.instances)
     }
 
     fn row<'a>(plan: &'a AccountPlan, id: &str) -> &'a InstancePlan {
@@ -571,6 +642,83 @@ pub(crate) mod tests {
         let r = saved.restrict(other);
         assert_eq!(r.create_ssm_role, None);
         assert!(r.instances.iter().all(|i| i.status == Status::Skipped));
+    }
+
+    /// The plan of `aws` with `[azure]` configured (so with install batches).
+    async fn plan_with_azure(aws: &FakeAws) -> AccountPlan {
+        let cfg = Config::parse(
+            "[aws]\nregions = [\"us-east-1\"]\n[azure]\ntenant_id = \"00000000-0000-0000-0000-000000000001\"\nsubscription_id = \"00000000-0000-0000-0000-000000000002\"\nclient_id = \"00000000-0000-0000-0000-000000000003\"\nlocation = \"eastus\"\n",
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        plan_with(aws, &cfg).await
+    }
+
+    #[tokio::test]
+    async fn installs_go_out_in_the_saved_batches_and_a_changed_install_is_skipped() {
+        let aws = fleet();
+        let plan = plan_with_azure(&aws).await;
+        assert_eq!(plan.batches.len(), 1);
+        assert_eq!(plan.batches[0].instance_ids, ["i-bare", "i-ready"]);
+        let saved = saved(&plan);
+        // The file keeps the batches and round-trips.
+        let text = serde_json::to_string(&saved).unwrap();
+        assert_eq!(serde_json::from_str::<SavedPlan>(&text).unwrap(), saved);
+        assert_eq!(saved.accounts[0].batches, plan.batches);
+        assert_eq!(saved.restrict(plan.clone()), plan);
+
+        // A batch planned anew differs from the saved one (another installer, say): its rows are
+        // skipped with what differs, and nothing is sent for them.
+        let mut now = plan.clone();
+        now.batches[0].spec.installer_url = "https://mirror.example/azcmagent".into();
+        let r = saved.restrict(now);
+        for id in ["i-bare", "i-ready"] {
+            let row = row(&r, id);
+            assert_eq!(row.status, Status::Skipped, "{id}");
+            assert!(
+                row.detail.contains("its install changed") && row.detail.contains("installer_url"),
+                "{}",
+                row.detail
+            );
+        }
+        assert!(r.batches.is_empty());
+
+        // A row newly planned joins no batch: the saved batches, less what is not applied.
+        aws.add_instance(
+            "us-east-1",
+            "i-new",
+            Platform::Linux,
+            InstanceState::Running,
+            Some("AppProfile"),
+            &[],
+        );
+        let now = plan_with_azure(&aws).await;
+        assert_eq!(now.batches[0].instance_ids.len(), 3);
+        let r = saved.restrict(now);
+        assert_eq!(r.batches, plan.batches);
+        assert_eq!(row(&r, "i-new").status, Status::Skipped);
+    }
+
+    #[test]
+    fn a_deletion_is_saved_with_its_resource_group_and_machine_and_checked_against_them() {
+        let delete = InstanceAction::DeleteArcMachine {
+            resource_group: "aws_123456789012".into(),
+            machine: "i-gone".into(),
+        };
+        let saved = SavedAction::from(&delete);
+        assert_eq!(
+            serde_json::to_string(&saved).unwrap(),
+            r#"{"action":"delete-arc-machine","resource_group":"aws_123456789012","machine":"i-gone"}"#
+        );
+        let elsewhere = InstanceAction::DeleteArcMachine {
+            resource_group: "other".into(),
+            machine: "i-gone".into(),
+        };
+        assert_ne!(
+            SavedAction::from(&elsewhere),
+            saved,
+            "another group is another action"
+        );
     }
 
     #[test]

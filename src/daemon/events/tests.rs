@@ -556,3 +556,77 @@ async fn a_failed_state_write_is_counted_in_the_metrics_and_nothing_is_sent() {
     let rendered = metrics.render();
     assert!(rendered.lines().any(|l| l == line), "{rendered}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_intake_records_the_planners_rows_as_they_are() {
+    let f = fixture().await;
+    let tags = &[("arc", "onboard")];
+    let state = InstanceState::Running;
+    // i-bare needs IAM (no profile), i-ready is Online in SSM at once.
+    f.aws
+        .add_instance("us-east-1", "i-bare", Platform::Linux, state, None, tags);
+    let profile = Some("AppProfile");
+    f.aws.add_instance(
+        "us-east-1",
+        "i-ready",
+        Platform::Linux,
+        state,
+        profile,
+        tags,
+    );
+    // What the planner says of them at intake (IAM-only scope, the intake stage).
+    let ids = ["i-bare".to_string(), "i-ready".to_string()];
+    let arc = observe_arc(&*f.arm, "aws_123456789012").await;
+    let aws = &*f.aws;
+    let obs = observe_instances(
+        FAKE_ACCOUNT,
+        "us-east-1",
+        &ids,
+        &f.config,
+        (aws, aws, aws),
+        Duration::from_secs(3600),
+        arc,
+    )
+    .await;
+    let memory = crate::reconcile::plan::Memory::none();
+    let planned = crate::reconcile::plan::plan_account(&obs, &f.config, &memory)
+        .scoped(Scope {
+            iam: true,
+            install: false,
+        })
+        .for_event(EventStage::Intake);
+    assert!(planned.batches.is_empty(), "the intake installs nothing");
+    for id in ["i-bare", "i-ready"] {
+        f.queue.send(&running(id));
+    }
+    // One second: the intake is done; nothing has come due for the installer yet.
+    run_for(&f, 1).await;
+    assert!(f.queue.is_empty());
+    let records = f.db.all().await.unwrap();
+    assert_eq!(records.len(), 2, "{records:?}");
+    for row in &planned.instances {
+        let rec = records
+            .iter()
+            .find(|r| r.instance_id == row.instance_id)
+            .unwrap();
+        assert_eq!(row.status, Status::WaitingForSsm, "{row:?}");
+        assert_eq!(
+            (rec.status.as_str(), rec.detail.as_str()),
+            (row.status.as_str(), row.detail.as_str()),
+            "the record is the planner's row"
+        );
+    }
+    let detail = |id: &str| {
+        let r = planned.instances.iter().find(|r| r.instance_id == id);
+        r.unwrap().detail.clone()
+    };
+    assert_eq!(
+        detail("i-bare"),
+        "event: IAM in place; waiting for SSM registration, then the agent is installed"
+    );
+    assert_eq!(
+        detail("i-ready"),
+        "event: Online in SSM; the agent install is queued"
+    );
+    assert_eq!(f.aws.calls.count("ssm:SendCommand"), 0);
+}

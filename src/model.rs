@@ -711,6 +711,11 @@ pub mod ownership {
 /// Counts of API calls by `service:Operation`, as the report shows them.
 pub type ApiCounts = BTreeMap<String, u64>;
 
+/// RFC 3339 timestamp with second precision.
+pub fn timestamp(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

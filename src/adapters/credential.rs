@@ -313,7 +313,7 @@ impl Credential {
                 c.path.display(),
                 c.subject,
                 c.x5t_s256,
-                crate::output::report::timestamp(c.not_after)
+                crate::model::timestamp(c.not_after)
             ),
             Kind::WorkloadIdentity { token_file, source } => format!(
                 "workload-identity: federated token file {} (from {source}), read for every token request",
@@ -505,14 +505,14 @@ fn load_certificate(path: &Path, now: SystemTime) -> Result<CertificateKey, Cred
             return Err(fail(format!(
                 "the certificate (subject {}) expired on {}; renew it and register the new one in Entra",
                 tbs.subject(),
-                crate::output::report::timestamp(not_after)
+                crate::model::timestamp(not_after)
             )));
         }
         if now < not_before {
             return Err(fail(format!(
                 "the certificate (subject {}) is not valid before {}",
                 tbs.subject(),
-                crate::output::report::timestamp(not_before)
+                crate::model::timestamp(not_before)
             )));
         }
         let digest = <sha2::Sha256 as sha2::Digest>::digest(der);

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::model::ApiCounts;
+use crate::model::{timestamp, ApiCounts};
 use crate::output::table::wrap;
 use crate::output::TableStyle;
 use crate::reconcile::outcome::AccountOutcome;
@@ -109,11 +109,6 @@ pub struct Report {
     pub errors: Vec<ReportError>,
     /// Totals.
     pub summary: Summary,
-}
-
-/// RFC 3339 timestamp with second precision.
-pub fn timestamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 impl Report {

@@ -416,7 +416,7 @@ async fn record_outcomes(
                     .or_else(|| Some(row.detail.clone()));
                 let due = now + d.backoff(rec.attempts).as_secs() as i64;
                 rec.next_attempt_at = Some(due);
-                row.next_attempt_at = Some(crate::output::report::timestamp(
+                row.next_attempt_at = Some(crate::model::timestamp(
                     UNIX_EPOCH + Duration::from_secs(due as u64),
                 ));
             }
@@ -1359,7 +1359,7 @@ mod tests {
         assert!(held.actions.is_empty(), "{:?}", held.actions);
         assert_eq!(
             held.next_attempt_at.as_deref(),
-            Some(crate::output::report::timestamp(t0 + Duration::from_secs(900)).as_str())
+            Some(crate::model::timestamp(t0 + Duration::from_secs(900)).as_str())
         );
         assert_eq!(held.failure.as_ref().unwrap().code, "AZCM0041");
         assert!(held.detail.contains("failed 1 time(s)"), "{}", held.detail);

@@ -7,6 +7,8 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod accounts;
+
 use crate::model::{
     ApiCounts, ArcMachine, AwsError, AzureError, CommandStatus, Ec2Instance, GraphMachine,
     InstanceFate, InstanceProfile, ProfileAssociation, Role, Secret, SsmInstance, TagSelector,

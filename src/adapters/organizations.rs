@@ -23,8 +23,8 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use crate::adapters::aws::{aws_error, SdkEc2, SdkIam, SdkSsm};
 use crate::config::AccountsConfig;
 use crate::model::{ApiCounts, AwsError, AwsErrorKind};
+use crate::ports::accounts::{AccountClients, Accounts, Caller, KnownAccount, OrgAccount};
 use crate::ports::ApiCounter;
-use crate::reconcile::accounts::{AccountClients, Accounts, Caller, KnownAccount, OrgAccount};
 
 /// The accounts port over the SDK.
 pub struct SdkAccounts {

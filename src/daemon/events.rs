@@ -66,8 +66,8 @@ use crate::daemon::iam_cache::{CachedIam, IamCache, EVENT_IAM_TTL};
 use crate::daemon::metrics::Metrics;
 use crate::daemon::state::{unix, InstanceRecord};
 use crate::model::PingStatus;
+use crate::ports::accounts::{AccountClients, Accounts, Caller, KnownAccount};
 use crate::ports::{MutationToken, Queue, QueueMessage, Ssm};
-use crate::reconcile::accounts::{AccountClients, Accounts, Caller, KnownAccount};
 use crate::reconcile::observe::{
     observe_arc, observe_elsewhere, observe_instances, AccountObservation, ArcObservation,
 };
@@ -680,7 +680,7 @@ where
     async fn enter(
         &self,
         account: &str,
-    ) -> Result<std::sync::Arc<crate::reconcile::accounts::Entered<X>>, Unhandled> {
+    ) -> Result<std::sync::Arc<crate::ports::accounts::Entered<X>>, Unhandled> {
         self.accounts.enter(account).await.map_err(|e| {
             if is_unreachable(&e) {
                 Unhandled::Unreachable(e)

@@ -10,8 +10,8 @@ use std::time::Duration;
 use crate::adapters::azure::FakeArm;
 use crate::fake::FakeAws;
 use crate::model::{ApiCounts, AwsError};
+use crate::ports::accounts::{AccountClients, Accounts, Caller, KnownAccount, OrgAccount};
 use crate::ports::ApiCounter;
-use crate::reconcile::accounts::{AccountClients, Accounts, Caller, KnownAccount, OrgAccount};
 
 #[derive(Debug, Default)]
 struct Org {

@@ -57,7 +57,6 @@ use tokio::sync::{watch, Notify, RwLock};
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::adapters::azure::Arm;
 use crate::config::Config;
 use crate::config::Shard;
 use crate::daemon::event_accounts::{is_unreachable, EventAccounts, Judgement, ScopeTimes};
@@ -67,7 +66,7 @@ use crate::daemon::metrics::Metrics;
 use crate::daemon::state::{unix, InstanceRecord};
 use crate::model::PingStatus;
 use crate::ports::accounts::{AccountClients, Accounts, Caller, KnownAccount};
-use crate::ports::{MutationToken, Queue, QueueMessage, Ssm};
+use crate::ports::{Arm, MutationToken, Queue, QueueMessage, Ssm};
 use crate::reconcile::observe::{
     observe_arc, observe_elsewhere, observe_instances, AccountObservation, ArcObservation,
 };

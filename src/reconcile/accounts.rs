@@ -18,13 +18,12 @@ use std::time::SystemTime;
 use futures::StreamExt;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::adapters::azure::Arm;
 use crate::config::{AccountSource, AccountsConfig, Config, Shard};
 use crate::output::report::{AccountReport, Mode, Report, ReportError};
 pub use crate::ports::accounts::{
     AccountClients, Accounts, Caller, Entered, KnownAccount, OrgAccount,
 };
-use crate::ports::{Ec2, Iam, MutationToken, Ssm};
+use crate::ports::{Arm, Ec2, Iam, MutationToken, Ssm};
 use crate::reconcile::pass::{
     require_azure, run_pass, AwsPorts, Durable, PassError, PassOptions, PassOutcome,
 };

@@ -22,12 +22,11 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::adapters::azure::Arm;
 use crate::config::{AzureConfig, Connectivity, OnboardingConfig, SqlServerLicense};
 use crate::install::{self, seal, Delivery, InstallParams, ScriptOutcome, ScriptResult};
 use crate::model::{ownership, ArcStatus, CommandStatus, Platform};
 use crate::ports::{
-    CommandRequest, CommandSummary, Invocation, MutationToken, Ssm, LINUX_DOCUMENT,
+    Arm, CommandRequest, CommandSummary, Invocation, MutationToken, Ssm, LINUX_DOCUMENT,
     WINDOWS_DOCUMENT,
 };
 use crate::reconcile::outcome::{AccountOutcome, InstanceOutcome};

@@ -6,12 +6,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::adapters::azure::{Arm, AzureError};
 use crate::config::{AzureConfig, Config};
 use crate::daemon::state::{unix, InstanceRecord, StateDb};
-use crate::model::AwsError;
+use crate::model::{AwsError, AzureError};
 use crate::output::report::{Mode, Report};
-use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Ssm, Sts};
+use crate::ports::{ApiCounter, Arm, Ec2, Iam, MutationToken, Ssm, Sts};
 use crate::reconcile::apply::{apply_iam, settle_after_iam, ApplyOptions};
 use crate::reconcile::observe::{
     observe_account, observe_arc, observe_elsewhere, resolve_regions, ArcObservation,
@@ -1236,7 +1235,7 @@ mod tests {
     async fn a_refused_azure_token_stops_run_before_any_aws_call() {
         let aws = fleet();
         let arm = FakeArm::default();
-        arm.fail_token(crate::adapters::azure::AzureError::Token {
+        arm.fail_token(crate::model::AzureError::Token {
             status: 401,
             code: "invalid_client".into(),
             description: "AADSTS7000215: Invalid client secret provided.".into(),
@@ -1597,7 +1596,7 @@ mod tests {
         let regions = ["us-east-1".to_string()];
         let plan = observe_and_plan(&aws, &cfg, &regions).await;
         let arm = FakeArm::default();
-        arm.fail_token(crate::adapters::azure::AzureError::Token {
+        arm.fail_token(crate::model::AzureError::Token {
             status: 503,
             code: "temporarily_unavailable".into(),
             description: "down".into(),

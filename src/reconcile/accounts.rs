@@ -19,7 +19,6 @@ use futures::StreamExt;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::{AccountSource, AccountsConfig, Config, Shard};
-use crate::output::report::{AccountReport, Mode, Report, ReportError};
 pub use crate::ports::accounts::{
     AccountClients, Accounts, Caller, Entered, KnownAccount, OrgAccount,
 };
@@ -27,6 +26,7 @@ use crate::ports::{Arm, Ec2, Iam, MutationToken, Ssm};
 use crate::reconcile::pass::{
     require_azure, run_pass, AwsPorts, Durable, PassError, PassOptions, PassOutcome,
 };
+use crate::reconcile::report::{AccountReport, Mode, Report, ReportError};
 
 impl<E: Ec2, I: Iam, S: Ssm> AccountClients<E, I, S> {
     /// The ports as [`run_pass`] takes them.

@@ -9,7 +9,6 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::config::{AzureConfig, Config};
 use crate::daemon::state::{unix, InstanceRecord, StateDb};
 use crate::model::{AwsError, AzureError};
-use crate::output::report::{Mode, Report};
 use crate::ports::{ApiCounter, Arm, Ec2, Iam, MutationToken, Ssm, Sts};
 use crate::reconcile::apply::{apply_iam, settle_after_iam, ApplyOptions};
 use crate::reconcile::observe::{
@@ -20,6 +19,7 @@ use crate::reconcile::outcome::AccountOutcome;
 use crate::reconcile::plan::{
     plan_account, AccountPlan, Failure, FailureStep, Memory, Remembered, Status,
 };
+use crate::reconcile::report::{Mode, Report};
 
 /// A failure before any instance could be handled.
 #[derive(Debug, thiserror::Error)]

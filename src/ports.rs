@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub mod accounts;
+pub mod progress;
 
 use crate::model::{
     ApiCounts, ArcMachine, AwsError, AzureError, CommandStatus, Ec2Instance, GraphMachine,

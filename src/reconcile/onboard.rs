@@ -25,6 +25,7 @@ use tracing::{info, warn};
 use crate::config::{AzureConfig, Connectivity, OnboardingConfig, SqlServerLicense};
 use crate::install::{self, seal, Delivery, InstallParams, ScriptOutcome, ScriptResult};
 use crate::model::{ownership, ArcStatus, CommandStatus, Platform};
+use crate::ports::progress::ProgressPort;
 use crate::ports::{
     Arm, CommandRequest, CommandSummary, Invocation, MutationToken, Ssm, LINUX_DOCUMENT,
     WINDOWS_DOCUMENT,
@@ -51,6 +52,8 @@ pub struct InstallOptions {
     pub max_poll: Duration,
     /// `--correlation-id` passed to `azcmagent connect`; one per run.
     pub correlation_id: String,
+    /// Where the waits for install commands and for verification in Azure are reported.
+    pub progress: ProgressPort,
 }
 
 impl InstallOptions {
@@ -85,6 +88,7 @@ impl Default for InstallOptions {
             verify_timeout: Duration::from_secs(5 * 60),
             max_poll: Duration::from_secs(20),
             correlation_id: uuid::Uuid::new_v4().to_string(),
+            progress: ProgressPort::default(),
         }
     }
 }
@@ -786,8 +790,10 @@ async fn track(
     );
     let mut succeeded = Vec::new();
     let total = pending.len();
-    let progress = crate::output::progress::Progress::new("install commands")
-        .bounded(opts.script_token_validity() + Duration::from_secs(60));
+    let progress = opts.progress.begin(
+        "install commands",
+        Some(opts.script_token_validity() + Duration::from_secs(60)),
+    );
     while !pending.is_empty() {
         progress.update(&format!(
             "{} of {total} commands finished",
@@ -1001,8 +1007,9 @@ async fn verify(
         .map(|(n, _)| *n)
         .collect();
     let mut last_seen: HashMap<usize, (String, String)> = HashMap::new();
-    let progress =
-        crate::output::progress::Progress::new("verifying in Azure").bounded(opts.verify_timeout);
+    let progress = opts
+        .progress
+        .begin("verifying in Azure", Some(opts.verify_timeout));
     loop {
         progress.update(&format!(
             "{} of {} machines Connected",

@@ -12,11 +12,12 @@ use crate::model::{
 use std::sync::Arc;
 
 pub mod accounts;
+mod arm;
 
-use crate::adapters::azure::FakeArm;
 use crate::ports::{
     ApiCounter, CommandRequest, CommandSummary, Ec2, Iam, Invocation, MutationToken, Ssm, Sts,
 };
+pub use arm::FakeArm;
 
 /// The account id the fake reports.
 pub const FAKE_ACCOUNT: &str = "123456789012";

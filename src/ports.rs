@@ -1,5 +1,5 @@
 //! One port per external system (AWS services and Azure Resource Manager), speaking domain types. Real
-//! adapters live in [`crate::adapters`]; stateful fakes in `crate::fake` and `adapters::azure::FakeArm`.
+//! adapters live in [`crate::adapters`]; stateful fakes in the test kit, `crate::fake`.
 //! Every method that changes something takes a [`MutationToken`].
 
 use std::collections::BTreeMap;

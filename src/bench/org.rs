@@ -11,8 +11,8 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use super::throttle::{Class, Limits, ThrottledAws};
-use crate::adapters::azure::FakeArm;
 use crate::config::{Config, SSM_POLICY_ARN};
+use crate::fake::FakeArm;
 use crate::fake::FakeAws;
 use crate::model::AwsError;
 use crate::model::{ApiCounts, InstanceState, Platform};

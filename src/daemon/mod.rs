@@ -507,7 +507,7 @@ mod tests {
     /// SSM profile from the next IAM pass and the agent from the onboarding pass after it.
     #[tokio::test(start_paused = true)]
     async fn the_schedules_drive_real_passes_over_the_fakes() {
-        use crate::adapters::azure::FakeArm;
+        use crate::fake::FakeArm;
         use crate::fake::FakeAws;
         use crate::model::{InstanceState, Platform};
         use crate::ports::MutationToken;

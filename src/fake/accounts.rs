@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::adapters::azure::FakeArm;
+use crate::fake::FakeArm;
 use crate::fake::FakeAws;
 use crate::model::{ApiCounts, AwsError};
 use crate::ports::accounts::{AccountClients, Accounts, Caller, KnownAccount, OrgAccount};

@@ -251,9 +251,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::adapters::azure::FakeArm;
     use crate::config::SSM_POLICY_ARN;
     use crate::fake::accounts::FakeAccounts;
+    use crate::fake::FakeArm;
     use crate::fake::FakeAws;
     use crate::model::{InstanceState, Platform};
     use crate::reconcile::apply::ApplyOptions;

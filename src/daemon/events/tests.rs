@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::adapters::azure::FakeArm;
 use crate::daemon::state::StateDb;
 use crate::fake::accounts::FakeAccounts;
+use crate::fake::FakeArm;
 use crate::fake::{FakeAws, FakeQueue, FAKE_ACCOUNT};
 use crate::model::{InstanceState, Platform};
 

@@ -13,12 +13,15 @@
 //! - Intervals are measured from when a pass was due, plus a small jitter (at most a tenth of the interval,
 //!   30 s at most) so that many daemons do not start together.
 
+mod assembly;
 pub mod event_accounts;
 pub mod event_message;
 pub mod events;
 pub mod iam_cache;
 pub mod metrics;
 pub mod state;
+
+pub use assembly::{run, DaemonDeps, DaemonSettings, EventDeps, PassPorts};
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -23,7 +23,9 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use crate::adapters::aws::{aws_error, SdkEc2, SdkIam, SdkSsm};
 use crate::config::AccountsConfig;
 use crate::model::{ApiCounts, AwsError, AwsErrorKind};
-use crate::ports::accounts::{AccountClients, Accounts, Caller, KnownAccount, OrgAccount};
+use crate::ports::accounts::{
+    AccountClients, AccountStatus, Accounts, Caller, KnownAccount, OrgAccount,
+};
 use crate::ports::ApiCounter;
 
 /// The accounts port over the SDK.
@@ -229,7 +231,7 @@ fn org_account(a: &aws_sdk_organizations::types::Account) -> Option<OrgAccount> 
         .unwrap_or_default();
     Some(OrgAccount {
         id: a.id()?.to_string(),
-        status,
+        status: AccountStatus::parse(&status),
     })
 }
 

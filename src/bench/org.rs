@@ -354,7 +354,7 @@ impl Accounts for BenchOrg<'_> {
             .iter()
             .map(|a| OrgAccount {
                 id: a.account().to_string(),
-                status: "ACTIVE".into(),
+                status: crate::ports::accounts::AccountStatus::Active,
             })
             .collect())
     }

@@ -137,7 +137,7 @@ impl FakeAccounts {
             .filter_map(|id| {
                 org.accounts.get(&id).map(|(_, status)| OrgAccount {
                     id: id.clone(),
-                    status: status.clone(),
+                    status: crate::ports::accounts::AccountStatus::parse(status),
                 })
             })
             .collect()

@@ -35,14 +35,57 @@ impl Caller {
 pub struct OrgAccount {
     /// 12-digit id.
     pub id: String,
-    /// `ACTIVE`, `SUSPENDED`, `PENDING_CLOSURE`, ...: only `ACTIVE` accounts are handled.
-    pub status: String,
+    /// Only [`AccountStatus::Active`] accounts are handled.
+    pub status: AccountStatus,
 }
 
 impl OrgAccount {
     /// Whether the account is handled.
     pub fn is_active(&self) -> bool {
-        self.status.eq_ignore_ascii_case("ACTIVE")
+        self.status == AccountStatus::Active
+    }
+}
+
+/// An account's state as Organizations reports it (`State`, or the older `Status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountStatus {
+    /// `ACTIVE`: handled.
+    Active,
+    /// `SUSPENDED`.
+    Suspended,
+    /// `PENDING_ACTIVATION`.
+    PendingActivation,
+    /// `PENDING_CLOSURE`.
+    PendingClosure,
+    /// `CLOSED`.
+    Closed,
+    /// A state this version does not know (or none), as given.
+    Other(String),
+}
+
+impl AccountStatus {
+    /// From Organizations' name for it (any case).
+    pub fn parse(s: &str) -> AccountStatus {
+        match s.to_ascii_uppercase().as_str() {
+            "ACTIVE" => AccountStatus::Active,
+            "SUSPENDED" => AccountStatus::Suspended,
+            "PENDING_ACTIVATION" => AccountStatus::PendingActivation,
+            "PENDING_CLOSURE" => AccountStatus::PendingClosure,
+            "CLOSED" => AccountStatus::Closed,
+            _ => AccountStatus::Other(s.to_string()),
+        }
+    }
+
+    /// Organizations' name for it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            AccountStatus::Active => "ACTIVE",
+            AccountStatus::Suspended => "SUSPENDED",
+            AccountStatus::PendingActivation => "PENDING_ACTIVATION",
+            AccountStatus::PendingClosure => "PENDING_CLOSURE",
+            AccountStatus::Closed => "CLOSED",
+            AccountStatus::Other(s) => s,
+        }
     }
 }
 
@@ -112,4 +155,36 @@ pub trait Accounts: Send + Sync {
 
     /// Every call made so far through this port and the ports it handed out.
     fn api_calls(&self) -> ApiCounts;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn organizations_states_are_read_in_any_case_and_only_active_is_handled() {
+        let account = |status: &str| OrgAccount {
+            id: "111111111111".into(),
+            status: AccountStatus::parse(status),
+        };
+        assert!(account("ACTIVE").is_active());
+        assert!(account("active").is_active());
+        for other in [
+            "SUSPENDED",
+            "PENDING_CLOSURE",
+            "PENDING_ACTIVATION",
+            "CLOSED",
+            "",
+            "NEW_STATE",
+        ] {
+            assert!(!account(other).is_active(), "{other}");
+        }
+        assert_eq!(AccountStatus::parse("suspended"), AccountStatus::Suspended);
+        assert_eq!(
+            AccountStatus::parse("NEW_STATE"),
+            AccountStatus::Other("NEW_STATE".into())
+        );
+        assert_eq!(AccountStatus::parse("NEW_STATE").as_str(), "NEW_STATE");
+        assert_eq!(AccountStatus::PendingClosure.as_str(), "PENDING_CLOSURE");
+    }
 }

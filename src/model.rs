@@ -439,7 +439,34 @@ pub struct AwsError {
     pub code: String,
     /// AWS error message.
     pub message: String,
+    /// The id AWS gave the failed request (from the error body or the `x-amzn-RequestId` header), for
+    /// CloudTrail and AWS support; none when no answer came.
+    pub request_id: Option<String>,
+    /// The SDK's error itself, for a caller that inspects it (downcast). Not this error's
+    /// `Error::source`: the message above already says what it says, and a message never repeats its
+    /// source.
+    pub cause: Option<AwsErrorCause>,
 }
+
+/// The SDK error behind an [`AwsError`], shared so the error stays `Clone`.
+#[derive(Clone)]
+pub struct AwsErrorCause(pub std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl fmt::Debug for AwsErrorCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AwsErrorCause({})", self.0)
+    }
+}
+
+/// Errors compare by what they say (operation, kind, code, message, request id), not by the SDK value
+/// behind them.
+impl PartialEq for AwsErrorCause {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for AwsErrorCause {}
 
 /// Classes of AWS failure the tool reacts to differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -472,6 +499,8 @@ impl AwsError {
             kind,
             code: code.to_string(),
             message: message.to_string(),
+            request_id: None,
+            cause: None,
         }
     }
 }

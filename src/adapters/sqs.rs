@@ -74,6 +74,8 @@ impl Queue for SdkQueue {
                             kind: AwsErrorKind::Other,
                             code: "Client".into(),
                             message: e.to_string(),
+                            request_id: None,
+                            cause: None,
                         })
                 })
                 .collect::<Result<Vec<_>, _>>()?;

@@ -1514,6 +1514,8 @@ mod tests {
             kind: AwsErrorKind::AccessDenied,
             code: "AccessDeniedException".into(),
             message: "denied".into(),
+            request_id: None,
+            cause: None,
         });
         world.obs.regions.push(RegionObservation {
             region: "eu-west-1".into(),

@@ -439,13 +439,26 @@ pub struct AwsError {
     pub code: String,
     /// AWS error message.
     pub message: String,
+    /// Where the error came from, when the SDK gave it (boxed: errors travel in `Result`s and stay small).
+    pub origin: Option<Box<AwsErrorOrigin>>,
+}
+
+impl AwsError {
+    /// The id AWS gave the failed request, when it answered.
+    pub fn request_id(&self) -> Option<&str> {
+        self.origin.as_ref()?.request_id.as_deref()
+    }
+}
+
+/// The SDK's side of an [`AwsError`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsErrorOrigin {
     /// The id AWS gave the failed request (from the error body or the `x-amzn-RequestId` header), for
     /// CloudTrail and AWS support; none when no answer came.
     pub request_id: Option<String>,
-    /// The SDK's error itself, for a caller that inspects it (downcast). Not this error's
-    /// `Error::source`: the message above already says what it says, and a message never repeats its
-    /// source.
-    pub cause: Option<AwsErrorCause>,
+    /// The SDK's error itself, for a caller that inspects it (downcast). Not the [`AwsError`]'s
+    /// `Error::source`: its message already says what this says, and a message never repeats its source.
+    pub cause: AwsErrorCause,
 }
 
 /// The SDK error behind an [`AwsError`], shared so the error stays `Clone`.
@@ -499,8 +512,7 @@ impl AwsError {
             kind,
             code: code.to_string(),
             message: message.to_string(),
-            request_id: None,
-            cause: None,
+            origin: None,
         }
     }
 }

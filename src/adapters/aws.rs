@@ -24,9 +24,9 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::model::{
-    transition_time, AwsError, AwsErrorCause, AwsErrorKind, CommandStatus, Ec2Instance,
-    InstanceFate, InstanceProfile, InstanceState, PingStatus, Platform, ProfileAssociation, Role,
-    SsmInstance, TagSelector,
+    transition_time, AwsError, AwsErrorCause, AwsErrorKind, AwsErrorOrigin, CommandStatus,
+    Ec2Instance, InstanceFate, InstanceProfile, InstanceState, PingStatus, Platform,
+    ProfileAssociation, Role, SsmInstance, TagSelector,
 };
 use crate::ports::{
     ApiCounter, CommandRequest, CommandSummary, Ec2, Iam, Invocation, MutationToken, Ssm, Sts,
@@ -151,8 +151,10 @@ where
     .or_else(|| err.request_id())
     .map(str::to_string);
     let mut out = classify(operation, &err);
-    out.request_id = request_id;
-    out.cause = Some(AwsErrorCause(std::sync::Arc::new(err)));
+    out.origin = Some(Box::new(AwsErrorOrigin {
+        request_id,
+        cause: AwsErrorCause(std::sync::Arc::new(err)),
+    }));
     out
 }
 
@@ -180,8 +182,7 @@ where
             kind: AwsErrorKind::Credentials,
             code: "NoCredentials".to_string(),
             message: DisplayErrorContext(err).to_string(),
-            request_id: None,
-            cause: None,
+            origin: None,
         };
     }
     match err {
@@ -207,8 +208,7 @@ where
                 code: "Transport".to_string(),
                 // One line a person can act on, not the HTTP stack's debug output.
                 message: format!("{what}: {}", root_cause(err)),
-                request_id: None,
-                cause: None,
+                origin: None,
             }
         }
         _ => {
@@ -218,8 +218,7 @@ where
                 kind: AwsErrorKind::Other,
                 code: "Client".to_string(),
                 message,
-                request_id: None,
-                cause: None,
+                origin: None,
             }
         }
     }
@@ -312,8 +311,7 @@ impl Sts for SdkSts {
             kind: AwsErrorKind::Other,
             code: "NoAccount".into(),
             message: "the response carried no account id".into(),
-            request_id: None,
-            cause: None,
+            origin: None,
         })
     }
 }
@@ -364,8 +362,7 @@ impl WebIdentityIssuer {
                 kind: AwsErrorKind::Other,
                 code: "NoToken".into(),
                 message: "the response carried no web identity token".into(),
-                request_id: None,
-                cause: None,
+                origin: None,
             })
     }
 }
@@ -919,8 +916,7 @@ impl Ssm for SdkSsm {
                         kind: AwsErrorKind::Other,
                         code: "Client".into(),
                         message: e.to_string(),
-                        request_id: None,
-                        cause: None,
+                        origin: None,
                     })?;
                 let mut pages = client
                     .describe_instance_information()
@@ -1201,12 +1197,7 @@ mod tests {
             SdkError::service_error(meta, response()),
         );
         assert_eq!(
-            (
-                e.kind,
-                e.code.as_str(),
-                e.message.as_str(),
-                e.request_id.as_deref()
-            ),
+            (e.kind, e.code.as_str(), e.message.as_str(), e.request_id()),
             (
                 AwsErrorKind::AccessDenied,
                 "UnauthorizedOperation",
@@ -1214,7 +1205,7 @@ mod tests {
                 Some("req-body-1")
             )
         );
-        let cause = e.cause.as_ref().expect("the SDK error is kept");
+        let cause = &e.origin.as_ref().expect("the SDK error is kept").cause;
         assert!(cause
             .0
             .downcast_ref::<SdkError<ErrorMetadata, Response>>()
@@ -1233,7 +1224,7 @@ mod tests {
             SdkError::service_error(meta, response()),
         );
         assert_eq!(e.kind, AwsErrorKind::Throttled);
-        assert_eq!(e.request_id.as_deref(), Some("req-header-1"));
+        assert_eq!(e.request_id(), Some("req-header-1"));
 
         // No credentials: found by type in the chain, whatever the words say.
         let err: SdkError<ErrorMetadata, Response> =
@@ -1243,7 +1234,7 @@ mod tests {
             ));
         let e = aws_error("sts:GetCallerIdentity", err);
         assert_eq!(
-            (e.kind, e.code.as_str(), e.request_id),
+            (e.kind, e.code.as_str(), e.request_id()),
             (AwsErrorKind::Credentials, "NoCredentials", None)
         );
         // A connection failure whose text mentions credentials is still a transport failure.

@@ -217,8 +217,7 @@ fn assume_role_error(arn: &str, e: &CredentialsError) -> AwsError {
         kind: AwsErrorKind::Other,
         code: "AssumeRoleFailed".into(),
         message: format!("{arn}: {}", DisplayErrorContext(e)),
-        request_id: None,
-        cause: None,
+        origin: None,
     }
 }
 
@@ -254,8 +253,7 @@ impl Accounts for SdkAccounts {
             kind: AwsErrorKind::Other,
             code: "NoAccount".into(),
             message: "the response carried no account id".into(),
-            request_id: None,
-            cause: None,
+            origin: None,
         })?;
         Ok(Caller::from_arn(account, out.arn()))
     }

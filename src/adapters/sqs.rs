@@ -74,8 +74,7 @@ impl Queue for SdkQueue {
                             kind: AwsErrorKind::Other,
                             code: "Client".into(),
                             message: e.to_string(),
-                            request_id: None,
-                            cause: None,
+                            origin: None,
                         })
                 })
                 .collect::<Result<Vec<_>, _>>()?;

@@ -1514,8 +1514,7 @@ mod tests {
             kind: AwsErrorKind::AccessDenied,
             code: "AccessDeniedException".into(),
             message: "denied".into(),
-            request_id: None,
-            cause: None,
+            origin: None,
         });
         world.obs.regions.push(RegionObservation {
             region: "eu-west-1".into(),

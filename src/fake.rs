@@ -12,14 +12,15 @@ use crate::model::{
 use std::sync::Arc;
 
 pub mod accounts;
+mod arm;
 pub mod memory;
 
 pub use memory::FakeMemory;
 
-use crate::adapters::azure::FakeArm;
 use crate::ports::{
     ApiCounter, CommandRequest, CommandSummary, Ec2, Iam, Invocation, MutationToken, Ssm, Sts,
 };
+pub use arm::FakeArm;
 
 /// The account id the fake reports.
 pub const FAKE_ACCOUNT: &str = "123456789012";

@@ -439,7 +439,47 @@ pub struct AwsError {
     pub code: String,
     /// AWS error message.
     pub message: String,
+    /// Where the error came from, when the SDK gave it (boxed: errors travel in `Result`s and stay small).
+    pub origin: Option<Box<AwsErrorOrigin>>,
 }
+
+impl AwsError {
+    /// The id AWS gave the failed request, when it answered.
+    pub fn request_id(&self) -> Option<&str> {
+        self.origin.as_ref()?.request_id.as_deref()
+    }
+}
+
+/// The SDK's side of an [`AwsError`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsErrorOrigin {
+    /// The id AWS gave the failed request (from the error body or the `x-amzn-RequestId` header), for
+    /// CloudTrail and AWS support; none when no answer came.
+    pub request_id: Option<String>,
+    /// The SDK's error itself, for a caller that inspects it (downcast). Not the [`AwsError`]'s
+    /// `Error::source`: its message already says what this says, and a message never repeats its source.
+    pub cause: AwsErrorCause,
+}
+
+/// The SDK error behind an [`AwsError`], shared so the error stays `Clone`.
+#[derive(Clone)]
+pub struct AwsErrorCause(pub std::sync::Arc<dyn std::error::Error + Send + Sync>);
+
+impl fmt::Debug for AwsErrorCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AwsErrorCause({})", self.0)
+    }
+}
+
+/// Errors compare by what they say (operation, kind, code, message, request id), not by the SDK value
+/// behind them.
+impl PartialEq for AwsErrorCause {
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for AwsErrorCause {}
 
 /// Classes of AWS failure the tool reacts to differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -472,6 +512,7 @@ impl AwsError {
             kind,
             code: code.to_string(),
             message: message.to_string(),
+            origin: None,
         }
     }
 }
@@ -710,6 +751,11 @@ pub mod ownership {
 
 /// Counts of API calls by `service:Operation`, as the report shows them.
 pub type ApiCounts = BTreeMap<String, u64>;
+
+/// RFC 3339 timestamp with second precision.
+pub fn timestamp(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,5 +1,5 @@
 //! One port per external system (AWS services and Azure Resource Manager), speaking domain types. Real
-//! adapters live in [`crate::adapters`]; stateful fakes in `crate::fake` and `adapters::azure::FakeArm`.
+//! adapters live in [`crate::adapters`]; stateful fakes in the test kit, `crate::fake`.
 //! Every method that changes something takes a [`MutationToken`]. [`memory`]: the daemon's durable memory.
 
 pub mod memory;
@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+pub mod accounts;
+pub mod progress;
 
 use crate::model::{
     ApiCounts, ArcMachine, AwsError, AzureError, CommandStatus, Ec2Instance, GraphMachine,

@@ -8,6 +8,8 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_ec2::operation::RequestId;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::context::{
     BeforeTransmitInterceptorContextRef, FinalizerInterceptorContextRef,
@@ -22,9 +24,9 @@ use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
 use crate::model::{
-    transition_time, AwsError, AwsErrorKind, CommandStatus, Ec2Instance, InstanceFate,
-    InstanceProfile, InstanceState, PingStatus, Platform, ProfileAssociation, Role, SsmInstance,
-    TagSelector,
+    transition_time, AwsError, AwsErrorCause, AwsErrorKind, AwsErrorOrigin, CommandStatus,
+    Ec2Instance, InstanceFate, InstanceProfile, InstanceState, PingStatus, Platform,
+    ProfileAssociation, Role, SsmInstance, TagSelector,
 };
 use crate::ports::{
     ApiCounter, CommandRequest, CommandSummary, Ec2, Iam, Invocation, MutationToken, Ssm, Sts,
@@ -133,13 +135,57 @@ pub fn home_region(sdk: &SdkConfig, first_configured: Option<&str>) -> String {
         .unwrap_or_else(|| "us-east-1".to_string())
 }
 
-/// Classifies an SDK error without flattening it to a string.
+/// Classifies an SDK error without flattening it to a string: the service's code (its
+/// [`ProvideErrorMetadata`]), the request id (the error body's, else the response's header), missing or
+/// expired credentials found by type in the error's chain, and the SDK error kept as the cause.
 pub(crate) fn aws_error<E, R>(operation: &str, err: SdkError<E, R>) -> AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
+    R: std::fmt::Debug + Send + Sync + 'static,
+    SdkError<E, R>: RequestId,
 {
-    match &err {
+    let request_id = match &err {
+        SdkError::ServiceError(service) => service.err().meta().request_id(),
+        _ => None,
+    }
+    .or_else(|| err.request_id())
+    .map(str::to_string);
+    let mut out = classify(operation, &err);
+    out.origin = Some(Box::new(AwsErrorOrigin {
+        request_id,
+        cause: AwsErrorCause(std::sync::Arc::new(err)),
+    }));
+    out
+}
+
+/// Whether `err` or an error in its chain is the SDK's credentials error (none found, expired, the
+/// provider failed).
+fn credentials_failed(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.is::<CredentialsError>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+fn classify<E, R>(operation: &str, err: &SdkError<E, R>) -> AwsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    if !matches!(err, SdkError::ServiceError(_)) && credentials_failed(err) {
+        return AwsError {
+            operation: operation.to_string(),
+            kind: AwsErrorKind::Credentials,
+            code: "NoCredentials".to_string(),
+            message: DisplayErrorContext(err).to_string(),
+            origin: None,
+        };
+    }
+    match err {
         SdkError::ServiceError(service) => {
             let e = service.err();
             AwsError::from_code(
@@ -149,7 +195,7 @@ where
             )
         }
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            let what = match &err {
+            let what = match err {
                 SdkError::DispatchFailure(d) if d.is_timeout() => "timed out",
                 SdkError::DispatchFailure(d) if d.is_io() => "no connection",
                 SdkError::DispatchFailure(_) => "not sent",
@@ -161,26 +207,18 @@ where
                 kind: AwsErrorKind::Transport,
                 code: "Transport".to_string(),
                 // One line a person can act on, not the HTTP stack's debug output.
-                message: format!("{what}: {}", root_cause(&err)),
+                message: format!("{what}: {}", root_cause(err)),
+                origin: None,
             }
         }
         _ => {
-            let message = DisplayErrorContext(&err).to_string();
-            let kind = if message.to_ascii_lowercase().contains("credential") {
-                AwsErrorKind::Credentials
-            } else {
-                AwsErrorKind::Other
-            };
+            let message = DisplayErrorContext(err).to_string();
             AwsError {
                 operation: operation.to_string(),
-                kind,
-                code: if kind == AwsErrorKind::Credentials {
-                    "NoCredentials"
-                } else {
-                    "Client"
-                }
-                .to_string(),
+                kind: AwsErrorKind::Other,
+                code: "Client".to_string(),
                 message,
+                origin: None,
             }
         }
     }
@@ -273,6 +311,7 @@ impl Sts for SdkSts {
             kind: AwsErrorKind::Other,
             code: "NoAccount".into(),
             message: "the response carried no account id".into(),
+            origin: None,
         })
     }
 }
@@ -323,6 +362,7 @@ impl WebIdentityIssuer {
                 kind: AwsErrorKind::Other,
                 code: "NoToken".into(),
                 message: "the response carried no web identity token".into(),
+                origin: None,
             })
     }
 }
@@ -876,6 +916,7 @@ impl Ssm for SdkSsm {
                         kind: AwsErrorKind::Other,
                         code: "Client".into(),
                         message: e.to_string(),
+                        origin: None,
                     })?;
                 let mut pages = client
                     .describe_instance_information()
@@ -1132,6 +1173,80 @@ fn command_summary(c: &aws_sdk_ssm::types::Command) -> CommandSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_sdk_error_keeps_its_code_request_id_and_cause_and_credentials_are_found_by_type() {
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+        use aws_smithy_runtime_api::http::{Response, StatusCode};
+        use aws_smithy_types::body::SdkBody;
+        use aws_smithy_types::error::ErrorMetadata;
+
+        let response = || {
+            let mut r = Response::new(StatusCode::try_from(403).unwrap(), SdkBody::empty());
+            r.headers_mut().insert("x-amzn-requestid", "req-header-1");
+            r
+        };
+        // EC2 puts the request id in the error body; it wins over the header.
+        let meta = ErrorMetadata::builder()
+            .code("UnauthorizedOperation")
+            .message("You are not authorized")
+            .custom("aws_request_id", "req-body-1")
+            .build();
+        let e = aws_error(
+            "ec2:DescribeInstances",
+            SdkError::service_error(meta, response()),
+        );
+        assert_eq!(
+            (e.kind, e.code.as_str(), e.message.as_str(), e.request_id()),
+            (
+                AwsErrorKind::AccessDenied,
+                "UnauthorizedOperation",
+                "You are not authorized",
+                Some("req-body-1")
+            )
+        );
+        let cause = &e.origin.as_ref().expect("the SDK error is kept").cause;
+        assert!(cause
+            .0
+            .downcast_ref::<SdkError<ErrorMetadata, Response>>()
+            .is_some());
+        // What the error says is unchanged: the request id and the SDK error are fields, not text.
+        assert_eq!(
+            e.to_string(),
+            "ec2:DescribeInstances failed: UnauthorizedOperation: You are not authorized"
+        );
+        assert!(std::error::Error::source(&e).is_none());
+
+        // Without one in the body, the response header's.
+        let meta = ErrorMetadata::builder().code("Throttling").build();
+        let e = aws_error(
+            "ssm:ListCommands",
+            SdkError::service_error(meta, response()),
+        );
+        assert_eq!(e.kind, AwsErrorKind::Throttled);
+        assert_eq!(e.request_id(), Some("req-header-1"));
+
+        // No credentials: found by type in the chain, whatever the words say.
+        let err: SdkError<ErrorMetadata, Response> =
+            SdkError::dispatch_failure(ConnectorError::other(
+                Box::new(CredentialsError::not_loaded("nothing in the chain")),
+                None,
+            ));
+        let e = aws_error("sts:GetCallerIdentity", err);
+        assert_eq!(
+            (e.kind, e.code.as_str(), e.request_id()),
+            (AwsErrorKind::Credentials, "NoCredentials", None)
+        );
+        // A connection failure whose text mentions credentials is still a transport failure.
+        let err: SdkError<ErrorMetadata, Response> = SdkError::dispatch_failure(
+            ConnectorError::io("credentials endpoint: connection refused".into()),
+        );
+        let e = aws_error("sts:GetCallerIdentity", err);
+        assert_eq!(
+            (e.kind, e.code.as_str()),
+            (AwsErrorKind::Transport, "Transport")
+        );
+    }
 
     fn sdk() -> SdkConfig {
         SdkConfig::builder()

@@ -28,31 +28,18 @@ use url::Url;
 
 use crate::adapters::aws::WebIdentityIssuer;
 use crate::adapters::azure::{AzureError, Secret};
+use crate::config::env::{
+    EnvLookup, FEDERATED_TOKEN_FILE_ENV, HIMDS_TOKEN_DIR_ENV, IDENTITY_ENDPOINT_ENV,
+    IMDS_ENDPOINT_ENV, POD_IDENTITY_HOST_ENV,
+};
 use crate::config::{
     AzureConfig, CredentialConfig, OnboardingIdentity, CLIENT_SECRET_ENV,
     ONBOARDING_CLIENT_SECRET_ENV,
 };
 use crate::ports::ApiCounter;
 
-/// Where the Kubernetes workload identity webhook puts the token file's path.
-pub const FEDERATED_TOKEN_FILE_ENV: &str = "AZURE_FEDERATED_TOKEN_FILE";
-/// The client id the workload identity webhook injects (used when `azure.client_id` is absent).
-pub const CLIENT_ID_ENV: &str = "AZURE_CLIENT_ID";
-/// The tenant id the workload identity webhook injects (used when `azure.tenant_id` is absent).
-pub const TENANT_ID_ENV: &str = "AZURE_TENANT_ID";
-/// The Azure Arc agent's managed identity endpoint (set system-wide by the agent).
-pub const IDENTITY_ENDPOINT_ENV: &str = "IDENTITY_ENDPOINT";
-/// Set by the Azure Arc agent beside [`IDENTITY_ENDPOINT_ENV`]; both together mean "Arc", as in the SDKs.
-pub const IMDS_ENDPOINT_ENV: &str = "IMDS_ENDPOINT";
-/// Overrides the host of the Azure VM metadata endpoint, as in the Azure SDKs (pod identity, tests).
-pub const POD_IDENTITY_HOST_ENV: &str = "AZURE_POD_IDENTITY_AUTHORITY_HOST";
-/// Overrides the directory the Arc agent's challenge files must be in (tests; default
-/// [`HIMDS_TOKEN_DIR`]).
-pub const HIMDS_TOKEN_DIR_ENV: &str = "ARC_ONBOARD_HIMDS_TOKEN_DIR";
 /// Where the Azure Arc agent (himds) writes its challenge files on Linux.
 pub const HIMDS_TOKEN_DIR: &str = "/var/opt/azcmagent/tokens";
-/// The audience Entra's federated credentials expect by convention.
-pub const DEFAULT_FEDERATION_AUDIENCE: &str = "api://AzureADTokenExchange";
 
 const IMDS_DEFAULT_HOST: &str = "http://169.254.169.254";
 const MI_TOKEN_PATH: &str = "metadata/identity/oauth2/token";
@@ -89,14 +76,6 @@ impl CredentialError {
             problem: problem.into(),
         }
     }
-}
-
-/// Reads an environment variable; empty counts as unset.
-pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
-
-/// The process environment, empty values as unset.
-pub fn process_env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 /// A loaded credential, ready to request tokens.
@@ -313,7 +292,7 @@ impl Credential {
                 c.path.display(),
                 c.subject,
                 c.x5t_s256,
-                crate::output::report::timestamp(c.not_after)
+                crate::model::timestamp(c.not_after)
             ),
             Kind::WorkloadIdentity { token_file, source } => format!(
                 "workload-identity: federated token file {} (from {source}), read for every token request",
@@ -505,14 +484,14 @@ fn load_certificate(path: &Path, now: SystemTime) -> Result<CertificateKey, Cred
             return Err(fail(format!(
                 "the certificate (subject {}) expired on {}; renew it and register the new one in Entra",
                 tbs.subject(),
-                crate::output::report::timestamp(not_after)
+                crate::model::timestamp(not_after)
             )));
         }
         if now < not_before {
             return Err(fail(format!(
                 "the certificate (subject {}) is not valid before {}",
                 tbs.subject(),
-                crate::output::report::timestamp(not_before)
+                crate::model::timestamp(not_before)
             )));
         }
         let digest = <sha2::Sha256 as sha2::Digest>::digest(der);

@@ -23,8 +23,10 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use crate::adapters::aws::{aws_error, SdkEc2, SdkIam, SdkSsm};
 use crate::config::AccountsConfig;
 use crate::model::{ApiCounts, AwsError, AwsErrorKind};
+use crate::ports::accounts::{
+    AccountClients, AccountStatus, Accounts, Caller, KnownAccount, OrgAccount,
+};
 use crate::ports::ApiCounter;
-use crate::reconcile::accounts::{AccountClients, Accounts, Caller, KnownAccount, OrgAccount};
 
 /// The accounts port over the SDK.
 pub struct SdkAccounts {
@@ -215,6 +217,7 @@ fn assume_role_error(arn: &str, e: &CredentialsError) -> AwsError {
         kind: AwsErrorKind::Other,
         code: "AssumeRoleFailed".into(),
         message: format!("{arn}: {}", DisplayErrorContext(e)),
+        origin: None,
     }
 }
 
@@ -229,7 +232,7 @@ fn org_account(a: &aws_sdk_organizations::types::Account) -> Option<OrgAccount> 
         .unwrap_or_default();
     Some(OrgAccount {
         id: a.id()?.to_string(),
-        status,
+        status: AccountStatus::parse(&status),
     })
 }
 
@@ -250,6 +253,7 @@ impl Accounts for SdkAccounts {
             kind: AwsErrorKind::Other,
             code: "NoAccount".into(),
             message: "the response carried no account id".into(),
+            origin: None,
         })?;
         Ok(Caller::from_arn(account, out.arn()))
     }

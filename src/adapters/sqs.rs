@@ -74,6 +74,7 @@ impl Queue for SdkQueue {
                             kind: AwsErrorKind::Other,
                             code: "Client".into(),
                             message: e.to_string(),
+                            origin: None,
                         })
                 })
                 .collect::<Result<Vec<_>, _>>()?;

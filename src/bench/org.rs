@@ -11,8 +11,8 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use super::throttle::{Class, Limits, ThrottledAws};
-use crate::adapters::azure::FakeArm;
 use crate::config::{Config, SSM_POLICY_ARN};
+use crate::fake::FakeArm;
 use crate::fake::FakeAws;
 use crate::model::AwsError;
 use crate::model::{ApiCounts, InstanceState, Platform};
@@ -354,7 +354,7 @@ impl Accounts for BenchOrg<'_> {
             .iter()
             .map(|a| OrgAccount {
                 id: a.account().to_string(),
-                status: "ACTIVE".into(),
+                status: crate::ports::accounts::AccountStatus::Active,
             })
             .collect())
     }

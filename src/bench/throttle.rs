@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::adapters::azure::FakeArm;
+use crate::fake::FakeArm;
 use crate::fake::FakeAws;
 use crate::model::{
     AwsError, Ec2Instance, InstanceFate, InstanceProfile, ProfileAssociation, Role, SsmInstance,

@@ -9,12 +9,18 @@ use super::{exit, Cli, CliError, Output, PlanArgs, TemplateCommand, DEFAULT_CONF
 use crate::adapters::aws;
 use crate::config::{Config, Shard};
 use crate::output::TableStyle;
+use crate::ports::progress::ProgressPort;
 use crate::ports::MutationToken;
 use crate::reconcile::accounts::run_accounts;
 use crate::reconcile::apply::ApplyOptions;
 use crate::reconcile::onboard::InstallOptions;
 use crate::reconcile::pass::{PassOptions, Scope};
 use crate::reconcile::plan::Status;
+
+/// The waits of a pass shown on stderr (`output::progress`).
+fn stderr_progress() -> ProgressPort {
+    ProgressPort(std::sync::Arc::new(crate::output::progress::Stderr))
+}
 
 /// Pass bounds from the command line.
 pub(super) fn pass_options(
@@ -25,11 +31,13 @@ pub(super) fn pass_options(
     PassOptions {
         apply: ApplyOptions {
             wait_for_ssm,
+            progress: stderr_progress(),
             ..ApplyOptions::default()
         },
         install: InstallOptions {
             command_timeout,
             verify_timeout,
+            progress: stderr_progress(),
             ..InstallOptions::default()
         },
         scope: Scope::default(),

@@ -15,8 +15,9 @@ use std::time::Duration;
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::EnvFilter;
 
-use crate::adapters::credential::{process_env, Credential, CredentialError};
+use crate::adapters::credential::{Credential, CredentialError};
 use crate::config::duration::parse_duration;
+use crate::config::env::process_env;
 use crate::config::{Config, ConfigError, Shard};
 use crate::ports::MutationToken;
 use crate::reconcile::pass::PassError;

@@ -27,9 +27,7 @@ pub(super) async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, C
         *by_status.entry(r.status.as_str()).or_default() += 1;
     }
     let stamp = |t: i64| {
-        crate::output::report::timestamp(
-            std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64),
-        )
+        crate::model::timestamp(std::time::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64))
     };
     let text = match cli.output {
         Output::Json => {

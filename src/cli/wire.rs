@@ -3,8 +3,9 @@
 use super::CliError;
 use crate::adapters::aws;
 use crate::adapters::azure::RestArm;
-use crate::adapters::credential::{process_env, Credential};
+use crate::adapters::credential::Credential;
 use crate::adapters::organizations::SdkAccounts;
+use crate::config::env::process_env;
 use crate::config::{AzureConfig, Config, CredentialConfig, RegionSelection};
 use crate::ports::ApiCounter;
 

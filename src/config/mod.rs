@@ -6,6 +6,7 @@
 pub mod accounts;
 pub mod duration;
 mod effective;
+pub mod env;
 pub mod events;
 pub mod lifecycle;
 pub mod locations;
@@ -439,7 +440,7 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::parse_with_env(&text, path, &crate::adapters::credential::process_env)
+        Config::parse_with_env(&text, path, &crate::config::env::process_env)
     }
 
     /// Validates the TOML text without looking at the environment; `path` is only used in messages.
@@ -451,7 +452,7 @@ impl Config {
     pub fn parse_with_env(
         text: &str,
         path: &Path,
-        env: crate::adapters::credential::EnvLookup<'_>,
+        env: crate::config::env::EnvLookup<'_>,
     ) -> Result<Config, ConfigError> {
         let table: Table = text
             .parse()

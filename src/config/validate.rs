@@ -55,7 +55,7 @@ pub(super) struct Validator<'e> {
     pub(super) issues: Vec<ConfigIssue>,
     pub(super) warnings: Vec<ConfigIssue>,
     /// The environment, for the workload identity variables.
-    pub(super) env: Option<crate::adapters::credential::EnvLookup<'e>>,
+    pub(super) env: Option<crate::config::env::EnvLookup<'e>>,
 }
 
 impl Validator<'_> {
@@ -723,8 +723,8 @@ impl Validator<'_> {
         from_env: &mut BTreeMap<&'static str, &'static str>,
     ) -> Option<String> {
         let var = match key {
-            "tenant_id" => crate::adapters::credential::TENANT_ID_ENV,
-            _ => crate::adapters::credential::CLIENT_ID_ENV,
+            "tenant_id" => crate::config::env::TENANT_ID_ENV,
+            _ => crate::config::env::CLIENT_ID_ENV,
         };
         if t.contains_key(key) || !from_env_ok {
             return self.guid(t, key);
@@ -822,7 +822,7 @@ impl Validator<'_> {
                 let configured = nonempty(self, "federated_token_file", token_file);
                 let env = self
                     .env
-                    .and_then(|env| env(crate::adapters::credential::FEDERATED_TOKEN_FILE_ENV));
+                    .and_then(|env| env(crate::config::env::FEDERATED_TOKEN_FILE_ENV));
                 match (configured, env) {
                     (Some(p), _) => Some(CredentialConfig::WorkloadIdentity {
                         token_file: PathBuf::from(p),
@@ -838,7 +838,7 @@ impl Validator<'_> {
                         if token_file.is_none() {
                             self.issue(
                                 join(section, "federated_token_file"),
-                                format!("is required with credential = \"workload-identity\" when {} is not set", crate::adapters::credential::FEDERATED_TOKEN_FILE_ENV),
+                                format!("is required with credential = \"workload-identity\" when {} is not set", crate::config::env::FEDERATED_TOKEN_FILE_ENV),
                             );
                         }
                         None
@@ -847,9 +847,7 @@ impl Validator<'_> {
             }
             "aws-federation" => {
                 let audience = match audience {
-                    None => {
-                        Some(crate::adapters::credential::DEFAULT_FEDERATION_AUDIENCE.to_string())
-                    }
+                    None => Some(crate::config::env::DEFAULT_FEDERATION_AUDIENCE.to_string()),
                     Some(a) if a.trim().is_empty() || a.len() > 1000 => {
                         self.issue(
                             join(section, "aws_federation_audience"),

@@ -22,7 +22,8 @@ use tracing::{info, warn};
 
 use crate::config::{AccountsConfig, Shard};
 use crate::model::AwsError;
-use crate::reconcile::accounts::{accounts_in_scope, Accounts, Caller, Entered};
+use crate::ports::accounts::{Accounts, Caller, Entered};
+use crate::reconcile::accounts::accounts_in_scope;
 
 /// How often the accounts in scope are listed again, and how long a failed entry is remembered.
 #[derive(Debug, Clone, Copy)]

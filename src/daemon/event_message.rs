@@ -50,23 +50,57 @@ pub enum Parsed {
 
 /// The result label of `arc_onboard_events_total{result}` for each outcome of a message.
 pub mod result {
-    /// In scope: the instance was recorded (and is being onboarded, or needs nothing).
-    pub const ACCEPTED: &str = "accepted";
-    /// Not an EventBridge event, or missing fields.
-    pub const MALFORMED: &str = "malformed";
-    /// An event of another kind.
-    pub const IGNORED: &str = "ignored";
-    /// An account, region or instance out of scope (the tag filter or a terminated instance included).
-    pub const OUT_OF_SCOPE: &str = "out-of-scope";
-    /// Could not be handled now (AWS or the state file failed); left on the queue to be redelivered.
-    pub const RETRY: &str = "retry";
-    /// In scope, but another `--shard`'s account: left on the queue for that shard's daemon.
-    pub const OTHER_SHARD: &str = "other-shard";
-    /// The account's member role cannot be assumed (access denied, no such role): deleted; the
-    /// scheduled passes report the account and take the instance once the role works.
-    pub const ACCOUNT_UNREACHABLE: &str = "account-unreachable";
-    /// Every label, exported at 0 from the start.
-    pub const ALL: [&str; 7] = [
+    /// What became of one queue message; a string (the `result` label) only at Prometheus.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+    pub enum EventResult {
+        /// In scope: the instance was recorded (and is being onboarded, or needs nothing).
+        Accepted,
+        /// Not an EventBridge event, or missing fields.
+        Malformed,
+        /// An event of another kind.
+        Ignored,
+        /// An account, region or instance out of scope (the tag filter or a terminated instance included).
+        OutOfScope,
+        /// Could not be handled now (AWS or the state file failed); left on the queue to be redelivered.
+        Retry,
+        /// In scope, but another `--shard`'s account: left on the queue for that shard's daemon.
+        OtherShard,
+        /// The account's member role cannot be assumed (access denied, no such role): deleted; the
+        /// scheduled passes report the account and take the instance once the role works.
+        AccountUnreachable,
+    }
+
+    impl EventResult {
+        /// The metric label.
+        pub fn as_str(self) -> &'static str {
+            match self {
+                EventResult::Accepted => "accepted",
+                EventResult::Malformed => "malformed",
+                EventResult::Ignored => "ignored",
+                EventResult::OutOfScope => "out-of-scope",
+                EventResult::Retry => "retry",
+                EventResult::OtherShard => "other-shard",
+                EventResult::AccountUnreachable => "account-unreachable",
+            }
+        }
+    }
+
+    /// See [`EventResult::Accepted`].
+    pub const ACCEPTED: EventResult = EventResult::Accepted;
+    /// See [`EventResult::Malformed`].
+    pub const MALFORMED: EventResult = EventResult::Malformed;
+    /// See [`EventResult::Ignored`].
+    pub const IGNORED: EventResult = EventResult::Ignored;
+    /// See [`EventResult::OutOfScope`].
+    pub const OUT_OF_SCOPE: EventResult = EventResult::OutOfScope;
+    /// See [`EventResult::Retry`].
+    pub const RETRY: EventResult = EventResult::Retry;
+    /// See [`EventResult::OtherShard`].
+    pub const OTHER_SHARD: EventResult = EventResult::OtherShard;
+    /// See [`EventResult::AccountUnreachable`].
+    pub const ACCOUNT_UNREACHABLE: EventResult = EventResult::AccountUnreachable;
+    /// Every result, exported at 0 from the start.
+    pub const ALL: [EventResult; 7] = [
         ACCEPTED,
         MALFORMED,
         IGNORED,

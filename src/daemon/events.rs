@@ -60,7 +60,6 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::adapters::azure::Arm;
 use crate::config::Config;
 use crate::config::Shard;
 use crate::daemon::event_accounts::{is_unreachable, EventAccounts, Judgement, ScopeTimes};
@@ -68,9 +67,9 @@ use crate::daemon::event_message::{in_scope, parse, result, EventKind, Parsed};
 use crate::daemon::iam_cache::{CachedIam, IamCache, EVENT_IAM_TTL};
 use crate::daemon::metrics::Metrics;
 use crate::model::PingStatus;
+use crate::ports::accounts::{AccountClients, Accounts, Caller, KnownAccount};
 use crate::ports::memory::{unix, InstanceRecord};
-use crate::ports::{MutationToken, Queue, QueueMessage, Ssm};
-use crate::reconcile::accounts::{AccountClients, Accounts, Caller, KnownAccount};
+use crate::ports::{Arm, MutationToken, Queue, QueueMessage, Ssm};
 use crate::reconcile::leases::Leases;
 use crate::reconcile::observe::{
     observe_arc, observe_elsewhere, observe_instances, AccountObservation, ArcObservation,
@@ -707,7 +706,7 @@ where
     async fn enter(
         &self,
         account: &str,
-    ) -> Result<std::sync::Arc<crate::reconcile::accounts::Entered<X>>, Unhandled> {
+    ) -> Result<std::sync::Arc<crate::ports::accounts::Entered<X>>, Unhandled> {
         self.accounts.enter(account).await.map_err(|e| {
             if is_unreachable(&e) {
                 Unhandled::Unreachable(e)

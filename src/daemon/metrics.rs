@@ -252,7 +252,7 @@ impl Metrics {
         );
         for result in crate::daemon::event_message::result::ALL {
             let _ = events.get_or_create(&ResultLabels {
-                result: result.to_string(),
+                result: result.as_str().to_string(),
             });
         }
         let deleted = Counter::default();
@@ -459,10 +459,10 @@ impl Metrics {
     }
 
     /// Counts one queue message by its result (see [`crate::daemon::event_message::result`]).
-    pub fn record_event(&self, result: &str) {
+    pub fn record_event(&self, result: crate::daemon::event_message::result::EventResult) {
         self.events
             .get_or_create(&ResultLabels {
-                result: result.to_string(),
+                result: result.as_str().to_string(),
             })
             .inc();
     }
@@ -1331,9 +1331,10 @@ mod tests {
     #[test]
     fn a_lost_event_queue_makes_the_process_unhealthy_until_it_is_back() {
         let metrics = Metrics::new(3);
-        metrics.record_event("malformed");
-        metrics.record_event("malformed");
-        metrics.record_event("accepted");
+        use crate::daemon::event_message::result;
+        metrics.record_event(result::MALFORMED);
+        metrics.record_event(result::MALFORMED);
+        metrics.record_event(result::ACCEPTED);
         let samples = parse_exposition(&metrics.render());
         let v = |result: &str| value(&samples, "arc_onboard_events_total", &[("result", result)]);
         assert_eq!(v("malformed"), Some(2.0));

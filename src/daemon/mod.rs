@@ -13,12 +13,15 @@
 //! - Intervals are measured from when a pass was due, plus a small jitter (at most a tenth of the interval,
 //!   30 s at most) so that many daemons do not start together.
 
+mod assembly;
 pub mod event_accounts;
 pub mod event_message;
 pub mod events;
 pub mod iam_cache;
 pub mod metrics;
 pub mod state;
+
+pub use assembly::{run, DaemonDeps, DaemonSettings, EventDeps, PassPorts};
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -207,8 +210,8 @@ pub async fn schedule_loop<F, Fut>(
 pub struct PassSummary {
     /// Whether the pass completed.
     pub ok: bool,
-    /// Instances by status.
-    pub statuses: BTreeMap<String, u64>,
+    /// Instances by status (strings only at Prometheus and the state file: [`PassSummary::status_labels`]).
+    pub statuses: BTreeMap<crate::reconcile::plan::Status, u64>,
     /// API calls made.
     pub api_calls: BTreeMap<String, u64>,
     /// Error codes seen.
@@ -220,6 +223,14 @@ pub struct PassSummary {
 }
 
 impl PassSummary {
+    /// The instances by status as the metrics and the state file name them (`onboarded`, `failed`, ...).
+    pub fn status_labels(&self) -> BTreeMap<String, u64> {
+        self.statuses
+            .iter()
+            .map(|(s, n)| (s.as_str().to_string(), *n))
+            .collect()
+    }
+
     /// The summary of a pass that completed: statuses, calls, and error codes (regions that could not be
     /// observed by their AWS code, failed instances by their failure's code: `AZCM0041`, `exit-4`,
     /// `checksum-mismatch`, ...).
@@ -271,7 +282,7 @@ impl PassSummary {
                 .summary
                 .by_status
                 .iter()
-                .map(|(s, n)| (s.as_str().to_string(), *n as u64))
+                .map(|(s, n)| (*s, *n as u64))
                 .collect(),
             api_calls: r.summary.api_calls.clone(),
             errors,
@@ -298,7 +309,8 @@ pub async fn observed_pass<Fut>(
         info!("pass started");
         let summary = pass.await;
         let took = clock.elapsed();
-        metrics.record_pass(kind.as_str(), summary.ok, took, &summary.statuses, &summary.api_calls, &summary.errors);
+        let statuses = summary.status_labels();
+        metrics.record_pass(kind.as_str(), summary.ok, took, &statuses, &summary.api_calls, &summary.errors);
         metrics.record_accounts(kind.as_str(), &summary.accounts);
         metrics.record_repairs(&summary.repairs);
         let record = crate::daemon::state::PassRecord {
@@ -306,12 +318,12 @@ pub async fn observed_pass<Fut>(
             started_at: crate::daemon::state::unix(started),
             finished_at: crate::daemon::state::unix(SystemTime::now()),
             ok: summary.ok,
-            summary: serde_json::to_string(&summary.statuses).unwrap_or_default(),
+            summary: serde_json::to_string(&statuses).unwrap_or_default(),
         };
         if let Err(e) = db.record_pass(record).await {
             warn!(error = %crate::error::chain(&e), "cannot record the pass");
         }
-        info!(ok = summary.ok, duration_ms = took.as_millis() as u64, statuses = ?summary.statuses, "pass finished");
+        info!(ok = summary.ok, duration_ms = took.as_millis() as u64, statuses = ?statuses, "pass finished");
     }
     .instrument(span)
     .await
@@ -322,6 +334,25 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
+
+    #[test]
+    fn pass_statuses_are_typed_and_named_only_for_the_metrics_and_the_state_file() {
+        use crate::reconcile::plan::Status;
+        let summary = PassSummary {
+            statuses: [
+                (Status::WaitingForSsm, 3),
+                (Status::Onboarded, 2),
+                (Status::AlreadyOnboarded, 1),
+            ]
+            .into(),
+            ..PassSummary::default()
+        };
+        // The state file's summary: the report's names, in name order, as before the enum.
+        assert_eq!(
+            serde_json::to_string(&summary.status_labels()).unwrap(),
+            r#"{"already-onboarded":1,"onboarded":2,"waiting-for-ssm":3}"#
+        );
+    }
 
     fn schedule(iam: Option<Option<u64>>, onboarding: Option<u64>) -> Schedule {
         Schedule {
@@ -507,7 +538,7 @@ mod tests {
     /// SSM profile from the next IAM pass and the agent from the onboarding pass after it.
     #[tokio::test(start_paused = true)]
     async fn the_schedules_drive_real_passes_over_the_fakes() {
-        use crate::adapters::azure::FakeArm;
+        use crate::fake::FakeArm;
         use crate::fake::FakeAws;
         use crate::model::{InstanceState, Platform};
         use crate::ports::MutationToken;

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::adapters::azure::FakeArm;
+use crate::fake::FakeArm;
 use crate::fake::FakeAws;
 use crate::model::{ApiCounts, AwsError};
+use crate::ports::accounts::{AccountClients, Accounts, Caller, KnownAccount, OrgAccount};
 use crate::ports::ApiCounter;
-use crate::reconcile::accounts::{AccountClients, Accounts, Caller, KnownAccount, OrgAccount};
 
 #[derive(Debug, Default)]
 struct Org {
@@ -137,7 +137,7 @@ impl FakeAccounts {
             .filter_map(|id| {
                 org.accounts.get(&id).map(|(_, status)| OrgAccount {
                     id: id.clone(),
-                    status: status.clone(),
+                    status: crate::ports::accounts::AccountStatus::parse(status),
                 })
             })
             .collect()

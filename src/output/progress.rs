@@ -170,6 +170,31 @@ impl Progress {
     }
 }
 
+/// The progress port on stderr: each wait is a [`Progress`] (a live line on a terminal, log lines
+/// otherwise, as [`set_mode`] chose).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Stderr;
+
+impl crate::ports::progress::Progress for Stderr {
+    fn begin(
+        &self,
+        label: &'static str,
+        bound: Option<Duration>,
+    ) -> Box<dyn crate::ports::progress::Wait> {
+        let wait = Progress::new(label);
+        Box::new(match bound {
+            Some(bound) => wait.bounded(bound),
+            None => wait,
+        })
+    }
+}
+
+impl crate::ports::progress::Wait for Progress {
+    fn update(&self, message: &str) {
+        Progress::update(self, message)
+    }
+}
+
 /// A duration as a wait shows it: `45s`, `3m05s`, `1h02m`, `2d03h`.
 pub fn short_duration(d: Duration) -> String {
     let s = d.as_secs();

@@ -13,84 +13,20 @@
 //! and the in-memory fakes (benchmarks, tests).
 
 use std::collections::{BTreeSet, VecDeque};
-use std::future::Future;
 use std::time::SystemTime;
 
 use futures::StreamExt;
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::adapters::azure::Arm;
 use crate::config::{AccountSource, AccountsConfig, Config, Shard};
-use crate::model::{ApiCounts, AwsError};
-use crate::output::report::{AccountReport, Mode, Report, ReportError};
-use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Ssm, Sts};
+pub use crate::ports::accounts::{
+    AccountClients, Accounts, Caller, Entered, KnownAccount, OrgAccount,
+};
+use crate::ports::{Arm, Ec2, Iam, MutationToken, Ssm};
 use crate::reconcile::pass::{
     require_azure, run_pass, AwsPorts, Durable, PassError, PassOptions, PassOutcome,
 };
-
-/// Who the credentials are.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// 12-digit account id.
-    pub account_id: String,
-    /// `aws`, `aws-us-gov`, `aws-cn`: from the caller's ARN, for the member roles' ARNs.
-    pub partition: String,
-}
-
-impl Caller {
-    /// From `sts:GetCallerIdentity`'s account and ARN (`arn:PARTITION:...`; `aws` when unreadable).
-    pub fn from_arn(account_id: &str, arn: Option<&str>) -> Caller {
-        let partition = arn
-            .and_then(|a| a.split(':').nth(1))
-            .filter(|p| !p.is_empty())
-            .unwrap_or("aws");
-        Caller {
-            account_id: account_id.to_string(),
-            partition: partition.to_string(),
-        }
-    }
-}
-
-/// An account as Organizations lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OrgAccount {
-    /// 12-digit id.
-    pub id: String,
-    /// `ACTIVE`, `SUSPENDED`, `PENDING_CLOSURE`, ...: only `ACTIVE` accounts are handled.
-    pub status: String,
-}
-
-impl OrgAccount {
-    /// Whether the account is handled.
-    pub fn is_active(&self) -> bool {
-        self.status.eq_ignore_ascii_case("ACTIVE")
-    }
-}
-
-/// STS of an account whose id is already known (the caller's, or the one whose role was assumed): the
-/// pass asks it for the account id and gets it without a call.
-#[derive(Debug, Clone)]
-pub struct KnownAccount(pub String);
-
-impl Sts for KnownAccount {
-    async fn account_id(&self) -> Result<String, AwsError> {
-        Ok(self.0.clone())
-    }
-}
-
-/// The AWS ports of one entered account, owned.
-pub struct AccountClients<E, I, S> {
-    /// The account.
-    pub sts: KnownAccount,
-    /// EC2 (one client per region).
-    pub ec2: E,
-    /// IAM.
-    pub iam: I,
-    /// SSM (one client per region).
-    pub ssm: S,
-    /// Counts the calls of these ports.
-    pub counter: ApiCounter,
-}
+use crate::reconcile::report::{AccountReport, Mode, Report, ReportError};
 
 impl<E: Ec2, I: Iam, S: Ssm> AccountClients<E, I, S> {
     /// The ports as [`run_pass`] takes them.
@@ -103,49 +39,6 @@ impl<E: Ec2, I: Iam, S: Ssm> AccountClients<E, I, S> {
             counter: &self.counter,
         }
     }
-}
-
-/// The ports [`Accounts::enter`] hands out.
-pub type Entered<X> =
-    AccountClients<<X as Accounts>::Ec2, <X as Accounts>::Iam, <X as Accounts>::Ssm>;
-
-/// The accounts port: who the caller is, the organization's accounts, and entering an account.
-pub trait Accounts: Send + Sync {
-    /// EC2 of an entered account.
-    type Ec2: Ec2;
-    /// IAM of an entered account.
-    type Iam: Iam;
-    /// SSM of an entered account.
-    type Ssm: Ssm;
-
-    /// `sts:GetCallerIdentity`.
-    fn caller(&self) -> impl Future<Output = Result<Caller, AwsError>> + Send;
-
-    /// `organizations:ListAccounts`, all pages.
-    fn list_accounts(&self) -> impl Future<Output = Result<Vec<OrgAccount>, AwsError>> + Send;
-
-    /// `organizations:ListChildren` of type `ORGANIZATIONAL_UNIT`, all pages: the OU ids under `parent`.
-    fn child_units(
-        &self,
-        parent: &str,
-    ) -> impl Future<Output = Result<Vec<String>, AwsError>> + Send;
-
-    /// `organizations:ListAccountsForParent`, all pages: the accounts directly under `parent`.
-    fn accounts_for_parent(
-        &self,
-        parent: &str,
-    ) -> impl Future<Output = Result<Vec<OrgAccount>, AwsError>> + Send;
-
-    /// The ports of `account_id`: the caller's own credentials for the caller's account, otherwise
-    /// credentials of the member role (`sts:AssumeRole`, checked here so a denied role fails here).
-    fn enter(
-        &self,
-        caller: &Caller,
-        account_id: &str,
-    ) -> impl Future<Output = Result<Entered<Self>, AwsError>> + Send;
-
-    /// Every call made so far through this port and the ports it handed out.
-    fn api_calls(&self) -> ApiCounts;
 }
 
 /// The accounts a pass covers, and what could not be listed.
@@ -360,9 +253,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::adapters::azure::FakeArm;
     use crate::config::SSM_POLICY_ARN;
     use crate::fake::accounts::FakeAccounts;
+    use crate::fake::FakeArm;
     use crate::fake::FakeAws;
     use crate::model::{InstanceState, Platform};
     use crate::reconcile::apply::ApplyOptions;

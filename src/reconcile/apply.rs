@@ -23,6 +23,7 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::SSM_POLICY_ARN;
 use crate::model::{AwsError, AwsErrorKind, InstanceState, PingStatus};
+use crate::ports::progress::ProgressPort;
 use crate::ports::{Ec2, Iam, MutationToken, Ssm};
 use crate::reconcile::observe::{profile_name_from_arn, REGION_CONCURRENCY};
 use crate::reconcile::outcome::{AccountOutcome, InstanceOutcome};
@@ -45,6 +46,8 @@ pub struct ApplyOptions {
     pub wait_for_ssm: Duration,
     /// How often to ask SSM while waiting.
     pub ssm_poll_interval: Duration,
+    /// Where the wait for SSM registration is reported.
+    pub progress: ProgressPort,
 }
 
 impl Default for ApplyOptions {
@@ -56,6 +59,7 @@ impl Default for ApplyOptions {
             propagation_timeout: Duration::from_secs(150),
             wait_for_ssm: Duration::from_secs(15 * 60),
             ssm_poll_interval: Duration::from_secs(15),
+            progress: ProgressPort::default(),
         }
     }
 }
@@ -398,8 +402,9 @@ pub async fn settle_after_iam(
         .map(|r| (r.region.clone(), r.instance_id.clone()))
         .collect();
     if !targets.is_empty() {
-        let progress = crate::output::progress::Progress::new("waiting for SSM registration")
-            .bounded(opts.wait_for_ssm);
+        let progress = opts
+            .progress
+            .begin("waiting for SSM registration", Some(opts.wait_for_ssm));
         let latest: std::sync::Mutex<HashMap<String, PingStatus>> =
             std::sync::Mutex::new(HashMap::new());
         let poll = || async {

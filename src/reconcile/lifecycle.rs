@@ -20,8 +20,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::model::{ArcMachine, AwsError, InstanceState, Platform};
-use crate::output::report::timestamp;
+use crate::model::{timestamp, ArcMachine, AwsError, InstanceState, Platform};
 use crate::ports::{Arm, Ec2, MutationToken};
 use crate::reconcile::observe::{ArcObservation, RegionObservation};
 use crate::reconcile::outcome::AccountOutcome;

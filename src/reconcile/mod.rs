@@ -11,4 +11,5 @@ pub mod onboard;
 pub mod outcome;
 pub mod pass;
 pub mod plan;
+pub mod report;
 pub mod saved;

@@ -7,14 +7,14 @@ use std::time::{Duration, SystemTime};
 use futures::stream::{self, StreamExt};
 use tracing::{debug, info_span, warn, Instrument};
 
-use crate::adapters::azure::{ArcMachine, Arm};
 use crate::config::{Config, RegionSelection};
+use crate::model::ArcMachine;
 use crate::model::{
     AwsError, Ec2Instance, GraphMachine, InstanceProfile, InstanceState, Role, SsmInstance,
     TagSelector,
 };
 use crate::ports::GRAPH_BATCH;
-use crate::ports::{Ec2, Iam, Ssm};
+use crate::ports::{Arm, Ec2, Iam, Ssm};
 use crate::reconcile::lifecycle::observe_gone;
 
 /// Every install command's `Comment` starts with this, so in-flight installs of earlier runs can be found.

@@ -30,11 +30,11 @@ use futures::future::BoxFuture;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
-use crate::adapters::azure::Arm;
 use crate::install::{self, seal, Delivery, InstallParams, ScriptOutcome, ScriptResult};
 use crate::model::{ArcStatus, CommandStatus};
 use crate::ports::memory::MemoryError;
-use crate::ports::{CommandRequest, CommandSummary, Invocation, MutationToken, Ssm};
+use crate::ports::progress::ProgressPort;
+use crate::ports::{Arm, CommandRequest, CommandSummary, Invocation, MutationToken, Ssm};
 use crate::reconcile::batches::{AgentSpec, Document};
 use crate::reconcile::outcome::{AccountOutcome, InstanceOutcome};
 use crate::reconcile::plan::{AccountPlan, Failure, FailureStep, InstanceAction, Status};
@@ -57,6 +57,8 @@ pub struct InstallOptions {
     pub max_poll: Duration,
     /// `--correlation-id` passed to `azcmagent connect`; one per run.
     pub correlation_id: String,
+    /// Where the waits for install commands and for verification in Azure are reported.
+    pub progress: ProgressPort,
 }
 
 impl InstallOptions {
@@ -103,6 +105,7 @@ impl Default for InstallOptions {
             verify_timeout: Duration::from_secs(5 * 60),
             max_poll: Duration::from_secs(20),
             correlation_id: uuid::Uuid::new_v4().to_string(),
+            progress: ProgressPort::default(),
         }
     }
 }
@@ -768,8 +771,10 @@ async fn track(
     );
     let mut succeeded = Vec::new();
     let total = pending.len();
-    let progress = crate::output::progress::Progress::new("install commands")
-        .bounded(opts.script_token_validity() + Duration::from_secs(60));
+    let progress = opts.progress.begin(
+        "install commands",
+        Some(opts.script_token_validity() + Duration::from_secs(60)),
+    );
     while !pending.is_empty() {
         progress.update(&format!(
             "{} of {total} commands finished",
@@ -983,8 +988,9 @@ async fn verify(
         .map(|(n, _)| *n)
         .collect();
     let mut last_seen: HashMap<usize, (String, String)> = HashMap::new();
-    let progress =
-        crate::output::progress::Progress::new("verifying in Azure").bounded(opts.verify_timeout);
+    let progress = opts
+        .progress
+        .begin("verifying in Azure", Some(opts.verify_timeout));
     loop {
         progress.update(&format!(
             "{} of {} machines Connected",

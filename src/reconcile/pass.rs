@@ -6,12 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::adapters::azure::{Arm, AzureError};
 use crate::config::Config;
-use crate::model::AwsError;
-use crate::output::report::{Mode, Report};
+use crate::model::{AwsError, AzureError};
 use crate::ports::memory::{unix, DeletionRecord, InstanceRecord, Memory as Store, MemoryError};
-use crate::ports::{ApiCounter, Ec2, Iam, MutationToken, Ssm, Sts};
+use crate::ports::{ApiCounter, Arm, Ec2, Iam, MutationToken, Ssm, Sts};
 use crate::reconcile::apply::{apply_iam, settle_after_iam, ApplyOptions};
 use crate::reconcile::observe::{
     observe_account, observe_arc, observe_elsewhere, resolve_regions, ArcObservation,
@@ -21,6 +19,7 @@ use crate::reconcile::outcome::AccountOutcome;
 use crate::reconcile::plan::{
     plan_account, AccountPlan, Failure, FailureStep, Memory, Remembered, RetryPolicy, Status,
 };
+use crate::reconcile::report::{Mode, Report};
 use futures::future::BoxFuture;
 
 /// A failure before any instance could be handled.
@@ -543,8 +542,7 @@ async fn record_outcomes(
                     Some(retry) => {
                         rec.attempts = retry.attempts;
                         rec.next_attempt_at = Some(unix(retry.next_attempt_at));
-                        row.next_attempt_at =
-                            Some(crate::output::report::timestamp(retry.next_attempt_at));
+                        row.next_attempt_at = Some(crate::model::timestamp(retry.next_attempt_at));
                     }
                     None => rec.attempts += 1,
                 }
@@ -770,9 +768,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::adapters::azure::FakeArm;
     use crate::config::SSM_POLICY_ARN;
-    use crate::fake::{FakeAws, FakeMemory};
+    use crate::fake::{FakeArm, FakeAws, FakeMemory};
     use crate::model::{InstanceState, Platform};
     use crate::reconcile::onboard::InstallOptions;
 
@@ -1355,7 +1352,7 @@ mod tests {
     async fn a_refused_azure_token_stops_run_before_any_aws_call() {
         let aws = fleet();
         let arm = FakeArm::default();
-        arm.fail_token(crate::adapters::azure::AzureError::Token {
+        arm.fail_token(crate::model::AzureError::Token {
             status: 401,
             code: "invalid_client".into(),
             description: "AADSTS7000215: Invalid client secret provided.".into(),
@@ -1484,7 +1481,7 @@ mod tests {
         assert!(held.actions.is_empty(), "{:?}", held.actions);
         assert_eq!(
             held.next_attempt_at.as_deref(),
-            Some(crate::output::report::timestamp(t0 + Duration::from_secs(900)).as_str())
+            Some(crate::model::timestamp(t0 + Duration::from_secs(900)).as_str())
         );
         assert_eq!(held.failure.as_ref().unwrap().code, "AZCM0041");
         assert!(held.detail.contains("failed 1 time(s)"), "{}", held.detail);
@@ -1837,7 +1834,7 @@ mod tests {
         let regions = ["us-east-1".to_string()];
         let plan = observe_and_plan(&aws, &cfg, &regions).await;
         let arm = FakeArm::default();
-        arm.fail_token(crate::adapters::azure::AzureError::Token {
+        arm.fail_token(crate::model::AzureError::Token {
             status: 503,
             code: "temporarily_unavailable".into(),
             description: "down".into(),

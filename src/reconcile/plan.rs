@@ -948,7 +948,7 @@ impl Planner<'_> {
             .next_attempt_at
             .filter(|due| *due > self.memory.now && plan.runs_agent_script());
         if let Some(due) = held {
-            let next = crate::output::report::timestamp(due);
+            let next = crate::model::timestamp(due);
             let mut failure = memory.last_failure.clone().unwrap_or_else(|| {
                 Failure::new(FailureStep::Install, "earlier-failure", "unknown")
             });
@@ -1240,10 +1240,8 @@ impl Planner<'_> {
                 ArcStatus::Disconnected => {
                     let since = m.last_status_change;
                     let age = since.and_then(|t| self.memory.now.duration_since(t).ok());
-                    let at = since.map_or_else(
-                        || "an unknown time".to_string(),
-                        crate::output::report::timestamp,
-                    );
+                    let at = since
+                        .map_or_else(|| "an unknown time".to_string(), crate::model::timestamp);
                     let after = crate::config::duration::format_duration(lifecycle.repair_after);
                     return match age {
                         Some(age) if age >= lifecycle.repair_after => repair(format!(
@@ -1641,6 +1639,7 @@ mod tests {
             kind: AwsErrorKind::AccessDenied,
             code: "AccessDeniedException".into(),
             message: "denied".into(),
+            origin: None,
         });
         world.obs.regions.push(RegionObservation {
             region: "eu-west-1".into(),

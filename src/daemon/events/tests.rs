@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::adapters::azure::FakeArm;
 use crate::daemon::state::StateDb;
 use crate::fake::accounts::FakeAccounts;
+use crate::fake::FakeArm;
 use crate::fake::{FakeAws, FakeQueue, FAKE_ACCOUNT};
 use crate::model::{InstanceState, Platform};
 
@@ -548,7 +548,7 @@ async fn a_failed_state_write_is_counted_in_the_metrics_and_nothing_is_sent() {
         "onboarding",
         summary.ok,
         Duration::from_secs(1),
-        &summary.statuses,
+        &summary.status_labels(),
         &summary.api_calls,
         &summary.errors,
     );

@@ -63,6 +63,9 @@ DOCUMENT_PARAMETERS = {"commands", "executionTimeout", "workingDirectory"}
 # a burst of a thousand connects can find the receiver's backlog full, and a lost webhook is a machine
 # that never appears in Azure (the tool then reports an install that worked as failed).
 WEBHOOK_ATTEMPTS, WEBHOOK_BACKOFF_SECONDS = 5, 0.2
+# Each attempt waits this long for the answer: the stub answers 50 webhooks of a batch at once, slowly on a
+# loaded machine, and a timed-out attempt (retried) is a second delivery of what the stub is still handling.
+WEBHOOK_TIMEOUT_SECONDS = 30
 
 # Scripted outcome kind -> (Status, default StatusDetails, default ResponseCode).
 OUTCOME_KINDS = {
@@ -833,7 +836,7 @@ def deliver_webhook(url: str, body: bytes, instance_id: str,
         request = urllib.request.Request(url, data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=5):
+            with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_SECONDS):
                 return True
         except urllib.error.HTTPError as exc:
             final = exc.code < 500

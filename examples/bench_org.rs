@@ -2,7 +2,8 @@
 //! 100 accounts x 16 regions on throttled fakes, on tokio's paused clock. Prints simulated time against
 //! its lower bound, API calls against theirs, and the real CPU time and peak RSS of each mode.
 //!
-//! Options (all optional): `--accounts N --regions N --instances N --need-profile N --hot N
+//! Exits 1, saying why, when a mode leaves an account unhandled or an instance short of `planned` /
+//! `onboarded`. Options (all optional): `--accounts N --regions N --instances N --need-profile N --hot N
 //! --max-concurrent-accounts N --latency-ms N`.
 
 use std::collections::BTreeSet;
@@ -53,7 +54,27 @@ fn main() {
         let cpu = cpu_time().saturating_sub(cpu_before);
         let bound = bounds(mode, &spec, &fleet, &limits);
         report(mode, &measured, &bound, cpu, peak_rss_kib());
+        if let Some(why) = short_of_the_end(mode, &spec, &measured) {
+            eprintln!("bench_org: giving up: {why}");
+            std::process::exit(1);
+        }
     }
+}
+
+/// Why `mode` did not reach the benchmark's end (every instance planned or onboarded), if it did not.
+fn short_of_the_end(mode: Mode, spec: &FleetSpec, m: &Measured) -> Option<String> {
+    let want = if mode == Mode::Run {
+        "onboarded"
+    } else {
+        "planned"
+    };
+    let reached = m.by_status.get(want).copied().unwrap_or(0);
+    (m.failed_accounts > 0 || reached != spec.instances as u64).then(|| {
+        format!(
+            "{reached} of {} instances {want}, {} accounts not handled; by status {:?}",
+            spec.instances, m.failed_accounts, m.by_status
+        )
+    })
 }
 
 fn report(mode: Mode, m: &Measured, b: &Bounds, cpu: Duration, rss_kib: Option<u64>) {

@@ -2,13 +2,16 @@
 //! `arc-onboard daemon` the way the daemon expects, and neither carries the client secret's value; the
 //! Kubernetes example uses Azure workload identity (a projected service account token), so no Azure secret
 //! exists there at all.
-//! The unit file is read with plain string checks (no INI crate); the Kubernetes manifests are also parsed
-//! as YAML (PyYAML of the emulator's environment, `ARC_ONBOARD_PYTHON`) where a check depends on structure;
-//! the ConfigMap's TOML goes through the real configuration validator.
+//! The unit file is read as (section, key, value) entries (no INI crate); the Kubernetes manifests are
+//! parsed as YAML (`serde_norway`) and checked by structure, so a moved or misindented key fails; only
+//! comments (the commented alternatives, a commented secret) are read as text. The ConfigMap's TOML goes
+//! through the real configuration validator.
 
 use std::path::{Path, PathBuf};
 
 use arc_onboard::config::{Config, CredentialConfig};
+use serde::Deserialize;
+use serde_json::Value;
 
 fn deploy_file(name: &str) -> (PathBuf, String) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -188,100 +191,124 @@ fn the_secret_check_catches_literal_values() {
     .is_empty());
 }
 
-/// The lines of the first list item of `document` that starts with `item` and whose next non-blank line
-/// (trimmed) starts with `then`, up to the next item at the same indentation.
-fn yaml_block(document: &str, item: &str, then: &str) -> String {
-    let lines: Vec<&str> = document.lines().collect();
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim() != item {
-            continue;
-        }
-        let indent = line.len() - line.trim_start().len();
-        let rest: Vec<&str> = lines[i + 1..]
-            .iter()
-            .copied()
-            .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
-            .collect();
-        if rest
-            .iter()
-            .find(|l| !l.trim().is_empty())
-            .is_some_and(|l| l.trim().starts_with(then))
-        {
-            return rest.join("\n");
-        }
-    }
-    panic!("no `{item}` item followed by `{then}`")
+/// The documents of a manifest in `scripts/deploy/`, parsed as YAML (empty documents dropped).
+fn yaml_documents(name: &str) -> Vec<Value> {
+    let (path, text) = deploy_file(name);
+    serde_norway::Deserializer::from_str(&text)
+        .map(|document| {
+            Value::deserialize(document)
+                .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()))
+        })
+        .filter(|document| !document.is_null())
+        .collect()
 }
 
-/// The TOML in the ConfigMap's `arc-onboard.toml` block scalar.
-fn configmap_toml(document: &str) -> String {
-    let mut lines = document.lines();
-    let header = lines
-        .by_ref()
-        .find(|l| l.trim() == "arc-onboard.toml: |")
-        .expect("the ConfigMap has an arc-onboard.toml key with a literal block");
-    let indent = header.len() - header.trim_start().len() + 2;
-    let mut toml = String::new();
-    for line in lines {
-        if !line.trim().is_empty() && line.len() - line.trim_start().len() < indent {
-            break;
+/// The one document of `kind` in `documents`.
+fn only<'a>(documents: &'a [Value], kind: &str) -> &'a Value {
+    let found: Vec<&Value> = documents.iter().filter(|d| d["kind"] == kind).collect();
+    assert_eq!(found.len(), 1, "one {kind}: {found:?}");
+    found[0]
+}
+
+/// The entry of the list `items` whose `name` is `name`.
+fn named<'a>(items: &'a Value, name: &str) -> &'a Value {
+    items
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list: {items}"))
+        .iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no `{name}` in {items}"))
+}
+
+/// A string field, or a panic naming it.
+fn text<'a>(value: &'a Value, what: &str) -> &'a str {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("{what} is not a string: {value}"))
+}
+
+/// The container's arguments as strings.
+fn args(container: &Value) -> Vec<&str> {
+    container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| text(a, "an argument"))
+        .collect()
+}
+
+/// The ConfigMap's `arc-onboard.toml` through the real configuration parser.
+fn configmap_config(documents: &[Value], name: &str) -> Config {
+    let toml = text(
+        &only(documents, "ConfigMap")["data"]["arc-onboard.toml"],
+        "the ConfigMap's arc-onboard.toml",
+    );
+    Config::parse(toml, Path::new(name)).unwrap_or_else(|error| {
+        panic!("{name}: the ConfigMap's arc-onboard.toml is invalid: {error}")
+    })
+}
+
+/// No container of `pod` gives `ARC_ONBOARD_CLIENT_SECRET` a literal value.
+fn assert_no_literal_secret(pod: &Value, name: &str) {
+    for container in pod["containers"].as_array().expect("containers") {
+        for entry in container["env"].as_array().into_iter().flatten() {
+            if entry["name"] == "ARC_ONBOARD_CLIENT_SECRET" {
+                assert!(entry.get("value").is_none(), "{name}: {entry}");
+            }
         }
-        toml.push_str(line.get(indent..).unwrap_or(""));
-        toml.push('\n');
     }
-    toml
 }
 
 #[test]
 fn kubernetes_manifests_run_the_daemon() {
-    let (path, text) = deploy_file("kubernetes.yaml");
-    let documents: Vec<&str> = text.split("\n---\n").collect();
-    let with_kind = |kind: &str| -> Vec<&str> {
-        documents
-            .iter()
-            .copied()
-            .filter(|d| d.lines().any(|l| l == format!("kind: {kind}")))
-            .collect()
-    };
-
-    let deployments = with_kind("Deployment");
-    assert_eq!(deployments.len(), 1, "one Deployment in {}", path.display());
-    let deployment = deployments[0];
-    assert!(deployment.contains("\n  replicas: 1\n"));
-    let strategy: Vec<&str> = deployment
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .skip_while(|l| *l != "strategy:")
-        .take(2)
-        .collect();
+    let name = "kubernetes.yaml";
+    let docs = yaml_documents(name);
+    let deployment = only(&docs, "Deployment");
+    let spec = &deployment["spec"];
+    assert_eq!(spec["replicas"], 1);
     assert_eq!(
-        strategy,
-        ["strategy:", "type: Recreate"],
+        spec["strategy"]["type"], "Recreate",
         "two daemons must never overlap"
     );
-    assert!(deployment.contains("path: /healthz"));
-    assert!(deployment.contains("livenessProbe:"));
-    assert!(deployment.contains("containerPort: 9464"));
-    assert!(deployment.contains("readOnlyRootFilesystem: true"));
-    assert!(deployment.contains("runAsNonRoot: true"));
-    assert!(deployment.contains("- daemon\n"));
-    assert!(deployment.contains("- --state-file\n"));
-    assert!(deployment.contains("- --metrics-addr\n"));
-
-    let accounts = with_kind("ServiceAccount");
-    assert_eq!(accounts.len(), 1);
-    assert!(accounts[0]
-        .contains("eks.amazonaws.com/role-arn: arn:aws:iam::123456789012:role/arc-onboard"));
-    assert_eq!(with_kind("PersistentVolumeClaim").len(), 1);
-
-    let config_maps = with_kind("ConfigMap");
-    assert_eq!(config_maps.len(), 1);
-    let toml = configmap_toml(config_maps[0]);
-    let config = match Config::parse(&toml, Path::new("kubernetes.yaml ConfigMap")) {
-        Ok(config) => config,
-        Err(error) => panic!("the ConfigMap's arc-onboard.toml is invalid: {error}\n{toml}"),
-    };
+    let pod = &spec["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["ports"][0]["containerPort"], 9464);
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let argv = args(container);
+    assert_eq!(argv.first(), Some(&"daemon"));
+    assert_eq!(flag_value(&argv, "--metrics-addr"), Some("0.0.0.0:9464"));
+    // The state file lives on the claimed volume.
+    let state_file = flag_value(&argv, "--state-file").expect("--state-file");
+    let state_mount = text(
+        &named(&container["volumeMounts"], "state")["mountPath"],
+        "the state mount",
+    );
+    assert!(
+        Path::new(state_file).starts_with(state_mount),
+        "{state_file} on {state_mount}"
+    );
+    let claim = only(&docs, "PersistentVolumeClaim");
+    assert_eq!(
+        named(&pod["volumes"], "state")["persistentVolumeClaim"]["claimName"],
+        claim["metadata"]["name"]
+    );
+    // The configuration file the daemon reads is the ConfigMap's key, mounted.
+    let config_file = flag_value(&argv, "--config").expect("--config");
+    let config_mount = text(
+        &named(&container["volumeMounts"], "config")["mountPath"],
+        "the config mount",
+    );
+    assert_eq!(
+        Path::new(config_file),
+        Path::new(config_mount).join("arc-onboard.toml")
+    );
+    assert_eq!(
+        named(&pod["volumes"], "config")["configMap"]["name"],
+        only(&docs, "ConfigMap")["metadata"]["name"]
+    );
+    let config = configmap_config(&docs, name);
 
     // Azure workload identity: the configured token file is the projected service account token, for
     // Entra's audience, and no Azure secret is in play.
@@ -293,93 +320,85 @@ fn kubernetes_manifests_run_the_daemon() {
         token_file.parent().unwrap(),
         token_file.file_name().unwrap(),
     );
-    let volume = yaml_block(deployment, "- name: azure-identity-token", "projected:");
-    assert!(volume.contains("serviceAccountToken:"), "{volume}");
-    assert!(
-        volume.contains(&format!("path: {}", file.to_str().unwrap())),
-        "{volume}"
-    );
-    assert!(
-        volume.contains("audience: api://AzureADTokenExchange"),
-        "{volume}"
-    );
-    assert!(volume.contains("expirationSeconds:"), "{volume}");
-    let mounted = yaml_block(deployment, "- name: azure-identity-token", "mountPath:");
-    assert!(
-        mounted.contains(&format!("mountPath: {}", mount.display())),
-        "{mounted}"
-    );
-    assert!(deployment.contains(&format!(
-        "- name: AZURE_FEDERATED_TOKEN_FILE\n              value: {}",
-        token_file.display()
-    )));
-    let client_id = azure.client_id.expect("client_id");
-    assert!(accounts[0].contains(&format!(
-        "azure.workload.identity/client-id: \"{client_id}\""
-    )));
-    assert!(deployment.contains(&format!(
-        "- name: AZURE_CLIENT_ID\n              value: \"{client_id}\""
-    )));
-    assert!(!deployment
-        .lines()
-        .any(|l| l.trim_start().starts_with("secretKeyRef:")));
-
-    // The commented alternative.
-    assert!(text.contains("# kind: CronJob"));
-    assert!(text.contains("#   concurrencyPolicy: Forbid"));
-
-    assert!(text.contains("/healthz"));
+    let projected = &named(&pod["volumes"], "azure-identity-token")["projected"]["sources"][0]
+        ["serviceAccountToken"];
+    assert_eq!(projected["path"], file.to_str().unwrap());
+    assert_eq!(projected["audience"], "api://AzureADTokenExchange");
+    assert!(projected["expirationSeconds"].is_u64(), "{projected}");
     assert_eq!(
-        literal_secret_values(&text),
+        named(&container["volumeMounts"], "azure-identity-token")["mountPath"],
+        mount.to_str().unwrap()
+    );
+    let env = &container["env"];
+    assert_eq!(
+        named(env, "AZURE_FEDERATED_TOKEN_FILE")["value"],
+        token_file.to_str().unwrap()
+    );
+    let client_id = azure.client_id.expect("client_id");
+    let account = only(&docs, "ServiceAccount");
+    let annotations = &account["metadata"]["annotations"];
+    assert_eq!(
+        annotations["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::123456789012:role/arc-onboard"
+    );
+    assert_eq!(
+        annotations["azure.workload.identity/client-id"],
+        client_id.to_string()
+    );
+    assert_eq!(
+        named(env, "AZURE_CLIENT_ID")["value"],
+        client_id.to_string()
+    );
+    assert_eq!(pod["serviceAccountName"], account["metadata"]["name"]);
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e.get("valueFrom").is_none()),
+        "no secret reference: {env}"
+    );
+    assert_no_literal_secret(pod, name);
+
+    // The commented alternatives (comments are no YAML structure: read as text).
+    let (_, raw) = deploy_file(name);
+    assert!(raw.contains("# kind: CronJob"));
+    assert!(raw.contains("#   concurrencyPolicy: Forbid"));
+    assert_eq!(
+        literal_secret_values(&raw),
         Vec::<String>::new(),
         "ARC_ONBOARD_CLIENT_SECRET must come from a Secret, never a literal value"
     );
-}
-
-/// The value of `key: value` on the first line of `document` whose trimmed text starts with `key:`.
-fn yaml_value<'a>(document: &'a str, key: &str) -> &'a str {
-    document
-        .lines()
-        .map(str::trim)
-        .find_map(|l| l.strip_prefix(key).and_then(|v| v.strip_prefix(':')))
-        .map(|v| v.trim().trim_matches('"'))
-        .unwrap_or_else(|| panic!("no `{key}:`"))
 }
 
 #[test]
 fn the_sharded_statefulset_takes_its_shard_from_the_pod_ordinal_with_a_volume_per_pod() {
     use arc_onboard::config::{AccountSource, Shard};
 
-    let (path, text) = deploy_file("kubernetes-sharded.yaml");
-    let documents: Vec<&str> = text.split("\n---\n").collect();
-    let with_kind = |kind: &str| -> Vec<&str> {
-        documents
-            .iter()
-            .copied()
-            .filter(|d| d.lines().any(|l| l == format!("kind: {kind}")))
-            .collect()
-    };
-    let sets = with_kind("StatefulSet");
-    assert_eq!(sets.len(), 1, "one StatefulSet in {}", path.display());
-    let set = sets[0];
-    assert!(with_kind("Deployment").is_empty());
+    let name = "kubernetes-sharded.yaml";
+    let docs = yaml_documents(name);
+    let set = only(&docs, "StatefulSet");
+    assert!(docs.iter().all(|d| d["kind"] != "Deployment"));
+    let spec = &set["spec"];
+    let pod = &spec["template"]["spec"];
+    let container = &pod["containers"][0];
+    let env = &container["env"];
 
     // INDEX from the pod ordinal (downward API), COUNT equal to the replicas.
-    let replicas: u64 = yaml_value(set, "replicas").parse().unwrap();
+    let replicas = spec["replicas"].as_u64().expect("replicas");
     assert!(replicas >= 2, "an example of sharding has shards");
-    let index = yaml_block(set, "- name: SHARD_INDEX", "valueFrom:");
-    assert!(
-        index.contains("fieldPath: metadata.labels['apps.kubernetes.io/pod-index']"),
-        "{index}"
-    );
-    let count = yaml_block(set, "- name: SHARD_COUNT", "value:");
     assert_eq!(
-        yaml_value(&count, "value"),
+        named(env, "SHARD_INDEX")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.labels['apps.kubernetes.io/pod-index']"
+    );
+    assert_eq!(
+        named(env, "SHARD_COUNT")["value"],
         replicas.to_string(),
         "SHARD_COUNT must equal replicas"
     );
-    assert!(
-        set.contains("- --shard\n            - $(SHARD_INDEX)/$(SHARD_COUNT)\n"),
+    let argv = args(container);
+    assert_eq!(
+        flag_value(&argv, "--shard"),
+        Some("$(SHARD_INDEX)/$(SHARD_COUNT)"),
         "the daemon gets --shard INDEX/COUNT"
     );
     // What every pod's argument expands to is a valid shard, and together they cover every account id.
@@ -398,72 +417,56 @@ fn the_sharded_statefulset_takes_its_shard_from_the_pod_ordinal_with_a_volume_pe
     assert!(covered.iter().all(|n| *n == 4), "{covered:?}");
 
     // One state volume per pod: a claim template mounted where --state-file points; no shared claim.
-    assert!(set.contains("volumeClaimTemplates:"));
-    let template = yaml_block(set, "- metadata:", "name:");
-    let claim = yaml_value(&template, "name");
-    let mount = yaml_block(set, &format!("- name: {claim}"), "mountPath:");
-    let mount_path = yaml_value(&mount, "mountPath");
-    assert!(
-        set.contains(&format!("- --state-file\n            - {mount_path}/")),
-        "the state file lives on the per-pod volume"
-    );
-    assert!(!set.contains("persistentVolumeClaim:"));
-    assert!(set.contains("ReadWriteOnce"));
-
-    let services = with_kind("Service");
-    assert_eq!(services.len(), 1);
-    assert!(
-        services[0].contains("clusterIP: None"),
-        "a headless Service"
+    let templates = spec["volumeClaimTemplates"]
+        .as_array()
+        .expect("volumeClaimTemplates");
+    assert_eq!(templates.len(), 1);
+    let claim = text(
+        &templates[0]["metadata"]["name"],
+        "the claim template's name",
     );
     assert_eq!(
-        yaml_value(services[0], "name"),
-        yaml_value(set, "serviceName")
+        templates[0]["spec"]["accessModes"],
+        serde_json::json!(["ReadWriteOnce"])
     );
+    let mount = text(
+        &named(&container["volumeMounts"], claim)["mountPath"],
+        "the state mount",
+    );
+    let state_file = flag_value(&argv, "--state-file").expect("--state-file");
+    assert!(
+        Path::new(state_file).starts_with(mount),
+        "the state file lives on the per-pod volume: {state_file} on {mount}"
+    );
+    assert!(pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v.get("persistentVolumeClaim").is_none()));
+    assert!(docs.iter().all(|d| d["kind"] != "PersistentVolumeClaim"));
 
-    let toml = configmap_toml(with_kind("ConfigMap")[0]);
-    let config = match Config::parse(&toml, Path::new("kubernetes-sharded.yaml ConfigMap")) {
-        Ok(config) => config,
-        Err(error) => panic!("the ConfigMap's arc-onboard.toml is invalid: {error}\n{toml}"),
-    };
+    let service = only(&docs, "Service");
+    assert_eq!(service["spec"]["clusterIP"], "None", "a headless Service");
+    assert_eq!(service["metadata"]["name"], spec["serviceName"]);
+
+    let config = configmap_config(&docs, name);
     assert_eq!(config.aws.accounts.source, AccountSource::Organization);
     assert!(matches!(
         config.azure.expect("[azure]").credential,
         CredentialConfig::WorkloadIdentity { .. }
     ));
-    assert!(set.contains("path: /healthz"));
-    assert_eq!(literal_secret_values(&text), Vec::<String>::new());
-}
-
-/// The documents of a manifest in `scripts/deploy/`, parsed as YAML (by PyYAML) into JSON values.
-fn yaml_documents(name: &str) -> Vec<serde_json::Value> {
-    let (path, _) = deploy_file(name);
-    let python = std::env::var_os("ARC_ONBOARD_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
-    let out = std::process::Command::new(python)
-        .args([
-            "-c",
-            "import json, sys, yaml; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
-        ])
-        .arg(&path)
-        .output()
-        .expect("run the emulator's Python (scripts/setup-emulator)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON from PyYAML")
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_no_literal_secret(pod, name);
+    let (_, raw) = deploy_file(name);
+    assert_eq!(literal_secret_values(&raw), Vec::<String>::new());
 }
 
 #[test]
 fn kubernetes_pods_hold_no_api_token_are_probed_for_readiness_and_admit_only_metrics_traffic() {
     for name in ["kubernetes.yaml", "kubernetes-sharded.yaml"] {
         let docs = yaml_documents(name);
-        let of_kind = |kind: &str| -> Vec<&serde_json::Value> {
-            docs.iter().filter(|d| d["kind"] == kind).collect()
-        };
+        let of_kind =
+            |kind: &str| -> Vec<&Value> { docs.iter().filter(|d| d["kind"] == kind).collect() };
         let workloads: Vec<_> = of_kind("Deployment")
             .into_iter()
             .chain(of_kind("StatefulSet"))

@@ -46,7 +46,7 @@ from moto.moto_server.werkzeug_app import (  # noqa: E402
     MotoRequestHandler,
     create_backend_app,
 )
-from werkzeug.serving import make_server  # noqa: E402
+from werkzeug.serving import ThreadedWSGIServer  # noqa: E402
 
 import events  # noqa: E402
 import federation  # noqa: E402
@@ -470,6 +470,14 @@ def _json(status: int, payload: Any) -> Response:
     return status, [("Content-Type", "application/json")], json.dumps(payload).encode()
 
 
+class BurstServer(ThreadedWSGIServer):
+    """werkzeug's threaded server with a listen backlog that holds a burst: the benchmarks open a
+    thousand connections at once (the daemon's calls, the success webhooks), and werkzeug's backlog of
+    128 let the kernel drop or reset the rest. The kernel caps it at ``net.core.somaxconn``."""
+
+    request_queue_size = 4096
+
+
 class QuietRequestHandler(MotoRequestHandler):
     """moto's request handler without werkzeug's per-request access log."""
 
@@ -495,8 +503,7 @@ def main(argv: list[str] | None = None) -> None:
         except (OSError, ValueError, fleet.FleetError) as exc:
             sys.exit(f"emulator: cannot apply seed {args.seed}: {exc}")
 
-    server = make_server(args.host, args.port, app, threaded=True,
-                         request_handler=QuietRequestHandler)
+    server = BurstServer(args.host, args.port, app, QuietRequestHandler)
 
     def stop(signum: int, frame: Any) -> None:
         raise SystemExit(0)

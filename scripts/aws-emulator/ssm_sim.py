@@ -34,6 +34,7 @@ import re
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -64,6 +65,13 @@ DOCUMENT_PLUGINS = {
 SEND_COMMAND_MAX_TARGETS = 50
 STDOUT_CAP, STDERR_CAP, PLUGIN_OUTPUT_CAP = 24000, 8000, 2500
 DOCUMENT_PARAMETERS = {"commands", "executionTimeout", "workingDirectory"}
+# The success webhook is tried this many times, waiting WEBHOOK_BACKOFF_SECONDS * 2**n between tries:
+# a burst of a thousand connects can find the receiver's backlog full, and a lost webhook is a machine
+# that never appears in Azure (the tool then reports an install that worked as failed).
+WEBHOOK_ATTEMPTS, WEBHOOK_BACKOFF_SECONDS = 5, 0.2
+# Each attempt waits this long for the answer: the stub answers 50 webhooks of a batch at once, slowly on a
+# loaded machine, and a timed-out attempt (retried) is a second delivery of what the stub is still handling.
+WEBHOOK_TIMEOUT_SECONDS = 30
 
 # Scripted outcome kind -> (Status, default StatusDetails, default ResponseCode).
 OUTCOME_KINDS = {
@@ -658,14 +666,7 @@ class SsmSimulator:
                        "commands": command.parameters.get("commands", [])}
             if invocation.token is not None:
                 payload["access_token"] = invocation.token
-        request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=5):
-                pass
-        except Exception as exc:  # the webhook is best effort by design
-            print(f"emulator: success webhook {url} failed for {instance_id}: {exc}",
-                  file=sys.stderr, flush=True)
+        deliver_webhook(url, json.dumps(payload).encode(), instance_id)
 
     def _visible_command(self, region: str, command_id: str | None, now: float) -> Command | None:
         command = self.commands.get(command_id or "")
@@ -880,3 +881,29 @@ class SsmSimulator:
         setting_id = self._setting_id(params["SettingId"])
         self.settings.pop((self.account, region, setting_id), None)
         return self._setting(region, setting_id)
+
+
+def deliver_webhook(url: str, body: bytes, instance_id: str,
+                    sleep: Callable[[float], None] = time.sleep) -> bool:
+    """POSTs one success webhook, retrying a refused or reset connection, a timeout or a 5xx answer
+    (bounded, with exponential backoff, each failure logged to stderr); a 4xx answer is final (the
+    receiver read the payload and refused it). True once an attempt was answered 2xx."""
+    for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
+        request = urllib.request.Request(url, data=body, method="POST",
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_SECONDS):
+                return True
+        except urllib.error.HTTPError as exc:
+            final = exc.code < 500
+            problem: Exception = exc
+        except OSError as exc:  # refused, reset, timed out (URLError is an OSError)
+            final, problem = False, exc
+        last = final or attempt == WEBHOOK_ATTEMPTS
+        print(f"emulator: success webhook {url} failed for {instance_id} "
+              f"(attempt {attempt} of {WEBHOOK_ATTEMPTS}{', giving up' if last else ''}): {problem}",
+              file=sys.stderr, flush=True)
+        if last:
+            return False
+        sleep(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1))
+    return False

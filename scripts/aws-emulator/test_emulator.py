@@ -6,6 +6,8 @@ Run: ``.venv/bin/python -m pytest scripts/aws-emulator -q``
 """
 
 import json
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -458,6 +460,25 @@ class _AgentConnectRecorder(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+
+class _Flaky(BaseHTTPRequestHandler):
+    """A webhook receiver whose first connection is reset and whose second attempt gets a 503."""
+    attempts = 0
+    delivered: list = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).attempts += 1
+        if self.attempts == 1:  # an RST, as a full listen backlog gave: "Connection reset by peer"
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+            return
+        self.send_response(503 if self.attempts == 2 else 204)
+        self.end_headers()
+        if self.attempts > 2:
+            self.delivered.append(json.loads(body))
+
     def log_message(self, *args):
         pass
 
@@ -544,11 +565,48 @@ def test_execute_scripts_runs_linux_commands_in_a_sandbox_that_persists(emu, aws
         server.server_close()
 
 
+def test_a_webhook_that_fails_twice_then_succeeds_is_delivered_once(emu, aws):
+    region = "ca-central-1"
+    [target] = seed_instances(emu, region, instance_profile="AppProfile")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        emu.config(on_success_webhook=f"http://127.0.0.1:{server.server_port}/done",
+                   command_duration_seconds=0.1)
+        aws("ssm", region).send_command(DocumentName="AWS-RunShellScript", InstanceIds=[target],
+                                        Parameters={"commands": ["install"]})
+        wait_until(lambda: _Flaky.delivered)
+        time.sleep(1.0)  # a retry after the success would arrive by now
+        assert [d["instance_id"] for d in _Flaky.delivered] == [target]
+        assert _Flaky.attempts == 3
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_execute_scripts_config_is_checked(emu):
     with pytest.raises(EmulatorError):
         emu.config(execute_scripts="yes")
     with pytest.raises(EmulatorError):
         emu.config(sandbox_root="relative/dir")
+
+
+def test_a_webhook_that_keeps_failing_is_tried_a_bounded_number_of_times_and_logged(capsys):
+    import ssm_sim
+    waits = []
+    # Port 1 on loopback refuses every connection.
+    delivered = ssm_sim.deliver_webhook("http://127.0.0.1:1/done", b"{}", "i-0refused",
+                                        sleep=waits.append)
+    assert delivered is False
+    assert waits == [0.2, 0.4, 0.8, 1.6]
+    log = capsys.readouterr().err
+    assert log.count("success webhook http://127.0.0.1:1/done failed for i-0refused") == 5
+    assert "attempt 5 of 5, giving up" in log
+
+
+def test_a_burst_of_a_thousand_connections_is_all_served():
+    from burst import burst
+    assert burst(HERE / "emulator.py", "/_emulator/health", 1000) == {"HTTP/1.1 200 OK": 1000}
 
 
 def _seal(config: bytes, keys: dict, encode) -> tuple[str, str]:

@@ -710,6 +710,13 @@ def test_token_lifetime_sequence_then_default_and_remaining_at_connect(stub):
         stub.control("POST", "config", {"token_lifetime_sequence": [-1]})
 
 
+def test_a_burst_of_a_thousand_connections_is_all_served():
+    """The emulator's success webhooks of a 1,000-instance pass arrive within a second."""
+    sys.path.insert(0, str(HERE.parent / "aws-emulator"))
+    from burst import burst
+    assert burst(HERE / "stub.py", "/_stub/requests", 1000) == {"HTTP/1.1 200 OK": 1000}
+
+
 # ----- client assertions, managed identity, the stub's OIDC issuer -----------------------------
 
 def _assertion(stub, key, x5t_s256, **claims):

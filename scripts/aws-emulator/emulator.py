@@ -61,6 +61,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "profile_propagation_seconds": 0,
     "command_duration_seconds": 1.0,
     "key_exchange_duration_seconds": 0,
+    "key_pool_size": 0,
     "invocation_visibility_delay_seconds": 0,
     "on_success_webhook": None,
 }
@@ -187,6 +188,7 @@ class Emulator:
             ("POST", "calls/reset"): lambda _: self._reset_calls(),
             ("POST", "seed"): self.seed,
             ("GET", "config"): lambda _: dict(self.config),
+            ("GET", "key-pool"): lambda _: self.ssm.key_pool.view(),
             ("POST", "config"): self._set_config,
             ("GET", "faults"): lambda _: self.faults.view(),
             ("POST", "faults"): self._set_faults,
@@ -383,6 +385,7 @@ class Emulator:
     def _set_config(self, body: Any) -> dict[str, Any]:
         self.ssm.refresh()
         self.config.update(_validate_config(body))
+        self.ssm.key_pool.fill(int(self.config["key_pool_size"]))
         return dict(self.config)
 
     def _set_federation(self, body: Any) -> dict[str, Any]:

@@ -62,6 +62,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "profile_propagation_seconds": 0,
     "command_duration_seconds": 1.0,
     "key_exchange_duration_seconds": 0,
+    "key_pool_size": 0,
     "invocation_visibility_delay_seconds": 0,
     "on_success_webhook": None,
     # Linux instances really run their commands in a sandbox each (sandbox.py); off by default.
@@ -198,6 +199,7 @@ class Emulator:
             ("POST", "calls/reset"): lambda _: self._reset_calls(),
             ("POST", "seed"): self.seed,
             ("GET", "config"): lambda _: dict(self.config),
+            ("GET", "key-pool"): lambda _: self.ssm.key_pool.view(),
             ("POST", "config"): self._set_config,
             ("GET", "faults"): lambda _: self.faults.view(),
             ("POST", "faults"): self._set_faults,
@@ -400,6 +402,7 @@ class Emulator:
         self.config.update(_validate_config(body))
         if "sandbox_root" in body:
             self.ssm.sandboxes.set_root(self.config["sandbox_root"])
+        self.ssm.key_pool.fill(int(self.config["key_pool_size"]))
         return dict(self.config)
 
     def _set_federation(self, body: Any) -> dict[str, Any]:

@@ -18,6 +18,13 @@ makes an RSA key pair per instance, keeps the private key and answers with the p
 script prints it (``key_exchange_duration_seconds``; scripted outcomes do not apply to it); an install
 opens the instance's sealed token with that key (as the script does, and the key is then gone) and
 hands the token to the success webhook. An install the instance cannot open fails as the script would.
+The webhook stands for ``azcmagent connect``, which returns once Azure has the machine: an invocation
+that calls it shows its success only after the webhook returned (or failed, after at most 5 s).
+A real instance makes its key pair on its own CPU, in parallel with the others; the emulator makes them
+all on one machine, at about 0.1 s each, and inside ``SendCommand`` (under the state lock) that would
+stall every other call for seconds per batch. ``key_pool_size`` (control API ``config``) has a background
+thread make that many key pairs ahead, outside the lock; each key exchange takes fresh ones from the pool
+(never one twice) and makes its own only when the pool is empty.
 
 With ``execute_scripts`` on, Linux instances without a scripted outcome really run every
 ``AWS-RunShellScript`` command with bash in their sandbox (sandbox.py): the invocation is InProgress
@@ -156,6 +163,8 @@ class Invocation:
     outcome: Outcome
     cancelled_at: float | None = None
     timer: threading.Timer | None = None
+    # The success webhook (the agent's connect) is under way: the script has not printed its result yet.
+    connecting: bool = False
     # The access token this instance opened from its sealed configuration (never shown).
     token: str | None = field(default=None, repr=False)
     # execute_scripts: the script is still running on the instance (its outcome is set when it ends).
@@ -173,7 +182,7 @@ class Invocation:
         if self.cancelled_at is not None and self.cancelled_at < finish:
             return {"status": "Cancelled", "details": "Cancelled", "code": -1, "stdout": "",
                     "stderr": "", "end": self.cancelled_at}
-        if now < finish:
+        if now < finish or self.connecting:
             return {"status": "InProgress", "details": "InProgress", "code": -1, "stdout": "",
                     "stderr": "", "end": None}
         o = self.outcome
@@ -342,6 +351,52 @@ def _page(items: list[Any], params: dict[str, Any], kind: str, default: int, low
     return items[offset:end], next_token
 
 
+class KeyPool:
+    """RSA key pairs made ahead by a background thread, each handed out once (see the module docs)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: list[rsa.RSAPrivateKey] = []
+        self._target = 0
+        self._filling = False
+
+    def fill(self, target: int) -> None:
+        """Keep making key pairs until the pool holds ``target`` (a smaller target stops the filling)."""
+        with self._lock:
+            self._target = target
+            if self._filling or len(self._keys) >= target:
+                return
+            self._filling = True
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if len(self._keys) >= self._target:
+                    self._filling = False
+                    return
+            # OpenSSL releases the GIL while it searches for primes: the other threads go on meanwhile.
+            key = new_key()
+            with self._lock:
+                self._keys.append(key)
+
+    def take(self) -> rsa.RSAPrivateKey:
+        """A key pair no one has had: from the pool, or made now when the pool is empty."""
+        with self._lock:
+            if self._keys:
+                return self._keys.pop()
+        return new_key()
+
+    def view(self) -> dict[str, int]:
+        with self._lock:
+            return {"ready": len(self._keys), "target": self._target}
+
+
+def new_key() -> rsa.RSAPrivateKey:
+    """The key pair an instance's key exchange makes (RSA 2048, as the install scripts do)."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 class SsmSimulator:
     """State and handlers for the SSM operations the emulator serves itself."""
 
@@ -354,6 +409,7 @@ class SsmSimulator:
         self.outcomes: dict[str, dict[str, Any]] = {}
         # Private keys of key exchanges, per (account, region, instance id, key id), until the install.
         self.keys: dict[tuple[str, str, str, str], rsa.RSAPrivateKey] = {}
+        self.key_pool = KeyPool()
         self.settings: dict[tuple[str, str, str], tuple[str, float]] = {}
         # execute_scripts: the Linux instances' sandboxes, their IMDSv2 and the fake installer.
         self.sandboxes = sandbox.Sandboxes()
@@ -569,7 +625,7 @@ class SsmSimulator:
                 executed.append(invocation)
                 continue
             if mode == "key-exchange":
-                key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+                key = self.key_pool.take()
                 key_id = values.get("ARC_KEY_ID", "")
                 self.keys[(self.account, region, iid, key_id)] = key
                 stdout = key_line(iid, key_id, key, platforms[iid] or "linux")
@@ -592,6 +648,7 @@ class SsmSimulator:
                 invocation.timer = threading.Timer(outcome.duration_seconds, self._notify_success,
                                                    args=(command.command_id, iid))
                 invocation.timer.daemon = True
+                invocation.connecting = bool(self.config.get("on_success_webhook"))
                 invocation.timer.start()
             command.invocations[iid] = invocation
         self.commands[command.command_id] = command
@@ -654,19 +711,26 @@ class SsmSimulator:
         return token, ""
 
     def _notify_success(self, command_id: str, instance_id: str) -> None:
-        """Timer callback: POST the success webhook for one finished invocation."""
+        """Timer callback: POST the success webhook for one finished invocation. As
+        ``azcmagent connect`` returns only once Azure has the machine, the invocation shows its
+        success only after the webhook returned (or failed)."""
         with self.lock:
             command = self.commands[command_id]
             url = self.config.get("on_success_webhook")
             invocation = command.invocations[instance_id]
             if not url or invocation.cancelled_at is not None:
+                invocation.connecting = False
                 return
             payload = {"instance_id": instance_id, "region": command.region,
                        "account_id": command.account, "command_id": command_id,
                        "commands": command.parameters.get("commands", [])}
             if invocation.token is not None:
                 payload["access_token"] = invocation.token
-        deliver_webhook(url, json.dumps(payload).encode(), instance_id)
+        try:
+            deliver_webhook(url, json.dumps(payload).encode(), instance_id)
+        finally:
+            with self.lock:
+                invocation.connecting = False
 
     def _visible_command(self, region: str, command_id: str | None, now: float) -> Command | None:
         command = self.commands.get(command_id or "")

@@ -5,6 +5,7 @@ state is per region) and the autouse fixture restores config, faults and outcome
 Run: ``.venv/bin/python -m pytest scripts/aws-emulator -q``
 """
 
+import contextlib
 import json
 import socket
 import struct
@@ -34,8 +35,8 @@ BASE_SEED = {
 }
 DEFAULT_CONFIG = {"registration_delay_seconds": 0, "profile_propagation_seconds": 0,
                   "command_duration_seconds": 1.0, "invocation_visibility_delay_seconds": 0,
-                  "key_exchange_duration_seconds": 0, "on_success_webhook": None,
-                  "execute_scripts": False, "sandbox_root": None}
+                  "key_exchange_duration_seconds": 0, "key_pool_size": 0,
+                  "on_success_webhook": None, "execute_scripts": False, "sandbox_root": None}
 
 
 @pytest.fixture(scope="module")
@@ -418,6 +419,51 @@ class _Recorder(BaseHTTPRequestHandler):
         pass
 
 
+@contextlib.contextmanager
+def webhook_target(emu, handler, **config):
+    """A local server with ``handler`` as the emulator's success webhook, with ``config`` set."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        emu.config(on_success_webhook=f"http://127.0.0.1:{server.server_port}/done", **config)
+        yield
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _SlowConnect(BaseHTTPRequestHandler):
+    """A webhook target that takes a second to answer, as a slow Azure would."""
+    answered: list = []
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        time.sleep(1.0)
+        self.answered.append(time.time())
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_install_shows_its_success_only_once_the_connect_webhook_returned(emu, aws):
+    region = "eu-west-1"
+    (iid,) = seed_instances(emu, region, count=1, instance_profile="AppProfile")
+    _SlowConnect.answered = []
+    with webhook_target(emu, _SlowConnect, command_duration_seconds=0.2):
+        ssm = aws("ssm", region)
+        cid = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[iid],
+                               Parameters={"commands": ["echo hi"]})["Command"]["CommandId"]
+        time.sleep(0.6)
+        # The duration has passed, but the agent's connect (the webhook) has not returned yet.
+        assert ssm.get_command_invocation(CommandId=cid, InstanceId=iid)["Status"] == "InProgress"
+        wait_until(lambda: ssm.get_command_invocation(CommandId=cid, InstanceId=iid)["Status"]
+                   == "Success")
+        # Seen succeeded only after the webhook had answered.
+        assert len(_SlowConnect.answered) == 1
+
+
 def test_webhook_fires_once_per_invocation_that_connected(emu, aws):
     region = "eu-west-1"
     good, bad = seed_instances(emu, region, count=2, instance_profile="AppProfile")
@@ -653,12 +699,8 @@ def test_key_exchange_then_sealed_install_hands_the_opened_token_to_the_webhook(
     region = "ap-south-1"
     extra = {"platform": "windows"} if platform == "windows" else {}
     a, b = seed_instances(emu, region, count=2, instance_profile="AppProfile", **extra)
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     _Recorder.received = []
-    try:
-        emu.config(on_success_webhook=f"http://127.0.0.1:{server.server_port}/done",
-                   command_duration_seconds=0.2)
+    with webhook_target(emu, _Recorder, command_duration_seconds=0.2):
         ssm = aws("ssm", region)
         key_id = "11111111-2222-4333-8444-555555555555"
         exchange = [form.format("ARC_MODE", "key-exchange"), form.format("ARC_KEY_ID", key_id)]
@@ -696,9 +738,32 @@ def test_key_exchange_then_sealed_install_hands_the_opened_token_to_the_webhook(
         assert _Recorder.received == []
         # No command parameter holds the token.
         assert token not in json.dumps(emu.commands())
-    finally:
-        server.shutdown()
-        server.server_close()
+
+
+def test_key_exchanges_take_fresh_keys_from_the_pool_and_never_one_twice(emu, aws):
+    region = "ap-south-1"
+    a, b = seed_instances(emu, region, count=2, instance_profile="AppProfile")
+    emu.config(key_pool_size=3)
+    wait_until(lambda: emu._call("GET", "key-pool")["ready"] == 3, timeout=30)
+    ssm = aws("ssm", region)
+    exchange = ["ARC_MODE='key-exchange'", "ARC_KEY_ID='k1'"]
+    first = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[a, b],
+                             Parameters={"commands": exchange})["Command"]["CommandId"]
+    # Two keys were taken from it.
+    assert emu._call("GET", "key-pool") == {"ready": 1, "target": 3}
+    again = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[a],
+                             Parameters={"commands": exchange})["Command"]["CommandId"]
+    keys = [_public_key(ssm.get_command_invocation(CommandId=c, InstanceId=i)
+                        ["StandardOutputContent"])[0]["public_key"]
+            for c, i in ((first, a), (first, b), (again, a))]
+    assert len(set(keys)) == 3
+    # The pool is empty now: the next exchange makes its own key, still a fresh one.
+    assert emu._call("GET", "key-pool")["ready"] == 0
+    last = ssm.send_command(DocumentName="AWS-RunShellScript", InstanceIds=[b],
+                            Parameters={"commands": exchange})["Command"]["CommandId"]
+    output = ssm.get_command_invocation(CommandId=last, InstanceId=b)["StandardOutputContent"]
+    assert _public_key(output)[0]["public_key"] not in keys
+    emu.config(key_pool_size=0)
 
 
 # ----- outbound identity federation (sts:GetWebIdentityToken) ---------------------------------

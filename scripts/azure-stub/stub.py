@@ -178,7 +178,12 @@ def parse_assignments(script: str) -> tuple[str, dict[str, str]]:
                     raise ScriptError(f"{name}: value is not one expansion-free POSIX word "
                                       f"(use '...' with '\\'' for a quote)")
                 raw = word.group(0)
-                value = "".join(shlex.split(raw, posix=True)) if raw else ""
+                if len(raw) >= 2 and raw[0] == raw[-1] == "'" and "'" not in raw[1:-1]:
+                    # One single-quoted word: the shell takes its text as it is. (shlex reads a
+                    # character at a time: a sealed token of 50 instances took it 30 ms.)
+                    value = raw[1:-1]
+                else:
+                    value = "".join(shlex.split(raw, posix=True)) if raw else ""
                 end = rest.end()
             else:
                 name = ps.group(1)

@@ -670,6 +670,16 @@ def test_aws_emulator_webhook_connects(stub):
         assert proc.wait(timeout=10) == 0
 
 
+@pytest.mark.parametrize("word", [
+    "'plain'", "'a b $HOME `id` \\ \" ;'", "''", "'it'\\''s'", "'x'\"y\"", "bare",
+    "'" + "A" * 20000 + "'",
+])
+def test_assignment_values_read_as_the_shell_reads_them(word):
+    import shlex
+    _, values = stub_module.parse_assignments(f"#!/bin/bash\nARC_X={word}\necho done\n")
+    assert values == {"ARC_X": "".join(shlex.split(word, posix=True))}
+
+
 @pytest.mark.parametrize("text, tags", [
     ("Owner='Shared Infrastructure Services',Env=prod",
      {"Owner": "Shared Infrastructure Services", "Env": "prod"}),

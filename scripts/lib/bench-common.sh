@@ -6,7 +6,12 @@
 work=$(mktemp -d)
 pids=()
 declare -A watched=()   # name -> pid of each process the benchmark needs alive
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+# BENCH_KEEP=DIR: the work directory (logs, state file) is copied there on exit.
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ -n "${BENCH_KEEP:-}" ]; then rm -rf "$BENCH_KEEP"; cp -r "$work" "$BENCH_KEEP"; fi
+  rm -rf "$work"
+}
 trap cleanup EXIT
 
 # give_up REASON...: says why on stderr with the last lines of each log, and exits 1.

@@ -9,13 +9,14 @@
 //!   intake and the installer read IAM through [`IamCache`]: an account's profiles, roles and their
 //!   policies are reused for [`EVENT_IAM_TTL`], so a burst costs a few IAM chains, not one per batch.
 //! - **watcher**: instances not Online in SSM yet are polled together per account and region with
-//!   `DescribeInstanceInformation` filtered by their ids, every [`poll_interval`] (2 s at first, backing off
-//!   to 30 s), for at most [`EventOptions::watch_bound`] (15 minutes by default); after that the periodic
-//!   onboarding pass takes over.
+//!   `DescribeInstanceInformation` filtered by their ids, every [`poll_interval`] (1 s at first, backing off
+//!   to 30 s; in rounds, see [`POLL_ALIGN`]), for at most [`EventOptions::watch_bound`] (15 minutes by
+//!   default); after that the periodic onboarding pass takes over.
 //! - **installer**: instances that come Online are batched per account and region (every full 50 go at
-//!   once; the rest when nothing else is being watched there, after [`EventOptions::batch_quiet`] without
-//!   a newcomer, or [`EventOptions::batch_max_wait`] after the first) and installed with the pass's own
-//!   install code, then verified in Azure.
+//!   once; the rest after [`EventOptions::batch_quiet`] without a newcomer, or only
+//!   [`EventOptions::batch_linger`] when nothing else is being watched there, and at the latest
+//!   [`EventOptions::batch_max_wait`] after the first) and installed with the pass's own install code,
+//!   then verified in Azure.
 //!
 //! # Guarantees
 //! - A message is deleted only after its instance is recorded in the state file; a crash before that
@@ -81,6 +82,10 @@ use crate::reconcile::plan::{AccountPlan, EventStage, Status};
 const IDS_PER_CALL: usize = 50;
 /// The most messages taken from the queue for one intake (ten receives of ten).
 const INTAKE_MAX: usize = 100;
+/// A registration poll round of an account and region also asks about the instances due within this
+/// long, so that the instances of a burst (taken in by many intakes) are asked about together, in one
+/// round a second, instead of in a round per intake.
+pub const POLL_ALIGN: Duration = Duration::from_secs(1);
 /// How many (account, region) groups of one intake are prepared at once.
 const INTAKE_CONCURRENCY: usize = 4;
 /// The longest the deletion timer sleeps: pending deletions that could not be handled are retried then.
@@ -101,6 +106,9 @@ pub struct EventOptions {
     pub batch_quiet: Duration,
     /// An install batch closes at the latest this long after its first instance joined.
     pub batch_max_wait: Duration,
+    /// With nothing else being watched for SSM in its account and region, an install batch closes once
+    /// no instance has joined it for this long (short: the intake may be handing in more of a burst).
+    pub batch_linger: Duration,
     /// Longest pause between two attempts to read a queue that cannot be read.
     pub queue_retry_max: Duration,
     /// Install and verification bounds, as the daemon's passes use them.
@@ -128,6 +136,7 @@ impl Default for EventOptions {
             watch_bound: Duration::from_secs(15 * 60),
             batch_quiet: Duration::from_secs(3),
             batch_max_wait: Duration::from_secs(10),
+            batch_linger: Duration::from_secs(1),
             queue_retry_max: Duration::from_secs(60),
             pass: PassOptions::default(),
             shutdown_grace: Duration::from_secs(120),
@@ -138,11 +147,14 @@ impl Default for EventOptions {
     }
 }
 
-/// How long to wait before polling SSM again for an instance that has waited `age`: 2 s in its first
-/// minute (registration usually takes seconds once the agent has credentials), 10 s up to 5 minutes,
-/// then 30 s.
+/// How long to wait before polling SSM again for an instance that has waited `age`: 1 s in its first
+/// 30 s and 2 s up to a minute (registration usually takes seconds once the agent has credentials),
+/// 10 s up to 5 minutes, then 30 s. The polls of an account and region go in rounds (see
+/// [`POLL_ALIGN`]), so this is at most one round, of one call per 50 instances, a second per region.
 pub fn poll_interval(age: Duration) -> Duration {
-    if age < Duration::from_secs(60) {
+    if age < Duration::from_secs(30) {
+        Duration::from_secs(1)
+    } else if age < Duration::from_secs(60) {
         Duration::from_secs(2)
     } else if age < Duration::from_secs(5 * 60) {
         Duration::from_secs(10)
@@ -246,10 +258,11 @@ impl Tracker {
             .min()
     }
 
-    /// Per group, the ids to ask SSM about now: those due (or due within a moment), topped up with the
-    /// group's next due ones to fill the calls they need anyway. Drops the instances past `bound`.
+    /// Per group, the ids to ask SSM about now: those due (or due within [`POLL_ALIGN`]), topped up
+    /// with the group's next due ones to fill the calls they need anyway. Drops the instances past
+    /// `bound`.
     fn due(&mut self, now: Instant, bound: Duration) -> (PollWork, Vec<(Key, String)>) {
-        let soon = now + Duration::from_millis(250);
+        let soon = now + POLL_ALIGN;
         let mut work = Vec::new();
         let mut given_up = Vec::new();
         for (key, group) in &mut self.watching {
@@ -278,7 +291,11 @@ impl Tracker {
         (work, given_up)
     }
 
-    /// Install batches that may close now, and when the next one may.
+    /// Install batches that may close now, and when the next one may. Every full 50 goes at once (what
+    /// is left starts a fresh window); the rest closes [`EventOptions::batch_quiet`] after its last
+    /// newcomer, or [`EventOptions::batch_linger`] after it when nothing else is being watched for SSM
+    /// there (the intake may be about to hand in more: a burst fills one command instead of splitting),
+    /// and at the latest [`EventOptions::batch_max_wait`] after its first.
     #[cfg(test)]
     fn closable(
         &mut self,
@@ -303,32 +320,44 @@ impl Tracker {
             if out.len() >= limit {
                 break;
             }
-            let batch = &self.ready[&key];
             let nothing_coming = self.watching.get(&key).is_none_or(BTreeMap::is_empty);
-            let close_at = (batch.last + opts.batch_quiet).min(batch.first + opts.batch_max_wait);
-            if nothing_coming || close_at <= now {
-                let batch = self.ready.remove(&key).expect("listed above");
-                for id in &batch.ids {
-                    self.installing.insert((key.clone(), id.clone()));
-                }
-                out.push((key, batch.ids.into_iter().collect()));
-            } else if batch.ids.len() >= IDS_PER_CALL {
-                // Full commands go now; the rest waits for more to join it.
-                let batch = self.ready.get_mut(&key).expect("listed above");
+            let batch = self.ready.get_mut(&key).expect("listed above");
+            if batch.ids.len() >= IDS_PER_CALL {
                 let full = batch.ids.len() / IDS_PER_CALL * IDS_PER_CALL;
                 let ids: Vec<String> = batch.ids.iter().take(full).cloned().collect();
                 for id in &ids {
                     batch.ids.remove(id);
                     self.installing.insert((key.clone(), id.clone()));
                 }
+                debug!(region = %key.1, instances = ids.len(), waited_ms = now.duration_since(batch.first).as_millis() as u64, "install batch full");
+                out.push((key.clone(), ids));
                 if batch.ids.is_empty() {
                     self.ready.remove(&key);
-                } else {
-                    batch.first = now;
-                    let close_at = (batch.last + opts.batch_quiet).min(now + opts.batch_max_wait);
-                    next = Some(next.map_or(close_at, |n| n.min(close_at)));
+                    continue;
                 }
-                out.push((key, ids));
+                if out.len() >= limit {
+                    // The rest waits for a free install slot (the end of a running install wakes us).
+                    batch.first = now;
+                    batch.last = now;
+                    break;
+                }
+                batch.first = now;
+                batch.last = now;
+            }
+            let batch = &self.ready[&key];
+            let pause = if nothing_coming {
+                opts.batch_linger
+            } else {
+                opts.batch_quiet
+            };
+            let close_at = (batch.last + pause).min(batch.first + opts.batch_max_wait);
+            if close_at <= now {
+                let batch = self.ready.remove(&key).expect("listed above");
+                debug!(region = %key.1, instances = batch.ids.len(), waited_ms = now.duration_since(batch.first).as_millis() as u64, nothing_coming, "install batch closed");
+                for id in &batch.ids {
+                    self.installing.insert((key.clone(), id.clone()));
+                }
+                out.push((key, batch.ids.into_iter().collect()));
             } else {
                 next = Some(next.map_or(close_at, |n| n.min(close_at)));
             }
@@ -984,7 +1013,9 @@ where
             if let Some(group) = tracker.watching.get_mut(&key) {
                 for id in &ids {
                     if online.contains(id) {
-                        group.remove(id);
+                        if let Some(w) = group.remove(id) {
+                            debug!(instance.id = %id, region = %key.1, watched_ms = now.duration_since(w.since).as_millis() as u64, "Online in SSM");
+                        }
                         became_ready.push(id.clone());
                     } else if let Some(w) = group.get_mut(id) {
                         let mut wait = poll_interval(now.duration_since(w.since));
@@ -996,7 +1027,6 @@ where
                 }
             }
             for id in &became_ready {
-                debug!(instance.id = %id, region = %key.1, "Online in SSM");
                 tracker.make_ready(&key, id, now);
                 any_ready = true;
             }
@@ -1051,6 +1081,7 @@ where
         let span =
             info_span!("event_install", account = %key.0, region = %key.1, instances = ids.len());
         async {
+            debug!("event install started");
             {
                 let _lease = self.ctx.leases.shared(&key.0, &key.1).await;
                 let clients = match self.accounts.enter(&key.0).await {

@@ -1,7 +1,8 @@
 //! The agent install: sends the plan's batches ([`crate::reconcile::batches`]) through SSM Run Command,
 //! each rendered from its own spec, two commands per batch (a key exchange, then the install with the
-//! token sealed to the keys it returned), tracks the commands with as few calls as possible, and verifies
-//! every reported success in Azure.
+//! token sealed to the keys it returned), tracks the commands with as few calls as possible (every second
+//! for their first [`STEADY_POLL`], then less and less often), and verifies every reported success in
+//! Azure.
 //!
 //! # Guarantees
 //! - An instance is in at most one install command per pass, and an instance with an arc-onboard command
@@ -552,7 +553,8 @@ async fn exchange_keys<'p>(
         opts.delivery_timeout + KEY_EXCHANGE_TIMEOUT + Duration::from_secs(60),
         opts.max_poll,
         1.5,
-    );
+    )
+    .steady(STEADY_POLL);
     let since = std::time::SystemTime::now() - Duration::from_secs(60);
     let mut done = Vec::new();
     while !pending.is_empty() {
@@ -768,7 +770,8 @@ async fn track(
         opts.script_token_validity() + Duration::from_secs(60),
         opts.max_poll,
         1.5,
-    );
+    )
+    .steady(STEADY_POLL);
     let mut succeeded = Vec::new();
     let total = pending.len();
     let progress = opts.progress.begin(
@@ -842,19 +845,28 @@ async fn track(
     succeeded
 }
 
-/// The poll loop of tracking and verification: pauses between rounds grow from 1 s by `factor` up to
-/// `max_pause`, and no pause runs past the deadline.
+/// How long the key exchanges and the install commands are polled every second before the pauses
+/// grow: most end within seconds (an install that finds the agent in place, or a small one), and a
+/// growing pause would find them ended up to half their run late. It costs at most ten rounds (one
+/// `ListCommands` per region each) per call of [`install_agents`].
+pub const STEADY_POLL: Duration = Duration::from_secs(10);
+
+/// The poll loop of tracking and verification: pauses of 1 s during the steady phase (if any), then
+/// growing from 1 s by `factor` up to `max_pause`; no pause runs past the deadline.
 struct Poll {
     deadline: Instant,
     max_pause: Duration,
+    steady_until: Instant,
     pauses: backon::ExponentialBackoff,
 }
 
 impl Poll {
     fn new(bound: Duration, max_pause: Duration, factor: f32) -> Poll {
+        let now = Instant::now();
         Poll {
-            deadline: Instant::now() + bound,
+            deadline: now + bound,
             max_pause,
+            steady_until: now,
             pauses: ExponentialBuilder::default()
                 .with_min_delay(Duration::from_secs(1))
                 .with_max_delay(max_pause)
@@ -864,6 +876,12 @@ impl Poll {
         }
     }
 
+    /// Pauses of 1 s for the first `steady` of the poll, before they grow.
+    fn steady(mut self, steady: Duration) -> Poll {
+        self.steady_until = Instant::now() + steady;
+        self
+    }
+
     /// Waits before the next round; `false`, at once, when the deadline has passed or the pass was
     /// interrupted (see [`crate::reconcile::interrupt`]).
     async fn wait(&mut self) -> bool {
@@ -871,7 +889,11 @@ impl Poll {
         if left.is_zero() || crate::reconcile::interrupt::requested() {
             return false;
         }
-        let pause = self.pauses.next().unwrap_or(self.max_pause);
+        let pause = if Instant::now() < self.steady_until {
+            Duration::from_secs(1)
+        } else {
+            self.pauses.next().unwrap_or(self.max_pause)
+        };
         crate::reconcile::interrupt::sleep(pause.min(left)).await;
         !crate::reconcile::interrupt::requested()
     }
@@ -1121,6 +1143,19 @@ mod tests {
         }
         // 1, 2, 4, then 3 (capped by the deadline); then the deadline has passed.
         assert_eq!(waited, [1, 3, 7, 10]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_poll_asks_every_second_before_the_pauses_grow() {
+        let start = Instant::now();
+        let mut poll = Poll::new(Duration::from_secs(20), Duration::from_secs(8), 2.0)
+            .steady(Duration::from_secs(4));
+        let mut waited = Vec::new();
+        while poll.wait().await {
+            waited.push((Instant::now() - start).as_secs());
+        }
+        // Every second for 4 s, then 1, 2, 4, 8 capped by the deadline.
+        assert_eq!(waited, [1, 2, 3, 4, 5, 7, 11, 19, 20]);
     }
 
     #[test]

@@ -233,7 +233,11 @@ async fn a_lost_queue_is_reported_and_the_loop_goes_on() {
 
 #[test]
 fn poll_interval_backs_off_with_the_wait() {
-    assert_eq!(poll_interval(Duration::ZERO), Duration::from_secs(2));
+    assert_eq!(poll_interval(Duration::ZERO), Duration::from_secs(1));
+    assert_eq!(
+        poll_interval(Duration::from_secs(45)),
+        Duration::from_secs(2)
+    );
     assert_eq!(
         poll_interval(Duration::from_secs(90)),
         Duration::from_secs(10)
@@ -264,10 +268,77 @@ fn full_commands_go_at_once_and_the_rest_waits_while_more_are_coming() {
     let (batches, _) = tracker.closable(now + opts.batch_quiet, &opts);
     assert_eq!(batches[0].1.len(), 2);
     assert!(tracker.ready.is_empty());
-    // Nothing being watched: a lone instance goes at once.
+    // Nothing being watched: a lone instance goes after the short linger.
     let mut tracker = Tracker::default();
     tracker.make_ready(&key, "i-lone", now);
-    assert_eq!(tracker.closable(now, &opts).0.len(), 1);
+    assert!(tracker.closable(now, &opts).0.is_empty());
+    assert_eq!(tracker.closable(now + opts.batch_linger, &opts).0.len(), 1);
+}
+
+#[test]
+fn with_nothing_watched_a_batch_fills_within_the_linger_instead_of_splitting() {
+    let opts = EventOptions::default();
+    let now = Instant::now();
+    let key: Key = (FAKE_ACCOUNT.into(), "eu-west-1".into());
+    let mut tracker = Tracker::default();
+    tracker.make_ready(&key, "i-a", now);
+    let (batches, next) = tracker.closable(now, &opts);
+    assert!(
+        batches.is_empty(),
+        "a lone instance waits for the rest of a burst"
+    );
+    assert_eq!(next, Some(now + opts.batch_linger));
+    // Another of the burst joins within the linger: the window runs from the last newcomer.
+    let later = now + opts.batch_linger / 2;
+    tracker.make_ready(&key, "i-b", later);
+    let (batches, next) = tracker.closable(later, &opts);
+    assert!(batches.is_empty());
+    assert_eq!(next, Some(later + opts.batch_linger));
+    let (batches, _) = tracker.closable(later + opts.batch_linger, &opts);
+    assert_eq!(
+        batches,
+        vec![(key.clone(), vec!["i-a".to_string(), "i-b".to_string()])]
+    );
+    // A trickle never holds a batch past batch_max_wait.
+    let mut tracker = Tracker::default();
+    let mut t = now;
+    let mut closed = Vec::new();
+    while closed.is_empty() {
+        tracker.make_ready(&key, &format!("i-{}", (t - now).as_millis()), t);
+        closed = tracker.closable(t, &opts).0;
+        t += opts.batch_linger / 2;
+    }
+    assert!(
+        t - now <= opts.batch_max_wait + opts.batch_linger,
+        "{:?}",
+        t - now
+    );
+}
+
+#[test]
+fn registration_polls_of_a_burst_go_in_rounds() {
+    let now = Instant::now();
+    let key: Key = (FAKE_ACCOUNT.into(), "us-east-1".into());
+    let mut tracker = Tracker::default();
+    // Three intakes of one burst, 300 ms apart, each hand in one instance.
+    for (n, ms) in [0u64, 300, 600].into_iter().enumerate() {
+        tracker.watch(&key, &format!("i-{n}"), now + Duration::from_millis(ms));
+    }
+    assert_eq!(
+        tracker.next_poll(),
+        Some(now + poll_interval(Duration::ZERO))
+    );
+    // The first comes due: the other two are asked about in the same call.
+    let first_due = tracker.next_poll().unwrap();
+    let (work, given_up) = tracker.due(first_due, Duration::from_secs(900));
+    assert!(given_up.is_empty());
+    assert_eq!(
+        work,
+        vec![(
+            key.clone(),
+            vec!["i-0".to_string(), "i-1".to_string(), "i-2".to_string()]
+        )]
+    );
 }
 
 #[test]
@@ -282,11 +353,13 @@ fn at_most_the_free_install_slots_are_taken_and_the_rest_stays_ready() {
     for key in &keys {
         tracker.make_ready(key, "i-1", now);
     }
-    assert!(tracker.closable_at_most(now, &opts, 0).0.is_empty());
-    let (batches, _) = tracker.closable_at_most(now, &opts, 2);
+    // Nothing else is watched: each batch may close once its linger is over.
+    let due = now + opts.batch_linger;
+    assert!(tracker.closable_at_most(due, &opts, 0).0.is_empty());
+    let (batches, _) = tracker.closable_at_most(due, &opts, 2);
     assert_eq!(batches.len(), 2);
     assert_eq!(tracker.ready.len(), 1, "the third waits for a free slot");
-    assert_eq!(tracker.closable_at_most(now, &opts, 5).0.len(), 1);
+    assert_eq!(tracker.closable_at_most(due, &opts, 5).0.len(), 1);
     assert!(tracker.ready.is_empty());
 }
 

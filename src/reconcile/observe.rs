@@ -225,6 +225,23 @@ pub async fn resolve_regions(
     }
 }
 
+/// How far back observation looks for install commands that may still run: those sent at or after
+/// `since` (computed from the pass's clock, never from the wall clock here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlightWindow {
+    /// The earliest time an install command that may still run was sent.
+    pub since: SystemTime,
+}
+
+impl InFlightWindow {
+    /// The `span` before `now` (the epoch when `span` reaches before it).
+    pub fn ending_at(now: SystemTime, span: Duration) -> InFlightWindow {
+        InFlightWindow {
+            since: now.checked_sub(span).unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
+}
+
 /// Observes one account's AWS side. `in_flight_window`: how far back to look for install commands that may
 /// still run (the longest an install can take); `arc` is what Azure said, observed separately.
 pub async fn observe_account(
@@ -232,7 +249,7 @@ pub async fn observe_account(
     regions: &[String],
     config: &Config,
     (ec2, iam, ssm): (&impl Ec2, &impl Iam, &impl Ssm),
-    in_flight_window: Duration,
+    in_flight_window: InFlightWindow,
     arc: ArcObservation,
 ) -> AccountObservation {
     let tag = config.aws.tag_filter.clone();
@@ -262,7 +279,7 @@ pub async fn observe_instances(
     instance_ids: &[String],
     config: &Config,
     (ec2, iam, ssm): (&impl Ec2, &impl Iam, &impl Ssm),
-    in_flight_window: Duration,
+    in_flight_window: InFlightWindow,
     arc: ArcObservation,
 ) -> AccountObservation {
     let tag = config.aws.tag_filter.as_ref();
@@ -374,7 +391,7 @@ async fn observe_region(
     tag: Option<TagSelector>,
     ec2: &impl Ec2,
     ssm: &impl Ssm,
-    in_flight_window: Duration,
+    in_flight_window: InFlightWindow,
 ) -> RegionObservation {
     let instances = match ec2.describe_instances(&region, tag.as_ref()).await {
         Ok(list) => list,
@@ -400,7 +417,7 @@ async fn complete_region(
     mut instances: Vec<Ec2Instance>,
     ec2: &impl Ec2,
     ssm: &impl Ssm,
-    in_flight_window: Duration,
+    in_flight_window: InFlightWindow,
     association_ids: &[String],
 ) -> RegionObservation {
     instances.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
@@ -429,9 +446,7 @@ async fn complete_region(
         if running.is_empty() {
             return None;
         }
-        let since = SystemTime::now()
-            .checked_sub(in_flight_window)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let since = in_flight_window.since;
         Some(ssm.recent_commands(&region, since, COMMENT_PREFIX).await)
     };
     // Default Host Management Configuration matters only to instances without a profile.

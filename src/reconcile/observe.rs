@@ -8,7 +8,7 @@ use futures::stream::{self, StreamExt};
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::config::{Config, RegionSelection};
-use crate::model::ArcMachine;
+use crate::model::{ArcMachine, AzureError};
 use crate::model::{
     AwsError, Ec2Instance, GraphMachine, InstanceProfile, InstanceState, Role, SsmInstance,
     TagSelector,
@@ -85,7 +85,7 @@ pub enum ArcObservation {
     /// No `[azure]` section: Azure is not consulted.
     NotConfigured,
     /// Azure could not be asked (no secret, token refused, ARM error); `plan` says so per instance.
-    Unavailable(String),
+    Unavailable(ArcUnavailable),
     /// Azure answered.
     Checked {
         /// The resource group for this account.
@@ -97,16 +97,27 @@ pub enum ArcObservation {
     },
 }
 
+/// Why Azure could not be asked; its `Display` is the text `plan` shows (`Azure not checked: ...`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArcUnavailable {
+    /// No Azure credential: the client secret's environment variable is not set.
+    #[error("{} is not set", crate::config::CLIENT_SECRET_ENV)]
+    NoCredential,
+    /// Entra or Resource Manager refused or failed (the ARM code and message are kept).
+    #[error(transparent)]
+    Azure(#[from] AzureError),
+}
+
 /// Asks Azure about the account's resource group and its machines (two calls, whatever the fleet size).
 pub async fn observe_arc(arm: &impl Arm, resource_group: &str) -> ArcObservation {
     let group_exists = match arm.resource_group_exists(resource_group).await {
         Ok(exists) => exists,
-        Err(e) => return ArcObservation::Unavailable(e.to_string()),
+        Err(e) => return ArcObservation::Unavailable(e.into()),
     };
     let machines = if group_exists {
         match arm.list_machines(resource_group).await {
             Ok(list) => list.into_iter().map(|m| (m.name.clone(), m)).collect(),
-            Err(e) => return ArcObservation::Unavailable(e.to_string()),
+            Err(e) => return ArcObservation::Unavailable(e.into()),
         }
     } else {
         HashMap::new()

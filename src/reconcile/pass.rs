@@ -13,6 +13,7 @@ use crate::ports::{ApiCounter, Arm, Ec2, Iam, MutationToken, Ssm, Sts};
 use crate::reconcile::apply::{apply_iam, settle_after_iam, ApplyOptions};
 use crate::reconcile::observe::{
     observe_account, observe_arc, observe_elsewhere, resolve_regions, ArcObservation,
+    ArcUnavailable,
 };
 use crate::reconcile::onboard::{install_agents, InstallOptions, InstallWork, Journal};
 use crate::reconcile::outcome::AccountOutcome;
@@ -615,10 +616,7 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
         info!(regions = regions.len(), "observing");
         let arc = match (&config.azure, arm) {
             (None, _) => ArcObservation::NotConfigured,
-            (Some(_), None) => ArcObservation::Unavailable(format!(
-                "{} is not set",
-                crate::config::CLIENT_SECRET_ENV
-            )),
+            (Some(_), None) => ArcObservation::Unavailable(ArcUnavailable::NoCredential),
             (Some(az), Some(arm)) => observe_arc(arm, &az.resource_group_for(&account)).await,
         };
         let aws = (ports.ec2, ports.iam, ports.ssm);
@@ -1349,6 +1347,38 @@ mod tests {
             .collect();
         assert_eq!(sizes, [50, 50, 30]);
         assert_eq!(report.summary.by_status[&Status::Onboarded], 130);
+    }
+
+    /// Why Azure was not checked is typed (the Azure error kept whole), and `plan` shows the same text the
+    /// string held before.
+    #[tokio::test]
+    async fn an_unavailable_azure_is_typed_and_reads_as_before() {
+        let arm = FakeArm::default();
+        let refused = crate::model::AzureError::Token {
+            status: 401,
+            code: "invalid_client".into(),
+            description: "AADSTS7000215: Invalid client secret provided.".into(),
+        };
+        arm.fail_token(refused.clone());
+        let arc = observe_arc(&arm, "aws_123456789012").await;
+        assert_eq!(
+            arc,
+            ArcObservation::Unavailable(ArcUnavailable::Azure(refused))
+        );
+        assert_eq!(
+            ArcUnavailable::NoCredential.to_string(),
+            "ARC_ONBOARD_CLIENT_SECRET is not set"
+        );
+        let report = pass_with(&fleet(), &arm, &config(""), None).await.unwrap();
+        let none = row(&report, "i-none");
+        assert!(
+            none.detail.ends_with(
+                "; Azure not checked: Entra token request failed: HTTP 401: invalid_client: \
+                 AADSTS7000215: Invalid client secret provided."
+            ),
+            "{}",
+            none.detail
+        );
     }
 
     #[tokio::test]

@@ -30,6 +30,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, warn};
 
+use crate::reconcile::plan::Status;
+
 /// The `Content-Type` of the Prometheus text exposition format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
@@ -98,8 +100,8 @@ struct AccountCodeLabels {
 /// One account's part of a pass, for the per-account series.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccountCounts {
-    /// Instances by report status.
-    pub statuses: BTreeMap<String, u64>,
+    /// Instances by report status (named only when rendered, as the `status` label).
+    pub statuses: BTreeMap<Status, u64>,
     /// Errors by code (`errors[]` entries of the account, failed instances by failure code).
     pub errors: BTreeMap<String, u64>,
 }
@@ -180,7 +182,7 @@ struct KindState {
     /// Every status this kind's instance gauge has held, so a status that vanished is set to 0.
     statuses: BTreeSet<String>,
     /// Every (account, status) this kind's per-account gauge has held, likewise.
-    account_statuses: BTreeSet<(String, String)>,
+    account_statuses: BTreeSet<(String, Status)>,
 }
 
 impl Metrics {
@@ -527,7 +529,7 @@ impl Metrics {
                 counts
                     .statuses
                     .keys()
-                    .map(|status| (account.clone(), status.clone())),
+                    .map(|status| (account.clone(), *status)),
             );
         }
         for (account, status) in &state.account_statuses {
@@ -540,7 +542,7 @@ impl Metrics {
                 .get_or_create(&AccountInstanceLabels {
                     kind: kind.to_string(),
                     account: account.clone(),
-                    status: status.clone(),
+                    status: status.as_str().to_string(),
                 })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
@@ -1123,14 +1125,17 @@ mod tests {
     #[test]
     fn per_account_series_carry_the_account_label() {
         let metrics = Metrics::new(3);
-        let counts = |statuses: &[(&str, u64)], errors: &[(&str, u64)]| AccountCounts {
-            statuses: map(statuses),
+        let counts = |statuses: &[(Status, u64)], errors: &[(&str, u64)]| AccountCounts {
+            statuses: statuses.iter().copied().collect(),
             errors: map(errors),
         };
         metrics.record_accounts(
             "onboarding",
             &BTreeMap::from([
-                ("111111111111".to_string(), counts(&[("onboarded", 2)], &[])),
+                (
+                    "111111111111".to_string(),
+                    counts(&[(Status::Onboarded, 2)], &[]),
+                ),
                 (
                     "222222222222".to_string(),
                     counts(&[], &[("AccessDenied", 1)]),
@@ -1141,10 +1146,18 @@ mod tests {
             "onboarding",
             &BTreeMap::from([(
                 "222222222222".to_string(),
-                counts(&[("already-onboarded", 3)], &[("AccessDenied", 1)]),
+                counts(&[(Status::AlreadyOnboarded, 3)], &[("AccessDenied", 1)]),
             )]),
         );
-        let samples = parse_exposition(&metrics.render());
+        let rendered = metrics.render();
+        // The typed status renders as the label it always had.
+        assert!(
+            rendered.contains(
+                "arc_onboard_account_instances{kind=\"onboarding\",account=\"222222222222\",status=\"already-onboarded\"} 3\n"
+            ),
+            "{rendered}"
+        );
+        let samples = parse_exposition(&rendered);
         let mut gauges: Vec<(String, f64)> = samples
             .iter()
             .filter(|s| s.name == "arc_onboard_account_instances")

@@ -249,10 +249,7 @@ impl PassSummary {
         }
         for i in &r.instances {
             let account = accounts.entry(i.account_id.clone()).or_default();
-            *account
-                .statuses
-                .entry(i.status.as_str().to_string())
-                .or_default() += 1;
+            *account.statuses.entry(i.status).or_default() += 1;
             if let (crate::reconcile::plan::Status::Failed, Some(f)) = (i.status, &i.failure) {
                 *account.errors.entry(f.code.clone()).or_default() += 1;
             }

@@ -47,15 +47,40 @@ const PASS_DURATION_BUCKETS: [f64; 12] = [
 ];
 
 /// The results of `arc_onboard_repairs_total`, exported at 0 from the start.
-const REPAIR_RESULTS: [&str; 3] = ["reconnected", "failed", "pending"];
+const REPAIR_RESULTS: [RepairResult; 3] = [
+    RepairResult::Reconnected,
+    RepairResult::Failed,
+    RepairResult::Pending,
+];
 
-/// The `result` label of a `reconnect-agent` row that ended the pass with `status`.
-pub fn repair_result(status: crate::reconcile::plan::Status) -> &'static str {
-    use crate::reconcile::plan::Status;
+/// How a `reconnect-agent` row ended its pass: the `result` label of `arc_onboard_repairs_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RepairResult {
+    /// The agent is connected again (`reconnected`).
+    Reconnected,
+    /// The repair failed (`failed`).
+    Failed,
+    /// Not finished in the pass (`pending`).
+    Pending,
+}
+
+impl RepairResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepairResult::Reconnected => "reconnected",
+            RepairResult::Failed => "failed",
+            RepairResult::Pending => "pending",
+        }
+    }
+}
+
+/// The result of a `reconnect-agent` row that ended the pass with `status`.
+pub fn repair_result(status: Status) -> RepairResult {
     match status {
-        Status::Onboarded | Status::AlreadyOnboarded => "reconnected",
-        Status::Failed | Status::ConnectedElsewhere => "failed",
-        _ => "pending",
+        Status::Onboarded | Status::AlreadyOnboarded => RepairResult::Reconnected,
+        Status::Failed | Status::ConnectedElsewhere => RepairResult::Failed,
+        _ => RepairResult::Pending,
     }
 }
 
@@ -271,7 +296,7 @@ impl Metrics {
         );
         for result in REPAIR_RESULTS {
             let _ = repairs.get_or_create(&ResultLabels {
-                result: result.to_string(),
+                result: result.as_str().to_string(),
             });
         }
         let queue_failing = Gauge::default();
@@ -470,11 +495,11 @@ impl Metrics {
     }
 
     /// Adds a pass's `reconnect-agent` rows, by result, to `arc_onboard_repairs_total`.
-    pub fn record_repairs(&self, by_result: &BTreeMap<String, u64>) {
+    pub fn record_repairs(&self, by_result: &BTreeMap<RepairResult, u64>) {
         for (result, n) in by_result {
             self.repairs
                 .get_or_create(&ResultLabels {
-                    result: result.clone(),
+                    result: result.as_str().to_string(),
                 })
                 .inc_by(*n);
         }
@@ -1266,20 +1291,30 @@ mod tests {
             )
         };
         for result in REPAIR_RESULTS {
-            assert_eq!(v(&metrics, result), Some(0.0), "{result}");
+            assert_eq!(v(&metrics, result.as_str()), Some(0.0), "{result:?}");
         }
-        let pass: BTreeMap<String, u64> = [Status::Onboarded, Status::Onboarded, Status::Failed]
-            .into_iter()
-            .fold(BTreeMap::new(), |mut m, s| {
-                *m.entry(repair_result(s).to_string()).or_default() += 1;
-                m
-            });
+        let pass: BTreeMap<RepairResult, u64> =
+            [Status::Onboarded, Status::Onboarded, Status::Failed]
+                .into_iter()
+                .fold(BTreeMap::new(), |mut m, s| {
+                    *m.entry(repair_result(s)).or_default() += 1;
+                    m
+                });
         metrics.record_repairs(&pass);
         metrics.record_repairs(&pass);
+        // The typed result renders as the label it always had.
+        let rendered = metrics.render();
+        for line in [
+            "arc_onboard_repairs_total{result=\"reconnected\"} 4\n",
+            "arc_onboard_repairs_total{result=\"failed\"} 2\n",
+            "arc_onboard_repairs_total{result=\"pending\"} 0\n",
+        ] {
+            assert!(rendered.contains(line), "{line}{rendered}");
+        }
         assert_eq!(v(&metrics, "reconnected"), Some(4.0));
         assert_eq!(v(&metrics, "failed"), Some(2.0));
         assert_eq!(v(&metrics, "pending"), Some(0.0));
-        assert_eq!(repair_result(Status::InProgress), "pending");
+        assert_eq!(repair_result(Status::InProgress), RepairResult::Pending);
     }
 
     #[test]

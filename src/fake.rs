@@ -22,6 +22,40 @@ use crate::ports::{
 };
 pub use arm::FakeArm;
 
+/// A clock that stands still until set or advanced (the core reads time only through
+/// [`crate::ports::clock::ClockPort`]).
+#[derive(Debug)]
+pub struct FakeClock(Mutex<std::time::SystemTime>);
+
+impl FakeClock {
+    /// A clock showing `at`.
+    pub fn at(at: std::time::SystemTime) -> Arc<FakeClock> {
+        Arc::new(FakeClock(Mutex::new(at)))
+    }
+
+    /// Shows `at` from now on.
+    pub fn set(&self, at: std::time::SystemTime) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    }
+
+    /// Moves the clock on by `by`.
+    pub fn advance(&self, by: std::time::Duration) {
+        let mut t = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *t += by;
+    }
+
+    /// The port showing this clock.
+    pub fn port(self: &Arc<Self>) -> crate::ports::clock::ClockPort {
+        crate::ports::clock::ClockPort(self.clone())
+    }
+}
+
+impl crate::ports::clock::Clock for FakeClock {
+    fn now(&self) -> std::time::SystemTime {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 /// The account id the fake reports.
 pub const FAKE_ACCOUNT: &str = "123456789012";
 
@@ -50,6 +84,8 @@ struct State {
     account_id: Option<String>,
     /// Regions where Default Host Management Configuration is on, with its role.
     dhmc: BTreeMap<String, String>,
+    /// The `since` of every `ssm:ListCommands` asked, in order: (region, since).
+    listed_since: Vec<(String, std::time::SystemTime)>,
 }
 
 /// A command the fake accepted.
@@ -197,6 +233,11 @@ impl FakeAws {
     pub fn with_account(self, id: &str) -> FakeAws {
         self.lock().account_id = Some(id.to_string());
         self
+    }
+
+    /// The `since` of every `ssm:ListCommands` asked so far, in order: (region, since).
+    pub fn listed_since(&self) -> Vec<(String, std::time::SystemTime)> {
+        self.lock().listed_since.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -786,12 +827,13 @@ impl Ssm for FakeAws {
     async fn recent_commands(
         &self,
         region: &str,
-        _since: std::time::SystemTime,
+        since: std::time::SystemTime,
         comment_prefix: &str,
     ) -> Result<Vec<CommandSummary>, AwsError> {
         self.check("ssm:ListCommands", &[region])?;
         // Every command of the fake is recent; it lists those whose comment starts with the prefix.
-        let s = self.lock();
+        let mut s = self.lock();
+        s.listed_since.push((region.to_string(), since));
         Ok(s.commands
             .iter()
             .filter(|c| c.region == region && c.request.comment.starts_with(comment_prefix))

@@ -18,7 +18,7 @@
 //! reconcile  the core: observe -> plan -> apply over the ports; the report's data
 //! install    the scripts sent to instances
 //! config     plain data + validation; environment variable names
-//! ports      one trait per external system, accounts, progress; MutationToken
+//! ports      one trait per external system, accounts, progress, clock; MutationToken
 //! model      domain types, statuses, failures, timestamp
 //! error      how errors are shown
 //! ```
@@ -42,7 +42,8 @@
 //!   capability; [`ports::accounts`]: the accounts port ([`ports::accounts::Accounts`]: the caller, the
 //!   organization, entering an account); [`ports::progress`]: where the core reports its long waits;
 //!   [`ports::memory`]: the daemon's durable memory (what the planner reads, what the executor journals),
-//!   whose adapter is [`daemon::state`].
+//!   whose adapter is [`daemon::state`]; [`ports::clock`]: the time the core reads (report timestamps,
+//!   the `since` of command listings; the core never reads the wall clock, `tests/core_clock.rs`).
 //! - [`reconcile`]: the core.
 //!   - [`reconcile::observe`]: gathers one account's state through the ports (or just some instances').
 //!   - [`reconcile::plan`]: the pure planner: observation + config + the daemon's memory -> per-instance

@@ -1,6 +1,6 @@
 //! One port per external system (AWS services and Azure Resource Manager), speaking domain types. Real
 //! adapters live in [`crate::adapters`]; stateful fakes in the test kit, `crate::fake`.
-//! Every method that changes something takes a [`MutationToken`]. [`memory`]: the daemon's durable memory.
+//! Every method that changes something takes a [`MutationToken`]. [`memory`]: the daemon's durable memory; [`clock`]: the time the core reads.
 
 pub mod memory;
 
@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub mod accounts;
+pub mod clock;
 pub mod progress;
 
 use crate::model::{

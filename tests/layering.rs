@@ -14,6 +14,10 @@ use std::path::{Path, PathBuf};
 use proc_macro2::{TokenStream, TokenTree};
 use syn::visit::Visit;
 
+#[macro_use]
+mod source;
+use source::test_item;
+
 /// Each layer and the layers it may use, bottom to top.
 const LAYERS: &[(&str, &[&str])] = &[
     ("error", &[]),
@@ -106,26 +110,6 @@ fn read_tree(root: &Path) -> Sources {
     let mut out = Sources::new();
     walk(root, root, &mut out);
     out
-}
-
-/// Whether `attrs` hold a `#[cfg(...)]` that is only true under test (`test`, or `all(.., test, ..)`).
-fn test_only(attrs: &[syn::Attribute]) -> bool {
-    fn requires_test(meta: &syn::Meta) -> bool {
-        match meta {
-            syn::Meta::Path(p) => p.is_ident("test"),
-            syn::Meta::List(l) if l.path.is_ident("all") => l
-                .parse_args_with(
-                    syn::punctuated::Punctuated::<syn::Meta, syn::Token![,]>::parse_terminated,
-                )
-                .is_ok_and(|metas| metas.iter().any(requires_test)),
-            _ => false,
-        }
-    }
-    attrs.iter().any(|a| {
-        a.path().is_ident("cfg")
-            && a.parse_args::<syn::Meta>()
-                .is_ok_and(|meta| requires_test(&meta))
-    })
 }
 
 /// Collects the absolute module paths a file's code names, with their lines.
@@ -240,25 +224,7 @@ impl Collector {
 
 impl<'ast> Visit<'ast> for Collector {
     fn visit_item(&mut self, item: &'ast syn::Item) {
-        let attrs: &[syn::Attribute] = match item {
-            syn::Item::Const(i) => &i.attrs,
-            syn::Item::Enum(i) => &i.attrs,
-            syn::Item::ExternCrate(i) => &i.attrs,
-            syn::Item::Fn(i) => &i.attrs,
-            syn::Item::ForeignMod(i) => &i.attrs,
-            syn::Item::Impl(i) => &i.attrs,
-            syn::Item::Macro(i) => &i.attrs,
-            syn::Item::Mod(i) => &i.attrs,
-            syn::Item::Static(i) => &i.attrs,
-            syn::Item::Struct(i) => &i.attrs,
-            syn::Item::Trait(i) => &i.attrs,
-            syn::Item::TraitAlias(i) => &i.attrs,
-            syn::Item::Type(i) => &i.attrs,
-            syn::Item::Union(i) => &i.attrs,
-            syn::Item::Use(i) => &i.attrs,
-            _ => &[],
-        };
-        if test_only(attrs) {
+        if test_item(item) {
             return;
         }
         syn::visit::visit_item(self, item);
@@ -277,25 +243,7 @@ impl<'ast> Visit<'ast> for Collector {
         self.module.pop();
     }
 
-    fn visit_impl_item(&mut self, item: &'ast syn::ImplItem) {
-        let attrs: &[syn::Attribute] = match item {
-            syn::ImplItem::Const(i) => &i.attrs,
-            syn::ImplItem::Fn(i) => &i.attrs,
-            syn::ImplItem::Type(i) => &i.attrs,
-            syn::ImplItem::Macro(i) => &i.attrs,
-            _ => &[],
-        };
-        if !test_only(attrs) {
-            syn::visit::visit_impl_item(self, item);
-        }
-    }
-
-    fn visit_stmt(&mut self, stmt: &'ast syn::Stmt) {
-        if let syn::Stmt::Item(item) = stmt {
-            return self.visit_item(item);
-        }
-        syn::visit::visit_stmt(self, stmt);
-    }
+    skip_test_impl_items_and_stmts!('ast);
 
     fn visit_item_use(&mut self, u: &'ast syn::ItemUse) {
         self.use_tree(&mut Vec::new(), &u.tree);

@@ -127,7 +127,7 @@ async fn pass_and_report(
         &opts,
         durable,
         shard,
-        std::time::SystemTime::now(),
+        opts.install.clock.now(),
     )
     .await
     .map_err(|e| unreachable_aws(e, &sdk, &home, &adapters.counter))?;

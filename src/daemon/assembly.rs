@@ -158,7 +158,7 @@ pub async fn run<X, A, Q, P>(
                     &opts,
                     Some(durable),
                     shard,
-                    std::time::SystemTime::now(),
+                    opts.install.clock.now(),
                 )
                 .await
                 {

@@ -30,6 +30,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, warn};
 
+use crate::reconcile::plan::Status;
+
 /// The `Content-Type` of the Prometheus text exposition format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
@@ -45,15 +47,40 @@ const PASS_DURATION_BUCKETS: [f64; 12] = [
 ];
 
 /// The results of `arc_onboard_repairs_total`, exported at 0 from the start.
-const REPAIR_RESULTS: [&str; 3] = ["reconnected", "failed", "pending"];
+const REPAIR_RESULTS: [RepairResult; 3] = [
+    RepairResult::Reconnected,
+    RepairResult::Failed,
+    RepairResult::Pending,
+];
 
-/// The `result` label of a `reconnect-agent` row that ended the pass with `status`.
-pub fn repair_result(status: crate::reconcile::plan::Status) -> &'static str {
-    use crate::reconcile::plan::Status;
+/// How a `reconnect-agent` row ended its pass: the `result` label of `arc_onboard_repairs_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RepairResult {
+    /// The agent is connected again (`reconnected`).
+    Reconnected,
+    /// The repair failed (`failed`).
+    Failed,
+    /// Not finished in the pass (`pending`).
+    Pending,
+}
+
+impl RepairResult {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepairResult::Reconnected => "reconnected",
+            RepairResult::Failed => "failed",
+            RepairResult::Pending => "pending",
+        }
+    }
+}
+
+/// The result of a `reconnect-agent` row that ended the pass with `status`.
+pub fn repair_result(status: Status) -> RepairResult {
     match status {
-        Status::Onboarded | Status::AlreadyOnboarded => "reconnected",
-        Status::Failed | Status::ConnectedElsewhere => "failed",
-        _ => "pending",
+        Status::Onboarded | Status::AlreadyOnboarded => RepairResult::Reconnected,
+        Status::Failed | Status::ConnectedElsewhere => RepairResult::Failed,
+        _ => RepairResult::Pending,
     }
 }
 
@@ -98,8 +125,8 @@ struct AccountCodeLabels {
 /// One account's part of a pass, for the per-account series.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AccountCounts {
-    /// Instances by report status.
-    pub statuses: BTreeMap<String, u64>,
+    /// Instances by report status (named only when rendered, as the `status` label).
+    pub statuses: BTreeMap<Status, u64>,
     /// Errors by code (`errors[]` entries of the account, failed instances by failure code).
     pub errors: BTreeMap<String, u64>,
 }
@@ -180,7 +207,7 @@ struct KindState {
     /// Every status this kind's instance gauge has held, so a status that vanished is set to 0.
     statuses: BTreeSet<String>,
     /// Every (account, status) this kind's per-account gauge has held, likewise.
-    account_statuses: BTreeSet<(String, String)>,
+    account_statuses: BTreeSet<(String, Status)>,
 }
 
 impl Metrics {
@@ -269,7 +296,7 @@ impl Metrics {
         );
         for result in REPAIR_RESULTS {
             let _ = repairs.get_or_create(&ResultLabels {
-                result: result.to_string(),
+                result: result.as_str().to_string(),
             });
         }
         let queue_failing = Gauge::default();
@@ -468,11 +495,11 @@ impl Metrics {
     }
 
     /// Adds a pass's `reconnect-agent` rows, by result, to `arc_onboard_repairs_total`.
-    pub fn record_repairs(&self, by_result: &BTreeMap<String, u64>) {
+    pub fn record_repairs(&self, by_result: &BTreeMap<RepairResult, u64>) {
         for (result, n) in by_result {
             self.repairs
                 .get_or_create(&ResultLabels {
-                    result: result.clone(),
+                    result: result.as_str().to_string(),
                 })
                 .inc_by(*n);
         }
@@ -527,7 +554,7 @@ impl Metrics {
                 counts
                     .statuses
                     .keys()
-                    .map(|status| (account.clone(), status.clone())),
+                    .map(|status| (account.clone(), *status)),
             );
         }
         for (account, status) in &state.account_statuses {
@@ -540,7 +567,7 @@ impl Metrics {
                 .get_or_create(&AccountInstanceLabels {
                     kind: kind.to_string(),
                     account: account.clone(),
-                    status: status.clone(),
+                    status: status.as_str().to_string(),
                 })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
@@ -1123,14 +1150,17 @@ mod tests {
     #[test]
     fn per_account_series_carry_the_account_label() {
         let metrics = Metrics::new(3);
-        let counts = |statuses: &[(&str, u64)], errors: &[(&str, u64)]| AccountCounts {
-            statuses: map(statuses),
+        let counts = |statuses: &[(Status, u64)], errors: &[(&str, u64)]| AccountCounts {
+            statuses: statuses.iter().copied().collect(),
             errors: map(errors),
         };
         metrics.record_accounts(
             "onboarding",
             &BTreeMap::from([
-                ("111111111111".to_string(), counts(&[("onboarded", 2)], &[])),
+                (
+                    "111111111111".to_string(),
+                    counts(&[(Status::Onboarded, 2)], &[]),
+                ),
                 (
                     "222222222222".to_string(),
                     counts(&[], &[("AccessDenied", 1)]),
@@ -1141,10 +1171,18 @@ mod tests {
             "onboarding",
             &BTreeMap::from([(
                 "222222222222".to_string(),
-                counts(&[("already-onboarded", 3)], &[("AccessDenied", 1)]),
+                counts(&[(Status::AlreadyOnboarded, 3)], &[("AccessDenied", 1)]),
             )]),
         );
-        let samples = parse_exposition(&metrics.render());
+        let rendered = metrics.render();
+        // The typed status renders as the label it always had.
+        assert!(
+            rendered.contains(
+                "arc_onboard_account_instances{kind=\"onboarding\",account=\"222222222222\",status=\"already-onboarded\"} 3\n"
+            ),
+            "{rendered}"
+        );
+        let samples = parse_exposition(&rendered);
         let mut gauges: Vec<(String, f64)> = samples
             .iter()
             .filter(|s| s.name == "arc_onboard_account_instances")
@@ -1253,20 +1291,30 @@ mod tests {
             )
         };
         for result in REPAIR_RESULTS {
-            assert_eq!(v(&metrics, result), Some(0.0), "{result}");
+            assert_eq!(v(&metrics, result.as_str()), Some(0.0), "{result:?}");
         }
-        let pass: BTreeMap<String, u64> = [Status::Onboarded, Status::Onboarded, Status::Failed]
-            .into_iter()
-            .fold(BTreeMap::new(), |mut m, s| {
-                *m.entry(repair_result(s).to_string()).or_default() += 1;
-                m
-            });
+        let pass: BTreeMap<RepairResult, u64> =
+            [Status::Onboarded, Status::Onboarded, Status::Failed]
+                .into_iter()
+                .fold(BTreeMap::new(), |mut m, s| {
+                    *m.entry(repair_result(s)).or_default() += 1;
+                    m
+                });
         metrics.record_repairs(&pass);
         metrics.record_repairs(&pass);
+        // The typed result renders as the label it always had.
+        let rendered = metrics.render();
+        for line in [
+            "arc_onboard_repairs_total{result=\"reconnected\"} 4\n",
+            "arc_onboard_repairs_total{result=\"failed\"} 2\n",
+            "arc_onboard_repairs_total{result=\"pending\"} 0\n",
+        ] {
+            assert!(rendered.contains(line), "{line}{rendered}");
+        }
         assert_eq!(v(&metrics, "reconnected"), Some(4.0));
         assert_eq!(v(&metrics, "failed"), Some(2.0));
         assert_eq!(v(&metrics, "pending"), Some(0.0));
-        assert_eq!(repair_result(Status::InProgress), "pending");
+        assert_eq!(repair_result(Status::InProgress), RepairResult::Pending);
     }
 
     #[test]

@@ -219,7 +219,7 @@ pub struct PassSummary {
     /// Per AWS account: instances by status and error codes (metrics label `account`).
     pub accounts: BTreeMap<String, crate::daemon::metrics::AccountCounts>,
     /// `reconnect-agent` rows by result (see [`crate::daemon::metrics::repair_result`]).
-    pub repairs: BTreeMap<String, u64>,
+    pub repairs: BTreeMap<crate::daemon::metrics::RepairResult, u64>,
 }
 
 impl PassSummary {
@@ -249,10 +249,7 @@ impl PassSummary {
         }
         for i in &r.instances {
             let account = accounts.entry(i.account_id.clone()).or_default();
-            *account
-                .statuses
-                .entry(i.status.as_str().to_string())
-                .or_default() += 1;
+            *account.statuses.entry(i.status).or_default() += 1;
             if let (crate::reconcile::plan::Status::Failed, Some(f)) = (i.status, &i.failure) {
                 *account.errors.entry(f.code.clone()).or_default() += 1;
             }
@@ -268,13 +265,13 @@ impl PassSummary {
                 .map_or_else(|| "instance-failed".to_string(), |f| f.code.clone());
             *errors.entry(code).or_default() += 1;
         }
-        let mut repairs: BTreeMap<String, u64> = BTreeMap::new();
+        let mut repairs = BTreeMap::new();
         for i in r.instances.iter().filter(|i| {
             i.actions
                 .contains(&crate::reconcile::plan::InstanceAction::ReconnectAgent)
         }) {
             let result = crate::daemon::metrics::repair_result(i.status);
-            *repairs.entry(result.to_string()).or_default() += 1;
+            *repairs.entry(result).or_default() += 1;
         }
         PassSummary {
             ok: !outcome.no_region_reachable,

@@ -215,7 +215,7 @@ mod tests {
         let plan = plan_of(&fleet()).await;
         let mut report = Report::new(
             Mode::Run,
-            SystemTime::now(),
+            (SystemTime::now(), SystemTime::now()),
             vec![(plan, None)],
             ApiCounts::new(),
         );

@@ -217,7 +217,7 @@ pub async fn run_accounts<X: Accounts, A: Arm>(
     };
     let report = Report::merge(
         mode,
-        started,
+        (started, opts.install.clock.now()),
         reports,
         unhandled,
         errors,

@@ -316,7 +316,10 @@ mod tests {
             &regions,
             cfg,
             (aws, aws, aws),
-            Duration::from_secs(60),
+            crate::reconcile::observe::InFlightWindow::ending_at(
+                std::time::SystemTime::now(),
+                Duration::from_secs(60),
+            ),
             ArcObservation::NotConfigured,
         )
         .await;

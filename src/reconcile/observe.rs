@@ -8,7 +8,7 @@ use futures::stream::{self, StreamExt};
 use tracing::{debug, info_span, warn, Instrument};
 
 use crate::config::{Config, RegionSelection};
-use crate::model::ArcMachine;
+use crate::model::{ArcMachine, AzureError};
 use crate::model::{
     AwsError, Ec2Instance, GraphMachine, InstanceProfile, InstanceState, Role, SsmInstance,
     TagSelector,
@@ -85,7 +85,7 @@ pub enum ArcObservation {
     /// No `[azure]` section: Azure is not consulted.
     NotConfigured,
     /// Azure could not be asked (no secret, token refused, ARM error); `plan` says so per instance.
-    Unavailable(String),
+    Unavailable(ArcUnavailable),
     /// Azure answered.
     Checked {
         /// The resource group for this account.
@@ -97,16 +97,27 @@ pub enum ArcObservation {
     },
 }
 
+/// Why Azure could not be asked; its `Display` is the text `plan` shows (`Azure not checked: ...`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArcUnavailable {
+    /// No Azure credential: the client secret's environment variable is not set.
+    #[error("{} is not set", crate::config::CLIENT_SECRET_ENV)]
+    NoCredential,
+    /// Entra or Resource Manager refused or failed (the ARM code and message are kept).
+    #[error(transparent)]
+    Azure(#[from] AzureError),
+}
+
 /// Asks Azure about the account's resource group and its machines (two calls, whatever the fleet size).
 pub async fn observe_arc(arm: &impl Arm, resource_group: &str) -> ArcObservation {
     let group_exists = match arm.resource_group_exists(resource_group).await {
         Ok(exists) => exists,
-        Err(e) => return ArcObservation::Unavailable(e.to_string()),
+        Err(e) => return ArcObservation::Unavailable(e.into()),
     };
     let machines = if group_exists {
         match arm.list_machines(resource_group).await {
             Ok(list) => list.into_iter().map(|m| (m.name.clone(), m)).collect(),
-            Err(e) => return ArcObservation::Unavailable(e.to_string()),
+            Err(e) => return ArcObservation::Unavailable(e.into()),
         }
     } else {
         HashMap::new()
@@ -225,6 +236,23 @@ pub async fn resolve_regions(
     }
 }
 
+/// How far back observation looks for install commands that may still run: those sent at or after
+/// `since` (computed from the pass's clock, never from the wall clock here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InFlightWindow {
+    /// The earliest time an install command that may still run was sent.
+    pub since: SystemTime,
+}
+
+impl InFlightWindow {
+    /// The `span` before `now` (the epoch when `span` reaches before it).
+    pub fn ending_at(now: SystemTime, span: Duration) -> InFlightWindow {
+        InFlightWindow {
+            since: now.checked_sub(span).unwrap_or(SystemTime::UNIX_EPOCH),
+        }
+    }
+}
+
 /// Observes one account's AWS side. `in_flight_window`: how far back to look for install commands that may
 /// still run (the longest an install can take); `arc` is what Azure said, observed separately.
 pub async fn observe_account(
@@ -232,7 +260,7 @@ pub async fn observe_account(
     regions: &[String],
     config: &Config,
     (ec2, iam, ssm): (&impl Ec2, &impl Iam, &impl Ssm),
-    in_flight_window: Duration,
+    in_flight_window: InFlightWindow,
     arc: ArcObservation,
 ) -> AccountObservation {
     let tag = config.aws.tag_filter.clone();
@@ -262,7 +290,7 @@ pub async fn observe_instances(
     instance_ids: &[String],
     config: &Config,
     (ec2, iam, ssm): (&impl Ec2, &impl Iam, &impl Ssm),
-    in_flight_window: Duration,
+    in_flight_window: InFlightWindow,
     arc: ArcObservation,
 ) -> AccountObservation {
     let tag = config.aws.tag_filter.as_ref();
@@ -374,7 +402,7 @@ async fn observe_region(
     tag: Option<TagSelector>,
     ec2: &impl Ec2,
     ssm: &impl Ssm,
-    in_flight_window: Duration,
+    in_flight_window: InFlightWindow,
 ) -> RegionObservation {
     let instances = match ec2.describe_instances(&region, tag.as_ref()).await {
         Ok(list) => list,
@@ -400,7 +428,7 @@ async fn complete_region(
     mut instances: Vec<Ec2Instance>,
     ec2: &impl Ec2,
     ssm: &impl Ssm,
-    in_flight_window: Duration,
+    in_flight_window: InFlightWindow,
     association_ids: &[String],
 ) -> RegionObservation {
     instances.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
@@ -429,9 +457,7 @@ async fn complete_region(
         if running.is_empty() {
             return None;
         }
-        let since = SystemTime::now()
-            .checked_sub(in_flight_window)
-            .unwrap_or(SystemTime::UNIX_EPOCH);
+        let since = in_flight_window.since;
         Some(ssm.recent_commands(&region, since, COMMENT_PREFIX).await)
     };
     // Default Host Management Configuration matters only to instances without a profile.

@@ -33,10 +33,12 @@ use tracing::{info, warn};
 
 use crate::install::{self, seal, Delivery, InstallParams, ScriptOutcome, ScriptResult};
 use crate::model::{ArcStatus, CommandStatus};
+use crate::ports::clock::ClockPort;
 use crate::ports::memory::MemoryError;
 use crate::ports::progress::ProgressPort;
 use crate::ports::{Arm, CommandRequest, CommandSummary, Invocation, MutationToken, Ssm};
 use crate::reconcile::batches::{AgentSpec, Document};
+use crate::reconcile::observe::InFlightWindow;
 use crate::reconcile::outcome::{AccountOutcome, InstanceOutcome};
 use crate::reconcile::plan::{AccountPlan, Failure, FailureStep, InstanceAction, Status};
 
@@ -60,12 +62,17 @@ pub struct InstallOptions {
     pub correlation_id: String,
     /// Where the waits for install commands and for verification in Azure are reported.
     pub progress: ProgressPort,
+    /// The pass's clock: the `since` of command listings, the report's timestamps.
+    pub clock: ClockPort,
 }
 
 impl InstallOptions {
-    /// How far back an install command can still be running.
-    pub fn in_flight_window(&self) -> Duration {
-        self.script_token_validity() + Duration::from_secs(300)
+    /// How far back an install command can still be running, read from the pass's clock now.
+    pub fn in_flight_window(&self) -> InFlightWindow {
+        InFlightWindow::ending_at(
+            self.clock.now(),
+            self.script_token_validity() + Duration::from_secs(300),
+        )
     }
 
     /// How long the token an install script carries must stay valid: SSM may take the whole delivery
@@ -107,6 +114,7 @@ impl Default for InstallOptions {
             max_poll: Duration::from_secs(20),
             correlation_id: uuid::Uuid::new_v4().to_string(),
             progress: ProgressPort::default(),
+            clock: ClockPort::default(),
         }
     }
 }
@@ -293,7 +301,7 @@ pub async fn install_agents(
         journal,
     } = work;
     // Every command this call sends goes out after this (a minute's slack for clock skew).
-    let since = std::time::SystemTime::now() - Duration::from_secs(60);
+    let since = opts.clock.now() - Duration::from_secs(60);
     let mut sent: Vec<Sent> = resume
         .into_iter()
         .map(|(region, command_id, rows)| {
@@ -555,7 +563,7 @@ async fn exchange_keys<'p>(
         1.5,
     )
     .steady(STEADY_POLL);
-    let since = std::time::SystemTime::now() - Duration::from_secs(60);
+    let since = opts.clock.now() - Duration::from_secs(60);
     let mut done = Vec::new();
     while !pending.is_empty() {
         // One ListCommands per region (this run's comment) for every exchange in it; one call each

@@ -13,6 +13,7 @@ use crate::ports::{ApiCounter, Arm, Ec2, Iam, MutationToken, Ssm, Sts};
 use crate::reconcile::apply::{apply_iam, settle_after_iam, ApplyOptions};
 use crate::reconcile::observe::{
     observe_account, observe_arc, observe_elsewhere, resolve_regions, ArcObservation,
+    ArcUnavailable,
 };
 use crate::reconcile::onboard::{install_agents, InstallOptions, InstallWork, Journal};
 use crate::reconcile::outcome::AccountOutcome;
@@ -615,10 +616,7 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
         info!(regions = regions.len(), "observing");
         let arc = match (&config.azure, arm) {
             (None, _) => ArcObservation::NotConfigured,
-            (Some(_), None) => ArcObservation::Unavailable(format!(
-                "{} is not set",
-                crate::config::CLIENT_SECRET_ENV
-            )),
+            (Some(_), None) => ArcObservation::Unavailable(ArcUnavailable::NoCredential),
             (Some(az), Some(arm)) => observe_arc(arm, &az.resource_group_for(&account)).await,
         };
         let aws = (ports.ec2, ports.iam, ports.ssm);
@@ -672,7 +670,7 @@ pub async fn run_pass<T: Sts, E: Ec2, I: Iam, S: Ssm, A: Arm>(
         };
         let report = Report::new(
             mode,
-            started,
+            (started, opts.install.clock.now()),
             vec![(plan, outcome)],
             ports.counter.snapshot(),
         );
@@ -914,7 +912,10 @@ mod tests {
             regions,
             cfg,
             (aws, aws, aws),
-            Duration::from_secs(60),
+            crate::reconcile::observe::InFlightWindow::ending_at(
+                std::time::SystemTime::now(),
+                Duration::from_secs(60),
+            ),
             crate::reconcile::observe::ArcObservation::NotConfigured,
         )
         .await;
@@ -1348,6 +1349,38 @@ mod tests {
         assert_eq!(report.summary.by_status[&Status::Onboarded], 130);
     }
 
+    /// Why Azure was not checked is typed (the Azure error kept whole), and `plan` shows the same text the
+    /// string held before.
+    #[tokio::test]
+    async fn an_unavailable_azure_is_typed_and_reads_as_before() {
+        let arm = FakeArm::default();
+        let refused = crate::model::AzureError::Token {
+            status: 401,
+            code: "invalid_client".into(),
+            description: "AADSTS7000215: Invalid client secret provided.".into(),
+        };
+        arm.fail_token(refused.clone());
+        let arc = observe_arc(&arm, "aws_123456789012").await;
+        assert_eq!(
+            arc,
+            ArcObservation::Unavailable(ArcUnavailable::Azure(refused))
+        );
+        assert_eq!(
+            ArcUnavailable::NoCredential.to_string(),
+            "ARC_ONBOARD_CLIENT_SECRET is not set"
+        );
+        let report = pass_with(&fleet(), &arm, &config(""), None).await.unwrap();
+        let none = row(&report, "i-none");
+        assert!(
+            none.detail.ends_with(
+                "; Azure not checked: Entra token request failed: HTTP 401: invalid_client: \
+                 AADSTS7000215: Invalid client secret provided."
+            ),
+            "{}",
+            none.detail
+        );
+    }
+
     #[tokio::test]
     async fn a_refused_azure_token_stops_run_before_any_aws_call() {
         let aws = fleet();
@@ -1445,6 +1478,67 @@ mod tests {
 
     fn row<'a>(r: &'a Report, id: &str) -> &'a crate::reconcile::plan::InstancePlan {
         r.instances.iter().find(|i| i.instance_id == id).unwrap()
+    }
+
+    /// The core reads time only from the clock it is given: with a fake clock far from the wall clock, the
+    /// report's `started_at`/`finished_at` and the `since` of every command listing (observation's
+    /// in-flight window, the install's waits) come from that clock.
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_reads_time_from_the_clock_it_is_given() {
+        let aws = ready_account(&["i-1".to_string()]);
+        let arm = linked_arm(&aws);
+        let cfg = one_region_config();
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        let clock = crate::fake::FakeClock::at(t0);
+        let install = InstallOptions {
+            verify_timeout: Duration::from_secs(2),
+            clock: clock.port(),
+            ..InstallOptions::default()
+        };
+        let window = t0.duration_since(install.in_flight_window().since).unwrap();
+        assert_eq!(
+            window,
+            install.script_token_validity() + Duration::from_secs(300)
+        );
+        let opts = PassOptions {
+            apply: opts(),
+            install,
+            ..PassOptions::default()
+        };
+        let token = MutationToken::mint();
+        let ports = aws.ports();
+        let report = run_pass(&cfg, &ports, Some(&*arm), Some(&token), &opts, None, t0)
+            .await
+            .unwrap()
+            .report;
+        assert_eq!(row(&report, "i-1").status, Status::Onboarded);
+        assert_eq!(report.started_at, crate::model::timestamp(t0));
+        assert_eq!(report.started_at, "2030-03-17T17:46:40Z");
+        assert_eq!(report.finished_at, report.started_at);
+        let since: Vec<SystemTime> = aws.listed_since().into_iter().map(|(_, s)| s).collect();
+        // Observation looks back the in-flight window; the install's listings a minute (clock skew).
+        assert_eq!(since.first(), Some(&(t0 - window)));
+        assert!(since.len() >= 2, "{since:?}");
+        assert!(
+            since[1..]
+                .iter()
+                .all(|s| *s == t0 - Duration::from_secs(60)),
+            "{since:?}"
+        );
+
+        // A later clock moves both.
+        clock.advance(Duration::from_secs(3600));
+        let again = run_pass(&cfg, &ports, Some(&*arm), None, &opts, None, t0)
+            .await
+            .unwrap()
+            .report;
+        assert_eq!(again.started_at, crate::model::timestamp(t0));
+        assert_eq!(
+            again.finished_at,
+            crate::model::timestamp(t0 + Duration::from_secs(3600))
+        );
+        let last = aws.listed_since().last().map(|(_, s)| *s);
+        assert_eq!(last, Some(t0 + Duration::from_secs(3600) - window));
     }
 
     const FAILED_41: &str = "ARC_ONBOARD_RESULT {\"outcome\":\"failed\",\"exit_code\":41,\"step\":\"connect\",\"code\":\"AZCM0041\",\"message\":\"azcmagent connect exited with 41\"}";

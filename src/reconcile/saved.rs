@@ -466,7 +466,10 @@ pub(crate) mod tests {
             &regions,
             cfg,
             (aws, aws, aws),
-            Duration::from_secs(60),
+            crate::reconcile::observe::InFlightWindow::ending_at(
+                std::time::SystemTime::now(),
+                Duration::from_secs(60),
+            ),
             ArcObservation::NotConfigured,
         )
         .await;

@@ -653,7 +653,10 @@ async fn the_intake_records_the_planners_rows_as_they_are() {
         &ids,
         &f.config,
         (aws, aws, aws),
-        Duration::from_secs(3600),
+        crate::reconcile::observe::InFlightWindow::ending_at(
+            std::time::SystemTime::now(),
+            Duration::from_secs(3600),
+        ),
         arc,
     )
     .await;

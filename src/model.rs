@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Operating system family as far as the Arc agent is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -755,6 +755,178 @@ pub type ApiCounts = BTreeMap<String, u64>;
 /// RFC 3339 timestamp with second precision.
 pub fn timestamp(t: std::time::SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+// The report's vocabulary: statuses and failures (the planner's rows, the state file's records).
+
+/// Instance status vocabulary of the report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Plan only: there are actions to take.
+    Planned,
+    /// The agent was installed and connected in this run.
+    Onboarded,
+    /// Azure already shows the machine connected.
+    AlreadyOnboarded,
+    /// IAM is in place; the instance is not Online in SSM yet.
+    WaitingForSsm,
+    /// The configuration forbids the IAM change this instance needs.
+    NeedsManualIam,
+    /// Stopped or stopping (IAM actions still apply).
+    NotRunning,
+    /// The agent does not support this platform.
+    Unsupported,
+    /// An install command from an earlier run is still running; it is not sent again.
+    InProgress,
+    /// Something failed; `failure` says in which step and why.
+    Failed,
+    /// The agent is connected to another Arc resource (another subscription, group or name); left alone.
+    ConnectedElsewhere,
+    /// The instance is gone (terminated, terminating, or unknown to EC2) and its Arc machine is ours;
+    /// `delete-arc-machine` when due.
+    Terminated,
+    /// Run: the gone instance's Arc machine was deleted.
+    Offboarded,
+    /// Plan only: the agent would be installed, but Azure was not asked (no `[azure]`, no credential) or
+    /// could not be read, so whether the machine is already connected is unknown.
+    Unverified,
+    /// `run --plan`: not applied, because the saved plan does not hold it or its world changed since.
+    Skipped,
+}
+
+impl Status {
+    /// Report spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Planned => "planned",
+            Status::Onboarded => "onboarded",
+            Status::AlreadyOnboarded => "already-onboarded",
+            Status::WaitingForSsm => "waiting-for-ssm",
+            Status::NeedsManualIam => "needs-manual-iam",
+            Status::NotRunning => "not-running",
+            Status::Unsupported => "unsupported",
+            Status::InProgress => "in-progress",
+            Status::Failed => "failed",
+            Status::ConnectedElsewhere => "connected-elsewhere",
+            Status::Terminated => "terminated",
+            Status::Offboarded => "offboarded",
+            Status::Unverified => "unverified",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+
+    /// The report spelling back (the state file keeps it): `as_str`'s inverse.
+    fn from_str(s: &str) -> Result<Status, String> {
+        ALL_STATUSES
+            .iter()
+            .copied()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown instance status {s:?}"))
+    }
+}
+
+/// Every status, in the report's order.
+pub const ALL_STATUSES: [Status; 14] = [
+    Status::Planned,
+    Status::Onboarded,
+    Status::AlreadyOnboarded,
+    Status::WaitingForSsm,
+    Status::NeedsManualIam,
+    Status::NotRunning,
+    Status::Unsupported,
+    Status::InProgress,
+    Status::Failed,
+    Status::ConnectedElsewhere,
+    Status::Terminated,
+    Status::Offboarded,
+    Status::Unverified,
+    Status::Skipped,
+];
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The step of onboarding a failure belongs to (the report's `failure.step`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureStep {
+    /// IAM: reading or changing instance profiles, roles and policies.
+    Iam,
+    /// SSM: reading registration, sending or tracking the install command.
+    Ssm,
+    /// Downloading (and checking) the agent installer on the instance.
+    Download,
+    /// Running the installer, and the platform prerequisites it needs.
+    Install,
+    /// Setting or clearing the agent's `proxy.url`.
+    ProxyConfig,
+    /// Connecting the agent (and what it needs: token, resource group, instance id, agent state).
+    Connect,
+    /// Checking in Azure that the machine shows `Connected`.
+    Verify,
+    /// Deleting the Arc machine of an instance that is gone.
+    Offboard,
+}
+
+impl FailureStep {
+    /// Report spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureStep::Iam => "iam",
+            FailureStep::Ssm => "ssm",
+            FailureStep::Download => "download",
+            FailureStep::Install => "install",
+            FailureStep::ProxyConfig => "proxy-config",
+            FailureStep::Connect => "connect",
+            FailureStep::Verify => "verify",
+            FailureStep::Offboard => "offboard",
+        }
+    }
+}
+
+/// Why an instance failed: the report's `failure` object.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The step that failed.
+    pub step: FailureStep,
+    /// A short machine-readable code: an AWS or ARM error code, an `AZCMnnnn` code, or one of ours
+    /// (`checksum-mismatch`, `agent-disconnected`, `undeliverable`, ...).
+    pub code: String,
+    /// The exit code the step's command produced on the instance, when it produced one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// In words.
+    pub reason: String,
+}
+
+impl Failure {
+    /// A failure without an exit code.
+    pub fn new(step: FailureStep, code: impl Into<String>, reason: impl Into<String>) -> Failure {
+        Failure {
+            step,
+            code: code.into(),
+            exit_code: None,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} failed ({}", self.step.as_str(), self.code)?;
+        if let Some(code) = self.exit_code {
+            write!(f, ", exit code {code}")?;
+        }
+        write!(f, "): {}", self.reason)
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ fn record(id: &str) -> InstanceRecord {
         account_id: "123456789012".into(),
         region: "us-east-1".into(),
         instance_id: id.into(),
-        status: "onboarded".into(),
+        status: arc_onboard::model::Status::Onboarded,
         detail: "done".into(),
         command_id: None,
         command_sent_at: None,

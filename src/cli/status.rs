@@ -8,12 +8,6 @@ use crate::output::TableStyle;
 
 use super::{exit, Cli, CliError, Output, StatusArgs};
 
-/// A state record's last failure in words: the typed failure it keeps, or the prose older files kept.
-fn recorded_failure_text(kept: &str) -> String {
-    serde_json::from_str::<crate::reconcile::plan::Failure>(kept)
-        .map_or_else(|_| kept.to_string(), |f| f.to_string())
-}
-
 pub(super) async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, CliError> {
     if !args.state_file.exists() {
         return Err(CliError::NoStateFile(args.state_file.clone()));
@@ -42,8 +36,8 @@ pub(super) async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, C
                     "account_id": r.account_id, "region": r.region, "instance_id": r.instance_id,
                     "status": r.status, "detail": r.detail, "command_id": r.command_id,
                     "attempts": r.attempts,
-                    "last_error": r.last_error.as_deref().map(recorded_failure_text),
-                    "failure": r.last_error.as_deref().and_then(|e| serde_json::from_str::<crate::reconcile::plan::Failure>(e).ok()),
+                    "last_error": r.last_error.as_ref().map(|f| f.to_string()),
+                    "failure": r.last_error,
                     "next_attempt_at": r.next_attempt_at.map(stamp), "last_seen_at": stamp(r.last_seen_at),
                 })).collect::<Vec<_>>(),
                 "pending_deletions": deletions.iter().map(|d| serde_json::json!({
@@ -98,7 +92,7 @@ pub(super) async fn status_command(cli: &Cli, args: &StatusArgs) -> Result<u8, C
                         r.account_id.clone(),
                         r.region.clone(),
                         r.instance_id.clone(),
-                        r.status.clone(),
+                        r.status.to_string(),
                         r.attempts.to_string(),
                         r.next_attempt_at.map(stamp).unwrap_or_else(|| "-".into()),
                         r.detail.clone(),

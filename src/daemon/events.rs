@@ -1211,7 +1211,7 @@ async fn record(
             }
             Some(InstanceRecord::carried_over(
                 (&row.account_id, &row.region, &row.instance_id),
-                (row.status.as_str(), &row.detail),
+                (row.status, &row.detail),
                 prev,
                 now,
             ))

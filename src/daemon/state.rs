@@ -27,6 +27,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OpenFlags};
 use serde::Serialize;
 
+use crate::model::{Failure, FailureStep, Status};
 pub use crate::ports::memory::{unix, DeletionRecord, InstanceRecord};
 use crate::ports::memory::{Memory, MemoryError};
 use futures::future::BoxFuture;
@@ -147,20 +148,37 @@ pub struct PassRecord {
 /// Reads a record from a row of `SELECT account_id, region, instance_id, status, detail, command_id,
 /// command_sent_at, attempts, last_error, next_attempt_at, last_seen_at, intent`.
 fn record_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<InstanceRecord> {
+    let status: String = r.get(3)?;
+    let status = status.parse::<Status>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, e.into())
+    })?;
+    let last_error: Option<String> = r.get(8)?;
     Ok(InstanceRecord {
         account_id: r.get(0)?,
         region: r.get(1)?,
         instance_id: r.get(2)?,
-        status: r.get(3)?,
+        status,
         detail: r.get(4)?,
         command_id: r.get(5)?,
         command_sent_at: r.get(6)?,
         attempts: r.get(7)?,
-        last_error: r.get(8)?,
+        last_error: last_error.as_deref().map(stored_failure),
         next_attempt_at: r.get(9)?,
         last_seen_at: r.get(10)?,
         intent: r.get(11)?,
     })
+}
+
+/// A record's last failure as the state file keeps it: the failure as JSON (files before the typed
+/// failure kept prose, read back as an install failure with code `earlier-failure`).
+fn stored_failure(text: &str) -> Failure {
+    serde_json::from_str(text)
+        .unwrap_or_else(|_| Failure::new(FailureStep::Install, "earlier-failure", text.to_string()))
+}
+
+/// A record's last failure as the state file writes it (JSON).
+fn failure_text(failure: &Failure) -> String {
+    serde_json::to_string(failure).unwrap_or_else(|_| failure.to_string())
 }
 
 /// How a SQLite failure on `path` becomes a [`StateError`].
@@ -369,12 +387,12 @@ impl StateDb {
                         r.account_id,
                         r.region,
                         r.instance_id,
-                        r.status,
+                        r.status.as_str(),
                         r.detail,
                         r.command_id,
                         r.command_sent_at,
                         r.attempts,
-                        r.last_error,
+                        r.last_error.as_ref().map(failure_text),
                         r.next_attempt_at,
                         r.last_seen_at,
                         r.intent
@@ -662,12 +680,38 @@ mod tests {
         record_in("123456789012", "us-east-1", id, status)
     }
 
+    #[test]
+    fn a_recorded_failure_is_read_back_typed_and_older_prose_still_reads() {
+        let kept = Failure {
+            step: FailureStep::Download,
+            code: "checksum-mismatch".into(),
+            exit_code: Some(4),
+            reason: "the installer's SHA-256 is x".into(),
+        };
+        assert_eq!(stored_failure(&serde_json::to_string(&kept).unwrap()), kept);
+        let legacy = stored_failure("install failed (Failed: Failed); exit code 41");
+        assert_eq!(
+            (
+                legacy.step,
+                legacy.code.as_str(),
+                legacy.exit_code,
+                legacy.reason.as_str()
+            ),
+            (
+                FailureStep::Install,
+                "earlier-failure",
+                None,
+                "install failed (Failed: Failed); exit code 41"
+            )
+        );
+    }
+
     fn record_in(account: &str, region: &str, id: &str, status: &str) -> InstanceRecord {
         InstanceRecord {
             account_id: account.into(),
             region: region.into(),
             instance_id: id.into(),
-            status: status.into(),
+            status: status.parse().unwrap(),
             detail: String::new(),
             command_id: None,
             command_sent_at: None,
@@ -693,6 +737,78 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn statuses_and_failures_are_typed_in_rust_and_their_report_spelling_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let failure = Failure {
+            step: FailureStep::Connect,
+            code: "AZCM0041".into(),
+            exit_code: Some(41),
+            reason: "the token was refused".into(),
+        };
+        {
+            let db = StateDb::open(&path).await.unwrap();
+            let mut r = record("i-1", "failed");
+            r.last_error = Some(failure.clone());
+            db.put(vec![r, record("i-2", "waiting-for-ssm")])
+                .await
+                .unwrap();
+        }
+        // On disk: the report's spelling and the failure as JSON, as the columns always held.
+        let raw = Connection::open(&path).unwrap();
+        let rows: Vec<(String, Option<String>)> = raw
+            .prepare("SELECT status, last_error FROM instances ORDER BY instance_id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (
+                    "failed".to_string(),
+                    Some(serde_json::to_string(&failure).unwrap())
+                ),
+                ("waiting-for-ssm".to_string(), None),
+            ]
+        );
+        // An older file's prose failure reads back typed; an unknown status is an error, not a guess.
+        raw.execute(
+            "UPDATE instances SET last_error = 'install failed (exit 1)' WHERE instance_id = 'i-1'",
+            [],
+        )
+        .unwrap();
+        drop(raw);
+        let db = StateDb::open(&path).await.unwrap();
+        let all = db.all().await.unwrap();
+        assert_eq!(all[0].status, Status::Failed);
+        assert_eq!(all[1].status, Status::WaitingForSsm);
+        let legacy = all[0].last_error.clone().unwrap();
+        assert_eq!(
+            (legacy.step, legacy.code.as_str(), legacy.reason.as_str()),
+            (
+                FailureStep::Install,
+                "earlier-failure",
+                "install failed (exit 1)"
+            )
+        );
+        let raw = Connection::open(&path).unwrap();
+        raw.execute(
+            "UPDATE instances SET status = 'half-done' WHERE instance_id = 'i-2'",
+            [],
+        )
+        .unwrap();
+        drop(raw);
+        let err = db.all().await.unwrap_err();
+        assert!(
+            crate::error::chain(&err).contains("unknown instance status \"half-done\""),
+            "{}",
+            crate::error::chain(&err)
+        );
+    }
+
+    #[tokio::test]
     async fn records_survive_reopening_and_upsert() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.db");
@@ -713,7 +829,7 @@ mod tests {
             all[0].intent.as_deref(),
             Some("arc-onboard run x install y")
         );
-        assert_eq!(all[1].status, "onboarded");
+        assert_eq!(all[1].status, Status::Onboarded);
     }
 
     fn deletion(account: &str, region: &str, id: &str, delete_at: i64) -> DeletionRecord {

@@ -14,6 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use futures::future::BoxFuture;
 use serde::Serialize;
 
+use crate::model::{Failure, Status};
+
 /// Why the memory could not be read or written: the adapter's own error, kept whole as the source.
 #[derive(Debug, thiserror::Error)]
 #[error(transparent)]
@@ -71,8 +73,8 @@ pub struct InstanceRecord {
     pub region: String,
     /// Instance.
     pub instance_id: String,
-    /// Last report status.
-    pub status: String,
+    /// Last report status (its report spelling only in the state file).
+    pub status: Status,
     /// Last detail.
     pub detail: String,
     /// Install command in flight, if any.
@@ -81,8 +83,8 @@ pub struct InstanceRecord {
     pub command_sent_at: Option<i64>,
     /// Failed install attempts in a row.
     pub attempts: u32,
-    /// Last failure.
-    pub last_error: Option<String>,
+    /// Last failure (JSON only in the state file).
+    pub last_error: Option<Failure>,
     /// When the next install attempt is due (Unix seconds), after a failure.
     pub next_attempt_at: Option<i64>,
     /// Last pass that saw it (Unix seconds).
@@ -97,7 +99,7 @@ impl InstanceRecord {
     /// the next attempt, and an intent whose command was not found yet); no command in flight.
     pub fn carried_over(
         (account_id, region, instance_id): (&str, &str, &str),
-        (status, detail): (&str, &str),
+        (status, detail): (Status, &str),
         prev: Option<&InstanceRecord>,
         now: i64,
     ) -> InstanceRecord {
@@ -108,7 +110,7 @@ impl InstanceRecord {
             account_id: account_id.into(),
             region: region.into(),
             instance_id: instance_id.into(),
-            status: status.into(),
+            status,
             detail: detail.into(),
             command_id: None,
             command_sent_at: intent.and(prev.and_then(|p| p.command_sent_at)),

@@ -412,7 +412,7 @@ fn memory_of(
         .map(|(key, r)| {
             let mut remembered = Remembered {
                 attempts: r.attempts,
-                last_failure: r.last_error.as_deref().map(recorded_failure),
+                last_failure: r.last_error.clone(),
                 next_attempt_at: r
                     .next_attempt_at
                     .map(|t| UNIX_EPOCH + Duration::from_secs(t.max(0) as u64)),
@@ -463,7 +463,7 @@ impl StateJournal<'_> {
                     account_id: self.account_id.to_string(),
                     region: region.to_string(),
                     instance_id: id.clone(),
-                    status: Status::InProgress.as_str().into(),
+                    status: Status::InProgress,
                     detail: detail.clone(),
                     command_id: command_id.map(str::to_string),
                     command_sent_at: Some(unix(self.now)),
@@ -501,12 +501,6 @@ impl Journal for StateJournal<'_> {
     }
 }
 
-/// The failure a state record keeps (as JSON; older state files kept prose, read as an install failure).
-fn recorded_failure(text: &str) -> Failure {
-    serde_json::from_str(text)
-        .unwrap_or_else(|_| Failure::new(FailureStep::Install, "earlier-failure", text.to_string()))
-}
-
 /// Writes every row's outcome; a failed install gets the attempt count and next attempt its plan gave it.
 /// An intent SSM could not be asked about is kept for the next pass ([`InstanceRecord::carried_over`]).
 async fn record_outcomes(
@@ -523,7 +517,7 @@ async fn record_outcomes(
         let prev = previous.get(&(planned.region.clone(), planned.instance_id.clone()));
         let mut rec = InstanceRecord::carried_over(
             (&planned.account_id, &planned.region, &planned.instance_id),
-            (row.status.as_str(), &row.detail),
+            (row.status, &row.detail),
             prev,
             now,
         );
@@ -534,11 +528,13 @@ async fn record_outcomes(
                 rec.next_attempt_at = None;
             }
             Status::Failed if attempted.contains(&n) => {
-                rec.last_error = row
-                    .failure
-                    .as_ref()
-                    .and_then(|f| serde_json::to_string(f).ok())
-                    .or_else(|| Some(row.detail.clone()));
+                rec.last_error = row.failure.clone().or_else(|| {
+                    Some(Failure::new(
+                        FailureStep::Install,
+                        "earlier-failure",
+                        row.detail.clone(),
+                    ))
+                });
                 match planned.retry {
                     Some(retry) => {
                         rec.attempts = retry.attempts;
@@ -943,35 +939,6 @@ mod tests {
             .unwrap()
             .status
             .as_str()
-    }
-
-    #[test]
-    fn a_recorded_failure_is_read_back_typed_and_older_prose_still_reads() {
-        let kept = Failure {
-            step: FailureStep::Download,
-            code: "checksum-mismatch".into(),
-            exit_code: Some(4),
-            reason: "the installer's SHA-256 is x".into(),
-        };
-        assert_eq!(
-            recorded_failure(&serde_json::to_string(&kept).unwrap()),
-            kept
-        );
-        let legacy = recorded_failure("install failed (Failed: Failed); exit code 41");
-        assert_eq!(
-            (
-                legacy.step,
-                legacy.code.as_str(),
-                legacy.exit_code,
-                legacy.reason.as_str()
-            ),
-            (
-                FailureStep::Install,
-                "earlier-failure",
-                None,
-                "install failed (Failed: Failed); exit code 41"
-            )
-        );
     }
 
     #[tokio::test]
@@ -1560,7 +1527,7 @@ mod tests {
         let rec = record(&db, "i-1").await.unwrap();
         assert_eq!(rec.attempts, 1);
         assert_eq!(rec.next_attempt_at, Some(unix(t0) + 900));
-        let kept: Failure = serde_json::from_str(rec.last_error.as_deref().unwrap()).unwrap();
+        let kept: Failure = rec.last_error.clone().unwrap();
         assert_eq!(
             (kept.step, kept.code.as_str()),
             (FailureStep::Connect, "AZCM0041")
@@ -1625,7 +1592,7 @@ mod tests {
             account_id: "123456789012".into(),
             region: "us-east-1".into(),
             instance_id: "i-1".into(),
-            status: "in-progress".into(),
+            status: Status::InProgress,
             detail: String::new(),
             command_id: Some(command.clone()),
             command_sent_at: Some(unix(now)),
@@ -1678,7 +1645,7 @@ mod tests {
         };
         tokio::select! {
             rec = watch => {
-                assert_eq!(rec.status, "in-progress");
+                assert_eq!(rec.status, Status::InProgress);
                 assert_eq!(rec.command_id.as_deref(), Some(aws.commands()[0].command_id.as_str()));
             }
             _ = pass => panic!("the pass ended before the journal was checked"),
@@ -1797,7 +1764,7 @@ mod tests {
                 command_sent_at: Some(unix(now)),
                 ..InstanceRecord::carried_over(
                     ("123456789012", "us-east-1", "i-1"),
-                    ("in-progress", ""),
+                    (Status::InProgress, ""),
                     None,
                     unix(now),
                 )
@@ -1843,7 +1810,7 @@ mod tests {
             account_id: account.into(),
             region: region.into(),
             instance_id: id.into(),
-            status: "onboarded".into(),
+            status: Status::Onboarded,
             detail: String::new(),
             command_id: None,
             command_sent_at: None,

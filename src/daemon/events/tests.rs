@@ -126,7 +126,7 @@ async fn an_event_onboards_its_instance_and_its_message_goes_once_it_is_recorded
     assert_eq!(count(&metrics, "accepted"), 1);
     let records = f.db.all().await.unwrap();
     assert_eq!(records.len(), 1);
-    assert_eq!(records[0].status, "onboarded", "{records:?}");
+    assert_eq!(records[0].status, Status::Onboarded, "{records:?}");
     assert_eq!(
         f.aws.calls.count("ssm:SendCommand"),
         2,
@@ -183,7 +183,7 @@ async fn instances_without_a_profile_get_it_at_once_and_a_burst_shares_its_comma
     assert_eq!(f.aws.calls.count("ec2:AssociateIamInstanceProfile"), 60);
     let records = f.db.all().await.unwrap();
     assert!(
-        records.iter().all(|r| r.status == "onboarded"),
+        records.iter().all(|r| r.status == Status::Onboarded),
         "{records:?}"
     );
     // 60 instances Online together: the batch minimum is 2 commands (50 + 10).
@@ -572,7 +572,7 @@ async fn an_event_install_held_open_in_one_account_does_not_hold_up_an_iam_pass_
         assert_eq!(member.calls.count("ec2:AssociateIamInstanceProfile"), 1);
         let held = f.db.all().await.unwrap();
         let rec = held.iter().find(|r| r.instance_id == "i-1").unwrap();
-        assert_eq!(rec.status, "in-progress", "the install is still open");
+        assert_eq!(rec.status, Status::InProgress, "the install is still open");
         // A pass of the install's own account waits for the install.
         let own = pass_over(&f, &f.aws, iam, &leases, &durable);
         assert!(

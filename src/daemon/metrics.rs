@@ -20,7 +20,7 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -30,14 +30,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tracing::{debug, warn};
 
+use crate::daemon::PassKind;
 use crate::reconcile::plan::Status;
 
 /// The `Content-Type` of the Prometheus text exposition format 0.0.4.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
-
-/// The pass kinds the daemon runs: their pass counters and duration histograms are exported (at 0) before
-/// their first pass, so `rate()` and `increase()` see the series from the start.
-const KNOWN_KINDS: [&str; 2] = ["iam", "onboarding"];
 
 /// Upper bounds (seconds) of the pass duration histogram's buckets: a pass over a small fleet takes
 /// seconds; one that waits for SSM registration or install commands takes minutes, up to the command
@@ -87,30 +84,37 @@ pub fn repair_result(status: Status) -> RepairResult {
 /// Pause after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// The `kind` label: [`PassKind::as_str`], written only when the text is rendered.
+impl EncodeLabelValue for PassKind {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
 /// Labels of the per-kind series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
-    kind: String,
+    kind: PassKind,
 }
 
 /// Labels of `arc_onboard_passes_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PassLabels {
-    kind: String,
+    kind: PassKind,
     result: String,
 }
 
 /// Labels of `arc_onboard_instances`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct InstanceLabels {
-    kind: String,
+    kind: PassKind,
     status: String,
 }
 
 /// Labels of `arc_onboard_account_instances`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AccountInstanceLabels {
-    kind: String,
+    kind: PassKind,
     account: String,
     status: String,
 }
@@ -183,7 +187,7 @@ pub struct Metrics {
     account_errors: Family<AccountCodeLabels, Counter>,
     /// What the families cannot answer (health streaks, statuses seen); its lock also makes a recorded
     /// pass appear in a scrape all at once.
-    kinds: Mutex<BTreeMap<String, KindState>>,
+    kinds: Mutex<BTreeMap<PassKind, KindState>>,
     /// `arc_onboard_events_total{result}`: queue messages by what became of them.
     events: Family<ResultLabels, Counter>,
     /// `arc_onboard_repairs_total{result}`: `reconnect-agent` rows by result ([`repair_result`]).
@@ -346,35 +350,39 @@ impl Metrics {
         };
         {
             let mut kinds = metrics.lock();
-            for kind in KNOWN_KINDS {
+            // Every kind's pass counters and duration histogram are exported (at 0) before its first
+            // pass, so `rate()` and `increase()` see the series from the start.
+            for kind in PassKind::ALL {
                 metrics.add_kind(&mut kinds, kind);
             }
         }
         metrics
     }
 
-    /// Creates a kind's series at 0 (pass counters, streak, histogram) unless it has them already.
-    fn add_kind(&self, kinds: &mut BTreeMap<String, KindState>, kind: &str) {
-        if kinds.contains_key(kind) {
-            return;
-        }
-        kinds.insert(kind.to_string(), KindState::default());
-        for result in ["ok", "failed"] {
-            let _ = self.passes.get_or_create(&PassLabels {
-                kind: kind.to_string(),
-                result: result.to_string(),
-            });
-        }
-        let labels = KindLabels {
-            kind: kind.to_string(),
-        };
-        let _ = self.consecutive_failures.get_or_create(&labels);
-        let _ = self.pass_duration.get_or_create(&labels);
+    /// Creates a kind's series at 0 (pass counters, streak, histogram) unless it has them already, and
+    /// returns its state.
+    fn add_kind<'k>(
+        &self,
+        kinds: &'k mut BTreeMap<PassKind, KindState>,
+        kind: PassKind,
+    ) -> &'k mut KindState {
+        kinds.entry(kind).or_insert_with(|| {
+            for result in ["ok", "failed"] {
+                let _ = self.passes.get_or_create(&PassLabels {
+                    kind,
+                    result: result.to_string(),
+                });
+            }
+            let labels = KindLabels { kind };
+            let _ = self.consecutive_failures.get_or_create(&labels);
+            let _ = self.pass_duration.get_or_create(&labels);
+            KindState::default()
+        })
     }
 
     /// Records one finished pass.
     ///
-    /// - `kind`: `"iam"` or `"onboarding"` (any other name gets its own series).
+    /// - `kind`: the kind of pass (its `kind` label).
     /// - `ok`: whether the pass completed (`false`: it failed before handling instances).
     /// - `duration`: how long the pass took; observed into the kind's duration histogram.
     /// - `statuses`: instances by report status at the end of the pass; replaces the kind's instance
@@ -384,7 +392,7 @@ impl Metrics {
     ///   counts; added to the counters.
     pub fn record_pass(
         &self,
-        kind: &str,
+        kind: PassKind,
         ok: bool,
         duration: Duration,
         statuses: &BTreeMap<String, u64>,
@@ -407,7 +415,7 @@ impl Metrics {
     fn record_pass_at(
         &self,
         finished_at: SystemTime,
-        kind: &str,
+        kind: PassKind,
         ok: bool,
         duration: Duration,
         statuses: &BTreeMap<String, u64>,
@@ -415,19 +423,16 @@ impl Metrics {
         errors: &BTreeMap<String, u64>,
     ) {
         let mut kinds = self.lock();
-        self.add_kind(&mut kinds, kind);
-        let state = kinds.get_mut(kind).expect("added above");
+        let state = self.add_kind(&mut kinds, kind);
         state.consecutive_failures = if ok {
             0
         } else {
             state.consecutive_failures.saturating_add(1)
         };
-        let labels = KindLabels {
-            kind: kind.to_string(),
-        };
+        let labels = KindLabels { kind };
         self.passes
             .get_or_create(&PassLabels {
-                kind: kind.to_string(),
+                kind,
                 result: if ok { "ok" } else { "failed" }.to_string(),
             })
             .inc();
@@ -448,7 +453,7 @@ impl Metrics {
             let count = statuses.get(status).copied().unwrap_or(0);
             self.instances
                 .get_or_create(&InstanceLabels {
-                    kind: kind.to_string(),
+                    kind,
                     status: status.clone(),
                 })
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
@@ -545,10 +550,9 @@ impl Metrics {
     /// Records one finished pass's per-account figures (label `account`): instances by status replace the
     /// kind's per-account gauge (an (account, status) seen before and absent now is set to 0), errors are
     /// added to the counters.
-    pub fn record_accounts(&self, kind: &str, accounts: &BTreeMap<String, AccountCounts>) {
+    pub fn record_accounts(&self, kind: PassKind, accounts: &BTreeMap<String, AccountCounts>) {
         let mut kinds = self.lock();
-        self.add_kind(&mut kinds, kind);
-        let state = kinds.get_mut(kind).expect("added above");
+        let state = self.add_kind(&mut kinds, kind);
         for (account, counts) in accounts {
             state.account_statuses.extend(
                 counts
@@ -565,7 +569,7 @@ impl Metrics {
                 .unwrap_or(0);
             self.account_instances
                 .get_or_create(&AccountInstanceLabels {
-                    kind: kind.to_string(),
+                    kind,
                     account: account.clone(),
                     status: status.as_str().to_string(),
                 })
@@ -589,17 +593,17 @@ impl Metrics {
     }
 
     /// The kind with the longest run of consecutive failures, when that run makes the process unhealthy.
-    fn failing_kind(&self) -> Option<(String, u32)> {
+    fn failing_kind(&self) -> Option<(PassKind, u32)> {
         self.failing_kind_in(&self.lock())
     }
 
     /// [`Metrics::failing_kind`] over the locked kinds.
-    fn failing_kind_in(&self, kinds: &BTreeMap<String, KindState>) -> Option<(String, u32)> {
+    fn failing_kind_in(&self, kinds: &BTreeMap<PassKind, KindState>) -> Option<(PassKind, u32)> {
         kinds
             .iter()
             .filter(|(_, k)| k.consecutive_failures >= self.unhealthy_after)
             .max_by_key(|(_, k)| k.consecutive_failures)
-            .map(|(kind, k)| (kind.clone(), k.consecutive_failures))
+            .map(|(kind, k)| (*kind, k.consecutive_failures))
     }
 
     /// The metrics in the Prometheus text exposition format 0.0.4. Families come in a fixed order; the
@@ -613,7 +617,7 @@ impl Metrics {
     }
 
     /// The per-kind state; a panic elsewhere while holding the lock leaves counters still worth serving.
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, KindState>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<PassKind, KindState>> {
         self.kinds.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -678,7 +682,10 @@ async fn health(State(metrics): State<Arc<Metrics>>) -> Response {
         (None, None) => (StatusCode::OK, "ok".to_string()),
         (Some((kind, failures)), _) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("unhealthy: {failures} consecutive failed passes ({kind})"),
+            format!(
+                "unhealthy: {failures} consecutive failed passes ({})",
+                kind.as_str()
+            ),
         ),
         (None, Some(problem)) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -804,6 +811,11 @@ mod tests {
     fn at(millis: u64) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(millis)
     }
+
+    /// The `kind` label of each kind as the daemon exported it when kinds were strings (the former
+    /// `KNOWN_KINDS`): dashboards and alerts match on these values.
+    const KIND_LABELS: [(PassKind, &str); 2] =
+        [(PassKind::Iam, "iam"), (PassKind::Onboarding, "onboarding")];
 
     // ---- The exposition format ----
 
@@ -1013,7 +1025,7 @@ mod tests {
         let metrics = Metrics::new(3);
         metrics.record_pass_at(
             at(1_764_244_800_250),
-            "onboarding",
+            PassKind::Onboarding,
             true,
             Duration::from_millis(1500),
             &map(&[("onboarded", 2), ("failed", 1)]),
@@ -1022,7 +1034,7 @@ mod tests {
         );
         metrics.record_pass_at(
             at(1_764_248_400_000),
-            "iam",
+            PassKind::Iam,
             false,
             Duration::from_millis(250),
             &BTreeMap::new(),
@@ -1155,7 +1167,7 @@ mod tests {
             errors: map(errors),
         };
         metrics.record_accounts(
-            "onboarding",
+            PassKind::Onboarding,
             &BTreeMap::from([
                 (
                     "111111111111".to_string(),
@@ -1168,7 +1180,7 @@ mod tests {
             ]),
         );
         metrics.record_accounts(
-            "onboarding",
+            PassKind::Onboarding,
             &BTreeMap::from([(
                 "222222222222".to_string(),
                 counts(&[(Status::AlreadyOnboarded, 3)], &[("AccessDenied", 1)]),
@@ -1223,7 +1235,7 @@ mod tests {
         let none = BTreeMap::new();
         let pass = |statuses: &[(&str, u64)]| {
             metrics.record_pass(
-                "onboarding",
+                PassKind::Onboarding,
                 true,
                 Duration::ZERO,
                 &map(statuses),
@@ -1261,7 +1273,7 @@ mod tests {
         let samples = parse_exposition(&rendered);
         let v = |name: &str, labels: &[(&str, &str)]| value(&samples, name, labels);
         assert_eq!(v("arc_onboard_healthy", &[]), Some(1.0));
-        for kind in KNOWN_KINDS {
+        for (_, kind) in KIND_LABELS {
             for result in ["ok", "failed"] {
                 let labels = [("kind", kind), ("result", result)];
                 assert_eq!(v("arc_onboard_passes_total", &labels), Some(0.0));
@@ -1318,32 +1330,76 @@ mod tests {
     }
 
     #[test]
-    fn a_new_kind_gets_its_series() {
-        let metrics = Metrics::new(3);
-        let none = BTreeMap::new();
-        metrics.record_pass("events", true, Duration::from_secs(20), &none, &none, &none);
-        let samples = parse_exposition(&metrics.render());
-        let labels = [("kind", "events"), ("result", "ok")];
+    fn every_kind_renders_the_label_it_had_as_a_string() {
+        let kinds: Vec<PassKind> = KIND_LABELS.iter().map(|(kind, _)| *kind).collect();
         assert_eq!(
-            value(&samples, "arc_onboard_passes_total", &labels),
-            Some(1.0)
+            kinds,
+            PassKind::ALL,
+            "every kind needs its former label here"
         );
-        let labels = [("kind", "events"), ("le", "30")];
-        assert_eq!(
-            value(
-                &samples,
-                "arc_onboard_pass_duration_seconds_bucket",
-                &labels
-            ),
-            Some(1.0)
-        );
+        let metrics = Metrics::new(9);
+        // Kind n gets n + 1 passes and n + 1 instances, so a label on the wrong series shows.
+        for (n, kind) in (1u64..).zip(PassKind::ALL) {
+            for _ in 0..n {
+                metrics.record_pass_at(
+                    at(1_764_244_800_500),
+                    kind,
+                    true,
+                    Duration::from_secs(2),
+                    &map(&[("onboarded", n)]),
+                    &BTreeMap::new(),
+                    &BTreeMap::new(),
+                );
+            }
+            let none = BTreeMap::new();
+            let (finished, zero) = (at(1_764_248_400_000 + 1000 * n), Duration::ZERO);
+            metrics.record_pass_at(finished, kind, false, zero, &none, &none, &none);
+            let counts = AccountCounts {
+                statuses: BTreeMap::from([(Status::Onboarded, n)]),
+                errors: BTreeMap::new(),
+            };
+            metrics.record_accounts(
+                kind,
+                &BTreeMap::from([("111111111111".to_string(), counts)]),
+            );
+        }
+        let rendered = metrics.render();
+        let lines: HashSet<&str> = rendered.lines().collect();
+        for (n, (_, label)) in (1u64..).zip(KIND_LABELS) {
+            let passes = n + 1;
+            let expected = [
+                format!("arc_onboard_passes_total{{kind=\"{label}\",result=\"ok\"}} {n}"),
+                format!("arc_onboard_passes_total{{kind=\"{label}\",result=\"failed\"}} 1"),
+                format!("arc_onboard_consecutive_failed_passes{{kind=\"{label}\"}} 1"),
+                format!("arc_onboard_pass_duration_seconds_count{{kind=\"{label}\"}} {passes}"),
+                format!("arc_onboard_pass_duration_seconds_sum{{kind=\"{label}\"}} {}.0", 2 * n),
+                format!("arc_onboard_last_pass_timestamp_seconds{{kind=\"{label}\"}} {}.0", 1_764_248_400 + n),
+                format!("arc_onboard_pass_duration_seconds_bucket{{kind=\"{label}\",le=\"1\"}} 1"),
+                format!("arc_onboard_pass_duration_seconds_bucket{{kind=\"{label}\",le=\"5\"}} {passes}"),
+                format!("arc_onboard_instances{{kind=\"{label}\",status=\"onboarded\"}} 0"),
+                format!(
+                    "arc_onboard_account_instances{{kind=\"{label}\",account=\"111111111111\",status=\"onboarded\"}} {n}"
+                ),
+            ];
+            for line in expected {
+                assert!(lines.contains(line.as_str()), "{line}\nnot in\n{rendered}");
+            }
+        }
+        // No kind is rendered any other way (e.g. as its Rust name).
+        let labels: BTreeSet<&str> = rendered
+            .split("kind=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .collect();
+        let before: BTreeSet<&str> = KIND_LABELS.iter().map(|(_, label)| *label).collect();
+        assert_eq!(labels, before, "{rendered}");
     }
 
     #[test]
     fn health_flips_after_consecutive_failures_and_back() {
         let metrics = Metrics::new(3);
         let none = BTreeMap::new();
-        let pass = |kind: &str, ok: bool| {
+        let pass = |kind: PassKind, ok: bool| {
             metrics.record_pass(kind, ok, Duration::ZERO, &none, &none, &none)
         };
         let healthy_gauge = || {
@@ -1354,25 +1410,25 @@ mod tests {
             )
         };
         assert!(metrics.healthy());
-        pass("onboarding", false);
-        pass("onboarding", false);
+        pass(PassKind::Onboarding, false);
+        pass(PassKind::Onboarding, false);
         assert!(metrics.healthy());
         // A success of another kind does not hide the streak.
-        pass("iam", true);
-        pass("onboarding", false);
+        pass(PassKind::Iam, true);
+        pass(PassKind::Onboarding, false);
         assert!(!metrics.healthy());
-        assert_eq!(metrics.failing_kind(), Some(("onboarding".to_string(), 3)));
+        assert_eq!(metrics.failing_kind(), Some((PassKind::Onboarding, 3)));
         assert_eq!(healthy_gauge(), Some(0.0));
-        pass("onboarding", false);
-        assert_eq!(metrics.failing_kind(), Some(("onboarding".to_string(), 4)));
-        pass("onboarding", true);
+        pass(PassKind::Onboarding, false);
+        assert_eq!(metrics.failing_kind(), Some((PassKind::Onboarding, 4)));
+        pass(PassKind::Onboarding, true);
         assert!(metrics.healthy());
         assert_eq!(healthy_gauge(), Some(1.0));
         // A streak interrupted by a success starts over.
-        pass("iam", false);
-        pass("iam", false);
-        pass("iam", true);
-        pass("iam", false);
+        pass(PassKind::Iam, false);
+        pass(PassKind::Iam, false);
+        pass(PassKind::Iam, true);
+        pass(PassKind::Iam, false);
         assert!(metrics.healthy());
     }
 
@@ -1402,7 +1458,14 @@ mod tests {
         assert_eq!(value(&samples, "arc_onboard_healthy", &[]), Some(0.0));
         // A pass that succeeds meanwhile does not hide it.
         let none = BTreeMap::new();
-        metrics.record_pass("onboarding", true, Duration::ZERO, &none, &none, &none);
+        metrics.record_pass(
+            PassKind::Onboarding,
+            true,
+            Duration::ZERO,
+            &none,
+            &none,
+            &none,
+        );
         assert!(!metrics.healthy());
         metrics.set_queue_problem(None);
         assert!(metrics.healthy());
@@ -1415,7 +1478,14 @@ mod tests {
         let metrics = Metrics::new(3);
         let none = BTreeMap::new();
         let statuses = map(&[("offboarded", 2), ("terminated", 1), ("onboarded", 4)]);
-        metrics.record_pass("onboarding", true, Duration::ZERO, &statuses, &none, &none);
+        metrics.record_pass(
+            PassKind::Onboarding,
+            true,
+            Duration::ZERO,
+            &statuses,
+            &none,
+            &none,
+        );
         metrics.record_deletion(crate::reconcile::plan::Status::Offboarded);
         metrics.record_deletion(crate::reconcile::plan::Status::Failed);
         metrics.record_deletion(crate::reconcile::plan::Status::Terminated);
@@ -1432,7 +1502,7 @@ mod tests {
         let metrics = Metrics::new(0);
         assert!(metrics.healthy());
         let none = BTreeMap::new();
-        metrics.record_pass("iam", false, Duration::ZERO, &none, &none, &none);
+        metrics.record_pass(PassKind::Iam, false, Duration::ZERO, &none, &none, &none);
         assert!(!metrics.healthy());
     }
 
@@ -1595,7 +1665,7 @@ mod tests {
 
         let none = BTreeMap::new();
         metrics.record_pass(
-            "onboarding",
+            PassKind::Onboarding,
             true,
             Duration::from_secs(7),
             &none,
@@ -1630,7 +1700,7 @@ mod tests {
         assert_eq!(body(&response), "ok");
 
         for _ in 0..2 {
-            metrics.record_pass("iam", false, Duration::ZERO, &none, &none, &none);
+            metrics.record_pass(PassKind::Iam, false, Duration::ZERO, &none, &none, &none);
         }
         let response = get(addr, "/healthz").await;
         assert_eq!(status_line(&response), "HTTP/1.1 503 Service Unavailable");
@@ -1638,7 +1708,7 @@ mod tests {
             body(&response),
             "unhealthy: 2 consecutive failed passes (iam)"
         );
-        metrics.record_pass("iam", true, Duration::ZERO, &none, &none, &none);
+        metrics.record_pass(PassKind::Iam, true, Duration::ZERO, &none, &none, &none);
         assert_eq!(status_line(&get(addr, "/healthz").await), "HTTP/1.1 200 OK");
 
         let response = get(addr, "/nope").await;

@@ -36,7 +36,7 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::config::Config;
 
 /// The two kinds of pass.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PassKind {
     /// IAM auto-assignment (`EC2SSMIAMRoleAutoAssignmentSchedule`).
     Iam,
@@ -45,6 +45,9 @@ pub enum PassKind {
 }
 
 impl PassKind {
+    /// Every kind, in order: the metrics export each one's series from the start.
+    pub const ALL: [PassKind; 2] = [PassKind::Iam, PassKind::Onboarding];
+
     /// What this kind of pass executes: IAM only, or installs only (IAM is the IAM pass's job).
     pub fn scope(self) -> crate::reconcile::pass::Scope {
         match self {
@@ -59,7 +62,7 @@ impl PassKind {
         }
     }
 
-    /// Name in logs, metrics and the state file.
+    /// Name in logs, the state file and the `kind` label of the metrics (written only when rendered).
     pub fn as_str(self) -> &'static str {
         match self {
             PassKind::Iam => "iam",
@@ -307,8 +310,8 @@ pub async fn observed_pass<Fut>(
         let summary = pass.await;
         let took = clock.elapsed();
         let statuses = summary.status_labels();
-        metrics.record_pass(kind.as_str(), summary.ok, took, &statuses, &summary.api_calls, &summary.errors);
-        metrics.record_accounts(kind.as_str(), &summary.accounts);
+        metrics.record_pass(kind, summary.ok, took, &statuses, &summary.api_calls, &summary.errors);
+        metrics.record_accounts(kind, &summary.accounts);
         metrics.record_repairs(&summary.repairs);
         let record = crate::daemon::state::PassRecord {
             kind: kind.as_str().into(),

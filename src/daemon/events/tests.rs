@@ -614,7 +614,7 @@ async fn a_failed_state_write_is_counted_in_the_metrics_and_nothing_is_sent() {
     );
     let metrics = Metrics::new(3);
     metrics.record_pass(
-        "onboarding",
+        crate::daemon::PassKind::Onboarding,
         summary.ok,
         Duration::from_secs(1),
         &summary.status_labels(),

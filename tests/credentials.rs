@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{fake_az, fleet_with, row, signed_in_az, Outcome, World};
+use common::{fake_az, fleet_with, row, signed_in_az, Outcome, World, RUN_JSON};
 use serde_json::{json, Value};
 
 const ONE_REGION: &str = "[aws]\nregions = [\"us-east-1\"]\n";
@@ -25,18 +25,6 @@ fn one_ready_instance(w: &World) -> String {
     seeded[0]["instance_id"].as_str().unwrap().to_string()
 }
 
-fn run_args() -> Vec<&'static str> {
-    vec![
-        "run",
-        "--output",
-        "json",
-        "--wait-for-ssm",
-        "30s",
-        "--verify-timeout",
-        "20s",
-    ]
-}
-
 /// `run` with `credential_lines` in `[azure]`; asserts exit 0 and the instance onboarded.
 fn run_onboards(
     w: &World,
@@ -49,13 +37,8 @@ fn run_onboards(
         "{ONE_REGION}\n{}",
         w.azure_section_with(credential_lines, client_id)
     );
-    let out = w.run_without_secret(&run_args(), &config, env);
-    assert_eq!(
-        out.code, 0,
-        "stderr:\n{}\nstdout:\n{}",
-        out.stderr, out.stdout
-    );
-    let report = out.json();
+    let out = w.run_without_secret(&RUN_JSON, &config, env);
+    let report = out.json_of_success();
     assert_eq!(row(&report, id)["status"], "onboarded", "{report:#}");
     report
 }
@@ -183,7 +166,7 @@ fn an_expired_keyless_unregistered_or_unreadable_certificate_is_refused_before_a
     let pem = write(dir.path(), "expired.pem", expired["pem"].as_str().unwrap());
     let lines =
         format!("credential = \"client-certificate\"\nclient_certificate_path = \"{pem}\"\n");
-    for cmd in [vec!["validate"], vec!["plan"], run_args()] {
+    for cmd in [vec!["validate"], vec!["plan"], RUN_JSON.to_vec()] {
         refused(
             &w,
             &cmd,
@@ -206,7 +189,7 @@ fn an_expired_keyless_unregistered_or_unreadable_certificate_is_refused_before_a
         format!("credential = \"client-certificate\"\nclient_certificate_path = \"{pem}\"\n");
     refused(
         &w,
-        &run_args(),
+        &RUN_JSON,
         &lines,
         &[],
         &["azure.client_certificate_path", "no certificate"],
@@ -242,7 +225,7 @@ fn an_expired_keyless_unregistered_or_unreadable_certificate_is_refused_before_a
         format!("credential = \"client-certificate\"\nclient_certificate_path = \"{pem}\"\n");
     refused(
         &w,
-        &run_args(),
+        &RUN_JSON,
         &lines,
         &[],
         &["AADSTS700027", "invalid_client"],
@@ -287,7 +270,7 @@ fn workload_identity_onboards_with_the_projected_token_and_honours_the_webhook_v
         ("AZURE_CLIENT_ID", CLIENT),
         ("AZURE_TENANT_ID", TENANT),
     ];
-    let out = w.run_without_secret(&run_args(), &config, &env);
+    let out = w.run_without_secret(&RUN_JSON, &config, &env);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(row(&out.json(), &id)["status"], "onboarded");
     let tokens = token_requests(&w);
@@ -324,7 +307,7 @@ fn workload_identity_without_its_token_file_or_with_the_wrong_audience_stops_bef
     one_ready_instance(&w);
     let lines =
         "credential = \"workload-identity\"\nfederated_token_file = \"/nonexistent/token\"\n";
-    for cmd in [vec!["validate"], vec!["plan"], run_args()] {
+    for cmd in [vec!["validate"], vec!["plan"], RUN_JSON.to_vec()] {
         refused(
             &w,
             &cmd,
@@ -352,7 +335,7 @@ fn workload_identity_without_its_token_file_or_with_the_wrong_audience_stops_bef
     let lines = format!("credential = \"workload-identity\"\nfederated_token_file = \"{file}\"\n");
     refused(
         &w,
-        &run_args(),
+        &RUN_JSON,
         &lines,
         &[],
         &["AADSTS700212", "api://SomethingElse"],
@@ -479,7 +462,7 @@ fn a_refused_get_web_identity_token_or_a_wrong_audience_stops_run_with_exit_2() 
     // Outbound federation not enabled in the account.
     let out = refused(
         &w,
-        &run_args(),
+        &RUN_JSON,
         "credential = \"aws-federation\"\n",
         &as_refs(&env),
         &[
@@ -507,7 +490,7 @@ fn a_refused_get_web_identity_token_or_a_wrong_audience_stops_run_with_exit_2() 
     );
     refused(
         &w,
-        &run_args(),
+        &RUN_JSON,
         "credential = \"aws-federation\"\n",
         &as_refs(&env),
         &["AccessDenied"],
@@ -525,7 +508,7 @@ fn a_refused_get_web_identity_token_or_a_wrong_audience_stops_run_with_exit_2() 
     );
     refused(
         &w,
-        &run_args(),
+        &RUN_JSON,
         "credential = \"aws-federation\"\naws_federation_audience = \"api://NotAzure\"\n",
         &as_refs(&env),
         &["AADSTS700212", "api://NotAzure"],
@@ -590,7 +573,7 @@ fn managed_identity_on_an_azure_vm_asks_imds_with_the_metadata_header() {
     w.aws.reset_calls();
     refused(
         &w,
-        &run_args(),
+        &RUN_JSON,
         "credential = \"managed-identity\"\n",
         &env,
         &["Identity not found"],
@@ -649,7 +632,7 @@ fn managed_identity_on_an_arc_server_answers_the_challenge_file_from_the_agents_
         Some(&json!({"arc_token_dir": elsewhere.path().to_str().unwrap()})),
     );
     w.aws.reset_calls();
-    let out = w.run_without_secret(&run_args(), &config, &env);
+    let out = w.run_without_secret(&RUN_JSON, &config, &env);
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("refusing to read it"), "{}", out.stderr);
     assert!(w.aws.mutating_calls().is_empty());
@@ -715,7 +698,7 @@ fn azure_cli_uses_the_signed_in_users_token_for_the_tenant() {
     w.aws.reset_calls();
     refused(
         &w,
-        &run_args(),
+        &RUN_JSON,
         AZURE_CLI_WITH_ONBOARDING,
         &[
             ("PATH", path.as_str()),

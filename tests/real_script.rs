@@ -94,12 +94,7 @@ fn the_real_script_connects_every_machine_with_the_onboarding_identitys_token_an
         &config(&w, ONBOARDING_SECTION),
         &[("ARC_ONBOARD_ONBOARDING_CLIENT_SECRET", ONBOARDING_SECRET)],
     );
-    assert_eq!(
-        out.code, 0,
-        "stderr:\n{}\nstdout:\n{}",
-        out.stderr, out.stdout
-    );
-    let report = out.json();
+    let report = out.json_of_success();
     for id in &ids {
         assert_eq!(row(&report, id)["status"], "onboarded", "{report:#}");
     }
@@ -249,11 +244,7 @@ fn without_an_onboarding_identity_the_stub_records_the_orchestrators_token() {
     // orchestrator's token, and the stub's record says so (so the record can tell the two apart).
     let (w, _root, ids) = executing_world(1);
     let out = w.run(&RUN_JSON, &config(&w, ""));
-    assert_eq!(
-        out.code, 0,
-        "stderr:\n{}\nstdout:\n{}",
-        out.stderr, out.stdout
-    );
+    out.json_of_success();
     let machines = w.azure.machines();
     assert_eq!(machines.len(), 1, "{machines:#?}");
     assert_eq!(machines[0]["name"], ids[0].as_str());

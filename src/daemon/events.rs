@@ -70,7 +70,7 @@ use crate::daemon::metrics::Metrics;
 use crate::model::PingStatus;
 use crate::ports::accounts::{AccountClients, Accounts, Caller, KnownAccount};
 use crate::ports::memory::{unix, InstanceRecord};
-use crate::ports::{Arm, MutationToken, Queue, QueueMessage, Ssm};
+use crate::ports::{Arm, Ec2, Iam, MutationToken, Queue, QueueMessage, Ssm, Sts};
 use crate::reconcile::leases::Leases;
 use crate::reconcile::observe::{
     observe_arc, observe_elsewhere, observe_instances, AccountObservation, ArcObservation,
@@ -370,6 +370,18 @@ impl Tracker {
     }
 }
 
+/// The intake's scope: the IAM changes only (installs wait for SSM registration).
+const IAM_ONLY: Scope = Scope {
+    iam: true,
+    install: false,
+};
+
+/// The installer's and the offboarding's scope: no IAM change.
+const INSTALL_ONLY: Scope = Scope {
+    iam: false,
+    install: true,
+};
+
 /// The event path of one daemon.
 struct EventLoop<'a, X: Accounts, A, Q> {
     ctx: &'a EventContext<'a>,
@@ -491,6 +503,35 @@ where
     A: Arm,
     Q: Queue,
 {
+    /// Plans and executes one stage of the event path on an observation (the planner's rows for the stage,
+    /// in `scope`, as of `now`): no wait for SSM after IAM (this path watches registration itself), and a correlation id
+    /// of its own for any command it sends.
+    async fn execute_stage<T: Sts, E: Ec2, I: Iam, S: Ssm>(
+        &self,
+        obs: &AccountObservation,
+        aws: &AwsPorts<'_, T, E, I, S>,
+        scope: Scope,
+        stage: EventStage<'_>,
+        now: SystemTime,
+    ) -> AccountPlan {
+        let mut opts = self.opts.pass.clone();
+        opts.apply.wait_for_ssm = Duration::ZERO;
+        opts.scope = scope;
+        opts.install.correlation_id = uuid::Uuid::new_v4().to_string();
+        execute_observed(
+            self.ctx.config,
+            obs,
+            aws,
+            self.ports.arm,
+            self.ctx.token,
+            &opts,
+            self.ctx.durable,
+            now,
+            stage,
+        )
+        .await
+    }
+
     fn tracker(&self) -> std::sync::MutexGuard<'_, Tracker> {
         self.tracker.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -777,25 +818,10 @@ where
         if let Some(e) = obs.regions.first().and_then(|r| r.error.as_ref()) {
             return Err(Unhandled::NotNow(e.to_string()));
         }
-        let mut opts = self.opts.pass.clone();
-        opts.apply.wait_for_ssm = Duration::ZERO;
-        opts.scope = Scope {
-            iam: true,
-            install: false,
-        };
         let now = SystemTime::now();
-        let plan = execute_observed(
-            self.ctx.config,
-            &obs,
-            aws,
-            self.ports.arm,
-            self.ctx.token,
-            &opts,
-            self.ctx.durable,
-            now,
-            EventStage::Intake,
-        )
-        .await;
+        let plan = self
+            .execute_stage(&obs, aws, IAM_ONLY, EventStage::Intake, now)
+            .await;
         // The rows are the planner's: those left waiting for the agent already say that this path
         // follows them (queued when Online in SSM, watched otherwise).
         let mut follow: Vec<(String, bool)> = Vec::new();
@@ -862,24 +888,10 @@ where
         if let Some((_, e)) = obs.gone.errors.first() {
             return Err(Unhandled::NotNow(e.to_string()));
         }
-        let mut opts = self.opts.pass.clone();
-        opts.scope = Scope {
-            iam: false,
-            install: true,
-        };
         let now = SystemTime::now();
-        let plan = execute_observed(
-            self.ctx.config,
-            &obs,
-            aws,
-            self.ports.arm,
-            self.ctx.token,
-            &opts,
-            self.ctx.durable,
-            now,
-            EventStage::Offboard(ids),
-        )
-        .await;
+        let plan = self
+            .execute_stage(&obs, aws, INSTALL_ONLY, EventStage::Offboard(ids), now)
+            .await;
         for row in &plan.instances {
             info!(instance.id = %row.instance_id, status = %row.status, detail = %row.detail, "event: instance gone");
             self.ctx.metrics.record_deletion(row.status);
@@ -1115,25 +1127,9 @@ where
                 )
                 .await;
                 self.elsewhere(&key.0, &mut obs).await;
-                let mut opts = self.opts.pass.clone();
-                opts.apply.wait_for_ssm = Duration::ZERO;
-                opts.scope = Scope {
-                    iam: false,
-                    install: true,
-                };
-                opts.install.correlation_id = uuid::Uuid::new_v4().to_string();
-                let plan = execute_observed(
-                    self.ctx.config,
-                    &obs,
-                    aws,
-                    self.ports.arm,
-                    self.ctx.token,
-                    &opts,
-                    self.ctx.durable,
-                    SystemTime::now(),
-                    EventStage::Install,
-                )
-                .await;
+                let plan = self
+                    .execute_stage(&obs, aws, INSTALL_ONLY, EventStage::Install, SystemTime::now())
+                    .await;
                 log_installs(&plan, &ids);
             }
             let mut tracker = self.tracker();

@@ -657,6 +657,35 @@ async fn command_status(
     }
 }
 
+/// One instance's invocation of a command (`what`: "key exchange" or "command", for the words): the one
+/// listed, or its detail when none was listed or the listed one needs a closer look (`look_closer`: the
+/// listing's output is capped); none at all fails the row (`ssm`, `no-invocation`).
+async fn invocation_of(
+    ssm: &impl Ssm,
+    (region, command_id, what): (&str, &str, &str),
+    instance_id: &str,
+    listed: Option<Invocation>,
+    look_closer: impl Fn(&Invocation) -> bool,
+) -> Result<Invocation, Failure> {
+    let mut inv = listed;
+    if inv.as_ref().is_none_or(&look_closer) {
+        match ssm.invocation_detail(region, command_id, instance_id).await {
+            Ok(Some(detail)) => inv = Some(detail),
+            Ok(None) => {}
+            Err(e) => {
+                warn!(instance.id = %instance_id, error = %e, "cannot read the {what}'s invocation")
+            }
+        }
+    }
+    inv.ok_or_else(|| {
+        Failure::new(
+            FailureStep::Ssm,
+            "no-invocation",
+            format!("SSM reports no invocation of {what} {command_id} for this instance"),
+        )
+    })
+}
+
 /// Reads the public keys of one finished key exchange; settles or fails the rows that have none.
 async fn read_keys(
     plan: &AccountPlan,
@@ -672,28 +701,22 @@ async fn read_keys(
     let mut keys = Vec::new();
     for n in &x.rows {
         let id = plan.instances[*n].instance_id.clone();
-        let mut inv = by_id.get(id.as_str()).map(|i| (*i).clone());
         // The list's output is capped at 2,500 characters; the key line is the last one.
-        if inv.as_ref().is_none_or(|i| {
-            !i.output.contains(seal::KEY_MARKER) && install::parse_result(&i.output).is_none()
-        }) {
-            match ssm.invocation_detail(&x.region, &x.command_id, &id).await {
-                Ok(Some(detail)) => inv = Some(detail),
-                Ok(None) => {}
-                Err(e) => warn!(instance.id = %id, error = %e, "cannot read the key exchange"),
-            }
-        }
+        let inv = invocation_of(
+            ssm,
+            (&x.region, &x.command_id, "key exchange"),
+            &id,
+            by_id.get(id.as_str()).map(|i| (*i).clone()),
+            |i| !i.output.contains(seal::KEY_MARKER) && install::parse_result(&i.output).is_none(),
+        )
+        .await;
         let row = &mut out.instances[*n];
-        let Some(inv) = inv else {
-            row.fail(Failure::new(
-                FailureStep::Ssm,
-                "no-invocation",
-                format!(
-                    "SSM reports no invocation of key exchange {} for this instance",
-                    x.command_id
-                ),
-            ));
-            continue;
+        let inv = match inv {
+            Ok(inv) => inv,
+            Err(failure) => {
+                row.fail(failure);
+                continue;
+            }
         };
         if inv.status == CommandStatus::Success {
             match seal::parse_key(&inv.output, &id, &x.key_id) {
@@ -929,31 +952,23 @@ async fn resolve(
         listed.iter().map(|i| (i.instance_id.as_str(), i)).collect();
     for n in &s.rows {
         let id = plan.instances[*n].instance_id.clone();
-        let mut inv = by_id.get(id.as_str()).map(|i| (*i).clone());
         // The list's output is capped at 2,500 characters; the result line is the last one, so look closer
         // when it is missing.
-        let needs_detail = match &inv {
-            None => true,
-            Some(i) => i.is_done() && install::parse_result(&i.output).is_none(),
-        };
-        if needs_detail {
-            match ssm.invocation_detail(&s.region, &s.command_id, &id).await {
-                Ok(Some(detail)) => inv = Some(detail),
-                Ok(None) => {}
-                Err(e) => warn!(instance.id = %id, error = %e, "cannot read the invocation"),
-            }
-        }
+        let inv = invocation_of(
+            ssm,
+            (&s.region, &s.command_id, "command"),
+            &id,
+            by_id.get(id.as_str()).map(|i| (*i).clone()),
+            |i| i.is_done() && install::parse_result(&i.output).is_none(),
+        )
+        .await;
         let row = &mut out.instances[*n];
-        let Some(inv) = inv else {
-            row.fail(Failure::new(
-                FailureStep::Ssm,
-                "no-invocation",
-                format!(
-                    "SSM reports no invocation of command {} for this instance",
-                    s.command_id
-                ),
-            ));
-            continue;
+        let inv = match inv {
+            Ok(inv) => inv,
+            Err(failure) => {
+                row.fail(failure);
+                continue;
+            }
         };
         settle(row, &id, &inv, &s.command_id, opts, *n, succeeded);
     }

@@ -430,6 +430,16 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The JSON report of a command that must have exited 0 (else fails, showing both streams).
+    pub fn json_of_success(&self) -> Value {
+        assert_eq!(
+            self.code, 0,
+            "stderr:\n{}\nstdout:\n{}",
+            self.stderr, self.stdout
+        );
+        self.json()
+    }
+
     /// stdout parsed as the JSON report.
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
